@@ -1,0 +1,17 @@
+//! One file per subcommand: its clap args and `run`. Glue only: the policy is
+//! in the modules they call.
+
+pub mod check;
+pub mod plan;
+
+use std::path::PathBuf;
+
+use crate::cli::LogFormat;
+use crate::secrets::Keyring;
+
+/// What every command gets from `main`.
+pub struct Context {
+    pub repo: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub keyring: Keyring,
+}

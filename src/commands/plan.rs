@@ -1,0 +1,107 @@
+//! `fleetgate plan --base A --head B`: what would change, for whom, and how.
+
+use clap::{Args, ValueEnum};
+
+use super::Context;
+use crate::config;
+use crate::desired::{self, DecryptCache};
+use crate::error::{Error, ExitCode, Result};
+use crate::plan::{self, Affected, Plan, Side};
+use crate::render::SecretView;
+use crate::repo::{CommitId, Repo};
+use crate::report;
+use crate::secrets::Keyring;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The commit the fleet runs now (e.g. the deployed commit, or the merge base).
+    #[arg(long, value_name = "REV")]
+    pub base: String,
+    /// The commit to plan for.
+    #[arg(long, value_name = "REV")]
+    pub head: String,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Compact, for terminals and CI logs.
+    Text,
+    /// What the merge-request comment shows.
+    Markdown,
+    /// Schema 1 (design.md §4), for machines.
+    Json,
+}
+
+pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
+    let repo = Repo::discover(ctx.repo.as_deref())?;
+    let base = repo.resolve(&args.base)?;
+    let head = repo.resolve(&args.head)?;
+    let plan = build(&repo, base, head, &ctx.keyring)?;
+    let out = match args.format {
+        Format::Text => report::text(&plan),
+        Format::Markdown => report::markdown(&plan),
+        Format::Json => report::json(&plan),
+    };
+    print!("{out}");
+    Ok(ExitCode::Ok)
+}
+
+/// Renders both commits (only the clients the change can touch) and compares.
+pub fn build(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> Result<Plan> {
+    let changed = repo.changed_paths(base, head)?;
+    let affected = Affected::from_paths(&changed);
+    tracing::info!(
+        "planning {}..{}: {} paths changed, {}",
+        base.short(),
+        head.short(),
+        changed.len(),
+        if affected.all {
+            "an app or shared secrets changed: rendering every client".to_string()
+        } else {
+            format!("rendering {} client(s)", affected.clients.len())
+        }
+    );
+    if !keyring.can_decrypt() {
+        tracing::warn!(
+            "no age identity configured: secret values are not compared, only key names"
+        );
+    }
+    let cache = DecryptCache::default();
+    let mut sides = Vec::new();
+    for id in [base, head] {
+        let snap = repo.snapshot(id)?;
+        let files = config::load(&snap, affected.selection())?;
+        let d = desired::compute(&files, keyring, &cache, SecretView::Masked, &head.to_string())
+            .map_err(|problems| Error::Invalid {
+                at: snap.label(),
+                problems,
+            })?;
+        tracing::debug!("{}: rendered {} client(s)", snap.label(), d.clients.len());
+        sides.push(d);
+    }
+    let (b, h) = (&sides[0], &sides[1]);
+    let plan = plan::compare(
+        &Side {
+            rev: base.to_string(),
+            fleet: &b.fleet,
+            clients: &b.clients,
+        },
+        &Side {
+            rev: head.to_string(),
+            fleet: &h.fleet,
+            clients: &h.clients,
+        },
+        &changed,
+        keyring.can_decrypt(),
+    );
+    tracing::info!(
+        "plan {}: {} client(s) change, {} unaffected",
+        &plan.plan_hash[..12],
+        plan.clients.len(),
+        plan.unaffected
+    );
+    Ok(plan)
+}

@@ -1,0 +1,216 @@
+//! The fleet files as written: serde types that mirror the YAML one to one.
+//!
+//! Nothing here decides anything: no defaults beyond "absent", no name rules.
+//! `model.rs` validates these into the types the rest of fleetgate uses.
+//! Every struct denies unknown keys, so a typo is an error, not a silent no-op.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// A value with the place it was written.
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub scan: Option<Scan>,
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Per-runtime command overrides, e.g. `compose: "docker-compose"`.
+    #[serde(default)]
+    pub runtimes: Option<Runtimes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: S<String>,
+    pub group: S<String>,
+    #[serde(default)]
+    pub soak: Option<S<String>>,
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    #[serde(default)]
+    pub parallelism: Option<S<u32>>,
+    #[serde(default)]
+    pub max_failures: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub approvers: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scan {
+    #[serde(default)]
+    pub fail_on: Vec<S<String>>,
+    #[serde(default)]
+    pub ignore_unfixed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnFailure {
+    #[serde(default)]
+    pub rollback: bool,
+    #[serde(default)]
+    pub revert: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtimes {
+    #[serde(default)]
+    pub compose: Option<String>,
+    #[serde(default)]
+    pub podman: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub runtime: S<Runtime>,
+    #[serde(default)]
+    pub images: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub files: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub secrets: Vec<S<String>>,
+    #[serde(default)]
+    pub commands: Option<Commands>,
+    #[serde(default)]
+    pub health: Vec<S<Health>>,
+    #[serde(default)]
+    pub rollback: Option<RollbackPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Compose,
+    Podman,
+    Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackPolicy {
+    Safe,
+    Freeze,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commands {
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub stop: Option<String>,
+}
+
+/// One health check: exactly one of `http` and `command`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub successes: Option<u32>,
+    #[serde(default)]
+    pub failures: Option<u32>,
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub domain: S<String>,
+    pub group: S<String>,
+    pub apps: Vec<S<String>>,
+    pub hosts: Hosts,
+    #[serde(default)]
+    pub vars: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `hosts:` is either a list of static hosts or `{hcloud: {...}}`.
+///
+/// Written by hand instead of `#[serde(untagged)]`, which would buffer the
+/// value and lose both the field path and the line of any error inside it.
+#[derive(Debug)]
+pub enum Hosts {
+    Static(Vec<Host>),
+    Hcloud(HcloudHosts),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub name: S<String>,
+    pub address: S<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<S<String>>,
+    #[serde(default)]
+    pub deploy_root: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HcloudHosts {
+    pub hcloud: Hcloud,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hcloud {
+    pub label_selector: S<String>,
+    #[serde(default)]
+    pub user: Option<S<String>>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub deploy_root: Option<S<String>>,
+}
+
+impl<'de> Deserialize<'de> for Hosts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Hosts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of hosts or `{hcloud: {label_selector: ...}}`")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Hosts, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Hosts::Static)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Hosts, A::Error> {
+                HcloudHosts::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Hosts::Hcloud)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

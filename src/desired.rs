@@ -1,0 +1,195 @@
+//! The desired state of a fleet at one snapshot: validate, decrypt, render.
+//!
+//! Pure apart from CPU: takes the bytes `config::load` read. Clients render in
+//! parallel on every core; each secrets file decrypts once per content, however
+//! many commits and clients share it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Client, Fleet, FleetFiles, SHARED_SECRETS};
+use crate::error::Diagnostic;
+use crate::render::{ClientSecrets, DesiredClient, Renderer, SecretView};
+use crate::secrets::{Keyring, SecretMap, SopsFile};
+
+/// Decrypted files, by content: the base and head of a plan usually share
+/// most of them.
+#[derive(Default)]
+pub struct DecryptCache {
+    done: Mutex<HashMap<[u8; 32], Result<Arc<SecretMap>, Diagnostic>>>,
+}
+
+impl DecryptCache {
+    fn decrypt(&self, file: &SopsFile, raw: &[u8], keyring: &Keyring) -> Result<Arc<SecretMap>, Diagnostic> {
+        let mut h = Sha256::new();
+        h.update(file.path.as_bytes());
+        h.update(b"\0");
+        h.update(raw);
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(hit) = self.done.lock().expect("cache lock").get(&key) {
+            return hit.clone();
+        }
+        let result = file.decrypt(keyring).map(Arc::new);
+        self.done
+            .lock()
+            .expect("cache lock")
+            .insert(key, result.clone());
+        result
+    }
+}
+
+/// A fleet at one snapshot, validated and rendered.
+pub struct Desired {
+    pub fleet: Fleet,
+    pub clients: BTreeMap<String, DesiredClient>,
+}
+
+/// Everything a snapshot's selected clients would run.
+pub fn compute(
+    files: &FleetFiles,
+    keyring: &Keyring,
+    cache: &DecryptCache,
+    view: SecretView,
+    rev: &str,
+) -> Result<Desired, Vec<Diagnostic>> {
+    let (fleet, mut problems) = config::validate(files);
+    let (renderer, template_problems) = Renderer::new(&fleet);
+    problems.extend(template_problems);
+    let shared = match (&fleet.shared_secrets, keyring.can_decrypt()) {
+        (Some(f), true) => match cache.decrypt(f, &files.files[SHARED_SECRETS], keyring) {
+            Ok(s) => Some(s),
+            Err(d) => {
+                problems.push(d);
+                None
+            }
+        },
+        _ => None,
+    };
+    let clients: Vec<&Client> = fleet.clients.values().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(clients.len().max(1));
+    let chunk = clients.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<DesiredClient>, Vec<Diagnostic>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .chunks(chunk)
+            .map(|part| {
+                let (fleet, renderer, shared) = (&fleet, &renderer, shared.as_deref());
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(part.len());
+                    let mut problems = Vec::new();
+                    for client in part {
+                        let rendered = client_secrets(fleet, files, client, shared, keyring, cache)
+                            .and_then(|secrets| {
+                                renderer.render_client(fleet, client, &secrets, view, rev)
+                            });
+                        match rendered {
+                            Ok(d) => out.push(d),
+                            Err(p) => problems.extend(p),
+                        }
+                    }
+                    if problems.is_empty() { Ok(out) } else { Err(problems) }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("render thread panicked"))
+            .collect()
+    });
+    let mut desired = BTreeMap::new();
+    for r in results {
+        match r {
+            Ok(list) => desired.extend(list.into_iter().map(|d| (d.name.clone(), d))),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(collapse_repeats(problems));
+    }
+    Ok(Desired {
+        fleet,
+        clients: desired,
+    })
+}
+
+/// The client's secrets merged over the shared ones, decrypted when a key is
+/// configured.
+fn client_secrets(
+    fleet: &Fleet,
+    files: &FleetFiles,
+    client: &Client,
+    shared: Option<&SecretMap>,
+    keyring: &Keyring,
+    cache: &DecryptCache,
+) -> Result<ClientSecrets, Vec<Diagnostic>> {
+    let mut origin = BTreeMap::new();
+    if let Some(f) = &fleet.shared_secrets {
+        for key in f.keys.keys() {
+            origin.insert(key.clone(), f.path.clone());
+        }
+    }
+    if let Some(f) = &client.secrets {
+        for key in f.keys.keys() {
+            origin.insert(key.clone(), f.path.clone());
+        }
+    }
+    if !keyring.can_decrypt() {
+        return Ok(ClientSecrets {
+            values: None,
+            origin,
+        });
+    }
+    if fleet.shared_secrets.is_some() && shared.is_none() {
+        // The shared file did not decrypt; that is reported once, not per client.
+        return Err(Vec::new());
+    }
+    let mut merged = BTreeMap::new();
+    if let Some(shared) = shared {
+        merged.extend(shared.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(f) = &client.secrets {
+        let own = cache
+            .decrypt(f, &files.files[&f.path], keyring)
+            .map_err(|d| vec![d])?;
+        merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let values = merged
+        .into_iter()
+        .map(|(k, v)| {
+            let digest = keyring.digest(&k, &v);
+            (k, (v, digest))
+        })
+        .collect();
+    Ok(ClientSecrets {
+        values: Some(values),
+        origin,
+    })
+}
+
+/// A broken shared template fails the same way for every client that uses
+/// it: report it once, with how often it happened.
+fn collapse_repeats(problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<(Diagnostic, usize)> = Vec::new();
+    let mut index: HashMap<(String, Option<String>, Option<u32>, String), usize> = HashMap::new();
+    for d in problems {
+        let base = d.message.split(" (rendering for ").next().unwrap_or_default().to_string();
+        let key = (d.file.clone(), d.field.clone(), d.line, base);
+        match index.get(&key) {
+            Some(&i) => out[i].1 += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push((d, 0));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(mut d, more)| {
+            if more > 0 {
+                d.message = format!("{} and {more} more", d.message.trim_end_matches(')'));
+                d.message.push(')');
+            }
+            d
+        })
+        .collect()
+}

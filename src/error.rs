@@ -1,0 +1,147 @@
+//! User-facing errors and the exit codes they map to.
+//!
+//! Exit codes are API (design.md §4). Every error a user can see is a variant
+//! here, and `Error::exit_code` is the one `match` that turns them into codes.
+//! Messages are lowercase fragments that read after "failed to"/"error:"; a
+//! `hint:` line says what to do. No variant ever carries a secret value.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The process exit codes of design.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Done; every gate passed, or nothing to do.
+    Ok = 0,
+    /// A gate blocked, or a failed deploy was handled.
+    Blocked = 1,
+    /// Invalid input: arguments, YAML, templates, secrets, unpinned images.
+    Invalid = 2,
+    /// Infrastructure: a host, the forge, the registry or trivy failed.
+    Infra = 3,
+    /// Waiting for an approval.
+    #[expect(dead_code, reason = "returned by `run` once approvals land (issue 4)")]
+    Waiting = 4,
+}
+
+/// One problem found in a fleet repository, located as precisely as we know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Repository-relative path of the file.
+    pub file: String,
+    /// Field path inside the file, such as `hosts[1].port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// 1-based line, when the parser knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.into(),
+            field: None,
+            line: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        let field = field.into();
+        if !field.is_empty() && field != "." {
+            self.field = Some(field);
+        }
+        self
+    }
+
+    pub fn line(mut self, line: Option<u32>) -> Self {
+        self.line = line.filter(|l| *l > 0);
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can stop a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the fleet at {at} has {} problem{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" })]
+    Invalid {
+        at: String,
+        problems: Vec<Diagnostic>,
+    },
+
+    #[error("resolve revision `{rev}`: {message}\n  hint: pass a commit id, branch or tag that exists in {repo}")]
+    BadRevision {
+        rev: String,
+        repo: String,
+        message: String,
+    },
+
+    #[error("open repository {path}: {message}\n  hint: run inside a Git repository or pass --repo DIR")]
+    NoRepository { path: String, message: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("read Git object database ({what}): {source}")]
+    Git {
+        what: String,
+        #[source]
+        source: git2::Error,
+    },
+
+    #[error("read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Invalid { .. }
+            | Error::BadRevision { .. }
+            | Error::NoRepository { .. }
+            | Error::Usage(_) => ExitCode::Invalid,
+            Error::Git { .. } | Error::Io { .. } => ExitCode::Infra,
+        }
+    }
+
+    pub fn git(what: impl Into<String>, source: git2::Error) -> Self {
+        Error::Git {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,405 @@
+//! desired(base) vs desired(head) → [`Plan`]: pure, serialisable, hashed.
+//!
+//! A client is in the plan iff something it would run changes: a rendered
+//! file, an image, a secret value, its host list. Which clients to render at
+//! all is decided first from the changed paths (`affected`), so the cost of a
+//! plan follows the size of the change, not the size of the fleet.
+//!
+//! Architecture Invariant: the plan only ever holds masked renders; a secret
+//! value cannot reach it (see `render::SecretView::Masked`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, Fleet, PIPELINE, SHARED_SECRETS, Selection,
+};
+use crate::render::{DesiredApp, DesiredClient};
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub schema: u32,
+    pub base: String,
+    pub head: String,
+    pub plan_hash: String,
+    /// Were secret values decrypted and compared? Without a key only key
+    /// names are compared.
+    pub secrets_compared: bool,
+    pub clients: Vec<ClientPlan>,
+    pub unaffected: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientPlan {
+    pub name: String,
+    pub stage: String,
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts_added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts_removed: Vec<String>,
+    /// Hosts whose address, port, user or deploy root changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts_changed: Vec<String>,
+    pub reasons: Vec<String>,
+    pub apps: Vec<AppPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Add,
+    Update,
+    Remove,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Update => "update",
+            Action::Remove => "remove",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppPlan {
+    pub name: String,
+    pub action: Action,
+    pub files: Vec<FileDiff>,
+    pub images: Vec<ImageChange>,
+    pub secrets_changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileDiff {
+    pub path: String,
+    /// The hosts this diff applies to (files can render differently per host).
+    pub hosts: Vec<String>,
+    /// Unified diff; secrets appear as `••••` and a short keyed fingerprint.
+    pub diff: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageChange {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Which clients a change can touch, from the changed paths alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affected {
+    /// A change to something every client may use (an app, shared secrets).
+    pub all: bool,
+    pub clients: BTreeSet<String>,
+}
+
+impl Affected {
+    pub fn from_paths(paths: &[String]) -> Affected {
+        let mut all = false;
+        let mut clients = BTreeSet::new();
+        for p in paths {
+            if p.starts_with(&format!("{APPS_DIR}/")) || p == SHARED_SECRETS {
+                all = true;
+            } else if let Some(name) = p
+                .strip_prefix(&format!("{CLIENTS_DIR}/"))
+                .and_then(|r| r.strip_suffix(".yaml"))
+                .filter(|n| !n.contains('/'))
+            {
+                clients.insert(name.to_string());
+            } else if let Some(name) = p
+                .strip_prefix(&format!("{CLIENT_SECRETS_DIR}/"))
+                .and_then(|r| r.strip_suffix(".sops.yaml"))
+                .filter(|n| !n.contains('/'))
+            {
+                clients.insert(name.to_string());
+            }
+        }
+        Affected { all, clients }
+    }
+
+    pub fn selection(&self) -> Selection {
+        if self.all {
+            Selection::All
+        } else {
+            Selection::Only(self.clients.clone())
+        }
+    }
+}
+
+/// One side of a plan.
+pub struct Side<'a> {
+    pub rev: String,
+    pub fleet: &'a Fleet,
+    pub clients: &'a BTreeMap<String, DesiredClient>,
+}
+
+/// Compares two desired states. `changed` are the paths the commits differ in.
+pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: bool) -> Plan {
+    let names: BTreeSet<&String> = base.clients.keys().chain(head.clients.keys()).collect();
+    let mut clients = Vec::new();
+    for name in names {
+        let (b, h) = (base.clients.get(name), head.clients.get(name));
+        if let Some(cp) = compare_client(name, b, h, base, head, changed, secrets_compared) {
+            clients.push(cp);
+        }
+    }
+    let stage_index = |stage: &str| {
+        head.fleet
+            .pipeline
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .unwrap_or(usize::MAX)
+    };
+    clients.sort_by(|a, b| {
+        (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name))
+    });
+    let everyone: BTreeSet<&String> = base
+        .fleet
+        .all_clients
+        .iter()
+        .chain(head.fleet.all_clients.iter())
+        .collect();
+    let mut plan = Plan {
+        schema: SCHEMA,
+        base: base.rev.clone(),
+        head: head.rev.clone(),
+        plan_hash: String::new(),
+        secrets_compared,
+        unaffected: everyone.len() - clients.len(),
+        clients,
+    };
+    plan.plan_hash = plan_hash(&plan);
+    plan
+}
+
+/// sha256 of the canonical JSON of everything but `plan_hash` and `base`: the
+/// same change planned from another base (a re-run) keeps its approvals.
+pub fn plan_hash(plan: &Plan) -> String {
+    let mut value = serde_json::to_value(plan).expect("a plan serialises");
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("plan_hash");
+        obj.remove("base");
+    }
+    let bytes = serde_json::to_vec(&value).expect("a plan serialises");
+    hex::encode(Sha256::digest(&bytes))
+}
+
+fn compare_client(
+    name: &str,
+    b: Option<&DesiredClient>,
+    h: Option<&DesiredClient>,
+    base: &Side,
+    head: &Side,
+    changed: &[String],
+    secrets_compared: bool,
+) -> Option<ClientPlan> {
+    let empty = BTreeMap::new();
+    let b_apps = b.map_or(&empty, |c| &c.apps);
+    let h_apps = h.map_or(&empty, |c| &c.apps);
+    let app_names: BTreeSet<&String> = b_apps.keys().chain(h_apps.keys()).collect();
+    let mut apps = Vec::new();
+    for app in &app_names {
+        let (ba, ha) = (b_apps.get(*app), h_apps.get(*app));
+        let action = match (ba, ha) {
+            (None, Some(_)) => Action::Add,
+            (Some(_), None) => Action::Remove,
+            _ => Action::Update,
+        };
+        let files = file_diffs(ba, ha);
+        let images = image_changes(ba, ha);
+        let secrets_changed = secret_changes(ba, ha, secrets_compared, name, changed);
+        if action == Action::Update && files.is_empty() && images.is_empty() && secrets_changed.is_empty() {
+            continue;
+        }
+        apps.push(AppPlan {
+            name: app.to_string(),
+            action,
+            files,
+            images,
+            secrets_changed,
+        });
+    }
+    let host_names = |c: Option<&DesiredClient>| -> BTreeMap<String, config::Host> {
+        c.map(|c| c.hosts.iter().map(|h| (h.name.clone(), h.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (bh, hh) = (host_names(b), host_names(h));
+    let hosts_added: Vec<String> = hh.keys().filter(|k| !bh.contains_key(*k)).cloned().collect();
+    let hosts_removed: Vec<String> = bh.keys().filter(|k| !hh.contains_key(*k)).cloned().collect();
+    let hosts_changed: Vec<String> = hh
+        .iter()
+        .filter(|(k, v)| bh.get(*k).is_some_and(|old| old != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if apps.is_empty() && hosts_added.is_empty() && hosts_removed.is_empty() && hosts_changed.is_empty() {
+        return None;
+    }
+    let group = h.or(b).map(|c| c.group.clone()).unwrap_or_default();
+    let stage = head
+        .fleet
+        .stage_of_group(&group)
+        .or_else(|| base.fleet.stage_of_group(&group))
+        .map_or_else(|| format!("(group {group})"), |(_, s)| s.name.clone());
+    let used_apps: BTreeSet<&str> = app_names.iter().map(|a| a.as_str()).collect();
+    let reasons = changed
+        .iter()
+        .filter(|p| {
+            **p == config::client_file(name)
+                || **p == config::client_secrets_file(name)
+                || **p == SHARED_SECRETS
+                || p.strip_prefix(&format!("{APPS_DIR}/"))
+                    .and_then(|r| r.split_once('/'))
+                    .is_some_and(|(app, _)| used_apps.contains(app))
+        })
+        .cloned()
+        .collect();
+    Some(ClientPlan {
+        name: name.to_string(),
+        stage,
+        hosts: h.map(|c| c.hosts.iter().map(|h| h.name.clone()).collect()).unwrap_or_default(),
+        hosts_added,
+        hosts_removed,
+        hosts_changed,
+        reasons,
+        apps,
+    })
+}
+
+/// Per file path, one diff per distinct (old, new) pair, naming its hosts.
+fn file_diffs(b: Option<&DesiredApp>, h: Option<&DesiredApp>) -> Vec<FileDiff> {
+    let empty = BTreeMap::new();
+    let b_files = b.map_or(&empty, |a| &a.files);
+    let h_files = h.map_or(&empty, |a| &a.files);
+    let hosts: BTreeSet<&String> = b_files.keys().chain(h_files.keys()).collect();
+    // path → (old, new) → hosts
+    let mut by_path: BTreeMap<&str, BTreeMap<(Option<&str>, Option<&str>), Vec<String>>> = BTreeMap::new();
+    for host in hosts {
+        let bf = b_files.get(host);
+        let hf = h_files.get(host);
+        let paths: BTreeSet<&String> = bf.iter().flat_map(|m| m.keys()).chain(hf.iter().flat_map(|m| m.keys())).collect();
+        for path in paths {
+            let old = bf.and_then(|m| m.get(path)).map(String::as_str);
+            let new = hf.and_then(|m| m.get(path)).map(String::as_str);
+            if old != new {
+                by_path
+                    .entry(path)
+                    .or_default()
+                    .entry((old, new))
+                    .or_default()
+                    .push(host.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (path, pairs) in by_path {
+        for ((old, new), hosts) in pairs {
+            out.push(FileDiff {
+                path: path.to_string(),
+                hosts,
+                diff: unified_diff(path, old, new),
+            });
+        }
+    }
+    out
+}
+
+pub fn unified_diff(path: &str, old: Option<&str>, new: Option<&str>) -> String {
+    let (a, b) = (
+        old.map_or("/dev/null".to_string(), |_| format!("a/{path}")),
+        new.map_or("/dev/null".to_string(), |_| format!("b/{path}")),
+    );
+    similar::TextDiff::from_lines(old.unwrap_or(""), new.unwrap_or(""))
+        .unified_diff()
+        .context_radius(3)
+        .header(&a, &b)
+        .to_string()
+}
+
+fn image_changes(b: Option<&DesiredApp>, h: Option<&DesiredApp>) -> Vec<ImageChange> {
+    let empty = BTreeMap::new();
+    let bi = b.map_or(&empty, |a| &a.images);
+    let hi = h.map_or(&empty, |a| &a.images);
+    let names: BTreeSet<&String> = bi.keys().chain(hi.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| bi.get(*n) != hi.get(*n))
+        .map(|n| ImageChange {
+            name: n.clone(),
+            from: bi.get(n).map(ToString::to_string),
+            to: hi.get(n).map(ToString::to_string),
+        })
+        .collect()
+}
+
+/// Keys whose value changed (compared by keyed digest), or that were added or
+/// removed. Without a key, keys of a changed secrets file count as changed:
+/// the plan cannot tell, and says so.
+fn secret_changes(
+    b: Option<&DesiredApp>,
+    h: Option<&DesiredApp>,
+    compared: bool,
+    client: &str,
+    changed: &[String],
+) -> Vec<String> {
+    let empty = BTreeMap::new();
+    let bs = b.map_or(&empty, |a| &a.secrets);
+    let hs = h.map_or(&empty, |a| &a.secrets);
+    let (Some(_), Some(_)) = (b, h) else {
+        // An added or removed app: its files say everything.
+        return Vec::new();
+    };
+    let files_changed = changed.iter().any(|p| *p == SHARED_SECRETS || *p == config::client_secrets_file(client));
+    let keys: BTreeSet<&String> = bs.keys().chain(hs.keys()).collect();
+    keys.into_iter()
+        .filter(|k| match (bs.get(*k), hs.get(*k)) {
+            (Some(x), Some(y)) if compared => x != y,
+            (Some(_), Some(_)) => files_changed,
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The paths a plan pays attention to, for `--verbose` messages.
+pub fn is_fleet_path(p: &str) -> bool {
+    p == PIPELINE
+        || p.starts_with(&format!("{APPS_DIR}/"))
+        || p.starts_with(&format!("{CLIENTS_DIR}/"))
+        || p.starts_with("secrets/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affected_follows_paths() {
+        let check = |paths: &[&str], all: bool, clients: &[&str]| {
+            let paths: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
+            let a = Affected::from_paths(&paths);
+            assert_eq!(a.all, all, "{paths:?}");
+            assert_eq!(a.clients.iter().map(String::as_str).collect::<Vec<_>>(), clients, "{paths:?}");
+        };
+        check(&["clients/alpha.yaml"], false, &["alpha"]);
+        check(&["secrets/clients/beta.sops.yaml", "README.md"], false, &["beta"]);
+        check(&["pipelines/apps/whoami/compose.yaml.j2"], true, &[]);
+        check(&["secrets/shared.sops.yaml"], true, &[]);
+        check(&["src/main.rs", "pipelines/pipeline.yaml"], false, &[]);
+        check(&["clients/nested/x.yaml"], false, &[]);
+    }
+
+    #[test]
+    fn diff_of_added_file_is_against_dev_null() {
+        let d = unified_diff("app.env", None, Some("A=1\n"));
+        assert!(d.starts_with("--- /dev/null\n+++ b/app.env\n"), "{d}");
+        assert!(d.contains("+A=1"), "{d}");
+    }
+}

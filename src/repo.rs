@@ -1,0 +1,232 @@
+//! Git, through git2: resolve revisions, read files of any commit straight from
+//! the object database, and list the paths two commits differ in.
+//!
+//! Architecture Invariant: nothing here touches the work tree or the index of
+//! the repository, except `Snapshot::WorkTree`, which only reads files.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository};
+
+use crate::error::{Error, Result};
+
+/// An opened fleet repository.
+pub struct Repo {
+    git: Repository,
+    display: String,
+}
+
+/// A resolved commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CommitId(pub Oid);
+
+impl std::fmt::Display for CommitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl CommitId {
+    pub fn short(&self) -> String {
+        self.0.to_string()[..12].to_string()
+    }
+}
+
+impl Repo {
+    /// Opens the repository at `path`, or the one around the working directory.
+    pub fn discover(path: Option<&Path>) -> Result<Repo> {
+        let start = match path {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_dir().map_err(|source| Error::Io {
+                path: ".".into(),
+                source,
+            })?,
+        };
+        let git = Repository::discover(&start).map_err(|e| Error::NoRepository {
+            path: start.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+        let display = git
+            .workdir()
+            .unwrap_or_else(|| git.path())
+            .display()
+            .to_string();
+        Ok(Repo { git, display })
+    }
+
+    pub fn git(&self) -> &Repository {
+        &self.git
+    }
+
+    pub fn workdir(&self) -> Option<PathBuf> {
+        self.git.workdir().map(Path::to_path_buf)
+    }
+
+    /// Resolves a revision (`HEAD~1`, a branch, a sha) to a commit.
+    pub fn resolve(&self, rev: &str) -> Result<CommitId> {
+        let bad = |message: String| Error::BadRevision {
+            rev: rev.to_string(),
+            repo: self.display.clone(),
+            message,
+        };
+        let object = self
+            .git
+            .revparse_single(rev)
+            .map_err(|e| bad(e.message().to_string()))?;
+        let commit = object
+            .peel_to_commit()
+            .map_err(|e| bad(format!("not a commit: {}", e.message())))?;
+        Ok(CommitId(commit.id()))
+    }
+
+    /// The files of one commit.
+    pub fn snapshot(&self, commit: CommitId) -> Result<Snapshot<'_>> {
+        let tree = self
+            .git
+            .find_commit(commit.0)
+            .and_then(|c| c.tree())
+            .map_err(|e| Error::git(format!("tree of {commit}"), e))?;
+        Ok(Snapshot::Commit {
+            repo: &self.git,
+            tree,
+            id: commit,
+        })
+    }
+
+    /// The files as they are on disk.
+    pub fn worktree(&self) -> Result<Snapshot<'static>> {
+        let root = self.workdir().ok_or_else(|| {
+            Error::Usage(format!(
+                "{} is a bare repository\n  hint: pass --rev to check a commit",
+                self.display
+            ))
+        })?;
+        Ok(Snapshot::WorkTree { root })
+    }
+
+    /// Repository-relative paths that differ between two commits (both sides of
+    /// a rename). Compares trees only: cost follows the size of the change.
+    pub fn changed_paths(&self, base: CommitId, head: CommitId) -> Result<Vec<String>> {
+        let tree = |c: CommitId| {
+            self.git
+                .find_commit(c.0)
+                .and_then(|c| c.tree())
+                .map_err(|e| Error::git(format!("tree of {c}"), e))
+        };
+        let (a, b) = (tree(base)?, tree(head)?);
+        let diff = self
+            .git
+            .diff_tree_to_tree(Some(&a), Some(&b), None)
+            .map_err(|e| Error::git("diff", e))?;
+        let mut paths = Vec::new();
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(p) = file.path().and_then(Path::to_str) {
+                    paths.push(p.to_string());
+                }
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        Ok(paths)
+    }
+}
+
+/// Read-only view of the fleet files at one commit, or in the work tree.
+pub enum Snapshot<'r> {
+    Commit {
+        repo: &'r Repository,
+        tree: git2::Tree<'r>,
+        id: CommitId,
+    },
+    WorkTree {
+        root: PathBuf,
+    },
+}
+
+impl Snapshot<'_> {
+    /// What this snapshot is, for messages: `commit 1a2b3c4d5e6f` or `work tree`.
+    pub fn label(&self) -> String {
+        match self {
+            Snapshot::Commit { id, .. } => format!("commit {}", id.short()),
+            Snapshot::WorkTree { .. } => "work tree".into(),
+        }
+    }
+
+    /// The content of a file, `None` when it does not exist.
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Snapshot::Commit { repo, tree, id } => {
+                let entry = match tree.get_path(Path::new(path)) {
+                    Ok(e) => e,
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::git(format!("{path} at {id}"), e)),
+                };
+                if entry.kind() != Some(git2::ObjectType::Blob) {
+                    return Ok(None);
+                }
+                let blob = repo
+                    .find_blob(entry.id())
+                    .map_err(|e| Error::git(format!("{path} at {id}"), e))?;
+                Ok(Some(blob.content().to_vec()))
+            }
+            Snapshot::WorkTree { root } => match std::fs::read(root.join(path)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.kind() == std::io::ErrorKind::IsADirectory =>
+                {
+                    Ok(None)
+                }
+                Err(source) => Err(Error::Io {
+                    path: path.to_string(),
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// Entries directly under `dir`, sorted: `(name, is_dir)`. Empty when `dir`
+    /// does not exist.
+    pub fn list(&self, dir: &str) -> Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        match self {
+            Snapshot::Commit { repo, tree, id } => {
+                let sub = match tree.get_path(Path::new(dir)) {
+                    Ok(e) => e,
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(out),
+                    Err(e) => return Err(Error::git(format!("{dir} at {id}"), e)),
+                };
+                let Ok(sub) = sub.to_object(repo).and_then(|o| o.peel_to_tree()) else {
+                    return Ok(out);
+                };
+                for entry in sub.iter() {
+                    if let Ok(name) = entry.name() {
+                        out.push((
+                            name.to_string(),
+                            entry.kind() == Some(git2::ObjectType::Tree),
+                        ));
+                    }
+                }
+            }
+            Snapshot::WorkTree { root } => {
+                let rd = match std::fs::read_dir(root.join(dir)) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(source) => {
+                        return Err(Error::Io {
+                            path: dir.to_string(),
+                            source,
+                        });
+                    }
+                };
+                for entry in rd.flatten() {
+                    let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                    out.push((entry.file_name().to_string_lossy().into_owned(), is_dir));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,212 @@
+//! Plan → text (terminals, CI logs), markdown (the merge-request comment), JSON.
+//!
+//! Architecture Invariant: no secret value ever reaches this module; plans hold
+//! masked renders only.
+
+use std::fmt::Write;
+
+use crate::plan::{AppPlan, ClientPlan, Plan};
+
+pub fn json(plan: &Plan) -> String {
+    let mut s = serde_json::to_string_pretty(plan).expect("a plan serialises");
+    s.push('\n');
+    s
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn app_summary(app: &AppPlan) -> String {
+    let mut parts = Vec::new();
+    let files: std::collections::BTreeSet<&str> = app.files.iter().map(|f| f.path.as_str()).collect();
+    if !files.is_empty() {
+        parts.push(format!(
+            "{} file{}",
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for img in &app.images {
+        parts.push(match (&img.from, &img.to) {
+            (Some(f), Some(t)) => format!("image {}: {} → {}", img.name, tag_of(f), tag_of(t)),
+            (None, Some(t)) => format!("image {}: + {}", img.name, tag_of(t)),
+            (Some(f), None) => format!("image {}: − {}", img.name, tag_of(f)),
+            (None, None) => continue,
+        });
+    }
+    if !app.secrets_changed.is_empty() {
+        parts.push(format!("secrets: {}", app.secrets_changed.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// `repo:tag@sha256:…` → `tag@sha256:1234567`, enough to tell versions apart.
+fn tag_of(image: &str) -> String {
+    let (name, digest) = image.split_once('@').unwrap_or((image, ""));
+    let tag = name.rsplit_once(':').map_or(name, |(_, t)| t);
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("{tag}@{}", &hex[..hex.len().min(12)])
+}
+
+fn host_changes(c: &ClientPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in &c.hosts_added {
+        out.push(format!("+ host {h}"));
+    }
+    for h in &c.hosts_removed {
+        out.push(format!("− host {h}"));
+    }
+    for h in &c.hosts_changed {
+        out.push(format!("~ host {h}"));
+    }
+    out
+}
+
+const NOT_COMPARED: &str = "secret values were not compared (no decryption key in this job): listed keys may have changed";
+
+/// Compact text for terminals and CI logs.
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan {}..{}: {} client{} change, {} unaffected (plan {})",
+        short(&plan.base),
+        short(&plan.head),
+        plan.clients.len(),
+        if plan.clients.len() == 1 { "" } else { "s" },
+        plan.unaffected,
+        short(&plan.plan_hash)
+    );
+    if !plan.secrets_compared {
+        let _ = writeln!(out, "note: {NOT_COMPARED}");
+    }
+    let mut stage = "";
+    for c in &plan.clients {
+        if c.stage != stage {
+            stage = &c.stage;
+            let _ = writeln!(out, "\n{stage}");
+        }
+        let _ = writeln!(out, "  {} ({})  because {}", c.name, c.hosts.join(", "), reasons(c));
+        for h in host_changes(c) {
+            let _ = writeln!(out, "    {h}");
+        }
+        for app in &c.apps {
+            let sign = match app.action.as_str() {
+                "add" => "+",
+                "remove" => "−",
+                _ => "~",
+            };
+            let _ = writeln!(out, "    {sign} {} {}: {}", app.action.as_str(), app.name, app_summary(app));
+            for f in &app.files {
+                let _ = writeln!(out, "      {} [{}]", f.path, f.hosts.join(", "));
+                for line in f.diff.lines().skip(2) {
+                    let _ = writeln!(out, "        {line}");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn reasons(c: &ClientPlan) -> String {
+    if c.reasons.is_empty() {
+        "its rendered state changed".into()
+    } else {
+        c.reasons.join(", ")
+    }
+}
+
+/// The merge-request comment: a summary table, then per client a collapsed
+/// `<details>` with the file diffs.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### fleetgate plan `{}`..`{}`\n",
+        short(&plan.base),
+        short(&plan.head)
+    );
+    if plan.clients.is_empty() {
+        let _ = writeln!(
+            out,
+            "No client changes. {} client{} unaffected.\n",
+            plan.unaffected,
+            if plan.unaffected == 1 { "" } else { "s" }
+        );
+    } else {
+        let _ = writeln!(out, "| Client | Stage | Hosts | App | Action | Changes |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for c in &plan.clients {
+            let hosts = {
+                let mut h = c.hosts.join(", ");
+                for change in host_changes(c) {
+                    h.push_str(&format!("<br>{change}"));
+                }
+                h
+            };
+            if c.apps.is_empty() {
+                let _ = writeln!(out, "| {} | {} | {} | | | hosts only |", c.name, c.stage, hosts);
+            }
+            for (i, app) in c.apps.iter().enumerate() {
+                let (name, stage, hosts) = if i == 0 {
+                    (c.name.as_str(), c.stage.as_str(), hosts.as_str())
+                } else {
+                    ("", "", "")
+                };
+                let _ = writeln!(
+                    out,
+                    "| {name} | {stage} | {hosts} | {} | {} | {} |",
+                    app.name,
+                    app.action.as_str(),
+                    md_cell(&app_summary(app))
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{} client{} change, {} unaffected.\n",
+            plan.clients.len(),
+            if plan.clients.len() == 1 { "" } else { "s" },
+            plan.unaffected
+        );
+        if !plan.secrets_compared {
+            let _ = writeln!(out, "> **Note:** {NOT_COMPARED}.\n");
+        }
+        for c in &plan.clients {
+            let _ = writeln!(
+                out,
+                "<details><summary><b>{}</b> ({}): {}</summary>\n",
+                c.name,
+                c.stage,
+                c.apps
+                    .iter()
+                    .map(|a| format!("{} {}", a.action.as_str(), a.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(out, "Because: {}\n", md_cell(&reasons(c)));
+            for app in &c.apps {
+                for f in &app.files {
+                    let _ = writeln!(out, "`{}/{}` on {}\n", app.name, f.path, f.hosts.join(", "));
+                    let _ = writeln!(out, "```diff\n{}```\n", fence_safe(&f.diff));
+                }
+            }
+            let _ = writeln!(out, "</details>\n");
+        }
+    }
+    let _ = writeln!(out, "Plan hash: `{}`", plan.plan_hash);
+    out
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A diff line that starts with ``` would close the code fence early.
+fn fence_safe(diff: &str) -> String {
+    diff.lines()
+        .map(|l| if l.contains("```") { l.replace("```", "`\u{200b}``") } else { l.to_string() })
+        .map(|l| l + "\n")
+        .collect()
+}
