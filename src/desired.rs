@@ -140,19 +140,21 @@ fn client_secrets(
             origin,
         });
     }
+    let own = match &client.secrets {
+        Some(f) => Some(
+            cache
+                .decrypt(f, &files.files[&f.path], keyring)
+                .map_err(|d| vec![d])?,
+        ),
+        None => None,
+    };
     if fleet.shared_secrets.is_some() && shared.is_none() {
-        // The shared file did not decrypt; that is reported once, not per client.
+        // The shared file did not decrypt: reported once, not for every client.
         return Err(Vec::new());
     }
     let mut merged = BTreeMap::new();
-    if let Some(shared) = shared {
-        merged.extend(shared.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    if let Some(f) = &client.secrets {
-        let own = cache
-            .decrypt(f, &files.files[&f.path], keyring)
-            .map_err(|d| vec![d])?;
-        merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for map in [shared, own.as_deref()].into_iter().flatten() {
+        merged.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let values = merged
         .into_iter()

@@ -63,11 +63,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
-        LogFormat::Human => builder
-            .without_time()
-            .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .compact()
-            .init(),
+        LogFormat::Human => builder.event_format(HumanFormat).init(),
     }
 }
 
@@ -89,5 +85,33 @@ fn report_error(format: LogFormat, err: &Error) {
     match format {
         LogFormat::Human => eprintln!("error: {err}"),
         LogFormat::Json => tracing::error!(exit_code = err.exit_code() as u8, "{err}"),
+    }
+}
+
+/// Human log lines: `warning: …`, `error: …`, plain text for info, no
+/// timestamps (CI adds its own), readable without colour.
+struct HumanFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for HumanFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prefix = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "{prefix}")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }

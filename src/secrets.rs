@@ -77,11 +77,13 @@ impl Keyring {
     pub fn from_env() -> Result<Keyring> {
         let mut identities = Vec::new();
         let mut sources = Vec::new();
-        if let Ok(inline) = std::env::var("SOPS_AGE_KEY") {
+        if let Ok(inline) = std::env::var("SOPS_AGE_KEY")
+            && !inline.trim().is_empty()
+        {
             identities.extend(parse_identities("SOPS_AGE_KEY", &inline)?);
             sources.push("SOPS_AGE_KEY".to_string());
         }
-        let file = match std::env::var_os("SOPS_AGE_KEY_FILE") {
+        let file = match std::env::var_os("SOPS_AGE_KEY_FILE").filter(|f| !f.is_empty()) {
             Some(f) => Some((PathBuf::from(f), true)),
             None => default_key_file().map(|f| (f, false)),
         };
