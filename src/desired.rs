@@ -18,11 +18,18 @@ use crate::secrets::{Keyring, SecretMap, SopsFile};
 /// most of them.
 #[derive(Default)]
 pub struct DecryptCache {
-    done: Mutex<HashMap<[u8; 32], Result<Arc<SecretMap>, Diagnostic>>>,
+    done: Mutex<HashMap<[u8; 32], Decrypted>>,
 }
 
+type Decrypted = Result<Arc<SecretMap>, Diagnostic>;
+
 impl DecryptCache {
-    fn decrypt(&self, file: &SopsFile, raw: &[u8], keyring: &Keyring) -> Result<Arc<SecretMap>, Diagnostic> {
+    fn decrypt(
+        &self,
+        file: &SopsFile,
+        raw: &[u8],
+        keyring: &Keyring,
+    ) -> Result<Arc<SecretMap>, Diagnostic> {
         let mut h = Sha256::new();
         h.update(file.path.as_bytes());
         h.update(b"\0");
@@ -67,8 +74,15 @@ pub fn compute(
         },
         _ => None,
     };
+    if keyring.can_decrypt() {
+        problems.extend(undecryptable_secrets_of_invalid_clients(
+            files, &fleet, keyring, cache,
+        ));
+    }
     let clients: Vec<&Client> = fleet.clients.values().collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(clients.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(clients.len().max(1));
     let chunk = clients.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<DesiredClient>, Vec<Diagnostic>>> = std::thread::scope(|s| {
         let handles: Vec<_> = clients
@@ -88,7 +102,11 @@ pub fn compute(
                             Err(p) => problems.extend(p),
                         }
                     }
-                    if problems.is_empty() { Ok(out) } else { Err(problems) }
+                    if problems.is_empty() {
+                        Ok(out)
+                    } else {
+                        Err(problems)
+                    }
                 })
             })
             .collect();
@@ -111,6 +129,29 @@ pub fn compute(
         fleet,
         clients: desired,
     })
+}
+
+/// Clients that did not validate are not rendered; their secrets files are
+/// still decrypted, so one `check` reports every problem.
+fn undecryptable_secrets_of_invalid_clients(
+    files: &FleetFiles,
+    fleet: &Fleet,
+    keyring: &Keyring,
+    cache: &DecryptCache,
+) -> Vec<Diagnostic> {
+    files
+        .client_secrets
+        .iter()
+        .filter(|c| files.selection.contains(c) && files.all_clients.contains(*c))
+        .filter(|c| !fleet.clients.contains_key(*c))
+        .filter_map(|c| {
+            let path = config::client_secrets_file(c);
+            let bytes = files.files.get(&path)?;
+            // Shape problems were reported by validation already.
+            let file = SopsFile::parse(&path, bytes).ok()?;
+            cache.decrypt(&file, bytes, keyring).err()
+        })
+        .collect()
 }
 
 /// The client's secrets merged over the shared ones, decrypted when a key is
@@ -175,7 +216,12 @@ fn collapse_repeats(problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut out: Vec<(Diagnostic, usize)> = Vec::new();
     let mut index: HashMap<(String, Option<String>, Option<u32>, String), usize> = HashMap::new();
     for d in problems {
-        let base = d.message.split(" (rendering for ").next().unwrap_or_default().to_string();
+        let base = d
+            .message
+            .split(" (rendering for ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let key = (d.file.clone(), d.field.clone(), d.line, base);
         match index.get(&key) {
             Some(&i) => out[i].1 += 1,

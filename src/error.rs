@@ -15,6 +15,10 @@ pub enum ExitCode {
     /// Done; every gate passed, or nothing to do.
     Ok = 0,
     /// A gate blocked, or a failed deploy was handled.
+    #[expect(
+        dead_code,
+        reason = "returned by deploy and scan gates (issues 3 and 5)"
+    )]
     Blocked = 1,
     /// Invalid input: arguments, YAML, templates, secrets, unpinned images.
     Invalid = 2,
@@ -97,14 +101,18 @@ pub enum Error {
         problems: Vec<Diagnostic>,
     },
 
-    #[error("resolve revision `{rev}`: {message}\n  hint: pass a commit id, branch or tag that exists in {repo}")]
+    #[error(
+        "resolve revision `{rev}`: {message}\n  hint: pass a commit id, branch or tag that exists in {repo}"
+    )]
     BadRevision {
         rev: String,
         repo: String,
         message: String,
     },
 
-    #[error("open repository {path}: {message}\n  hint: run inside a Git repository or pass --repo DIR")]
+    #[error(
+        "open repository {path}: {message}\n  hint: run inside a Git repository or pass --repo DIR"
+    )]
     NoRepository { path: String, message: String },
 
     #[error("{0}")]

@@ -40,7 +40,6 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     unsafe { keyring.bridge_to_rops() };
     let ctx = commands::Context {
         repo: cli.repo.clone(),
-        log_format: cli.log_format,
         keyring,
     };
     match &cli.command {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, Fleet, PIPELINE, SHARED_SECRETS, Selection,
+    self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, Fleet, SHARED_SECRETS, Selection,
 };
 use crate::render::{DesiredApp, DesiredClient};
 
@@ -158,9 +158,7 @@ pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: b
             .position(|s| s.name == stage)
             .unwrap_or(usize::MAX)
     };
-    clients.sort_by(|a, b| {
-        (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name))
-    });
+    clients.sort_by(|a, b| (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name)));
     let everyone: BTreeSet<&String> = base
         .fleet
         .all_clients
@@ -216,7 +214,11 @@ fn compare_client(
         let files = file_diffs(ba, ha);
         let images = image_changes(ba, ha);
         let secrets_changed = secret_changes(ba, ha, secrets_compared, name, changed);
-        if action == Action::Update && files.is_empty() && images.is_empty() && secrets_changed.is_empty() {
+        if action == Action::Update
+            && files.is_empty()
+            && images.is_empty()
+            && secrets_changed.is_empty()
+        {
             continue;
         }
         apps.push(AppPlan {
@@ -228,18 +230,35 @@ fn compare_client(
         });
     }
     let host_names = |c: Option<&DesiredClient>| -> BTreeMap<String, config::Host> {
-        c.map(|c| c.hosts.iter().map(|h| (h.name.clone(), h.clone())).collect())
-            .unwrap_or_default()
+        c.map(|c| {
+            c.hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
     };
     let (bh, hh) = (host_names(b), host_names(h));
-    let hosts_added: Vec<String> = hh.keys().filter(|k| !bh.contains_key(*k)).cloned().collect();
-    let hosts_removed: Vec<String> = bh.keys().filter(|k| !hh.contains_key(*k)).cloned().collect();
+    let hosts_added: Vec<String> = hh
+        .keys()
+        .filter(|k| !bh.contains_key(*k))
+        .cloned()
+        .collect();
+    let hosts_removed: Vec<String> = bh
+        .keys()
+        .filter(|k| !hh.contains_key(*k))
+        .cloned()
+        .collect();
     let hosts_changed: Vec<String> = hh
         .iter()
         .filter(|(k, v)| bh.get(*k).is_some_and(|old| old != *v))
         .map(|(k, _)| k.clone())
         .collect();
-    if apps.is_empty() && hosts_added.is_empty() && hosts_removed.is_empty() && hosts_changed.is_empty() {
+    if apps.is_empty()
+        && hosts_added.is_empty()
+        && hosts_removed.is_empty()
+        && hosts_changed.is_empty()
+    {
         return None;
     }
     let group = h.or(b).map(|c| c.group.clone()).unwrap_or_default();
@@ -264,7 +283,9 @@ fn compare_client(
     Some(ClientPlan {
         name: name.to_string(),
         stage,
-        hosts: h.map(|c| c.hosts.iter().map(|h| h.name.clone()).collect()).unwrap_or_default(),
+        hosts: h
+            .map(|c| c.hosts.iter().map(|h| h.name.clone()).collect())
+            .unwrap_or_default(),
         hosts_added,
         hosts_removed,
         hosts_changed,
@@ -280,11 +301,16 @@ fn file_diffs(b: Option<&DesiredApp>, h: Option<&DesiredApp>) -> Vec<FileDiff> {
     let h_files = h.map_or(&empty, |a| &a.files);
     let hosts: BTreeSet<&String> = b_files.keys().chain(h_files.keys()).collect();
     // path → (old, new) → hosts
-    let mut by_path: BTreeMap<&str, BTreeMap<(Option<&str>, Option<&str>), Vec<String>>> = BTreeMap::new();
+    type Pairs<'a> = BTreeMap<(Option<&'a str>, Option<&'a str>), Vec<String>>;
+    let mut by_path: BTreeMap<&str, Pairs> = BTreeMap::new();
     for host in hosts {
         let bf = b_files.get(host);
         let hf = h_files.get(host);
-        let paths: BTreeSet<&String> = bf.iter().flat_map(|m| m.keys()).chain(hf.iter().flat_map(|m| m.keys())).collect();
+        let paths: BTreeSet<&String> = bf
+            .iter()
+            .flat_map(|m| m.keys())
+            .chain(hf.iter().flat_map(|m| m.keys()))
+            .collect();
         for path in paths {
             let old = bf.and_then(|m| m.get(path)).map(String::as_str);
             let new = hf.and_then(|m| m.get(path)).map(String::as_str);
@@ -356,7 +382,9 @@ fn secret_changes(
         // An added or removed app: its files say everything.
         return Vec::new();
     };
-    let files_changed = changed.iter().any(|p| *p == SHARED_SECRETS || *p == config::client_secrets_file(client));
+    let files_changed = changed
+        .iter()
+        .any(|p| *p == SHARED_SECRETS || *p == config::client_secrets_file(client));
     let keys: BTreeSet<&String> = bs.keys().chain(hs.keys()).collect();
     keys.into_iter()
         .filter(|k| match (bs.get(*k), hs.get(*k)) {
@@ -366,14 +394,6 @@ fn secret_changes(
         })
         .cloned()
         .collect()
-}
-
-/// The paths a plan pays attention to, for `--verbose` messages.
-pub fn is_fleet_path(p: &str) -> bool {
-    p == PIPELINE
-        || p.starts_with(&format!("{APPS_DIR}/"))
-        || p.starts_with(&format!("{CLIENTS_DIR}/"))
-        || p.starts_with("secrets/")
 }
 
 #[cfg(test)]
@@ -386,10 +406,18 @@ mod tests {
             let paths: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
             let a = Affected::from_paths(&paths);
             assert_eq!(a.all, all, "{paths:?}");
-            assert_eq!(a.clients.iter().map(String::as_str).collect::<Vec<_>>(), clients, "{paths:?}");
+            assert_eq!(
+                a.clients.iter().map(String::as_str).collect::<Vec<_>>(),
+                clients,
+                "{paths:?}"
+            );
         };
         check(&["clients/alpha.yaml"], false, &["alpha"]);
-        check(&["secrets/clients/beta.sops.yaml", "README.md"], false, &["beta"]);
+        check(
+            &["secrets/clients/beta.sops.yaml", "README.md"],
+            false,
+            &["beta"],
+        );
         check(&["pipelines/apps/whoami/compose.yaml.j2"], true, &[]);
         check(&["secrets/shared.sops.yaml"], true, &[]);
         check(&["src/main.rs", "pipelines/pipeline.yaml"], false, &[]);

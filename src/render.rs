@@ -30,6 +30,7 @@ pub struct ClientSecrets {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretView {
     /// The values themselves: only for files that go to a host.
+    #[expect(dead_code, reason = "rendering for hosts lands with deploy (issue 3)")]
     Real,
     /// `••••` plus a short keyed fingerprint, so a reader sees *that* a value
     /// changed; plain `••••` when the values were not decrypted.
@@ -136,7 +137,10 @@ fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnosti
     if !context.is_empty() {
         message = format!("{message} (rendering for {context})");
     }
-    let field = name.split_once('#').map(|(_, f)| f.to_string()).unwrap_or_default();
+    let field = name
+        .split_once('#')
+        .map(|(_, f)| f.to_string())
+        .unwrap_or_default();
     let hint = match err.kind() {
         minijinja::ErrorKind::UndefinedError => {
             "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir); define the variable in the client's `vars:` or fix the name"

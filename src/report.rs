@@ -19,7 +19,8 @@ fn short(sha: &str) -> &str {
 
 fn app_summary(app: &AppPlan) -> String {
     let mut parts = Vec::new();
-    let files: std::collections::BTreeSet<&str> = app.files.iter().map(|f| f.path.as_str()).collect();
+    let files: std::collections::BTreeSet<&str> =
+        app.files.iter().map(|f| f.path.as_str()).collect();
     if !files.is_empty() {
         parts.push(format!(
             "{} file{}",
@@ -63,7 +64,8 @@ fn host_changes(c: &ClientPlan) -> Vec<String> {
     out
 }
 
-const NOT_COMPARED: &str = "secret values were not compared (no decryption key in this job): listed keys may have changed";
+const NOT_COMPARED: &str =
+    "secret values were not compared (no decryption key in this job): listed keys may have changed";
 
 /// Compact text for terminals and CI logs.
 pub fn text(plan: &Plan) -> String {
@@ -87,7 +89,13 @@ pub fn text(plan: &Plan) -> String {
             stage = &c.stage;
             let _ = writeln!(out, "\n{stage}");
         }
-        let _ = writeln!(out, "  {} ({})  because {}", c.name, c.hosts.join(", "), reasons(c));
+        let _ = writeln!(
+            out,
+            "  {} ({})  because {}",
+            c.name,
+            c.hosts.join(", "),
+            reasons(c)
+        );
         for h in host_changes(c) {
             let _ = writeln!(out, "    {h}");
         }
@@ -97,7 +105,13 @@ pub fn text(plan: &Plan) -> String {
                 "remove" => "−",
                 _ => "~",
             };
-            let _ = writeln!(out, "    {sign} {} {}: {}", app.action.as_str(), app.name, app_summary(app));
+            let _ = writeln!(
+                out,
+                "    {sign} {} {}: {}",
+                app.action.as_str(),
+                app.name,
+                app_summary(app)
+            );
             for f in &app.files {
                 let _ = writeln!(out, "      {} [{}]", f.path, f.hosts.join(", "));
                 for line in f.diff.lines().skip(2) {
@@ -146,7 +160,11 @@ pub fn markdown(plan: &Plan) -> String {
                 h
             };
             if c.apps.is_empty() {
-                let _ = writeln!(out, "| {} | {} | {} | | | hosts only |", c.name, c.stage, hosts);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | | | hosts only |",
+                    c.name, c.stage, hosts
+                );
             }
             for (i, app) in c.apps.iter().enumerate() {
                 let (name, stage, hosts) = if i == 0 {
@@ -206,7 +224,13 @@ fn md_cell(s: &str) -> String {
 /// A diff line that starts with ``` would close the code fence early.
 fn fence_safe(diff: &str) -> String {
     diff.lines()
-        .map(|l| if l.contains("```") { l.replace("```", "`\u{200b}``") } else { l.to_string() })
+        .map(|l| {
+            if l.contains("```") {
+                l.replace("```", "`\u{200b}``")
+            } else {
+                l.to_string()
+            }
+        })
         .map(|l| l + "\n")
         .collect()
 }

@@ -15,8 +15,8 @@ use std::str::FromStr;
 use hmac::{Hmac, Mac};
 use rops::cryptography::cipher::AES256GCM;
 use rops::cryptography::hasher::SHA512;
-use rops::file::format::YamlFileFormat;
 use rops::file::RopsFile;
+use rops::file::format::YamlFileFormat;
 use rops::file::state::EncryptedFile;
 use sha2::{Digest, Sha256};
 
@@ -216,11 +216,12 @@ impl SopsFile {
         let mut keys = BTreeMap::new();
         if !doc.contains_key("sops") {
             problems.push(
-                Diagnostic::new(path, "not encrypted: the file has no `sops` metadata")
-                    .hint(format!(
+                Diagnostic::new(path, "not encrypted: the file has no `sops` metadata").hint(
+                    format!(
                         "encrypt it: `cd secrets && sops encrypt --in-place {}`",
                         path.trim_start_matches("secrets/")
-                    )),
+                    ),
+                ),
             );
         }
         for (key, value) in &doc {
@@ -250,6 +251,11 @@ impl SopsFile {
                         },
                     );
                 }
+                serde_json::Value::String(s) if s.is_empty() => {
+                    problems.push(d(format!("secret `{key}` is empty")).hint(
+                        "give it a value, or remove the key (empty values cannot be decrypted reliably and are refused)",
+                    ));
+                }
                 serde_json::Value::Object(_) | serde_json::Value::Array(_) => problems.push(
                     d(format!("secret `{key}` is a nested structure"))
                         .hint("keep secrets files flat: one `key: value` per secret"),
@@ -278,13 +284,15 @@ impl SopsFile {
                 "set SOPS_AGE_KEY_FILE to the CI key's file, or SOPS_AGE_KEY to the key".into(),
             ));
         }
-        let file = RopsFile::<EncryptedFile<AES256GCM, SHA512>, YamlFileFormat>::from_str(&self.text)
-            .map_err(|_| {
-                fail(
-                    "not a SOPS file fleetgate can read (metadata missing or malformed)".into(),
-                    "re-encrypt it with `sops encrypt --in-place` (sops 3.x, age recipients)".into(),
-                )
-            })?;
+        let file =
+            RopsFile::<EncryptedFile<AES256GCM, SHA512>, YamlFileFormat>::from_str(&self.text)
+                .map_err(|_| {
+                    fail(
+                        "not a SOPS file fleetgate can read (metadata missing or malformed)".into(),
+                        "re-encrypt it with `sops encrypt --in-place` (sops 3.x, age recipients)"
+                            .into(),
+                    )
+                })?;
         let decrypted = file.decrypt::<YamlFileFormat>().map_err(|e| {
             // Classified by message prefix; the message itself is never shown.
             let text = e.to_string();
@@ -295,7 +303,7 @@ impl SopsFile {
                 )
             } else if text.starts_with("unable to decrypt map value") {
                 fail(
-                    "a value does not decrypt: its ciphertext was altered".into(),
+                    "a value does not decrypt: its ciphertext was altered or moved to another key".into(),
                     "restore it from Git history or re-create it with `sops`".into(),
                 )
             } else if text.starts_with("unable to decrypt file metadata") {
@@ -364,9 +372,14 @@ mod tests {
     fn identities_skip_comments_like_age_keygen_files() {
         let text = "# created: 2026-11-23T06:55:09Z\n# public key: age1xyz\nAGE-SECRET-KEY-1EU6997ESPL3R9TXRAYMZYN3VC2KHE5FDSQD8VKZCJX42AJY8G4KQKK4D5W\n\n";
         assert_eq!(parse_identities("f", text).unwrap().len(), 1);
-        let err = parse_identities("f", "# c\nnot-a-key\n").unwrap_err().to_string();
+        let err = parse_identities("f", "# c\nnot-a-key\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2 is not an age identity"), "{err}");
-        assert!(!err.contains("not-a-key"), "the bad line may be a secret: {err}");
+        assert!(
+            !err.contains("not-a-key"),
+            "the bad line may be a secret: {err}"
+        );
     }
 
     #[test]
@@ -377,13 +390,20 @@ mod tests {
 
         let check = |text: &str, fragment: &str| {
             let errs = SopsFile::parse("s.yaml", text.as_bytes()).unwrap_err();
-            let all = errs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+            let all = errs
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
             assert!(all.contains(fragment), "{all}");
         };
         check("a: plain\nsops: {}\n", "secret `a` is not encrypted");
-        check("a: ENC[AES256_GCM,data:,iv:x,tag:y,type:str]\nsops: {}\n", "secret `a` is empty");
+        check(
+            "a: ENC[AES256_GCM,data:,iv:x,tag:y,type:str]\nsops: {}\n",
+            "secret `a` is empty",
+        );
         check("a: ENC[x]\n", "no `sops` metadata");
         check("a-b: ENC[x]\nsops: {}\n", "not a valid name");
-        check("a: {b: ENC[x]}\nsops: {}\n", "nested");
+        check("a:\n  b: ENC[x]\nsops: {}\n", "nested");
     }
 }

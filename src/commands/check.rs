@@ -48,7 +48,11 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> Result<ExitCode> {
         plural(d.fleet.apps.len(), "app"),
         plural(d.fleet.pipeline.stages.len(), "stage"),
         snap.label(),
-        if ctx.keyring.can_decrypt() { "" } else { " (secrets not decrypted)" }
+        if ctx.keyring.can_decrypt() {
+            ""
+        } else {
+            " (secrets not decrypted)"
+        }
     );
     Ok(ExitCode::Ok)
 }

@@ -6,12 +6,10 @@ pub mod plan;
 
 use std::path::PathBuf;
 
-use crate::cli::LogFormat;
 use crate::secrets::Keyring;
 
 /// What every command gets from `main`.
 pub struct Context {
     pub repo: Option<PathBuf>,
-    pub log_format: LogFormat,
     pub keyring: Keyring,
 }

@@ -74,11 +74,17 @@ pub fn build(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> 
     for id in [base, head] {
         let snap = repo.snapshot(id)?;
         let files = config::load(&snap, affected.selection())?;
-        let d = desired::compute(&files, keyring, &cache, SecretView::Masked, &head.to_string())
-            .map_err(|problems| Error::Invalid {
-                at: snap.label(),
-                problems,
-            })?;
+        let d = desired::compute(
+            &files,
+            keyring,
+            &cache,
+            SecretView::Masked,
+            &head.to_string(),
+        )
+        .map_err(|problems| Error::Invalid {
+            at: snap.label(),
+            problems,
+        })?;
         tracing::debug!("{}: rendered {} client(s)", snap.label(), d.clients.len());
         sides.push(d);
     }

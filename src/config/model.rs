@@ -31,6 +31,10 @@ pub struct Fleet {
     pub shared_secrets: Option<SopsFile>,
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug)]
 pub struct Pipeline {
     pub stages: Vec<Stage>,
@@ -77,12 +81,20 @@ impl Severity {
     }
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug, Clone)]
 pub struct ScanPolicy {
     pub fail_on: Vec<Severity>,
     pub ignore_unfixed: bool,
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct OnFailure {
     pub rollback: bool,
@@ -90,12 +102,20 @@ pub struct OnFailure {
 }
 
 /// The command each container runtime is driven with on the hosts.
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug, Clone)]
 pub struct RuntimeCommands {
     pub compose: String,
     pub podman: String,
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug)]
 pub struct App {
     pub name: String,
@@ -111,6 +131,10 @@ pub struct App {
     pub rollback: RollbackPolicy,
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug, Clone, Default)]
 pub struct Commands {
     pub start: Option<String>,
@@ -124,6 +148,10 @@ pub enum HealthCheck {
     Command(String),
 }
 
+#[expect(
+    dead_code,
+    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
+)]
 #[derive(Debug, Clone)]
 pub struct HttpCheck {
     /// A template: rendered per host.
@@ -196,7 +224,8 @@ const NAME_HINT: &str = "names are lowercase letters, digits and `-`, start with
 
 fn is_ident(name: &str) -> bool {
     let mut b = name.bytes();
-    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
@@ -240,7 +269,11 @@ impl Check<'_> {
         match duration::parse(text) {
             Ok(d) => d,
             Err(e) => {
-                self.plain(field, e, "write durations like `500ms`, `30s`, `2m` or `1h30m`");
+                self.plain(
+                    field,
+                    e,
+                    "write durations like `500ms`, `30s`, `2m` or `1h30m`",
+                );
                 default
             }
         }
@@ -253,7 +286,7 @@ impl Check<'_> {
 pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
     let mut problems = files.problems.clone();
     let pipeline = validate_pipeline(files, &mut problems);
-    let apps = validate_apps(files, &mut problems);
+    let (apps, invalid_apps) = validate_apps(files, &mut problems);
     let shared_secrets = files.files.get(SHARED_SECRETS).and_then(|bytes| {
         SopsFile::parse(SHARED_SECRETS, bytes)
             .map_err(|p| problems.extend(p))
@@ -269,6 +302,7 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             name,
             pipeline.as_ref(),
             &apps,
+            &invalid_apps,
             shared_secrets.as_ref(),
             &mut problems,
         ) {
@@ -313,8 +347,9 @@ impl Pipeline {
 fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Option<Pipeline> {
     let Some(bytes) = files.files.get(PIPELINE) else {
         problems.push(
-            Diagnostic::new(PIPELINE, format!("is missing from the {}", files.label))
-                .hint("every fleet repository has pipelines/pipeline.yaml; see ../shared/design.md §1"),
+            Diagnostic::new(PIPELINE, format!("is missing from the {}", files.label)).hint(
+                "every fleet repository has pipelines/pipeline.yaml; see ../shared/design.md §1",
+            ),
         );
         return None;
     };
@@ -325,13 +360,16 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
             return None;
         }
     };
-    let before = problems.len();
     let mut c = Check {
         file: PIPELINE,
         problems,
     };
     if raw.stages.is_empty() {
-        c.plain("stages", "no stages are defined", "define at least one stage, e.g. `canary`");
+        c.plain(
+            "stages",
+            "no stages are defined",
+            "define at least one stage, e.g. `canary`",
+        );
     }
     let mut stages = Vec::new();
     let mut names = BTreeSet::new();
@@ -341,7 +379,12 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
         c.name(&f("name"), &s.name, "stage");
         c.name(&f("group"), &s.group, "group");
         if !names.insert(s.name.value.clone()) {
-            c.at(&f("name"), &s.name, format!("stage `{}` is defined twice", s.name.value), "give each stage its own name");
+            c.at(
+                &f("name"),
+                &s.name,
+                format!("stage `{}` is defined twice", s.name.value),
+                "give each stage its own name",
+            );
         }
         if !groups.insert(s.group.value.clone()) {
             c.at(
@@ -442,7 +485,9 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
             .and_then(|r| r.podman.clone())
             .unwrap_or_else(|| "podman compose".into()),
     };
-    (problems.len() == before).then_some(Pipeline {
+    // Kept even when a field is wrong: clients are still checked against the
+    // stages; the problems already make the fleet invalid.
+    Some(Pipeline {
         stages,
         scan: ScanPolicy {
             fail_on,
@@ -453,8 +498,14 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
     })
 }
 
-fn validate_apps(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> BTreeMap<String, App> {
+/// The valid apps, and the names of apps that exist but did not validate (so
+/// clients using them are not told the app does not exist).
+fn validate_apps(
+    files: &FleetFiles,
+    problems: &mut Vec<Diagnostic>,
+) -> (BTreeMap<String, App>, BTreeSet<String>) {
     let mut apps = BTreeMap::new();
+    let mut invalid = BTreeSet::new();
     let app_dirs: BTreeSet<&str> = files
         .files
         .keys()
@@ -465,8 +516,11 @@ fn validate_apps(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> BTreeMap
         let file = format!("{APPS_DIR}/{name}/app.yaml");
         if !is_name(name) {
             problems.push(
-                Diagnostic::new(format!("{APPS_DIR}/{name}"), format!("app `{name}` is not a valid name"))
-                    .hint(NAME_HINT),
+                Diagnostic::new(
+                    format!("{APPS_DIR}/{name}"),
+                    format!("app `{name}` is not a valid name"),
+                )
+                .hint(NAME_HINT),
             );
             continue;
         }
@@ -477,16 +531,20 @@ fn validate_apps(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> BTreeMap
             );
             continue;
         };
-        match yaml::parse::<raw::App>(&file, bytes) {
-            Ok(raw) => {
-                if let Some(app) = validate_app(files, name, &file, raw, problems) {
-                    apps.insert(name.to_string(), app);
-                }
+        let app = yaml::parse::<raw::App>(&file, bytes)
+            .map_err(|d| problems.push(d))
+            .ok()
+            .and_then(|raw| validate_app(files, name, &file, raw, problems));
+        match app {
+            Some(app) => {
+                apps.insert(name.to_string(), app);
             }
-            Err(d) => problems.push(d),
+            None => {
+                invalid.insert(name.to_string());
+            }
         }
     }
-    apps
+    (apps, invalid)
 }
 
 fn validate_app(
@@ -530,7 +588,12 @@ fn validate_app(
             continue;
         }
         if dest == "state.json" || dest == "current" || dest.starts_with("releases/") {
-            c.at(&field, template, format!("destination `{dest}` is reserved by fleetgate"), "pick another file name");
+            c.at(
+                &field,
+                template,
+                format!("destination `{dest}` is reserved by fleetgate"),
+                "pick another file name",
+            );
             continue;
         }
         if !is_release_path(&template.value) {
@@ -550,7 +613,12 @@ fn validate_app(
                     templates.insert(tname.clone(), text);
                     out_files.insert(dest.clone(), tname);
                 }
-                Err(_) => c.at(&field, template, format!("template {source_path} is not UTF-8 text"), ""),
+                Err(_) => c.at(
+                    &field,
+                    template,
+                    format!("template {source_path} is not UTF-8 text"),
+                    "",
+                ),
             },
             None => c.at(
                 &field,
@@ -570,15 +638,23 @@ fn validate_app(
                 "secret keys are letters, digits and `_`",
             );
         } else if secrets.contains(&key.value) {
-            c.at(&format!("secrets[{i}]"), key, format!("secret `{}` is listed twice", key.value), "");
+            c.at(
+                &format!("secrets[{i}]"),
+                key,
+                format!("secret `{}` is listed twice", key.value),
+                "",
+            );
         } else {
             secrets.push(key.value.clone());
         }
     }
-    let commands = raw.commands.as_ref().map_or_else(Commands::default, |cm| Commands {
-        start: cm.start.clone(),
-        stop: cm.stop.clone(),
-    });
+    let commands = raw
+        .commands
+        .as_ref()
+        .map_or_else(Commands::default, |cm| Commands {
+            start: cm.start.clone(),
+            stop: cm.stop.clone(),
+        });
     if raw.runtime.value == Runtime::Command && commands.start.is_none() {
         c.at(
             "commands.start",
@@ -610,7 +686,12 @@ fn validate_app(
                     }),
                 }));
                 if v.successes == Some(0) || v.failures == Some(0) {
-                    c.at(&format!("health[{i}]"), h, "successes and failures must be at least 1", "");
+                    c.at(
+                        &format!("health[{i}]"),
+                        h,
+                        "successes and failures must be at least 1",
+                        "",
+                    );
                 }
             }
             (None, Some(cmd)) => {
@@ -675,7 +756,8 @@ fn is_address(a: &str) -> bool {
 
 fn is_user(u: &str) -> bool {
     let mut b = u.bytes();
-    b.next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+    b.next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
         && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
         && u.len() <= 32
 }
@@ -696,25 +778,21 @@ fn validate_client(
     name: &str,
     pipeline: Option<&Pipeline>,
     apps: &BTreeMap<String, App>,
+    invalid_apps: &BTreeSet<String>,
     shared: Option<&SopsFile>,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Client> {
     let file = client_file(name);
     if !is_name(name) {
         problems.push(
-            Diagnostic::new(&file, format!("client `{name}` is not a valid name (the file name is the client's name)"))
-                .hint(NAME_HINT),
+            Diagnostic::new(
+                &file,
+                format!("client `{name}` is not a valid name (the file name is the client's name)"),
+            )
+            .hint(NAME_HINT),
         );
         return None;
     }
-    let bytes = files.files.get(&file)?;
-    let raw: raw::Client = match yaml::parse(&file, bytes) {
-        Ok(r) => r,
-        Err(d) => {
-            problems.push(d);
-            return None;
-        }
-    };
     let secrets = if files.client_secrets.contains(name) {
         let path = client_secrets_file(name);
         files.files.get(&path).and_then(|bytes| {
@@ -725,13 +803,26 @@ fn validate_client(
     } else {
         None
     };
+    let bytes = files.files.get(&file)?;
+    let raw: raw::Client = match yaml::parse(&file, bytes) {
+        Ok(r) => r,
+        Err(d) => {
+            problems.push(d);
+            return None;
+        }
+    };
     let before = problems.len();
     let mut c = Check {
         file: &file,
         problems,
     };
     if !is_address(&raw.domain.value) || raw.domain.value.contains(':') {
-        c.at("domain", &raw.domain, format!("`{}` is not a domain name", raw.domain.value), "e.g. `alpha.example.org`");
+        c.at(
+            "domain",
+            &raw.domain,
+            format!("`{}` is not a domain name", raw.domain.value),
+            "e.g. `alpha.example.org`",
+        );
     }
     c.name("group", &raw.group, "group");
     if let Some(p) = pipeline
@@ -741,20 +832,29 @@ fn validate_client(
         c.at(
             "group",
             &raw.group,
-            format!("group `{}` is not picked by any stage of {PIPELINE}", raw.group.value),
+            format!(
+                "group `{}` is not picked by any stage of {PIPELINE}",
+                raw.group.value
+            ),
             &format!("use one of: {}", groups.join(", ")),
         );
     }
     let mut app_names = Vec::new();
     for (i, a) in raw.apps.iter().enumerate() {
         let field = format!("apps[{i}]");
-        if !apps.contains_key(&a.value) {
+        if invalid_apps.contains(&a.value) {
+            // Already reported in the app's own file.
+        } else if !apps.contains_key(&a.value) {
             let known: Vec<&str> = apps.keys().map(String::as_str).collect();
             c.at(
                 &field,
                 a,
                 format!("app `{}` does not exist", a.value),
-                &format!("define {APPS_DIR}/{}/app.yaml, or use one of: {}", a.value, known.join(", ")),
+                &format!(
+                    "define {APPS_DIR}/{}/app.yaml, or use one of: {}",
+                    a.value,
+                    known.join(", ")
+                ),
             );
         } else if app_names.contains(&a.value) {
             c.at(&field, a, format!("app `{}` is listed twice", a.value), "");
@@ -765,7 +865,11 @@ fn validate_client(
     let hosts = match &raw.hosts {
         raw::Hosts::Static(list) => {
             if list.is_empty() {
-                c.plain("hosts", "no hosts are listed", "list at least one host, or use `hosts: {hcloud: {label_selector: ...}}`");
+                c.plain(
+                    "hosts",
+                    "no hosts are listed",
+                    "list at least one host, or use `hosts: {hcloud: {label_selector: ...}}`",
+                );
             }
             let mut seen = BTreeSet::new();
             let mut hosts = Vec::new();
@@ -773,7 +877,12 @@ fn validate_client(
                 let f = |k: &str| format!("hosts[{i}].{k}");
                 c.name(&f("name"), &h.name, "host");
                 if !seen.insert(h.name.value.clone()) {
-                    c.at(&f("name"), &h.name, format!("host `{}` is listed twice", h.name.value), "");
+                    c.at(
+                        &f("name"),
+                        &h.name,
+                        format!("host `{}` is listed twice", h.name.value),
+                        "",
+                    );
                 }
                 if !is_address(&h.address.value) {
                     c.at(
@@ -786,16 +895,26 @@ fn validate_client(
                 if h.port == Some(0) {
                     c.plain(&f("port"), "port 0 is not a port", "");
                 }
-                let user = h.user.as_ref().map_or(DEFAULT_USER.to_string(), |u| u.value.clone());
+                let user = h
+                    .user
+                    .as_ref()
+                    .map_or(DEFAULT_USER.to_string(), |u| u.value.clone());
                 if let Some(u) = &h.user
                     && !is_user(&u.value)
                 {
-                    c.at(&f("user"), u, format!("`{}` is not a user name", u.value), "lowercase letters, digits, `_` and `-`");
+                    c.at(
+                        &f("user"),
+                        u,
+                        format!("`{}` is not a user name", u.value),
+                        "lowercase letters, digits, `_` and `-`",
+                    );
                 }
                 let deploy_root = h
                     .deploy_root
                     .as_ref()
-                    .map_or(DEFAULT_DEPLOY_ROOT.to_string(), |d| d.value.trim_end_matches('/').to_string());
+                    .map_or(DEFAULT_DEPLOY_ROOT.to_string(), |d| {
+                        d.value.trim_end_matches('/').to_string()
+                    });
                 if let Some(d) = &h.deploy_root
                     && !is_deploy_root(&d.value)
                 {
@@ -819,11 +938,19 @@ fn validate_client(
         raw::Hosts::Hcloud(h) => {
             let hc = &h.hcloud;
             if hc.label_selector.value.trim().is_empty() {
-                c.at("hosts.hcloud.label_selector", &hc.label_selector, "label selector is empty", "e.g. `client=alpha`");
+                c.at(
+                    "hosts.hcloud.label_selector",
+                    &hc.label_selector,
+                    "label selector is empty",
+                    "e.g. `client=alpha`",
+                );
             }
             Hosts::Hcloud {
                 label_selector: hc.label_selector.value.clone(),
-                user: hc.user.as_ref().map_or(DEFAULT_USER.to_string(), |u| u.value.clone()),
+                user: hc
+                    .user
+                    .as_ref()
+                    .map_or(DEFAULT_USER.to_string(), |u| u.value.clone()),
                 port: hc.port.unwrap_or(22),
                 deploy_root: hc
                     .deploy_root
@@ -891,9 +1018,18 @@ fn whole_fleet_checks(
         for (i, stage) in p.stages.iter().enumerate() {
             if !clients.values().any(|c| c.group == stage.group) {
                 problems.push(
-                    Diagnostic::new(PIPELINE, format!("stage `{}` picks group `{}`, which no client is in", stage.name, stage.group))
-                        .field(format!("stages[{i}].group"))
-                        .hint(format!("set `group: {}` in a client, or remove the stage", stage.group)),
+                    Diagnostic::new(
+                        PIPELINE,
+                        format!(
+                            "stage `{}` picks group `{}`, which no client is in",
+                            stage.name, stage.group
+                        ),
+                    )
+                    .field(format!("stages[{i}].group"))
+                    .hint(format!(
+                        "set `group: {}` in a client, or remove the stage",
+                        stage.group
+                    )),
                 );
             }
         }
@@ -906,9 +1042,14 @@ fn whole_fleet_checks(
                     && other != client.name
                 {
                     problems.push(
-                        Diagnostic::new(client_file(&client.name), format!("host `{}` is also a host of client `{other}`", h.name))
-                            .field(format!("hosts[{i}].name"))
-                            .hint("host names are unique across the fleet; progress and records use them"),
+                        Diagnostic::new(
+                            client_file(&client.name),
+                            format!("host `{}` is also a host of client `{other}`", h.name),
+                        )
+                        .field(format!("hosts[{i}].name"))
+                        .hint(
+                            "host names are unique across the fleet; progress and records use them",
+                        ),
                     );
                 }
             }

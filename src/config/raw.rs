@@ -161,7 +161,7 @@ pub struct Client {
 #[derive(Debug)]
 pub enum Hosts {
     Static(Vec<Host>),
-    Hcloud(HcloudHosts),
+    Hcloud(Box<HcloudHosts>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,7 +208,7 @@ impl<'de> Deserialize<'de> for Hosts {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Hosts, A::Error> {
                 HcloudHosts::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(Hosts::Hcloud)
+                    .map(|h| Hosts::Hcloud(Box::new(h)))
             }
         }
         d.deserialize_any(V)

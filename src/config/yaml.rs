@@ -29,10 +29,13 @@ pub fn parse_redacted<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T
     parse_inner(file, bytes, true)
 }
 
-fn parse_inner<T: DeserializeOwned>(file: &str, bytes: &[u8], redact: bool) -> Result<T, Diagnostic> {
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        Diagnostic::new(file, "is not UTF-8 text").hint("save the file as UTF-8")
-    })?;
+fn parse_inner<T: DeserializeOwned>(
+    file: &str,
+    bytes: &[u8],
+    redact: bool,
+) -> Result<T, Diagnostic> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Diagnostic::new(file, "is not UTF-8 text").hint("save the file as UTF-8"))?;
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {

@@ -91,7 +91,10 @@ impl ImageRef {
                 "write the digest as @sha256:<64 hex>",
             )
         })?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(refuse(
                 format!(
@@ -117,7 +120,10 @@ impl ImageRef {
             Some(t) => t,
         };
         let tag_ok = tag.len() <= 128
-            && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && tag
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
             && tag
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -147,7 +153,9 @@ fn check_repository(repository: &str, reference: &str) -> Result<(), PinError> {
     }
     let parts: Vec<&str> = repository.split('/').collect();
     for (i, part) in parts.iter().enumerate() {
-        let is_registry = i == 0 && parts.len() > 1 && (part.contains('.') || part.contains(':') || *part == "localhost");
+        let is_registry = i == 0
+            && parts.len() > 1
+            && (part.contains('.') || part.contains(':') || *part == "localhost");
         let ok = if is_registry {
             !part.is_empty()
                 && part
@@ -155,7 +163,10 @@ fn check_repository(repository: &str, reference: &str) -> Result<(), PinError> {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
         } else {
             !part.is_empty()
-                && part.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && part
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 && part.bytes().all(|b| {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
                 })
@@ -177,7 +188,10 @@ mod tests {
         let got = ImageRef::parse_pinned(input);
         match (got, expect) {
             (Ok(r), Ok((repo, tag))) => {
-                assert_eq!((r.repository.as_str(), r.tag.as_str(), r.digest.as_str()), (repo, tag, D));
+                assert_eq!(
+                    (r.repository.as_str(), r.tag.as_str(), r.digest.as_str()),
+                    (repo, tag, D)
+                );
                 assert_eq!(r.to_string(), input);
             }
             (Err(e), Err(fragment)) => assert!(
@@ -191,8 +205,14 @@ mod tests {
 
     #[test]
     fn pinned_references() {
-        check(&format!("traefik/whoami:v1.11.0@{D}"), Ok(("traefik/whoami", "v1.11.0")));
-        check(&format!("nextcloud:31.0.2-apache@{D}"), Ok(("nextcloud", "31.0.2-apache")));
+        check(
+            &format!("traefik/whoami:v1.11.0@{D}"),
+            Ok(("traefik/whoami", "v1.11.0")),
+        );
+        check(
+            &format!("nextcloud:31.0.2-apache@{D}"),
+            Ok(("nextcloud", "31.0.2-apache")),
+        );
         check(
             &format!("registry.example.org:5000/team/app:1.0@{D}"),
             Ok(("registry.example.org:5000/team/app", "1.0")),
@@ -208,7 +228,13 @@ mod tests {
         check(&format!("nextcloud@{D}"), Err("names no tag"));
         check(&format!("nextcloud:latest@{D}"), Err("`:latest`"));
         check("nextcloud:31@sha256:abc", Err("malformed digest"));
-        check(&format!("nextcloud:31@{}", D.to_uppercase().replace("SHA256", "sha256")), Err("malformed digest"));
+        check(
+            &format!(
+                "nextcloud:31@{}",
+                D.to_uppercase().replace("SHA256", "sha256")
+            ),
+            Err("malformed digest"),
+        );
         check("nextcloud:31@md5:abc", Err("not sha256"));
         check(&format!("Nextcloud:31@{D}"), Err("malformed repository"));
         check(&format!("nextcloud:-31@{D}"), Err("malformed tag"));

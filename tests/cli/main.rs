@@ -1,0 +1,6 @@
+//! Integration tests: the real `fleetgate` binary on real Git repositories,
+//! with real `sops`-encrypted secrets. One binary, one module per command.
+
+mod check;
+mod common;
+mod plan;

@@ -1,0 +1,1 @@
+//! `fleetgate plan`: exact per-client plans between two commits.
