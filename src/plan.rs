@@ -213,7 +213,7 @@ fn compare_client(
         };
         let files = file_diffs(ba, ha);
         let images = image_changes(ba, ha);
-        let secrets_changed = secret_changes(ba, ha, secrets_compared, name, changed);
+        let secrets_changed = secret_changes(ba, ha, secrets_compared, changed);
         if action == Action::Update
             && files.is_empty()
             && images.is_empty()
@@ -372,7 +372,6 @@ fn secret_changes(
     b: Option<&DesiredApp>,
     h: Option<&DesiredApp>,
     compared: bool,
-    client: &str,
     changed: &[String],
 ) -> Vec<String> {
     let empty = BTreeMap::new();
@@ -382,14 +381,11 @@ fn secret_changes(
         // An added or removed app: its files say everything.
         return Vec::new();
     };
-    let files_changed = changed
-        .iter()
-        .any(|p| *p == SHARED_SECRETS || *p == config::client_secrets_file(client));
     let keys: BTreeSet<&String> = bs.keys().chain(hs.keys()).collect();
     keys.into_iter()
         .filter(|k| match (bs.get(*k), hs.get(*k)) {
-            (Some(x), Some(y)) if compared => x != y,
-            (Some(_), Some(_)) => files_changed,
+            (Some(x), Some(y)) if compared => x.digest != y.digest,
+            (Some(x), Some(y)) => x.origin != y.origin || changed.contains(&y.origin),
             _ => true,
         })
         .cloned()

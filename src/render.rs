@@ -68,8 +68,16 @@ pub struct DesiredApp {
     pub files: BTreeMap<String, BTreeMap<String, String>>,
     /// Host → rendered health checks, in app order.
     pub health: BTreeMap<String, Vec<RenderedCheck>>,
-    /// Declared secret keys and their keyed digest (`None`: not decrypted).
-    pub secrets: BTreeMap<String, Option<[u8; 32]>>,
+    /// Declared secret keys: where each comes from, and its keyed digest.
+    pub secrets: BTreeMap<String, SecretState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretState {
+    /// The file that provides the value.
+    pub origin: String,
+    /// Keyed digest of the value (`None`: not decrypted).
+    pub digest: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +285,15 @@ impl Renderer {
                 .as_ref()
                 .and_then(|vals| vals.get(key))
                 .map(|(_, d)| *d);
-            digests.insert(key.clone(), digest);
+            if let Some(origin) = secrets.origin.get(key) {
+                digests.insert(
+                    key.clone(),
+                    SecretState {
+                        origin: origin.clone(),
+                        digest,
+                    },
+                );
+            }
         }
         let app_ctx = to_value(AppCtx {
             name: &app.name,

@@ -13,6 +13,15 @@ pub fn json(plan: &Plan) -> String {
     s
 }
 
+/// `1 client changes`, `3 clients change`.
+fn changes(n: usize) -> String {
+    if n == 1 {
+        "1 client changes".into()
+    } else {
+        format!("{n} clients change")
+    }
+}
+
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
@@ -72,11 +81,10 @@ pub fn text(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plan {}..{}: {} client{} change, {} unaffected (plan {})",
+        "plan {}..{}: {}, {} unaffected (plan {})",
         short(&plan.base),
         short(&plan.head),
-        plan.clients.len(),
-        if plan.clients.len() == 1 { "" } else { "s" },
+        changes(plan.clients.len()),
         plan.unaffected,
         short(&plan.plan_hash)
     );
@@ -183,9 +191,8 @@ pub fn markdown(plan: &Plan) -> String {
         }
         let _ = writeln!(
             out,
-            "\n{} client{} change, {} unaffected.\n",
-            plan.clients.len(),
-            if plan.clients.len() == 1 { "" } else { "s" },
+            "\n{}, {} unaffected.\n",
+            changes(plan.clients.len()),
             plan.unaffected
         );
         if !plan.secrets_compared {
