@@ -334,6 +334,8 @@ fn file_diffs(b: Option<&DesiredApp>, h: Option<&DesiredApp>) -> Vec<FileDiff> {
             });
         }
     }
+    // By path, then in host order (not by content).
+    out.sort_by(|a, b| (&a.path, &a.hosts).cmp(&(&b.path, &b.hosts)));
     out
 }
 

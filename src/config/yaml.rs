@@ -73,6 +73,8 @@ fn clean_message(e: &serde_saphyr::Error) -> String {
 fn hint_for(message: &str) -> Option<String> {
     if message.contains("unknown field") {
         Some("remove the key or fix its spelling; unknown keys are refused so typos are never ignored".into())
+    } else if message.contains("invalid u16") || message.contains("invalid u32") {
+        Some("expected a whole number in range (ports: 1-65535)".into())
     } else if message.contains("missing field") {
         Some("add the field; see ../shared/design.md §1 for the file format".into())
     } else {

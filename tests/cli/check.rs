@@ -446,3 +446,22 @@ fn check_of_a_commit_reads_the_commit_not_the_work_tree() {
         "M clients/alpha.yaml"
     );
 }
+
+#[test]
+fn check_errors_read_well() {
+    let fleet = Fleet::example();
+    fleet.edit("clients/gamma.yaml", "port: 2222", "port: 70000");
+    fleet.edit(
+        "clients/alpha.yaml",
+        "apps: [whoami]",
+        "apps: [whoami, wordpress]",
+    );
+    fleet.edit(
+        "pipelines/apps/whoami/app.yaml",
+        "v1.11.0@sha256:200689790a0a0ea48ca45992e0450bc26ccab5307375b41c84dfc4f2475937ab",
+        "latest",
+    );
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    insta::assert_snapshot!("check_errors", run.stderr);
+}

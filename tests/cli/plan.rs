@@ -435,3 +435,28 @@ fn bad_revisions_and_broken_heads_are_exit_2() {
     );
     assert_eq!(run.stdout, "", "no plan is printed for a broken head");
 }
+
+#[test]
+fn markdown_comment_for_a_many_sided_change() {
+    let fleet = Fleet::example();
+    fleet.edit("pipelines/apps/whoami/app.yaml", WHOAMI_IMAGE, WHOAMI_NEXT);
+    fleet.edit(
+        "clients/beta.yaml",
+        "    deploy_root: /opt/fleetgate\n",
+        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
+    );
+    fleet.sops_set(
+        "secrets/clients/gamma.sops.yaml",
+        "nextcloud_admin_password",
+        "Rotated-Admin-9",
+    );
+    fleet.commit("whoami 1.11.1, beta-2, rotate gamma's nextcloud admin");
+    let run = fleet.run(&[
+        "plan", "--base", "HEAD~1", "--head", "HEAD", "--format", "markdown",
+    ]);
+    run.code(0);
+    assert!(!run.all().contains("Rotated-Admin-9"));
+    insta::with_settings!({filters => filters()}, {
+        insta::assert_snapshot!("many_sided_markdown", run.stdout);
+    });
+}
