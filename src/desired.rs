@@ -80,9 +80,11 @@ pub fn compute(
         ));
     }
     let clients: Vec<&Client> = fleet.clients.values().collect();
+    // Worker threads only pay off beyond a handful of clients.
+    const CLIENTS_PER_THREAD: usize = 64;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(clients.len().max(1));
+        .min(clients.len().div_ceil(CLIENTS_PER_THREAD).max(1));
     let chunk = clients.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<DesiredClient>, Vec<Diagnostic>>> = std::thread::scope(|s| {
         let handles: Vec<_> = clients

@@ -159,19 +159,14 @@ pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: b
             .unwrap_or(usize::MAX)
     };
     clients.sort_by(|a, b| (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name)));
-    let everyone: BTreeSet<&String> = base
-        .fleet
-        .all_clients
-        .iter()
-        .chain(head.fleet.all_clients.iter())
-        .collect();
+    let everyone = base.fleet.all_clients.union_len(&head.fleet.all_clients);
     let mut plan = Plan {
         schema: SCHEMA,
         base: base.rev.clone(),
         head: head.rev.clone(),
         plan_hash: String::new(),
         secrets_compared,
-        unaffected: everyone.len() - clients.len(),
+        unaffected: everyone - clients.len(),
         clients,
     };
     plan.plan_hash = plan_hash(&plan);

@@ -35,6 +35,17 @@ impl CommitId {
 impl Repo {
     /// Opens the repository at `path`, or the one around the working directory.
     pub fn discover(path: Option<&Path>) -> Result<Repo> {
+        // Like git itself, trust the local object database on read instead of
+        // re-hashing every object (most of a large plan's time otherwise).
+        git2::opts::strict_hash_verification(false);
+        // Keep large trees (`clients/` of a big fleet) in libgit2's object
+        // cache: the diff, the listing and every lookup reuse one parse.
+        // SAFETY: process-wide libgit2 settings, written while the process is
+        // single-threaded and before any repository is opened.
+        unsafe {
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 16 << 20);
+            let _ = git2::opts::set_cache_max_size(512 << 20);
+        }
         let start = match path {
             Some(p) => p.to_path_buf(),
             None => std::env::current_dir().map_err(|source| Error::Io {
@@ -128,6 +139,15 @@ impl Repo {
     }
 }
 
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+    /// The object id, for entries of a commit.
+    id: Option<Oid>,
+}
+
 /// Read-only view of the fleet files at one commit, or in the work tree.
 pub enum Snapshot<'r> {
     Commit {
@@ -182,9 +202,25 @@ impl Snapshot<'_> {
         }
     }
 
-    /// Entries directly under `dir`, sorted: `(name, is_dir)`. Empty when `dir`
-    /// does not exist.
-    pub fn list(&self, dir: &str) -> Result<Vec<(String, bool)>> {
+    /// Reads a file found by [`Snapshot::list`] in `dir`. For a commit this
+    /// goes straight to the blob: no second walk through a large directory
+    /// tree (which libgit2 would inflate and parse again for every lookup).
+    /// `path` is the entry's path, for messages and the work tree.
+    pub fn read_entry(&self, path: &str, entry: &Entry) -> Result<Option<Vec<u8>>> {
+        match (self, entry.id) {
+            (Snapshot::Commit { repo, id, .. }, Some(oid)) => {
+                let blob = repo
+                    .find_blob(oid)
+                    .map_err(|e| Error::git(format!("{path} at {id}"), e))?;
+                Ok(Some(blob.content().to_vec()))
+            }
+            _ => self.read(path),
+        }
+    }
+
+    /// Entries directly under `dir`, sorted by name. Empty when `dir` does not
+    /// exist.
+    pub fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         match self {
             Snapshot::Commit { repo, tree, id } => {
@@ -198,10 +234,11 @@ impl Snapshot<'_> {
                 };
                 for entry in sub.iter() {
                     if let Ok(name) = entry.name() {
-                        out.push((
-                            name.to_string(),
-                            entry.kind() == Some(git2::ObjectType::Tree),
-                        ));
+                        out.push(Entry {
+                            name: name.to_string(),
+                            is_dir: entry.kind() == Some(git2::ObjectType::Tree),
+                            id: Some(entry.id()),
+                        });
                     }
                 }
             }
@@ -218,11 +255,15 @@ impl Snapshot<'_> {
                 };
                 for entry in rd.flatten() {
                     let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                    out.push((entry.file_name().to_string_lossy().into_owned(), is_dir));
+                    out.push(Entry {
+                        name: entry.file_name().to_string_lossy().into_owned(),
+                        is_dir,
+                        id: None,
+                    });
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 }

@@ -10,6 +10,7 @@ pub mod raw;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 pub use model::*;
 
@@ -54,82 +55,123 @@ pub struct FleetFiles {
     pub label: String,
     pub files: BTreeMap<String, Vec<u8>>,
     /// Every client that has a file, selected or not.
-    pub all_clients: BTreeSet<String>,
+    pub all_clients: Names,
     /// Client-secrets files that exist (by client name).
-    pub client_secrets: BTreeSet<String>,
+    pub client_secrets: Names,
     pub selection: Selection,
     /// Problems found while listing (stray files).
     pub problems: Vec<Diagnostic>,
 }
 
-/// The clients that have a file at `snap`, and files in `clients/` that are
-/// not client files.
-pub fn list_clients(snap: &Snapshot) -> Result<(BTreeSet<String>, Vec<Diagnostic>)> {
-    let mut names = BTreeSet::new();
-    let mut problems = Vec::new();
-    for (entry, is_dir) in snap.list(CLIENTS_DIR)? {
-        match entry.strip_suffix(".yaml") {
-            Some(stem) if !is_dir => {
-                names.insert(stem.to_string());
-            }
-            _ if entry.starts_with('.') || entry.eq_ignore_ascii_case("README.md") => {}
-            _ => problems.push(
-                Diagnostic::new(format!("{CLIENTS_DIR}/{entry}"), "is not a client file")
-                    .hint("client files are clients/<name>.yaml; move other files elsewhere"),
-            ),
-        }
+/// A sorted set of names (the clients of a snapshot), built in bulk and
+/// searched by bisection: a large fleet's listing must stay cheap, since even a
+/// one-client plan lists every client (to count the unaffected ones). Cloning
+/// shares the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names(Arc<Vec<String>>);
+
+impl Names {
+    fn new(mut names: Vec<String>) -> Names {
+        names.sort_unstable();
+        names.dedup();
+        Names(Arc::new(names))
     }
-    Ok((names, problems))
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// How many names are in `self`, `other` or both.
+    pub fn union_len(&self, other: &Names) -> usize {
+        let (a, b) = (&self.0, &other.0);
+        let (mut i, mut j, mut n) = (0, 0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].cmp(&b[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                }
+            }
+            n += 1;
+        }
+        n + (a.len() - i) + (b.len() - j)
+    }
 }
 
 /// Reads the pipeline, every app, the shared secrets, and the selected
 /// clients' files with their secrets.
 pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     let mut files = BTreeMap::new();
-    let (all_clients, problems) = list_clients(snap)?;
-    let read = |path: String, files: &mut BTreeMap<String, Vec<u8>>| -> Result<()> {
-        if let Some(bytes) = snap.read(&path)? {
-            files.insert(path, bytes);
-        }
-        Ok(())
-    };
-    read(PIPELINE.to_string(), &mut files)?;
-    read(SHARED_SECRETS.to_string(), &mut files)?;
-    for (app, is_dir) in snap.list(APPS_DIR)? {
-        if is_dir {
-            read_tree(snap, &format!("{APPS_DIR}/{app}"), &mut files)?;
+    let mut problems = Vec::new();
+    for path in [PIPELINE, SHARED_SECRETS] {
+        if let Some(bytes) = snap.read(path)? {
+            files.insert(path.to_string(), bytes);
         }
     }
-    let mut client_secrets = BTreeSet::new();
-    for (entry, _) in snap.list(CLIENT_SECRETS_DIR)? {
-        if let Some(stem) = entry.strip_suffix(".sops.yaml") {
-            client_secrets.insert(stem.to_string());
+    for app in snap.list(APPS_DIR)? {
+        if app.is_dir {
+            read_tree(snap, &format!("{APPS_DIR}/{}", app.name), &mut files)?;
         }
     }
-    for client in &all_clients {
-        if selection.contains(client) {
-            read(client_file(client), &mut files)?;
-            if client_secrets.contains(client) {
-                read(client_secrets_file(client), &mut files)?;
+    let mut all_clients = Vec::new();
+    for mut entry in snap.list(CLIENTS_DIR)? {
+        let path = format!("{CLIENTS_DIR}/{}", entry.name);
+        match entry.name.strip_suffix(".yaml") {
+            Some(stem) if !entry.is_dir => {
+                if selection.contains(stem)
+                    && let Some(bytes) = snap.read_entry(&path, &entry)?
+                {
+                    files.insert(path, bytes);
+                }
+                entry.name.truncate(entry.name.len() - ".yaml".len());
+                all_clients.push(entry.name);
             }
+            _ if entry.name.starts_with('.') || entry.name.eq_ignore_ascii_case("README.md") => {}
+            _ => problems.push(
+                Diagnostic::new(path, "is not a client file")
+                    .hint("client files are clients/<name>.yaml; move other files elsewhere"),
+            ),
+        }
+    }
+    let mut client_secrets = Vec::new();
+    for mut entry in snap.list(CLIENT_SECRETS_DIR)? {
+        let path = format!("{CLIENT_SECRETS_DIR}/{}", entry.name);
+        if let Some(stem) = entry.name.strip_suffix(".sops.yaml") {
+            if selection.contains(stem)
+                && let Some(bytes) = snap.read_entry(&path, &entry)?
+            {
+                files.insert(path, bytes);
+            }
+            entry.name.truncate(entry.name.len() - ".sops.yaml".len());
+            client_secrets.push(entry.name);
         }
     }
     Ok(FleetFiles {
         label: snap.label(),
         files,
-        all_clients,
-        client_secrets,
+        all_clients: Names::new(all_clients),
+        client_secrets: Names::new(client_secrets),
         selection,
         problems,
     })
 }
 
 fn read_tree(snap: &Snapshot, dir: &str, files: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
-    for (entry, is_dir) in snap.list(dir)? {
-        let path = format!("{dir}/{entry}");
-        if is_dir {
+    for entry in snap.list(dir)? {
+        let path = format!("{dir}/{}", entry.name);
+        if entry.is_dir {
             read_tree(snap, &path, files)?;
-        } else if let Some(bytes) = snap.read(&path)? {
+        } else if let Some(bytes) = snap.read_entry(&path, &entry)? {
             files.insert(path, bytes);
         }
     }

@@ -27,7 +27,7 @@ pub struct Fleet {
     /// The selected clients (see [`Selection`]).
     pub clients: BTreeMap<String, Client>,
     /// Every client that has a file, selected or not.
-    pub all_clients: BTreeSet<String>,
+    pub all_clients: super::Names,
     pub shared_secrets: Option<SopsFile>,
 }
 
@@ -293,10 +293,14 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             .ok()
     });
     let mut clients = BTreeMap::new();
-    for name in &files.all_clients {
-        if !files.selection.contains(name) {
-            continue;
-        }
+    let selected: Vec<&String> = match &files.selection {
+        Selection::All => files.all_clients.iter().collect(),
+        Selection::Only(set) => set
+            .iter()
+            .filter(|c| files.all_clients.contains(c))
+            .collect(),
+    };
+    for name in selected {
         if let Some(client) = validate_client(
             files,
             name,
@@ -1005,7 +1009,11 @@ fn whole_fleet_checks(
     clients: &BTreeMap<String, Client>,
     problems: &mut Vec<Diagnostic>,
 ) {
-    for orphan in files.client_secrets.difference(&files.all_clients) {
+    for orphan in files
+        .client_secrets
+        .iter()
+        .filter(|c| !files.all_clients.contains(c))
+    {
         problems.push(
             Diagnostic::new(client_secrets_file(orphan), format!("belongs to no client: {} does not exist", client_file(orphan)))
                 .hint(format!("remove it, or add the client; secrets of removed clients must not linger in {CLIENT_SECRETS_DIR}/")),
