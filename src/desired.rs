@@ -144,7 +144,7 @@ fn undecryptable_secrets_of_invalid_clients(
     files
         .client_secrets
         .iter()
-        .filter(|c| files.selection.contains(c) && files.all_clients.contains(*c))
+        .filter(|c| files.selection.contains(c) && files.all_clients.contains(c))
         .filter(|c| !fleet.clients.contains_key(*c))
         .filter_map(|c| {
             let path = config::client_secrets_file(c);
