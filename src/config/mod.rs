@@ -177,3 +177,30 @@ fn read_tree(snap: &Snapshot, dir: &str, files: &mut BTreeMap<String, Vec<u8>>) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Names {
+        Names::new(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn names_search_and_union() {
+        let a = names(&["b", "a", "c-1", "c"]);
+        assert!(a.contains("c-1") && a.contains("a") && !a.contains("d"));
+        assert_eq!(
+            a.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c", "c-1"]
+        );
+        let check = |x: &[&str], y: &[&str], expect: usize| {
+            assert_eq!(names(x).union_len(&names(y)), expect, "{x:?} ∪ {y:?}");
+            assert_eq!(names(y).union_len(&names(x)), expect, "{y:?} ∪ {x:?}");
+        };
+        check(&["a", "b"], &["a", "b"], 2);
+        check(&["a", "b"], &["b", "c"], 3);
+        check(&[], &["a"], 1);
+        check(&["a", "c", "e"], &["b", "d"], 5);
+    }
+}
