@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{self, Client, Fleet, FleetFiles, SHARED_SECRETS};
 use crate::error::Diagnostic;
+use crate::par;
 use crate::render::{ClientSecrets, DesiredClient, Renderer, SecretView};
 use crate::secrets::{Keyring, SecretMap, SopsFile};
 
@@ -80,47 +81,17 @@ pub fn compute(
         ));
     }
     let clients: Vec<&Client> = fleet.clients.values().collect();
-    // Worker threads only pay off beyond a handful of clients.
-    const CLIENTS_PER_THREAD: usize = 64;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(clients.len().div_ceil(CLIENTS_PER_THREAD).max(1));
-    let chunk = clients.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<DesiredClient>, Vec<Diagnostic>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .chunks(chunk)
-            .map(|part| {
-                let (fleet, renderer, shared) = (&fleet, &renderer, shared.as_deref());
-                s.spawn(move || {
-                    let mut out = Vec::with_capacity(part.len());
-                    let mut problems = Vec::new();
-                    for client in part {
-                        let rendered = client_secrets(fleet, files, client, shared, keyring, cache)
-                            .and_then(|secrets| {
-                                renderer.render_client(fleet, client, &secrets, view, rev)
-                            });
-                        match rendered {
-                            Ok(d) => out.push(d),
-                            Err(p) => problems.extend(p),
-                        }
-                    }
-                    if problems.is_empty() {
-                        Ok(out)
-                    } else {
-                        Err(problems)
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("render thread panicked"))
-            .collect()
+    let shared = shared.as_deref();
+    let rendered = par::map(&clients, |client| {
+        client_secrets(&fleet, files, client, shared, keyring, cache)
+            .and_then(|secrets| renderer.render_client(&fleet, client, &secrets, view, rev))
     });
     let mut desired = BTreeMap::new();
-    for r in results {
+    for r in rendered {
         match r {
-            Ok(list) => desired.extend(list.into_iter().map(|d| (d.name.clone(), d))),
+            Ok(d) => {
+                desired.insert(d.name.clone(), d);
+            }
             Err(p) => problems.extend(p),
         }
     }

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod desired;
 mod error;
+mod par;
 mod plan;
 mod render;
 mod repo;

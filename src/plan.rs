@@ -142,14 +142,20 @@ pub struct Side<'a> {
 
 /// Compares two desired states. `changed` are the paths the commits differ in.
 pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: bool) -> Plan {
-    let names: BTreeSet<&String> = base.clients.keys().chain(head.clients.keys()).collect();
-    let mut clients = Vec::new();
-    for name in names {
-        let (b, h) = (base.clients.get(name), head.clients.get(name));
-        if let Some(cp) = compare_client(name, b, h, base, head, changed, secrets_compared) {
-            clients.push(cp);
-        }
-    }
+    let names: Vec<&String> = base
+        .clients
+        .keys()
+        .chain(head.clients.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut clients: Vec<ClientPlan> = crate::par::map(&names, |name| {
+        let (b, h) = (base.clients.get(*name), head.clients.get(*name));
+        compare_client(name, b, h, base, head, changed, secrets_compared)
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let stage_index = |stage: &str| {
         head.fleet
             .pipeline

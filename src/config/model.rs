@@ -300,8 +300,10 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             .filter(|c| files.all_clients.contains(c))
             .collect(),
     };
-    for name in selected {
-        if let Some(client) = validate_client(
+    // Clients validate independently: in parallel, on every core.
+    let validated = crate::par::map(&selected, |name| {
+        let mut problems = Vec::new();
+        let client = validate_client(
             files,
             name,
             pipeline.as_ref(),
@@ -309,8 +311,13 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             &invalid_apps,
             shared_secrets.as_ref(),
             &mut problems,
-        ) {
-            clients.insert(name.clone(), client);
+        );
+        (client, problems)
+    });
+    for (client, client_problems) in validated {
+        problems.extend(client_problems);
+        if let Some(client) = client {
+            clients.insert(client.name.clone(), client);
         }
     }
     if files.selection == Selection::All {

@@ -1,0 +1,41 @@
+//! Data parallelism over the machine's cores, for per-client work that is
+//! pure CPU (validating, rendering, diffing). Order is preserved.
+
+/// Work smaller than this per thread is done on the calling thread.
+const MIN_PER_THREAD: usize = 64;
+
+/// `items.iter().map(f).collect()`, on up to one thread per core.
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().div_ceil(MIN_PER_THREAD).max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread panicked"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keeps_order_small_and_large() {
+        for n in [0, 1, 63, 64, 65, 1000] {
+            let items: Vec<usize> = (0..n).collect();
+            assert_eq!(
+                super::map(&items, |x| x * 2),
+                items.iter().map(|x| x * 2).collect::<Vec<_>>()
+            );
+        }
+    }
+}
