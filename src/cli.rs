@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::commands::{check::CheckArgs, plan::PlanArgs};
+use crate::commands::{check::CheckArgs, deploy::DeployArgs, plan::PlanArgs};
 
 /// GitOps pipeline engine for small hosting fleets.
 ///
@@ -41,4 +41,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Say exactly which clients, hosts and apps change between two commits.
     Plan(PlanArgs),
+    /// Deploy one stage: upload, switch, restart, health gates, rollback on failure.
+    Deploy(DeployArgs),
 }

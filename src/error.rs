@@ -15,10 +15,6 @@ pub enum ExitCode {
     /// Done; every gate passed, or nothing to do.
     Ok = 0,
     /// A gate blocked, or a failed deploy was handled.
-    #[expect(
-        dead_code,
-        reason = "returned by deploy and scan gates (issues 3 and 5)"
-    )]
     Blocked = 1,
     /// Invalid input: arguments, YAML, templates, secrets, unpinned images.
     Invalid = 2,

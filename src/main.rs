@@ -5,10 +5,13 @@
 mod cli;
 mod commands;
 mod config;
+mod deploy;
 mod desired;
 mod error;
+mod gates;
 mod par;
 mod plan;
+mod remote;
 mod render;
 mod repo;
 mod report;
@@ -46,6 +49,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     match &cli.command {
         Command::Check(args) => commands::check::run(&ctx, args),
         Command::Plan(args) => commands::plan::run(&ctx, args),
+        Command::Deploy(args) => commands::deploy::run(&ctx, args),
     }
 }
 

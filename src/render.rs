@@ -30,7 +30,6 @@ pub struct ClientSecrets {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretView {
     /// The values themselves: only for files that go to a host.
-    #[expect(dead_code, reason = "rendering for hosts lands with deploy (issue 3)")]
     Real,
     /// `••••` plus a short keyed fingerprint, so a reader sees *that* a value
     /// changed; plain `••••` when the values were not decrypted.
@@ -70,6 +69,9 @@ pub struct DesiredApp {
     pub health: BTreeMap<String, Vec<RenderedCheck>>,
     /// Declared secret keys: where each comes from, and its keyed digest.
     pub secrets: BTreeMap<String, SecretState>,
+    /// The declared secrets' values, in a `SecretView::Real` render only: to
+    /// mask them out of anything a remote command prints.
+    pub exposed: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,11 +353,20 @@ impl Renderer {
             problems.dedup_by(|a, b| a.file == b.file && a.line == b.line && a.field == b.field);
             return Err(problems);
         }
+        let exposed = match (&secrets.values, view) {
+            (Some(values), SecretView::Real) => app
+                .secrets
+                .iter()
+                .filter_map(|k| values.get(k).map(|(v, _)| v.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(DesiredApp {
             images: app.images.clone(),
             files,
             health,
             secrets: digests,
+            exposed,
         })
     }
 }

@@ -241,3 +241,91 @@ fn fence_safe(diff: &str) -> String {
         .map(|l| l + "\n")
         .collect()
 }
+
+/// How a deploy outcome is printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutcomeFormat {
+    Text,
+    Json,
+}
+
+/// A stage's outcome: a table per host, then what failed and why.
+pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String {
+    if format == OutcomeFormat::Json {
+        let mut s = serde_json::to_string_pretty(o).expect("an outcome serialises");
+        s.push('\n');
+        return s;
+    }
+    let mut out = String::new();
+    let verdict = if o.passed { "passed" } else { "FAILED" };
+    let _ = write!(
+        out,
+        "stage {} @ {}: {verdict} ({} of {} host{} failed, {} tolerated)",
+        o.stage,
+        short(&o.rev),
+        o.failed_hosts,
+        o.hosts.len(),
+        if o.hosts.len() == 1 { "" } else { "s" },
+        o.max_failures
+    );
+    if o.rolled_back {
+        out.push_str(", rolled back");
+    }
+    out.push('\n');
+    let rows: Vec<[String; 5]> = o
+        .hosts
+        .iter()
+        .map(|h| {
+            let status = serde_json::to_value(h.status).expect("status serialises");
+            [
+                h.client.clone(),
+                h.host.clone(),
+                status.as_str().unwrap_or_default().replace('_', " "),
+                format!("{:.2}s", h.seconds),
+                h.failure
+                    .as_ref()
+                    .map(|f| {
+                        format!(
+                            "{}{}: {}",
+                            f.app
+                                .as_deref()
+                                .map(|a| format!("{a} "))
+                                .unwrap_or_default(),
+                            f.step,
+                            f.message.lines().next().unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["client", "host", "status", "time", "failure"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == 4 {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    for f in o.frozen() {
+        let _ = writeln!(
+            out,
+            "FROZEN: {f} stays on the failed release (rollback: freeze); a human must decide"
+        );
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! in the modules they call.
 
 pub mod check;
+pub mod deploy;
 pub mod plan;
 
 use std::path::PathBuf;

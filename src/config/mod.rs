@@ -20,6 +20,7 @@ use crate::repo::Snapshot;
 pub const PIPELINE: &str = "pipelines/pipeline.yaml";
 pub const APPS_DIR: &str = "pipelines/apps";
 pub const CLIENTS_DIR: &str = "clients";
+pub const KNOWN_HOSTS: &str = "pipelines/known_hosts";
 pub const SHARED_SECRETS: &str = "secrets/shared.sops.yaml";
 pub const CLIENT_SECRETS_DIR: &str = "secrets/clients";
 

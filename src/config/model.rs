@@ -102,20 +102,12 @@ pub struct OnFailure {
 }
 
 /// The command each container runtime is driven with on the hosts.
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug, Clone)]
 pub struct RuntimeCommands {
     pub compose: String,
     pub podman: String,
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug)]
 pub struct App {
     pub name: String,
@@ -131,10 +123,6 @@ pub struct App {
     pub rollback: RollbackPolicy,
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug, Clone, Default)]
 pub struct Commands {
     pub start: Option<String>,
@@ -148,10 +136,6 @@ pub enum HealthCheck {
     Command(String),
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug, Clone)]
 pub struct HttpCheck {
     /// A template: rendered per host.

@@ -1,0 +1,219 @@
+//! `fleetgate deploy --stage NAME --rev REV [--clients a,b]`: one stage to real
+//! servers, proven healthy, or put back as it was.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::Context;
+use crate::config::{self, Hosts, Selection};
+use crate::deploy::{self, Connector, StageOutcome};
+use crate::desired::{self, DecryptCache};
+use crate::error::{Error, ExitCode, Result};
+use crate::remote::RemoteError;
+use crate::remote::ssh::{SshHost, SshOptions};
+use crate::render::SecretView;
+use crate::repo::{CommitId, Repo};
+use crate::report;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The stage of pipelines/pipeline.yaml to deploy.
+    #[arg(long)]
+    pub stage: String,
+    /// The commit to deploy.
+    #[arg(long, value_name = "REV")]
+    pub rev: String,
+    /// Only these clients of the stage (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub clients: Vec<String>,
+    /// Output format of the final report on stdout.
+    #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
+    pub format: report::OutcomeFormat,
+}
+
+pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
+    let repo = Repo::discover(ctx.repo.as_deref())?;
+    let rev = repo.resolve(&args.rev)?;
+    let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
+    print!("{}", report::outcome(&outcome, args.format));
+    Ok(exit_code(&outcome))
+}
+
+/// 0 when the stage passed; 1 when it failed and the policy handled it (or a
+/// `freeze` app needs a human); 3 when a host could not be reached and
+/// nothing was rolled back.
+pub fn exit_code(outcome: &StageOutcome) -> ExitCode {
+    if outcome.passed
+        && outcome.frozen().is_empty()
+        && !outcome.hosts.iter().any(|h| h.failure.is_some())
+    {
+        ExitCode::Ok
+    } else if outcome.infra_failure_unhandled() {
+        ExitCode::Infra
+    } else {
+        ExitCode::Blocked
+    }
+}
+
+/// Renders `rev`, builds the stage's plan and carries it out over SSH.
+pub fn deploy_stage(
+    ctx: &Context,
+    repo: &Repo,
+    rev: CommitId,
+    stage_name: &str,
+    only: &[String],
+) -> Result<StageOutcome> {
+    let snap = repo.snapshot(rev)?;
+    let files = config::load(&snap, Selection::All)?;
+    let invalid = |problems| Error::Invalid {
+        at: snap.label(),
+        problems,
+    };
+    let cache = DecryptCache::default();
+    let rev_s = rev.to_string();
+    let masked = desired::compute(&files, &ctx.keyring, &cache, SecretView::Masked, &rev_s)
+        .map_err(invalid)?;
+    let fleet = &masked.fleet;
+    let stage = fleet
+        .pipeline
+        .stages
+        .iter()
+        .find(|s| s.name == stage_name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = fleet
+                .pipeline
+                .stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            Error::Usage(format!(
+                "stage `{stage_name}` is not in {}\n  hint: stages are: {}",
+                config::PIPELINE,
+                names.join(", ")
+            ))
+        })?;
+    for c in only {
+        if !fleet.clients.contains_key(c) {
+            return Err(Error::Usage(format!(
+                "client `{c}` does not exist at {}",
+                snap.label()
+            )));
+        }
+    }
+    let clients: Vec<String> = fleet
+        .clients
+        .values()
+        .filter(|c| c.group == stage.group && (only.is_empty() || only.contains(&c.name)))
+        .map(|c| c.name.clone())
+        .collect();
+    for c in &clients {
+        if matches!(fleet.clients[c].hosts, Hosts::Hcloud { .. }) {
+            return Err(Error::Usage(format!(
+                "client `{c}` uses Hetzner Cloud inventory, which deploy cannot resolve yet\n  hint: list its hosts in {}",
+                config::client_file(c)
+            )));
+        }
+    }
+    let uses_secrets = clients.iter().any(|c| {
+        fleet.clients[c]
+            .apps
+            .iter()
+            .any(|a| !fleet.apps[a].secrets.is_empty())
+    });
+    if uses_secrets && !ctx.keyring.can_decrypt() {
+        return Err(Error::Usage(
+            "deploying needs the secrets' values, and no age identity is configured\n  hint: set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the CI key".into(),
+        ));
+    }
+    let real = desired::compute(&files, &ctx.keyring, &cache, SecretView::Real, &rev_s)
+        .map_err(invalid)?;
+    let plan = deploy::build_stage_plan(
+        fleet,
+        stage,
+        &real.clients,
+        &masked.clients,
+        &clients,
+        &rev_s,
+    );
+    let hosts: usize = plan.targets.len();
+    tracing::info!(
+        "deploy {} to stage {}: {} client(s), {} host(s), {} at a time, {} failure(s) tolerated",
+        rev.short(),
+        stage.name,
+        clients.len(),
+        hosts,
+        plan.parallelism,
+        plan.max_failures
+    );
+    let known_hosts = snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "{} is missing at {}\n  hint: pin every host's SSH key there (ssh-keyscan, verified out of band); fleetgate never trusts a key on first use",
+            config::KNOWN_HOSTS,
+            snap.label()
+        ))
+    })?;
+    let connector = SshConnector::new(&known_hosts)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, stage.soak)))
+}
+
+/// Connects with the system OpenSSH, strict host keys from the commit's
+/// `pipelines/known_hosts`.
+pub struct SshConnector {
+    _dir: tempfile::TempDir,
+    opts: SshOptions,
+}
+
+impl SshConnector {
+    pub fn new(known_hosts: &[u8]) -> Result<SshConnector> {
+        let io = |path: &str, source| Error::Io {
+            path: path.to_string(),
+            source,
+        };
+        // Short: control sockets live here, and Unix socket paths stop at ~108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("fg")
+            .tempdir_in("/tmp")
+            .map_err(|e| io("/tmp", e))?;
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, known_hosts).map_err(|e| io("known_hosts", e))?;
+        let config = dir.path().join("ssh_config");
+        std::fs::write(
+            &config,
+            "# written by fleetgate: the runner's ~/.ssh/config does not apply\n",
+        )
+        .map_err(|e| io("ssh_config", e))?;
+        let key = std::env::var_os("FLEETGATE_SSH_KEY")
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from);
+        let opts = SshOptions {
+            known_hosts: known,
+            key,
+            control_dir: dir.path().to_path_buf(),
+            config_file: config,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(600),
+        };
+        Ok(SshConnector { _dir: dir, opts })
+    }
+}
+
+impl Connector for SshConnector {
+    type Host = SshHost;
+
+    async fn connect(&self, host: &config::Host) -> std::result::Result<SshHost, RemoteError> {
+        SshHost::connect(host, &self.opts).await
+    }
+
+    async fn close(&self, host: SshHost) {
+        host.close().await;
+    }
+}

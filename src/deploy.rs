@@ -1,0 +1,1054 @@
+//! One stage of a deploy: waves with bounded parallelism, releases uploaded
+//! and switched per host, health gates, and rollback when the stage fails.
+//!
+//! The input is data computed in full before anything runs ([`StagePlan`]);
+//! the only I/O is through [`Connector`] and [`Remote`], so the whole flow runs
+//! against local "hosts" in unit tests and real sshd hosts in integration tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::{Host, RollbackPolicy};
+use crate::gates::health::{self, CheckResult, Gate, Policy, Progress};
+use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, Start, State};
+use crate::remote::{Remote, RemoteError, RemoteOutput};
+use crate::secrets::MASK;
+
+/// Everything one stage will do, decided before anything runs.
+#[derive(Debug)]
+pub struct StagePlan {
+    pub stage: String,
+    pub rev: String,
+    pub parallelism: usize,
+    pub max_failures: usize,
+    pub rollback: bool,
+    pub targets: Vec<Target>,
+}
+
+/// One host of one client, and the releases it gets.
+#[derive(Debug)]
+pub struct Target {
+    pub client: String,
+    pub host: Host,
+    pub apps: Vec<AppJob>,
+    /// The secret values this host's files hold: masked out of any output.
+    pub masker: Masker,
+}
+
+#[derive(Debug)]
+pub struct AppJob {
+    pub name: String,
+    pub dir: AppDir,
+    pub files: Vec<ReleaseFile>,
+    pub start: Start,
+    /// How to stop it when a first deploy is rolled back (nothing to go back to).
+    pub stop: Option<String>,
+    pub checks: Vec<CheckSpec>,
+    pub rollback: RollbackPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckSpec {
+    Http {
+        url: String,
+        expect_status: u16,
+        expect_body: Option<String>,
+        timeout: Duration,
+        policy: Policy,
+    },
+    Command {
+        command: String,
+        policy: Policy,
+    },
+}
+
+/// Replaces secret values in text that may reach a log.
+#[derive(Clone, Default)]
+pub struct Masker(Vec<String>);
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masker({} values)", self.0.len())
+    }
+}
+
+impl Masker {
+    pub fn new(mut values: Vec<String>) -> Masker {
+        values.retain(|v| !v.is_empty());
+        // Longest first, so a value containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Masker(values)
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.0 {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+/// Opens and closes connections to hosts.
+pub trait Connector: Sync {
+    type Host: Remote;
+    fn connect(&self, host: &Host) -> impl Future<Output = Result<Self::Host, RemoteError>> + Send;
+    fn close(&self, host: Self::Host) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// New release live and healthy.
+    Deployed,
+    /// Already live and verified: nothing done.
+    Unchanged,
+    /// Failed; not rolled back (policy off, or a `freeze` app).
+    Failed,
+    /// Switched back to the previous release.
+    RolledBack,
+    /// Not started: the stage had already failed.
+    NotStarted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The host could not be reached or a command could not run.
+    Infra,
+    /// A remote command failed (upload, switch, runtime).
+    Command,
+    /// A health gate failed.
+    Health,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub step: String,
+    pub ok: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostOutcome {
+    pub client: String,
+    pub host: String,
+    pub status: HostStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub steps: Vec<StepRecord>,
+    pub checks: Vec<CheckResult>,
+    /// Apps switched to the new release (what a rollback undoes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub switched: Vec<String>,
+    /// Apps left on the failed release because they are `rollback: freeze`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
+    /// Health after a rollback.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollback_checks: Vec<CheckResult>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub step: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub stage: String,
+    pub rev: String,
+    pub passed: bool,
+    pub failed_hosts: usize,
+    pub max_failures: usize,
+    pub rolled_back: bool,
+    pub hosts: Vec<HostOutcome>,
+}
+
+impl StageOutcome {
+    /// Apps left frozen on a failed release, as `client/app@host`.
+    pub fn frozen(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                h.frozen
+                    .iter()
+                    .map(move |a| format!("{}/{a}@{}", h.client, h.host))
+            })
+            .collect()
+    }
+
+    /// Did every failure come from the infrastructure, unhandled?
+    pub fn infra_failure_unhandled(&self) -> bool {
+        !self.rolled_back
+            && self.hosts.iter().any(|h| {
+                h.failure
+                    .as_ref()
+                    .is_some_and(|f| f.kind == FailureKind::Infra)
+            })
+    }
+}
+
+/// What a host had before the switch, per app: enough to switch back.
+#[derive(Debug, Clone)]
+struct Switched {
+    app: String,
+    before: Option<State>,
+}
+
+struct HostRun {
+    outcome: HostOutcome,
+    switched: Vec<Switched>,
+}
+
+fn secs(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 100.0).round() / 100.0
+}
+
+/// Logs one line per host per step, as it happens.
+fn log_step(host: &str, app: Option<&str>, step: &str, ok: bool, seconds: f64) {
+    let mark = if ok { "✓" } else { "✗" };
+    match app {
+        Some(app) => tracing::info!("{host} {app} {step} {mark} {seconds:.2}s"),
+        None => tracing::info!("{host} {step} {mark} {seconds:.2}s"),
+    }
+}
+
+struct Recorder<'a> {
+    host: &'a str,
+    steps: Vec<StepRecord>,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, app: Option<&str>, step: &str, ok: bool, started: Instant) {
+        let seconds = secs(started);
+        log_step(self.host, app, step, ok, seconds);
+        self.steps.push(StepRecord {
+            app: app.map(str::to_string),
+            step: step.to_string(),
+            ok,
+            seconds,
+        });
+    }
+}
+
+/// Runs `script`; a non-zero exit is a `Command` failure with the stderr tail.
+async fn run_step<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    masker: &Masker,
+    app: Option<&str>,
+    step: &str,
+    script: &str,
+) -> Result<RemoteOutput, Failure> {
+    let started = Instant::now();
+    let result = remote.run(script).await;
+    let ok = matches!(&result, Ok(out) if out.success());
+    rec.record(app, step, ok, started);
+    match result {
+        Ok(out) if out.success() => {
+            let text = format!("{}{}", out.stdout, out.stderr);
+            if !text.trim().is_empty() {
+                tracing::debug!("{} {}: {}", rec.host, step, masker.mask(text.trim_end()));
+            }
+            Ok(out)
+        }
+        Ok(out) => Err(Failure {
+            kind: FailureKind::Command,
+            app: app.map(str::to_string),
+            step: step.to_string(),
+            message: format!(
+                "exit {}: {}",
+                out.status
+                    .map_or("by signal".to_string(), |c| c.to_string()),
+                masker.mask(&out.tail())
+            ),
+        }),
+        Err(e) => Err(Failure {
+            kind: FailureKind::Infra,
+            app: app.map(str::to_string),
+            step: step.to_string(),
+            message: masker.mask(&e.to_string()),
+        }),
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Deploys every app of `target` to its host, then runs its health gates.
+async fn deploy_host<R: Remote>(
+    plan: &StagePlan,
+    target: &Target,
+    remote: &R,
+    soak: Duration,
+) -> HostRun {
+    let started = Instant::now();
+    let mut rec = Recorder {
+        host: &target.host.name,
+        steps: Vec::new(),
+    };
+    let mut switched = Vec::new();
+    let mut checks = Vec::new();
+    let mut changed = Vec::new();
+    let result: Result<bool, Failure> = async {
+        let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
+        let out = run_step(
+            remote,
+            &mut rec,
+            &target.masker,
+            None,
+            "inspect",
+            &release::inspect_script(&dirs),
+        )
+        .await?;
+        let inspected = release::parse_inspect(&out.stdout).map_err(|message| Failure {
+            kind: FailureKind::Command,
+            app: None,
+            step: "inspect".into(),
+            message,
+        })?;
+        for app in &target.apps {
+            let now = inspected.get(&app.name).cloned().unwrap_or_default();
+            if is_live(&now, &plan.rev, &app.files) {
+                rec.record(Some(&app.name), "unchanged", true, Instant::now());
+                continue;
+            }
+            let name = Some(app.name.as_str());
+            run_step(
+                remote,
+                &mut rec,
+                &target.masker,
+                name,
+                "upload",
+                &release::upload_script(&app.dir, &plan.rev, &app.files),
+            )
+            .await?;
+            let state = next_state(now.state.as_ref(), &plan.rev, &app.files);
+            run_step(
+                remote,
+                &mut rec,
+                &target.masker,
+                name,
+                "switch",
+                &release::switch_script(&app.dir, &plan.rev, &state),
+            )
+            .await?;
+            switched.push(Switched {
+                app: app.name.clone(),
+                before: now.state.clone(),
+            });
+            let replacing = now.state.as_ref().map(|s| s.rev.as_str());
+            run_step(
+                remote,
+                &mut rec,
+                &target.masker,
+                name,
+                "start",
+                &release::start_script(&app.dir, &plan.rev, &app.start, replacing),
+            )
+            .await?;
+            let keep: Vec<&str> = [Some(plan.rev.as_str()), replacing]
+                .into_iter()
+                .flatten()
+                .collect();
+            run_step(
+                remote,
+                &mut rec,
+                &target.masker,
+                name,
+                "prune",
+                &release::prune_script(&app.dir, &keep),
+            )
+            .await?;
+            changed.push(app);
+        }
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        let results = run_checks(remote, target, &changed, soak).await;
+        let failed = results.iter().find(|r| !r.passed).cloned();
+        rec.record(None, "health", failed.is_none(), started);
+        checks = results;
+        if let Some(f) = failed {
+            return Err(Failure {
+                kind: FailureKind::Health,
+                app: Some(f.app.clone()),
+                step: "health".into(),
+                message: format!("{}: {}", f.check, f.detail),
+            });
+        }
+        Ok(true)
+    }
+    .await;
+    let (status, failure) = match result {
+        Ok(true) => (HostStatus::Deployed, None),
+        Ok(false) => (HostStatus::Unchanged, None),
+        Err(f) => {
+            tracing::error!(
+                "{} {}{} failed: {}",
+                target.host.name,
+                f.app
+                    .as_deref()
+                    .map(|a| format!("{a} "))
+                    .unwrap_or_default(),
+                f.step,
+                f.message
+            );
+            (HostStatus::Failed, Some(f))
+        }
+    };
+    HostRun {
+        outcome: HostOutcome {
+            client: target.client.clone(),
+            host: target.host.name.clone(),
+            status,
+            failure,
+            steps: rec.steps,
+            checks,
+            switched: switched.iter().map(|s| s.app.clone()).collect(),
+            frozen: Vec::new(),
+            rollback_checks: Vec::new(),
+            seconds: secs(started),
+        },
+        switched,
+    }
+}
+
+/// Is this rev live with exactly these files (verified by the host's hashes)?
+fn is_live(now: &Inspected, rev: &str, files: &[ReleaseFile]) -> bool {
+    let desired: BTreeMap<&str, &str> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .collect();
+    let live: BTreeMap<&str, &str> = now
+        .sums
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    now.state.as_ref().is_some_and(|s| s.rev == rev) && desired == live
+}
+
+fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State {
+    let mut history = before.map(|s| s.history.clone()).unwrap_or_default();
+    if let Some(b) = before
+        && b.rev != rev
+    {
+        history.push(b.rev.clone());
+    }
+    let keep_from = history.len().saturating_sub(release::KEEP_RELEASES);
+    history.drain(..keep_from);
+    State {
+        rev: rev.to_string(),
+        files: files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect(),
+        deployed_at: now_rfc3339(),
+        previous: before.map(|b| b.rev.clone()).filter(|p| p != rev),
+        history,
+    }
+}
+
+/// Runs every check of `apps` on this host concurrently, each to its verdict.
+async fn run_checks<R: Remote>(
+    remote: &R,
+    target: &Target,
+    apps: &[&AppJob],
+    soak: Duration,
+) -> Vec<CheckResult> {
+    let client = &reqwest::Client::new();
+    let futures = apps.iter().flat_map(|app| {
+        app.checks.iter().map(move |check| async move {
+            let started = Instant::now();
+            let (label, policy) = match check {
+                CheckSpec::Http { url, policy, .. } => (url.clone(), *policy),
+                CheckSpec::Command { command, policy } => (command.clone(), *policy),
+            };
+            let policy = Policy { soak, ..policy };
+            let mut gate = Gate::new(policy);
+            let (passed, detail) = loop {
+                let probe_started = Instant::now();
+                let (ok, detail) = match check {
+                    CheckSpec::Http {
+                        url,
+                        expect_status,
+                        expect_body,
+                        timeout,
+                        ..
+                    } => {
+                        health::probe_http(
+                            client,
+                            url,
+                            *expect_status,
+                            expect_body.as_deref(),
+                            *timeout,
+                        )
+                        .await
+                    }
+                    CheckSpec::Command { command, .. } => {
+                        match remote.run(&release::check_script(&app.dir, command)).await {
+                            Ok(out) if out.success() => (true, "exit 0".to_string()),
+                            Ok(out) => (
+                                false,
+                                format!(
+                                    "exit {}: {}",
+                                    out.status.map_or("by signal".into(), |c| c.to_string()),
+                                    target.masker.mask(&out.tail())
+                                ),
+                            ),
+                            Err(e) => (false, target.masker.mask(&e.to_string())),
+                        }
+                    }
+                };
+                match gate.observe(ok, &detail, started.elapsed()) {
+                    Progress::Pending => {}
+                    Progress::Passed => break (true, detail),
+                    Progress::Failed(why) => break (false, why),
+                }
+                tokio::time::sleep(policy.interval.saturating_sub(probe_started.elapsed())).await;
+            };
+            tracing::debug!(
+                "{} {} check {label}: {}",
+                target.host.name,
+                app.name,
+                if passed { "passed" } else { "failed" }
+            );
+            CheckResult {
+                app: app.name.clone(),
+                check: label,
+                passed,
+                attempts: gate.attempts,
+                seconds: secs(started),
+                detail,
+            }
+        })
+    });
+    futures_util::future::join_all(futures).await
+}
+
+/// Puts the switched apps of one host back on the release they had before.
+async fn rollback_host<R: Remote>(
+    target: &Target,
+    remote: &R,
+    run: &mut HostRun,
+    failed_rev: &str,
+) {
+    let host = &target.host.name;
+    let mut rec = Recorder {
+        host,
+        steps: Vec::new(),
+    };
+    let mut restored = Vec::new();
+    let mut failures = Vec::new();
+    for sw in &run.switched {
+        let Some(app) = target.apps.iter().find(|a| a.name == sw.app) else {
+            continue;
+        };
+        if app.rollback == RollbackPolicy::Freeze {
+            tracing::error!(
+                "{host} {}: rollback: freeze — left on the failed release; a human must decide (data may have been migrated)",
+                app.name
+            );
+            run.outcome.frozen.push(app.name.clone());
+            continue;
+        }
+        let name = Some(app.name.as_str());
+        let result = match &sw.before {
+            Some(before) => {
+                let mut back = before.clone();
+                back.deployed_at = now_rfc3339();
+                back.previous = back.history.pop();
+                let switch = release::switch_script(&app.dir, &before.rev, &back);
+                // Replacing the failed release: its processes are stopped first.
+                let start =
+                    release::start_script(&app.dir, &before.rev, &app.start, Some(failed_rev));
+                match run_step(remote, &mut rec, &target.masker, name, "rollback", &switch).await {
+                    Ok(_) => run_step(remote, &mut rec, &target.masker, name, "restart", &start)
+                        .await
+                        .map(|_| true),
+                    Err(f) => Err(f),
+                }
+            }
+            // A first deploy: nothing to go back to, so take it down.
+            None => {
+                let script = first_deploy_teardown(app);
+                run_step(remote, &mut rec, &target.masker, name, "remove", &script)
+                    .await
+                    .map(|_| false)
+            }
+        };
+        match result {
+            Ok(true) => restored.push(app),
+            Ok(false) => {}
+            Err(f) => failures.push(f),
+        }
+    }
+    if !restored.is_empty() {
+        run.outcome.rollback_checks = run_checks(remote, target, &restored, Duration::ZERO).await;
+        let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
+        let started = Instant::now();
+        rec.record(None, "health after rollback", healthy, started);
+    }
+    run.outcome.steps.extend(rec.steps);
+    if failures.is_empty() && run.outcome.frozen.is_empty() {
+        run.outcome.status = HostStatus::RolledBack;
+    } else {
+        run.outcome.status = HostStatus::Failed;
+        if run.outcome.failure.is_none() {
+            run.outcome.failure = failures.into_iter().next();
+        }
+    }
+}
+
+fn first_deploy_teardown(app: &AppJob) -> String {
+    use crate::remote::shell::quote;
+    let path = quote(&app.dir.path());
+    let mut s = String::from("set -u\n");
+    match (&app.start, &app.stop) {
+        (Start::Compose { command, project }, _) => {
+            s.push_str(&format!("if [ -d {path}/current ]; then (cd {path}/current && {command} -p {} down) || true; fi\n", quote(project)));
+        }
+        (Start::Command { .. }, Some(stop)) => {
+            s.push_str(&format!(
+                "if [ -d {path}/current ]; then (cd {path}/current && {stop}) || true; fi\n"
+            ));
+        }
+        (Start::Command { .. }, None) => {}
+    }
+    s.push_str(&format!("rm -f {path}/current {path}/state.json\n"));
+    s
+}
+
+/// Runs one stage: hosts in waves of at most `parallelism`; once more than
+/// `max_failures` hosts failed, no new host starts; on failure, with
+/// `rollback`, every switched host goes back to its previous release.
+pub async fn run_stage<C: Connector>(
+    plan: &StagePlan,
+    connector: &C,
+    soak: Duration,
+) -> StageOutcome {
+    let permits = Semaphore::new(plan.parallelism.max(1));
+    let failed = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let runs = futures_util::future::join_all(plan.targets.iter().map(|target| {
+        let (permits, failed, stop) = (&permits, &failed, &stop);
+        async move {
+            let _permit = permits.acquire().await.expect("semaphore is never closed");
+            if stop.load(Ordering::SeqCst) {
+                return (not_started(target), None);
+            }
+            let started = Instant::now();
+            let (run, remote) = match connector.connect(&target.host).await {
+                Ok(remote) => {
+                    let mut rec = Recorder {
+                        host: &target.host.name,
+                        steps: Vec::new(),
+                    };
+                    rec.record(None, "connect", true, started);
+                    let mut run = deploy_host(plan, target, &remote, soak).await;
+                    run.outcome.steps.splice(0..0, rec.steps);
+                    (run, Some(remote))
+                }
+                Err(e) => {
+                    log_step(&target.host.name, None, "connect", false, secs(started));
+                    tracing::error!("{e}");
+                    (connect_failed(target, &e, started), None)
+                }
+            };
+            if run.outcome.status == HostStatus::Failed
+                && failed.fetch_add(1, Ordering::SeqCst) + 1 > plan.max_failures
+            {
+                stop.store(true, Ordering::SeqCst);
+            }
+            (run, remote)
+        }
+    }))
+    .await;
+    let failed_hosts = failed.load(Ordering::SeqCst);
+    let passed = failed_hosts <= plan.max_failures;
+    let mut hosts = Vec::new();
+    let mut rolled_back = false;
+    for (target, (mut run, remote)) in plan.targets.iter().zip(runs) {
+        let needs_rollback = plan.rollback
+            && !run.switched.is_empty()
+            && (!passed || run.outcome.status == HostStatus::Failed);
+        if needs_rollback {
+            let reconnected;
+            let remote_ref = match &remote {
+                Some(r) => Some(r),
+                None => match connector.connect(&target.host).await {
+                    Ok(r) => {
+                        reconnected = r;
+                        Some(&reconnected)
+                    }
+                    Err(e) => {
+                        tracing::error!("rollback: {e}");
+                        None
+                    }
+                },
+            };
+            if let Some(r) = remote_ref {
+                rollback_host(target, r, &mut run, &plan.rev).await;
+                rolled_back = true;
+            }
+        }
+        if let Some(r) = remote {
+            connector.close(r).await;
+        }
+        hosts.push(run.outcome);
+    }
+    StageOutcome {
+        stage: plan.stage.clone(),
+        rev: plan.rev.clone(),
+        passed,
+        failed_hosts,
+        max_failures: plan.max_failures,
+        rolled_back,
+        hosts,
+    }
+}
+
+fn not_started(target: &Target) -> HostRun {
+    tracing::info!("{} not started: the stage already failed", target.host.name);
+    HostRun {
+        outcome: HostOutcome {
+            client: target.client.clone(),
+            host: target.host.name.clone(),
+            status: HostStatus::NotStarted,
+            failure: None,
+            steps: Vec::new(),
+            checks: Vec::new(),
+            switched: Vec::new(),
+            frozen: Vec::new(),
+            rollback_checks: Vec::new(),
+            seconds: 0.0,
+        },
+        switched: Vec::new(),
+    }
+}
+
+fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun {
+    let mut message = e.to_string();
+    if let RemoteError::Connect { hint, .. } = e {
+        message = format!("{message}\n  hint: {hint}");
+    }
+    HostRun {
+        outcome: HostOutcome {
+            client: target.client.clone(),
+            host: target.host.name.clone(),
+            status: HostStatus::Failed,
+            failure: Some(Failure {
+                kind: FailureKind::Infra,
+                app: None,
+                step: "connect".into(),
+                message,
+            }),
+            steps: vec![StepRecord {
+                app: None,
+                step: "connect".into(),
+                ok: false,
+                seconds: secs(started),
+            }],
+            checks: Vec::new(),
+            switched: Vec::new(),
+            frozen: Vec::new(),
+            rollback_checks: Vec::new(),
+            seconds: secs(started),
+        },
+        switched: Vec::new(),
+    }
+}
+
+/// Builds a stage's plan from the renders of one commit: `real` (files for
+/// hosts) and `masked` (to tell which files hold secrets: those that differ).
+pub fn build_stage_plan(
+    fleet: &crate::config::Fleet,
+    stage: &crate::config::Stage,
+    real: &BTreeMap<String, crate::render::DesiredClient>,
+    masked: &BTreeMap<String, crate::render::DesiredClient>,
+    clients: &[String],
+    rev: &str,
+) -> StagePlan {
+    use crate::config::{HealthCheck, Runtime};
+    use crate::render::RenderedCheck;
+    let mut targets = Vec::new();
+    for name in clients {
+        let (Some(client), Some(real_c), Some(masked_c)) =
+            (fleet.clients.get(name), real.get(name), masked.get(name))
+        else {
+            continue;
+        };
+        for host in &real_c.hosts {
+            let mut apps = Vec::new();
+            let mut secret_values = Vec::new();
+            for app_name in &client.apps {
+                let (Some(app), Some(r), Some(m)) = (
+                    fleet.apps.get(app_name),
+                    real_c.apps.get(app_name),
+                    masked_c.apps.get(app_name),
+                ) else {
+                    continue;
+                };
+                secret_values.extend(r.exposed.iter().map(|s| s.expose().to_string()));
+                let empty = BTreeMap::new();
+                let masked_files = m.files.get(&host.name).unwrap_or(&empty);
+                let files = r
+                    .files
+                    .get(&host.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(path, content)| {
+                        let secret = masked_files.get(path) != Some(content);
+                        ReleaseFile::new(path.clone(), content.clone().into_bytes(), secret)
+                    })
+                    .collect();
+                let start = match app.runtime {
+                    Runtime::Compose | Runtime::Podman => Start::Compose {
+                        command: if app.runtime == Runtime::Compose {
+                            fleet.pipeline.runtimes.compose.clone()
+                        } else {
+                            fleet.pipeline.runtimes.podman.clone()
+                        },
+                        project: format!("{}-{}", client.name, app.name),
+                    },
+                    Runtime::Command => Start::Command {
+                        start: app.commands.start.clone().unwrap_or_default(),
+                        stop: app.commands.stop.clone(),
+                    },
+                };
+                let rendered = r.health.get(&host.name).cloned().unwrap_or_default();
+                let checks = app
+                    .health
+                    .iter()
+                    .zip(rendered)
+                    .map(|(spec, rendered)| match (spec, rendered) {
+                        (HealthCheck::Http(h), RenderedCheck::Http { url }) => CheckSpec::Http {
+                            url,
+                            expect_status: h.expect_status,
+                            expect_body: h.expect_body.clone(),
+                            timeout: h.timeout,
+                            policy: Policy {
+                                interval: h.interval,
+                                successes: h.successes,
+                                failures: h.failures,
+                                deadline: h.deadline,
+                                soak: Duration::ZERO,
+                            },
+                        },
+                        (_, RenderedCheck::Command { command })
+                        | (_, RenderedCheck::Http { url: command }) => CheckSpec::Command {
+                            command,
+                            policy: COMMAND_CHECK,
+                        },
+                    })
+                    .collect();
+                apps.push(AppJob {
+                    name: app.name.clone(),
+                    dir: AppDir {
+                        deploy_root: host.deploy_root.clone(),
+                        client: client.name.clone(),
+                        app: app.name.clone(),
+                    },
+                    files,
+                    stop: app.commands.stop.clone(),
+                    start,
+                    checks,
+                    rollback: app.rollback,
+                });
+            }
+            targets.push(Target {
+                client: client.name.clone(),
+                host: host.clone(),
+                apps,
+                masker: Masker::new(secret_values),
+            });
+        }
+    }
+    StagePlan {
+        stage: stage.name.clone(),
+        rev: rev.to_string(),
+        parallelism: stage.parallelism as usize,
+        max_failures: stage.max_failures as usize,
+        rollback: fleet.pipeline.on_failure.rollback,
+        targets,
+    }
+}
+
+/// Command checks have no thresholds of their own in app.yaml.
+const COMMAND_CHECK: Policy = Policy {
+    interval: Duration::from_secs(1),
+    successes: 1,
+    failures: 3,
+    deadline: Duration::from_secs(60),
+    soak: Duration::ZERO,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::ssh::LocalHost;
+
+    struct Local;
+
+    impl Connector for Local {
+        type Host = LocalHost;
+        async fn connect(&self, host: &Host) -> Result<LocalHost, RemoteError> {
+            if host.address == "unreachable" {
+                return Err(RemoteError::Connect {
+                    host: host.name.clone(),
+                    address: host.address.clone(),
+                    message: "Connection refused".into(),
+                    hint: "",
+                });
+            }
+            Ok(LocalHost {
+                name: host.name.clone(),
+            })
+        }
+        async fn close(&self, _: LocalHost) {}
+    }
+
+    const POLICY: Policy = Policy {
+        interval: Duration::from_millis(10),
+        successes: 1,
+        failures: 1,
+        deadline: Duration::from_secs(2),
+        soak: Duration::ZERO,
+    };
+
+    /// A host whose app is healthy iff its `version` file is not "bad".
+    fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Target {
+        Target {
+            client: "alpha".into(),
+            host: Host {
+                name: host.into(),
+                address: if host.contains("down") {
+                    "unreachable".into()
+                } else {
+                    "127.0.0.1".into()
+                },
+                port: 22,
+                user: "deploy".into(),
+                deploy_root: root.join(host).to_str().unwrap().into(),
+            },
+            apps: vec![AppJob {
+                name: "web".into(),
+                dir: AppDir {
+                    deploy_root: root.join(host).to_str().unwrap().into(),
+                    client: "alpha".into(),
+                    app: "web".into(),
+                },
+                files: vec![ReleaseFile::new(
+                    "version".into(),
+                    format!("{version}\n").into_bytes(),
+                    false,
+                )],
+                start: Start::Command {
+                    start: "cp version ../../started".into(),
+                    stop: None,
+                },
+                stop: None,
+                checks: vec![CheckSpec::Command {
+                    command: "! grep -q bad version".into(),
+                    policy: POLICY,
+                }],
+                rollback: if freeze {
+                    RollbackPolicy::Freeze
+                } else {
+                    RollbackPolicy::Safe
+                },
+            }],
+            masker: Masker::default(),
+        }
+    }
+
+    fn plan(rev: &str, targets: Vec<Target>, max_failures: usize) -> StagePlan {
+        StagePlan {
+            stage: "canary".into(),
+            rev: rev.repeat(40),
+            parallelism: 2,
+            max_failures,
+            rollback: true,
+            targets,
+        }
+    }
+
+    fn live(root: &std::path::Path, host: &str) -> String {
+        std::fs::read_to_string(root.join(host).join("alpha/web/current/version"))
+            .unwrap_or_default()
+    }
+
+    fn run(p: &StagePlan) -> StageOutcome {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_stage(p, &Local, Duration::ZERO))
+    }
+
+    #[test]
+    fn deploy_noop_failure_and_rollback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+        assert!(o.passed);
+        assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+        assert_eq!(live(root, "h1"), "v1\n");
+
+        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+        assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+
+        let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
+        assert!(!o.passed && o.rolled_back);
+        assert_eq!(o.hosts[0].status, HostStatus::RolledBack, "{o:#?}");
+        assert_eq!(
+            o.hosts[0].failure.as_ref().unwrap().kind,
+            FailureKind::Health
+        );
+        assert_eq!(live(root, "h1"), "v1\n");
+        assert!(o.hosts[0].rollback_checks.iter().all(|c| c.passed));
+    }
+
+    #[test]
+    fn freeze_apps_stay_and_untouched_hosts_stay_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        run(&plan("a", vec![target(root, "h1", "v1", true)], 0));
+        let o = run(&plan("b", vec![target(root, "h1", "bad", true)], 0));
+        assert_eq!(o.hosts[0].status, HostStatus::Failed);
+        assert_eq!(o.frozen(), ["alpha/web@h1"]);
+        assert_eq!(live(root, "h1"), "bad\n");
+
+        // One parallel slot: the unreachable host fails first, the next never starts.
+        let mut p = plan(
+            "c",
+            vec![
+                target(root, "h0-down", "v1", false),
+                target(root, "h2", "v1", false),
+            ],
+            0,
+        );
+        p.parallelism = 1;
+        let o = run(&p);
+        assert_eq!(o.hosts[0].status, HostStatus::Failed);
+        assert_eq!(o.hosts[1].status, HostStatus::NotStarted);
+        assert!(!root.join("h2").exists());
+        assert!(o.infra_failure_unhandled());
+    }
+}

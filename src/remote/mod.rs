@@ -1,0 +1,8 @@
+//! Hosts over SSH: one trait for running a script on a host, the OpenSSH
+//! implementation, and the release layout's scripts (built as data).
+
+pub mod release;
+pub mod shell;
+pub mod ssh;
+
+pub use ssh::{Remote, RemoteError, RemoteOutput};

@@ -1,0 +1,445 @@
+//! The host layout of design.md §2, and the shell scripts that read and change
+//! it, built as data (pure): a deploy can be printed and tested before it runs.
+//!
+//! ```text
+//! <deploy_root>/<client>/<app>/releases/<rev>/   rendered files (never edited after upload)
+//! <deploy_root>/<client>/<app>/current           symlink to the live release
+//! <deploy_root>/<client>/<app>/state.json        {"rev","files","deployed_at","previous"}
+//! ```
+//!
+//! Architecture Invariant: every interpolated value goes through
+//! `shell::quote`; file contents travel base64-encoded inside quoted
+//! here-documents on the script's stdin, never in a command line.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use super::shell::quote;
+
+/// Releases kept per app (the live and the previous one are never pruned).
+pub const KEEP_RELEASES: usize = 5;
+
+/// Where one app of one client lives on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppDir {
+    pub deploy_root: String,
+    pub client: String,
+    pub app: String,
+}
+
+impl AppDir {
+    pub fn path(&self) -> String {
+        format!("{}/{}/{}", self.deploy_root, self.client, self.app)
+    }
+
+    pub fn release(&self, rev: &str) -> String {
+        format!("{}/releases/{rev}", self.path())
+    }
+}
+
+/// One rendered file of a release. Its content may hold secrets: `Debug`
+/// shows only the path, size and hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReleaseFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub sha256: String,
+    /// Holds a secret value: written 0600 instead of 0644.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for ReleaseFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ReleaseFile({}, {} bytes, {})",
+            self.path,
+            self.content.len(),
+            &self.sha256[..12]
+        )
+    }
+}
+
+impl ReleaseFile {
+    pub fn new(path: String, content: Vec<u8>, secret: bool) -> ReleaseFile {
+        use sha2::{Digest, Sha256};
+        let sha256 = hex::encode(Sha256::digest(&content));
+        ReleaseFile {
+            path,
+            content,
+            sha256,
+            secret,
+        }
+    }
+}
+
+/// `state.json` of an app on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub rev: String,
+    pub files: BTreeMap<String, String>,
+    pub deployed_at: String,
+    pub previous: Option<String>,
+    /// Revs that were live before, newest last (rollback walks back along it).
+    #[serde(default)]
+    pub history: Vec<String>,
+}
+
+/// What is on a host for one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspected {
+    pub state: Option<State>,
+    /// Files under `current/` and their sha256, as the host computes them.
+    pub sums: BTreeMap<String, String>,
+    pub releases: Vec<String>,
+}
+
+/// A script that prints, for each app, its state, the hashes of the live
+/// files and the releases on disk.
+pub fn inspect_script(dirs: &[&AppDir]) -> String {
+    let mut s = String::from("set -u\n");
+    for d in dirs {
+        let path = quote(&d.path());
+        let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
+        let _ = writeln!(s, "echo @@state; cat {path}/state.json 2>/dev/null; echo");
+        let _ = writeln!(
+            s,
+            "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && find . -type f -exec sha256sum {{}} +); fi"
+        );
+        let _ = writeln!(
+            s,
+            "echo @@releases; ls -1 {path}/releases 2>/dev/null || true"
+        );
+    }
+    s
+}
+
+/// Parses what [`inspect_script`] printed.
+pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
+    let mut apps: BTreeMap<String, Inspected> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut section = "";
+    for line in out.lines() {
+        if let Some(app) = line.strip_prefix("@@app ") {
+            current = Some(app.to_string());
+            apps.entry(app.to_string()).or_default();
+            section = "";
+            continue;
+        }
+        if matches!(line, "@@state" | "@@sums" | "@@releases") {
+            section = line;
+            continue;
+        }
+        let Some(app) = &current else {
+            return Err(format!("unexpected output before any app: {line:?}"));
+        };
+        let entry = apps.get_mut(app).expect("inserted above");
+        match section {
+            "@@state" if !line.trim().is_empty() => {
+                let state: State = serde_json::from_str(line)
+                    .map_err(|e| format!("state.json of {app} is not fleetgate's: {e}"))?;
+                entry.state = Some(state);
+            }
+            "@@sums" => {
+                let (hash, path) = line
+                    .split_once("  ")
+                    .ok_or_else(|| format!("unexpected sha256sum line for {app}: {line:?}"))?;
+                entry
+                    .sums
+                    .insert(path.trim_start_matches("./").to_string(), hash.to_string());
+            }
+            "@@releases" if !line.starts_with('.') => entry.releases.push(line.to_string()),
+            _ => {}
+        }
+    }
+    Ok(apps)
+}
+
+/// A unique marker no base64 text can contain.
+const EOF: &str = "FLEETGATE_EOF";
+
+/// Uploads `files` as release `rev`: written into a temp dir with restrictive
+/// modes, verified with sha256sum on the host, then renamed into place.
+/// Contains the file contents (secrets included): never log it.
+pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
+    use base64::Engine as _;
+    let release = quote(&dir.release(rev));
+    let tmp = quote(&format!("{}/releases/.{rev}.upload", dir.path()));
+    let mut s = String::new();
+    let _ = writeln!(s, "set -eu\numask 077");
+    let _ = writeln!(s, "mkdir -p {}", quote(&format!("{}/releases", dir.path())));
+    let _ = writeln!(s, "rm -rf {tmp}\nmkdir -m 0750 {tmp}");
+    for f in files {
+        let target = format!("{}/releases/.{rev}.upload/{}", dir.path(), f.path);
+        if let Some((parent, _)) = f.path.rsplit_once('/') {
+            let _ = writeln!(
+                s,
+                "mkdir -p -m 0750 {}",
+                quote(&format!("{}/releases/.{rev}.upload/{parent}", dir.path()))
+            );
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&f.content);
+        let _ = writeln!(s, "base64 -d > {} <<'{EOF}'", quote(&target));
+        for chunk in encoded.as_bytes().chunks(76) {
+            s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            s.push('\n');
+        }
+        let _ = writeln!(s, "{EOF}");
+        let _ = writeln!(
+            s,
+            "chmod {} {}",
+            if f.secret { "0600" } else { "0644" },
+            quote(&target)
+        );
+    }
+    let _ = writeln!(s, "cd {tmp}\nsha256sum -c --quiet --strict - <<'{EOF}'");
+    for f in files {
+        let _ = writeln!(s, "{}  {}", f.sha256, f.path);
+    }
+    let _ = writeln!(s, "{EOF}");
+    // Replace a leftover of an earlier attempt at the same rev, then move in.
+    let old = quote(&format!("{}/releases/.{rev}.old", dir.path()));
+    let _ = writeln!(
+        s,
+        "cd /\nrm -rf {old}\nif [ -e {release} ]; then mv -T {release} {old}; fi"
+    );
+    let _ = writeln!(s, "mv -T {tmp} {release}\nrm -rf {old}");
+    s
+}
+
+/// Points `current` at release `rev` atomically (symlink + rename) and writes
+/// `state.json` the same way.
+pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
+    let app = dir.path();
+    let json = serde_json::to_string(state).expect("state serialises");
+    let mut s = String::from("set -eu\numask 077\n");
+    let _ = writeln!(s, "test -d {}", quote(&dir.release(rev)));
+    let _ = writeln!(
+        s,
+        "ln -sfn {} {}",
+        quote(&format!("releases/{rev}")),
+        quote(&format!("{app}/.current.new"))
+    );
+    let _ = writeln!(
+        s,
+        "mv -T {} {}",
+        quote(&format!("{app}/.current.new")),
+        quote(&format!("{app}/current"))
+    );
+    let _ = writeln!(
+        s,
+        "cat > {} <<'{EOF}'\n{json}\n{EOF}",
+        quote(&format!("{app}/.state.json.new"))
+    );
+    let _ = writeln!(
+        s,
+        "mv -T {} {}",
+        quote(&format!("{app}/.state.json.new")),
+        quote(&format!("{app}/state.json"))
+    );
+    s
+}
+
+/// How an app is (re)started on its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// `<command> -p <project> up -d --remove-orphans` in the release dir
+    /// (`docker compose`, `docker-compose`, `podman compose`, …).
+    Compose { command: String, project: String },
+    /// `commands.start` in the release dir; `commands.stop` first, in the
+    /// release being replaced.
+    Command { start: String, stop: Option<String> },
+}
+
+/// Runs the app's runtime for release `rev`; `replacing` is the release that
+/// was live before, if any.
+pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&str>) -> String {
+    let mut s = String::from("set -eu\n");
+    match start {
+        Start::Compose { command, project } => {
+            let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
+            let _ = writeln!(s, "{command} -p {} up -d --remove-orphans", quote(project));
+        }
+        Start::Command { start, stop } => {
+            if let (Some(stop), Some(old)) = (stop, replacing.filter(|old| *old != rev)) {
+                let old_dir = quote(&dir.release(old));
+                let _ = writeln!(
+                    s,
+                    "if [ -d {old_dir} ]; then (cd {old_dir} && {stop}) || echo 'fleetgate: stop of the previous release failed' >&2; fi"
+                );
+            }
+            let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
+            let _ = writeln!(s, "{start}");
+        }
+    }
+    s
+}
+
+/// Removes all but the newest [`KEEP_RELEASES`] releases, never one in `keep`.
+pub fn prune_script(dir: &AppDir, keep: &[&str]) -> String {
+    let releases = quote(&format!("{}/releases", dir.path()));
+    let mut s = format!(
+        "set -eu\ncd {releases}\nls -1t | tail -n +{} | while read -r r; do\n  case \"$r\" in\n",
+        KEEP_RELEASES + 1
+    );
+    for k in keep {
+        let _ = writeln!(s, "    {}) ;;", quote(k));
+    }
+    s.push_str("    *) rm -rf -- \"$r\" ;;\n  esac\ndone\n");
+    s
+}
+
+/// A script that runs `command` (a health check) in the live release.
+pub fn check_script(dir: &AppDir, command: &str) -> String {
+    format!("cd {}/current\n{command}\n", quote(&dir.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(root: &std::path::Path) -> AppDir {
+        AppDir {
+            deploy_root: root.to_str().unwrap().to_string(),
+            client: "alpha".into(),
+            app: "whoami".into(),
+        }
+    }
+
+    fn sh(script: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn upload_switch_inspect_prune_on_a_real_shell() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let mut revs = Vec::new();
+        for i in 0..7 {
+            let rev = format!("{i:040x}");
+            let files = vec![
+                ReleaseFile::new("compose.yaml".into(), format!("v{i}\n").into_bytes(), false),
+                ReleaseFile::new(
+                    "conf/app.env".into(),
+                    b"TOKEN=s3cr'et $(x)\n".to_vec(),
+                    true,
+                ),
+            ];
+            let out = sh(&upload_script(&d, &rev, &files));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let state = State {
+                rev: rev.clone(),
+                files: files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.sha256.clone()))
+                    .collect(),
+                deployed_at: "2026-11-23T00:00:00Z".into(),
+                previous: revs.last().cloned(),
+                history: revs.clone(),
+            };
+            assert!(sh(&switch_script(&d, &rev, &state)).status.success());
+            let keep: Vec<&str> = [Some(rev.as_str()), revs.last().map(String::as_str)]
+                .into_iter()
+                .flatten()
+                .collect();
+            assert!(sh(&prune_script(&d, &keep)).status.success());
+            revs.push(rev);
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let release = tmp.path().join("alpha/whoami/current");
+        assert_eq!(
+            std::fs::read_to_string(release.join("compose.yaml")).unwrap(),
+            "v6\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(release.join("conf/app.env")).unwrap(),
+            "TOKEN=s3cr'et $(x)\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(release.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!((mode("compose.yaml"), mode("conf/app.env")), (0o644, 0o600));
+
+        let out = sh(&inspect_script(&[&d]));
+        let inspected = parse_inspect(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        let app = &inspected["whoami"];
+        assert_eq!(app.state.as_ref().unwrap().rev, revs[6]);
+        assert_eq!(
+            app.state.as_ref().unwrap().previous.as_deref(),
+            Some(revs[5].as_str())
+        );
+        assert_eq!(
+            app.sums.keys().collect::<Vec<_>>(),
+            ["compose.yaml", "conf/app.env"]
+        );
+        assert_eq!(app.releases.len(), KEEP_RELEASES, "{:?}", app.releases);
+        assert!(app.releases.contains(&revs[6]) && app.releases.contains(&revs[5]));
+
+        // A corrupted upload never becomes a release.
+        let mut bad = ReleaseFile::new("x".into(), b"a".to_vec(), false);
+        bad.sha256 = "0".repeat(64);
+        let out = sh(&upload_script(&d, &"f".repeat(40), &[bad]));
+        assert!(!out.status.success());
+        assert!(
+            !tmp.path()
+                .join("alpha/whoami/releases")
+                .join("f".repeat(40))
+                .exists()
+        );
+    }
+
+    #[test]
+    fn start_scripts() {
+        let d = AppDir {
+            deploy_root: "/opt/fleetgate".into(),
+            client: "alpha".into(),
+            app: "whoami".into(),
+        };
+        let compose = Start::Compose {
+            command: "docker compose".into(),
+            project: "alpha-whoami".into(),
+        };
+        assert_eq!(
+            start_script(&d, "abc", &compose, None),
+            "set -eu\ncd /opt/fleetgate/alpha/whoami/releases/abc\ndocker compose -p alpha-whoami up -d --remove-orphans\n"
+        );
+        let cmd = Start::Command {
+            start: "./start.sh".into(),
+            stop: Some("./stop.sh".into()),
+        };
+        let s = start_script(&d, "new", &cmd, Some("old"));
+        assert!(
+            s.contains("cd /opt/fleetgate/alpha/whoami/releases/old && ./stop.sh"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("cd /opt/fleetgate/alpha/whoami/releases/new\n./start.sh\n"),
+            "{s}"
+        );
+    }
+}
