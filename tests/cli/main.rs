@@ -3,4 +3,6 @@
 
 mod check;
 mod common;
+mod deploy;
+mod hosts;
 mod plan;

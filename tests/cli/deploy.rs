@@ -1,0 +1,399 @@
+//! `fleetgate deploy` against real sshd hosts on loopback, with a
+//! `command`-runtime app that really serves HTTP (python3's http.server),
+//! serving its release's version on /health.
+
+use std::path::Path;
+
+use crate::common::{Fleet, Run};
+use crate::hosts::{TestHosts, USER, http_get};
+
+const APP: &str = r#"runtime: command
+files:
+  start.sh: start.sh.j2
+  health: health.j2
+commands:
+  start: "sh start.sh"
+health:
+  - http: "http://127.0.0.1:{{ host.port + 1000 }}/health"
+    expect_status: 200
+    expect_body: "ok"
+    interval: 200ms
+    timeout: 1s
+    successes: 2
+    failures: 3
+    deadline: 10s
+  - command: "test -s health"
+rollback: safe
+"#;
+
+/// Serves the release directory on port ssh+1000; replaces the previous server.
+const START: &str = r#"pid=../../web.pid
+if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; sleep 0.2; fi
+echo "start $(date +%s.%N) {{ host.name }}" >> {{ client.vars.window_log }}
+sleep {{ client.vars.start_delay }}
+echo "end $(date +%s.%N) {{ host.name }}" >> {{ client.vars.window_log }}
+setsid nohup python3 -m http.server {{ host.port + 1000 }} --bind 127.0.0.1 >../../web.log 2>&1 </dev/null &
+echo $! > "$pid"
+"#;
+
+const HEALTH: &str =
+    "{{ client.vars.health }}\nversion={{ client.vars.version }}\nnote={{ client.vars.note }}\n";
+
+/// A fleet with one app `web` and one client per group, on the test hosts.
+struct DeployFleet {
+    fleet: Fleet,
+    hosts: TestHosts,
+}
+
+impl DeployFleet {
+    /// `clients`: (client, group, hosts).
+    fn new(clients: &[(&str, &str, &[&str])], production: &str) -> DeployFleet {
+        let names: Vec<&str> = clients
+            .iter()
+            .flat_map(|(_, _, h)| h.iter().copied())
+            .collect();
+        let hosts = TestHosts::start(&names);
+        let fleet = Fleet::empty();
+        // A stage per group in use (a stage nobody is in is refused).
+        let mut stages = String::from("stages:\n");
+        for group in ["canary", "production"] {
+            if clients.iter().any(|(_, g, _)| *g == group) {
+                stages.push_str(&format!("  - name: {group}\n    group: {group}\n"));
+                if group == "production" {
+                    stages.push_str(production);
+                }
+            }
+        }
+        fleet.write(
+            "pipelines/pipeline.yaml",
+            &format!("{stages}on_failure:\n  rollback: true\n  revert: false\n"),
+        );
+        fleet.write("pipelines/apps/web/app.yaml", APP);
+        fleet.write("pipelines/apps/web/start.sh.j2", START);
+        fleet.write("pipelines/apps/web/health.j2", HEALTH);
+        fleet.write("pipelines/known_hosts", &hosts.known_hosts());
+        // The hosts' user appends to it (see START).
+        let windows = hosts.dir.join("windows.log");
+        std::fs::write(&windows, "").unwrap();
+        std::fs::set_permissions(
+            &windows,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        let d = DeployFleet { fleet, hosts };
+        for (client, group, hs) in clients {
+            d.write_client(client, group, hs, "1", "ok");
+        }
+        d.fleet.commit("fleet");
+        d
+    }
+
+    fn write_client(&self, client: &str, group: &str, hs: &[&str], version: &str, health: &str) {
+        let mut yaml =
+            format!("domain: {client}.example.org\ngroup: {group}\napps: [web]\nhosts:\n");
+        for h in hs {
+            let host = self.hosts.host(h);
+            yaml.push_str(&format!(
+                "  - name: {h}\n    address: 127.0.0.1\n    port: {}\n    user: {USER}\n    deploy_root: {}\n",
+                host.port,
+                host.deploy_root.display()
+            ));
+        }
+        yaml.push_str(&format!(
+            "vars:\n  version: \"{version}\"\n  health: {health}\n  note: plain\n  start_delay: 0\n  window_log: {}\n",
+            self.hosts.dir.join("windows.log").display()
+        ));
+        self.fleet.write(&format!("clients/{client}.yaml"), &yaml);
+    }
+
+    fn set(&self, client: &str, key: &str, value: &str) -> &DeployFleet {
+        let path = format!("clients/{client}.yaml");
+        let text = self.fleet.read(&path);
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.trim_start().starts_with(&format!("{key}:")) {
+                out.push_str(&format!("  {key}: {value}\n"));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        self.fleet.write(&path, &out);
+        self
+    }
+
+    fn deploy(&self, stage: &str) -> Run {
+        let key = self.hosts.client_key.to_str().unwrap().to_string();
+        self.fleet.run_env(
+            &[
+                "deploy", "--stage", stage, "--rev", "HEAD", "--format", "json",
+            ],
+            &[("FLEETGATE_SSH_KEY", &key)],
+        )
+    }
+
+    /// What the app on `host` serves on /health now.
+    fn serving(&self, host: &str) -> Option<String> {
+        http_get(self.hosts.host(host).port + 1000, "/health")
+    }
+
+    fn state(&self, host: &str, client: &str) -> serde_json::Value {
+        let p = self
+            .hosts
+            .host(host)
+            .deploy_root
+            .join(client)
+            .join("web/state.json");
+        serde_json::from_str(
+            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    }
+}
+
+fn statuses(run: &Run) -> Vec<(String, String)> {
+    run.json()["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn s(a: &str, b: &str) -> (String, String) {
+    (a.to_string(), b.to_string())
+}
+
+#[test]
+fn first_deploy_upgrade_and_noop() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let rev1 = d.fleet.git(&["rev-parse", "HEAD"]);
+    let run = d.deploy("canary");
+    run.code(0);
+    assert_eq!(statuses(&run), [s("alpha-1", "deployed")]);
+    assert!(d.serving("alpha-1").unwrap().contains("version=1"));
+    // Progress: one line per host per step, as it happens.
+    for step in [
+        "alpha-1 connect ✓",
+        "alpha-1 web upload ✓",
+        "alpha-1 web switch ✓",
+        "alpha-1 web start ✓",
+        "alpha-1 health ✓",
+    ] {
+        assert!(
+            run.stderr.contains(step),
+            "missing {step:?}:\n{}",
+            run.stderr
+        );
+    }
+    let state = d.state("alpha-1", "alpha");
+    assert_eq!(state["rev"], rev1.as_str());
+    assert_eq!(state["previous"], serde_json::Value::Null);
+    let app = d.hosts.host("alpha-1").deploy_root.join("alpha/web");
+    assert_eq!(
+        std::fs::read_link(app.join("current")).unwrap(),
+        Path::new("releases").join(&rev1)
+    );
+
+    d.set("alpha", "version", "\"2\"");
+    let rev2 = d.fleet.commit("web 2");
+    d.deploy("canary").code(0);
+    assert!(d.serving("alpha-1").unwrap().contains("version=2"));
+    let state = d.state("alpha-1", "alpha");
+    assert_eq!(
+        (
+            state["rev"].as_str().unwrap(),
+            state["previous"].as_str().unwrap()
+        ),
+        (rev2.as_str(), rev1.as_str())
+    );
+    assert_eq!(state["files"]["health"].as_str().unwrap().len(), 64);
+
+    let run = d.deploy("canary");
+    run.code(0);
+    assert_eq!(statuses(&run), [s("alpha-1", "unchanged")]);
+    assert!(
+        !run.stderr.contains("upload"),
+        "a no-op uploads nothing:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn health_failure_rolls_back_to_the_old_version() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    d.deploy("canary").code(0);
+    d.set("alpha", "version", "\"2\"")
+        .set("alpha", "health", "sick");
+    d.fleet.commit("web 2, broken");
+    let run = d.deploy("canary");
+    run.code(1);
+    assert_eq!(statuses(&run), [s("alpha-1", "rolled_back")]);
+    let host = &run.json()["hosts"][0];
+    assert_eq!(host["failure"]["kind"], "health");
+    assert!(
+        host["failure"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("body lacks \"ok\""),
+        "{host:#}"
+    );
+    assert!(
+        host["rollback_checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{host:#}"
+    );
+    // The old version serves again.
+    assert!(d.serving("alpha-1").unwrap().contains("version=1"));
+}
+
+#[test]
+fn freeze_app_is_not_rolled_back() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    d.fleet.edit(
+        "pipelines/apps/web/app.yaml",
+        "rollback: safe",
+        "rollback: freeze",
+    );
+    d.fleet.commit("web migrates data");
+    d.deploy("canary").code(0);
+    d.set("alpha", "version", "\"2\"")
+        .set("alpha", "health", "sick");
+    d.fleet.commit("web 2, broken");
+    let key = d.hosts.client_key.to_str().unwrap().to_string();
+    let run = d.fleet.run_env(
+        &["deploy", "--stage", "canary", "--rev", "HEAD"],
+        &[("FLEETGATE_SSH_KEY", &key)],
+    );
+    run.code(1);
+    assert!(
+        run.stdout
+            .contains("FROZEN: alpha/web@alpha-1 stays on the failed release"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("rollback: freeze"), "{}", run.stderr);
+    assert!(d.serving("alpha-1").unwrap().contains("version=2"));
+}
+
+#[test]
+fn unreachable_host_stops_the_wave_and_untouched_hosts_stay_untouched() {
+    let mut d = DeployFleet::new(
+        &[("beta", "production", &["beta-1", "beta-2", "beta-3"])],
+        "    parallelism: 1\n    max_failures: 0\n",
+    );
+    d.hosts.stop("beta-1");
+    let run = d.deploy("production");
+    run.code(3);
+    assert_eq!(
+        statuses(&run),
+        [
+            s("beta-1", "failed"),
+            s("beta-2", "not_started"),
+            s("beta-3", "not_started")
+        ]
+    );
+    let failure = &run.json()["hosts"][0]["failure"];
+    assert_eq!(failure["step"], "connect");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{failure:#}"
+    );
+    for h in ["beta-2", "beta-3"] {
+        let root = &d.hosts.host(h).deploy_root;
+        assert_eq!(
+            std::fs::read_dir(root).unwrap().count(),
+            0,
+            "{h} was touched"
+        );
+    }
+}
+
+#[test]
+fn parallelism_is_respected() {
+    let d = DeployFleet::new(
+        &[("beta", "production", &["b-1", "b-2", "b-3", "b-4"])],
+        "    parallelism: 2\n",
+    );
+    d.set("beta", "start_delay", "0.6");
+    d.fleet.commit("slow start");
+    d.deploy("production").code(0);
+    // Each host logged when its start command began and ended.
+    let log = std::fs::read_to_string(d.hosts.dir.join("windows.log")).unwrap();
+    let mut events: Vec<(f64, i32)> = log
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let kind = parts.next().unwrap();
+            let t: f64 = parts.next().unwrap().parse().unwrap();
+            (t, if kind == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut now, mut max) = (0, 0);
+    for (_, delta) in events {
+        now += delta;
+        max = max.max(now);
+    }
+    assert_eq!(max, 2, "at most 2 hosts at once, and 2 did overlap:\n{log}");
+}
+
+#[test]
+fn host_key_mismatch_is_refused() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    // Pin some other key for the host.
+    let other = TestHosts::start(&["other"]);
+    let port = d.hosts.host("alpha-1").port;
+    d.fleet.write(
+        "pipelines/known_hosts",
+        &format!("[127.0.0.1]:{port} {}\n", other.host("other").host_key_pub),
+    );
+    d.fleet.commit("wrong host key");
+    let run = d.deploy("canary");
+    run.code(3);
+    let failure = &run.json()["hosts"][0]["failure"];
+    let message = failure["message"].as_str().unwrap();
+    assert!(
+        message.contains("Host key verification failed"),
+        "{message}"
+    );
+    assert!(message.contains("pipelines/known_hosts"), "{message}");
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn shell_in_a_var_deploys_literally() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let marker = d.hosts.dir.join("pwned");
+    let evil = format!(
+        "$(touch {}) `touch {}` ';touch {};'",
+        marker.display(),
+        marker.display(),
+        marker.display()
+    );
+    d.set("alpha", "note", &serde_json::to_string(&evil).unwrap());
+    d.fleet.commit("a note with shell in it");
+    d.deploy("canary").code(0);
+    assert!(
+        d.serving("alpha-1")
+            .unwrap()
+            .contains(&format!("note={evil}"))
+    );
+    assert!(!marker.exists(), "a var was executed as shell");
+}
