@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::commands::{check::CheckArgs, deploy::DeployArgs, plan::PlanArgs};
+use crate::commands::{
+    check::CheckArgs, deploy::DeployArgs, plan::PlanArgs, rollback::RollbackArgs,
+    status::StatusArgs,
+};
 
 /// GitOps pipeline engine for small hosting fleets.
 ///
@@ -43,4 +46,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Deploy one stage: upload, switch, restart, health gates, rollback on failure.
     Deploy(DeployArgs),
+    /// What each host runs; with --drift, whether its files still match the repo.
+    Status(StatusArgs),
+    /// Put a client back on its previous release (or --to REV) by hand.
+    Rollback(RollbackArgs),
 }

@@ -50,6 +50,8 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Check(args) => commands::check::run(&ctx, args),
         Command::Plan(args) => commands::plan::run(&ctx, args),
         Command::Deploy(args) => commands::deploy::run(&ctx, args),
+        Command::Status(args) => commands::status::run(&ctx, args),
+        Command::Rollback(args) => commands::rollback::run(&ctx, args),
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod check;
 pub mod deploy;
 pub mod plan;
+pub mod rollback;
+pub mod status;
 
 use std::path::PathBuf;
 

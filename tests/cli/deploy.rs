@@ -397,3 +397,60 @@ fn shell_in_a_var_deploys_literally() {
     );
     assert!(!marker.exists(), "a var was executed as shell");
 }
+
+impl DeployFleet {
+    fn fleetgate(&self, args: &[&str]) -> Run {
+        let key = self.hosts.client_key.to_str().unwrap().to_string();
+        self.fleet.run_env(args, &[("FLEETGATE_SSH_KEY", &key)])
+    }
+}
+
+#[test]
+fn status_shows_live_revs_and_drift() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let rev = d.fleet.git(&["rev-parse", "HEAD"]);
+    d.deploy("canary").code(0);
+    let run = d.fleetgate(&["status", "--drift", "--format", "json"]);
+    run.code(0);
+    let row = &run.json()[0];
+    assert_eq!(
+        (
+            row["client"].as_str(),
+            row["app"].as_str(),
+            row["host"].as_str()
+        ),
+        (Some("alpha"), Some("web"), Some("alpha-1"))
+    );
+    assert_eq!(row["rev"], rev.as_str());
+    assert_eq!(row["drift"], serde_json::json!([]));
+
+    // Someone edits a file on the server by hand.
+    let live = d
+        .hosts
+        .host("alpha-1")
+        .deploy_root
+        .join("alpha/web/current/health");
+    std::fs::write(&live, "ok\nhand-edited\n").unwrap();
+    let run = d.fleetgate(&["status", "--drift"]);
+    run.code(1);
+    assert!(run.stdout.contains("modified health"), "{}", run.stdout);
+}
+
+#[test]
+fn manual_rollback_goes_back_to_the_previous_release() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let rev1 = d.fleet.git(&["rev-parse", "HEAD"]);
+    d.deploy("canary").code(0);
+    d.set("alpha", "version", "\"2\"");
+    d.fleet.commit("web 2");
+    d.deploy("canary").code(0);
+    assert!(d.serving("alpha-1").unwrap().contains("version=2"));
+    let run = d.fleetgate(&["rollback", "--client", "alpha"]);
+    run.code(0);
+    assert!(
+        d.serving("alpha-1").unwrap().contains("version=1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(d.state("alpha-1", "alpha")["rev"], rev1.as_str());
+}

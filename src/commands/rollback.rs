@@ -1,0 +1,88 @@
+//! `fleetgate rollback --client NAME [--to REV]`: put a client back on an
+//! earlier release by hand — the previous one its hosts record, or REV.
+
+use clap::Args;
+
+use super::Context;
+use crate::config::{self, Hosts, Selection};
+use crate::error::{Error, ExitCode, Result};
+use crate::repo::Repo;
+use crate::report;
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(long)]
+    pub client: String,
+    /// The commit to go back to (default: the previous release the hosts record).
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+    #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
+    pub format: report::OutcomeFormat,
+}
+
+pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
+    let repo = Repo::discover(ctx.repo.as_deref())?;
+    let head = repo.resolve("HEAD")?;
+    let snap = repo.snapshot(head)?;
+    let files = config::load(&snap, Selection::Only([args.client.clone()].into()))?;
+    let (fleet, problems) = config::validate(&files);
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            at: snap.label(),
+            problems,
+        });
+    }
+    let client = fleet.clients.get(&args.client).ok_or_else(|| {
+        Error::Usage(format!(
+            "client `{}` does not exist at {}",
+            args.client,
+            snap.label()
+        ))
+    })?;
+    let stage = fleet
+        .stage_of_group(&client.group)
+        .map(|(_, s)| s.name.clone())
+        .ok_or_else(|| Error::Usage(format!("client `{}` is in no stage", client.name)))?;
+    let to = match &args.to {
+        Some(rev) => repo.resolve(rev)?,
+        None => {
+            let Hosts::Static(hosts) = &client.hosts else {
+                return Err(Error::Usage(
+                    "pass --to REV for clients with Hetzner Cloud inventory".into(),
+                ));
+            };
+            let known = snap.read(config::KNOWN_HOSTS)?.unwrap_or_default();
+            let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
+            let inspected = super::status::inspect_hosts(&known, &targets)?;
+            let mut previous = std::collections::BTreeSet::new();
+            for ((_, host), result) in targets.iter().zip(inspected) {
+                let map = result.map_err(|e| {
+                    Error::Usage(format!("{}: {e}\n  hint: pass --to REV", host.name))
+                })?;
+                for app in &client.apps {
+                    let prev = map
+                        .get(app)
+                        .and_then(|i| i.state.as_ref())
+                        .and_then(|s| s.previous.clone());
+                    previous
+                        .insert(prev.unwrap_or_else(|| format!("(none: {app} on {})", host.name)));
+                }
+            }
+            match previous.into_iter().collect::<Vec<_>>().as_slice() {
+                [one] if !one.starts_with('(') => repo.resolve(one)?,
+                many => {
+                    return Err(Error::Usage(format!(
+                        "the hosts of `{}` do not agree on one previous release: {}\n  hint: pass --to REV",
+                        client.name,
+                        many.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    tracing::info!("rolling {} back to {}", client.name, to.short());
+    let outcome =
+        super::deploy::deploy_stage(ctx, &repo, to, &stage, std::slice::from_ref(&client.name))?;
+    print!("{}", report::outcome(&outcome, args.format));
+    Ok(super::deploy::exit_code(&outcome))
+}

@@ -1,0 +1,349 @@
+//! `fleetgate status [--format json] [--drift]`: what each host runs, and with
+//! `--drift` whether its files still match what the repo renders for that rev.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::Context;
+use super::deploy::SshConnector;
+use crate::config::{self, Hosts, Selection};
+use crate::deploy::Connector;
+use crate::desired::{self, DecryptCache};
+use crate::error::{Error, ExitCode, Result};
+use crate::remote::Remote;
+use crate::remote::release::{self, AppDir, Inspected};
+use crate::render::SecretView;
+use crate::repo::{CommitId, Repo};
+use crate::report::OutcomeFormat;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The commit whose inventory (clients, hosts, known_hosts) to use.
+    #[arg(long, value_name = "REV", default_value = "HEAD")]
+    pub rev: String,
+    /// Only these clients (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub clients: Vec<String>,
+    /// Compare each host's live files with what the repo renders for its live rev.
+    #[arg(long)]
+    pub drift: bool,
+    #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
+    pub format: OutcomeFormat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    pub client: String,
+    pub app: String,
+    pub host: String,
+    /// `None`: never deployed (or the host could not be reached: see `error`).
+    pub rev: Option<String>,
+    pub release: Option<String>,
+    pub deployed_at: Option<String>,
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Vec<Drift>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub path: String,
+    /// `modified`, `missing` or `extra`.
+    pub change: &'static str,
+}
+
+pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
+    let repo = Repo::discover(ctx.repo.as_deref())?;
+    let rev = repo.resolve(&args.rev)?;
+    let snap = repo.snapshot(rev)?;
+    let files = config::load(&snap, Selection::All)?;
+    let (fleet, problems) = config::validate(&files);
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            at: snap.label(),
+            problems,
+        });
+    }
+    let known_hosts = snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "{} is missing at {}",
+            config::KNOWN_HOSTS,
+            snap.label()
+        ))
+    })?;
+    let mut targets = Vec::new();
+    for client in fleet.clients.values() {
+        if !args.clients.is_empty() && !args.clients.contains(&client.name) {
+            continue;
+        }
+        if let Hosts::Static(hosts) = &client.hosts {
+            for host in hosts {
+                targets.push((client, host.clone()));
+            }
+        }
+    }
+    let inspected = inspect_hosts(&known_hosts, &targets)?;
+    let mut rows = Vec::new();
+    let mut live_sums = BTreeMap::new();
+    for ((client, host), result) in targets.iter().zip(inspected) {
+        for app in &client.apps {
+            let dir = AppDir {
+                deploy_root: host.deploy_root.clone(),
+                client: client.name.clone(),
+                app: app.clone(),
+            };
+            let mut row = AppStatus {
+                client: client.name.clone(),
+                app: app.clone(),
+                host: host.name.clone(),
+                rev: None,
+                release: None,
+                deployed_at: None,
+                previous: None,
+                drift: None,
+                error: None,
+            };
+            match &result {
+                Ok(map) => {
+                    let found = map.get(app).cloned().unwrap_or_default();
+                    if let Some(state) = &found.state {
+                        row.rev = Some(state.rev.clone());
+                        row.release = Some(dir.release(&state.rev));
+                        row.deployed_at = Some(state.deployed_at.clone());
+                        row.previous = state.previous.clone();
+                    }
+                    live_sums.insert(
+                        (client.name.clone(), host.name.clone(), app.clone()),
+                        found.sums,
+                    );
+                }
+                Err(e) => row.error = Some(e.clone()),
+            }
+            rows.push(row);
+        }
+    }
+    if args.drift {
+        compute_drift(ctx, &repo, &mut rows, &live_sums)?;
+    }
+    print!("{}", render(&rows, args.format, args.drift));
+    let unreachable = rows.iter().any(|r| r.error.is_some());
+    let drifted = rows
+        .iter()
+        .any(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()));
+    Ok(if unreachable {
+        ExitCode::Infra
+    } else if drifted {
+        ExitCode::Blocked
+    } else {
+        ExitCode::Ok
+    })
+}
+
+/// Connects to every host (16 at a time) and reads what its client's apps run.
+pub fn inspect_hosts(
+    known_hosts: &[u8],
+    targets: &[(&config::Client, config::Host)],
+) -> Result<Vec<std::result::Result<BTreeMap<String, Inspected>, String>>> {
+    let connector = SshConnector::new(known_hosts)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    Ok(runtime.block_on(async {
+        let limit = tokio::sync::Semaphore::new(16);
+        futures_util::future::join_all(targets.iter().map(|(client, host)| {
+            let (connector, limit) = (&connector, &limit);
+            async move {
+                let _permit = limit.acquire().await.expect("never closed");
+                let remote = connector.connect(host).await.map_err(|e| e.to_string())?;
+                let dirs: Vec<AppDir> = client
+                    .apps
+                    .iter()
+                    .map(|app| AppDir {
+                        deploy_root: host.deploy_root.clone(),
+                        client: client.name.clone(),
+                        app: app.clone(),
+                    })
+                    .collect();
+                let refs: Vec<&AppDir> = dirs.iter().collect();
+                let out = remote.run(&release::inspect_script(&refs)).await;
+                connector.close(remote).await;
+                let out = out.map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("inspect failed: {}", out.tail()));
+                }
+                release::parse_inspect(&out.stdout)
+            }
+        }))
+        .await
+    }))
+}
+
+type LiveSums = BTreeMap<(String, String, String), BTreeMap<String, String>>;
+
+/// Renders each live rev once and compares its files with the hosts' hashes.
+fn compute_drift(
+    ctx: &Context,
+    repo: &Repo,
+    rows: &mut [AppStatus],
+    live: &LiveSums,
+) -> Result<()> {
+    let mut by_rev: BTreeMap<String, Option<desired::Desired>> = BTreeMap::new();
+    let cache = DecryptCache::default();
+    for rev in rows.iter().filter_map(|r| r.rev.clone()) {
+        if by_rev.contains_key(&rev) {
+            continue;
+        }
+        let rendered = match repo.resolve(&rev) {
+            Ok(id) => Some(render_rev(ctx, repo, id, &cache)?),
+            Err(_) => None,
+        };
+        by_rev.insert(rev, rendered);
+    }
+    for row in rows.iter_mut() {
+        let Some(rev) = &row.rev else { continue };
+        let Some(Some(d)) = by_rev.get(rev) else {
+            row.error = Some(format!(
+                "rev {rev} is not in this repository: cannot compare"
+            ));
+            continue;
+        };
+        let desired: BTreeMap<String, String> = d
+            .clients
+            .get(&row.client)
+            .and_then(|c| c.apps.get(&row.app))
+            .and_then(|a| a.files.get(&row.host))
+            .map(|files| {
+                files
+                    .iter()
+                    .map(|(p, content)| {
+                        (
+                            p.clone(),
+                            release::ReleaseFile::new(
+                                p.clone(),
+                                content.clone().into_bytes(),
+                                false,
+                            )
+                            .sha256,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let empty = BTreeMap::new();
+        let host = live
+            .get(&(row.client.clone(), row.host.clone(), row.app.clone()))
+            .unwrap_or(&empty);
+        let mut drift = Vec::new();
+        for (path, sha) in &desired {
+            match host.get(path) {
+                None => drift.push(Drift {
+                    path: path.clone(),
+                    change: "missing",
+                }),
+                Some(h) if h != sha => drift.push(Drift {
+                    path: path.clone(),
+                    change: "modified",
+                }),
+                _ => {}
+            }
+        }
+        for path in host.keys().filter(|p| !desired.contains_key(*p)) {
+            drift.push(Drift {
+                path: path.clone(),
+                change: "extra",
+            });
+        }
+        row.drift = Some(drift);
+    }
+    Ok(())
+}
+
+fn render_rev(
+    ctx: &Context,
+    repo: &Repo,
+    id: CommitId,
+    cache: &DecryptCache,
+) -> Result<desired::Desired> {
+    let snap = repo.snapshot(id)?;
+    let files = config::load(&snap, Selection::All)?;
+    desired::compute(
+        &files,
+        &ctx.keyring,
+        cache,
+        SecretView::Real,
+        &id.to_string(),
+    )
+    .map_err(|problems| Error::Invalid {
+        at: snap.label(),
+        problems,
+    })
+}
+
+fn render(rows: &[AppStatus], format: OutcomeFormat, drift: bool) -> String {
+    if format == OutcomeFormat::Json {
+        let mut s = serde_json::to_string_pretty(rows).expect("rows serialise");
+        s.push('\n');
+        return s;
+    }
+    let short = |s: &Option<String>| {
+        s.as_deref()
+            .map_or("-".to_string(), |r| r[..r.len().min(12)].to_string())
+    };
+    let mut out = String::new();
+    let mut table = vec![vec![
+        "client".to_string(),
+        "app".into(),
+        "host".into(),
+        "rev".into(),
+        "deployed_at".into(),
+        "previous".into(),
+        if drift { "drift".into() } else { String::new() },
+    ]];
+    for r in rows {
+        let drift_cell = match (&r.error, &r.drift) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, Some(d)) if d.is_empty() => "none".into(),
+            (None, Some(d)) => d
+                .iter()
+                .map(|x| format!("{} {}", x.change, x.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (None, None) => String::new(),
+        };
+        table.push(vec![
+            r.client.clone(),
+            r.app.clone(),
+            r.host.clone(),
+            short(&r.rev),
+            r.deployed_at.clone().unwrap_or_else(|| "-".into()),
+            short(&r.previous),
+            drift_cell,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
