@@ -154,7 +154,7 @@ pub fn deploy_stage(
             snap.label()
         ))
     })?;
-    let connector = SshConnector::new(&known_hosts)?;
+    let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +173,10 @@ pub struct SshConnector {
 }
 
 impl SshConnector {
-    pub fn new(known_hosts: &[u8]) -> Result<SshConnector> {
+    pub fn new(
+        known_hosts: &[u8],
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SshConnector> {
         let io = |path: &str, source| Error::Io {
             path: path.to_string(),
             source,
@@ -186,11 +189,13 @@ impl SshConnector {
         let known = dir.path().join("known_hosts");
         std::fs::write(&known, known_hosts).map_err(|e| io("known_hosts", e))?;
         let config = dir.path().join("ssh_config");
-        std::fs::write(
-            &config,
-            "# written by fleetgate: the runner's ~/.ssh/config does not apply\n",
-        )
-        .map_err(|e| io("ssh_config", e))?;
+        let mut text = String::from(
+            "# written by fleetgate from pipelines/pipeline.yaml `ssh.options`;\n# the runner's ~/.ssh/config does not apply\n",
+        );
+        for (k, v) in options {
+            text.push_str(&format!("{k} {v}\n"));
+        }
+        std::fs::write(&config, text).map_err(|e| io("ssh_config", e))?;
         let key = std::env::var_os("FLEETGATE_SSH_KEY")
             .filter(|k| !k.is_empty())
             .map(PathBuf::from);

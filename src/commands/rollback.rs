@@ -53,7 +53,8 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
             };
             let known = snap.read(config::KNOWN_HOSTS)?.unwrap_or_default();
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
-            let inspected = super::status::inspect_hosts(&known, &targets)?;
+            let inspected =
+                super::status::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
             let mut previous = std::collections::BTreeSet::new();
             for ((_, host), result) in targets.iter().zip(inspected) {
                 let map = result.map_err(|e| {

@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             }
         }
     }
-    let inspected = inspect_hosts(&known_hosts, &targets)?;
+    let inspected = inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
     let mut rows = Vec::new();
     let mut live_sums = BTreeMap::new();
     for ((client, host), result) in targets.iter().zip(inspected) {
@@ -146,9 +146,10 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
 /// Connects to every host (16 at a time) and reads what its client's apps run.
 pub fn inspect_hosts(
     known_hosts: &[u8],
+    ssh_options: &BTreeMap<String, String>,
     targets: &[(&config::Client, config::Host)],
 ) -> Result<Vec<std::result::Result<BTreeMap<String, Inspected>, String>>> {
-    let connector = SshConnector::new(known_hosts)?;
+    let connector = SshConnector::new(known_hosts, ssh_options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

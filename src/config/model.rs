@@ -41,6 +41,8 @@ pub struct Pipeline {
     pub scan: ScanPolicy,
     pub on_failure: OnFailure,
     pub runtimes: RuntimeCommands,
+    /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`).
+    pub ssh_options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -335,6 +337,7 @@ impl Pipeline {
                 compose: String::new(),
                 podman: String::new(),
             },
+            ssh_options: BTreeMap::new(),
         }
     }
 }
@@ -480,6 +483,41 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
             .and_then(|r| r.podman.clone())
             .unwrap_or_else(|| "podman compose".into()),
     };
+    let mut ssh_options = BTreeMap::new();
+    if let Some(ssh) = &raw.ssh {
+        for (key, value) in &ssh.options {
+            // Options that would undo fleetgate's guarantees are refused.
+            let forbidden = [
+                "stricthostkeychecking",
+                "userknownhostsfile",
+                "globalknownhostsfile",
+                "proxycommand",
+                "localcommand",
+                "permitlocalcommand",
+                "controlpath",
+                "controlmaster",
+            ];
+            let ok_key = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric());
+            let ok_value = !value.value.is_empty() && !value.value.contains(['\n', '\r']);
+            if !ok_key || !ok_value {
+                c.at(
+                    &format!("ssh.options.{key}"),
+                    value,
+                    format!("`{key}` is not an ssh_config option"),
+                    "write options as `Name: value`, e.g. `KexAlgorithms: curve25519-sha256`",
+                );
+            } else if forbidden.contains(&key.to_ascii_lowercase().as_str()) {
+                c.at(
+                    &format!("ssh.options.{key}"),
+                    value,
+                    format!("`{key}` cannot be set: fleetgate manages it"),
+                    "host keys are always checked strictly against pipelines/known_hosts",
+                );
+            } else {
+                ssh_options.insert(key.clone(), value.value.clone());
+            }
+        }
+    }
     // Kept even when a field is wrong: clients are still checked against the
     // stages; the problems already make the fleet invalid.
     Some(Pipeline {
@@ -490,6 +528,7 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
         },
         on_failure,
         runtimes,
+        ssh_options,
     })
 }
 

@@ -24,6 +24,16 @@ pub struct Pipeline {
     /// Per-runtime command overrides, e.g. `compose: "docker-compose"`.
     #[serde(default)]
     pub runtimes: Option<Runtimes>,
+    /// OpenSSH client options for every host, e.g. `KexAlgorithms: curve25519-sha256`.
+    #[serde(default)]
+    pub ssh: Option<Ssh>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    #[serde(default)]
+    pub options: BTreeMap<String, S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -213,6 +213,18 @@ fn corpus() -> Vec<Broken> {
             message: "nobody is listed as an approver",
         },
         Broken {
+            name: "an ssh option that would turn off host key checking",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/pipeline.yaml",
+                    "on_failure:",
+                    "ssh:\n  options:\n    StrictHostKeyChecking: \"no\"\non_failure:",
+                );
+            },
+            location: "pipelines/pipeline.yaml:18: ssh.options.StrictHostKeyChecking",
+            message: "cannot be set: fleetgate manages it",
+        },
+        Broken {
             name: "plain value in a secrets file",
             break_it: |f| {
                 f.write(

@@ -66,7 +66,9 @@ impl DeployFleet {
         }
         fleet.write(
             "pipelines/pipeline.yaml",
-            &format!("{stages}on_failure:\n  rollback: true\n  revert: false\n"),
+            &format!(
+                "{stages}on_failure:\n  rollback: true\n  revert: false\nssh:\n  options:\n    KexAlgorithms: curve25519-sha256\n"
+            ),
         );
         fleet.write("pipelines/apps/web/app.yaml", APP);
         fleet.write("pipelines/apps/web/start.sh.j2", START);
