@@ -11,6 +11,12 @@ command -v ssh >/dev/null || need_apt+=(openssh-client)
 # Test hosts: one sshd per host on loopback; the test app serves HTTP with python3.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+# A real container runtime for the compose tests: dockerd with its own data
+# root, docker-compose v1, a loopback registry, and busybox for test images.
+[ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
+[ -x /usr/bin/docker-compose ] || need_apt+=(docker-compose)
+[ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -456,3 +456,74 @@ fn manual_rollback_goes_back_to_the_previous_release() {
     );
     assert_eq!(d.state("alpha-1", "alpha")["rev"], rev1.as_str());
 }
+
+#[test]
+fn compose_app_on_a_real_runtime_pulls_by_digest_and_rolls_back() {
+    let docker = crate::docker::Docker::start();
+    let v1 = docker.build_and_push("web", "1.0", "image 1\n");
+    let v2 = docker.build_and_push("web", "2.0", "image 2\n");
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    d.fleet.write(
+        "pipelines/apps/web/app.yaml",
+        &format!(
+            r#"runtime: compose
+images:
+  web: {v1}
+files:
+  docker-compose.yml: compose.yml.j2
+  health: health.j2
+health:
+  - http: "http://127.0.0.1:{{{{ host.port + 1000 }}}}/health"
+    expect_body: "ok"
+    interval: 200ms
+    successes: 2
+    failures: 3
+    deadline: 20s
+"#
+        ),
+    );
+    d.fleet.write(
+        "pipelines/apps/web/compose.yml.j2",
+        r#"services:
+  web:
+    image: {{ app.images.web }}
+    network_mode: host
+    stop_signal: SIGKILL
+    command: ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:{{ host.port + 1000 }}", "-h", "/www"]
+    volumes: ["./health:/www/health:ro"]
+"#,
+    );
+    d.fleet.remove("pipelines/apps/web/start.sh.j2");
+    d.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "on_failure:",
+        &format!(
+            "runtimes:\n  compose: \"{}\"\non_failure:",
+            docker.compose_command()
+        ),
+    );
+    d.fleet.commit("web as a compose app");
+    let port = d.hosts.host("alpha-1").port + 1000;
+    let image = || http_get(port, "/image");
+
+    let run = d.deploy("canary");
+    run.code(0);
+    assert_eq!(image().as_deref(), Some("image 1\n"));
+
+    // A new image whose release is unhealthy: rolled back to the old container.
+    d.fleet.edit("pipelines/apps/web/app.yaml", &v1, &v2);
+    d.set("alpha", "health", "sick");
+    d.fleet.commit("web 2.0, unhealthy");
+    let run = d.deploy("canary");
+    run.code(1);
+    assert_eq!(statuses(&run), [s("alpha-1", "rolled_back")]);
+    assert_eq!(image().as_deref(), Some("image 1\n"));
+
+    d.set("alpha", "health", "ok");
+    d.fleet.commit("web 2.0, healthy");
+    d.deploy("canary").code(0);
+    assert_eq!(image().as_deref(), Some("image 2\n"));
+    let ps = docker.docker(&["ps", "--format", "{{.Names}} {{.Image}}"]);
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("alpha-web_web_1"), "{ps}");
+}

@@ -4,5 +4,6 @@
 mod check;
 mod common;
 mod deploy;
+mod docker;
 mod hosts;
 mod plan;
