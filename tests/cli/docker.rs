@@ -141,17 +141,19 @@ impl Docker {
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
         std::fs::write(rootfs.join("www/image"), content).unwrap();
         let reference = format!("{}/{name}:{tag}", self.registry);
+        let archive = self.dir.join(format!("{name}-{tag}.tar"));
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
+            .arg("-cf")
+            .arg(&archive)
+            .arg(".")
+            .status()
             .unwrap();
+        assert!(tar.success(), "tar {}", rootfs.display());
         let import = Command::new("docker")
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .args(["import", "-", &reference])
-            .stdin(tar.stdout.unwrap())
+            .args(["import", archive.to_str().unwrap(), &reference])
             .output()
             .unwrap();
         assert!(
