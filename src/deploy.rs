@@ -643,6 +643,7 @@ pub async fn run_stage<C: Connector>(
     connector: &C,
     soak: Duration,
 ) -> StageOutcome {
+    let _bar = crate::progress::hosts(plan.targets.len(), &format!("deploy {}", plan.stage));
     let permits = Semaphore::new(plan.parallelism.max(1));
     let failed = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -671,6 +672,7 @@ pub async fn run_stage<C: Connector>(
                     (connect_failed(target, &e, started), None)
                 }
             };
+            crate::progress::host_done();
             if run.outcome.status == HostStatus::Failed
                 && failed.fetch_add(1, Ordering::SeqCst) + 1 > plan.max_failures
             {

@@ -11,6 +11,7 @@ mod error;
 mod gates;
 mod par;
 mod plan;
+mod progress;
 mod remote;
 mod render;
 mod repo;
@@ -26,6 +27,7 @@ use crate::error::{Error, ExitCode};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
+    progress::enable(cli.log_format == LogFormat::Human);
     let code = match run(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -65,7 +67,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("fleetgate={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::Stderr)
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
