@@ -33,12 +33,17 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> Result<ExitCode> {
         );
     }
     let cache = DecryptCache::default();
-    let d = desired::compute(&files, &ctx.keyring, &cache, SecretView::Masked, &rev).map_err(
-        |problems| Error::Invalid {
-            at: snap.label(),
-            problems,
-        },
-    )?;
+    let invalid = |problems| Error::Invalid {
+        at: snap.label(),
+        problems,
+    };
+    let d = desired::compute(&files, &ctx.keyring, &cache, SecretView::Masked, &rev)
+        .map_err(invalid)?;
+    let mut problems = Vec::new();
+    config::known_hosts_checks(&files, &d.fleet.clients, &mut problems);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
     let hosts: usize = d.clients.values().map(|c| c.hosts.len()).sum();
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     println!(

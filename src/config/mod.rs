@@ -114,7 +114,7 @@ impl Names {
 pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
-    for path in [PIPELINE, SHARED_SECRETS] {
+    for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS] {
         if let Some(bytes) = snap.read(path)? {
             files.insert(path.to_string(), bytes);
         }

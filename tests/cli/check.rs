@@ -225,6 +225,18 @@ fn corpus() -> Vec<Broken> {
             message: "cannot be set: fleetgate manages it",
         },
         Broken {
+            name: "a host whose key is not pinned",
+            break_it: |f| {
+                f.edit(
+                    "clients/alpha.yaml",
+                    "address: 203.0.113.10",
+                    "address: 203.0.113.11",
+                );
+            },
+            location: "clients/alpha.yaml: hosts[0]",
+            message: "host `alpha-1` (203.0.113.11) has no key in pipelines/known_hosts",
+        },
+        Broken {
             name: "plain value in a secrets file",
             break_it: |f| {
                 f.write(
