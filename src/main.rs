@@ -9,6 +9,7 @@ mod deploy;
 mod desired;
 mod error;
 mod gates;
+mod inventory;
 mod par;
 mod plan;
 mod progress;

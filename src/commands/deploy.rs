@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Context;
-use crate::config::{self, Hosts, Selection};
+use crate::config::{self, Selection};
 use crate::deploy::{self, Connector, StageOutcome};
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
+use crate::inventory::{self, Inventory};
 use crate::remote::RemoteError;
 use crate::remote::ssh::{SshHost, SshOptions};
 use crate::render::SecretView;
@@ -109,12 +110,9 @@ pub fn deploy_stage(
         .map(|c| c.name.clone())
         .collect();
     for c in &clients {
-        if matches!(fleet.clients[c].hosts, Hosts::Hcloud { .. }) {
-            return Err(Error::Usage(format!(
-                "client `{c}` uses Hetzner Cloud inventory, which deploy cannot resolve yet\n  hint: list its hosts in {}",
-                config::client_file(c)
-            )));
-        }
+        inventory::Static
+            .hosts(&fleet.clients[c])
+            .map_err(Error::Usage)?;
     }
     let uses_secrets = clients.iter().any(|c| {
         fleet.clients[c]

@@ -4,8 +4,9 @@
 use clap::Args;
 
 use super::Context;
-use crate::config::{self, Hosts, Selection};
+use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Result};
+use crate::inventory::{self, Inventory};
 use crate::repo::Repo;
 use crate::report;
 
@@ -46,11 +47,9 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
     let to = match &args.to {
         Some(rev) => repo.resolve(rev)?,
         None => {
-            let Hosts::Static(hosts) = &client.hosts else {
-                return Err(Error::Usage(
-                    "pass --to REV for clients with Hetzner Cloud inventory".into(),
-                ));
-            };
+            let hosts = inventory::Static
+                .hosts(client)
+                .map_err(|e| Error::Usage(format!("{e}\n  hint: pass --to REV")))?;
             let known = snap.read(config::KNOWN_HOSTS)?.unwrap_or_default();
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
             let inspected =

@@ -8,10 +8,11 @@ use serde::Serialize;
 
 use super::Context;
 use super::deploy::SshConnector;
-use crate::config::{self, Hosts, Selection};
+use crate::config::{self, Selection};
 use crate::deploy::Connector;
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
+use crate::inventory::{self, Inventory};
 use crate::remote::Remote;
 use crate::remote::release::{self, AppDir, Inspected};
 use crate::render::SecretView;
@@ -80,10 +81,9 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
         if !args.clients.is_empty() && !args.clients.contains(&client.name) {
             continue;
         }
-        if let Hosts::Static(hosts) = &client.hosts {
-            for host in hosts {
-                targets.push((client, host.clone()));
-            }
+        match inventory::Static.hosts(client) {
+            Ok(hosts) => targets.extend(hosts.into_iter().map(|h| (client, h))),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
     let inspected = inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
