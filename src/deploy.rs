@@ -262,7 +262,9 @@ async fn run_step<R: Remote>(
     match result {
         Ok(out) if out.success() => {
             let text = format!("{}{}", out.stdout, out.stderr);
-            if !text.trim().is_empty() {
+            // What the app's own commands print goes to the run log; the
+            // inspect listing is fleetgate's and would only be noise.
+            if step != "inspect" && !text.trim().is_empty() {
                 tracing::debug!("{} {}: {}", rec.host, step, masker.mask(text.trim_end()));
             }
             Ok(out)

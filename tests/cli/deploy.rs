@@ -20,8 +20,8 @@ health:
     interval: 200ms
     timeout: 1s
     successes: 2
-    failures: 3
-    deadline: 10s
+    failures: 10
+    deadline: 15s
   - command: "test -s health"
 rollback: safe
 "#;
@@ -526,4 +526,86 @@ health:
     let ps = docker.docker(&["ps", "--format", "{{.Names}} {{.Image}}"]);
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(ps.contains("alpha-web_web_1"), "{ps}");
+}
+
+#[test]
+fn secrets_reach_the_host_file_only() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let token = "Tok-3f9a71c2-never-print-me";
+    d.fleet.write(
+        "secrets/.sops.yaml",
+        &std::fs::read_to_string(crate::common::source_root().join("secrets/.sops.yaml")).unwrap(),
+    );
+    d.fleet.sops_encrypt(
+        "secrets/clients/alpha.sops.yaml",
+        &format!("api_token: {token}\n"),
+    );
+    d.fleet.edit(
+        "pipelines/apps/web/app.yaml",
+        "files:\n",
+        "secrets: [api_token]\nfiles:\n  app.env: app.env.j2\n",
+    );
+    d.fleet.write(
+        "pipelines/apps/web/app.env.j2",
+        "API_TOKEN={{ secrets.api_token }}\n",
+    );
+    // The start command prints the token, then fails: its output reaches the log.
+    d.fleet.edit("pipelines/apps/web/start.sh.j2", "pid=../../web.pid", "cat app.env; cat app.env >&2\n{% if client.vars.health == \"fail-start\" %}exit 7\n{% endif %}pid=../../web.pid");
+    d.fleet.commit("web gets a token");
+    let key = d.hosts.client_key.to_str().unwrap().to_string();
+    let run = d.fleet.run_env(
+        &["deploy", "--stage", "canary", "--rev", "HEAD", "-vv"],
+        &[("FLEETGATE_SSH_KEY", &key)],
+    );
+    run.code(0);
+    assert!(
+        !run.all().contains(token),
+        "deploy printed the secret:\n{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("API_TOKEN=••••"),
+        "remote output is logged, masked:\n{}",
+        run.stderr
+    );
+    let env = d
+        .hosts
+        .host("alpha-1")
+        .deploy_root
+        .join("alpha/web/current/app.env");
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        format!("API_TOKEN={token}\n")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let health = env.with_file_name("health");
+    assert_eq!(
+        std::fs::metadata(&health).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+
+    // A failing start: the error names host, step and the masked stderr tail.
+    d.set("alpha", "health", "fail-start");
+    d.fleet.commit("start fails");
+    let run = d.fleet.run_env(
+        &[
+            "deploy", "--stage", "canary", "--rev", "HEAD", "--format", "json",
+        ],
+        &[("FLEETGATE_SSH_KEY", &key)],
+    );
+    run.code(1);
+    let failure = &run.json()["hosts"][0]["failure"];
+    assert_eq!(failure["step"], "start");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("exit 7: API_TOKEN=••••"),
+        "{failure:#}"
+    );
+    assert!(!run.all().contains(token));
 }
