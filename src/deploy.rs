@@ -289,6 +289,108 @@ async fn run_step<R: Remote>(
     }
 }
 
+/// One step of a host's work, run as part of one remote command.
+struct Step {
+    app: String,
+    step: &'static str,
+    script: String,
+}
+
+impl Step {
+    fn new(app: &str, step: &'static str, script: String) -> Step {
+        Step {
+            app: app.to_string(),
+            step,
+            script,
+        }
+    }
+}
+
+/// Runs `steps` in one remote command, logging each step as its end marker
+/// arrives. Returns the indices of the steps that completed, and the failure
+/// that stopped the rest, if any.
+async fn run_steps<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    masker: &Masker,
+    steps: &[Step],
+) -> (Vec<usize>, Option<Failure>) {
+    if steps.is_empty() {
+        return (Vec::new(), None);
+    }
+    // Markers carry a per-run nonce so an app's output cannot fake them.
+    let nonce = format!("fg{:x}{:x}", std::process::id(), now_nanos());
+    let scripts: Vec<&str> = steps.iter().map(|s| s.script.as_str()).collect();
+    let script = release::steps_script(&nonce, &scripts);
+    let mut done = Vec::new();
+    let mut current: Option<(usize, Instant)> = None;
+    let mut failed_at = None;
+    let host = rec.host;
+    let result = {
+        let (done, current, failed_at) = (&mut done, &mut current, &mut failed_at);
+        let rec = &mut *rec;
+        remote
+            .run_lines(
+                &script,
+                &mut |line| match release::parse_step_marker(&nonce, line) {
+                    Some(release::StepEvent::Begin(i)) => *current = Some((i, Instant::now())),
+                    Some(release::StepEvent::Done(i)) => {
+                        let started = current.take().map_or_else(Instant::now, |(_, t)| t);
+                        rec.record(Some(&steps[i].app), steps[i].step, true, started);
+                        done.push(i);
+                    }
+                    Some(release::StepEvent::Fail(i)) => {
+                        let started = current.take().map_or_else(Instant::now, |(_, t)| t);
+                        rec.record(Some(&steps[i].app), steps[i].step, false, started);
+                        *failed_at = Some(i);
+                    }
+                    None => tracing::debug!("{host}: {}", masker.mask(line)),
+                },
+            )
+            .await
+    };
+    // A step that began but neither finished nor failed was cut off.
+    let interrupted = current.map(|(i, started)| {
+        rec.record(Some(&steps[i].app), steps[i].step, false, started);
+        i
+    });
+    let at = failed_at
+        .or(interrupted)
+        .unwrap_or(done.len().min(steps.len() - 1));
+    let failure = match result {
+        Ok(out) if out.success() && done.len() == steps.len() => {
+            if !out.stderr.trim().is_empty() {
+                tracing::debug!("{host}: {}", masker.mask(out.stderr.trim_end()));
+            }
+            None
+        }
+        Ok(out) => Some(Failure {
+            kind: FailureKind::Command,
+            app: Some(steps[at].app.clone()),
+            step: steps[at].step.to_string(),
+            message: format!(
+                "exit {}: {}",
+                out.status
+                    .map_or("by signal".to_string(), |c| c.to_string()),
+                masker.mask(&out.tail_without(&nonce))
+            ),
+        }),
+        Err(e) => Some(Failure {
+            kind: FailureKind::Infra,
+            app: Some(steps[at].app.clone()),
+            step: steps[at].step.to_string(),
+            message: masker.mask(&e.to_string()),
+        }),
+    };
+    (done, failure)
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -325,67 +427,67 @@ async fn deploy_host<R: Remote>(
             step: "inspect".into(),
             message,
         })?;
+        // Every change of every app in one round trip: upload, switch,
+        // start and prune per app, streaming a progress line per step.
+        let mut steps: Vec<Step> = Vec::new();
+        let mut before = BTreeMap::new();
         for app in &target.apps {
             let now = inspected.get(&app.name).cloned().unwrap_or_default();
             if is_live(&now, &plan.rev, &app.files) {
                 rec.record(Some(&app.name), "unchanged", true, Instant::now());
                 continue;
             }
-            let name = Some(app.name.as_str());
-            run_step(
-                remote,
-                &mut rec,
-                &target.masker,
-                name,
-                "upload",
-                &release::upload_script(&app.dir, &plan.rev, &app.files),
-            )
-            .await?;
             let state = next_state(now.state.as_ref(), &plan.rev, &app.files);
-            run_step(
-                remote,
-                &mut rec,
-                &target.masker,
-                name,
-                "switch",
-                &release::switch_script(&app.dir, &plan.rev, &state),
-            )
-            .await?;
-            switched.push(Switched {
-                app: app.name.clone(),
-                before: now.state.clone(),
-            });
             let replacing = now.state.as_ref().map(|s| s.rev.as_str());
-            run_step(
-                remote,
-                &mut rec,
-                &target.masker,
-                name,
-                "start",
-                &release::start_script(&app.dir, &plan.rev, &app.start, replacing),
-            )
-            .await?;
             let keep: Vec<&str> = [Some(plan.rev.as_str()), replacing]
                 .into_iter()
                 .flatten()
                 .collect();
-            run_step(
-                remote,
-                &mut rec,
-                &target.masker,
+            let name = app.name.as_str();
+            steps.push(Step::new(
+                name,
+                "upload",
+                release::upload_script(&app.dir, &plan.rev, &app.files),
+            ));
+            steps.push(Step::new(
+                name,
+                "switch",
+                release::switch_script(&app.dir, &plan.rev, &state),
+            ));
+            steps.push(Step::new(
+                name,
+                "start",
+                release::start_script(&app.dir, &plan.rev, &app.start, replacing),
+            ));
+            steps.push(Step::new(
                 name,
                 "prune",
-                &release::prune_script(&app.dir, &keep),
-            )
-            .await?;
+                release::prune_script(&app.dir, &keep),
+            ));
+            before.insert(name, now.state.clone());
             changed.push(app);
+        }
+        let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
+        for step in done
+            .iter()
+            .map(|&i| &steps[i])
+            .filter(|s| s.step == "switch")
+        {
+            switched.push(Switched {
+                app: step.app.clone(),
+                before: before.get(step.app.as_str()).cloned().flatten(),
+            });
+        }
+        if let Some(f) = failure {
+            return Err(f);
         }
         if changed.is_empty() {
             return Ok(false);
         }
+        let health_started = Instant::now();
         let results = run_checks(remote, target, &changed, soak).await;
         let failed = results.iter().find(|r| !r.passed).cloned();
-        rec.record(None, "health", failed.is_none(), started);
+        rec.record(None, "health", failed.is_none(), health_started);
         checks = results;
         if let Some(f) = failed {
             return Err(Failure {
@@ -570,30 +672,34 @@ async fn rollback_host<R: Remote>(
             run.outcome.frozen.push(app.name.clone());
             continue;
         }
-        let name = Some(app.name.as_str());
-        let result = match &sw.before {
+        // Per app, one round trip: a failing app does not stop the others.
+        let name = app.name.as_str();
+        let steps = match &sw.before {
             Some(before) => {
                 let mut back = before.clone();
                 back.deployed_at = now_rfc3339();
                 back.previous = back.history.pop();
-                let switch = release::switch_script(&app.dir, &before.rev, &back);
-                // Replacing the failed release: its processes are stopped first.
-                let start =
-                    release::start_script(&app.dir, &before.rev, &app.start, Some(failed_rev));
-                match run_step(remote, &mut rec, &target.masker, name, "rollback", &switch).await {
-                    Ok(_) => run_step(remote, &mut rec, &target.masker, name, "restart", &start)
-                        .await
-                        .map(|_| true),
-                    Err(f) => Err(f),
-                }
+                vec![
+                    Step::new(
+                        name,
+                        "rollback",
+                        release::switch_script(&app.dir, &before.rev, &back),
+                    ),
+                    // Replacing the failed release: its processes are stopped first.
+                    Step::new(
+                        name,
+                        "restart",
+                        release::start_script(&app.dir, &before.rev, &app.start, Some(failed_rev)),
+                    ),
+                ]
             }
             // A first deploy: nothing to go back to, so take it down.
-            None => {
-                let script = first_deploy_teardown(app);
-                run_step(remote, &mut rec, &target.masker, name, "remove", &script)
-                    .await
-                    .map(|_| false)
-            }
+            None => vec![Step::new(name, "remove", first_deploy_teardown(app))],
+        };
+        let (_, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
+        let result = match failure {
+            Some(f) => Err(f),
+            None => Ok(sw.before.is_some()),
         };
         match result {
             Ok(true) => restored.push(app),
@@ -602,9 +708,9 @@ async fn rollback_host<R: Remote>(
         }
     }
     if !restored.is_empty() {
+        let started = Instant::now();
         run.outcome.rollback_checks = run_checks(remote, target, &restored, Duration::ZERO).await;
         let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
-        let started = Instant::now();
         rec.record(None, "health after rollback", healthy, started);
     }
     run.outcome.steps.extend(rec.steps);

@@ -443,3 +443,78 @@ mod tests {
         );
     }
 }
+
+/// Runs several scripts in one remote command, each in a subshell; a marker
+/// line `@@<nonce> <i> begin|done|fail <code>` on stdout says where it is, so
+/// progress streams while the host works and one round trip does it all.
+/// Stops at the first failing script.
+pub fn steps_script(nonce: &str, scripts: &[&str]) -> String {
+    let mut s = String::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let _ = writeln!(s, "echo '@@{nonce} {i} begin'");
+        let _ = writeln!(
+            s,
+            "(\n{script}\n) || {{ rc=$?; echo \"@@{nonce} {i} fail $rc\"; exit $rc; }}"
+        );
+        let _ = writeln!(s, "echo '@@{nonce} {i} done'");
+    }
+    s
+}
+
+/// A marker printed by [`steps_script`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEvent {
+    Begin(usize),
+    Done(usize),
+    Fail(usize),
+}
+
+pub fn parse_step_marker(nonce: &str, line: &str) -> Option<StepEvent> {
+    let rest = line
+        .strip_prefix("@@")?
+        .strip_prefix(nonce)?
+        .strip_prefix(' ')?;
+    let mut parts = rest.split_whitespace();
+    let i: usize = parts.next()?.parse().ok()?;
+    match parts.next()? {
+        "begin" => Some(StepEvent::Begin(i)),
+        "done" => Some(StepEvent::Done(i)),
+        "fail" => Some(StepEvent::Fail(i)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod steps_tests {
+    use super::*;
+
+    #[test]
+    fn markers_stream_and_stop_at_the_first_failure() {
+        let script = steps_script("n1", &["echo one", "echo two; exit 3", "echo three"]);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let events: Vec<StepEvent> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| parse_step_marker("n1", l))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                StepEvent::Begin(0),
+                StepEvent::Done(0),
+                StepEvent::Begin(1),
+                StepEvent::Fail(1)
+            ]
+        );
+        assert_eq!(
+            parse_step_marker("n1", "@@n2 0 begin"),
+            None,
+            "another nonce is app output"
+        );
+    }
+}

@@ -31,12 +31,22 @@ impl RemoteOutput {
 
     /// The last lines of stderr (or stdout when stderr is empty), for messages.
     pub fn tail(&self) -> String {
+        self.tail_without("\0")
+    }
+
+    /// Like [`RemoteOutput::tail`], leaving out fleetgate's own marker lines
+    /// (those containing `marker`).
+    pub fn tail_without(&self, marker: &str) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
             &self.stderr
         };
-        let lines: Vec<&str> = text.trim_end().lines().collect();
+        let lines: Vec<&str> = text
+            .trim_end()
+            .lines()
+            .filter(|l| !l.contains(marker))
+            .collect();
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 }
@@ -59,7 +69,64 @@ pub enum RemoteError {
 
 /// A host that runs shell scripts.
 pub trait Remote: Send + Sync {
-    fn run(&self, script: &str) -> impl Future<Output = Result<RemoteOutput, RemoteError>> + Send;
+    /// Runs `script` with `sh -s`, handing each stdout line to `on_line` as
+    /// it arrives (for progress), and returns everything it printed.
+    fn run_lines(
+        &self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> impl Future<Output = Result<RemoteOutput, RemoteError>> + Send;
+
+    fn run(&self, script: &str) -> impl Future<Output = Result<RemoteOutput, RemoteError>> + Send {
+        async move { self.run_lines(script, &mut |_| {}).await }
+    }
+}
+
+/// Feeds `script` to a child's stdin, streams its stdout by line, collects
+/// stderr, then waits: shared by the SSH and the local transport.
+async fn drive<W, O, E>(
+    stdin: Option<W>,
+    stdout: Option<O>,
+    stderr: Option<E>,
+    script: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> std::io::Result<(String, String)>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let feed = async {
+        if let Some(mut stdin) = stdin {
+            stdin.write_all(script.as_bytes()).await?;
+            stdin.shutdown().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let read_out = async {
+        let mut all = String::new();
+        if let Some(out) = stdout {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Some(line) = lines.next_line().await? {
+                on_line(&line);
+                all.push_str(&line);
+                all.push('\n');
+            }
+        }
+        Ok::<_, std::io::Error>(all)
+    };
+    let read_err = async {
+        let mut buf = Vec::new();
+        if let Some(mut err) = stderr {
+            err.read_to_end(&mut buf).await?;
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let (fed, out, err) = tokio::join!(feed, read_out, read_err);
+    // A script that exits early closes stdin: its exit status says why.
+    let _ = fed;
+    Ok((out?, err?))
 }
 
 /// How fleetgate connects: options shared by every host of a run.
@@ -156,8 +223,16 @@ fn connect_hint(message: &str) -> &'static str {
 }
 
 impl Remote for SshHost {
-    async fn run(&self, script: &str) -> Result<RemoteOutput, RemoteError> {
+    async fn run_lines(
+        &self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RemoteOutput, RemoteError> {
         let run = async {
+            let err = |e: &dyn std::error::Error| RemoteError::Run {
+                host: self.name.clone(),
+                message: error_chain(e),
+            };
             let mut child = self
                 .session
                 .command("sh")
@@ -167,31 +242,21 @@ impl Remote for SshHost {
                 .stderr(openssh::Stdio::piped())
                 .spawn()
                 .await
-                .map_err(|e| RemoteError::Run {
-                    host: self.name.clone(),
-                    message: error_chain(&e),
-                })?;
-            if let Some(mut stdin) = child.stdin().take() {
-                stdin
-                    .write_all(script.as_bytes())
-                    .await
-                    .map_err(|e| RemoteError::Run {
-                        host: self.name.clone(),
-                        message: format!("send the script: {e}"),
-                    })?;
-                drop(stdin);
-            }
-            let out = child
-                .wait_with_output()
-                .await
-                .map_err(|e| RemoteError::Run {
-                    host: self.name.clone(),
-                    message: error_chain(&e),
-                })?;
+                .map_err(|e| err(&e))?;
+            let (stdout, stderr) = drive(
+                child.stdin().take(),
+                child.stdout().take(),
+                child.stderr().take(),
+                script,
+                on_line,
+            )
+            .await
+            .map_err(|e| err(&e))?;
+            let status = child.wait().await.map_err(|e| err(&e))?;
             Ok(RemoteOutput {
-                status: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                status: status.code(),
+                stdout,
+                stderr,
             })
         };
         tokio::time::timeout(self.timeout, run)
@@ -214,7 +279,11 @@ pub struct LocalHost {
 
 #[cfg(test)]
 impl Remote for LocalHost {
-    async fn run(&self, script: &str) -> Result<RemoteOutput, RemoteError> {
+    async fn run_lines(
+        &self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RemoteOutput, RemoteError> {
         let err = |e: std::io::Error| RemoteError::Run {
             host: self.name.clone(),
             message: e.to_string(),
@@ -226,14 +295,20 @@ impl Remote for LocalHost {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).await.map_err(err)?;
-        }
-        let out = child.wait_with_output().await.map_err(err)?;
+        let (stdout, stderr) = drive(
+            child.stdin.take(),
+            child.stdout.take(),
+            child.stderr.take(),
+            script,
+            on_line,
+        )
+        .await
+        .map_err(err)?;
+        let status = child.wait().await.map_err(err)?;
         Ok(RemoteOutput {
-            status: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            status: status.code(),
+            stdout,
+            stderr,
         })
     }
 }
