@@ -487,7 +487,9 @@ async fn deploy_host<R: Remote>(
         let health_started = Instant::now();
         let results = run_checks(remote, target, &changed, soak).await;
         let failed = results.iter().find(|r| !r.passed).cloned();
-        rec.record(None, "health", failed.is_none(), health_started);
+        if !results.is_empty() {
+            rec.record(None, "health", failed.is_none(), health_started);
+        }
         checks = results;
         if let Some(f) = failed {
             return Err(Failure {
@@ -792,37 +794,38 @@ pub async fn run_stage<C: Connector>(
     .await;
     let failed_hosts = failed.load(Ordering::SeqCst);
     let passed = failed_hosts <= plan.max_failures;
-    let mut hosts = Vec::new();
-    let mut rolled_back = false;
-    for (target, (mut run, remote)) in plan.targets.iter().zip(runs) {
-        let needs_rollback = plan.rollback
-            && !run.switched.is_empty()
-            && (!passed || run.outcome.status == HostStatus::Failed);
-        if needs_rollback {
-            let reconnected;
-            let remote_ref = match &remote {
+    // Roll back every host that needs it at once, and close every
+    // connection concurrently (each close is a round trip of its own).
+    let finished = futures_util::future::join_all(plan.targets.iter().zip(runs).map(
+        |(target, (mut run, remote))| async move {
+            let needs_rollback = plan.rollback
+                && !run.switched.is_empty()
+                && (!passed || run.outcome.status == HostStatus::Failed);
+            let mut rolled_back = false;
+            let remote = match remote {
                 Some(r) => Some(r),
-                None => match connector.connect(&target.host).await {
-                    Ok(r) => {
-                        reconnected = r;
-                        Some(&reconnected)
-                    }
+                None if needs_rollback => match connector.connect(&target.host).await {
+                    Ok(r) => Some(r),
                     Err(e) => {
                         tracing::error!("rollback: {e}");
                         None
                     }
                 },
+                None => None,
             };
-            if let Some(r) = remote_ref {
-                rollback_host(target, r, &mut run, &plan.rev).await;
-                rolled_back = true;
+            if let Some(r) = remote {
+                if needs_rollback {
+                    rollback_host(target, &r, &mut run, &plan.rev).await;
+                    rolled_back = true;
+                }
+                connector.close(r).await;
             }
-        }
-        if let Some(r) = remote {
-            connector.close(r).await;
-        }
-        hosts.push(run.outcome);
-    }
+            (run.outcome, rolled_back)
+        },
+    ))
+    .await;
+    let rolled_back = finished.iter().any(|(_, r)| *r);
+    let hosts = finished.into_iter().map(|(o, _)| o).collect();
     StageOutcome {
         stage: plan.stage.clone(),
         rev: plan.rev.clone(),
