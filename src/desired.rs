@@ -54,14 +54,25 @@ pub struct Desired {
     pub clients: BTreeMap<String, DesiredClient>,
 }
 
-/// Everything a snapshot's selected clients would run.
-pub fn compute(
-    files: &FleetFiles,
-    keyring: &Keyring,
-    cache: &DecryptCache,
-    view: SecretView,
-    rev: &str,
-) -> Result<Desired, Vec<Diagnostic>> {
+/// A snapshot ready to render clients one by one: validated, templates
+/// compiled, shared secrets decrypted.
+pub struct Prepared<'a> {
+    files: &'a FleetFiles,
+    pub fleet: Fleet,
+    renderer: Renderer,
+    shared: Option<Arc<SecretMap>>,
+    keyring: &'a Keyring,
+    cache: &'a DecryptCache,
+}
+
+/// Prepares `files` for rendering. Returns every problem found so far beside
+/// the valid parts: callers may render the valid clients (to find more
+/// problems) but must not act on a snapshot that has any.
+pub fn prepare<'a>(
+    files: &'a FleetFiles,
+    keyring: &'a Keyring,
+    cache: &'a DecryptCache,
+) -> (Prepared<'a>, Vec<Diagnostic>) {
     let (fleet, mut problems) = config::validate(files);
     let (renderer, template_problems) = Renderer::new(&fleet);
     problems.extend(template_problems);
@@ -80,11 +91,55 @@ pub fn compute(
             files, &fleet, keyring, cache,
         ));
     }
-    let clients: Vec<&Client> = fleet.clients.values().collect();
-    let shared = shared.as_deref();
-    let rendered = par::map(&clients, |client| {
-        client_secrets(&fleet, files, client, shared, keyring, cache)
-            .and_then(|secrets| renderer.render_client(&fleet, client, &secrets, view, rev))
+    let prepared = Prepared {
+        files,
+        fleet,
+        renderer,
+        shared,
+        keyring,
+        cache,
+    };
+    (prepared, problems)
+}
+
+impl Prepared<'_> {
+    /// Renders one valid client; `None` when the snapshot has no such client.
+    pub fn render(
+        &self,
+        client: &str,
+        view: SecretView,
+        rev: &str,
+    ) -> Option<Result<DesiredClient, Vec<Diagnostic>>> {
+        let client = self.fleet.clients.get(client)?;
+        Some(
+            client_secrets(
+                &self.fleet,
+                self.files,
+                client,
+                self.shared.as_deref(),
+                self.keyring,
+                self.cache,
+            )
+            .and_then(|secrets| {
+                self.renderer
+                    .render_client(&self.fleet, client, &secrets, view, rev)
+            }),
+        )
+    }
+}
+
+/// Everything a snapshot's selected clients would run.
+pub fn compute(
+    files: &FleetFiles,
+    keyring: &Keyring,
+    cache: &DecryptCache,
+    view: SecretView,
+    rev: &str,
+) -> Result<Desired, Vec<Diagnostic>> {
+    let (prepared, mut problems) = prepare(files, keyring, cache);
+    let names: Vec<&String> = prepared.fleet.clients.keys().collect();
+    let rendered = par::map(&names, |name| {
+        prepared.render(name, view, rev).expect("a listed client")
     });
     let mut desired = BTreeMap::new();
     for r in rendered {
@@ -99,7 +154,7 @@ pub fn compute(
         return Err(collapse_repeats(problems));
     }
     Ok(Desired {
-        fleet,
+        fleet: prepared.fleet,
         clients: desired,
     })
 }
@@ -185,7 +240,7 @@ fn client_secrets(
 
 /// A broken shared template fails the same way for every client that uses
 /// it: report it once, with how often it happened.
-fn collapse_repeats(problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
+pub fn collapse_repeats(problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut out: Vec<(Diagnostic, usize)> = Vec::new();
     let mut index: HashMap<(String, Option<String>, Option<u32>, String), usize> = HashMap::new();
     for d in problems {

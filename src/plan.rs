@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{
-    self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, Fleet, SHARED_SECRETS, Selection,
-};
+use crate::config::{self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, SHARED_SECRETS, Selection};
+use crate::desired::Prepared;
+use crate::error::Error;
+use crate::render::SecretView;
 use crate::render::{DesiredApp, DesiredClient};
 
 pub const SCHEMA: u32 = 1;
@@ -133,31 +134,75 @@ impl Affected {
     }
 }
 
-/// One side of a plan.
+/// One side of a plan: a snapshot ready to render.
 pub struct Side<'a> {
     pub rev: String,
-    pub fleet: &'a Fleet,
-    pub clients: &'a BTreeMap<String, DesiredClient>,
+    /// `commit 1a2b…`, for messages.
+    pub label: String,
+    pub prepared: &'a Prepared<'a>,
 }
 
-/// Compares two desired states. `changed` are the paths the commits differ in.
-pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: bool) -> Plan {
+/// Renders each client at both sides and compares it right away, on every
+/// core, keeping only what changed: memory follows the plan, not the fleet.
+/// `changed` are the paths the commits differ in; `render_rev` is what
+/// `release.rev` renders as on both sides.
+pub fn compare(
+    base: &Side,
+    head: &Side,
+    changed: &[String],
+    secrets_compared: bool,
+    render_rev: &str,
+) -> Result<Plan, Error> {
     let names: Vec<&String> = base
+        .prepared
+        .fleet
         .clients
         .keys()
-        .chain(head.clients.keys())
+        .chain(head.prepared.fleet.clients.keys())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut clients: Vec<ClientPlan> = crate::par::map(&names, |name| {
-        let (b, h) = (base.clients.get(*name), head.clients.get(*name));
-        compare_client(name, b, h, base, head, changed, secrets_compared)
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let render = |side: &Side, name: &str| {
+        side.prepared
+            .render(name, SecretView::Masked, render_rev)
+            .transpose()
+    };
+    let results = crate::par::map(&names, |name| {
+        match (render(base, name), render(head, name)) {
+            (Ok(b), Ok(h)) => Ok(compare_client(
+                name,
+                b.as_ref(),
+                h.as_ref(),
+                base,
+                head,
+                changed,
+                secrets_compared,
+            )),
+            (Err(p), _) => Err((true, p)),
+            (_, Err(p)) => Err((false, p)),
+        }
+    });
+    let mut clients = Vec::new();
+    let (mut base_problems, mut head_problems) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(Some(cp)) => clients.push(cp),
+            Ok(None) => {}
+            Err((true, p)) => base_problems.extend(p),
+            Err((false, p)) => head_problems.extend(p),
+        }
+    }
+    for (side, problems) in [(head, head_problems), (base, base_problems)] {
+        if !problems.is_empty() {
+            return Err(Error::Invalid {
+                at: side.label.clone(),
+                problems: crate::desired::collapse_repeats(problems),
+            });
+        }
+    }
     let stage_index = |stage: &str| {
-        head.fleet
+        head.prepared
+            .fleet
             .pipeline
             .stages
             .iter()
@@ -165,7 +210,11 @@ pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: b
             .unwrap_or(usize::MAX)
     };
     clients.sort_by(|a, b| (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name)));
-    let everyone = base.fleet.all_clients.union_len(&head.fleet.all_clients);
+    let everyone = base
+        .prepared
+        .fleet
+        .all_clients
+        .union_len(&head.prepared.fleet.all_clients);
     let mut plan = Plan {
         schema: SCHEMA,
         base: base.rev.clone(),
@@ -176,7 +225,7 @@ pub fn compare(base: &Side, head: &Side, changed: &[String], secrets_compared: b
         clients,
     };
     plan.plan_hash = plan_hash(&plan);
-    plan
+    Ok(plan)
 }
 
 /// sha256 of the canonical JSON of everything but `plan_hash` and `base`: the
@@ -264,9 +313,10 @@ fn compare_client(
     }
     let group = h.or(b).map(|c| c.group.clone()).unwrap_or_default();
     let stage = head
+        .prepared
         .fleet
         .stage_of_group(&group)
-        .or_else(|| base.fleet.stage_of_group(&group))
+        .or_else(|| base.prepared.fleet.stage_of_group(&group))
         .map_or_else(|| format!("(group {group})"), |(_, s)| s.name.clone());
     let used_apps: BTreeSet<&str> = app_names.iter().map(|a| a.as_str()).collect();
     let reasons = changed

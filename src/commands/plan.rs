@@ -7,7 +7,6 @@ use crate::config;
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::plan::{self, Affected, Plan, Side};
-use crate::render::SecretView;
 use crate::repo::{CommitId, Repo};
 use crate::report;
 use crate::secrets::Keyring;
@@ -70,39 +69,37 @@ pub fn build(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> 
         );
     }
     let cache = DecryptCache::default();
-    let mut sides = Vec::new();
-    for id in [base, head] {
-        let snap = repo.snapshot(id)?;
-        let files = config::load(&snap, affected.selection())?;
-        let d = desired::compute(
-            &files,
-            keyring,
-            &cache,
-            SecretView::Masked,
-            &head.to_string(),
-        )
-        .map_err(|problems| Error::Invalid {
-            at: snap.label(),
-            problems,
-        })?;
-        tracing::debug!("{}: rendered {} client(s)", snap.label(), d.clients.len());
-        sides.push(d);
+    let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
+    let files_b = config::load(&snap_b, affected.selection())?;
+    let files_h = config::load(&snap_h, affected.selection())?;
+    let invalid = |label: String, problems| Error::Invalid {
+        at: label,
+        problems,
+    };
+    // Head first: its problems are the ones the author of the change can fix.
+    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
-    let (b, h) = (&sides[0], &sides[1]);
+    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
+    }
     let plan = plan::compare(
         &Side {
             rev: base.to_string(),
-            fleet: &b.fleet,
-            clients: &b.clients,
+            label: snap_b.label(),
+            prepared: &prepared_b,
         },
         &Side {
             rev: head.to_string(),
-            fleet: &h.fleet,
-            clients: &h.clients,
+            label: snap_h.label(),
+            prepared: &prepared_h,
         },
         &changed,
         keyring.can_decrypt(),
-    );
+        &head.to_string(),
+    )?;
     tracing::info!(
         "plan {}: {} client(s) change, {} unaffected",
         &plan.plan_hash[..12],
