@@ -166,7 +166,7 @@ impl SshHost {
         if let Some(key) = &opts.key {
             b.keyfile(key);
         }
-        let session = b.connect(&host.address).await.map_err(|e| {
+        let session = b.connect_mux(&host.address).await.map_err(|e| {
             let message = error_chain(&e);
             RemoteError::Connect {
                 host: host.name.clone(),
