@@ -145,21 +145,9 @@ pub fn deploy_stage(
         plan.parallelism,
         plan.max_failures
     );
-    let known_hosts = snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
-        Error::Usage(format!(
-            "{} is missing at {}\n  hint: pin every host's SSH key there (ssh-keyscan, verified out of band); fleetgate never trusts a key on first use",
-            config::KNOWN_HOSTS,
-            snap.label()
-        ))
-    })?;
+    let known_hosts = super::known_hosts(&snap)?;
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = super::runtime()?;
     Ok(runtime.block_on(deploy::run_stage(&plan, &connector, stage.soak)))
 }
 

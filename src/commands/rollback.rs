@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
             let hosts = inventory::Static
                 .hosts(client)
                 .map_err(|e| Error::Usage(format!("{e}\n  hint: pass --to REV")))?;
-            let known = snap.read(config::KNOWN_HOSTS)?.unwrap_or_default();
+            let known = super::known_hosts(&snap)?;
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
             let inspected =
                 super::status::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;

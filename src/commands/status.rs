@@ -69,13 +69,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             problems,
         });
     }
-    let known_hosts = snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
-        Error::Usage(format!(
-            "{} is missing at {}",
-            config::KNOWN_HOSTS,
-            snap.label()
-        ))
-    })?;
+    let known_hosts = super::known_hosts(&snap)?;
     let mut targets = Vec::new();
     for client in fleet.clients.values() {
         if !args.clients.is_empty() && !args.clients.contains(&client.name) {
@@ -150,13 +144,7 @@ pub fn inspect_hosts(
     targets: &[(&config::Client, config::Host)],
 ) -> Result<Vec<std::result::Result<BTreeMap<String, Inspected>, String>>> {
     let connector = SshConnector::new(known_hosts, ssh_options)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
+    let runtime = super::runtime()?;
     Ok(runtime.block_on(async {
         let limit = tokio::sync::Semaphore::new(16);
         futures_util::future::join_all(targets.iter().map(|(client, host)| {

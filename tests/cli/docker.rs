@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::common::free_port;
+
 pub struct Docker {
     _tmp: TempDir,
     pub dir: PathBuf,
@@ -16,14 +18,6 @@ pub struct Docker {
     pub registry: String,
     dockerd: Child,
     registry_proc: Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Docker {

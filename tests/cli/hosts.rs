@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::common::free_port;
+
 pub const USER: &str = "fleetgate-test";
 
 pub struct TestHost {
@@ -41,14 +43,6 @@ fn uid_gid() -> (u32, u32) {
     let uid = run(Command::new("id").args(["-u", USER]));
     let gid = run(Command::new("id").args(["-g", USER]));
     (uid.trim().parse().unwrap(), gid.trim().parse().unwrap())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl TestHosts {
