@@ -13,6 +13,7 @@ mod inventory;
 mod par;
 mod plan;
 mod progress;
+mod record;
 mod remote;
 mod render;
 mod repo;

@@ -65,6 +65,10 @@ impl Repo {
         Ok(Repo { git, display })
     }
 
+    pub fn git(&self) -> &Repository {
+        &self.git
+    }
+
     pub fn workdir(&self) -> Option<PathBuf> {
         self.git.workdir().map(Path::to_path_buf)
     }

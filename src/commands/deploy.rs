@@ -12,6 +12,7 @@ use crate::deploy::{self, Connector, StageOutcome};
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::inventory::{self, Inventory};
+use crate::record;
 use crate::remote::RemoteError;
 use crate::remote::ssh::{SshHost, SshOptions};
 use crate::render::SecretView;
@@ -38,6 +39,9 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
     let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
+    for moved in record::record_stage(&repo, rev, &outcome)? {
+        tracing::info!("{moved} → {}", rev.short());
+    }
     print!("{}", report::outcome(&outcome, args.format));
     Ok(exit_code(&outcome))
 }

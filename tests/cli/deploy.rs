@@ -201,6 +201,17 @@ fn first_deploy_upgrade_and_noop() {
         std::fs::read_link(app.join("current")).unwrap(),
         Path::new("releases").join(&rev1)
     );
+    // Git records what the fleet runs: the client's deployed ref, and the
+    // stage's outcome in a note on the commit.
+    assert_eq!(
+        d.fleet
+            .git(&["rev-parse", "refs/fleetgate/deployed/canary/alpha"]),
+        rev1
+    );
+    let note: serde_json::Value =
+        serde_json::from_str(&d.fleet.git(&["notes", "--ref", "fleetgate", "show", &rev1]))
+            .unwrap();
+    assert_eq!(note["stages"]["canary"]["hosts"][0]["status"], "deployed");
 
     d.set("alpha", "version", "\"2\"");
     let rev2 = d.fleet.commit("web 2");
@@ -253,8 +264,23 @@ fn health_failure_rolls_back_to_the_old_version() {
             .all(|c| c["passed"] == true),
         "{host:#}"
     );
-    // The old version serves again.
+    // The old version serves again, and Git still says the old rev is deployed.
     assert!(d.serving("alpha-1").unwrap().contains("version=1"));
+    assert_eq!(
+        d.fleet
+            .git(&["rev-parse", "refs/fleetgate/deployed/canary/alpha"]),
+        d.fleet.git(&["rev-parse", "HEAD~1"])
+    );
+    let note: serde_json::Value =
+        serde_json::from_str(
+            &d.fleet
+                .git(&["notes", "--ref", "fleetgate", "show", "HEAD"]),
+        )
+        .unwrap();
+    assert_eq!(
+        note["stages"]["canary"]["hosts"][0]["status"],
+        "rolled_back"
+    );
 }
 
 #[test]
