@@ -269,23 +269,40 @@ async fn run_step<R: Remote>(
             }
             Ok(out)
         }
-        Ok(out) => Err(Failure {
-            kind: FailureKind::Command,
-            app: app.map(str::to_string),
-            step: step.to_string(),
-            message: format!(
-                "exit {}: {}",
-                out.status
-                    .map_or("by signal".to_string(), |c| c.to_string()),
-                masker.mask(&out.tail())
+        Ok(out) => Err(Failure::from_run(app, step, Ok(&out), masker, "\0")),
+        Err(e) => Err(Failure::from_run(app, step, Err(&e), masker, "\0")),
+    }
+}
+
+impl Failure {
+    /// A remote command that exited non-zero (`Command`, with the masked
+    /// stderr tail without lines containing `marker`), or could not run at
+    /// all (`Infra`).
+    fn from_run(
+        app: Option<&str>,
+        step: &str,
+        result: Result<&RemoteOutput, &RemoteError>,
+        masker: &Masker,
+        marker: &str,
+    ) -> Failure {
+        let (kind, message) = match result {
+            Ok(out) => (
+                FailureKind::Command,
+                format!(
+                    "exit {}: {}",
+                    out.status
+                        .map_or("by signal".to_string(), |c| c.to_string()),
+                    masker.mask(&out.tail_without(marker))
+                ),
             ),
-        }),
-        Err(e) => Err(Failure {
-            kind: FailureKind::Infra,
+            Err(e) => (FailureKind::Infra, masker.mask(&e.to_string())),
+        };
+        Failure {
+            kind,
             app: app.map(str::to_string),
             step: step.to_string(),
-            message: masker.mask(&e.to_string()),
-        }),
+            message,
+        }
     }
 }
 
@@ -364,23 +381,20 @@ async fn run_steps<R: Remote>(
             }
             None
         }
-        Ok(out) => Some(Failure {
-            kind: FailureKind::Command,
-            app: Some(steps[at].app.clone()),
-            step: steps[at].step.to_string(),
-            message: format!(
-                "exit {}: {}",
-                out.status
-                    .map_or("by signal".to_string(), |c| c.to_string()),
-                masker.mask(&out.tail_without(&nonce))
-            ),
-        }),
-        Err(e) => Some(Failure {
-            kind: FailureKind::Infra,
-            app: Some(steps[at].app.clone()),
-            step: steps[at].step.to_string(),
-            message: masker.mask(&e.to_string()),
-        }),
+        Ok(out) => Some(Failure::from_run(
+            Some(&steps[at].app),
+            steps[at].step,
+            Ok(&out),
+            masker,
+            &nonce,
+        )),
+        Err(e) => Some(Failure::from_run(
+            Some(&steps[at].app),
+            steps[at].step,
+            Err(&e),
+            masker,
+            &nonce,
+        )),
     };
     (done, failure)
 }
