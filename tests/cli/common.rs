@@ -228,7 +228,13 @@ impl Fleet {
 
     /// Runs fleetgate with extra environment variables.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = self.command(BIN);
+        self.run_env_program(BIN, args, env)
+    }
+
+    /// Runs `program` (fleetgate, or a wrapper around it) in the fleet's
+    /// environment.
+    pub fn run_env_program(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.command(program);
         if let Some(key) = &self.key {
             c.env("SOPS_AGE_KEY_FILE", key);
         }

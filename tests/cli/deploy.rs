@@ -635,3 +635,48 @@ fn secrets_reach_the_host_file_only() {
     );
     assert!(!run.all().contains(token));
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let bin = crate::common::BIN;
+    let key = d.hosts.client_key.to_str().unwrap().to_string();
+    // `script` gives fleetgate a pseudo-terminal, as a person at a shell has.
+    let run = d.fleet.run_env_program(
+        "script",
+        &[
+            "-qec",
+            &format!("{bin} deploy --stage canary --rev HEAD"),
+            "/dev/null",
+        ],
+        &[("FLEETGATE_SSH_KEY", &key), ("TERM", "xterm")],
+    );
+    run.code(0);
+    assert!(
+        run.stdout.contains("deploy canary ["),
+        "no bar drawn:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("/1 hosts"),
+        "no bar drawn:\n{}",
+        run.stdout
+    );
+    // The log lines still come through, whole.
+    assert!(
+        run.stdout.contains("alpha-1 web upload ✓"),
+        "{}",
+        run.stdout
+    );
+    // Off a terminal (CI logs), no bar: just the lines.
+    d.set("alpha", "version", "\"2\"");
+    d.fleet.commit("web 2");
+    let run = d.deploy("canary");
+    run.code(0);
+    assert!(!run.stderr.contains("hosts ["), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "no escape codes in CI logs:\n{}",
+        run.stderr
+    );
+}
