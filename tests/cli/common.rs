@@ -274,13 +274,21 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, below the kernel's
+/// ephemeral range (so no `bind(0)` elsewhere takes it), with port + 1000
+/// free too: test apps serve HTTP there.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20000 + ((seed.wrapping_add(n.wrapping_mul(104_729))) % 9000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1000) {
+            return port;
+        }
+    }
 }
 
 /// Every secret value of the example fleet, read with the real sops: the
