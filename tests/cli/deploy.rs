@@ -680,3 +680,37 @@ fn a_terminal_gets_a_progress_bar() {
         run.stderr
     );
 }
+
+#[test]
+fn a_refused_deploy_key_is_exit_3_with_a_hint() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let other = d.hosts.dir.join("not-authorized");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = d.fleet.run_env(
+        &[
+            "deploy", "--stage", "canary", "--rev", "HEAD", "--format", "json",
+        ],
+        &[("FLEETGATE_SSH_KEY", other.to_str().unwrap())],
+    );
+    run.code(3);
+    let message = run.json()["hosts"][0]["failure"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("Permission denied"), "{message}");
+    assert!(
+        message.contains("hint: the deploy key was refused"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
