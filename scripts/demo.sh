@@ -4,8 +4,13 @@
 # fleet: check, then a real change (a port move and a rotated secret) planned
 # as text, as the merge-request comment, and as JSON.
 #
+# Then it deploys to a local sandbox fleet (scripts/sandbox.sh: real sshd
+# hosts on loopback): canary, production, an upgrade, and a broken change
+# that is rolled back; it leaves the sandbox running to poke at.
+#
 # Uses the TEST age key in tests/keys/ (public on purpose; never use it for
-# real secrets). Later issues extend this to deploying to a local sandbox fleet.
+# real secrets). The approval gate, records pushed to a remote and the
+# automatic `git revert` come with `fleetgate run` (issue 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -17,6 +22,7 @@ cargo build --quiet --locked
 bin=$PWD/target/debug/fleetgate
 export SOPS_AGE_KEY_FILE=$PWD/tests/keys/test-age-key.txt
 
+OLDPWD_DEMO=$PWD
 work=$(mktemp -d /tmp/fleetgate-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 git clone -q "$PWD" "$work/fleet"
@@ -52,3 +58,48 @@ echo "ok: no secret value in plan output or logs"
 
 step "without a decryption key (a merge-request job): values are not compared, keys are named"
 SOPS_AGE_KEY_FILE= "$bin" plan --base HEAD~1 --head HEAD
+
+step "a local sandbox fleet: sshd hosts on loopback (scripts/sandbox.sh)"
+cd "$OLDPWD_DEMO"
+bash scripts/sandbox.sh up
+sandbox=${SANDBOX:-/tmp/fleetgate-sandbox}
+cd "$sandbox/fleet"
+export FLEETGATE_SSH_KEY=$sandbox/deploy_key
+health() { curl -s "http://127.0.0.1:$(( $(cat "$sandbox/hosts/$1/port") + 1000 ))/health" | tail -n 1; }
+
+step "fleetgate deploy --stage canary (alpha-1)"
+"$bin" deploy --stage canary --rev HEAD
+echo "alpha-1 serves: $(health alpha-1)"
+
+step "fleetgate deploy --stage production (beta-1, beta-2; 2 at a time)"
+"$bin" deploy --stage production --rev HEAD
+echo "beta-1 serves: $(health beta-1)"
+
+step "an upgrade: version 2, planned, then deployed to canary"
+sed -i 's/version: "1"/version: "2"/' clients/alpha.yaml clients/beta.yaml
+git -c user.name=demo -c user.email=demo@example.org commit -qam "web: version 2"
+"$bin" plan --base HEAD~1 --head HEAD
+"$bin" deploy --stage canary --rev HEAD
+echo "alpha-1 serves: $(health alpha-1)"
+
+step "a broken change: its health check fails on canary, and alpha-1 is rolled back"
+sed -i 's/health: ok/health: sick/' clients/alpha.yaml
+sed -i 's/version: "2"/version: "3"/' clients/alpha.yaml
+git -c user.name=demo -c user.email=demo@example.org commit -qam "web: version 3 (broken)"
+if "$bin" deploy --stage canary --rev HEAD; then
+  echo "the broken change was not caught" >&2
+  exit 1
+else
+  echo "deploy exited $? (1: a gate failed and the hosts were rolled back)"
+fi
+echo "alpha-1 serves again: $(health alpha-1)"
+
+step "fleetgate status --drift (what each host runs; hand edits show as drift)"
+"$bin" status --drift || true
+
+step "the sandbox keeps running"
+cat <<TXT
+fleet repository: $sandbox/fleet   (FLEETGATE_SSH_KEY=$sandbox/deploy_key)
+try:   cd $sandbox/fleet && $bin status
+stop:  bash $OLDPWD_DEMO/scripts/sandbox.sh down
+TXT

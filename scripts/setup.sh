@@ -8,6 +8,7 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v age >/dev/null || need_apt+=(age)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
+command -v curl >/dev/null || need_apt+=(curl)
 # Test hosts: one sshd per host on loopback; the test app serves HTTP with python3.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
