@@ -15,9 +15,10 @@ use crate::inventory::{self, Inventory};
 use crate::record;
 use crate::remote::RemoteError;
 use crate::remote::ssh::{SshHost, SshOptions};
-use crate::render::SecretView;
+use crate::render::{DesiredClient, SecretView};
 use crate::repo::{CommitId, Repo};
 use crate::report;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -78,9 +79,13 @@ pub fn deploy_stage(
     };
     let cache = DecryptCache::default();
     let rev_s = rev.to_string();
-    let masked = desired::compute(&files, &ctx.keyring, &cache, SecretView::Masked, &rev_s)
-        .map_err(invalid)?;
-    let fleet = &masked.fleet;
+    // Validated, templates compiled and shared secrets decrypted once; then
+    // only the stage's clients are rendered, masked and real.
+    let (prepared, problems) = desired::prepare(&files, &ctx.keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(desired::collapse_repeats(problems)));
+    }
+    let fleet = &prepared.fleet;
     let stage = fleet
         .pipeline
         .stages
@@ -129,16 +134,19 @@ pub fn deploy_stage(
             "deploying needs the secrets' values, and no age identity is configured\n  hint: set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the CI key".into(),
         ));
     }
-    let real = desired::compute(&files, &ctx.keyring, &cache, SecretView::Real, &rev_s)
-        .map_err(invalid)?;
-    let plan = deploy::build_stage_plan(
-        fleet,
-        stage,
-        &real.clients,
-        &masked.clients,
-        &clients,
-        &rev_s,
-    );
+    let render = |view| -> Result<BTreeMap<String, DesiredClient>> {
+        let mut out = BTreeMap::new();
+        for c in &clients {
+            let d = prepared
+                .render(c, view, &rev_s)
+                .expect("a client of this fleet")
+                .map_err(|p| invalid(desired::collapse_repeats(p)))?;
+            out.insert(c.clone(), d);
+        }
+        Ok(out)
+    };
+    let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
+    let plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
     let hosts: usize = plan.targets.len();
     tracing::info!(
         "deploy {} to stage {}: {} client(s), {} host(s), {} at a time, {} failure(s) tolerated",
