@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    check::CheckArgs, deploy::DeployArgs, plan::PlanArgs, rollback::RollbackArgs,
-    status::StatusArgs,
+    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, plan::PlanArgs,
+    rollback::RollbackArgs, run::RunArgs, status::StatusArgs,
 };
 
 /// GitOps pipeline engine for small hosting fleets.
@@ -46,6 +46,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Deploy one stage: upload, switch, restart, health gates, rollback on failure.
     Deploy(DeployArgs),
+    /// Record an approval for the current plan of a commit.
+    Approve(ApproveArgs),
+    /// The whole pipeline: plan, stages in order, approvals, records, revert on failure.
+    Run(RunArgs),
     /// What each host runs; with --drift, whether its files still match the repo.
     Status(StatusArgs),
     /// Put a client back on its previous release (or --to REV) by hand.

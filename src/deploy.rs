@@ -173,6 +173,9 @@ pub struct StageOutcome {
     pub stage: String,
     pub rev: String,
     pub passed: bool,
+    /// Stopped by SIGTERM/SIGINT before every host was started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub failed_hosts: usize,
     pub max_failures: usize,
     pub rolled_back: bool,
@@ -451,7 +454,8 @@ async fn deploy_host<R: Remote>(
                 rec.record(Some(&app.name), "unchanged", true, Instant::now());
                 continue;
             }
-            let state = next_state(now.state.as_ref(), &plan.rev, &app.files);
+            let back_to = before_rev(now.state.as_ref(), &plan.rev);
+            let state = next_state(back_to.as_ref(), &plan.rev, &app.files);
             let replacing = now.state.as_ref().map(|s| s.rev.as_str());
             let keep: Vec<&str> = [Some(plan.rev.as_str()), replacing]
                 .into_iter()
@@ -478,7 +482,7 @@ async fn deploy_host<R: Remote>(
                 "prune",
                 release::prune_script(&app.dir, &keep),
             ));
-            before.insert(name, now.state.clone());
+            before.insert(name, back_to);
             changed.push(app);
         }
         let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
@@ -561,7 +565,31 @@ fn is_live(now: &Inspected, rev: &str, files: &[ReleaseFile]) -> bool {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    now.state.as_ref().is_some_and(|s| s.rev == rev) && desired == live
+    now.state.as_ref().is_some_and(|s| s.rev == rev)
+        && now.started.as_deref() == Some(rev)
+        && desired == live
+}
+
+/// What a failed deploy of `rev` goes back to: the state before it. A host
+/// whose state already names `rev` (a run killed after the switch, before
+/// its start finished) goes back to that state's previous release.
+fn before_rev(now: Option<&State>, rev: &str) -> Option<State> {
+    match now {
+        Some(s) if s.rev == rev => s.previous.as_ref().map(|p| {
+            let mut history = s.history.clone();
+            if history.last() == Some(p) {
+                history.pop();
+            }
+            State {
+                rev: p.clone(),
+                files: BTreeMap::new(),
+                deployed_at: s.deployed_at.clone(),
+                previous: history.last().cloned(),
+                history,
+            }
+        }),
+        other => other.cloned(),
+    }
 }
 
 fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State {
@@ -776,7 +804,10 @@ pub async fn run_stage<C: Connector>(
         async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
             if stop.load(Ordering::SeqCst) {
-                return (not_started(target), None);
+                return (not_started(target, "the stage already failed"), None);
+            }
+            if crate::interrupt::requested() {
+                return (not_started(target, "interrupted"), None);
             }
             let started = Instant::now();
             let (run, remote) = match connector.connect(&target.host).await {
@@ -807,14 +838,21 @@ pub async fn run_stage<C: Connector>(
     }))
     .await;
     let failed_hosts = failed.load(Ordering::SeqCst);
-    let passed = failed_hosts <= plan.max_failures;
+    let too_many = failed_hosts > plan.max_failures;
+    // Interrupted: hosts that finished keep their healthy release; the stage
+    // is incomplete, so it has not passed.
+    let interrupted = !too_many
+        && runs
+            .iter()
+            .any(|(r, _)| r.outcome.status == HostStatus::NotStarted);
+    let passed = !too_many && !interrupted;
     // Roll back every host that needs it at once, and close every
     // connection concurrently (each close is a round trip of its own).
     let finished = futures_util::future::join_all(plan.targets.iter().zip(runs).map(
         |(target, (mut run, remote))| async move {
             let needs_rollback = plan.rollback
                 && !run.switched.is_empty()
-                && (!passed || run.outcome.status == HostStatus::Failed);
+                && (too_many || run.outcome.status == HostStatus::Failed);
             let mut rolled_back = false;
             let remote = match remote {
                 Some(r) => Some(r),
@@ -844,6 +882,7 @@ pub async fn run_stage<C: Connector>(
         stage: plan.stage.clone(),
         rev: plan.rev.clone(),
         passed,
+        interrupted,
         failed_hosts,
         max_failures: plan.max_failures,
         rolled_back,
@@ -851,8 +890,8 @@ pub async fn run_stage<C: Connector>(
     }
 }
 
-fn not_started(target: &Target) -> HostRun {
-    tracing::info!("{} not started: the stage already failed", target.host.name);
+fn not_started(target: &Target, why: &str) -> HostRun {
+    tracing::info!("{} not started: {why}", target.host.name);
     HostRun {
         outcome: HostOutcome {
             client: target.client.clone(),

@@ -21,7 +21,6 @@ pub enum ExitCode {
     /// Infrastructure: a host, the forge, the registry or trivy failed.
     Infra = 3,
     /// Waiting for an approval.
-    #[expect(dead_code, reason = "returned by `run` once approvals land (issue 4)")]
     Waiting = 4,
 }
 
@@ -121,6 +120,11 @@ pub enum Error {
         source: git2::Error,
     },
 
+    /// The fleet repository's remote (fetch/push through the git CLI), or
+    /// the pipeline lock held by another run.
+    #[error("{0}")]
+    Remote(String),
+
     #[error("read {path}: {source}")]
     Io {
         path: String,
@@ -136,7 +140,7 @@ impl Error {
             | Error::BadRevision { .. }
             | Error::NoRepository { .. }
             | Error::Usage(_) => ExitCode::Invalid,
-            Error::Git { .. } | Error::Io { .. } => ExitCode::Infra,
+            Error::Git { .. } | Error::Io { .. } | Error::Remote(_) => ExitCode::Infra,
         }
     }
 

@@ -9,8 +9,12 @@ mod deploy;
 mod desired;
 mod error;
 mod gates;
+mod interrupt;
 mod inventory;
+mod lock;
+mod origin;
 mod par;
+mod pipeline;
 mod plan;
 mod progress;
 mod record;
@@ -18,6 +22,7 @@ mod remote;
 mod render;
 mod repo;
 mod report;
+mod revert;
 mod scan;
 mod secrets;
 
@@ -56,6 +61,8 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Deploy(args) => commands::deploy::run(&ctx, args),
         Command::Status(args) => commands::status::run(&ctx, args),
         Command::Rollback(args) => commands::rollback::run(&ctx, args),
+        Command::Run(args) => commands::run::run(&ctx, args),
+        Command::Approve(args) => commands::approve::run(&ctx, args),
     }
 }
 

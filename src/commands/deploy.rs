@@ -12,6 +12,7 @@ use crate::deploy::{self, Connector, StageOutcome};
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::inventory::{self, Inventory};
+use crate::origin::Origin;
 use crate::record;
 use crate::remote::RemoteError;
 use crate::remote::ssh::{SshHost, SshOptions};
@@ -34,13 +35,24 @@ pub struct DeployArgs {
     /// Output format of the final report on stdout.
     #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
     pub format: report::OutcomeFormat,
+    /// The remote the records are pushed to, when the repository has it.
+    #[arg(long, env = "FLEETGATE_REMOTE", default_value = "origin")]
+    pub remote: String,
 }
 
 pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
     let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
-    for moved in record::record_stage(&repo, rev, &outcome)? {
+    let origin = Origin::optional(&repo, &args.remote);
+    if origin.is_none() {
+        tracing::info!(
+            "no remote `{}`: records stay in this repository",
+            args.remote
+        );
+    }
+    let records = record::Records::new(&repo, origin.as_ref());
+    for moved in record::record_stage(&records, rev, &outcome)? {
         tracing::info!("{moved} → {}", rev.short());
     }
     print!("{}", report::outcome(&outcome, args.format));

@@ -1,10 +1,12 @@
 //! One file per subcommand: its clap args and `run`. Glue only: the policy is
 //! in the modules they call.
 
+pub mod approve;
 pub mod check;
 pub mod deploy;
 pub mod plan;
 pub mod rollback;
+pub mod run;
 pub mod status;
 
 use std::path::PathBuf;

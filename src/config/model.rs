@@ -93,10 +93,6 @@ pub struct ScanPolicy {
     pub ignore_unfixed: bool,
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug, Clone, Copy)]
 pub struct OnFailure {
     pub rollback: bool,

@@ -94,6 +94,10 @@ pub struct Inspected {
     /// Files under `current/` and their sha256, as the host computes them.
     pub sums: BTreeMap<String, String>,
     pub releases: Vec<String>,
+    /// The release whose start last finished (`started`, written by the
+    /// start script on success): a switch whose start never finished is
+    /// not live.
+    pub started: Option<String>,
 }
 
 /// A script that prints, for each app, its state, the hashes of the live
@@ -104,6 +108,7 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
         let path = quote(&d.path());
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
         let _ = writeln!(s, "echo @@state; cat {path}/state.json 2>/dev/null; echo");
+        let _ = writeln!(s, "echo @@started; cat {path}/started 2>/dev/null; echo");
         let _ = writeln!(
             s,
             "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && find . -type f -exec sha256sum {{}} +); fi"
@@ -128,7 +133,7 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
             section = "";
             continue;
         }
-        if matches!(line, "@@state" | "@@sums" | "@@releases") {
+        if matches!(line, "@@state" | "@@started" | "@@sums" | "@@releases") {
             section = line;
             continue;
         }
@@ -141,6 +146,9 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
                 let state: State = serde_json::from_str(line)
                     .map_err(|e| format!("state.json of {app} is not fleetgate's: {e}"))?;
                 entry.state = Some(state);
+            }
+            "@@started" if !line.trim().is_empty() => {
+                entry.started = Some(line.trim().to_string());
             }
             "@@sums" => {
                 let (hash, path) = line
@@ -257,6 +265,9 @@ pub enum Start {
 /// was live before, if any.
 pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&str>) -> String {
     let mut s = String::from("set -eu\n");
+    let app = dir.path();
+    // Not live until its start finishes (see `Inspected::started`).
+    let _ = writeln!(s, "rm -f {}", quote(&format!("{app}/started")));
     match start {
         Start::Compose { command, project } => {
             let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
@@ -271,9 +282,18 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
                 );
             }
             let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
-            let _ = writeln!(s, "{start}");
+            // A subshell: an `exit` in the operator's command ends only it.
+            let _ = writeln!(s, "( {start}\n)");
         }
     }
+    let _ = writeln!(
+        s,
+        "echo {} > {}\nmv -f {} {}",
+        quote(rev),
+        quote(&format!("{app}/.started.new")),
+        quote(&format!("{app}/.started.new")),
+        quote(&format!("{app}/started"))
+    );
     s
 }
 
@@ -424,9 +444,10 @@ mod tests {
             command: "docker compose".into(),
             project: "alpha-whoami".into(),
         };
-        assert_eq!(
-            start_script(&d, "abc", &compose, None),
-            "set -eu\ncd /opt/fleetgate/alpha/whoami/releases/abc\ndocker compose -p alpha-whoami up -d --remove-orphans\n"
+        assert!(
+            start_script(&d, "abc", &compose, None).contains(
+                "cd /opt/fleetgate/alpha/whoami/releases/abc\ndocker compose -p alpha-whoami up -d --remove-orphans\n"
+            )
         );
         let cmd = Start::Command {
             start: "./start.sh".into(),
@@ -438,9 +459,35 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.ends_with("cd /opt/fleetgate/alpha/whoami/releases/new\n./start.sh\n"),
+            s.contains("cd /opt/fleetgate/alpha/whoami/releases/new\n( ./start.sh\n)\n"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn a_release_is_started_only_once_its_start_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let release = tmp.path().join("alpha/whoami/releases/r1");
+        std::fs::create_dir_all(&release).unwrap();
+        let started = tmp.path().join("alpha/whoami/started");
+        let cmd = |start: &str| Start::Command {
+            start: start.into(),
+            stop: None,
+        };
+        assert!(
+            sh(&start_script(&d, "r1", &cmd("exit 0"), None))
+                .status
+                .success()
+        );
+        assert_eq!(std::fs::read_to_string(&started).unwrap(), "r1\n");
+        // A failing start leaves no marker: the next deploy starts it again.
+        assert!(
+            !sh(&start_script(&d, "r1", &cmd("exit 3"), None))
+                .status
+                .success()
+        );
+        assert!(!started.exists());
     }
 }
 
@@ -452,9 +499,11 @@ pub fn steps_script(nonce: &str, scripts: &[&str]) -> String {
     let mut s = String::new();
     for (i, script) in scripts.iter().enumerate() {
         let _ = writeln!(s, "echo '@@{nonce} {i} begin'");
+        // Not `( … ) || …`: inside an `||` list the shell ignores `set -e`,
+        // so a failing line would not stop the script.
         let _ = writeln!(
             s,
-            "(\n{script}\n) || {{ rc=$?; echo \"@@{nonce} {i} fail $rc\"; exit $rc; }}"
+            "(\n{script}\n)\nrc=$?\nif [ $rc -ne 0 ]; then echo \"@@{nonce} {i} fail $rc\"; exit $rc; fi"
         );
         let _ = writeln!(s, "echo '@@{nonce} {i} done'");
     }
@@ -490,15 +539,24 @@ mod steps_tests {
 
     #[test]
     fn markers_stream_and_stop_at_the_first_failure() {
-        let script = steps_script("n1", &["echo one", "echo two; exit 3", "echo three"]);
+        // The second script fails on a middle line under `set -e`.
+        let script = steps_script(
+            "n1",
+            &[
+                "echo one",
+                "set -e\necho two\nfalse\necho after",
+                "echo three",
+            ],
+        );
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(3));
-        let events: Vec<StepEvent> = String::from_utf8(out.stdout)
-            .unwrap()
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(!stdout.contains("after"), "{stdout}");
+        let events: Vec<StepEvent> = stdout
             .lines()
             .filter_map(|l| parse_step_marker("n1", l))
             .collect();

@@ -131,7 +131,7 @@ impl Fleet {
         self
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.current_dir(&self.root)
             .env_clear()

@@ -40,14 +40,14 @@ const HEALTH: &str =
     "{{ client.vars.health }}\nversion={{ client.vars.version }}\nnote={{ client.vars.note }}\n";
 
 /// A fleet with one app `web` and one client per group, on the test hosts.
-struct DeployFleet {
-    fleet: Fleet,
-    hosts: TestHosts,
+pub struct DeployFleet {
+    pub fleet: Fleet,
+    pub hosts: TestHosts,
 }
 
 impl DeployFleet {
     /// `clients`: (client, group, hosts).
-    fn new(clients: &[(&str, &str, &[&str])], production: &str) -> DeployFleet {
+    pub fn new(clients: &[(&str, &str, &[&str])], production: &str) -> DeployFleet {
         let names: Vec<&str> = clients
             .iter()
             .flat_map(|(_, _, h)| h.iter().copied())
@@ -90,7 +90,14 @@ impl DeployFleet {
         d
     }
 
-    fn write_client(&self, client: &str, group: &str, hs: &[&str], version: &str, health: &str) {
+    pub fn write_client(
+        &self,
+        client: &str,
+        group: &str,
+        hs: &[&str],
+        version: &str,
+        health: &str,
+    ) {
         let mut yaml =
             format!("domain: {client}.example.org\ngroup: {group}\napps: [web]\nhosts:\n");
         for h in hs {
@@ -108,7 +115,7 @@ impl DeployFleet {
         self.fleet.write(&format!("clients/{client}.yaml"), &yaml);
     }
 
-    fn set(&self, client: &str, key: &str, value: &str) -> &DeployFleet {
+    pub fn set(&self, client: &str, key: &str, value: &str) -> &DeployFleet {
         let path = format!("clients/{client}.yaml");
         let text = self.fleet.read(&path);
         let mut out = String::new();
@@ -124,7 +131,7 @@ impl DeployFleet {
         self
     }
 
-    fn deploy(&self, stage: &str) -> Run {
+    pub fn deploy(&self, stage: &str) -> Run {
         let key = self.hosts.client_key.to_str().unwrap().to_string();
         self.fleet.run_env(
             &[
@@ -135,11 +142,11 @@ impl DeployFleet {
     }
 
     /// What the app on `host` serves on /health now.
-    fn serving(&self, host: &str) -> Option<String> {
+    pub fn serving(&self, host: &str) -> Option<String> {
         http_get(self.hosts.host(host).port + 1000, "/health")
     }
 
-    fn state(&self, host: &str, client: &str) -> serde_json::Value {
+    pub fn state(&self, host: &str, client: &str) -> serde_json::Value {
         let p = self
             .hosts
             .host(host)

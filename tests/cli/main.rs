@@ -7,3 +7,4 @@ mod deploy;
 mod docker;
 mod hosts;
 mod plan;
+mod run;

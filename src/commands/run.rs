@@ -1,0 +1,405 @@
+//! `fleetgate run --base A --head B`: the whole pipeline. Plan, then each
+//! stage in order: its clients (those whose deployed ref renders differently
+//! from B), the approval gate, deploy with health gates, record. On a failed
+//! gate the hosts are rolled back by the stage, then the change is reverted
+//! in Git. One run at a time, by a lock on the remote.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::Context;
+use crate::config::{self, Selection, Stage};
+use crate::deploy::StageOutcome;
+use crate::error::{ExitCode, Result};
+use crate::lock;
+use crate::origin::Origin;
+use crate::pipeline::{self, StageVerdict};
+use crate::record::{self, Records};
+use crate::repo::{CommitId, Repo};
+use crate::report::{self, OutcomeFormat};
+use crate::revert::{self, FailedGate, RevertOutcome};
+
+pub fn duration(text: &str) -> std::result::Result<Duration, String> {
+    config::duration::parse(text)
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The commit before the push (seeds clients that have no deployed ref yet).
+    #[arg(long, value_name = "REV")]
+    pub base: String,
+    /// The commit to roll out.
+    #[arg(long, value_name = "REV")]
+    pub head: String,
+    /// Poll this long for a pending approval instead of exiting 4 at once.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub wait_approval: Option<Duration>,
+    /// The remote that holds records, approvals, the lock and the branch.
+    #[arg(long, env = "FLEETGATE_REMOTE", default_value = "origin")]
+    pub remote: String,
+    /// The branch a revert is pushed to.
+    #[arg(long, env = "FLEETGATE_BRANCH", default_value = "main")]
+    pub branch: String,
+    /// How long to wait for another run's lock before giving up (exit 3).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10m")]
+    pub lock_wait: Duration,
+    /// A lock not renewed for this long is taken over (a killed job's).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1h")]
+    pub lock_expiry: Duration,
+    /// Output format of the run report on stdout (json: the run record).
+    #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
+    pub format: OutcomeFormat,
+}
+
+pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
+    let repo = Repo::discover(ctx.repo.as_deref())?;
+    let origin = Origin::new(&repo, &args.remote)?;
+    let base = repo.resolve(&args.base)?;
+    let head = repo.resolve(&args.head)?;
+    crate::interrupt::install();
+    let (run_id, holder) = lock::this_run();
+    let mut lock = lock::acquire(
+        &repo,
+        &origin,
+        &run_id,
+        &holder,
+        args.lock_expiry,
+        args.lock_wait,
+    )?;
+    let result = Run {
+        ctx,
+        repo: &repo,
+        origin: &origin,
+        args,
+        base,
+        head,
+        run_id,
+        outcomes: Vec::new(),
+    }
+    .go(&mut lock);
+    lock.release();
+    let (code, note, outcomes) = result?;
+    match args.format {
+        OutcomeFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&note).expect("a note serialises")
+            )
+        }
+        OutcomeFormat::Text => {
+            for o in &outcomes {
+                print!("{}", report::outcome(o, OutcomeFormat::Text));
+            }
+        }
+    }
+    Ok(code)
+}
+
+struct Run<'a> {
+    ctx: &'a Context,
+    repo: &'a Repo,
+    origin: &'a Origin,
+    args: &'a RunArgs,
+    base: CommitId,
+    head: CommitId,
+    run_id: String,
+    outcomes: Vec<StageOutcome>,
+}
+
+type Finished = (ExitCode, Value, Vec<StageOutcome>);
+
+impl Run<'_> {
+    fn records(&self) -> Records<'_> {
+        Records::new(self.repo, Some(self.origin))
+    }
+
+    fn done(self, code: ExitCode, note: Value) -> Result<Finished> {
+        Ok((code, note, self.outcomes))
+    }
+
+    fn go(mut self, lock: &mut lock::Lock) -> Result<Finished> {
+        let (base, head) = (self.base, self.head);
+        let plan = super::plan::build(self.repo, base, head, &self.ctx.keyring)?;
+        let plan_hash = plan.plan_hash.clone();
+        let run_id = self.run_id.clone();
+        let mut note = self.records().update(head, &[], |note| {
+            note["base"] = json!(base.to_string());
+            note["plan_hash"] = json!(plan_hash);
+            note["run_id"] = json!(run_id);
+        })?;
+        tracing::info!(
+            "run {}..{}: plan {} ({} client(s) change)",
+            base.short(),
+            head.short(),
+            &plan_hash[..12],
+            plan.clients.len()
+        );
+        let snap = self.repo.snapshot(head)?;
+        let (fleet, _) = config::validate(&config::load(&snap, Selection::All)?);
+        let stages = fleet.pipeline.stages.clone();
+        let on_failure = fleet.pipeline.on_failure;
+        for stage in &stages {
+            if crate::interrupt::requested() {
+                tracing::warn!("interrupted before stage {}", stage.name);
+                return self.done(ExitCode::Infra, note);
+            }
+            lock.renew()?;
+            let group: Vec<String> = fleet
+                .clients
+                .values()
+                .filter(|c| c.group == stage.group)
+                .map(|c| c.name.clone())
+                .collect();
+            let pending = self.pending(stage, &group)?;
+            if pending.is_empty() {
+                tracing::info!(
+                    "stage {}: all {} client(s) already run {}",
+                    stage.name,
+                    group.len(),
+                    head.short()
+                );
+                continue;
+            }
+            tracing::info!(
+                "stage {}: {} of {} client(s) to deploy: {}",
+                stage.name,
+                pending.len(),
+                group.len(),
+                pending.join(", ")
+            );
+            if let Some(approval) = &stage.approval {
+                match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
+                    Some(a) => tracing::info!(
+                        "stage {}: approved by {} at {} (plan {})",
+                        stage.name,
+                        a.by,
+                        a.at,
+                        &a.plan_hash[..12]
+                    ),
+                    None => {
+                        let name = stage.name.clone();
+                        note = self.records().update(head, &[], |n| {
+                            n["waiting"] = json!(name);
+                        })?;
+                        tracing::warn!(
+                            "stage {} waits for an approval of plan {} by one of: {}\n  hint: fleetgate approve --rev {} --by USER, then run again (stages already done are not redeployed)",
+                            stage.name,
+                            &plan.plan_hash[..12],
+                            approval.approvers.join(", "),
+                            head
+                        );
+                        return self.done(ExitCode::Waiting, note);
+                    }
+                }
+            }
+            let outcome =
+                super::deploy::deploy_stage(self.ctx, self.repo, head, &stage.name, &pending)?;
+            let moved = record::moved_refs(&outcome);
+            let stage_value = serde_json::to_value(&outcome).expect("an outcome serialises");
+            let name = stage.name.clone();
+            note = self.records().update(head, &moved, |n| {
+                if !n["stages"].is_object() {
+                    n["stages"] = json!({});
+                }
+                n["stages"][&name] = stage_value.clone();
+                if n.get("waiting") == Some(&json!(name)) {
+                    n.as_object_mut()
+                        .expect("a note is an object")
+                        .remove("waiting");
+                }
+            })?;
+            for r in &moved {
+                tracing::info!("{r} → {}", head.short());
+            }
+            let verdict = pipeline::verdict(&outcome);
+            self.outcomes.push(outcome);
+            match verdict {
+                StageVerdict::Passed => continue,
+                StageVerdict::Interrupted => {
+                    tracing::warn!(
+                        "stage {} interrupted: recorded; run again to finish",
+                        stage.name
+                    );
+                    return self.done(ExitCode::Infra, note);
+                }
+                StageVerdict::InfraFailed => {
+                    tracing::error!(
+                        "stage {} failed: hosts could not be reached; nothing is reverted (not the change's fault)",
+                        stage.name
+                    );
+                    let last = self.outcomes.last().expect("just pushed");
+                    let code = super::deploy::exit_code(last);
+                    return self.done(code, note);
+                }
+                StageVerdict::Frozen => {
+                    let last = self.outcomes.last().expect("just pushed");
+                    tracing::error!(
+                        "stage {} failed with `rollback: freeze` apps left on the failed release ({}); not reverting: a human decides",
+                        stage.name,
+                        last.frozen().join(", ")
+                    );
+                    return self.done(ExitCode::Blocked, note);
+                }
+                StageVerdict::ChangeFailed => {
+                    let gate = FailedGate::of(self.outcomes.last().expect("just pushed"))
+                        .expect("a change failure names its gate");
+                    tracing::error!(
+                        "stage {} failed: {} on {}: {} failed: {}",
+                        stage.name,
+                        gate.client,
+                        gate.host,
+                        gate.check,
+                        gate.detail
+                    );
+                    if on_failure.revert {
+                        note = self.revert(&gate)?;
+                    }
+                    return self.done(ExitCode::Blocked, note);
+                }
+            }
+        }
+        tracing::info!("run {}: every stage passed", head.short());
+        self.done(ExitCode::Ok, note)
+    }
+
+    /// Clients of `group` whose deployed ref for the stage renders
+    /// differently from head (no ref yet: compared with base).
+    fn pending(&self, stage: &Stage, group: &[String]) -> Result<Vec<String>> {
+        let git = self.repo.git();
+        let mut by_rev: BTreeMap<String, (CommitId, Vec<String>)> = BTreeMap::new();
+        for client in group {
+            let from = git
+                .refname_to_id(&record::deployed_ref(&stage.name, client))
+                .map(CommitId)
+                .unwrap_or(self.base);
+            by_rev
+                .entry(from.to_string())
+                .or_insert_with(|| (from, Vec::new()))
+                .1
+                .push(client.clone());
+        }
+        let mut pending = Vec::new();
+        for (from, clients) in by_rev.into_values() {
+            if from == self.head {
+                continue;
+            }
+            let plan = super::plan::build(self.repo, from, self.head, &self.ctx.keyring)?;
+            pending.extend(
+                clients
+                    .into_iter()
+                    .filter(|c| plan.clients.iter().any(|p| &p.name == c)),
+            );
+        }
+        pending.sort();
+        Ok(pending)
+    }
+
+    /// The approval that counts for this stage, polling up to
+    /// `--wait-approval` for one.
+    fn approval(
+        &self,
+        stage: &Stage,
+        approvers: &[String],
+        plan_hash: &str,
+        lock: &mut lock::Lock,
+    ) -> Result<Option<pipeline::Approval>> {
+        let deadline = Instant::now() + self.args.wait_approval.unwrap_or_default();
+        let mut told = false;
+        loop {
+            let note = self.records().read(self.head)?.unwrap_or(Value::Null);
+            if let Some(a) = pipeline::counting_approval(&note, plan_hash, approvers) {
+                return Ok(Some(a));
+            }
+            let stale: Vec<String> = pipeline::approvals(&note)
+                .into_iter()
+                .filter(|a| a.plan_hash != plan_hash)
+                .map(|a| {
+                    format!(
+                        "{} (plan {})",
+                        a.by,
+                        &a.plan_hash[..12.min(a.plan_hash.len())]
+                    )
+                })
+                .collect();
+            if !stale.is_empty() && !told {
+                tracing::warn!(
+                    "approvals for an earlier plan do not count: {}",
+                    stale.join(", ")
+                );
+            }
+            if Instant::now() >= deadline || crate::interrupt::requested() {
+                return Ok(None);
+            }
+            if !told {
+                tracing::info!(
+                    "stage {}: waiting up to {:?} for an approval by one of: {}",
+                    stage.name,
+                    self.args.wait_approval.unwrap_or_default(),
+                    approvers.join(", ")
+                );
+                told = true;
+            }
+            lock.renew()?;
+            std::thread::sleep(Duration::from_secs(2).min(deadline - Instant::now()));
+        }
+    }
+
+    /// Reverts base..head on the branch and records what happened.
+    fn revert(&self, gate: &FailedGate) -> Result<Value> {
+        let outcome = revert::revert(
+            self.repo,
+            self.origin,
+            &self.args.branch,
+            self.base,
+            self.head,
+            gate,
+        )?;
+        match &outcome {
+            RevertOutcome::Pushed { commit, onto, .. } => tracing::info!(
+                "reverted {}..{} on {} with {} (onto {}); the hosts already run the previous release",
+                self.base.short(),
+                self.head.short(),
+                self.args.branch,
+                &commit[..12],
+                &onto[..12]
+            ),
+            RevertOutcome::Conflict { tip, paths, .. } => tracing::error!(
+                "could not revert {}..{} on {} (now {}): {} conflict with later commits\n  hint: the hosts stay rolled back; revert by hand: git revert {}..{}",
+                self.base.short(),
+                self.head.short(),
+                self.args.branch,
+                &tip[..12],
+                paths.join(", "),
+                self.base,
+                self.head
+            ),
+            RevertOutcome::NotOnBranch { tip, .. } => tracing::error!(
+                "{} is no longer on {} (now {}): nothing reverted\n  hint: the hosts stay rolled back; check the branch's history",
+                self.head.short(),
+                self.args.branch,
+                &tip[..12]
+            ),
+        }
+        let value = serde_json::to_value(&outcome).expect("a revert serialises");
+        self.records().update(self.head, &[], |n| {
+            n["revert"] = value.clone();
+        })
+    }
+}
+
+/// The stages that need an approval, with who may give it.
+pub fn approval_stages(fleet: &config::Fleet) -> Vec<(&str, &[String])> {
+    fleet
+        .pipeline
+        .stages
+        .iter()
+        .filter_map(|s| {
+            s.approval
+                .as_ref()
+                .map(|a| (s.name.as_str(), a.approvers.as_slice()))
+        })
+        .collect()
+}

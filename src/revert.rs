@@ -1,0 +1,214 @@
+//! The Git half of a failure: after the hosts are back on their previous
+//! release, a `git revert` of the failing commits goes on top of the
+//! branch, so Git and the fleet agree again. Never a force push, never a
+//! history rewrite: when the branch moved, the revert is redone on the new
+//! tip; when that conflicts, a human decides.
+
+use git2::Oid;
+use serde::Serialize;
+
+use crate::deploy::{FailureKind, StageOutcome};
+use crate::error::{Error, Result};
+use crate::origin::{Origin, Pushed};
+use crate::repo::{CommitId, Repo};
+
+/// The gate that failed, for the message and the `Fleetgate-Failed-Gate` trailer.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedGate {
+    pub stage: String,
+    pub client: String,
+    pub host: String,
+    /// `<app>:<check>` for a health check, `<app>:<step>` for a failed step.
+    pub check: String,
+    pub detail: String,
+}
+
+impl FailedGate {
+    /// The first host failure of a stage that was the change's fault (a
+    /// health gate or a remote command), not the infrastructure's.
+    pub fn of(outcome: &StageOutcome) -> Option<FailedGate> {
+        outcome.hosts.iter().find_map(|h| {
+            let f = h.failure.as_ref()?;
+            if f.kind == FailureKind::Infra {
+                return None;
+            }
+            let app = f.app.clone().unwrap_or_else(|| "-".into());
+            let check = match f.kind {
+                FailureKind::Health => h
+                    .checks
+                    .iter()
+                    .find(|c| !c.passed)
+                    .map(|c| format!("{}:{}", c.app, c.check))
+                    .unwrap_or_else(|| format!("{app}:health")),
+                _ => format!("{app}:{}", f.step),
+            };
+            let detail: String = f
+                .message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            Some(FailedGate {
+                stage: outcome.stage.clone(),
+                client: h.client.clone(),
+                host: h.host.clone(),
+                check,
+                detail,
+            })
+        })
+    }
+
+    pub fn trailer(&self) -> String {
+        format!("{}/{}/{}", self.stage, self.client, self.check)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RevertOutcome {
+    /// The revert commit is on the branch.
+    Pushed {
+        commit: String,
+        onto: String,
+        reverts: Vec<String>,
+        failed_gate: String,
+    },
+    /// Commits pushed after the failing ones touch the same lines.
+    Conflict {
+        tip: String,
+        reverts: Vec<String>,
+        paths: Vec<String>,
+        failed_gate: String,
+    },
+    /// The branch no longer contains the failing commit (history was rewritten).
+    NotOnBranch { tip: String, failed_gate: String },
+}
+
+/// The commits `base..head`, newest first.
+pub fn failing_commits(repo: &Repo, base: CommitId, head: CommitId) -> Result<Vec<Oid>> {
+    let git = repo.git();
+    let mut walk = git.revwalk().map_err(|e| Error::git("walk history", e))?;
+    walk.push(head.0)
+        .map_err(|e| Error::git("walk history", e))?;
+    walk.hide(base.0)
+        .map_err(|e| Error::git("walk history", e))?;
+    walk.collect::<std::result::Result<Vec<Oid>, _>>()
+        .map_err(|e| Error::git("walk history", e))
+}
+
+fn message(repo: &Repo, commits: &[Oid], base: CommitId, gate: &FailedGate) -> String {
+    let git = repo.git();
+    let subject = match commits {
+        [one] => {
+            let summary = git
+                .find_commit(*one)
+                .ok()
+                .and_then(|c| c.summary().ok().flatten().map(str::to_string))
+                .unwrap_or_default();
+            format!("Revert \"{summary}\"")
+        }
+        many => format!(
+            "Revert {} commits ({}..{})",
+            many.len(),
+            base.short(),
+            CommitId(many[0]).short()
+        ),
+    };
+    let mut body = format!(
+        "{subject}\n\nfleetgate reverted this: the {} stage failed its gates.\n{} on {}: {} failed: {}\nThe hosts were rolled back to the release they ran before; this commit\nputs Git back in line with them.\n\n",
+        gate.stage, gate.client, gate.host, gate.check, gate.detail
+    );
+    for c in commits {
+        body.push_str(&format!("This reverts commit {c}.\n"));
+    }
+    body.push('\n');
+    for c in commits {
+        body.push_str(&format!("Fleetgate-Reverts: {c}\n"));
+    }
+    body.push_str(&format!("Fleetgate-Failed-Gate: {}\n", gate.trailer()));
+    body
+}
+
+/// Reverts `base..head` on top of `branch` on the remote and pushes it.
+pub fn revert(
+    repo: &Repo,
+    origin: &Origin,
+    branch: &str,
+    base: CommitId,
+    head: CommitId,
+    gate: &FailedGate,
+) -> Result<RevertOutcome> {
+    let git = repo.git();
+    let commits = failing_commits(repo, base, head)?;
+    let reverts: Vec<String> = commits.iter().map(Oid::to_string).collect();
+    let tree_of = |oid: Oid| {
+        git.find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| Error::git(format!("read {oid}"), e))
+    };
+    let sig = crate::record::signature(repo)?;
+    let text = message(repo, &commits, base, gate);
+    for attempt in 1..=5 {
+        let tip = origin.fetch_branch(branch)?;
+        let contains = tip == head.0
+            || git
+                .graph_descendant_of(tip, head.0)
+                .map_err(|e| Error::git("compare history", e))?;
+        if !contains {
+            return Ok(RevertOutcome::NotOnBranch {
+                tip: tip.to_string(),
+                failed_gate: gate.trailer(),
+            });
+        }
+        // Three-way: what head changed relative to base, taken back out of tip.
+        let mut index = git
+            .merge_trees(&tree_of(head.0)?, &tree_of(tip)?, &tree_of(base.0)?, None)
+            .map_err(|e| Error::git("merge trees for the revert", e))?;
+        if index.has_conflicts() {
+            let mut paths: Vec<String> = index
+                .conflicts()
+                .map_err(|e| Error::git("read conflicts", e))?
+                .filter_map(|c| c.ok())
+                .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                .collect();
+            paths.sort();
+            paths.dedup();
+            return Ok(RevertOutcome::Conflict {
+                tip: tip.to_string(),
+                reverts,
+                paths,
+                failed_gate: gate.trailer(),
+            });
+        }
+        let tree = index
+            .write_tree_to(git)
+            .and_then(|t| git.find_tree(t))
+            .map_err(|e| Error::git("write the revert's tree", e))?;
+        let parent = git
+            .find_commit(tip)
+            .map_err(|e| Error::git("read the branch tip", e))?;
+        let commit = git
+            .commit(None, &sig, &sig, &text, &tree, &[&parent])
+            .map_err(|e| Error::git("write the revert commit", e))?;
+        match origin.push_branch(commit, branch)? {
+            Pushed::Yes => {
+                return Ok(RevertOutcome::Pushed {
+                    commit: commit.to_string(),
+                    onto: tip.to_string(),
+                    reverts,
+                    failed_gate: gate.trailer(),
+                });
+            }
+            Pushed::Rejected(why) => tracing::warn!(
+                "{branch} moved while reverting ({why}); redoing the revert on the new tip (attempt {attempt}/5)"
+            ),
+        }
+    }
+    Err(Error::Remote(format!(
+        "could not push the revert to {branch}: it keeps moving\n  hint: the hosts are rolled back; revert {} by hand",
+        head.short()
+    )))
+}
