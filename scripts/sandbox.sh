@@ -9,7 +9,10 @@
 # 127.0.0.1 with its own host key and deploy root, logging in as the
 # `fleetgate-test` user (scripts/setup.sh creates it). The app `web` is a
 # `command`-runtime app: python3's http.server serving the release, its
-# version on /health. Everything lives under $SANDBOX (/tmp/fleetgate-sandbox).
+# version on /health. The fleet repository ($SANDBOX/fleet) is a clone of a
+# bare remote ($SANDBOX/remote.git, its `origin`): records, approvals, the
+# pipeline lock and reverts are pushed there, as they would be to a forge.
+# Everything lives under $SANDBOX (/tmp/fleetgate-sandbox).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANDBOX=${SANDBOX:-/tmp/fleetgate-sandbox}
@@ -75,11 +78,14 @@ stages:
     soak: 3s
   - name: production
     group: production
+    approval:
+      required: true
+      approvers: [alice, bob]
     parallelism: 2
     max_failures: 0
 on_failure:
   rollback: true
-  revert: false
+  revert: true
 ssh:
   options:
     KexAlgorithms: curve25519-sha256
@@ -106,9 +112,14 @@ YAML
   client alpha canary alpha-1
   client beta production beta-1 beta-2
   git -C "$f" init -q -b main
-  git -C "$f" -c user.name=sandbox -c user.email=sandbox@localhost add -A
-  git -C "$f" -c user.name=sandbox -c user.email=sandbox@localhost commit -qm "sandbox fleet"
-  echo "sandbox: hosts ${HOSTS[*]} up; fleet repository $f; deploy key $SANDBOX/deploy_key" >&2
+  git -C "$f" config user.name sandbox
+  git -C "$f" config user.email sandbox@localhost
+  git -C "$f" add -A
+  git -C "$f" commit -qm "sandbox fleet"
+  git init -q --bare -b main "$SANDBOX/remote.git"
+  git -C "$f" remote add origin "$SANDBOX/remote.git"
+  git -C "$f" push -q origin main
+  echo "sandbox: hosts ${HOSTS[*]} up; fleet repository $f (origin: $SANDBOX/remote.git); deploy key $SANDBOX/deploy_key" >&2
 }
 
 case "${1:-}" in

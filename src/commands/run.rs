@@ -4,7 +4,7 @@
 //! gate the hosts are rolled back by the stage, then the change is reverted
 //! in Git. One run at a time, by a lock on the remote.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -78,6 +78,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         head,
         run_id,
         outcomes: Vec::new(),
+        changed_since: HashMap::new(),
     }
     .go(&mut lock);
     lock.release();
@@ -107,6 +108,9 @@ struct Run<'a> {
     head: CommitId,
     run_id: String,
     outcomes: Vec<StageOutcome>,
+    /// Per commit a deployed ref points at: the clients whose rendering
+    /// differs at head (one plan per distinct commit, shared by stages).
+    changed_since: HashMap<CommitId, Vec<String>>,
 }
 
 type Finished = (ExitCode, Value, Vec<StageOutcome>);
@@ -124,6 +128,8 @@ impl Run<'_> {
         let (base, head) = (self.base, self.head);
         let plan = super::plan::build(self.repo, base, head, &self.ctx.keyring)?;
         let plan_hash = plan.plan_hash.clone();
+        self.changed_since
+            .insert(base, plan.clients.iter().map(|c| c.name.clone()).collect());
         let run_id = self.run_id.clone();
         let mut note = self.records().update(head, &[], |note| {
             note["base"] = json!(base.to_string());
@@ -267,7 +273,7 @@ impl Run<'_> {
 
     /// Clients of `group` whose deployed ref for the stage renders
     /// differently from head (no ref yet: compared with base).
-    fn pending(&self, stage: &Stage, group: &[String]) -> Result<Vec<String>> {
+    fn pending(&mut self, stage: &Stage, group: &[String]) -> Result<Vec<String>> {
         let git = self.repo.git();
         let mut by_rev: BTreeMap<String, (CommitId, Vec<String>)> = BTreeMap::new();
         for client in group {
@@ -286,12 +292,13 @@ impl Run<'_> {
             if from == self.head {
                 continue;
             }
-            let plan = super::plan::build(self.repo, from, self.head, &self.ctx.keyring)?;
-            pending.extend(
-                clients
-                    .into_iter()
-                    .filter(|c| plan.clients.iter().any(|p| &p.name == c)),
-            );
+            if !self.changed_since.contains_key(&from) {
+                let plan = super::plan::build(self.repo, from, self.head, &self.ctx.keyring)?;
+                let names = plan.clients.iter().map(|c| c.name.clone()).collect();
+                self.changed_since.insert(from, names);
+            }
+            let changed = &self.changed_since[&from];
+            pending.extend(clients.into_iter().filter(|c| changed.contains(c)));
         }
         pending.sort();
         Ok(pending)

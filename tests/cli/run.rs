@@ -540,3 +540,35 @@ fn sigterm_finishes_the_host_in_flight_records_and_releases_the_lock() {
     p.run(&c0, &c1, &[]).code(0);
     assert!(p.serving("alpha-2").contains("version=2"));
 }
+
+#[test]
+fn approvals_pushed_at_the_same_time_are_all_kept() {
+    let p = Pipeline::new();
+    let c0 = p.head();
+    p.d.set("beta", "version", "\"2\"");
+    let c1 = p.push("beta: version 2");
+    p.run(&c0, &c1, &[]).code(4);
+    // Both read the same record, both push: one is rejected by the lease,
+    // re-reads and merges.
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["alice", "bob"]
+            .into_iter()
+            .map(|who| {
+                let (p, c1) = (&p, &c1);
+                s.spawn(move || p.fleet_run(&["approve", "--rev", c1, "--by", who]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        r.code(0);
+    }
+    let mut by: Vec<String> = p.remote_note(&c1)["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["by"].as_str().unwrap().to_string())
+        .collect();
+    by.sort();
+    assert_eq!(by, ["alice", "bob"]);
+}
