@@ -561,29 +561,41 @@ health:
     assert!(ps.contains("alpha-web_web_1"), "{ps}");
 }
 
+impl DeployFleet {
+    /// Gives `web` a secret `api_token` = `token` for `clients` (written to
+    /// app.env); its start prints the file to stdout and stderr, and exits 7
+    /// when the client's `health` var is `fail-start`.
+    pub fn with_secret(&self, clients: &[&str], token: &str) {
+        self.fleet.write(
+            "secrets/.sops.yaml",
+            &std::fs::read_to_string(crate::common::source_root().join("secrets/.sops.yaml"))
+                .unwrap(),
+        );
+        for client in clients {
+            self.fleet.sops_encrypt(
+                &format!("secrets/clients/{client}.sops.yaml"),
+                &format!("api_token: {token}\n"),
+            );
+        }
+        self.fleet.edit(
+            "pipelines/apps/web/app.yaml",
+            "files:\n",
+            "secrets: [api_token]\nfiles:\n  app.env: app.env.j2\n",
+        );
+        self.fleet.write(
+            "pipelines/apps/web/app.env.j2",
+            "API_TOKEN={{ secrets.api_token }}\n",
+        );
+        // The start command prints the token, then fails: its output reaches the log.
+        self.fleet.edit("pipelines/apps/web/start.sh.j2", "pid=../../web.pid", "cat app.env; cat app.env >&2\n{% if client.vars.health == \"fail-start\" %}exit 7\n{% endif %}pid=../../web.pid");
+    }
+}
+
 #[test]
 fn secrets_reach_the_host_file_only() {
     let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
     let token = "Tok-3f9a71c2-never-print-me";
-    d.fleet.write(
-        "secrets/.sops.yaml",
-        &std::fs::read_to_string(crate::common::source_root().join("secrets/.sops.yaml")).unwrap(),
-    );
-    d.fleet.sops_encrypt(
-        "secrets/clients/alpha.sops.yaml",
-        &format!("api_token: {token}\n"),
-    );
-    d.fleet.edit(
-        "pipelines/apps/web/app.yaml",
-        "files:\n",
-        "secrets: [api_token]\nfiles:\n  app.env: app.env.j2\n",
-    );
-    d.fleet.write(
-        "pipelines/apps/web/app.env.j2",
-        "API_TOKEN={{ secrets.api_token }}\n",
-    );
-    // The start command prints the token, then fails: its output reaches the log.
-    d.fleet.edit("pipelines/apps/web/start.sh.j2", "pid=../../web.pid", "cat app.env; cat app.env >&2\n{% if client.vars.health == \"fail-start\" %}exit 7\n{% endif %}pid=../../web.pid");
+    d.with_secret(&["alpha"], token);
     d.fleet.commit("web gets a token");
     let key = d.hosts.client_key.to_str().unwrap().to_string();
     let run = d.fleet.run_env(

@@ -572,3 +572,30 @@ fn approvals_pushed_at_the_same_time_are_all_kept() {
     by.sort();
     assert_eq!(by, ["alice", "bob"]);
 }
+
+#[test]
+fn a_failed_run_never_prints_or_records_a_secret() {
+    let p = Pipeline::new();
+    let token = "Tok-9c1e44d0-not-in-git";
+    p.d.with_secret(&["alpha", "beta"], token);
+    let c0 = p.push("web gets a token");
+    p.fleet_run(&["deploy", "--stage", "canary", "--rev", "HEAD"])
+        .code(0);
+    // The start prints the token and fails: a failed gate, rolled back, reverted.
+    p.d.set("alpha", "health", "fail-start");
+    let c1 = p.push("alpha: start fails");
+    let run = p.run(&c0, &c1, &["-vv"]);
+    run.code(1);
+    assert!(!run.all().contains(token), "{}", run.all());
+    assert!(run.stderr.contains("API_TOKEN=••••"), "{}", run.stderr);
+    let note = p.remote_note(&c1);
+    assert_eq!(note["revert"]["failed_gate"], "canary/alpha/web:start");
+    assert!(!note.to_string().contains(token));
+    let other = p.clone_remote("reader");
+    let message = git_in(&other, &["log", "-1", "--format=%B"]);
+    assert!(
+        message.contains("Fleetgate-Failed-Gate: canary/alpha/web:start"),
+        "{message}"
+    );
+    assert!(!message.contains(token), "{message}");
+}
