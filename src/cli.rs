@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
     approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, plan::PlanArgs,
-    rollback::RollbackArgs, run::RunArgs, status::StatusArgs,
+    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
 
 /// GitOps pipeline engine for small hosting fleets.
@@ -44,6 +44,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Say exactly which clients, hosts and apps change between two commits.
     Plan(PlanArgs),
+    /// The image gate: pinned images, scanned by trivy against the policy.
+    Scan(ScanArgs),
     /// Deploy one stage: upload, switch, restart, health gates, rollback on failure.
     Deploy(DeployArgs),
     /// Record an approval for the current plan of a commit.

@@ -125,6 +125,11 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// The image scanner could not run (missing, crashed, timed out, no DB):
+    /// never treated as a pass.
+    #[error("{0}")]
+    Scan(String),
+
     #[error("read {path}: {source}")]
     Io {
         path: String,
@@ -140,7 +145,9 @@ impl Error {
             | Error::BadRevision { .. }
             | Error::NoRepository { .. }
             | Error::Usage(_) => ExitCode::Invalid,
-            Error::Git { .. } | Error::Io { .. } | Error::Remote(_) => ExitCode::Infra,
+            Error::Git { .. } | Error::Io { .. } | Error::Remote(_) | Error::Scan(_) => {
+                ExitCode::Infra
+            }
         }
     }
 

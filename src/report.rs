@@ -242,6 +242,17 @@ fn fence_safe(diff: &str) -> String {
         .collect()
 }
 
+/// How a plan or a scan report is printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Compact, for terminals and CI logs.
+    Text,
+    /// What the merge-request comment shows.
+    Markdown,
+    /// Schema 1 (design.md §4), for machines.
+    Json,
+}
+
 /// How a deploy outcome is printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutcomeFormat {
@@ -272,12 +283,12 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         out.push_str(", rolled back");
     }
     out.push('\n');
-    let rows: Vec<[String; 5]> = o
+    let rows: Vec<Vec<String>> = o
         .hosts
         .iter()
         .map(|h| {
             let status = serde_json::to_value(h.status).expect("status serialises");
-            [
+            vec![
                 h.client.clone(),
                 h.host.clone(),
                 status.as_str().unwrap_or_default().replace('_', " "),
@@ -299,33 +310,244 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
             ]
         })
         .collect();
-    let header = ["client", "host", "status", "time", "failure"];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 4 {
-                l.push_str(cell);
-            } else {
-                l.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        l.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(header));
-    for r in &rows {
-        let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
-    }
+    out.push_str(&table(
+        &["client", "host", "status", "time", "failure"],
+        &rows,
+    ));
     for f in o.frozen() {
         let _ = writeln!(
             out,
             "FROZEN: {f} stays on the failed release (rollback: freeze); a human must decide"
         );
+    }
+    out
+}
+
+/// Columns padded to their widest cell; the last one is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let pad = w - cell.chars().count();
+                l.push_str(cell);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn severities(list: &[crate::config::Severity]) -> String {
+    list.iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn image_cell(image: &str) -> String {
+    crate::scan::pin::ImageRef::parse_pinned(image)
+        .map(|i| crate::scan::short(&i))
+        .unwrap_or_else(|_| image.to_string())
+}
+
+fn blocking_line(b: &crate::scan::policy::Blocking) -> String {
+    let f = &b.finding;
+    let fix = f
+        .fixed
+        .as_deref()
+        .map(|v| format!("fixed in {v}"))
+        .unwrap_or_else(|| "no fix yet".into());
+    let sev = severities(&[f.severity]);
+    let mut l = format!("{} {} {} → {fix} ({sev})", f.id, f.package, f.installed);
+    if let Some(d) = b.expired_ignore {
+        l.push_str(&format!(" — its trivyignore entry expired on {d}"));
+    }
+    l
+}
+
+/// The scan gate's report: a row per image, then what blocks and why.
+pub fn scan(r: &crate::scan::ScanReport, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(r).expect("a scan report serialises");
+            s.push('\n');
+            s
+        }
+        Format::Text => scan_text(r),
+        Format::Markdown => scan_markdown(r),
+    }
+}
+
+fn scan_text(r: &crate::scan::ScanReport) -> String {
+    let mut out = format!(
+        "scan: {} image(s); fail on {}{}{}\n",
+        r.images.len(),
+        severities(&r.fail_on),
+        if r.ignore_unfixed {
+            "; unfixed findings do not block"
+        } else {
+            ""
+        },
+        r.db.as_deref()
+            .map(|d| format!("; trivy DB {d}"))
+            .unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = r
+        .images
+        .iter()
+        .map(|i| {
+            let c = &i.verdict.counts;
+            vec![
+                image_cell(&i.verdict.image),
+                c.critical.to_string(),
+                c.high.to_string(),
+                c.medium.to_string(),
+                c.low.to_string(),
+                if i.verdict.passed() {
+                    "pass"
+                } else {
+                    "BLOCKED"
+                }
+                .to_string(),
+                i.used_by.join(", "),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &[
+                "image", "critical", "high", "medium", "low", "verdict", "used by",
+            ],
+            &rows,
+        ));
+    }
+    for i in &r.images {
+        for b in &i.verdict.blocking {
+            let _ = writeln!(
+                out,
+                "  ✗ {}: {}",
+                image_cell(&i.verdict.image),
+                blocking_line(b)
+            );
+        }
+        for a in &i.verdict.accepted {
+            let _ = writeln!(
+                out,
+                "  ~ {}: {} {} accepted until {}: {}",
+                image_cell(&i.verdict.image),
+                a.id,
+                a.package,
+                a.expires,
+                a.reason
+            );
+        }
+    }
+    for e in &r.expired_ignores {
+        let _ = writeln!(
+            out,
+            "expired: {}:{} `{}` expired on {} and no longer accepts anything ({})",
+            crate::config::TRIVYIGNORE,
+            e.line.map(|l| l.to_string()).unwrap_or_default(),
+            e.id,
+            e.expires,
+            e.reason
+        );
+    }
+    let _ = writeln!(
+        out,
+        "verdict: {}",
+        if r.passed {
+            "pass".to_string()
+        } else {
+            format!(
+                "blocked by {} finding(s) in {} image(s)",
+                r.blocking(),
+                r.images.iter().filter(|i| !i.verdict.passed()).count()
+            )
+        }
+    );
+    out
+}
+
+fn scan_markdown(r: &crate::scan::ScanReport) -> String {
+    let mut out = format!(
+        "### Image scan: {}\n\nFail on {}{}.\n\n",
+        if r.passed { "pass ✅" } else { "blocked ❌" },
+        severities(&r.fail_on),
+        if r.ignore_unfixed {
+            "; unfixed findings do not block"
+        } else {
+            ""
+        },
+    );
+    if !r.images.is_empty() {
+        out.push_str(
+            "| image | critical | high | medium | low | verdict |\n|---|---:|---:|---:|---:|---|\n",
+        );
+        for i in &r.images {
+            let c = &i.verdict.counts;
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} | {} |",
+                image_cell(&i.verdict.image),
+                c.critical,
+                c.high,
+                c.medium,
+                c.low,
+                if i.verdict.passed() {
+                    "pass"
+                } else {
+                    "**blocked**"
+                }
+            );
+        }
+    }
+    let blocking: Vec<String> = r
+        .images
+        .iter()
+        .flat_map(|i| {
+            i.verdict.blocking.iter().map(move |b| {
+                format!(
+                    "- `{}`: {}",
+                    image_cell(&i.verdict.image),
+                    md_cell(&blocking_line(b))
+                )
+            })
+        })
+        .collect();
+    if !blocking.is_empty() {
+        let _ = write!(out, "\n**Blocking**\n\n{}\n", blocking.join("\n"));
+    }
+    if !r.expired_ignores.is_empty() {
+        out.push_str("\n**Expired acceptances** (no longer ignore anything)\n\n");
+        for e in &r.expired_ignores {
+            let _ = writeln!(
+                out,
+                "- `{}` expired {}: {}",
+                e.id,
+                e.expires,
+                md_cell(&e.reason)
+            );
+        }
     }
     out
 }

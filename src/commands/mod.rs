@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod plan;
 pub mod rollback;
 pub mod run;
+pub mod scan;
 pub mod status;
 
 use std::path::PathBuf;

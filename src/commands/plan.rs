@@ -1,6 +1,6 @@
 //! `fleetgate plan --base A --head B`: what would change, for whom, and how.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use super::Context;
 use crate::config;
@@ -8,7 +8,7 @@ use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::plan::{self, Affected, Plan, Side};
 use crate::repo::{CommitId, Repo};
-use crate::report;
+use crate::report::{self, Format};
 use crate::secrets::Keyring;
 
 #[derive(Debug, Args)]
@@ -22,16 +22,6 @@ pub struct PlanArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Compact, for terminals and CI logs.
-    Text,
-    /// What the merge-request comment shows.
-    Markdown,
-    /// Schema 1 (design.md §4), for machines.
-    Json,
 }
 
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {

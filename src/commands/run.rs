@@ -21,6 +21,7 @@ use crate::record::{self, Records};
 use crate::repo::{CommitId, Repo};
 use crate::report::{self, OutcomeFormat};
 use crate::revert::{self, FailedGate, RevertOutcome};
+use crate::scan::{self, ScanReport};
 
 pub fn duration(text: &str) -> std::result::Result<Duration, String> {
     config::duration::parse(text)
@@ -52,6 +53,8 @@ pub struct RunArgs {
     /// Output format of the run report on stdout (json: the run record).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
+    #[command(flatten)]
+    pub scan: super::scan::ScanOpts,
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
@@ -79,10 +82,11 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         run_id,
         outcomes: Vec::new(),
         changed_since: HashMap::new(),
+        scan: None,
     }
     .go(&mut lock);
     lock.release();
-    let (code, note, outcomes) = result?;
+    let (code, note, outcomes, scan) = result?;
     match args.format {
         OutcomeFormat::Json => {
             println!(
@@ -91,6 +95,9 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
             )
         }
         OutcomeFormat::Text => {
+            if let Some(scan) = &scan {
+                print!("{}", report::scan(scan, report::Format::Text));
+            }
             for o in &outcomes {
                 print!("{}", report::outcome(o, OutcomeFormat::Text));
             }
@@ -111,9 +118,10 @@ struct Run<'a> {
     /// Per commit a deployed ref points at: the clients whose rendering
     /// differs at head (one plan per distinct commit, shared by stages).
     changed_since: HashMap<CommitId, Vec<String>>,
+    scan: Option<ScanReport>,
 }
 
-type Finished = (ExitCode, Value, Vec<StageOutcome>);
+type Finished = (ExitCode, Value, Vec<StageOutcome>, Option<ScanReport>);
 
 impl Run<'_> {
     fn records(&self) -> Records<'_> {
@@ -121,7 +129,7 @@ impl Run<'_> {
     }
 
     fn done(self, code: ExitCode, note: Value) -> Result<Finished> {
-        Ok((code, note, self.outcomes))
+        Ok((code, note, self.outcomes, self.scan))
     }
 
     fn go(mut self, lock: &mut lock::Lock) -> Result<Finished> {
@@ -145,6 +153,26 @@ impl Run<'_> {
         );
         let snap = self.repo.snapshot(head)?;
         let (fleet, _) = config::validate(&config::load(&snap, Selection::All)?);
+        // The image gate, before anything deploys: every image the
+        // changed clients would run.
+        let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
+        if !scan::images_in_play(&fleet, &changed).is_empty() {
+            let report = super::scan::gate(&fleet, &changed, &self.args.scan)?;
+            let value = serde_json::to_value(&report).expect("a scan report serialises");
+            note = self.records().update(head, &[], |n| {
+                n["scan"] = value.clone();
+            })?;
+            if !report.passed {
+                tracing::error!(
+                    "scan blocked: {} finding(s) in the images of this change; nothing deployed",
+                    report.blocking()
+                );
+                self.scan = Some(report);
+                return self.done(ExitCode::Blocked, note);
+            }
+            tracing::info!("scan passed: {} image(s)", report.images.len());
+            self.scan = Some(report);
+        }
         let stages = fleet.pipeline.stages.clone();
         let on_failure = fleet.pipeline.on_failure;
         for stage in &stages {

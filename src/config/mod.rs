@@ -21,6 +21,7 @@ pub const PIPELINE: &str = "pipelines/pipeline.yaml";
 pub const APPS_DIR: &str = "pipelines/apps";
 pub const CLIENTS_DIR: &str = "clients";
 pub const KNOWN_HOSTS: &str = "pipelines/known_hosts";
+pub const TRIVYIGNORE: &str = "pipelines/trivyignore.yaml";
 pub const SHARED_SECRETS: &str = "secrets/shared.sops.yaml";
 pub const CLIENT_SECRETS_DIR: &str = "secrets/clients";
 
@@ -114,7 +115,7 @@ impl Names {
 pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
-    for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS] {
+    for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
         if let Some(bytes) = snap.read(path)? {
             files.insert(path.to_string(), bytes);
         }

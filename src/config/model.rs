@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::raw::{self, S};
 use super::{
     APPS_DIR, CLIENT_SECRETS_DIR, FleetFiles, KNOWN_HOSTS, PIPELINE, SHARED_SECRETS, Selection,
-    client_file, client_secrets_file, duration, yaml,
+    TRIVYIGNORE, client_file, client_secrets_file, duration, yaml,
 };
 use crate::error::Diagnostic;
 use crate::scan::pin::ImageRef;
@@ -29,12 +29,27 @@ pub struct Fleet {
     /// Every client that has a file, selected or not.
     pub all_clients: super::Names,
     pub shared_secrets: Option<SopsFile>,
+    /// `pipelines/trivyignore.yaml`, validated (expired entries included:
+    /// the scan reports them).
+    pub ignores: Vec<IgnoreEntry>,
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
+/// One accepted finding: `id` (a CVE or GHSA id), optionally only in one
+/// image (repository, `repository:tag`, or the full pinned reference) and/or
+/// one package; until `expires` (the last day it applies), for `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IgnoreEntry {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    pub expires: chrono::NaiveDate,
+    pub reason: String,
+    #[serde(skip)]
+    pub line: Option<u32>,
+}
+
 #[derive(Debug)]
 pub struct Pipeline {
     pub stages: Vec<Stage>,
@@ -60,7 +75,7 @@ pub struct Approval {
     pub approvers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {
     Unknown,
@@ -71,7 +86,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn parse(s: &str) -> Option<Severity> {
+    pub fn parse(s: &str) -> Option<Severity> {
         Some(match s {
             "UNKNOWN" => Severity::Unknown,
             "LOW" => Severity::Low,
@@ -83,10 +98,6 @@ impl Severity {
     }
 }
 
-#[expect(
-    dead_code,
-    reason = "validated here, carried out by deploy (issue 3) and scan (issue 5)"
-)]
 #[derive(Debug, Clone)]
 pub struct ScanPolicy {
     pub fail_on: Vec<Severity>,
@@ -305,12 +316,14 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
     if files.selection == Selection::All {
         whole_fleet_checks(files, pipeline.as_ref(), &clients, &mut problems);
     }
+    let ignores = validate_ignores(files, &mut problems);
     let fleet = Fleet {
         pipeline: pipeline.unwrap_or_else(Pipeline::empty),
         apps,
         clients,
         all_clients: files.all_clients.clone(),
         shared_secrets,
+        ignores,
     };
     (fleet, problems)
 }
@@ -336,6 +349,84 @@ impl Pipeline {
             ssh_options: BTreeMap::new(),
         }
     }
+}
+
+/// `pipelines/trivyignore.yaml` (optional): every entry needs an id, an
+/// expiry date and a reason; an accepted risk without an end is refused.
+fn validate_ignores(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Vec<IgnoreEntry> {
+    let Some(bytes) = files.files.get(TRIVYIGNORE) else {
+        return Vec::new();
+    };
+    let raw: raw::TrivyIgnore = match yaml::parse(TRIVYIGNORE, bytes) {
+        Ok(r) => r,
+        Err(d) => {
+            problems.push(d);
+            return Vec::new();
+        }
+    };
+    let mut c = Check {
+        file: TRIVYIGNORE,
+        problems,
+    };
+    let mut out = Vec::new();
+    for (i, e) in raw.ignore.iter().enumerate() {
+        let at = |f: &str| format!("ignore[{i}].{f}");
+        let line = yaml::line_of(&e.id.referenced);
+        if e.id.value.trim().is_empty() {
+            c.at(
+                &at("id"),
+                &e.id,
+                "the id is empty",
+                "the finding's id as trivy reports it, e.g. CVE-2024-1234",
+            );
+        }
+        let expires = match &e.expires {
+            None => {
+                c.at(
+                    &at("expires"),
+                    &e.id,
+                    format!("`{}` has no expiry date", e.id.value),
+                    "every accepted finding expires: add `expires: YYYY-MM-DD` (the last day it is accepted), then look again",
+                );
+                None
+            }
+            Some(d) => match chrono::NaiveDate::parse_from_str(d.value.trim(), "%Y-%m-%d") {
+                Ok(date) => Some(date),
+                Err(_) => {
+                    c.at(
+                        &at("expires"),
+                        d,
+                        format!("`{}` is not a date", d.value),
+                        "write it as YYYY-MM-DD",
+                    );
+                    None
+                }
+            },
+        };
+        let reason = match &e.reason {
+            Some(r) if !r.value.trim().is_empty() => Some(r.value.trim().to_string()),
+            _ => {
+                c.at(
+                    &at("reason"),
+                    &e.id,
+                    format!("`{}` has no reason", e.id.value),
+                    "say why the finding is accepted (not reachable, no fix yet, …): reviewers and the next person read it",
+                );
+                None
+            }
+        };
+        if let (Some(expires), Some(reason)) = (expires, reason) {
+            out.push(IgnoreEntry {
+                id: e.id.value.trim().to_string(),
+                image: e.image.as_ref().map(|s| s.value.trim().to_string()),
+                package: e.package.as_ref().map(|s| s.value.trim().to_string()),
+                expires,
+                reason,
+                line,
+            });
+        }
+    }
+    out
 }
 
 fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Option<Pipeline> {

@@ -69,6 +69,29 @@ pub struct Scan {
     pub ignore_unfixed: bool,
 }
 
+/// `pipelines/trivyignore.yaml`: accepted findings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrivyIgnore {
+    #[serde(default)]
+    pub ignore: Vec<IgnoreEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IgnoreEntry {
+    pub id: S<String>,
+    #[serde(default)]
+    pub image: Option<S<String>>,
+    #[serde(default)]
+    pub package: Option<S<String>>,
+    /// Mandatory; optional here so the error can say why.
+    #[serde(default)]
+    pub expires: Option<S<String>>,
+    #[serde(default)]
+    pub reason: Option<S<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OnFailure {

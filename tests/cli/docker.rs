@@ -17,7 +17,51 @@ pub struct Docker {
     pub socket: PathBuf,
     pub registry: String,
     dockerd: Child,
-    registry_proc: Child,
+    _registry: Registry,
+}
+
+/// Debian's `docker-registry` on a loopback port, storing under `dir`.
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start_in(dir: &Path) -> Registry {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(
+            dir.join("registry.yml"),
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(dir.join("registry.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("start docker-registry (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { addr, child }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Docker {
@@ -56,31 +100,15 @@ impl Docker {
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        let port = free_port();
-        let registry = format!("127.0.0.1:{port}");
-        std::fs::write(
-            dir.join("registry.yml"),
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
-                dir.join("registry").display()
-            ),
-        )
-        .unwrap();
-        let registry_proc = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(dir.join("registry.yml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("start docker-registry");
+        let registry_proc = Registry::start_in(&dir);
+        let registry = registry_proc.addr.clone();
         let docker = Docker {
             _tmp: tmp,
             dir,
             socket,
             registry,
             dockerd,
-            registry_proc,
+            _registry: registry_proc,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !docker.docker(&["version"]).status.success() {
@@ -102,10 +130,6 @@ impl Docker {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        while std::net::TcpStream::connect(&docker.registry).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         docker
     }
 
@@ -183,9 +207,9 @@ impl Drop for Docker {
             args.extend(ids);
             let _ = self.docker(&args);
         }
-        for child in [&mut self.registry_proc, &mut self.dockerd] {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let _ = child.wait();
-        }
+        let _ = Command::new("kill")
+            .arg(self.dockerd.id().to_string())
+            .status();
+        let _ = self.dockerd.wait();
     }
 }

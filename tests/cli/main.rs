@@ -8,3 +8,4 @@ mod docker;
 mod hosts;
 mod plan;
 mod run;
+mod scan;

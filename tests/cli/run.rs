@@ -13,8 +13,8 @@ use crate::deploy::DeployFleet;
 
 const PRODUCTION: &str = "    approval:\n      required: true\n      approvers: [alice, bob]\n";
 
-struct Pipeline {
-    d: DeployFleet,
+pub struct Pipeline {
+    pub d: DeployFleet,
     remote: PathBuf,
     key: String,
 }
@@ -22,14 +22,14 @@ struct Pipeline {
 impl Pipeline {
     /// alpha (canary, alpha-1) and beta (production, beta-1), version 1
     /// deployed stage by stage, records on the remote.
-    fn new() -> Pipeline {
+    pub fn new() -> Pipeline {
         Pipeline::with(&[
             ("alpha", "canary", &["alpha-1"]),
             ("beta", "production", &["beta-1"]),
         ])
     }
 
-    fn with(clients: &[(&str, &str, &[&str])]) -> Pipeline {
+    pub fn with(clients: &[(&str, &str, &[&str])]) -> Pipeline {
         let d = DeployFleet::new(clients, PRODUCTION);
         d.fleet
             .edit("pipelines/pipeline.yaml", "revert: false", "revert: true");
@@ -55,24 +55,24 @@ impl Pipeline {
         p
     }
 
-    fn fleet_run(&self, args: &[&str]) -> Run {
+    pub fn fleet_run(&self, args: &[&str]) -> Run {
         self.d
             .fleet
             .run_env(args, &[("FLEETGATE_SSH_KEY", &self.key)])
     }
 
-    fn head(&self) -> String {
+    pub fn head(&self) -> String {
         self.d.fleet.git(&["rev-parse", "HEAD"])
     }
 
     /// Commits the work tree and pushes it, as a merge to main would.
-    fn push(&self, message: &str) -> String {
+    pub fn push(&self, message: &str) -> String {
         let sha = self.d.fleet.commit(message);
         self.d.fleet.git(&["push", "-q", "origin", "main"]);
         sha
     }
 
-    fn run(&self, base: &str, head: &str, extra: &[&str]) -> Run {
+    pub fn run(&self, base: &str, head: &str, extra: &[&str]) -> Run {
         let mut args = vec!["run", "--base", base, "--head", head, "--format", "json"];
         args.extend(extra);
         self.fleet_run(&args)
@@ -90,7 +90,7 @@ impl Pipeline {
     }
 
     /// `git ls-remote` of one ref on the remote.
-    fn remote_ref(&self, name: &str) -> Option<String> {
+    pub fn remote_ref(&self, name: &str) -> Option<String> {
         let out = self
             .d
             .fleet
@@ -99,7 +99,7 @@ impl Pipeline {
     }
 
     /// The run record on `rev`, as the remote has it.
-    fn remote_note(&self, rev: &str) -> serde_json::Value {
+    pub fn remote_note(&self, rev: &str) -> serde_json::Value {
         let other = self.clone_remote("note-reader");
         let out = std::process::Command::new("git")
             .args(["-C", other.to_str().unwrap(), "fetch", "-q", "origin"])
@@ -124,7 +124,7 @@ impl Pipeline {
         dir
     }
 
-    fn serving(&self, host: &str) -> String {
+    pub fn serving(&self, host: &str) -> String {
         self.d.serving(host).unwrap_or_default()
     }
 }
