@@ -418,6 +418,7 @@ async fn deploy_host<R: Remote>(
     target: &Target,
     remote: &R,
     soak: Duration,
+    stop: &AtomicBool,
 ) -> HostRun {
     let started = Instant::now();
     let mut rec = Recorder {
@@ -503,8 +504,10 @@ async fn deploy_host<R: Remote>(
             return Ok(false);
         }
         let health_started = Instant::now();
-        let results = run_checks(remote, target, &changed, soak).await;
-        let failed = results.iter().find(|r| !r.passed).cloned();
+        let results = run_checks(remote, target, &changed, soak, Some(stop)).await;
+        // A check cut short because the stage failed elsewhere is not this
+        // host's failure (the stage rolls it back all the same).
+        let failed = results.iter().find(|r| !r.passed && !r.cancelled).cloned();
         if !results.is_empty() {
             rec.record(None, "health", failed.is_none(), health_started);
         }
@@ -619,8 +622,11 @@ async fn run_checks<R: Remote>(
     target: &Target,
     apps: &[&AppJob],
     soak: Duration,
+    stop: Option<&AtomicBool>,
 ) -> Vec<CheckResult> {
     let client = &reqwest::Client::new();
+    // One failed check fails the host: its other checks stop waiting.
+    let host_failed = &AtomicBool::new(false);
     let futures = apps.iter().flat_map(|app| {
         app.checks.iter().map(move |check| async move {
             let started = Instant::now();
@@ -630,6 +636,7 @@ async fn run_checks<R: Remote>(
             };
             let policy = Policy { soak, ..policy };
             let mut gate = Gate::new(policy);
+            let mut cancelled = false;
             let (passed, detail) = loop {
                 let probe_started = Instant::now();
                 let (ok, detail) = match check {
@@ -667,7 +674,26 @@ async fn run_checks<R: Remote>(
                 match gate.observe(ok, &detail, started.elapsed()) {
                     Progress::Pending => {}
                     Progress::Passed => break (true, detail),
-                    Progress::Failed(why) => break (false, why),
+                    Progress::Failed(why) => {
+                        host_failed.store(true, Ordering::SeqCst);
+                        break (false, why);
+                    }
+                }
+                // This host or the stage failed: the host is rolled back
+                // anyway, so waiting out its gates (and soak) only delays it.
+                if host_failed.load(Ordering::SeqCst) {
+                    cancelled = true;
+                    break (
+                        false,
+                        "cancelled: another check of this host failed".to_string(),
+                    );
+                }
+                if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    cancelled = true;
+                    break (
+                        false,
+                        "cancelled: the stage failed on other hosts".to_string(),
+                    );
                 }
                 tokio::time::sleep(policy.interval.saturating_sub(probe_started.elapsed())).await;
             };
@@ -681,6 +707,7 @@ async fn run_checks<R: Remote>(
                 app: app.name.clone(),
                 check: label,
                 passed,
+                cancelled,
                 attempts: gate.attempts,
                 seconds: secs(started),
                 detail,
@@ -753,7 +780,8 @@ async fn rollback_host<R: Remote>(
     }
     if !restored.is_empty() {
         let started = Instant::now();
-        run.outcome.rollback_checks = run_checks(remote, target, &restored, Duration::ZERO).await;
+        run.outcome.rollback_checks =
+            run_checks(remote, target, &restored, Duration::ZERO, None).await;
         let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
         rec.record(None, "health after rollback", healthy, started);
     }
@@ -817,7 +845,7 @@ pub async fn run_stage<C: Connector>(
                         steps: Vec::new(),
                     };
                     rec.record(None, "connect", true, started);
-                    let mut run = deploy_host(plan, target, &remote, soak).await;
+                    let mut run = deploy_host(plan, target, &remote, soak, stop).await;
                     run.outcome.steps.splice(0..0, rec.steps);
                     (run, Some(remote))
                 }

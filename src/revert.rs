@@ -37,7 +37,7 @@ impl FailedGate {
                 FailureKind::Health => h
                     .checks
                     .iter()
-                    .find(|c| !c.passed)
+                    .find(|c| !c.passed && !c.cancelled)
                     .map(|c| format!("{}:{}", c.app, c.check))
                     .unwrap_or_else(|| format!("{app}:health")),
                 _ => format!("{app}:{}", f.step),

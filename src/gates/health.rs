@@ -104,6 +104,9 @@ pub struct CheckResult {
     /// The URL or the command.
     pub check: String,
     pub passed: bool,
+    /// Cut short: the stage had already failed on other hosts.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
     pub attempts: u32,
     pub seconds: f64,
     pub detail: String,

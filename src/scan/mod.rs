@@ -157,15 +157,16 @@ pub async fn gate<S: Scanner>(
     let results = futures_util::future::join_all(targets.iter().map(|t| {
         let (permits, db) = (&permits, &db);
         async move {
-            let started = Instant::now();
             let shown = short(&t.image);
             if let (Some(dir), Some(db)) = (&opts.cache_dir, db)
                 && let Some(findings) = read_cache(dir, db, &t.image)
             {
                 tracing::info!("scan {shown}: cached ({} finding(s))", findings.len());
-                return Ok((t, findings, true, started));
+                return Ok((t, findings, true, 0.0));
             }
             let _permit = permits.acquire().await.expect("never closed");
+            // Timed from the start of its own scan, not the wait for a slot.
+            let started = Instant::now();
             let archive = opts.archives.as_ref().and_then(|dir| {
                 let p = dir.join(format!(
                     "{}.tar",
@@ -193,7 +194,8 @@ pub async fn gate<S: Scanner>(
             if let (Some(dir), Some(db)) = (&opts.cache_dir, scanner.db_version()) {
                 write_cache(dir, &db, &t.image, &findings);
             }
-            Ok::<_, ScanError>((t, findings, false, started))
+            let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+            Ok::<_, ScanError>((t, findings, false, seconds))
         }
     }))
     .await;
@@ -201,13 +203,13 @@ pub async fn gate<S: Scanner>(
     let mut errors = Vec::new();
     for r in results {
         match r {
-            Ok((t, findings, cached, started)) => {
+            Ok((t, findings, cached, seconds)) => {
                 let verdict = policy::evaluate(&t.image, &findings, policy, ignores, today);
                 images.push(ImageResult {
                     verdict,
                     used_by: t.used_by.clone(),
                     cached,
-                    seconds: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+                    seconds,
                 });
             }
             Err(e) => errors.push(e.0),

@@ -148,7 +148,9 @@ impl Scanner for Trivy {
 
     async fn scan(&self, image: &Image) -> Result<String, ScanError> {
         let mut cmd = tokio::process::Command::new(&self.bin);
+        // No version check, no telemetry: a gate makes no calls it need not.
         cmd.args(["image", "--scanners", "vuln", "--format", "json", "--quiet"])
+            .args(["--skip-version-check", "--disable-telemetry"])
             .args(["--timeout", &format!("{}s", self.timeout.as_secs().max(1))]);
         if let Some(dir) = &self.cache_dir {
             cmd.arg("--cache-dir").arg(dir);

@@ -733,3 +733,43 @@ fn a_refused_deploy_key_is_exit_3_with_a_hint() {
         0
     );
 }
+
+#[test]
+fn once_the_stage_failed_other_hosts_stop_waiting_out_their_soak() {
+    let d = DeployFleet::new(
+        &[
+            ("alpha", "canary", &["alpha-1"]),
+            ("gamma", "canary", &["gamma-1"]),
+        ],
+        "",
+    );
+    d.deploy("canary").code(0);
+    d.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "    group: canary\n",
+        "    group: canary\n    soak: 10m\n    parallelism: 2\n",
+    );
+    d.fleet.commit("a long soak");
+    d.set("alpha", "health", "bad");
+    d.set("alpha", "version", "\"2\"")
+        .set("gamma", "version", "\"2\"");
+    d.fleet.commit("alpha breaks");
+    let run = d.deploy("canary");
+    run.code(1);
+    let hosts = run.json()["hosts"].as_array().unwrap().clone();
+    let gamma = hosts.iter().find(|h| h["host"] == "gamma-1").unwrap();
+    // gamma-1 was healthy and soaking: its gate is cut short, it is rolled
+    // back with the stage, and it is not counted as a failure of its own.
+    assert_eq!(gamma["status"], "rolled_back");
+    assert!(gamma.get("failure").is_none(), "{gamma}");
+    assert!(
+        gamma["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cancelled"] == true),
+        "{gamma}"
+    );
+    assert_eq!(run.json()["failed_hosts"], 1);
+    assert!(d.serving("gamma-1").unwrap().contains("version=1"));
+}
