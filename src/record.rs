@@ -130,21 +130,28 @@ fn new_note(rev: CommitId) -> Value {
     json!({"schema": 1, "head": rev.to_string(), "stages": {}, "approvals": []})
 }
 
-/// Stores a stage's outcome in the note (and moves the refs of clients that passed).
+/// Stores a stage's outcome in the note and moves the refs of the clients
+/// that passed; returns the refs moved and the note as pushed.
 pub fn record_stage(
     records: &Records,
     rev: CommitId,
     outcome: &StageOutcome,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Value)> {
     let moved = moved_refs(outcome);
     let stage = serde_json::to_value(outcome).expect("an outcome serialises");
-    records.update(rev, &moved, |note| {
+    let note = records.update(rev, &moved, |note| {
         if !note["stages"].is_object() {
             note["stages"] = json!({});
         }
         note["stages"][&outcome.stage] = stage.clone();
+        // The stage ran: it no longer waits for anything.
+        if note.get("waiting").and_then(Value::as_str) == Some(outcome.stage.as_str()) {
+            note.as_object_mut()
+                .expect("a note is an object")
+                .remove("waiting");
+        }
     })?;
-    Ok(moved)
+    Ok((moved, note))
 }
 
 pub fn read_note(repo: &Repo, rev: CommitId) -> Result<Option<Value>> {

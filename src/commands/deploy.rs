@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
         );
     }
     let records = record::Records::new(&repo, origin.as_ref());
-    for moved in record::record_stage(&records, rev, &outcome)? {
+    for moved in record::record_stage(&records, rev, &outcome)?.0 {
         tracing::info!("{moved} → {}", rev.short());
     }
     print!("{}", report::outcome(&outcome, args.format));

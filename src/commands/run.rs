@@ -231,20 +231,8 @@ impl Run<'_> {
             }
             let outcome =
                 super::deploy::deploy_stage(self.ctx, self.repo, head, &stage.name, &pending)?;
-            let moved = record::moved_refs(&outcome);
-            let stage_value = serde_json::to_value(&outcome).expect("an outcome serialises");
-            let name = stage.name.clone();
-            note = self.records().update(head, &moved, |n| {
-                if !n["stages"].is_object() {
-                    n["stages"] = json!({});
-                }
-                n["stages"][&name] = stage_value.clone();
-                if n.get("waiting") == Some(&json!(name)) {
-                    n.as_object_mut()
-                        .expect("a note is an object")
-                        .remove("waiting");
-                }
-            })?;
+            let (moved, recorded) = record::record_stage(&self.records(), head, &outcome)?;
+            note = recorded;
             for r in &moved {
                 tracing::info!("{r} → {}", head.short());
             }

@@ -116,7 +116,9 @@ pub fn gate(fleet: &Fleet, clients: &[String], opts: &ScanOpts) -> Result<ScanRe
     let cache_dir = if opts.no_scan_cache {
         None
     } else {
-        opts.cache_dir.clone().or_else(default_cache_dir)
+        opts.cache_dir
+            .clone()
+            .or_else(|| scan::cache_home().map(|c| c.join("fleetgate")))
     };
     let options = scan::Options {
         concurrency: opts.scan_concurrency,
@@ -150,12 +152,4 @@ pub fn gate(fleet: &Fleet, clients: &[String], opts: &ScanOpts) -> Result<ScanRe
         );
     }
     Ok(report)
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|c| c.join("fleetgate"))
 }

@@ -243,3 +243,11 @@ pub fn short(image: &ImageRef) -> String {
         &hex[..12.min(hex.len())]
     )
 }
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`: where trivy and fleetgate keep caches.
+pub fn cache_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+}

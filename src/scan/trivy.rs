@@ -116,13 +116,10 @@ pub struct Trivy {
 
 impl Trivy {
     fn db_dir(&self) -> Option<PathBuf> {
-        let cache = self.cache_dir.clone().or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|c| c.join("trivy"))
-        })?;
+        let cache = self
+            .cache_dir
+            .clone()
+            .or_else(|| super::cache_home().map(|c| c.join("trivy")))?;
         Some(cache.join("db"))
     }
 }
