@@ -2,7 +2,8 @@
 # The main job (README "Try it"): on a fresh Debian machine, installs what it
 # needs, builds fleetgate, and runs it on a copy of this repository's example
 # fleet: check, then a real change (a port move and a rotated secret) planned
-# as text, as the merge-request comment, and as JSON.
+# as text, as the merge-request comment, and as JSON; then the image gate
+# (`scan`, real trivy, a fixture vulnerability DB, two local images).
 #
 # Then it runs the whole pipeline on a local sandbox fleet (scripts/sandbox.sh:
 # real sshd hosts on loopback, a bare Git remote): first rollout, a change
@@ -16,6 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# Runs a command that may end with a non-zero exit code, and says which.
+expect() {
+  local want=$1; shift
+  set +e; "$@"; local got=$?; set -e
+  echo "exit $got"
+  [ "$got" = "$want" ] || { echo "expected exit $want" >&2; exit 1; }
+}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
 step "building fleetgate"
@@ -60,6 +68,40 @@ echo "ok: no secret value in plan output or logs"
 step "without a decryption key (a merge-request job): values are not compared, keys are named"
 SOPS_AGE_KEY_FILE= "$bin" plan --base HEAD~1 --head HEAD
 
+step "the image gate: fleetgate scan (real trivy, a fixture vulnerability DB, a loopback registry)"
+# The example's images live on public registries this machine may not reach:
+# the gate is shown on two local images, one with a (made-up) CRITICAL CVE.
+scan_dir=$work/scan
+mkdir -p "$scan_dir/registry" "$scan_dir/fleet/pipelines/apps/vuln" "$scan_dir/fleet/pipelines/apps/clean" "$scan_dir/fleet/clients"
+fixtures=$OLDPWD_DEMO/tests/fixtures/trivy
+python3 "$fixtures/build_db.py" "$fixtures/vulndb.json" "$scan_dir/trivy-cache"
+reg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$scan_dir/registry" "$reg_port" > "$scan_dir/registry.yml"
+/usr/bin/docker-registry serve "$scan_dir/registry.yml" >/dev/null 2>&1 &
+reg_pid=$!
+trap 'kill $reg_pid 2>/dev/null; rm -rf "$work"' EXIT
+until curl -s "http://127.0.0.1:$reg_port/v2/" >/dev/null; do sleep 0.1; done
+vuln=127.0.0.1:$reg_port/fixture/vuln:1@$(python3 "$fixtures/image.py" push "127.0.0.1:$reg_port" fixture/vuln 1 openssl=3.0.11-1~deb12u2 libexpat1=2.5.0-1)
+clean=127.0.0.1:$reg_port/fixture/clean:1@$(python3 "$fixtures/image.py" push "127.0.0.1:$reg_port" fixture/clean 1 bash=5.2.15-2+b2)
+(
+  cd "$scan_dir/fleet"
+  printf 'stages:\n  - name: canary\n    group: canary\nscan:\n  fail_on: [CRITICAL, HIGH]\n  ignore_unfixed: true\n' > pipelines/pipeline.yaml
+  for app in vuln clean; do
+    image=$([ $app = vuln ] && echo "$vuln" || echo "$clean")
+    printf 'runtime: compose\nimages:\n  main: %s\nfiles:\n  compose.yaml: compose.yaml.j2\n' "$image" > pipelines/apps/$app/app.yaml
+    printf 'services:\n  main:\n    image: {{ app.images.main }}\n' > pipelines/apps/$app/compose.yaml.j2
+  done
+  printf 'domain: a.example.org\ngroup: canary\napps: [clean]\nhosts:\n  - name: a-1\n    address: 192.0.2.1\n' > clients/alpha.yaml
+  printf 'domain: b.example.org\ngroup: canary\napps: [vuln]\nhosts:\n  - name: b-1\n    address: 192.0.2.2\n' > clients/beta.yaml
+  git init -q -b main && git add -A && git commit -qm "scan demo fleet"
+  export FLEETGATE_TRIVY_CACHE_DIR=$scan_dir/trivy-cache FLEETGATE_CACHE_DIR=$scan_dir/cache
+  expect 1 "$bin" scan --rev HEAD
+  printf 'ignore:\n  - id: CVE-2099-0001\n    package: openssl\n    expires: 2099-12-31\n    reason: "demo: accepted until a fixed image exists"\n' > pipelines/trivyignore.yaml
+  git add -A && git commit -qm "accept CVE-2099-0001"
+  echo "-- with the finding accepted (and every result from the cache):"
+  expect 0 "$bin" scan --rev HEAD
+)
+
 step "a local sandbox fleet: sshd hosts on loopback and a Git remote (scripts/sandbox.sh)"
 cd "$OLDPWD_DEMO"
 bash scripts/sandbox.sh up
@@ -68,13 +110,6 @@ cd "$sandbox/fleet"
 export FLEETGATE_SSH_KEY=$sandbox/deploy_key
 health() { curl -s "http://127.0.0.1:$(( $(cat "$sandbox/hosts/$1/port") + 1000 ))/health" | tr '\n' ' '; }
 serving() { for h in alpha-1 beta-1 beta-2; do echo "  $h serves: $(health $h)"; done; }
-# Runs a command that may end with a non-zero exit code, and says which.
-expect() {
-  local want=$1; shift
-  set +e; "$@"; local got=$?; set -e
-  echo "exit $got"
-  [ "$got" = "$want" ] || { echo "expected exit $want" >&2; exit 1; }
-}
 
 step "first rollout, stage by stage: fleetgate deploy --stage canary, then production"
 "$bin" deploy --stage canary --rev HEAD
