@@ -187,6 +187,12 @@ impl Origin {
                 .any(|r| l.contains(r))
             })
             .collect();
+        // Two pushes racing past the lease check: the remote's ref lock
+        // catches the second ("cannot lock ref …: is at X but expected Y").
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(lost) = stderr.lines().find(|l| l.contains("cannot lock ref")) {
+            return Ok(Pushed::Rejected(lost.trim().to_string()));
+        }
         if rejected.is_empty() {
             return Err(self.failed(what, &out));
         }
