@@ -122,7 +122,7 @@ pub fn acquire<'o>(
         let current = read(repo, origin)?;
         let expected = match &current {
             None => None,
-            Some((oid, Some(h))) if !h.expired(now) => {
+            Some((_, Some(h))) if !h.expired(now) => {
                 if Instant::now() >= deadline {
                     return Err(Error::Remote(format!(
                         "another pipeline run holds the lock: {}\n  hint: wait for it (--lock-wait), or if that job is dead, the lock is taken over once it expires; `git push {} :{LOCK_REF}` removes it by hand",
@@ -134,7 +134,6 @@ pub fn acquire<'o>(
                     tracing::info!("waiting for the pipeline lock: held by {}", h.describe());
                     told = true;
                 }
-                let _ = oid;
                 std::thread::sleep(Duration::from_millis(500).min(deadline - Instant::now()));
                 continue;
             }
