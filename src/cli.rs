@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// The forge for --comment and approvals from CI (default: from the CI
+    /// environment: FORGEJO_ACTIONS / GITHUB_ACTIONS).
+    #[arg(long, global = true, value_enum, env = "FLEETGATE_FORGE")]
+    pub forge: Option<crate::forge::Kind>,
+
     #[command(subcommand)]
     pub command: Command,
 }

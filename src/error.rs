@@ -125,6 +125,11 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// The forge (Forgejo, GitHub) could not be reached, refused the token,
+    /// or refused a request. The message is scrubbed of the token.
+    #[error("{0}")]
+    Forge(String),
+
     /// The image scanner could not run (missing, crashed, timed out, no DB):
     /// never treated as a pass.
     #[error("{0}")]
@@ -145,9 +150,11 @@ impl Error {
             | Error::BadRevision { .. }
             | Error::NoRepository { .. }
             | Error::Usage(_) => ExitCode::Invalid,
-            Error::Git { .. } | Error::Io { .. } | Error::Remote(_) | Error::Scan(_) => {
-                ExitCode::Infra
-            }
+            Error::Git { .. }
+            | Error::Io { .. }
+            | Error::Remote(_)
+            | Error::Forge(_)
+            | Error::Scan(_) => ExitCode::Infra,
         }
     }
 

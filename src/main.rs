@@ -8,6 +8,7 @@ mod config;
 mod deploy;
 mod desired;
 mod error;
+mod forge;
 mod gates;
 mod interrupt;
 mod inventory;
@@ -54,6 +55,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     let ctx = commands::Context {
         repo: cli.repo.clone(),
         keyring,
+        forge: cli.forge,
     };
     match &cli.command {
         Command::Check(args) => commands::check::run(&ctx, args),

@@ -142,6 +142,17 @@ fn reasons(c: &ClientPlan) -> String {
 /// The merge-request comment: a summary table, then per client a collapsed
 /// `<details>` with the file diffs.
 pub fn markdown(plan: &Plan) -> String {
+    let mut out = markdown_summary(plan);
+    for c in &plan.clients {
+        out.push_str(&client_details(c));
+    }
+    let _ = writeln!(out, "Plan hash: `{}`", plan.plan_hash);
+    out
+}
+
+/// The title and the summary table: the part of a markdown plan that is
+/// never shortened.
+fn markdown_summary(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -156,72 +167,135 @@ pub fn markdown(plan: &Plan) -> String {
             plan.unaffected,
             if plan.unaffected == 1 { "" } else { "s" }
         );
-    } else {
-        let _ = writeln!(out, "| Client | Stage | Hosts | App | Action | Changes |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for c in &plan.clients {
-            let hosts = {
-                let mut h = c.hosts.join(", ");
-                for change in host_changes(c) {
-                    h.push_str(&format!("<br>{change}"));
-                }
-                h
-            };
-            if c.apps.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | | | hosts only |",
-                    c.name, c.stage, hosts
-                );
+        return out;
+    }
+    let _ = writeln!(out, "| Client | Stage | Hosts | App | Action | Changes |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for c in &plan.clients {
+        let hosts = {
+            let mut h = c.hosts.join(", ");
+            for change in host_changes(c) {
+                h.push_str(&format!("<br>{change}"));
             }
-            for (i, app) in c.apps.iter().enumerate() {
-                let (name, stage, hosts) = if i == 0 {
-                    (c.name.as_str(), c.stage.as_str(), hosts.as_str())
-                } else {
-                    ("", "", "")
-                };
-                let _ = writeln!(
-                    out,
-                    "| {name} | {stage} | {hosts} | {} | {} | {} |",
-                    app.name,
-                    app.action.as_str(),
-                    md_cell(&app_summary(app))
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "\n{}, {} unaffected.\n",
-            changes(plan.clients.len()),
-            plan.unaffected
-        );
-        if !plan.secrets_compared {
-            let _ = writeln!(out, "> **Note:** {NOT_COMPARED}.\n");
-        }
-        for c in &plan.clients {
+            h
+        };
+        if c.apps.is_empty() {
             let _ = writeln!(
                 out,
-                "<details><summary><b>{}</b> ({}): {}</summary>\n",
-                c.name,
-                c.stage,
-                c.apps
-                    .iter()
-                    .map(|a| format!("{} {}", a.action.as_str(), a.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "| {} | {} | {} | | | hosts only |",
+                c.name, c.stage, hosts
             );
-            let _ = writeln!(out, "Because: {}\n", md_cell(&reasons(c)));
-            for app in &c.apps {
-                for f in &app.files {
-                    let _ = writeln!(out, "`{}/{}` on {}\n", app.name, f.path, f.hosts.join(", "));
-                    let _ = writeln!(out, "```diff\n{}```\n", fence_safe(&f.diff));
-                }
-            }
-            let _ = writeln!(out, "</details>\n");
+        }
+        for (i, app) in c.apps.iter().enumerate() {
+            let (name, stage, hosts) = if i == 0 {
+                (c.name.as_str(), c.stage.as_str(), hosts.as_str())
+            } else {
+                ("", "", "")
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {stage} | {hosts} | {} | {} | {} |",
+                app.name,
+                app.action.as_str(),
+                md_cell(&app_summary(app))
+            );
         }
     }
-    let _ = writeln!(out, "Plan hash: `{}`", plan.plan_hash);
+    let _ = writeln!(
+        out,
+        "\n{}, {} unaffected.\n",
+        changes(plan.clients.len()),
+        plan.unaffected
+    );
+    if !plan.secrets_compared {
+        let _ = writeln!(out, "> **Note:** {NOT_COMPARED}.\n");
+    }
     out
+}
+
+fn details_summary(c: &ClientPlan) -> String {
+    format!(
+        "<details><summary><b>{}</b> ({}): {}</summary>\n",
+        c.name,
+        c.stage,
+        c.apps
+            .iter()
+            .map(|a| format!("{} {}", a.action.as_str(), a.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// One client's collapsed section: why it changes and its file diffs.
+fn client_details(c: &ClientPlan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", details_summary(c));
+    let _ = writeln!(out, "Because: {}\n", md_cell(&reasons(c)));
+    for app in &c.apps {
+        for f in &app.files {
+            let _ = writeln!(out, "`{}/{}` on {}\n", app.name, f.path, f.hosts.join(", "));
+            let _ = writeln!(out, "```diff\n{}```\n", fence_safe(&f.diff));
+        }
+    }
+    let _ = writeln!(out, "</details>\n");
+    out
+}
+
+/// The pull-request comment: `marker`, the markdown plan, the scan summary
+/// if there is one, and `after` (what merging does). Over `limit`
+/// characters, the largest clients' diffs give way to a line pointing at
+/// `log_url` (the job log has the whole plan), until it fits; the summary
+/// table is never cut.
+pub fn plan_comment(
+    plan: &Plan,
+    scan: Option<&crate::scan::ScanReport>,
+    marker: &str,
+    after: &str,
+    limit: usize,
+    log_url: Option<&str>,
+) -> String {
+    let head = format!("{marker}\n{}", markdown_summary(plan));
+    let scan = scan
+        .map(scan_markdown)
+        .map(|s| format!("{s}\n"))
+        .unwrap_or_default();
+    let tail = format!("Plan hash: `{}`\n\n{after}", plan.plan_hash);
+    let mut details: Vec<String> = plan.clients.iter().map(client_details).collect();
+    let size = |details: &[String]| {
+        head.chars().count()
+            + scan.chars().count()
+            + tail.chars().count()
+            + details.iter().map(|d| d.chars().count()).sum::<usize>()
+    };
+    let log = match log_url {
+        Some(url) => format!("[the job log]({url})"),
+        None => "the job log".to_string(),
+    };
+    let mut shortened = vec![false; details.len()];
+    while size(&details) > limit {
+        let Some((i, _)) = details
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !shortened[*i])
+            .max_by_key(|(_, d)| d.chars().count())
+        else {
+            break;
+        };
+        let c = &plan.clients[i];
+        let lines: usize = c
+            .apps
+            .iter()
+            .flat_map(|a| &a.files)
+            .map(|f| f.diff.lines().count())
+            .sum();
+        details[i] = format!(
+            "{}\nBecause: {}\n\nThe diff ({lines} lines) is too long for a comment: see {log}.\n</details>\n\n",
+            details_summary(c),
+            md_cell(&reasons(c)),
+        );
+        shortened[i] = true;
+    }
+    format!("{head}{scan}{}{tail}", details.concat())
 }
 
 fn md_cell(s: &str) -> String {

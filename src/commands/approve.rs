@@ -1,107 +1,419 @@
-//! `fleetgate approve --rev REV [--by USER]`: records an approval for the
-//! plan `run` computed for REV (the plan hash in REV's record). Only a
-//! stage's approvers count; an approval is for that exact plan.
+//! `fleetgate approve`: records an approval for the plan `run` computed for
+//! a commit (the plan hash in its record). Only a stage's approvers count,
+//! and an approval is for that exact plan.
+//!
+//! Where approvals come from:
+//! - `--rev REV --by USER`: a person at a terminal (source `cli`);
+//! - `--from-ci`, on an `issue_comment` event: a `/fleetgate approve [HASH]`
+//!   comment on the merged pull request (source `comment`); who and when
+//!   are the comment's, the commit is the pull request's merge commit;
+//! - `--from-ci`, on a `workflow_dispatch` event: the promote workflow's Run
+//!   button (source `dispatch`); who is the run's actor, checked against the
+//!   approvers and against the event's sender;
+//! - `--from-ci --environment NAME` (GitHub): the reviews of the run's
+//!   pending environment deployment, read back from the API (source
+//!   `environment`).
+//!
+//! A refusal is a verdict (exit 1), answered on the forge where it came from.
+
+use std::io::Write as _;
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::Context;
 use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Result};
+use crate::forge::{self, notify::Reporter};
 use crate::origin::Origin;
 use crate::pipeline::{self, Approval};
 use crate::record::Records;
-use crate::repo::Repo;
+use crate::repo::{CommitId, Repo};
+
+/// The comment command.
+const COMMAND: &str = "/fleetgate approve";
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
-    /// The head commit of the run waiting for approval.
-    #[arg(long, value_name = "REV")]
-    pub rev: String,
-    /// Who approves (a forge user name; default: GITHUB_ACTOR).
+    /// The head commit of the run waiting for approval (with --from-ci: from
+    /// the event when it names one).
+    #[arg(long, value_name = "REV", required_unless_present = "from_ci")]
+    pub rev: Option<String>,
+    /// Who approves (a forge user name; default: GITHUB_ACTOR). Ignored with
+    /// --from-ci, where the forge says who.
     #[arg(long, value_name = "USER", env = "GITHUB_ACTOR")]
     pub by: Option<String>,
-    /// The plan hash the approver reviewed; refused if the plan changed since.
+    /// The plan hash (or a prefix) the approver reviewed; refused if the
+    /// plan changed since.
     #[arg(long, value_name = "HASH")]
     pub plan: Option<String>,
+    /// Take the approval from the CI event: a `/fleetgate approve` comment,
+    /// a workflow_dispatch run, or (with --environment) a GitHub
+    /// environment review. Writes `rev=` and `plan=` to GITHUB_OUTPUT.
+    #[arg(long)]
+    pub from_ci: bool,
+    /// GitHub: the environment whose approved deployment review of this
+    /// workflow run counts as the approval.
+    #[arg(long, value_name = "NAME", requires = "from_ci")]
+    pub environment: Option<String>,
     /// The remote that holds the records.
     #[arg(long, env = "FLEETGATE_REMOTE", default_value = "origin")]
     pub remote: String,
 }
 
+/// One approval to weigh.
+struct Claim {
+    rev: CommitId,
+    by: String,
+    /// The plan hash (prefix) the approver named, if any.
+    plan: Option<String>,
+    /// When it was given (RFC 3339), if the forge says.
+    given_at: Option<String>,
+    source: &'static str,
+}
+
+enum Verdict {
+    Counted {
+        approval: Approval,
+        stages: Vec<String>,
+    },
+    Refused(String),
+}
+
 pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let origin = Origin::new(&repo, &args.remote)?;
-    let rev = repo.resolve(&args.rev)?;
+    if args.from_ci {
+        return from_ci(ctx, args, &repo, &origin);
+    }
+    let rev = repo.resolve(args.rev.as_deref().expect("clap requires --rev"))?;
     let by =
         args.by.clone().filter(|b| !b.is_empty()).ok_or_else(|| {
             Error::Usage("who approves? pass --by USER (or set GITHUB_ACTOR)".into())
         })?;
+    let claim = Claim {
+        rev,
+        by,
+        plan: args.plan.clone(),
+        given_at: None,
+        source: "cli",
+    };
+    match decide(&repo, &origin, &claim)? {
+        Verdict::Counted { approval, .. } => {
+            print_approval(rev, &approval);
+            Ok(ExitCode::Ok)
+        }
+        Verdict::Refused(why) => {
+            tracing::error!("{why}");
+            Ok(ExitCode::Blocked)
+        }
+    }
+}
+
+/// Weighs a claim against REV's record and the pipeline at REV, and records
+/// it if it counts.
+fn decide(repo: &Repo, origin: &Origin, claim: &Claim) -> Result<Verdict> {
+    let rev = claim.rev;
+    let by = &claim.by;
     let snap = repo.snapshot(rev)?;
     let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
     let stages = super::run::approval_stages(&fleet);
     if stages.is_empty() {
-        return Err(Error::Usage(format!(
+        return Ok(Verdict::Refused(format!(
             "no stage of {} at {} needs an approval",
             config::PIPELINE,
             rev.short()
         )));
     }
-    let mine: Vec<&str> = stages
+    let mine: Vec<String> = stages
         .iter()
-        .filter(|(_, approvers)| approvers.contains(&by))
-        .map(|(s, _)| *s)
+        .filter(|(_, approvers)| approvers.contains(by))
+        .map(|(s, _)| s.to_string())
         .collect();
     if mine.is_empty() {
         let who: Vec<String> = stages
             .iter()
             .map(|(s, a)| format!("{s}: {}", a.join(", ")))
             .collect();
-        return Err(Error::Usage(format!(
-            "`{by}` is not an approver, so this approval would not count\n  hint: the approvers are set in {} (`approval.approvers`): {}",
+        return Ok(Verdict::Refused(format!(
+            "`{by}` is not an approver, so this approval does not count\n  hint: the approvers are set in {} (`approval.approvers`): {}",
             config::PIPELINE,
             who.join("; ")
         )));
     }
-    let records = Records::new(&repo, Some(&origin));
-    let note = records.read(rev)?;
-    let Some(plan_hash) = note
-        .as_ref()
-        .and_then(|n| n.get("plan_hash"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-    else {
-        return Err(Error::Usage(format!(
+    let records = Records::new(repo, Some(origin));
+    let note = records.read(rev)?.unwrap_or(Value::Null);
+    let Some(plan_hash) = note["plan_hash"].as_str().map(str::to_string) else {
+        return Ok(Verdict::Refused(format!(
             "no run has planned {} yet, so there is no plan to approve\n  hint: `fleetgate run --base BASE --head {}` plans it and waits for this approval",
             rev.short(),
             rev
         )));
     };
-    if let Some(seen) = &args.plan
+    if let Some(seen) = &claim.plan
         && !plan_hash.starts_with(seen.as_str())
     {
-        return Err(Error::Usage(format!(
-            "the plan of {} changed: you reviewed {seen}, it is now {}\n  hint: review the new plan, then approve it",
+        return Ok(Verdict::Refused(format!(
+            "the plan of {} changed: the approval names {seen}, the plan is now {}\n  hint: review the new plan, then approve it",
+            rev.short(),
+            &plan_hash[..12]
+        )));
+    }
+    // Given before the current plan was made: it was for an earlier one.
+    if let (Some(given), Some(planned)) = (&claim.given_at, note["planned_at"].as_str())
+        && let (Ok(given), Ok(planned)) = (
+            chrono::DateTime::parse_from_rfc3339(given),
+            chrono::DateTime::parse_from_rfc3339(planned),
+        )
+        && given < planned
+    {
+        return Ok(Verdict::Refused(format!(
+            "the approval was given at {given}, before the plan of {} became {} (at {planned}): it was for an earlier plan\n  hint: review the new plan, then approve it again",
             rev.short(),
             &plan_hash[..12]
         )));
     }
     let approval = Approval {
         by: by.clone(),
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        at: claim.given_at.clone().unwrap_or_else(|| {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        }),
         plan_hash: plan_hash.clone(),
-        source: "cli".into(),
+        source: claim.source.into(),
     };
     records.update(rev, &[], |n| pipeline::add_approval(n, &approval))?;
     tracing::info!(
-        "{by} approved plan {} of {} for stage(s) {}",
+        "{by} approved plan {} of {} for stage(s) {} ({})",
         &plan_hash[..12],
         rev.short(),
-        mine.join(", ")
+        mine.join(", "),
+        claim.source
     );
-    println!(
-        "{}",
-        serde_json::to_string(&approval).expect("an approval serialises")
-    );
-    Ok(ExitCode::Ok)
+    Ok(Verdict::Counted {
+        approval,
+        stages: mine,
+    })
+}
+
+fn print_approval(rev: CommitId, approval: &Approval) {
+    let mut v = serde_json::to_value(approval).expect("an approval serialises");
+    v["rev"] = json!(rev.to_string());
+    println!("{v}");
+}
+
+fn from_ci(ctx: &Context, args: &ApproveArgs, repo: &Repo, origin: &Origin) -> Result<ExitCode> {
+    let reporter = Reporter::connect(ctx.forge, "approve --from-ci", "")?;
+    let env = &reporter.env;
+    let forge = &*reporter.forge;
+    let event = env.event_name.clone().unwrap_or_default();
+    // Where to answer a comment, if the approval came from one.
+    let mut reply_to: Option<u64> = None;
+    let claim = if let Some(environment) = &args.environment {
+        let rev = repo.resolve(args.rev.as_deref().ok_or_else(|| {
+            Error::Usage("--environment needs --rev: the commit the deployment is for".into())
+        })?)?;
+        let run_id = env.run_id.ok_or_else(|| {
+            Error::Usage(
+                "--environment needs GITHUB_RUN_ID: the run whose deployment was reviewed".into(),
+            )
+        })?;
+        let reviews = forge.environment_approvals(run_id)?;
+        let approvers = stage_approvers(repo, rev, environment)?;
+        let Some(review) = reviews.iter().find(|r| {
+            r.approved
+                && r.environments.iter().any(|e| e == environment)
+                && approvers.contains(&r.user)
+        }) else {
+            let seen: Vec<String> = reviews
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {}",
+                        r.user,
+                        if r.approved { "approved" } else { "rejected" },
+                        r.environments.join(",")
+                    )
+                })
+                .collect();
+            tracing::error!(
+                "no approved review of environment `{environment}` by an approver ({}) on run {run_id}; reviews: {}",
+                approvers.join(", "),
+                if seen.is_empty() {
+                    "none".into()
+                } else {
+                    seen.join("; ")
+                }
+            );
+            return Ok(ExitCode::Blocked);
+        };
+        Claim {
+            rev,
+            by: review.user.clone(),
+            plan: args.plan.clone(),
+            given_at: None,
+            source: "environment",
+        }
+    } else if event == "issue_comment" {
+        let e = &env.event;
+        let body = e["comment"]["body"].as_str().unwrap_or_default().trim();
+        let Some(rest) = body.strip_prefix(COMMAND) else {
+            tracing::info!("the comment is not `{COMMAND}`: nothing to do");
+            return Ok(ExitCode::Ok);
+        };
+        let hash = rest.split_whitespace().next().map(str::to_string);
+        let number = e["issue"]["number"]
+            .as_u64()
+            .ok_or_else(|| Error::Usage("the issue_comment event has no issue.number".into()))?;
+        let user = e["comment"]["user"]["login"].as_str().unwrap_or_default();
+        if e["issue"]["pull_request"].is_null() {
+            return refuse(
+                forge,
+                Some(number),
+                user,
+                "approvals are given on the merged pull request of the change, not on an issue",
+            );
+        }
+        reply_to = Some(number);
+        let pull = forge
+            .pull(number)?
+            .ok_or_else(|| Error::Forge(format!("pull request #{number} is gone")))?;
+        let Some(sha) = pull.merge_commit_sha.filter(|_| pull.merged) else {
+            return refuse(
+                forge,
+                reply_to,
+                user,
+                &format!(
+                    "#{number} is not merged yet: an approval is for a plan the pipeline has made, after the merge"
+                ),
+            );
+        };
+        let rev = repo.resolve(&sha).map_err(|_| {
+            Error::Usage(format!(
+                "the merge commit {sha} of #{number} is not in this clone\n  hint: check out the branch with full history (fetch-depth: 0)"
+            ))
+        })?;
+        Claim {
+            rev,
+            by: user.to_string(),
+            plan: hash,
+            given_at: e["comment"]["created_at"].as_str().map(str::to_string),
+            source: "comment",
+        }
+    } else if event == "workflow_dispatch" {
+        let e = &env.event;
+        let actor = env.actor.clone().unwrap_or_default();
+        // The actor is checked, not trusted: the forge's payload must say
+        // the same person started the run.
+        let sender = e["sender"]["login"].as_str().unwrap_or_default();
+        if actor.is_empty() || (!sender.is_empty() && sender != actor) {
+            tracing::error!(
+                "who started this run? GITHUB_ACTOR is `{actor}`, the event's sender `{sender}`: not counted"
+            );
+            return Ok(ExitCode::Blocked);
+        }
+        let rev = args
+            .rev
+            .clone()
+            .or_else(|| e["inputs"]["rev"].as_str().map(str::to_string))
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                Error::Usage(
+                    "the workflow_dispatch has no `rev` input: which commit is approved?".into(),
+                )
+            })?;
+        Claim {
+            rev: repo.resolve(&rev)?,
+            by: actor,
+            plan: args
+                .plan
+                .clone()
+                .or_else(|| e["inputs"]["plan"].as_str().map(str::to_string))
+                .filter(|p| !p.is_empty()),
+            given_at: None,
+            source: "dispatch",
+        }
+    } else {
+        return Err(Error::Usage(format!(
+            "approve --from-ci takes an issue_comment or workflow_dispatch event (or --environment on GitHub), and this is `{event}`"
+        )));
+    };
+    match decide(repo, origin, &claim)? {
+        Verdict::Counted { approval, stages } => {
+            print_approval(claim.rev, &approval);
+            write_outputs(claim.rev, &approval.plan_hash)?;
+            if let Some(number) = reply_to {
+                let body = format!(
+                    "Approval by @{} counted: plan `{}` of {} for {}. The promote job deploys it now{}.",
+                    approval.by,
+                    &approval.plan_hash[..12],
+                    claim.rev.short(),
+                    stages.join(", "),
+                    env.run_url
+                        .as_deref()
+                        .map(|u| format!(": {u}"))
+                        .unwrap_or_default()
+                );
+                forge.create_comment(number, &body)?;
+            }
+            Ok(ExitCode::Ok)
+        }
+        Verdict::Refused(why) => refuse(forge, reply_to, &claim.by, &why),
+    }
+}
+
+/// Logs why an approval does not count, and answers the comment it came
+/// from so the person sees it where they asked.
+fn refuse(
+    forge: &dyn forge::Forge,
+    reply_to: Option<u64>,
+    who: &str,
+    why: &str,
+) -> Result<ExitCode> {
+    tracing::error!("{why}");
+    if let Some(number) = reply_to {
+        let first = why.lines().next().unwrap_or(why);
+        let hint = why
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("hint: "))
+            .map(|h| format!("\n\n{h}"))
+            .unwrap_or_default();
+        forge.create_comment(
+            number,
+            &format!("@{who}: your approval was **not counted**: {first}.{hint}"),
+        )?;
+    }
+    Ok(ExitCode::Blocked)
+}
+
+fn stage_approvers(repo: &Repo, rev: CommitId, stage: &str) -> Result<Vec<String>> {
+    let snap = repo.snapshot(rev)?;
+    let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
+    super::run::approval_stages(&fleet)
+        .into_iter()
+        .find(|(s, _)| *s == stage)
+        .map(|(_, a)| a.to_vec())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "stage `{stage}` of {} at {} needs no approval",
+                config::PIPELINE,
+                rev.short()
+            ))
+        })
+}
+
+/// Step outputs for the workflow's next step (`steps.<id>.outputs.rev`).
+fn write_outputs(rev: CommitId, plan_hash: &str) -> Result<()> {
+    let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let io = |source| Error::Io {
+        path: format!("{} (GITHUB_OUTPUT)", std::path::Path::new(&path).display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "rev={rev}\nplan={plan_hash}").map_err(io)
 }

@@ -18,6 +18,8 @@ use crate::secrets::Keyring;
 pub struct Context {
     pub repo: Option<PathBuf>,
     pub keyring: Keyring,
+    /// `--forge`: overrides the forge the CI environment names.
+    pub forge: Option<crate::forge::Kind>,
 }
 
 /// The commit's pinned host keys: every SSH connection checks against them.

@@ -4,8 +4,10 @@ use clap::Args;
 
 use super::Context;
 use crate::config;
+use crate::config::Selection;
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
+use crate::forge::{self, State, notify::Reporter};
 use crate::plan::{self, Affected, Plan, Side};
 use crate::repo::{CommitId, Repo};
 use crate::report::{self, Format};
@@ -22,20 +24,210 @@ pub struct PlanArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Also run the scan gate on the images of the changed clients; its
+    /// summary goes into the comment, its verdict into `fleetgate/scan`
+    /// (exit 1 if it blocks).
+    #[arg(long)]
+    pub scan: bool,
+    /// On a pull-request event in CI: create or update the one plan comment
+    /// of the pull request, and set the `fleetgate/plan` commit status.
+    #[arg(long)]
+    pub comment: bool,
+    #[command(flatten)]
+    pub scan_opts: super::scan::ScanOpts,
 }
 
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let base = repo.resolve(&args.base)?;
     let head = repo.resolve(&args.head)?;
-    let plan = build(&repo, base, head, &ctx.keyring)?;
+    // Outside CI, --comment is an error before any work, not a no-op.
+    let forge = match args.comment {
+        false => None,
+        true => {
+            let reporter = Reporter::connect(ctx.forge, "plan --comment", &head.to_string())?;
+            let Some(pr) = reporter.env.pull_request_number() else {
+                return Err(Error::Usage(format!(
+                    "plan --comment needs a pull_request event, and this is {}\n  hint: run it from the workflow `on: pull_request`; on pushes, `run --comment` reports instead",
+                    reporter
+                        .env
+                        .event_name
+                        .as_deref()
+                        .unwrap_or("no event (GITHUB_EVENT_NAME is unset)")
+                )));
+            };
+            // The first call also checks the token, before any work.
+            reporter.status("plan", State::Pending, "planning")?;
+            Some((reporter, pr))
+        }
+    };
+    let planned = build(&repo, base, head, &ctx.keyring).and_then(|plan| {
+        let scan = match args.scan {
+            false => None,
+            true => Some(scan_plan(
+                &repo,
+                head,
+                &plan,
+                &args.scan_opts,
+                forge.as_ref(),
+            )?),
+        };
+        Ok((plan, scan))
+    });
+    let (plan, scan) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some((reporter, pr)) = &forge {
+                tell_failure(reporter, *pr, &e);
+            }
+            return Err(e);
+        }
+    };
     let out = match args.format {
         Format::Text => report::text(&plan),
         Format::Markdown => report::markdown(&plan),
         Format::Json => report::json(&plan),
     };
     print!("{out}");
-    Ok(ExitCode::Ok)
+    if let Some(scan) = &scan {
+        eprint!("{}", report::scan(scan, Format::Text));
+    }
+    let blocked = scan.as_ref().is_some_and(|s| !s.passed);
+    if let Some((reporter, pr)) = &forge {
+        let after = after_merge(&repo, head, &plan, reporter.env.kind)?;
+        let body = report::plan_comment(
+            &plan,
+            scan.as_ref(),
+            forge::PLAN_MARKER,
+            &after,
+            reporter.forge.comment_limit(),
+            reporter.env.run_url.as_deref(),
+        );
+        let (id, created) =
+            forge::upsert_comment(&*reporter.forge, *pr, forge::PLAN_MARKER, &body)?;
+        tracing::info!(
+            "{} the plan comment ({id}) on pull request #{pr}",
+            if created { "posted" } else { "updated" }
+        );
+        reporter.status(
+            "plan",
+            State::Success,
+            &format!(
+                "{} client(s) change, plan {}",
+                plan.clients.len(),
+                &plan.plan_hash[..12]
+            ),
+        )?;
+    }
+    Ok(if blocked {
+        ExitCode::Blocked
+    } else {
+        ExitCode::Ok
+    })
+}
+
+/// The scan gate for the images the plan's clients would run at head.
+fn scan_plan(
+    repo: &Repo,
+    head: CommitId,
+    plan: &Plan,
+    opts: &super::scan::ScanOpts,
+    forge: Option<&(Reporter, u64)>,
+) -> Result<crate::scan::ScanReport> {
+    let snap = repo.snapshot(head)?;
+    let (fleet, _) = config::validate(&config::load(&snap, Selection::All)?);
+    let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
+    if let Some((r, _)) = forge {
+        r.status("scan", State::Pending, "scanning the images of this change")?;
+    }
+    let report = super::scan::gate(&fleet, &changed, opts);
+    if let Some((r, _)) = forge {
+        match &report {
+            Ok(s) if s.passed => r.status(
+                "scan",
+                State::Success,
+                &format!("{} image(s) pass the policy", s.images.len()),
+            )?,
+            Ok(s) => r.status(
+                "scan",
+                State::Failure,
+                &format!("{} blocking finding(s)", s.blocking()),
+            )?,
+            Err(e) => r.status("scan", State::Error, &first_line(&e.to_string()))?,
+        }
+    }
+    report
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// A plan that could not be made: the comment says why (errors never carry
+/// secret values), the status fails.
+fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
+    let state = match e.exit_code() {
+        ExitCode::Invalid => State::Failure,
+        _ => State::Error,
+    };
+    reporter.try_status("plan", state, &first_line(&e.to_string()));
+    let body = format!(
+        "{}\n### fleetgate could not plan this change\n\n```\n{e}\n```\n\nDetails: {}.\n",
+        forge::PLAN_MARKER,
+        reporter.log_link()
+    );
+    let body = forge::clip(&body, reporter.forge.comment_limit());
+    if let Err(err) = forge::upsert_comment(&*reporter.forge, pr, forge::PLAN_MARKER, &body) {
+        tracing::error!("could not update the plan comment: {err}");
+    }
+}
+
+/// What merging does: which stages deploy which clients, who approves.
+fn after_merge(repo: &Repo, head: CommitId, plan: &Plan, kind: forge::Kind) -> Result<String> {
+    if plan.clients.is_empty() {
+        return Ok("Merging deploys nothing.\n".into());
+    }
+    let snap = repo.snapshot(head)?;
+    let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
+    let mut out = String::from("**After merge**, `fleetgate run` deploys stage by stage:\n\n");
+    let mut first = true;
+    for stage in &fleet.pipeline.stages {
+        let clients: Vec<&str> = plan
+            .clients
+            .iter()
+            .filter(|c| c.stage == stage.name)
+            .map(|c| c.name.as_str())
+            .collect();
+        if clients.is_empty() {
+            continue;
+        }
+        let when = match (&stage.approval, first) {
+            (Some(a), _) => format!(
+                "after an approval of plan `{}` by one of {}",
+                &plan.plan_hash[..12],
+                a.approvers
+                    .iter()
+                    .map(|a| format!("@{a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, true) => "on merge".to_string(),
+            (None, false) => "once the stages before it pass".to_string(),
+        };
+        out.push_str(&format!(
+            "- **{}** ({}): {when}\n",
+            stage.name,
+            clients.join(", ")
+        ));
+        first = false;
+    }
+    if fleet.pipeline.stages.iter().any(|s| s.approval.is_some()) {
+        out.push_str(match kind {
+            forge::Kind::Forgejo => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or run the promote workflow with the merge commit.\n",
+            forge::Kind::Github => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or approve the pending deployment of the environment.\n",
+        });
+    }
+    Ok(out)
 }
 
 /// Renders both commits (only the clients the change can touch) and compares.

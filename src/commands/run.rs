@@ -4,6 +4,7 @@
 //! gate the hosts are rolled back by the stage, then the change is reverted
 //! in Git. One run at a time, by a lock on the remote.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,11 @@ use serde_json::{Value, json};
 use super::Context;
 use crate::config::{self, Selection, Stage};
 use crate::deploy::StageOutcome;
-use crate::error::{ExitCode, Result};
+use crate::error::{Error, ExitCode, Result};
+use crate::forge::{
+    State,
+    notify::{self, Reporter},
+};
 use crate::lock;
 use crate::origin::Origin;
 use crate::pipeline::{self, StageVerdict};
@@ -29,9 +34,11 @@ pub fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The commit before the push (seeds clients that have no deployed ref yet).
+    /// The commit before the push (seeds clients that have no deployed ref
+    /// yet). Default: the base recorded by the last run of HEAD (to resume
+    /// it, e.g. after an approval).
     #[arg(long, value_name = "REV")]
-    pub base: String,
+    pub base: Option<String>,
     /// The commit to roll out.
     #[arg(long, value_name = "REV")]
     pub head: String,
@@ -53,6 +60,10 @@ pub struct RunArgs {
     /// Output format of the run report on stdout (json: the run record).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
+    /// In CI: commit statuses for scan and each stage on HEAD, and a comment
+    /// on the merged pull request when a stage waits or fails.
+    #[arg(long)]
+    pub comment: bool,
     #[command(flatten)]
     pub scan: super::scan::ScanOpts,
 }
@@ -60,8 +71,21 @@ pub struct RunArgs {
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let origin = Origin::new(&repo, &args.remote)?;
-    let base = repo.resolve(&args.base)?;
     let head = repo.resolve(&args.head)?;
+    let base = match &args.base {
+        Some(base) => repo.resolve(base)?,
+        None => recorded_base(&repo, &origin, head)?,
+    };
+    // Outside CI, --comment is an error before anything runs.
+    let reporter = match args.comment {
+        true => Some(Reporter::connect(
+            ctx.forge,
+            "run --comment",
+            &head.to_string(),
+        )?),
+        false => None,
+    };
+    let current = RefCell::new(None);
     crate::interrupt::install();
     let (run_id, holder) = lock::this_run();
     let mut lock = lock::acquire(
@@ -83,10 +107,25 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         outcomes: Vec::new(),
         changed_since: HashMap::new(),
         scan: None,
+        reporter: reporter.as_ref(),
+        deployed: false,
+        current: &current,
     }
     .go(&mut lock);
     lock.release();
+    if let (Err(e), Some(r), Some(name)) = (&result, &reporter, current.borrow().as_deref()) {
+        r.try_status(name, State::Error, &first_line(&e.to_string()));
+    }
     let (code, note, outcomes, scan) = result?;
+    if let Some(r) = &reporter
+        && r.failed()
+        && code == ExitCode::Ok
+    {
+        return Err(Error::Forge(format!(
+            "every stage passed, but {} could not be told everything (see above)",
+            r.forge.name()
+        )));
+    }
     match args.format {
         OutcomeFormat::Json => {
             println!(
@@ -119,6 +158,12 @@ struct Run<'a> {
     /// differs at head (one plan per distinct commit, shared by stages).
     changed_since: HashMap<CommitId, Vec<String>>,
     scan: Option<ScanReport>,
+    reporter: Option<&'a Reporter>,
+    /// Whether a stage has started deploying: until then a failure to
+    /// report stops the run (nothing is half-done); after, it is logged.
+    deployed: bool,
+    /// The status in progress, marked `error` if the run stops on an error.
+    current: &'a RefCell<Option<String>>,
 }
 
 type Finished = (ExitCode, Value, Vec<StageOutcome>, Option<ScanReport>);
@@ -132,6 +177,20 @@ impl Run<'_> {
         Ok((code, note, self.outcomes, self.scan))
     }
 
+    /// Sets the commit status `fleetgate/<name>` when reporting to a forge.
+    fn tell(&mut self, name: &str, state: State, description: &str) -> Result<()> {
+        let Some(r) = self.reporter else {
+            return Ok(());
+        };
+        *self.current.borrow_mut() = (state == State::Pending).then(|| name.to_string());
+        if self.deployed {
+            r.try_status(name, state, description);
+            Ok(())
+        } else {
+            r.status(name, state, description)
+        }
+    }
+
     fn go(mut self, lock: &mut lock::Lock) -> Result<Finished> {
         let (base, head) = (self.base, self.head);
         let plan = super::plan::build(self.repo, base, head, &self.ctx.keyring)?;
@@ -141,6 +200,12 @@ impl Run<'_> {
         let run_id = self.run_id.clone();
         let mut note = self.records().update(head, &[], |note| {
             note["base"] = json!(base.to_string());
+            // When the plan became what it is: an approval given before
+            // that was for an earlier plan.
+            if note["plan_hash"].as_str() != Some(plan_hash.as_str()) {
+                note["planned_at"] =
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
             note["plan_hash"] = json!(plan_hash);
             note["run_id"] = json!(run_id);
         })?;
@@ -157,7 +222,23 @@ impl Run<'_> {
         // changed clients would run.
         let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
         if !scan::images_in_play(&fleet, &changed).is_empty() {
+            self.tell("scan", State::Pending, "scanning the images of this change")?;
             let report = super::scan::gate(&fleet, &changed, &self.args.scan)?;
+            match report.passed {
+                true => self.tell(
+                    "scan",
+                    State::Success,
+                    &format!("{} image(s) pass the policy", report.images.len()),
+                )?,
+                false => self.tell(
+                    "scan",
+                    State::Failure,
+                    &format!(
+                        "{} blocking finding(s); nothing deployed",
+                        report.blocking()
+                    ),
+                )?,
+            }
             let value = serde_json::to_value(&report).expect("a scan report serialises");
             note = self.records().update(head, &[], |n| {
                 n["scan"] = value.clone();
@@ -189,6 +270,11 @@ impl Run<'_> {
                 .collect();
             let pending = self.pending(stage, &group)?;
             if pending.is_empty() {
+                self.tell(
+                    &stage.name,
+                    State::Success,
+                    &format!("all {} client(s) run {}", group.len(), head.short()),
+                )?;
                 tracing::info!(
                     "stage {}: all {} client(s) already run {}",
                     stage.name,
@@ -204,16 +290,40 @@ impl Run<'_> {
                 group.len(),
                 pending.join(", ")
             );
+            let mut deploying = format!("deploying {} client(s)", pending.len());
             if let Some(approval) = &stage.approval {
                 match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
-                    Some(a) => tracing::info!(
-                        "stage {}: approved by {} at {} (plan {})",
-                        stage.name,
-                        a.by,
-                        a.at,
-                        &a.plan_hash[..12]
-                    ),
+                    Some(a) => {
+                        tracing::info!(
+                            "stage {}: approved by {} at {} (plan {})",
+                            stage.name,
+                            a.by,
+                            a.at,
+                            &a.plan_hash[..12]
+                        );
+                        deploying.push_str(&format!(", approved by {}", a.by));
+                    }
                     None => {
+                        self.tell(
+                            &stage.name,
+                            State::Pending,
+                            &format!("waits for an approval by {}", approval.approvers.join(", ")),
+                        )?;
+                        if let Some(r) = self.reporter {
+                            let body = notify::waiting_comment(
+                                r.env.kind,
+                                &head.to_string(),
+                                &self.outcomes,
+                                &stage.name,
+                                &approval.approvers,
+                                &plan.plan_hash,
+                                &r.log_link(),
+                            );
+                            r.try_comment_on_merged(
+                                &notify::waiting_marker(&head.to_string()),
+                                &body,
+                            );
+                        }
                         let name = stage.name.clone();
                         note = self.records().update(head, &[], |n| {
                             n["waiting"] = json!(name);
@@ -229,6 +339,8 @@ impl Run<'_> {
                     }
                 }
             }
+            self.tell(&stage.name, State::Pending, &deploying)?;
+            self.deployed = true;
             let outcome =
                 super::deploy::deploy_stage(self.ctx, self.repo, head, &stage.name, &pending)?;
             let (moved, recorded) = record::record_stage(&self.records(), head, &outcome)?;
@@ -238,9 +350,22 @@ impl Run<'_> {
             }
             let verdict = pipeline::verdict(&outcome);
             self.outcomes.push(outcome);
+            let hosts = self.outcomes.last().map_or(0, |o| o.hosts.len());
             match verdict {
-                StageVerdict::Passed => continue,
+                StageVerdict::Passed => {
+                    self.tell(
+                        &stage.name,
+                        State::Success,
+                        &format!("{hosts} host(s) deployed; every gate passed"),
+                    )?;
+                    continue;
+                }
                 StageVerdict::Interrupted => {
+                    self.tell(
+                        &stage.name,
+                        State::Error,
+                        "interrupted; run again to finish",
+                    )?;
                     tracing::warn!(
                         "stage {} interrupted: recorded; run again to finish",
                         stage.name
@@ -248,6 +373,11 @@ impl Run<'_> {
                     return self.done(ExitCode::Infra, note);
                 }
                 StageVerdict::InfraFailed => {
+                    self.tell(
+                        &stage.name,
+                        State::Error,
+                        "hosts could not be reached; nothing reverted",
+                    )?;
                     tracing::error!(
                         "stage {} failed: hosts could not be reached; nothing is reverted (not the change's fault)",
                         stage.name
@@ -257,6 +387,12 @@ impl Run<'_> {
                     return self.done(code, note);
                 }
                 StageVerdict::Frozen => {
+                    self.tell(
+                        &stage.name,
+                        State::Failure,
+                        "failed; `rollback: freeze` apps left on the failed release",
+                    )?;
+                    self.tell_failure(None, None);
                     let last = self.outcomes.last().expect("just pushed");
                     tracing::error!(
                         "stage {} failed with `rollback: freeze` apps left on the failed release ({}); not reverting: a human decides",
@@ -276,9 +412,18 @@ impl Run<'_> {
                         gate.check,
                         gate.detail
                     );
+                    self.tell(
+                        &stage.name,
+                        State::Failure,
+                        &format!("{} failed on {}; rolled back", gate.check, gate.host),
+                    )?;
+                    let mut reverted = None;
                     if on_failure.revert {
-                        note = self.revert(&gate)?;
+                        let (n, outcome) = self.revert(&gate)?;
+                        note = n;
+                        reverted = Some(outcome);
                     }
+                    self.tell_failure(Some(&gate), reverted.as_ref());
                     return self.done(ExitCode::Blocked, note);
                 }
             }
@@ -370,8 +515,18 @@ impl Run<'_> {
         }
     }
 
+    /// The failure comment on the merged pull request.
+    fn tell_failure(&self, gate: Option<&FailedGate>, revert: Option<&RevertOutcome>) {
+        let (Some(r), Some(outcome)) = (self.reporter, self.outcomes.last()) else {
+            return;
+        };
+        let sha = self.head.to_string();
+        let body = notify::failure_comment(&sha, outcome, gate, revert, &r.log_link());
+        r.try_comment_on_merged(&notify::failed_marker(&sha), &body);
+    }
+
     /// Reverts base..head on the branch and records what happened.
-    fn revert(&self, gate: &FailedGate) -> Result<Value> {
+    fn revert(&self, gate: &FailedGate) -> Result<(Value, RevertOutcome)> {
         let outcome = revert::revert(
             self.repo,
             self.origin,
@@ -407,9 +562,10 @@ impl Run<'_> {
             ),
         }
         let value = serde_json::to_value(&outcome).expect("a revert serialises");
-        self.records().update(self.head, &[], |n| {
+        let note = self.records().update(self.head, &[], |n| {
             n["revert"] = value.clone();
-        })
+        })?;
+        Ok((note, outcome))
     }
 }
 
@@ -425,4 +581,24 @@ pub fn approval_stages(fleet: &config::Fleet) -> Vec<(&str, &[String])> {
                 .map(|a| (s.name.as_str(), a.approvers.as_slice()))
         })
         .collect()
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// The base the last run of `head` planned from (in its record).
+fn recorded_base(repo: &Repo, origin: &Origin, head: CommitId) -> Result<CommitId> {
+    let note = Records::new(repo, Some(origin)).read(head)?;
+    let base = note
+        .as_ref()
+        .and_then(|n| n.get("base"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no run has recorded a base for {}\n  hint: pass --base (the commit before the push)",
+                head.short()
+            ))
+        })?;
+    repo.resolve(base)
 }

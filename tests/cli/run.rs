@@ -247,7 +247,7 @@ fn canary_then_approval_then_production_then_nothing_to_do() {
 
     // Someone not listed cannot approve.
     let refused = p.fleet_run(&["approve", "--rev", &c1, "--by", "mallory"]);
-    refused.code(2);
+    refused.code(1);
     assert!(
         refused.stderr.contains("`mallory` is not an approver")
             && refused.stderr.contains("production: alice, bob"),
@@ -314,7 +314,7 @@ fn an_approval_for_an_older_plan_does_not_count() {
         .unwrap()
         .to_string();
     let stale = p.fleet_run(&["approve", "--rev", &c2, "--by", "bob", "--plan", &old_hash]);
-    stale.code(2);
+    stale.code(1);
     assert!(stale.stderr.contains("the plan of"), "{}", stale.stderr);
     // Polling picks up an approval given while waiting.
     let waiting = p.spawn_run(&c1, &c2, &["--wait-approval", "60s"]);

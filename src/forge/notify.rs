@@ -1,0 +1,273 @@
+//! What fleetgate tells people on the forge, and when: commit statuses for
+//! plan, scan and each stage; the comment on the merged pull request when
+//! production waits for an approval or a stage failed. The words are
+//! composed here from the pipeline's own data; [`super::Forge`] sends them.
+//!
+//! A [`Reporter`] belongs to one command run. Its first status is sent
+//! before anything deploys, so a refused token stops the run early (exit 3);
+//! later failures to report are logged and remembered ([`Reporter::failed`])
+//! rather than abandoning a rollout half-way.
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+use super::{Env, Forge, Kind, State, Status};
+use crate::deploy::{HostStatus, StageOutcome};
+use crate::error::Result;
+use crate::report::{self, OutcomeFormat};
+use crate::revert::{FailedGate, RevertOutcome};
+
+pub struct Reporter {
+    pub env: Env,
+    pub forge: Box<dyn Forge>,
+    /// The commit the statuses are for.
+    pub sha: String,
+    failed: Cell<bool>,
+}
+
+impl Reporter {
+    /// Reads the CI environment and connects; `why` names the option that
+    /// asked for it (the error outside CI says so).
+    pub fn connect(forced: Option<Kind>, why: &str, sha: &str) -> Result<Reporter> {
+        let env = Env::from_env(forced, why)?;
+        let forge = super::connect(&env)?;
+        tracing::info!(
+            "reporting to {} at {} ({}/{}){}",
+            forge.name(),
+            env.api,
+            env.owner,
+            env.repo,
+            env.run_url
+                .as_deref()
+                .map(|u| format!(", run {u}"))
+                .unwrap_or_default()
+        );
+        Ok(Reporter {
+            env,
+            forge,
+            sha: sha.to_string(),
+            failed: Cell::new(false),
+        })
+    }
+
+    /// Sets `fleetgate/<name>` on the commit; an error is returned.
+    pub fn status(&self, name: &str, state: State, description: &str) -> Result<()> {
+        tracing::debug!("status fleetgate/{name}: {} {description}", state.as_str());
+        self.forge.set_status(
+            &self.sha,
+            &Status {
+                context: format!("fleetgate/{name}"),
+                state,
+                description: description.to_string(),
+                target_url: self.env.run_url.clone(),
+            },
+        )
+    }
+
+    /// Like [`Reporter::status`], but a failure is logged and remembered,
+    /// not returned: the rollout goes on.
+    pub fn try_status(&self, name: &str, state: State, description: &str) {
+        if let Err(e) = self.status(name, state, description) {
+            self.remember(&format!("set status fleetgate/{name}"), &e);
+        }
+    }
+
+    /// Creates or edits the comment with `marker` on the pull request that
+    /// merged this commit; logs when there is none (a direct push).
+    pub fn try_comment_on_merged(&self, marker: &str, body: &str) {
+        let result = (|| {
+            let Some(pull) = self.forge.merged_pull_of(&self.sha)? else {
+                tracing::info!(
+                    "{} came from no merged pull request: nobody to comment to",
+                    &self.sha[..12.min(self.sha.len())]
+                );
+                return Ok(());
+            };
+            let body = format!("{marker}\n{body}");
+            let body = super::clip(&body, self.forge.comment_limit());
+            let (id, created) = super::upsert_comment(&*self.forge, pull.number, marker, &body)?;
+            tracing::info!(
+                "{} comment {id} on pull request #{}",
+                if created { "posted" } else { "updated" },
+                pull.number
+            );
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.remember("comment on the merged pull request", &e);
+        }
+    }
+
+    fn remember(&self, what: &str, e: &crate::error::Error) {
+        tracing::error!("could not {what} on {}: {e}", self.forge.name());
+        self.failed.set(true);
+    }
+
+    /// Whether something could not be reported.
+    pub fn failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// `[the job log](url)`, or plain words when the run URL is unknown.
+    pub fn log_link(&self) -> String {
+        match &self.env.run_url {
+            Some(url) => format!("[the job log]({url})"),
+            None => "the job log".into(),
+        }
+    }
+}
+
+pub fn waiting_marker(sha: &str) -> String {
+    format!("<!-- fleetgate:waiting {sha} -->")
+}
+
+pub fn failed_marker(sha: &str) -> String {
+    format!("<!-- fleetgate:failed {sha} -->")
+}
+
+/// How to approve a waiting stage, for comments and the log.
+pub fn how_to_approve(kind: Kind, stage: &str, approvers: &[String], plan_hash: &str) -> String {
+    let who = approvers
+        .iter()
+        .map(|a| format!("@{a}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = format!(
+        "**{stage}** waits for an approval of plan `{}` by one of {who}:\n\n",
+        &plan_hash[..12.min(plan_hash.len())]
+    );
+    let _ = writeln!(
+        out,
+        "- comment `/fleetgate approve {}` on this pull request, or",
+        &plan_hash[..12.min(plan_hash.len())]
+    );
+    match kind {
+        Kind::Forgejo => {
+            let _ = writeln!(
+                out,
+                "- run the **promote** workflow (Actions → promote → Run workflow) with `rev` set to the merge commit."
+            );
+        }
+        Kind::Github => {
+            let _ = writeln!(
+                out,
+                "- approve the pending `{stage}` deployment (Actions → this run → Review deployments)."
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nAn approval counts only for this plan: if the plan changes, approve again."
+    );
+    out
+}
+
+/// The comment when earlier stages passed and `stage` waits.
+pub fn waiting_comment(
+    kind: Kind,
+    sha: &str,
+    passed: &[StageOutcome],
+    stage: &str,
+    approvers: &[String],
+    plan_hash: &str,
+    log: &str,
+) -> String {
+    let mut out = format!(
+        "### fleetgate: `{}` waits for approval\n\n",
+        &sha[..12.min(sha.len())]
+    );
+    for o in passed {
+        let _ = writeln!(
+            out,
+            "**{}** passed on {} host(s).\n\n```\n{}```\n",
+            o.stage,
+            o.hosts.len(),
+            report::outcome(o, OutcomeFormat::Text)
+        );
+    }
+    out.push_str(&how_to_approve(kind, stage, approvers, plan_hash));
+    let _ = writeln!(out, "\nDetails: {log}.");
+    out
+}
+
+/// The comment when a stage failed: the gate, the hosts rolled back, and
+/// the revert commit or what stopped it.
+pub fn failure_comment(
+    sha: &str,
+    outcome: &StageOutcome,
+    gate: Option<&FailedGate>,
+    revert: Option<&RevertOutcome>,
+    log: &str,
+) -> String {
+    let mut out = format!(
+        "### fleetgate: `{}` failed in **{}**\n\n",
+        &sha[..12.min(sha.len())],
+        outcome.stage
+    );
+    if let Some(g) = gate {
+        let _ = writeln!(
+            out,
+            "Failed gate: `{}` of **{}** on `{}`: {}\n",
+            g.check, g.client, g.host, g.detail
+        );
+    }
+    let rolled: Vec<String> = outcome
+        .hosts
+        .iter()
+        .filter(|h| h.status == HostStatus::RolledBack)
+        .map(|h| format!("`{}` ({})", h.host, h.client))
+        .collect();
+    if rolled.is_empty() {
+        let _ = writeln!(out, "No host was rolled back.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "Rolled back to their previous release: {}.\n",
+            rolled.join(", ")
+        );
+    }
+    let frozen = outcome.frozen();
+    if !frozen.is_empty() {
+        let _ = writeln!(
+            out,
+            "Left on the failed release (`rollback: freeze`): {}. A human decides.\n",
+            frozen.join(", ")
+        );
+    }
+    match revert {
+        Some(RevertOutcome::Pushed { commit, .. }) => {
+            let _ = writeln!(
+                out,
+                "The change is reverted on the branch by {commit}: Git and the fleet agree again."
+            );
+        }
+        Some(RevertOutcome::Conflict { tip, paths, .. }) => {
+            let _ = writeln!(
+                out,
+                "**Could not revert automatically**: later commits (branch at {}) touch {}. The hosts stay rolled back; revert by hand.",
+                &tip[..12.min(tip.len())],
+                paths
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Some(RevertOutcome::NotOnBranch { tip, .. }) => {
+            let _ = writeln!(
+                out,
+                "The commit is no longer on the branch (now {}): nothing reverted.",
+                &tip[..12.min(tip.len())]
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Nothing was reverted in Git.");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n```\n{}```\n\nDetails: {log}.",
+        report::outcome(outcome, OutcomeFormat::Text)
+    );
+    out
+}
