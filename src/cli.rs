@@ -62,3 +62,243 @@ pub enum Command {
     /// Put a client back on its previous release (or --to REV) by hand.
     Rollback(RollbackArgs),
 }
+
+/// Every `fleetgate` invocation in the CI workflows (and in the GitHub
+/// examples of docs/github-actions.md) must parse with this very CLI: a
+/// renamed flag breaks this test, not a production deploy.
+#[cfg(test)]
+mod workflow_tests {
+    use std::path::Path;
+
+    use clap::Parser;
+    use serde_json::Value;
+
+    use super::Cli;
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The workflows' YAML documents: `.forgejo/workflows/*.yaml` and the
+    /// ```yaml blocks of docs/github-actions.md that are workflows.
+    fn workflows() -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let dir = root().join(".forgejo/workflows");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect(".forgejo/workflows exists")
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.strip_prefix(root()).unwrap().display().to_string();
+            out.push((name.clone(), parse(&name, &text)));
+        }
+        let doc = std::fs::read_to_string(root().join("docs/github-actions.md")).unwrap();
+        for (i, block) in doc.split("```yaml\n").skip(1).enumerate() {
+            let text = block.split("```").next().unwrap();
+            let name = format!("docs/github-actions.md yaml block {}", i + 1);
+            let v = parse(&name, text);
+            if v.get("jobs").is_some() {
+                out.push((name, v));
+            }
+        }
+        out
+    }
+
+    fn parse(name: &str, text: &str) -> Value {
+        serde_saphyr::from_str::<Value>(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// The `run:` scripts of every step, with the step's env.
+    fn scripts(wf: &Value) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for job in wf["jobs"].as_object().into_iter().flat_map(|j| j.values()) {
+            for step in job["steps"].as_array().into_iter().flatten() {
+                if let Some(run) = step["run"].as_str() {
+                    out.push((run.to_string(), step["env"].clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The argument vectors of the `fleetgate` commands in a shell script:
+    /// continuation lines joined, `${{ … }}` and `$VAR` replaced by a
+    /// placeholder, cut at the shell operators that end a command.
+    fn invocations(script: &str) -> Vec<Vec<String>> {
+        let joined = script.replace("\\\n", " ");
+        let mut out = Vec::new();
+        for line in joined.lines() {
+            let mut line = line.to_string();
+            while let Some(start) = line.find("${{") {
+                let end = line[start..].find("}}").expect("closed expression") + start + 2;
+                line.replace_range(start..end, "EXPR");
+            }
+            let mut rest = line.as_str();
+            while let Some(at) = find_command(rest) {
+                let cmd = &rest[at..];
+                let end = ["&&", "||", ";", "|", ")", ">"]
+                    .iter()
+                    .filter_map(|op| cmd.find(op))
+                    .min()
+                    .unwrap_or(cmd.len());
+                out.push(split(&cmd[..end]));
+                rest = &cmd[end..];
+            }
+        }
+        out
+    }
+
+    /// Where `fleetgate` starts a command (not `.forgejo/…`, not a word part).
+    fn find_command(s: &str) -> Option<usize> {
+        let mut from = 0;
+        while let Some(i) = s[from..].find("fleetgate ") {
+            let at = from + i;
+            let before = s[..at].trim_end();
+            if before.is_empty()
+                || before.ends_with("&&")
+                || before.ends_with("||")
+                || before.ends_with(';')
+                || before.ends_with("$(")
+                || before.ends_with('|')
+            {
+                return Some(at);
+            }
+            from = at + 1;
+        }
+        None
+    }
+
+    fn split(cmd: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut cur = String::new();
+        let mut quote: Option<char> = None;
+        let mut any = false;
+        for c in cmd.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => cur.push(c),
+                (None, '"' | '\'') => {
+                    quote = Some(c);
+                    any = true;
+                }
+                (None, c) if c.is_whitespace() => {
+                    if any || !cur.is_empty() {
+                        args.push(std::mem::take(&mut cur));
+                        any = false;
+                    }
+                }
+                (None, c) => cur.push(c),
+            }
+        }
+        if any || !cur.is_empty() {
+            args.push(cur);
+        }
+        args.into_iter()
+            .map(|a| {
+                if a.starts_with('$') {
+                    "VALUE".into()
+                } else {
+                    a
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_fleetgate_invocation_parses() {
+        let mut seen = Vec::new();
+        for (name, wf) in workflows() {
+            for (script, _) in scripts(&wf) {
+                for argv in invocations(&script) {
+                    if let Err(e) = Cli::try_parse_from(&argv) {
+                        panic!("{name}: `{}` does not parse:\n{e}", argv.join(" "));
+                    }
+                    seen.push((name.clone(), argv[1].clone()));
+                }
+            }
+        }
+        // Not vacuous: the commands each workflow is for are there.
+        for (file, command) in [
+            (".forgejo/workflows/plan.yaml", "check"),
+            (".forgejo/workflows/plan.yaml", "plan"),
+            (".forgejo/workflows/deploy.yaml", "run"),
+            (".forgejo/workflows/promote.yaml", "approve"),
+            (".forgejo/workflows/promote.yaml", "run"),
+        ] {
+            assert!(
+                seen.iter().any(|(f, c)| f == file && c == command),
+                "{file} does not call `fleetgate {command}`: {seen:?}"
+            );
+        }
+        assert!(
+            seen.iter()
+                .any(|(f, c)| f.starts_with("docs/") && c == "approve"),
+            "docs/github-actions.md has no approve step: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn the_plan_job_never_sees_the_age_key_and_deploys_do_not_overlap() {
+        let all = workflows();
+        let get = |n: &str| &all.iter().find(|(name, _)| name.ends_with(n)).unwrap().1;
+        let plan = get("plan.yaml");
+        assert!(plan["on"].get("pull_request").is_some());
+        let text = serde_json::to_string(plan).unwrap();
+        assert!(!text.contains("SOPS_AGE_KEY") && !text.contains("FLEETGATE_SSH_KEY"));
+        assert!(
+            scripts(plan)
+                .iter()
+                .flat_map(|(s, _)| invocations(s))
+                .any(|a| a[1] == "plan" && a.iter().any(|x| x == "--comment"))
+        );
+        for name in ["deploy.yaml", "promote.yaml"] {
+            let wf = get(name);
+            assert_eq!(wf["concurrency"]["group"], "fleetgate-deploy", "{name}");
+            assert_eq!(wf["concurrency"]["cancel-in-progress"], false, "{name}");
+        }
+        assert!(get("deploy.yaml")["on"]["push"]["branches"][0] == "main");
+        let promote = get("promote.yaml");
+        assert!(
+            promote["on"]["workflow_dispatch"]["inputs"]
+                .get("rev")
+                .is_some()
+        );
+        assert!(promote["on"].get("issue_comment").is_some());
+        // Secrets only where needed: the age key only in steps that run.
+        for (name, wf) in &all {
+            for (script, env) in scripts(wf) {
+                if env.get("SOPS_AGE_KEY").is_some() {
+                    assert!(
+                        invocations(&script).iter().any(|a| a[1] == "run"),
+                        "{name}: the age key is given to a step that does not deploy"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invocations_are_found_and_split_like_a_shell() {
+        let found = invocations(
+            "rc=0\nfleetgate run --base \"${{ github.event.before }}\" --head x --comment || rc=$?\nbash .forgejo/install.sh\nrev=$(fleetgate approve --from-ci)",
+        );
+        assert_eq!(
+            found,
+            vec![
+                vec![
+                    "fleetgate",
+                    "run",
+                    "--base",
+                    "EXPR",
+                    "--head",
+                    "x",
+                    "--comment"
+                ],
+                vec!["fleetgate", "approve", "--from-ci"],
+            ]
+        );
+        assert!(Cli::try_parse_from(["fleetgate", "plan", "--bogus"]).is_err());
+    }
+}
