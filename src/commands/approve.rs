@@ -82,10 +82,13 @@ enum Verdict {
 
 pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
-    let origin = Origin::new(&repo, &args.remote)?;
     if args.from_ci {
-        return from_ci(ctx, args, &repo, &origin);
+        // Outside CI this is an error before anything else.
+        let reporter = Reporter::connect(ctx.forge, "approve --from-ci", "")?;
+        let origin = Origin::new(&repo, &args.remote)?;
+        return from_ci(&reporter, args, &repo, &origin);
     }
+    let origin = Origin::new(&repo, &args.remote)?;
     let rev = repo.resolve(args.rev.as_deref().expect("clap requires --rev"))?;
     let by =
         args.by.clone().filter(|b| !b.is_empty()).ok_or_else(|| {
@@ -201,8 +204,12 @@ fn print_approval(rev: CommitId, approval: &Approval) {
     println!("{v}");
 }
 
-fn from_ci(ctx: &Context, args: &ApproveArgs, repo: &Repo, origin: &Origin) -> Result<ExitCode> {
-    let reporter = Reporter::connect(ctx.forge, "approve --from-ci", "")?;
+fn from_ci(
+    reporter: &Reporter,
+    args: &ApproveArgs,
+    repo: &Repo,
+    origin: &Origin,
+) -> Result<ExitCode> {
     let env = &reporter.env;
     let forge = &*reporter.forge;
     let event = env.event_name.clone().unwrap_or_default();

@@ -5,6 +5,8 @@ mod check;
 mod common;
 mod deploy;
 mod docker;
+mod forge;
+mod forge_server;
 mod hosts;
 mod plan;
 mod run;

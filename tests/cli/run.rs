@@ -56,9 +56,14 @@ impl Pipeline {
     }
 
     pub fn fleet_run(&self, args: &[&str]) -> Run {
-        self.d
-            .fleet
-            .run_env(args, &[("FLEETGATE_SSH_KEY", &self.key)])
+        self.fleet_run_env(args, &[])
+    }
+
+    /// Like `fleet_run`, with more environment (a CI job's, say).
+    pub fn fleet_run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut all = vec![("FLEETGATE_SSH_KEY", self.key.as_str())];
+        all.extend_from_slice(env);
+        self.d.fleet.run_env(args, &all)
     }
 
     pub fn head(&self) -> String {
