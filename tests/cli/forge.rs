@@ -21,15 +21,15 @@ const RUN_ID: u64 = 4242;
 
 /// A CI job's view of the forge: the stand-in plus the variables the forge
 /// sets for a job.
-struct Ci {
-    server: ForgeServer,
+pub struct Ci {
+    pub server: ForgeServer,
     flavor: Flavor,
     dir: tempfile::TempDir,
     token: String,
 }
 
 impl Ci {
-    fn start(flavor: Flavor) -> Ci {
+    pub fn start(flavor: Flavor) -> Ci {
         Ci {
             server: ForgeServer::start(flavor, "hosting", "fleet", TOKEN, BOT),
             flavor,
@@ -39,7 +39,7 @@ impl Ci {
     }
 
     /// The job environment for `event` (name, payload).
-    fn env(&self, event: &str, payload: Value, actor: &str) -> Vec<(String, String)> {
+    pub fn env(&self, event: &str, payload: Value, actor: &str) -> Vec<(String, String)> {
         let path = self.dir.path().join(format!("{event}.json"));
         std::fs::write(&path, payload.to_string()).unwrap();
         let mut env = vec![
@@ -79,12 +79,12 @@ impl Ci {
 
     /// Nothing fleetgate sent was refused by the API description.
     #[track_caller]
-    fn assert_valid(&self) {
+    pub fn assert_valid(&self) {
         assert_eq!(self.server.rejected(), Vec::<String>::new());
     }
 }
 
-fn pr_event(number: u64, base: &str, head: &str) -> Value {
+pub fn pr_event(number: u64, base: &str, head: &str) -> Value {
     json!({
         "action": "synchronize",
         "number": number,
@@ -105,13 +105,13 @@ fn push_event(before: &str, after: &str) -> Value {
     json!({"ref": "refs/heads/main", "before": before, "after": after})
 }
 
-fn envs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+pub fn envs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// The token is in no output, whatever happened.
 #[track_caller]
-fn no_token(run: &Run) -> &Run {
+pub fn no_token(run: &Run) -> &Run {
     assert!(
         !run.all().contains(TOKEN),
         "the token leaked:\n{}",
@@ -634,4 +634,37 @@ fn comment_outside_ci_is_an_error_not_a_no_op() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_plan_comment_names_changed_secrets_but_never_their_values() {
+    let ci = Ci::start(Flavor::Forgejo);
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let (old, new) = ("Tok-old-5d1c9e2f", "Tok-new-8a7b6c5d");
+    d.with_secret(&["alpha"], old);
+    let base = d.fleet.commit("web gets a token");
+    d.fleet
+        .sops_set("secrets/clients/alpha.sops.yaml", "api_token", new);
+    let head = d.fleet.commit("alpha: rotate the token");
+    ci.server.add_pull(9, &head, &base, false, None);
+    let env = ci.env("pull_request", pr_event(9, &base, &head), "dev");
+    let run = d.fleet.run_env(
+        &["plan", "--base", &base, "--head", &head, "--comment", "-vv"],
+        &envs(&env),
+    );
+    no_token(run.code(0));
+    let body = &ci.server.comments(9)[0].body;
+    assert!(body.contains("api_token"), "{body}");
+    for secret in [old, new] {
+        assert!(!body.contains(secret), "a secret in the comment:\n{body}");
+        assert!(!run.all().contains(secret), "a secret in the log");
+        assert!(
+            ci.server
+                .requests()
+                .iter()
+                .all(|r| !r.body.contains(secret)),
+            "a secret sent to the forge"
+        );
+    }
+    ci.assert_valid();
 }

@@ -475,3 +475,60 @@ fn run_stops_before_the_first_stage_when_the_scan_blocks() {
     assert_eq!(p.remote_note(&c1)["scan"]["passed"], false);
     assert_eq!(p.remote_ref("refs/fleetgate/lock"), None);
 }
+
+#[test]
+fn plan_scan_comment_carries_the_scan_summary_and_sets_its_status() {
+    use crate::forge::{Ci, envs, no_token, pr_event};
+    use crate::forge_server::Flavor;
+    let s = ScanFleet::new();
+    let ci = Ci::start(Flavor::Forgejo);
+    s.fleet
+        .edit("clients/beta.yaml", "apps: [vuln]", "apps: [clean]");
+    let base = s.fleet.commit("beta runs clean");
+    // The pull request brings the vulnerable image to beta.
+    s.fleet
+        .edit("clients/beta.yaml", "apps: [clean]", "apps: [vuln]");
+    let head = s.fleet.commit("beta runs vuln");
+    ci.server.add_pull(4, &head, &base, false, None);
+    let wrapper = s.wrapper("");
+    let mut env = ci.env("pull_request", pr_event(4, &base, &head), "dev");
+    env.push(("FLEETGATE_TRIVY".into(), wrapper.display().to_string()));
+    env.push((
+        "FLEETGATE_TRIVY_CACHE_DIR".into(),
+        s.trivy_cache().display().to_string(),
+    ));
+    let run = s.fleet.run_env(
+        &[
+            "plan",
+            "--base",
+            &base,
+            "--head",
+            &head,
+            "--scan",
+            "--comment",
+        ],
+        &envs(&env),
+    );
+    // The scan blocks: exit 1, and the pull request shows why.
+    no_token(run.code(1));
+    let body = &ci.server.comments(4)[0].body;
+    assert!(body.contains("| beta | canary |"), "{body}");
+    assert!(body.contains("CVE-2099-0001"), "{body}");
+    let seen: Vec<(String, String)> = ci
+        .server
+        .statuses(&head)
+        .into_iter()
+        .map(|st| (st.context, st.state))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("fleetgate/plan", "pending"),
+        ("fleetgate/scan", "pending"),
+        ("fleetgate/scan", "failure"),
+        ("fleetgate/plan", "success"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    ci.assert_valid();
+}
