@@ -158,6 +158,20 @@ impl Error {
         }
     }
 
+    /// The whole story as the human log tells it: each problem of an
+    /// invalid fleet, then the error. For places other than stderr (the
+    /// pull-request comment). Carries no secret, like every message here.
+    pub fn detailed(&self) -> String {
+        let mut out = String::new();
+        if let Error::Invalid { problems, .. } = self {
+            for d in problems {
+                out.push_str(&format!("{d}\n"));
+            }
+        }
+        out.push_str(&format!("error: {self}"));
+        out
+    }
+
     pub fn git(what: impl Into<String>, source: git2::Error) -> Self {
         Error::Git {
             what: what.into(),

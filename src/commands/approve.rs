@@ -267,7 +267,13 @@ fn from_ci(
             tracing::info!("the comment is not `{COMMAND}`: nothing to do");
             return Ok(ExitCode::Ok);
         };
-        let hash = rest.split_whitespace().next().map(str::to_string);
+        // `/fleetgate approve 3f9c2a1b7d0e`: the plan reviewed, if named
+        // (hex, at least 7 characters); other words are just words.
+        let hash = rest
+            .split_whitespace()
+            .next()
+            .filter(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_lowercase);
         let number = e["issue"]["number"]
             .as_u64()
             .ok_or_else(|| Error::Usage("the issue_comment event has no issue.number".into()))?;
@@ -281,6 +287,14 @@ fn from_ci(
             );
         }
         reply_to = Some(number);
+        if hash.as_ref().is_some_and(|h| h.len() < 7) {
+            return refuse(
+                forge,
+                reply_to,
+                user,
+                "name at least 7 characters of the plan hash, or none",
+            );
+        }
         let pull = forge
             .pull(number)?
             .ok_or_else(|| Error::Forge(format!("pull request #{number} is gone")))?;

@@ -172,8 +172,9 @@ fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
     };
     reporter.try_status("plan", state, &first_line(&e.to_string()));
     let body = format!(
-        "{}\n### fleetgate could not plan this change\n\n```\n{e}\n```\n\nDetails: {}.\n",
+        "{}\n### fleetgate could not plan this change\n\n```\n{}\n```\n\nDetails: {}.\n",
         forge::PLAN_MARKER,
+        e.detailed(),
         reporter.log_link()
     );
     let body = forge::clip(&body, reporter.forge.comment_limit());

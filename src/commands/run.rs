@@ -113,8 +113,14 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     }
     .go(&mut lock);
     lock.release();
-    if let (Err(e), Some(r), Some(name)) = (&result, &reporter, current.borrow().as_deref()) {
-        r.try_status(name, State::Error, &first_line(&e.to_string()));
+    if let (Err(e), Some(r)) = (&result, &reporter) {
+        // The status in progress errs; before any, the plan itself failed.
+        let (name, state) = match current.borrow().clone() {
+            Some(name) => (name, State::Error),
+            None if e.exit_code() == ExitCode::Invalid => ("plan".to_string(), State::Failure),
+            None => ("plan".to_string(), State::Error),
+        };
+        r.try_status(&name, state, &first_line(&e.to_string()));
     }
     let (code, note, outcomes, scan) = result?;
     if let Some(r) = &reporter
@@ -292,6 +298,14 @@ impl Run<'_> {
             );
             let mut deploying = format!("deploying {} client(s)", pending.len());
             if let Some(approval) = &stage.approval {
+                // Tell people as soon as the stage waits, not only when
+                // `--wait-approval` gives up.
+                let note_now = self.records().read(head)?.unwrap_or(Value::Null);
+                if pipeline::counting_approval(&note_now, &plan.plan_hash, &approval.approvers)
+                    .is_none()
+                {
+                    self.tell_waiting(stage, &approval.approvers, &plan.plan_hash)?;
+                }
                 match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
                     Some(a) => {
                         tracing::info!(
@@ -304,26 +318,6 @@ impl Run<'_> {
                         deploying.push_str(&format!(", approved by {}", a.by));
                     }
                     None => {
-                        self.tell(
-                            &stage.name,
-                            State::Pending,
-                            &format!("waits for an approval by {}", approval.approvers.join(", ")),
-                        )?;
-                        if let Some(r) = self.reporter {
-                            let body = notify::waiting_comment(
-                                r.env.kind,
-                                &head.to_string(),
-                                &self.outcomes,
-                                &stage.name,
-                                &approval.approvers,
-                                &plan.plan_hash,
-                                &r.log_link(),
-                            );
-                            r.try_comment_on_merged(
-                                &notify::waiting_marker(&head.to_string()),
-                                &body,
-                            );
-                        }
                         let name = stage.name.clone();
                         note = self.records().update(head, &[], |n| {
                             n["waiting"] = json!(name);
@@ -513,6 +507,31 @@ impl Run<'_> {
             lock.renew()?;
             std::thread::sleep(Duration::from_secs(2).min(deadline - Instant::now()));
         }
+    }
+
+    /// The `fleetgate/<stage>` status and the comment on the merged pull
+    /// request when a stage waits for an approval.
+    fn tell_waiting(&mut self, stage: &Stage, approvers: &[String], plan_hash: &str) -> Result<()> {
+        let Some(r) = self.reporter else {
+            return Ok(());
+        };
+        self.tell(
+            &stage.name,
+            State::Pending,
+            &format!("waits for an approval by {}", approvers.join(", ")),
+        )?;
+        let head = self.head.to_string();
+        let body = notify::waiting_comment(
+            r.env.kind,
+            &head,
+            &self.outcomes,
+            &stage.name,
+            approvers,
+            plan_hash,
+            &r.log_link(),
+        );
+        r.try_comment_on_merged(&notify::waiting_marker(&head), &body);
+        Ok(())
     }
 
     /// The failure comment on the merged pull request.

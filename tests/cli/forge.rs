@@ -668,3 +668,30 @@ fn a_plan_comment_names_changed_secrets_but_never_their_values() {
     }
     ci.assert_valid();
 }
+
+#[test]
+fn a_pull_request_that_does_not_plan_gets_the_reason_in_its_comment() {
+    let ci = Ci::start(Flavor::Forgejo);
+    let (d, base, _) = small_change();
+    d.fleet
+        .edit("clients/alpha.yaml", "group: canary", "group: [canary");
+    let head = d.fleet.commit("alpha: broken YAML");
+    ci.server.add_pull(6, &head, &base, false, None);
+    let env = ci.env("pull_request", pr_event(6, &base, &head), "dev");
+    let run = d.fleet.run_env(
+        &["plan", "--base", &base, "--head", &head, "--comment"],
+        &envs(&env),
+    );
+    no_token(run.code(2));
+    let body = &ci.server.comments(6)[0].body;
+    assert!(
+        body.contains("fleetgate could not plan this change"),
+        "{body}"
+    );
+    assert!(body.contains("clients/alpha.yaml"), "{body}");
+    assert_eq!(
+        statuses(&ci, &head),
+        pairs(&[("fleetgate/plan", "pending"), ("fleetgate/plan", "failure")])
+    );
+    ci.assert_valid();
+}
