@@ -10,12 +10,10 @@
 use std::time::Duration;
 
 use octocrab::Octocrab;
-use serde_json::{Value, json};
 
-use super::forgejo::{comment, pull, status_body};
+use super::rest::{self, Rest};
 use super::{
     Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
-    call,
 };
 use crate::error::{Error, Result};
 
@@ -24,10 +22,7 @@ const COMMENT_LIMIT: usize = 65_536;
 const PER_PAGE: usize = 100;
 
 pub struct Github {
-    http: Http,
-    repo: String,
-    token: Token,
-    token_var: &'static str,
+    rest: Rest,
 }
 
 struct Http {
@@ -48,16 +43,7 @@ impl Transport for Http {
                     Method::Patch => self.octo._patch(uri, req.body).await?,
                 };
                 let status = resp.status().as_u16();
-                let headers = resp
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_string(),
-                            v.to_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect();
+                let headers = rest::headers(resp.headers());
                 let body = self.octo.body_to_string(resp).await?.into_bytes();
                 Ok::<_, octocrab::Error>(Response {
                     status,
@@ -99,41 +85,21 @@ impl Github {
                     env.token.scrub(&describe(&e))
                 ))
             })?;
-        Ok(Github {
-            http: Http {
-                octo,
-                rt,
-                api,
-                token: env.token.clone(),
-            },
-            repo: format!("/repos/{}/{}", env.owner, env.repo),
+        let http = Http {
+            octo,
+            rt,
+            api,
             token: env.token.clone(),
-            token_var: env.token_var,
-        })
-    }
-
-    fn call(&self, method: Method, path: String, body: Option<&Value>) -> Result<Option<Value>> {
-        let req = Request { method, path, body };
-        match call("GitHub", &self.token, self.token_var, &self.http, &req)? {
-            None => Ok(None),
-            Some(resp) if resp.body.is_empty() => Ok(Some(Value::Null)),
-            Some(resp) => resp.json().map(Some),
-        }
-    }
-
-    fn must(&self, method: Method, path: String, body: Option<&Value>) -> Result<Value> {
-        let what = path.clone();
-        self.call(method, path, body)?.ok_or_else(|| {
-            Error::Forge(format!(
-                "GitHub answered 404 to {what}\n  hint: check GITHUB_REPOSITORY and the job's `permissions:`"
-            ))
+        };
+        Ok(Github {
+            rest: Rest::new("GitHub", Box::new(http), env),
         })
     }
 }
 
 impl Forge for Github {
     fn name(&self) -> &'static str {
-        "GitHub"
+        self.rest.name
     }
 
     fn comment_limit(&self) -> usize {
@@ -143,20 +109,13 @@ impl Forge for Github {
     fn comments(&self, issue: u64) -> Result<Vec<Comment>> {
         let mut all = Vec::new();
         for page in 1.. {
-            let v = self.must(
-                Method::Get,
-                format!(
-                    "{}/issues/{issue}/comments?per_page={PER_PAGE}&page={page}",
-                    self.repo
-                ),
-                None,
-            )?;
-            let batch: Vec<Comment> = v
-                .as_array()
-                .map(|a| a.iter().map(comment).collect())
-                .unwrap_or_default();
+            let path = format!(
+                "{}/issues/{issue}/comments?per_page={PER_PAGE}&page={page}",
+                self.rest.repo
+            );
+            let batch = self.rest.list(path)?;
             let full = batch.len() == PER_PAGE;
-            all.extend(batch);
+            all.extend(batch.iter().map(rest::comment));
             if !full {
                 break;
             }
@@ -165,72 +124,45 @@ impl Forge for Github {
     }
 
     fn create_comment(&self, issue: u64, body: &str) -> Result<Comment> {
-        let v = self.must(
-            Method::Post,
-            format!("{}/issues/{issue}/comments", self.repo),
-            Some(&json!({ "body": body })),
-        )?;
-        Ok(comment(&v))
+        self.rest.create_comment(issue, body)
     }
 
     fn edit_comment(&self, id: u64, body: &str) -> Result<()> {
-        self.must(
-            Method::Patch,
-            format!("{}/issues/comments/{id}", self.repo),
-            Some(&json!({ "body": body })),
-        )?;
-        Ok(())
+        self.rest.edit_comment(id, body)
     }
 
     fn set_status(&self, sha: &str, status: &Status) -> Result<()> {
-        self.must(
-            Method::Post,
-            format!("{}/statuses/{sha}", self.repo),
-            Some(&status_body(status)),
-        )?;
-        Ok(())
+        self.rest.set_status(sha, status)
     }
 
     fn pull(&self, number: u64) -> Result<Option<Pull>> {
-        Ok(self
-            .call(Method::Get, format!("{}/pulls/{number}", self.repo), None)?
-            .map(|v| pull(&v)))
+        self.rest.pull(number)
     }
 
     fn merged_pull_of(&self, sha: &str) -> Result<Option<Pull>> {
-        let v = self.must(
-            Method::Get,
-            format!("{}/commits/{sha}/pulls", self.repo),
-            None,
-        )?;
-        // The list endpoint leaves `merged` out; `merged_at` says it. The
-        // merge (or squash) commit first; after a rebase merge, the pull
-        // request that brought the commit in.
-        let merged: Vec<&Value> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| !p["merged_at"].is_null())
-            .collect();
-        let found = merged
+        let path = format!("{}/commits/{sha}/pulls", self.rest.repo);
+        let merged: Vec<Pull> = self
+            .rest
+            .list(path)?
             .iter()
-            .find(|p| p["merge_commit_sha"].as_str() == Some(sha))
-            .or(merged.first());
-        Ok(found.map(|p| Pull {
-            merged: true,
-            ..pull(p)
-        }))
+            .map(rest::pull)
+            .filter(|p| p.merged)
+            .collect();
+        // The merge (or squash) commit first; after a rebase merge, the pull
+        // request that brought the commit in.
+        Ok(merged
+            .iter()
+            .find(|p| p.merge_commit_sha.as_deref() == Some(sha))
+            .or(merged.first())
+            .cloned())
     }
 
     fn environment_approvals(&self, run_id: u64) -> Result<Vec<EnvApproval>> {
-        let v = self.must(
-            Method::Get,
-            format!("{}/actions/runs/{run_id}/approvals", self.repo),
-            None,
-        )?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
+        let path = format!("{}/actions/runs/{run_id}/approvals", self.rest.repo);
+        Ok(self
+            .rest
+            .list(path)?
+            .iter()
             .map(|a| EnvApproval {
                 user: a["user"]["login"].as_str().unwrap_or_default().to_string(),
                 environments: a["environments"]

@@ -15,6 +15,7 @@ pub mod forgejo;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod notify;
+mod rest;
 
 use std::fmt;
 use std::time::Duration;
