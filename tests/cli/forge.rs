@@ -270,6 +270,19 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Pushes the work tree to main as the merge of pull request `number`, then
+/// runs the pipeline for it as the deploy workflow does.
+fn merge_and_run(ci: &Ci, p: &Pipeline, number: u64, base: &str, message: &str) -> (String, Run) {
+    let head = p.push(message);
+    ci.server.add_pull(number, &head, base, true, Some(&head));
+    let env = ci.env("push", push_event(base, &head), "dev");
+    let run = p.fleet_run_env(
+        &["run", "--base", base, "--head", &head, "--comment"],
+        &envs(&env),
+    );
+    (head, run)
+}
+
 #[test]
 fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_explained() {
     let ci = Ci::start(Flavor::Forgejo);
@@ -277,13 +290,7 @@ fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_expl
     let c0 = p.head();
     p.d.set("alpha", "version", "\"2\"")
         .set("beta", "version", "\"2\"");
-    let c1 = p.push("web: version 2");
-    ci.server.add_pull(3, &c1, &c0, true, Some(&c1));
-    let env = ci.env("push", push_event(&c0, &c1), "dev");
-    let run = p.fleet_run_env(
-        &["run", "--base", &c0, "--head", &c1, "--comment"],
-        &envs(&env),
-    );
+    let (c1, run) = merge_and_run(&ci, &p, 3, &c0, "web: version 2");
     no_token(run.code(4));
     assert_eq!(
         statuses(&ci, &c1),
@@ -372,13 +379,7 @@ fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_expl
     // and the merged PR is told.
     p.d.set("alpha", "health", "bad")
         .set("beta", "version", "\"3\"");
-    let c2 = p.push("web: version 3, alpha broken");
-    ci.server.add_pull(4, &c2, &c1, true, Some(&c2));
-    let env = ci.env("push", push_event(&c1, &c2), "dev");
-    let failed = p.fleet_run_env(
-        &["run", "--base", &c1, "--head", &c2, "--comment"],
-        &envs(&env),
-    );
+    let (c2, failed) = merge_and_run(&ci, &p, 4, &c1, "web: version 3, alpha broken");
     no_token(failed.code(1));
     assert_eq!(
         statuses(&ci, &c2),
@@ -498,14 +499,9 @@ fn github_environment_review_is_read_back_and_checked() {
     let p = Pipeline::new();
     let c0 = p.head();
     p.d.set("beta", "version", "\"2\"");
-    let c1 = p.push("beta: version 2");
-    ci.server.add_pull(21, &c1, &c0, true, Some(&c1));
-    let env = ci.env("push", push_event(&c0, &c1), "dev");
-    let run = p.fleet_run_env(
-        &["run", "--base", &c0, "--head", &c1, "--comment"],
-        &envs(&env),
-    );
+    let (c1, run) = merge_and_run(&ci, &p, 21, &c0, "beta: version 2");
     no_token(run.code(4));
+    let env = ci.env("push", push_event(&c0, &c1), "dev");
     let waiting = &ci.server.comments(21)[0].body;
     assert!(waiting.contains("Review deployments"), "{waiting}");
 
