@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     let base = repo.resolve(&args.base)?;
     let head = repo.resolve(&args.head)?;
     // Outside CI, --comment is an error before any work, not a no-op.
-    let forge = match args.comment {
+    let pull_request = match args.comment {
         false => None,
         true => {
             let reporter = Reporter::connect(ctx.forge, "plan --comment", &head.to_string())?;
@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
                 head,
                 &plan,
                 &args.scan_opts,
-                forge.as_ref(),
+                pull_request.as_ref(),
             )?),
         };
         Ok((plan, scan))
@@ -77,7 +77,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     let (plan, scan) = match planned {
         Ok(p) => p,
         Err(e) => {
-            if let Some((reporter, pr)) = &forge {
+            if let Some((reporter, pr)) = &pull_request {
                 tell_failure(reporter, *pr, &e);
             }
             return Err(e);
@@ -93,7 +93,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         eprint!("{}", report::scan(scan, Format::Text));
     }
     let blocked = scan.as_ref().is_some_and(|s| !s.passed);
-    if let Some((reporter, pr)) = &forge {
+    if let Some((reporter, pr)) = &pull_request {
         let after = after_merge(&repo, head, &plan, reporter.env.kind)?;
         let body = report::plan_comment(
             &plan,
@@ -132,16 +132,16 @@ fn scan_plan(
     head: CommitId,
     plan: &Plan,
     opts: &super::scan::ScanOpts,
-    forge: Option<&(Reporter, u64)>,
+    pull_request: Option<&(Reporter, u64)>,
 ) -> Result<crate::scan::ScanReport> {
     let snap = repo.snapshot(head)?;
     let (fleet, _) = config::validate(&config::load(&snap, Selection::All)?);
     let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
-    if let Some((r, _)) = forge {
+    if let Some((r, _)) = pull_request {
         r.status("scan", State::Pending, "scanning the images of this change")?;
     }
     let report = super::scan::gate(&fleet, &changed, opts);
-    if let Some((r, _)) = forge {
+    if let Some((r, _)) = pull_request {
         match &report {
             Ok(s) if s.passed => r.status(
                 "scan",
