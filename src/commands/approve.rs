@@ -278,7 +278,9 @@ fn from_ci(
             .as_u64()
             .ok_or_else(|| Error::Usage("the issue_comment event has no issue.number".into()))?;
         let user = e["comment"]["user"]["login"].as_str().unwrap_or_default();
-        if e["issue"]["pull_request"].is_null() {
+        // GitHub marks a pull request's issue with `issue.pull_request`;
+        // Forgejo sets that too, and `is_pull`.
+        if e["issue"]["pull_request"].is_null() && e["is_pull"] != json!(true) {
             return refuse(
                 forge,
                 Some(number),
