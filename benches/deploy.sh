@@ -47,6 +47,8 @@ USER_NAME=fleetgate-test
 
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 log() { echo "deploy.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$root/benches/lib.sh"
 [[ $HOSTS =~ ^[0-9]+$ ]] && ((HOSTS >= 1 && HOSTS <= 500)) || die "HOSTS must be 1..500 (got '$HOSTS')"
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1)) || die "RUNS must be >= 1 (got '$RUNS')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number (got '$WARMUP')"
@@ -106,19 +108,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-bin=$work/fleetgate
-if [[ -n ${FLEETGATE_BIN:-} ]]; then
-    [[ -x $FLEETGATE_BIN ]] || die "FLEETGATE_BIN=$FLEETGATE_BIN is not executable"
-    cp "$FLEETGATE_BIN" "$bin"
-    src_rev="FLEETGATE_BIN=$FLEETGATE_BIN"
-elif want fleetgate; then
-    log "building fleetgate (release)..."
-    (cd "$root" && cargo build --release --quiet) ||
-        die "cargo build --release failed; set FLEETGATE_BIN to a built fleetgate to bench it"
-    # A private copy: a rebuild in the project while the bench runs cannot swap it.
-    cp "$root/target/release/fleetgate" "$bin"
-    src_rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
+if [[ -n ${FLEETGATE_BIN:-} ]] || want fleetgate; then
+    fleetgate_binary
 else
+    bin=$work/fleetgate
     src_rev="(not run)"
 fi
 

@@ -56,6 +56,8 @@ USER_NAME=fleetgate-test
 
 die() { echo "revert.sh: $*" >&2; exit 1; }
 log() { echo "revert.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$root/benches/lib.sh"
 [[ $HOSTS =~ ^[0-9]+$ ]] && ((HOSTS >= 1 && HOSTS <= 200)) || die "HOSTS must be 1..200 (got '$HOSTS')"
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1)) || die "RUNS must be >= 1 (got '$RUNS')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number (got '$WARMUP')"
@@ -97,19 +99,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- fleetgate -------------------------------------------------------------------
-bin=$work/fleetgate
-if [[ -n ${FLEETGATE_BIN:-} ]]; then
-    [[ -x $FLEETGATE_BIN ]] || die "FLEETGATE_BIN=$FLEETGATE_BIN is not executable"
-    cp "$FLEETGATE_BIN" "$bin"
-    src_rev="FLEETGATE_BIN=$FLEETGATE_BIN"
-else
-    log "building fleetgate (release)..."
-    (cd "$root" && cargo build --release --quiet) ||
-        die "cargo build --release failed; set FLEETGATE_BIN to a built fleetgate to bench it"
-    # A private copy: a rebuild in the project while the bench runs cannot swap it.
-    cp "$root/target/release/fleetgate" "$bin"
-    src_rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
-fi
+fleetgate_binary
 
 # --- hosts -------------------------------------------------------------------------
 w=$((${#HOSTS} > 2 ? ${#HOSTS} : 2))

@@ -49,6 +49,8 @@ PROBES=${PROBES:-5}
 
 die() { echo "scan.sh: $*" >&2; exit 1; }
 log() { echo "scan.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$root/benches/lib.sh"
 [[ $IMAGES =~ ^[0-9]+$ ]] && ((IMAGES >= 1 && IMAGES <= 500)) || die "IMAGES must be 1..500 (got '$IMAGES')"
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1)) || die "RUNS must be >= 1 (got '$RUNS')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number (got '$WARMUP')"
@@ -100,19 +102,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- fleetgate ----------------------------------------------------------------------
-bin=$work/fleetgate
-if [[ -n ${FLEETGATE_BIN:-} ]]; then
-    [[ -x $FLEETGATE_BIN ]] || die "FLEETGATE_BIN=$FLEETGATE_BIN is not executable"
-    cp "$FLEETGATE_BIN" "$bin"
-    src_rev="FLEETGATE_BIN=$FLEETGATE_BIN"
-else
-    log "building fleetgate (release)..."
-    (cd "$root" && cargo build --release --quiet) ||
-        die "cargo build --release failed; set FLEETGATE_BIN to a built fleetgate to bench it"
-    # A private copy: a rebuild in the project while the bench runs cannot swap it.
-    cp "$root/target/release/fleetgate" "$bin"
-    src_rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
-fi
+fleetgate_binary
 
 # --- registry -----------------------------------------------------------------------
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
