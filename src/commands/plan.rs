@@ -7,7 +7,10 @@ use crate::config;
 use crate::config::Selection;
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
-use crate::forge::{self, State, notify::Reporter};
+use crate::forge::{
+    self, State,
+    notify::{self, Reporter},
+};
 use crate::plan::{self, Affected, Plan, Side};
 use crate::repo::{CommitId, Repo};
 use crate::report::{self, Format};
@@ -62,19 +65,29 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         }
     };
     let planned = build(&repo, base, head, &ctx.keyring).and_then(|plan| {
-        let scan = match args.scan {
-            false => None,
-            true => Some(scan_plan(
-                &repo,
-                head,
+        // The pipeline (and, to scan, every app and client) at head, read once.
+        let fleet = if args.scan || args.comment {
+            let selection = match args.scan {
+                true => Selection::All,
+                false => Selection::Only(Default::default()),
+            };
+            let snap = repo.snapshot(head)?;
+            Some(config::validate(&config::load(&snap, selection)?).0)
+        } else {
+            None
+        };
+        let scan = match (&fleet, args.scan) {
+            (Some(fleet), true) => Some(scan_plan(
+                fleet,
                 &plan,
                 &args.scan_opts,
                 pull_request.as_ref(),
             )?),
+            _ => None,
         };
-        Ok((plan, scan))
+        Ok((plan, fleet, scan))
     });
-    let (plan, scan) = match planned {
+    let (plan, fleet, scan) = match planned {
         Ok(p) => p,
         Err(e) => {
             if let Some((reporter, pr)) = &pull_request {
@@ -94,7 +107,8 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     }
     let blocked = scan.as_ref().is_some_and(|s| !s.passed);
     if let Some((reporter, pr)) = &pull_request {
-        let after = after_merge(&repo, head, &plan, reporter.env.kind)?;
+        let stages = fleet.as_ref().map_or(&[][..], |f| &f.pipeline.stages[..]);
+        let after = notify::after_merge(stages, &plan, reporter.env.kind);
         let body = report::plan_comment(
             &plan,
             scan.as_ref(),
@@ -128,19 +142,16 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
 
 /// The scan gate for the images the plan's clients would run at head.
 fn scan_plan(
-    repo: &Repo,
-    head: CommitId,
+    fleet: &config::Fleet,
     plan: &Plan,
     opts: &super::scan::ScanOpts,
     pull_request: Option<&(Reporter, u64)>,
 ) -> Result<crate::scan::ScanReport> {
-    let snap = repo.snapshot(head)?;
-    let (fleet, _) = config::validate(&config::load(&snap, Selection::All)?);
     let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
     if let Some((r, _)) = pull_request {
         r.status("scan", State::Pending, "scanning the images of this change")?;
     }
-    let report = super::scan::gate(&fleet, &changed, opts);
+    let report = super::scan::gate(fleet, &changed, opts);
     if let Some((r, _)) = pull_request {
         match &report {
             Ok(s) if s.passed => r.status(
@@ -153,24 +164,16 @@ fn scan_plan(
                 State::Failure,
                 &format!("{} blocking finding(s)", s.blocking()),
             )?,
-            Err(e) => r.status("scan", State::Error, &first_line(&e.to_string()))?,
+            Err(e) => r.status("scan", State::Error, &notify::first_line(e))?,
         }
     }
     report
 }
 
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
-}
-
 /// A plan that could not be made: the comment says why (errors never carry
 /// secret values), the status fails.
 fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
-    let state = match e.exit_code() {
-        ExitCode::Invalid => State::Failure,
-        _ => State::Error,
-    };
-    reporter.try_status("plan", state, &first_line(&e.to_string()));
+    reporter.try_status("plan", notify::error_state(e), &notify::first_line(e));
     let body = format!(
         "{}\n### fleetgate could not plan this change\n\n```\n{}\n```\n\nDetails: {}.\n",
         forge::PLAN_MARKER,
@@ -181,54 +184,6 @@ fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
     if let Err(err) = forge::upsert_comment(&*reporter.forge, pr, forge::PLAN_MARKER, &body) {
         tracing::error!("could not update the plan comment: {err}");
     }
-}
-
-/// What merging does: which stages deploy which clients, who approves.
-fn after_merge(repo: &Repo, head: CommitId, plan: &Plan, kind: forge::Kind) -> Result<String> {
-    if plan.clients.is_empty() {
-        return Ok("Merging deploys nothing.\n".into());
-    }
-    let snap = repo.snapshot(head)?;
-    let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
-    let mut out = String::from("**After merge**, `fleetgate run` deploys stage by stage:\n\n");
-    let mut first = true;
-    for stage in &fleet.pipeline.stages {
-        let clients: Vec<&str> = plan
-            .clients
-            .iter()
-            .filter(|c| c.stage == stage.name)
-            .map(|c| c.name.as_str())
-            .collect();
-        if clients.is_empty() {
-            continue;
-        }
-        let when = match (&stage.approval, first) {
-            (Some(a), _) => format!(
-                "after an approval of plan `{}` by one of {}",
-                &plan.plan_hash[..12],
-                a.approvers
-                    .iter()
-                    .map(|a| format!("@{a}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            (None, true) => "on merge".to_string(),
-            (None, false) => "once the stages before it pass".to_string(),
-        };
-        out.push_str(&format!(
-            "- **{}** ({}): {when}\n",
-            stage.name,
-            clients.join(", ")
-        ));
-        first = false;
-    }
-    if fleet.pipeline.stages.iter().any(|s| s.approval.is_some()) {
-        out.push_str(match kind {
-            forge::Kind::Forgejo => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or run the promote workflow with the merge commit.\n",
-            forge::Kind::Github => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or approve the pending deployment of the environment.\n",
-        });
-    }
-    Ok(out)
 }
 
 /// Renders both commits (only the clients the change can touch) and compares.

@@ -117,10 +117,9 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         // The status in progress errs; before any, the plan itself failed.
         let (name, state) = match current.borrow().clone() {
             Some(name) => (name, State::Error),
-            None if e.exit_code() == ExitCode::Invalid => ("plan".to_string(), State::Failure),
-            None => ("plan".to_string(), State::Error),
+            None => ("plan".to_string(), notify::error_state(e)),
         };
-        r.try_status(&name, state, &first_line(&e.to_string()));
+        r.try_status(&name, state, &notify::first_line(e));
     }
     let (code, note, outcomes, scan) = result?;
     if let Some(r) = &reporter
@@ -184,7 +183,7 @@ impl Run<'_> {
     }
 
     /// Sets the commit status `fleetgate/<name>` when reporting to a forge.
-    fn tell(&mut self, name: &str, state: State, description: &str) -> Result<()> {
+    fn tell(&self, name: &str, state: State, description: &str) -> Result<()> {
         let Some(r) = self.reporter else {
             return Ok(());
         };
@@ -298,14 +297,6 @@ impl Run<'_> {
             );
             let mut deploying = format!("deploying {} client(s)", pending.len());
             if let Some(approval) = &stage.approval {
-                // Tell people as soon as the stage waits, not only when
-                // `--wait-approval` gives up.
-                let note_now = self.records().read(head)?.unwrap_or(Value::Null);
-                if pipeline::counting_approval(&note_now, &plan.plan_hash, &approval.approvers)
-                    .is_none()
-                {
-                    self.tell_waiting(stage, &approval.approvers, &plan.plan_hash)?;
-                }
                 match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
                     Some(a) => {
                         tracing::info!(
@@ -460,7 +451,8 @@ impl Run<'_> {
     }
 
     /// The approval that counts for this stage, polling up to
-    /// `--wait-approval` for one.
+    /// `--wait-approval` for one; the forge hears that the stage waits the
+    /// first time none counts.
     fn approval(
         &self,
         stage: &Stage,
@@ -486,11 +478,16 @@ impl Run<'_> {
                     )
                 })
                 .collect();
-            if !stale.is_empty() && !told {
-                tracing::warn!(
-                    "approvals for an earlier plan do not count: {}",
-                    stale.join(", ")
-                );
+            if !told {
+                if !stale.is_empty() {
+                    tracing::warn!(
+                        "approvals for an earlier plan do not count: {}",
+                        stale.join(", ")
+                    );
+                }
+                // Tell people as soon as the stage waits, not only when
+                // `--wait-approval` gives up.
+                self.tell_waiting(stage, approvers, plan_hash)?;
             }
             if Instant::now() >= deadline || crate::interrupt::requested() {
                 return Ok(None);
@@ -511,7 +508,7 @@ impl Run<'_> {
 
     /// The `fleetgate/<stage>` status and the comment on the merged pull
     /// request when a stage waits for an approval.
-    fn tell_waiting(&mut self, stage: &Stage, approvers: &[String], plan_hash: &str) -> Result<()> {
+    fn tell_waiting(&self, stage: &Stage, approvers: &[String], plan_hash: &str) -> Result<()> {
         let Some(r) = self.reporter else {
             return Ok(());
         };
@@ -600,10 +597,6 @@ pub fn approval_stages(fleet: &config::Fleet) -> Vec<(&str, &[String])> {
                 .map(|a| (s.name.as_str(), a.approvers.as_slice()))
         })
         .collect()
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
 }
 
 /// The base the last run of `head` planned from (in its record).

@@ -12,8 +12,10 @@ use std::cell::Cell;
 use std::fmt::Write;
 
 use super::{Env, Forge, Kind, State, Status};
+use crate::config::Stage;
 use crate::deploy::{HostStatus, StageOutcome};
-use crate::error::Result;
+use crate::error::{Error, ExitCode, Result};
+use crate::plan::Plan;
 use crate::report::{self, OutcomeFormat};
 use crate::revert::{FailedGate, RevertOutcome};
 
@@ -117,6 +119,68 @@ impl Reporter {
     }
 }
 
+/// A status description for a command that stopped on `e`: its first line.
+pub fn first_line(e: &Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// The state of a status whose work stopped on `e`: invalid input is the
+/// change's failure; anything else (unreachable, interrupted) an error.
+pub fn error_state(e: &Error) -> State {
+    match e.exit_code() {
+        ExitCode::Invalid => State::Failure,
+        _ => State::Error,
+    }
+}
+
+/// `@alice, @bob`.
+fn mentions(users: &[String]) -> String {
+    users
+        .iter()
+        .map(|u| format!("@{u}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plan comment's last part: which stage deploys which clients after
+/// the merge, and who approves and how.
+pub fn after_merge(stages: &[Stage], plan: &Plan, kind: Kind) -> String {
+    if plan.clients.is_empty() {
+        return "Merging deploys nothing.\n".into();
+    }
+    let mut out = String::from("**After merge**, `fleetgate run` deploys stage by stage:\n\n");
+    let mut first = true;
+    for stage in stages {
+        let clients: Vec<&str> = plan
+            .clients
+            .iter()
+            .filter(|c| c.stage == stage.name)
+            .map(|c| c.name.as_str())
+            .collect();
+        if clients.is_empty() {
+            continue;
+        }
+        let when = match (&stage.approval, first) {
+            (Some(a), _) => format!(
+                "after an approval of plan `{}` by one of {}",
+                &plan.plan_hash[..12],
+                mentions(&a.approvers)
+            ),
+            (None, true) => "on merge".to_string(),
+            (None, false) => "once the stages before it pass".to_string(),
+        };
+        let _ = writeln!(out, "- **{}** ({}): {when}", stage.name, clients.join(", "));
+        first = false;
+    }
+    if stages.iter().any(|s| s.approval.is_some()) {
+        out.push_str(match kind {
+            Kind::Forgejo => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or run the promote workflow with the merge commit.\n",
+            Kind::Github => "\nTo approve after merge: comment `/fleetgate approve` on this pull request, or approve the pending deployment of the environment.\n",
+        });
+    }
+    out
+}
+
 pub fn waiting_marker(sha: &str) -> String {
     format!("<!-- fleetgate:waiting {sha} -->")
 }
@@ -127,11 +191,7 @@ pub fn failed_marker(sha: &str) -> String {
 
 /// How to approve a waiting stage, for comments and the log.
 pub fn how_to_approve(kind: Kind, stage: &str, approvers: &[String], plan_hash: &str) -> String {
-    let who = approvers
-        .iter()
-        .map(|a| format!("@{a}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let who = mentions(approvers);
     let mut out = format!(
         "**{stage}** waits for an approval of plan `{}` by one of {who}:\n\n",
         &plan_hash[..12.min(plan_hash.len())]
