@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::Context;
 use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Result};
-use crate::forge::{self, notify::Reporter};
+use crate::forge::{self, Env, Forge};
 use crate::origin::Origin;
 use crate::pipeline::{self, Approval};
 use crate::record::Records;
@@ -84,9 +84,10 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     if args.from_ci {
         // Outside CI this is an error before anything else.
-        let reporter = Reporter::connect(ctx.forge, "approve --from-ci", "")?;
+        let env = Env::from_env(ctx.forge, "approve --from-ci")?;
+        let forge = forge::connect(&env)?;
         let origin = Origin::new(&repo, &args.remote)?;
-        return from_ci(&reporter, args, &repo, &origin);
+        return from_ci(&env, &*forge, args, &repo, &origin);
     }
     let origin = Origin::new(&repo, &args.remote)?;
     let rev = repo.resolve(args.rev.as_deref().expect("clap requires --rev"))?;
@@ -101,7 +102,8 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
         given_at: None,
         source: "cli",
     };
-    match decide(&repo, &origin, &claim)? {
+    let stages = approval_stages_at(&repo, rev)?;
+    match decide(&repo, &origin, &claim, &stages)? {
         Verdict::Counted { approval, .. } => {
             print_approval(rev, &approval);
             Ok(ExitCode::Ok)
@@ -113,14 +115,27 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     }
 }
 
-/// Weighs a claim against REV's record and the pipeline at REV, and records
-/// it if it counts.
-fn decide(repo: &Repo, origin: &Origin, claim: &Claim) -> Result<Verdict> {
-    let rev = claim.rev;
-    let by = &claim.by;
+/// The stages of the pipeline at `rev` that need an approval, with their
+/// approvers.
+fn approval_stages_at(repo: &Repo, rev: CommitId) -> Result<Vec<(String, Vec<String>)>> {
     let snap = repo.snapshot(rev)?;
     let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
-    let stages = super::run::approval_stages(&fleet);
+    Ok(super::run::approval_stages(&fleet)
+        .into_iter()
+        .map(|(s, a)| (s.to_string(), a.to_vec()))
+        .collect())
+}
+
+/// Weighs a claim against REV's record and `stages` (the approval stages of
+/// the pipeline at REV), and records it if it counts.
+fn decide(
+    repo: &Repo,
+    origin: &Origin,
+    claim: &Claim,
+    stages: &[(String, Vec<String>)],
+) -> Result<Verdict> {
+    let rev = claim.rev;
+    let by = &claim.by;
     if stages.is_empty() {
         return Ok(Verdict::Refused(format!(
             "no stage of {} at {} needs an approval",
@@ -131,7 +146,7 @@ fn decide(repo: &Repo, origin: &Origin, claim: &Claim) -> Result<Verdict> {
     let mine: Vec<String> = stages
         .iter()
         .filter(|(_, approvers)| approvers.contains(by))
-        .map(|(s, _)| s.to_string())
+        .map(|(s, _)| s.clone())
         .collect();
     if mine.is_empty() {
         let who: Vec<String> = stages
@@ -205,16 +220,17 @@ fn print_approval(rev: CommitId, approval: &Approval) {
 }
 
 fn from_ci(
-    reporter: &Reporter,
+    env: &Env,
+    forge: &dyn Forge,
     args: &ApproveArgs,
     repo: &Repo,
     origin: &Origin,
 ) -> Result<ExitCode> {
-    let env = &reporter.env;
-    let forge = &*reporter.forge;
     let event = env.event_name.clone().unwrap_or_default();
     // Where to answer a comment, if the approval came from one.
     let mut reply_to: Option<u64> = None;
+    // The approval stages at the claimed commit, once read.
+    let mut stages = None;
     let claim = if let Some(environment) = &args.environment {
         let rev = repo.resolve(args.rev.as_deref().ok_or_else(|| {
             Error::Usage("--environment needs --rev: the commit the deployment is for".into())
@@ -225,7 +241,19 @@ fn from_ci(
             )
         })?;
         let reviews = forge.environment_approvals(run_id)?;
-        let approvers = stage_approvers(repo, rev, environment)?;
+        let at_rev = approval_stages_at(repo, rev)?;
+        let approvers = at_rev
+            .iter()
+            .find(|(s, _)| s == environment)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "stage `{environment}` of {} at {} needs no approval",
+                    config::PIPELINE,
+                    rev.short()
+                ))
+            })?;
+        stages = Some(at_rev);
         let Some(review) = reviews.iter().find(|r| {
             r.approved
                 && r.environments.iter().any(|e| e == environment)
@@ -360,7 +388,11 @@ fn from_ci(
             "approve --from-ci takes an issue_comment or workflow_dispatch event (or --environment on GitHub), and this is `{event}`"
         )));
     };
-    match decide(repo, origin, &claim)? {
+    let stages = match stages {
+        Some(s) => s,
+        None => approval_stages_at(repo, claim.rev)?,
+    };
+    match decide(repo, origin, &claim, &stages)? {
         Verdict::Counted { approval, stages } => {
             print_approval(claim.rev, &approval);
             write_outputs(claim.rev, &approval.plan_hash)?;
@@ -406,22 +438,6 @@ fn refuse(
         )?;
     }
     Ok(ExitCode::Blocked)
-}
-
-fn stage_approvers(repo: &Repo, rev: CommitId, stage: &str) -> Result<Vec<String>> {
-    let snap = repo.snapshot(rev)?;
-    let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
-    super::run::approval_stages(&fleet)
-        .into_iter()
-        .find(|(s, _)| *s == stage)
-        .map(|(_, a)| a.to_vec())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "stage `{stage}` of {} at {} needs no approval",
-                config::PIPELINE,
-                rev.short()
-            ))
-        })
 }
 
 /// Step outputs for the workflow's next step (`steps.<id>.outputs.rev`).

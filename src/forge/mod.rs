@@ -69,10 +69,7 @@ impl fmt::Display for Token {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment {
     pub id: u64,
-    pub user: String,
     pub body: String,
-    /// RFC 3339, as the forge gives it.
-    pub created_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +77,6 @@ pub struct Pull {
     pub number: u64,
     pub merged: bool,
     pub merge_commit_sha: Option<String>,
-    pub head_sha: String,
-    pub html_url: String,
 }
 
 /// A commit status's state; the forge's words.

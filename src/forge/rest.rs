@@ -115,9 +115,7 @@ impl Rest {
 pub fn comment(v: &Value) -> Comment {
     Comment {
         id: v["id"].as_u64().unwrap_or_default(),
-        user: v["user"]["login"].as_str().unwrap_or_default().to_string(),
         body: v["body"].as_str().unwrap_or_default().to_string(),
-        created_at: v["created_at"].as_str().unwrap_or_default().to_string(),
     }
 }
 
@@ -127,8 +125,6 @@ pub fn pull(v: &Value) -> Pull {
         // GitHub's list endpoints leave `merged` out; `merged_at` says it.
         merged: v["merged"].as_bool().unwrap_or(false) || !v["merged_at"].is_null(),
         merge_commit_sha: v["merge_commit_sha"].as_str().map(str::to_string),
-        head_sha: v["head"]["sha"].as_str().unwrap_or_default().to_string(),
-        html_url: v["html_url"].as_str().unwrap_or_default().to_string(),
     }
 }
 
