@@ -22,7 +22,8 @@ fn changes(n: usize) -> String {
     }
 }
 
-fn short(sha: &str) -> &str {
+/// The first 12 characters of a commit id or hash, as shown to people.
+pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 

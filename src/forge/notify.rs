@@ -81,7 +81,7 @@ impl Reporter {
             let Some(pull) = self.forge.merged_pull_of(&self.sha)? else {
                 tracing::info!(
                     "{} came from no merged pull request: nobody to comment to",
-                    &self.sha[..12.min(self.sha.len())]
+                    report::short(&self.sha)
                 );
                 return Ok(());
             };
@@ -194,12 +194,12 @@ pub fn how_to_approve(kind: Kind, stage: &str, approvers: &[String], plan_hash: 
     let who = mentions(approvers);
     let mut out = format!(
         "**{stage}** waits for an approval of plan `{}` by one of {who}:\n\n",
-        &plan_hash[..12.min(plan_hash.len())]
+        report::short(plan_hash)
     );
     let _ = writeln!(
         out,
         "- comment `/fleetgate approve {}` on this pull request, or",
-        &plan_hash[..12.min(plan_hash.len())]
+        report::short(plan_hash)
     );
     match kind {
         Kind::Forgejo => {
@@ -234,7 +234,7 @@ pub fn waiting_comment(
 ) -> String {
     let mut out = format!(
         "### fleetgate: `{}` waits for approval\n\n",
-        &sha[..12.min(sha.len())]
+        report::short(sha)
     );
     for o in passed {
         let _ = writeln!(
@@ -261,7 +261,7 @@ pub fn failure_comment(
 ) -> String {
     let mut out = format!(
         "### fleetgate: `{}` failed in **{}**\n\n",
-        &sha[..12.min(sha.len())],
+        report::short(sha),
         outcome.stage
     );
     if let Some(g) = gate {
@@ -305,7 +305,7 @@ pub fn failure_comment(
             let _ = writeln!(
                 out,
                 "**Could not revert automatically**: later commits (branch at {}) touch {}. The hosts stay rolled back; revert by hand.",
-                &tip[..12.min(tip.len())],
+                report::short(tip),
                 paths
                     .iter()
                     .map(|p| format!("`{p}`"))
@@ -317,7 +317,7 @@ pub fn failure_comment(
             let _ = writeln!(
                 out,
                 "The commit is no longer on the branch (now {}): nothing reverted.",
-                &tip[..12.min(tip.len())]
+                report::short(tip)
             );
         }
         None => {
