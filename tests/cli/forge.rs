@@ -256,7 +256,7 @@ fn no_approvals(note: &Value) -> bool {
 }
 
 /// Statuses of one commit as (context, state), in the order they were set.
-fn statuses(ci: &Ci, sha: &str) -> Vec<(String, String)> {
+pub fn statuses(ci: &Ci, sha: &str) -> Vec<(String, String)> {
     ci.server
         .statuses(sha)
         .into_iter()
@@ -264,7 +264,7 @@ fn statuses(ci: &Ci, sha: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()

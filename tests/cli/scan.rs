@@ -478,7 +478,7 @@ fn run_stops_before_the_first_stage_when_the_scan_blocks() {
 
 #[test]
 fn plan_scan_comment_carries_the_scan_summary_and_sets_its_status() {
-    use crate::forge::{Ci, envs, no_token, pr_event};
+    use crate::forge::{Ci, envs, no_token, pairs, pr_event, statuses};
     use crate::forge_server::Flavor;
     let s = ScanFleet::new();
     let ci = Ci::start(Flavor::Forgejo);
@@ -514,21 +514,14 @@ fn plan_scan_comment_carries_the_scan_summary_and_sets_its_status() {
     let body = &ci.server.comments(4)[0].body;
     assert!(body.contains("| beta | canary |"), "{body}");
     assert!(body.contains("CVE-2099-0001"), "{body}");
-    let seen: Vec<(String, String)> = ci
-        .server
-        .statuses(&head)
-        .into_iter()
-        .map(|st| (st.context, st.state))
-        .collect();
-    let expected: Vec<(String, String)> = [
-        ("fleetgate/plan", "pending"),
-        ("fleetgate/scan", "pending"),
-        ("fleetgate/scan", "failure"),
-        ("fleetgate/plan", "success"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(seen, expected);
+    assert_eq!(
+        statuses(&ci, &head),
+        pairs(&[
+            ("fleetgate/plan", "pending"),
+            ("fleetgate/scan", "pending"),
+            ("fleetgate/scan", "failure"),
+            ("fleetgate/plan", "success"),
+        ])
+    );
     ci.assert_valid();
 }
