@@ -156,7 +156,40 @@ pub struct HostOutcome {
     /// Health after a rollback.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rollback_checks: Vec<CheckResult>,
+    /// Why a rollback that was needed did not happen (or not all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_failure: Option<Failure>,
+    /// What each app of this host runs after the stage, as far as fleetgate
+    /// knows: the report never says "rolled back" for a host it could not
+    /// reach.
+    pub runs: BTreeMap<String, Runs>,
     pub seconds: f64,
+}
+
+/// What an app on a host runs after a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runs {
+    /// This release (full rev), live.
+    Release(String),
+    /// Not touched by this stage: whatever it ran before.
+    AsBefore,
+    /// A first deploy taken down again: nothing.
+    Nothing,
+    /// The host was lost during a change and could not be put back: it may
+    /// run the new release, un-gated.
+    Unknown,
+}
+
+impl Runs {
+    pub fn describe(&self) -> String {
+        match self {
+            Runs::Release(rev) => crate::report::short(rev).to_string(),
+            Runs::AsBefore => "as before".into(),
+            Runs::Nothing => "nothing".into(),
+            Runs::Unknown => "UNKNOWN".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,14 +228,18 @@ impl StageOutcome {
             .collect()
     }
 
-    /// Did every failure come from the infrastructure, unhandled?
-    pub fn infra_failure_unhandled(&self) -> bool {
-        !self.rolled_back
-            && self.hosts.iter().any(|h| {
-                h.failure
-                    .as_ref()
-                    .is_some_and(|f| f.kind == FailureKind::Infra)
-            })
+    /// Hosts that may run something nobody gated: lost during a change
+    /// and not put back.
+    pub fn lost(&self) -> Vec<&HostOutcome> {
+        self.hosts
+            .iter()
+            .filter(|h| h.runs.values().any(|r| *r == Runs::Unknown))
+            .collect()
+    }
+
+    /// Hosts that failed (tolerated or not), rolled back or not.
+    pub fn failed(&self) -> impl Iterator<Item = &HostOutcome> {
+        self.hosts.iter().filter(|h| h.failure.is_some())
     }
 }
 
@@ -216,6 +253,15 @@ struct Switched {
 struct HostRun {
     outcome: HostOutcome,
     switched: Vec<Switched>,
+}
+
+/// Every app of `target` as this stage leaves it when it touches nothing.
+fn untouched(target: &Target) -> BTreeMap<String, Runs> {
+    target
+        .apps
+        .iter()
+        .map(|a| (a.name.clone(), Runs::AsBefore))
+        .collect()
 }
 
 fn secs(since: Instant) -> f64 {
@@ -428,6 +474,7 @@ async fn deploy_host<R: Remote>(
     let mut switched = Vec::new();
     let mut checks = Vec::new();
     let mut changed = Vec::new();
+    let mut runs = untouched(target);
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
         let out = run_step(
@@ -453,6 +500,7 @@ async fn deploy_host<R: Remote>(
             let now = inspected.get(&app.name).cloned().unwrap_or_default();
             if is_live(&now, &plan.rev, &app.files) {
                 rec.record(Some(&app.name), "unchanged", true, Instant::now());
+                runs.insert(app.name.clone(), Runs::Release(plan.rev.clone()));
                 continue;
             }
             let back_to = before_rev(now.state.as_ref(), &plan.rev);
@@ -487,14 +535,31 @@ async fn deploy_host<R: Remote>(
             changed.push(app);
         }
         let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
-        for step in done
+        // A switch cut off by a lost connection may have happened on the
+        // host all the same: it counts as switched, so it is put back (a
+        // switch back to the state it has is harmless).
+        let cut_off = failure
+            .as_ref()
+            .filter(|f| f.kind == FailureKind::Infra && f.step == "switch")
+            .and_then(|f| f.app.clone());
+        for app in done
             .iter()
             .map(|&i| &steps[i])
             .filter(|s| s.step == "switch")
+            .map(|s| s.app.clone())
+            .chain(cut_off)
         {
+            runs.insert(
+                app.clone(),
+                match failure.as_ref().map(|f| f.kind) {
+                    // Lost mid-change: no telling what it runs.
+                    Some(FailureKind::Infra) => Runs::Unknown,
+                    _ => Runs::Release(plan.rev.clone()),
+                },
+            );
             switched.push(Switched {
-                app: step.app.clone(),
-                before: before.get(step.app.as_str()).cloned().flatten(),
+                before: before.get(app.as_str()).cloned().flatten(),
+                app,
             });
         }
         if let Some(f) = failure {
@@ -519,6 +584,29 @@ async fn deploy_host<R: Remote>(
                 step: "health".into(),
                 message: format!("{}: {}", f.check, f.detail),
             });
+        }
+        // Only now is the release live for the next run (`is_live`): a run
+        // killed before this line leaves it to be judged again.
+        let gated: Vec<(&AppDir, &str)> = changed
+            .iter()
+            .map(|a| (&a.dir, plan.rev.as_str()))
+            .collect();
+        if let Err(f) = run_step(
+            remote,
+            &mut rec,
+            &target.masker,
+            None,
+            "gated",
+            &release::gated_script(&gated),
+        )
+        .await
+        {
+            if f.kind == FailureKind::Infra {
+                for app in &changed {
+                    runs.insert(app.name.clone(), Runs::Unknown);
+                }
+            }
+            return Err(f);
         }
         Ok(true)
     }
@@ -551,6 +639,8 @@ async fn deploy_host<R: Remote>(
             switched: switched.iter().map(|s| s.app.clone()).collect(),
             frozen: Vec::new(),
             rollback_checks: Vec::new(),
+            rollback_failure: None,
+            runs,
             seconds: secs(started),
         },
         switched,
@@ -570,6 +660,7 @@ fn is_live(now: &Inspected, rev: &str, files: &[ReleaseFile]) -> bool {
         .collect();
     now.state.as_ref().is_some_and(|s| s.rev == rev)
         && now.started.as_deref() == Some(rev)
+        && now.gated.as_deref() == Some(rev)
         && desired == live
 }
 
@@ -718,6 +809,9 @@ async fn run_checks<R: Remote>(
 }
 
 /// Puts the switched apps of one host back on the release they had before.
+/// The host is `RolledBack` only when every switched app is back and
+/// healthy; otherwise it stays `Failed`, with why in `rollback_failure` and
+/// what each app now runs in `runs`.
 async fn rollback_host<R: Remote>(
     target: &Target,
     remote: &R,
@@ -768,31 +862,53 @@ async fn rollback_host<R: Remote>(
             None => vec![Step::new(name, "remove", first_deploy_teardown(app))],
         };
         let (_, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
-        let result = match failure {
-            Some(f) => Err(f),
-            None => Ok(sw.before.is_some()),
-        };
-        match result {
-            Ok(true) => restored.push(app),
-            Ok(false) => {}
-            Err(f) => failures.push(f),
+        match (failure, &sw.before) {
+            (Some(f), _) => {
+                run.outcome.runs.insert(app.name.clone(), Runs::Unknown);
+                failures.push(f);
+            }
+            (None, Some(before)) => {
+                run.outcome
+                    .runs
+                    .insert(app.name.clone(), Runs::Release(before.rev.clone()));
+                restored.push((app, before.rev.as_str()));
+            }
+            (None, None) => {
+                run.outcome.runs.insert(app.name.clone(), Runs::Nothing);
+            }
         }
     }
     if !restored.is_empty() {
         let started = Instant::now();
-        run.outcome.rollback_checks =
-            run_checks(remote, target, &restored, Duration::ZERO, None).await;
+        let apps: Vec<&AppJob> = restored.iter().map(|(a, _)| *a).collect();
+        run.outcome.rollback_checks = run_checks(remote, target, &apps, Duration::ZERO, None).await;
         let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
         rec.record(None, "health after rollback", healthy, started);
+        if healthy {
+            // The previous release passed its gates again: live for the next
+            // run. Unhealthy, it is judged again by the next deploy of it.
+            let gated: Vec<(&AppDir, &str)> =
+                restored.iter().map(|(a, rev)| (&a.dir, *rev)).collect();
+            if let Err(f) = run_step(
+                remote,
+                &mut rec,
+                &target.masker,
+                None,
+                "gated",
+                &release::gated_script(&gated),
+            )
+            .await
+            {
+                failures.push(f);
+            }
+        }
     }
     run.outcome.steps.extend(rec.steps);
     if failures.is_empty() && run.outcome.frozen.is_empty() {
         run.outcome.status = HostStatus::RolledBack;
     } else {
         run.outcome.status = HostStatus::Failed;
-        if run.outcome.failure.is_none() {
-            run.outcome.failure = failures.into_iter().next();
-        }
+        run.outcome.rollback_failure = failures.into_iter().next();
     }
 }
 
@@ -881,13 +997,32 @@ pub async fn run_stage<C: Connector>(
             let needs_rollback = plan.rollback
                 && !run.switched.is_empty()
                 && (too_many || run.outcome.status == HostStatus::Failed);
-            let mut rolled_back = false;
+            // A connection that failed mid-change is not trusted with the
+            // rollback: a fresh one is (the host may be back).
+            let lost = run
+                .outcome
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.kind == FailureKind::Infra);
+            let remote = match remote {
+                Some(r) if lost && needs_rollback => {
+                    connector.close(r).await;
+                    None
+                }
+                other => other,
+            };
             let remote = match remote {
                 Some(r) => Some(r),
-                None if needs_rollback => match connector.connect(&target.host).await {
+                None if needs_rollback => match reconnect(connector, &target.host).await {
                     Ok(r) => Some(r),
                     Err(e) => {
-                        tracing::error!("rollback: {e}");
+                        tracing::error!("{}: could not roll back: {e}", target.host.name);
+                        run.outcome.rollback_failure = Some(Failure {
+                            kind: FailureKind::Infra,
+                            app: None,
+                            step: "rollback".into(),
+                            message: target.masker.mask(&e.to_string()),
+                        });
                         None
                     }
                 },
@@ -896,16 +1031,15 @@ pub async fn run_stage<C: Connector>(
             if let Some(r) = remote {
                 if needs_rollback {
                     rollback_host(target, &r, &mut run, &plan.rev).await;
-                    rolled_back = true;
                 }
                 connector.close(r).await;
             }
-            (run.outcome, rolled_back)
+            run.outcome
         },
     ))
     .await;
-    let rolled_back = finished.iter().any(|(_, r)| *r);
-    let hosts = finished.into_iter().map(|(o, _)| o).collect();
+    let hosts: Vec<HostOutcome> = finished;
+    let rolled_back = hosts.iter().any(|h| h.status == HostStatus::RolledBack);
     StageOutcome {
         stage: plan.stage.clone(),
         rev: plan.rev.clone(),
@@ -916,6 +1050,23 @@ pub async fn run_stage<C: Connector>(
         rolled_back,
         hosts,
     }
+}
+
+/// A connection for a rollback: a host that just dropped may be back in a
+/// moment (a restarted sshd, a network blip), so a few tries, ~3 s in all.
+async fn reconnect<C: Connector>(connector: &C, host: &Host) -> Result<C::Host, RemoteError> {
+    let mut last = None;
+    for wait_ms in [0, 1000, 2000] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        match connector.connect(host).await {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                tracing::warn!("{}: reconnecting to roll back: {e}", host.name);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("tried at least once"))
 }
 
 fn not_started(target: &Target, why: &str) -> HostRun {
@@ -931,6 +1082,8 @@ fn not_started(target: &Target, why: &str) -> HostRun {
             switched: Vec::new(),
             frozen: Vec::new(),
             rollback_checks: Vec::new(),
+            rollback_failure: None,
+            runs: untouched(target),
             seconds: 0.0,
         },
         switched: Vec::new(),
@@ -963,6 +1116,8 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
             switched: Vec::new(),
             frozen: Vec::new(),
             rollback_checks: Vec::new(),
+            rollback_failure: None,
+            runs: untouched(target),
             seconds: secs(started),
         },
         switched: Vec::new(),
@@ -1220,6 +1375,37 @@ mod tests {
     }
 
     #[test]
+    fn a_release_started_but_never_judged_is_judged_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+        assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+        let gated = root.join("h1/alpha/web/gated");
+        assert_eq!(
+            std::fs::read_to_string(&gated).unwrap(),
+            format!("{}\n", "a".repeat(40))
+        );
+        assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
+
+        // As if killed between its start and its verdict: started, not gated.
+        std::fs::remove_file(&gated).unwrap();
+        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+        assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+        assert!(!o.hosts[0].checks.is_empty(), "its gates ran");
+        assert!(gated.exists());
+
+        // A broken release killed before its verdict is rolled back on the
+        // next deploy, and the release it goes back to is gated again.
+        let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
+        assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+        assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
+        assert_eq!(
+            std::fs::read_to_string(&gated).unwrap(),
+            format!("{}\n", "a".repeat(40))
+        );
+    }
+
+    #[test]
     fn freeze_apps_stay_and_untouched_hosts_stay_untouched() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
@@ -1243,6 +1429,10 @@ mod tests {
         assert_eq!(o.hosts[0].status, HostStatus::Failed);
         assert_eq!(o.hosts[1].status, HostStatus::NotStarted);
         assert!(!root.join("h2").exists());
-        assert!(o.infra_failure_unhandled());
+        assert_eq!(o.hosts[0].runs["web"], Runs::AsBefore);
+        assert_eq!(
+            crate::pipeline::verdict(&o),
+            crate::pipeline::StageVerdict::InfraFailed
+        );
     }
 }

@@ -125,6 +125,16 @@ pub enum Error {
     #[error("{0}")]
     Remote(String),
 
+    /// A host could not be reached or read (outside a stage, whose
+    /// unreachable hosts are part of its outcome).
+    #[error("{0}")]
+    Host(String),
+
+    /// A run record (a note under `refs/notes/fleetgate`) that cannot be
+    /// read as one: never treated as "no record", never overwritten.
+    #[error("{0}")]
+    Record(String),
+
     /// The forge (Forgejo, GitHub) could not be reached, refused the token,
     /// or refused a request. The message is scrubbed of the token.
     #[error("{0}")]
@@ -153,6 +163,8 @@ impl Error {
             Error::Git { .. }
             | Error::Io { .. }
             | Error::Remote(_)
+            | Error::Record(_)
+            | Error::Host(_)
             | Error::Forge(_)
             | Error::Scan(_) => ExitCode::Infra,
         }

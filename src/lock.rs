@@ -62,6 +62,7 @@ pub struct Lock<'o> {
     ours: Oid,
     holder: Holder,
     ttl: Duration,
+    released: bool,
 }
 
 fn now_s(t: DateTime<Utc>) -> String {
@@ -169,6 +170,7 @@ pub fn acquire<'o>(
                     ours: new,
                     holder: ours,
                     ttl,
+                    released: false,
                 });
             }
             Pushed::Rejected(_) => continue,
@@ -201,7 +203,14 @@ impl Lock<'_> {
     }
 
     /// Deletes the lock if it is still ours.
-    pub fn release(self) {
+    pub fn release(mut self) {
+        self.release_once();
+    }
+
+    fn release_once(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let update = Update {
             name: LOCK_REF.into(),
             new: None,
@@ -216,5 +225,13 @@ impl Lock<'_> {
                 tracing::warn!("could not release the pipeline lock (it expires by itself): {e}")
             }
         }
+    }
+}
+
+/// Every way out of a run releases the lock: an early `?` return and a
+/// panic unwinding through the run too, not only the normal end.
+impl Drop for Lock<'_> {
+    fn drop(&mut self) {
+        self.release_once();
     }
 }

@@ -79,6 +79,7 @@ impl<'r> Records<'r> {
         refs: &[String],
         edit: impl Fn(&mut Value),
     ) -> Result<Value> {
+        let sig = signature(self.repo)?;
         for attempt in 1..=ATTEMPTS {
             if let Some(origin) = self.origin {
                 origin.fetch_records()?;
@@ -96,7 +97,18 @@ impl<'r> Records<'r> {
                 .collect();
             let mut note = read_note(self.repo, rev)?.unwrap_or_else(|| new_note(rev));
             edit(&mut note);
-            write_note(self.repo, rev, &note)?;
+            match write_note(self.repo, &sig, rev, &note) {
+                Ok(_) => {}
+                // Another fleetgate in this same clone is writing a note
+                // right now (git's ref lock): the same race as a rejected
+                // push, re-read and retried the same way.
+                Err(e) if e.code() == git2::ErrorCode::Locked => {
+                    tracing::debug!("notes ref locked by another process; retrying");
+                    std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+                    continue;
+                }
+                Err(e) => return Err(Error::git(format!("write the note on {rev}"), e)),
+            }
             for u in &updates {
                 git.reference(&u.name, rev.0, true, "fleetgate: gates passed")
                     .map_err(|e| Error::git(format!("update {}", u.name), e))?;
@@ -154,14 +166,51 @@ pub fn record_stage(
     Ok((moved, note))
 }
 
+/// The run record on `rev`. A note that is not a JSON object is an error,
+/// not "no record": reading it as none would drop its approvals, and the
+/// next update would overwrite it.
 pub fn read_note(repo: &Repo, rev: CommitId) -> Result<Option<Value>> {
-    match repo.git().find_note(Some(NOTES_REF), rev.0) {
-        Ok(note) => Ok(note
-            .message()
-            .ok()
-            .and_then(|m| serde_json::from_str(m).ok())),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
-        Err(e) => Err(Error::git(format!("read the note on {rev}"), e)),
+    let note = match repo.git().find_note(Some(NOTES_REF), rev.0) {
+        Ok(note) => note,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(Error::git(format!("read the note on {rev}"), e)),
+    };
+    let corrupt = |why: String| {
+        Error::Record(format!(
+            "the run record on {rev} ({NOTES_REF}) is not fleetgate's: {why}\n  hint: look at it with `git notes --ref=fleetgate show {rev}`; fleetgate will not overwrite it (its approvals would be lost): repair it, or remove it with `git notes --ref=fleetgate remove {rev}` and push {NOTES_REF}"
+        ))
+    };
+    let text = note
+        .message()
+        .map_err(|_| corrupt("it is not UTF-8".into()))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.is_object() => {
+            // The parts a run decides on are read leniently further on
+            // (`pipeline::approvals`): check their shape here, once.
+            if let Some(a) = v.get("approvals")
+                && let Err(e) = serde_json::from_value::<Vec<crate::pipeline::Approval>>(a.clone())
+            {
+                return Err(corrupt(format!(
+                    "`approvals` is not a list of approvals: {e}"
+                )));
+            }
+            for key in ["base", "plan_hash", "head", "waiting"] {
+                if v.get(key).is_some_and(|x| !x.is_string()) {
+                    return Err(corrupt(format!("`{key}` is not a string")));
+                }
+            }
+            if v.get("stages").is_some_and(|x| !x.is_object()) {
+                return Err(corrupt("`stages` is not an object".into()));
+            }
+            Ok(Some(v))
+        }
+        Ok(_) => Err(corrupt("it is not a JSON object".into())),
+        // The position only: the text itself is not ours to print.
+        Err(e) => Err(corrupt(format!(
+            "invalid JSON at line {} column {}",
+            e.line(),
+            e.column()
+        ))),
     }
 }
 
@@ -173,10 +222,13 @@ pub fn signature(repo: &Repo) -> Result<git2::Signature<'static>> {
         .map_err(|e| Error::git("make a signature", e))
 }
 
-fn write_note(repo: &Repo, rev: CommitId, note: &Value) -> Result<Oid> {
-    let sig = signature(repo)?;
+fn write_note(
+    repo: &Repo,
+    sig: &git2::Signature,
+    rev: CommitId,
+    note: &Value,
+) -> std::result::Result<Oid, git2::Error> {
     let text = serde_json::to_string_pretty(note).expect("a note serialises");
     repo.git()
-        .note(&sig, &sig, Some(NOTES_REF), rev.0, &text, true)
-        .map_err(|e| Error::git(format!("write the note on {rev}"), e))
+        .note(sig, sig, Some(NOTES_REF), rev.0, &text, true)
 }

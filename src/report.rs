@@ -24,7 +24,9 @@ fn changes(n: usize) -> String {
 
 /// The first 12 characters of a commit id or hash, as shown to people.
 pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    // Hashes and revs may come from a note or a forge payload: whatever they
+    // hold (short, non-ASCII), shortening never panics.
+    sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
 }
 
 fn app_summary(app: &AppPlan) -> String {
@@ -57,7 +59,7 @@ fn tag_of(image: &str) -> String {
     let (name, digest) = image.split_once('@').unwrap_or((image, ""));
     let tag = name.rsplit_once(':').map_or(name, |(_, t)| t);
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    format!("{tag}@{}", &hex[..hex.len().min(12)])
+    format!("{tag}@{}", short(hex))
 }
 
 fn host_changes(c: &ClientPlan) -> Vec<String> {
@@ -342,9 +344,15 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         s.push('\n');
         return s;
     }
+    use crate::deploy::HostStatus;
+    use crate::pipeline::StageVerdict;
     let mut out = String::new();
-    let verdict = if o.passed { "passed" } else { "FAILED" };
-    let _ = write!(
+    let verdict = match crate::pipeline::verdict(o) {
+        StageVerdict::Passed => "passed",
+        StageVerdict::Interrupted => "INTERRUPTED",
+        _ => "FAILED",
+    };
+    let _ = writeln!(
         out,
         "stage {} @ {}: {verdict} ({} of {} host{} failed, {} tolerated)",
         o.stage,
@@ -354,10 +362,26 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         if o.hosts.len() == 1 { "" } else { "s" },
         o.max_failures
     );
-    if o.rolled_back {
-        out.push_str(", rolled back");
+    let rolled_back: Vec<&str> = o
+        .hosts
+        .iter()
+        .filter(|h| h.status == HostStatus::RolledBack)
+        .map(|h| h.host.as_str())
+        .collect();
+    if !rolled_back.is_empty() {
+        let _ = writeln!(out, "rolled back: {}", rolled_back.join(", "));
     }
-    out.push('\n');
+    for h in o.hosts.iter().filter(|h| h.rollback_failure.is_some()) {
+        let f = h.rollback_failure.as_ref().expect("filtered");
+        let _ = writeln!(
+            out,
+            "NOT rolled back: {} ({}: {}); it runs {}",
+            h.host,
+            f.step,
+            f.message.lines().next().unwrap_or_default(),
+            runs(h)
+        );
+    }
     let rows: Vec<Vec<String>> = o
         .hosts
         .iter()
@@ -367,6 +391,7 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
                 h.client.clone(),
                 h.host.clone(),
                 status.as_str().unwrap_or_default().replace('_', " "),
+                runs(h),
                 format!("{:.2}s", h.seconds),
                 h.failure
                     .as_ref()
@@ -386,7 +411,7 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         })
         .collect();
     out.push_str(&table(
-        &["client", "host", "status", "time", "failure"],
+        &["client", "host", "status", "runs", "time", "failure"],
         &rows,
     ));
     for f in o.frozen() {
@@ -396,6 +421,22 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         );
     }
     out
+}
+
+/// What a host's apps run after a stage: one value when they agree, else
+/// per app.
+fn runs(h: &crate::deploy::HostOutcome) -> String {
+    let all: std::collections::BTreeSet<String> = h.runs.values().map(|r| r.describe()).collect();
+    match all.len() {
+        0 => "-".into(),
+        1 => all.into_iter().next().expect("one"),
+        _ => h
+            .runs
+            .iter()
+            .map(|(app, r)| format!("{app}={}", r.describe()))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 /// Columns padded to their widest cell; the last one is not padded.
@@ -625,4 +666,15 @@ fn scan_markdown(r: &crate::scan::ScanReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_never_panics() {
+        assert_eq!(super::short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(super::short("abc"), "abc");
+        assert_eq!(super::short(""), "");
+        assert_eq!(super::short("ééééééééééééééé"), "éééééééééééé");
+    }
 }

@@ -84,6 +84,14 @@ pub enum RevertOutcome {
     },
     /// The branch no longer contains the failing commit (history was rewritten).
     NotOnBranch { tip: String, failed_gate: String },
+    /// No commit to take out: `base..head` is empty (a run of one commit
+    /// against itself), or the branch no longer has the changes (already
+    /// reverted). Nothing is pushed, not even an empty commit.
+    NothingToRevert {
+        tip: String,
+        failed_gate: String,
+        why: String,
+    },
 }
 
 /// The commits `base..head`, newest first.
@@ -98,7 +106,15 @@ pub fn failing_commits(repo: &Repo, base: CommitId, head: CommitId) -> Result<Ve
         .map_err(|e| Error::git("walk history", e))
 }
 
-fn message(repo: &Repo, commits: &[Oid], base: CommitId, gate: &FailedGate) -> String {
+/// The revert's message; `commits` is newest first and never empty (an
+/// empty range is `NothingToRevert`, decided before).
+fn message(
+    repo: &Repo,
+    commits: &[Oid],
+    base: CommitId,
+    head: CommitId,
+    gate: &FailedGate,
+) -> String {
     let git = repo.git();
     let subject = match commits {
         [one] => {
@@ -113,7 +129,7 @@ fn message(repo: &Repo, commits: &[Oid], base: CommitId, gate: &FailedGate) -> S
             "Revert {} commits ({}..{})",
             many.len(),
             base.short(),
-            CommitId(many[0]).short()
+            head.short()
         ),
     };
     let mut body = format!(
@@ -143,13 +159,29 @@ pub fn revert(
     let git = repo.git();
     let commits = failing_commits(repo, base, head)?;
     let reverts: Vec<String> = commits.iter().map(Oid::to_string).collect();
+    let nothing = |tip: Oid, why: String| RevertOutcome::NothingToRevert {
+        tip: tip.to_string(),
+        failed_gate: gate.trailer(),
+        why,
+    };
+    if commits.is_empty() {
+        let tip = origin.fetch_branch(branch)?;
+        return Ok(nothing(
+            tip,
+            format!(
+                "{}..{} holds no commit (the run's base is its head)",
+                base.short(),
+                head.short()
+            ),
+        ));
+    }
     let tree_of = |oid: Oid| {
         git.find_commit(oid)
             .and_then(|c| c.tree())
             .map_err(|e| Error::git(format!("read {oid}"), e))
     };
     let sig = crate::record::signature(repo)?;
-    let text = message(repo, &commits, base, gate);
+    let text = message(repo, &commits, base, head, gate);
     for attempt in 1..=5 {
         let tip = origin.fetch_branch(branch)?;
         let contains = tip == head.0
@@ -187,6 +219,17 @@ pub fn revert(
             .write_tree_to(git)
             .and_then(|t| git.find_tree(t))
             .map_err(|e| Error::git("write the revert's tree", e))?;
+        if tree.id() == tree_of(tip)?.id() {
+            return Ok(nothing(
+                tip,
+                format!(
+                    "{} no longer has the changes of {}..{} (already reverted)",
+                    branch,
+                    base.short(),
+                    head.short()
+                ),
+            ));
+        }
         let parent = git
             .find_commit(tip)
             .map_err(|e| Error::git("read the branch tip", e))?;

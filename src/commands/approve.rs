@@ -174,7 +174,7 @@ fn decide(
         return Ok(Verdict::Refused(format!(
             "the plan of {} changed: the approval names {seen}, the plan is now {}\n  hint: review the new plan, then approve it",
             rev.short(),
-            &plan_hash[..12]
+            crate::report::short(&plan_hash)
         )));
     }
     // Given before the current plan was made: it was for an earlier one.
@@ -188,7 +188,7 @@ fn decide(
         return Ok(Verdict::Refused(format!(
             "the approval was given at {given}, before the plan of {} became {} (at {planned}): it was for an earlier plan\n  hint: review the new plan, then approve it again",
             rev.short(),
-            &plan_hash[..12]
+            crate::report::short(&plan_hash)
         )));
     }
     let approval = Approval {
@@ -202,7 +202,7 @@ fn decide(
     records.update(rev, &[], |n| pipeline::add_approval(n, &approval))?;
     tracing::info!(
         "{by} approved plan {} of {} for stage(s) {} ({})",
-        &plan_hash[..12],
+        crate::report::short(&plan_hash),
         rev.short(),
         mine.join(", "),
         claim.source
@@ -400,7 +400,7 @@ fn from_ci(
                 let body = format!(
                     "Approval by @{} counted: plan `{}` of {} for {}. The promote job deploys it now{}.",
                     approval.by,
-                    &approval.plan_hash[..12],
+                    crate::report::short(&approval.plan_hash),
                     claim.rev.short(),
                     stages.join(", "),
                     env.run_url

@@ -43,6 +43,9 @@ pub struct DeployArgs {
 pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
+    // SIGTERM/SIGINT as in `run`: no new host starts, the ones in flight
+    // finish or roll back, the stage is recorded, exit 3.
+    crate::interrupt::install();
     let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
     let origin = Origin::optional(&repo, &args.remote);
     if origin.is_none() {
@@ -56,23 +59,7 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
         tracing::info!("{moved} → {}", rev.short());
     }
     print!("{}", report::outcome(&outcome, args.format));
-    Ok(exit_code(&outcome))
-}
-
-/// 0 when the stage passed; 1 when it failed and the policy handled it (or a
-/// `freeze` app needs a human); 3 when a host could not be reached and
-/// nothing was rolled back.
-pub fn exit_code(outcome: &StageOutcome) -> ExitCode {
-    if outcome.passed
-        && outcome.frozen().is_empty()
-        && !outcome.hosts.iter().any(|h| h.failure.is_some())
-    {
-        ExitCode::Ok
-    } else if outcome.infra_failure_unhandled() {
-        ExitCode::Infra
-    } else {
-        ExitCode::Blocked
-    }
+    Ok(crate::pipeline::verdict(&outcome).exit_code())
 }
 
 /// Renders `rev`, builds the stage's plan and carries it out over SSH.

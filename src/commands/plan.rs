@@ -129,7 +129,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
             &format!(
                 "{} client(s) change, plan {}",
                 plan.clients.len(),
-                &plan.plan_hash[..12]
+                crate::report::short(&plan.plan_hash)
             ),
         )?;
     }
@@ -240,7 +240,7 @@ pub fn build(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> 
     )?;
     tracing::info!(
         "plan {}: {} client(s) change, {} unaffected",
-        &plan.plan_hash[..12],
+        crate::report::short(&plan.plan_hash),
         plan.clients.len(),
         plan.unaffected
     );

@@ -56,8 +56,12 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
                 super::status::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
             let mut previous = std::collections::BTreeSet::new();
             for ((_, host), result) in targets.iter().zip(inspected) {
+                // Unreachable is the network's problem (3), not bad input.
                 let map = result.map_err(|e| {
-                    Error::Usage(format!("{}: {e}\n  hint: pass --to REV", host.name))
+                    Error::Host(format!(
+                        "{}: {e}\n  hint: once the host is back, run again; or pass --to REV",
+                        host.name
+                    ))
                 })?;
                 for app in &client.apps {
                     let prev = map
@@ -84,5 +88,5 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
     let outcome =
         super::deploy::deploy_stage(ctx, &repo, to, &stage, std::slice::from_ref(&client.name))?;
     print!("{}", report::outcome(&outcome, args.format));
-    Ok(super::deploy::exit_code(&outcome))
+    Ok(crate::pipeline::verdict(&outcome).exit_code())
 }

@@ -182,6 +182,19 @@ impl Run<'_> {
         Ok((code, note, self.outcomes, self.scan))
     }
 
+    /// Stops on SIGTERM/SIGINT, saying so in the record however little was
+    /// left to do: the next run knows this one did not finish.
+    fn interrupted(self, before: &str) -> Result<Finished> {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let stage = before.to_string();
+        let run_id = self.run_id.clone();
+        let note = self.records().update(self.head, &[], |n| {
+            n["interrupted"] = json!({"at": at, "before_stage": stage, "run_id": run_id});
+        })?;
+        tracing::warn!("interrupted before stage {before}: recorded; run again to finish");
+        self.done(ExitCode::Infra, note)
+    }
+
     /// Sets the commit status `fleetgate/<name>` when reporting to a forge.
     fn tell(&self, name: &str, state: State, description: &str) -> Result<()> {
         let Some(r) = self.reporter else {
@@ -218,7 +231,7 @@ impl Run<'_> {
             "run {}..{}: plan {} ({} client(s) change)",
             base.short(),
             head.short(),
-            &plan_hash[..12],
+            crate::report::short(&plan_hash),
             plan.clients.len()
         );
         let snap = self.repo.snapshot(head)?;
@@ -263,8 +276,7 @@ impl Run<'_> {
         let on_failure = fleet.pipeline.on_failure;
         for stage in &stages {
             if crate::interrupt::requested() {
-                tracing::warn!("interrupted before stage {}", stage.name);
-                return self.done(ExitCode::Infra, note);
+                return self.interrupted(&stage.name);
             }
             lock.renew()?;
             let group: Vec<String> = fleet
@@ -304,9 +316,12 @@ impl Run<'_> {
                             stage.name,
                             a.by,
                             a.at,
-                            &a.plan_hash[..12]
+                            crate::report::short(&a.plan_hash)
                         );
                         deploying.push_str(&format!(", approved by {}", a.by));
+                    }
+                    None if crate::interrupt::requested() => {
+                        return self.interrupted(&stage.name);
                     }
                     None => {
                         let name = stage.name.clone();
@@ -316,7 +331,7 @@ impl Run<'_> {
                         tracing::warn!(
                             "stage {} waits for an approval of plan {} by one of: {}\n  hint: fleetgate approve --rev {} --by USER, then run again (stages already done are not redeployed)",
                             stage.name,
-                            &plan.plan_hash[..12],
+                            crate::report::short(&plan.plan_hash),
                             approval.approvers.join(", "),
                             head
                         );
@@ -335,13 +350,34 @@ impl Run<'_> {
             }
             let verdict = pipeline::verdict(&outcome);
             self.outcomes.push(outcome);
-            let hosts = self.outcomes.last().map_or(0, |o| o.hosts.len());
+            let last = self.outcomes.last().expect("just pushed");
+            let hosts = last.hosts.len();
+            let tolerated: Vec<String> = last.failed().map(|h| h.host.clone()).collect();
             match verdict {
-                StageVerdict::Passed => {
+                StageVerdict::Passed if tolerated.is_empty() => {
                     self.tell(
                         &stage.name,
                         State::Success,
                         &format!("{hosts} host(s) deployed; every gate passed"),
+                    )?;
+                    continue;
+                }
+                StageVerdict::Passed => {
+                    tracing::warn!(
+                        "stage {}: {} failed host(s) tolerated (max_failures: {}): {}; their clients keep their deployed ref, so the next run tries them again",
+                        stage.name,
+                        tolerated.len(),
+                        stage.max_failures,
+                        tolerated.join(", ")
+                    );
+                    self.tell(
+                        &stage.name,
+                        State::Success,
+                        &format!(
+                            "{} of {hosts} host(s) deployed; {} failure(s) tolerated",
+                            hosts - tolerated.len(),
+                            tolerated.len()
+                        ),
                     )?;
                     continue;
                 }
@@ -358,18 +394,34 @@ impl Run<'_> {
                     return self.done(ExitCode::Infra, note);
                 }
                 StageVerdict::InfraFailed => {
-                    self.tell(
-                        &stage.name,
-                        State::Error,
-                        "hosts could not be reached; nothing reverted",
-                    )?;
+                    let lost: Vec<String> = last.lost().iter().map(|h| h.host.clone()).collect();
+                    let (status, log) = if lost.is_empty() {
+                        (
+                            "hosts could not be reached; nothing reverted".to_string(),
+                            "hosts could not be reached".to_string(),
+                        )
+                    } else {
+                        (
+                            format!(
+                                "lost during the change, not rolled back: {}",
+                                lost.join(", ")
+                            ),
+                            format!(
+                                "{} lost during the change and could not be rolled back: it may run {} un-gated; check it, then run again",
+                                lost.join(", "),
+                                head.short()
+                            ),
+                        )
+                    };
+                    self.tell(&stage.name, State::Error, &status)?;
+                    if !lost.is_empty() {
+                        self.tell_failure(None, None);
+                    }
                     tracing::error!(
-                        "stage {} failed: hosts could not be reached; nothing is reverted (not the change's fault)",
+                        "stage {} failed: {log}; nothing is reverted (not the change's fault)",
                         stage.name
                     );
-                    let last = self.outcomes.last().expect("just pushed");
-                    let code = super::deploy::exit_code(last);
-                    return self.done(code, note);
+                    return self.done(verdict.exit_code(), note);
                 }
                 StageVerdict::Frozen => {
                     self.tell(
@@ -470,13 +522,7 @@ impl Run<'_> {
             let stale: Vec<String> = pipeline::approvals(&note)
                 .into_iter()
                 .filter(|a| a.plan_hash != plan_hash)
-                .map(|a| {
-                    format!(
-                        "{} (plan {})",
-                        a.by,
-                        &a.plan_hash[..12.min(a.plan_hash.len())]
-                    )
-                })
+                .map(|a| format!("{} (plan {})", a.by, crate::report::short(&a.plan_hash)))
                 .collect();
             if !told {
                 if !stale.is_empty() {
@@ -557,24 +603,28 @@ impl Run<'_> {
                 self.base.short(),
                 self.head.short(),
                 self.args.branch,
-                &commit[..12],
-                &onto[..12]
+                crate::report::short(commit),
+                crate::report::short(onto)
             ),
             RevertOutcome::Conflict { tip, paths, .. } => tracing::error!(
                 "could not revert {}..{} on {} (now {}): {} conflict with later commits\n  hint: the hosts stay rolled back; revert by hand: git revert {}..{}",
                 self.base.short(),
                 self.head.short(),
                 self.args.branch,
-                &tip[..12],
+                crate::report::short(tip),
                 paths.join(", "),
                 self.base,
                 self.head
+            ),
+            RevertOutcome::NothingToRevert { why, .. } => tracing::warn!(
+                "nothing to revert on {}: {why}; the hosts already run the previous release",
+                self.args.branch
             ),
             RevertOutcome::NotOnBranch { tip, .. } => tracing::error!(
                 "{} is no longer on {} (now {}): nothing reverted\n  hint: the hosts stay rolled back; check the branch's history",
                 self.head.short(),
                 self.args.branch,
-                &tip[..12]
+                crate::report::short(tip)
             ),
         }
         let value = serde_json::to_value(&outcome).expect("a revert serialises");

@@ -284,7 +284,7 @@ fn render(rows: &[AppStatus], format: OutcomeFormat, drift: bool) -> String {
     }
     let short = |s: &Option<String>| {
         s.as_deref()
-            .map_or("-".to_string(), |r| r[..r.len().min(12)].to_string())
+            .map_or("-".to_string(), |r| crate::report::short(r).to_string())
     };
     let mut out = String::new();
     let mut table = vec![vec![

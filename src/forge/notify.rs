@@ -163,7 +163,7 @@ pub fn after_merge(stages: &[Stage], plan: &Plan, kind: Kind) -> String {
         let when = match (&stage.approval, first) {
             (Some(a), _) => format!(
                 "after an approval of plan `{}` by one of {}",
-                &plan.plan_hash[..12],
+                crate::report::short(&plan.plan_hash),
                 mentions(&a.approvers)
             ),
             (None, true) => "on merge".to_string(),
@@ -286,6 +286,18 @@ pub fn failure_comment(
             rolled.join(", ")
         );
     }
+    let lost: Vec<String> = outcome
+        .lost()
+        .iter()
+        .map(|h| format!("`{}` ({})", h.host, h.client))
+        .collect();
+    if !lost.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Not rolled back**, lost during the change: {}. They may run the new release without its gates passed: check them, then run again.\n",
+            lost.join(", ")
+        );
+    }
     let frozen = outcome.frozen();
     if !frozen.is_empty() {
         let _ = writeln!(
@@ -312,6 +324,9 @@ pub fn failure_comment(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        Some(RevertOutcome::NothingToRevert { why, .. }) => {
+            let _ = writeln!(out, "Nothing was reverted in Git: {why}.");
         }
         Some(RevertOutcome::NotOnBranch { tip, .. }) => {
             let _ = writeln!(

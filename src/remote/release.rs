@@ -57,7 +57,7 @@ impl std::fmt::Debug for ReleaseFile {
             "ReleaseFile({}, {} bytes, {})",
             self.path,
             self.content.len(),
-            &self.sha256[..12]
+            crate::report::short(&self.sha256)
         )
     }
 }
@@ -98,6 +98,11 @@ pub struct Inspected {
     /// start script on success): a switch whose start never finished is
     /// not live.
     pub started: Option<String>,
+    /// The release whose health gates last passed on this host (`gated`,
+    /// written only after the verdict, removed by every start): a release
+    /// that started but was never judged — its run killed before the
+    /// verdict — is not live either.
+    pub gated: Option<String>,
 }
 
 /// A script that prints, for each app, its state, the hashes of the live
@@ -109,6 +114,7 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
         let _ = writeln!(s, "echo @@state; cat {path}/state.json 2>/dev/null; echo");
         let _ = writeln!(s, "echo @@started; cat {path}/started 2>/dev/null; echo");
+        let _ = writeln!(s, "echo @@gated; cat {path}/gated 2>/dev/null; echo");
         let _ = writeln!(
             s,
             "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && find . -type f -exec sha256sum {{}} +); fi"
@@ -133,7 +139,10 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
             section = "";
             continue;
         }
-        if matches!(line, "@@state" | "@@started" | "@@sums" | "@@releases") {
+        if matches!(
+            line,
+            "@@state" | "@@started" | "@@gated" | "@@sums" | "@@releases"
+        ) {
             section = line;
             continue;
         }
@@ -149,6 +158,9 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
             }
             "@@started" if !line.trim().is_empty() => {
                 entry.started = Some(line.trim().to_string());
+            }
+            "@@gated" if !line.trim().is_empty() => {
+                entry.gated = Some(line.trim().to_string());
             }
             "@@sums" => {
                 let (hash, path) = line
@@ -266,8 +278,14 @@ pub enum Start {
 pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&str>) -> String {
     let mut s = String::from("set -eu\n");
     let app = dir.path();
-    // Not live until its start finishes (see `Inspected::started`).
-    let _ = writeln!(s, "rm -f {}", quote(&format!("{app}/started")));
+    // Not live until its start finishes and its gates pass (see
+    // `Inspected::started` and `Inspected::gated`).
+    let _ = writeln!(
+        s,
+        "rm -f {} {}",
+        quote(&format!("{app}/started")),
+        quote(&format!("{app}/gated"))
+    );
     match start {
         Start::Compose { command, project } => {
             let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
@@ -294,6 +312,31 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
         quote(&format!("{app}/.started.new")),
         quote(&format!("{app}/started"))
     );
+    s
+}
+
+/// Records that release `rev` of each app passed its health gates on this
+/// host: written only after the verdict, and only over a finished start of
+/// that same release (a start in between removed it).
+pub fn gated_script(dirs: &[(&AppDir, &str)]) -> String {
+    let mut s = String::from("set -eu\n");
+    for (dir, rev) in dirs {
+        let app = dir.path();
+        let _ = writeln!(
+            s,
+            "test \"$(cat {} 2>/dev/null)\" = {}",
+            quote(&format!("{app}/started")),
+            quote(rev)
+        );
+        let _ = writeln!(
+            s,
+            "echo {} > {}\nmv -f {} {}",
+            quote(rev),
+            quote(&format!("{app}/.gated.new")),
+            quote(&format!("{app}/.gated.new")),
+            quote(&format!("{app}/gated"))
+        );
+    }
     s
 }
 

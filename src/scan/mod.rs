@@ -240,7 +240,7 @@ pub fn short(image: &ImageRef) -> String {
         "{}:{}@{}",
         image.repository,
         image.tag,
-        &hex[..12.min(hex.len())]
+        crate::report::short(hex)
     )
 }
 

@@ -151,6 +151,63 @@ impl TestHosts {
             let _ = c.wait();
         }
     }
+
+    /// The host drops off the network: its sshd and every session it
+    /// serves (and what they run) are killed, so open connections break
+    /// too, not only new ones.
+    pub fn lose(&mut self, name: &str) {
+        let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
+        if let Some(mut c) = h.child.take() {
+            for pid in descendants(c.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a lost or stopped host's sshd again, same port and key.
+    pub fn restart(&mut self, name: &str) {
+        let dir = self.dir.clone();
+        let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
+        assert!(h.child.is_none(), "{name} is running");
+        let hdir = dir.join(name);
+        h.child = Some(spawn_sshd(&hdir.join("sshd_config"), &hdir));
+        wait_for_port(h.port);
+    }
+}
+
+/// Every process below `pid`, from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name, which may hold spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &parent_of {
+            if pp == parent {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn spawn_sshd(config: &Path, dir: &Path) -> Child {

@@ -5,6 +5,7 @@ mod check;
 mod common;
 mod deploy;
 mod docker;
+mod faults;
 mod forge;
 mod forge_server;
 mod hosts;

@@ -16,7 +16,7 @@ const PRODUCTION: &str = "    approval:\n      required: true\n      approvers: 
 pub struct Pipeline {
     pub d: DeployFleet,
     remote: PathBuf,
-    key: String,
+    pub key: String,
 }
 
 impl Pipeline {
@@ -30,7 +30,13 @@ impl Pipeline {
     }
 
     pub fn with(clients: &[(&str, &str, &[&str])]) -> Pipeline {
-        let d = DeployFleet::new(clients, PRODUCTION);
+        Pipeline::with_production(clients, PRODUCTION)
+    }
+
+    /// Like `with`, with `production` as the production stage's extra keys
+    /// ("" for none: no approval).
+    pub fn with_production(clients: &[(&str, &str, &[&str])], production: &str) -> Pipeline {
+        let d = DeployFleet::new(clients, production);
         d.fleet
             .edit("pipelines/pipeline.yaml", "revert: false", "revert: true");
         d.fleet.commit("fleet: revert on failure");
@@ -83,7 +89,7 @@ impl Pipeline {
         self.fleet_run(&args)
     }
 
-    fn spawn_run(&self, base: &str, head: &str, extra: &[&str]) -> Spawned {
+    pub fn spawn_run(&self, base: &str, head: &str, extra: &[&str]) -> Spawned {
         let mut c = self.d.fleet.command(BIN);
         c.env("SOPS_AGE_KEY_FILE", crate::common::test_key())
             .env("FLEETGATE_SSH_KEY", &self.key)
@@ -116,8 +122,24 @@ impl Pipeline {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// The run record on `rev` as the remote has it, as text (it may not
+    /// be JSON).
+    pub fn remote_note_text(&self, rev: &str) -> String {
+        let other = self.clone_remote("note-text-reader");
+        git_in(
+            &other,
+            &[
+                "fetch",
+                "-q",
+                "origin",
+                "refs/notes/fleetgate:refs/notes/fleetgate",
+            ],
+        );
+        git_in(&other, &["notes", "--ref=fleetgate", "show", rev])
+    }
+
     /// A second clone of the remote (another person or runner).
-    fn clone_remote(&self, name: &str) -> PathBuf {
+    pub fn clone_remote(&self, name: &str) -> PathBuf {
         let dir = self.d.hosts.dir.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         git_in(
@@ -135,7 +157,7 @@ impl Pipeline {
 }
 
 #[track_caller]
-fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
+pub fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .current_dir(dir)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -155,14 +177,14 @@ fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// A running `fleetgate run` whose stderr is collected as it comes.
-struct Spawned {
+pub struct Spawned {
     child: Child,
     stderr: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Spawned {
-    fn new(mut child: Child) -> Spawned {
+    pub fn new(mut child: Child) -> Spawned {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
@@ -182,7 +204,7 @@ impl Spawned {
 
     /// Waits until stderr contains `text` (panics after 60 s).
     #[track_caller]
-    fn wait_for(&self, text: &str) {
+    pub fn wait_for(&self, text: &str) {
         let start = Instant::now();
         while !self.stderr.lock().unwrap().contains(text) {
             assert!(
@@ -194,7 +216,7 @@ impl Spawned {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -202,7 +224,17 @@ impl Spawned {
         assert!(ok.success());
     }
 
-    fn finish(mut self) -> Run {
+    /// Sends `sig` unless the process already exited.
+    pub fn signal_if_running(&mut self, sig: &str) {
+        if self.child.try_wait().unwrap().is_none() {
+            // It may still exit in between: then there is nothing to stop.
+            let _ = std::process::Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn finish(mut self) -> Run {
         let status = self.child.wait().unwrap();
         let mut stdout = String::new();
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
