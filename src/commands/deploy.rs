@@ -46,7 +46,6 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     // SIGTERM/SIGINT as in `run`: no new host starts, the ones in flight
     // finish or roll back, the stage is recorded, exit 3.
     crate::interrupt::install();
-    let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
     let origin = Origin::optional(&repo, &args.remote);
     if origin.is_none() {
         tracing::info!(
@@ -55,6 +54,10 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
         );
     }
     let records = record::Records::new(&repo, origin.as_ref());
+    // A record that could not be written afterwards (corrupt) stops the
+    // deploy before any host is touched, not after.
+    records.read(rev)?;
+    let outcome = deploy_stage(ctx, &repo, rev, &args.stage, &args.clients)?;
     for moved in record::record_stage(&records, rev, &outcome)?.0 {
         tracing::info!("{moved} → {}", rev.short());
     }

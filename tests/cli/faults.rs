@@ -308,6 +308,7 @@ fn a_corrupt_run_record_is_an_error_and_is_never_overwritten() {
     for args in [
         vec!["approve", "--rev", c1.as_str(), "--by", "alice"],
         vec!["run", "--base", c0.as_str(), "--head", c1.as_str()],
+        vec!["deploy", "--stage", "production", "--rev", c1.as_str()],
     ] {
         let run = p.fleet_run(&args);
         run.code(3);
