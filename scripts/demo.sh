@@ -126,7 +126,7 @@ expect 4 "$bin" run --base HEAD~1 --head HEAD
 serving
 
 step "bob approves the plan he reviewed: fleetgate approve --rev HEAD --by bob"
-expect 2 "$bin" approve --rev HEAD --by mallory
+expect 1 "$bin" approve --rev HEAD --by mallory
 "$bin" approve --rev HEAD --by bob
 
 step "CI runs again: canary is not redeployed, production goes out (exit 0)"

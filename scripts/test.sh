@@ -24,3 +24,15 @@ done
 
 echo "== cargo test" >&2
 cargo test --locked
+
+# The main job is a test too: README command 1, whole, on the sandbox fleet
+# (it checks every exit code it expects; it once broke unnoticed when one
+# changed).
+echo "== scripts/demo.sh (README command 1)" >&2
+trap 'bash scripts/sandbox.sh down >/dev/null 2>&1 || true' EXIT
+bash scripts/demo.sh > target/demo.log 2>&1 || {
+  echo "error: scripts/demo.sh failed; its last lines:" >&2
+  tail -n 30 target/demo.log >&2
+  exit 1
+}
+echo "demo: passed (log: target/demo.log)" >&2
