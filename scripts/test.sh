@@ -22,5 +22,16 @@ for crate in openssl-sys aws-lc-sys aws-lc-rs aws-sdk-kms; do
   fi
 done
 
+echo "== leak scan self-test" >&2
+python3 scripts/leakscan.py --self-test
+
+# The tests capture fleetgate's outputs and Git records here (tests/cli/leakscan.rs).
+leakscan_dir="$(cargo metadata --locked --no-deps --format-version 1 |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/tmp/leakscan"
+rm -rf "$leakscan_dir"
+
 echo "== cargo test" >&2
 cargo test --locked
+
+echo "== leak scan: no secret in any output or record of the tests" >&2
+python3 scripts/leakscan.py "$leakscan_dir"

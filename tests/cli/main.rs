@@ -8,6 +8,7 @@ mod docker;
 mod forge;
 mod forge_server;
 mod hosts;
+mod leakscan;
 mod plan;
 mod run;
 mod scan;
