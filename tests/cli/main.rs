@@ -12,3 +12,4 @@ mod leakscan;
 mod plan;
 mod run;
 mod scan;
+mod secrets;
