@@ -16,7 +16,7 @@ use crate::config::{Host, RollbackPolicy};
 use crate::gates::health::{self, CheckResult, Gate, Policy, Progress};
 use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, Start, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
-use crate::secrets::MASK;
+use crate::secrets::Masker;
 
 /// Everything one stage will do, decided before anything runs.
 #[derive(Debug)]
@@ -64,36 +64,6 @@ pub enum CheckSpec {
         command: String,
         policy: Policy,
     },
-}
-
-/// Replaces secret values in text that may reach a log.
-#[derive(Clone, Default)]
-pub struct Masker(Vec<String>);
-
-impl std::fmt::Debug for Masker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Masker({} values)", self.0.len())
-    }
-}
-
-impl Masker {
-    pub fn new(mut values: Vec<String>) -> Masker {
-        values.retain(|v| !v.is_empty());
-        // Longest first, so a value containing another is masked whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.dedup();
-        Masker(values)
-    }
-
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for v in &self.0 {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), MASK);
-            }
-        }
-        out
-    }
 }
 
 /// Opens and closes connections to hosts.

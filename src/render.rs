@@ -5,6 +5,13 @@
 //! app's templates see only the secrets the app declares in `secrets:`.
 //! Templates render either with the real values (files for a host) or with
 //! masks (everything a person reads): [`SecretView`] decides, per render.
+//!
+//! Health checks never carry a secret: their text is logged, shown in
+//! failures and written to the run record in Git. A check template that
+//! could reach one is refused when it compiles ([`secret_use_in_check`]), and,
+//! in case that reading missed a way, a check whose real rendering holds a
+//! secret is refused when it renders ([`secret_in_rendered_check`]). Errors
+//! of a render with the real values are masked before they leave.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +21,7 @@ use serde::Serialize;
 use crate::config::{APPS_DIR, App, Client, Fleet, HealthCheck, Host, Hosts};
 use crate::error::Diagnostic;
 use crate::scan::pin::ImageRef;
-use crate::secrets::{MASK, Secret};
+use crate::secrets::{MASK, Masker, Secret};
 
 /// The secrets one client can use, merged: the client's file overrides the
 /// shared one key by key.
@@ -163,6 +170,89 @@ fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnosti
         .hint(hint)
 }
 
+/// Why a check must not carry a secret, and what to do instead.
+const CHECK_SECRET_HINT: &str = "a check must not carry a secret: its text is logged and recorded (progress lines, failures, the run record in Git); put the secret in a rendered file on the host and have a command check read it, e.g. `curl -H @token.hdr …` or a script shipped in the release";
+
+fn check_field(i: usize, check: &HealthCheck) -> String {
+    match check {
+        HealthCheck::Http(_) => format!("health[{i}].http"),
+        HealthCheck::Command(_) => format!("health[{i}].command"),
+    }
+}
+
+fn check_secret_diag(app: &str, i: usize, check: &HealthCheck, message: String) -> Diagnostic {
+    Diagnostic::new(format!("{APPS_DIR}/{app}/app.yaml"), message)
+        .field(check_field(i, check))
+        .hint(CHECK_SECRET_HINT)
+}
+
+/// What in a check template could reach a secret, read from the template
+/// rather than found by rendering it: `secrets` (directly, or through `set`,
+/// `with`, a macro), `debug()` (prints the whole context), and another
+/// template (`include`, `import`, `from`, `extends`), which sees the secrets.
+fn secret_use_in_check(template: &minijinja::Template) -> Option<String> {
+    let names = template.undeclared_variables(false);
+    if names.contains("secrets") {
+        return Some("it reads `secrets`".into());
+    }
+    if names.contains("debug") {
+        return Some(
+            "it calls `debug()`, which prints every value in scope, secrets included".into(),
+        );
+    }
+    other_template_tag(template.source())
+        .map(|tag| format!("it uses `{{% {tag} %}}`, and the other template sees the secrets"))
+}
+
+/// The first tag in `source` that pulls in another template. A plain scan of
+/// the block tags: one inside `{% raw %}` or a comment is refused too, which
+/// costs nothing a check needs.
+fn other_template_tag(source: &str) -> Option<&'static str> {
+    source.match_indices("{%").find_map(|(at, _)| {
+        let rest = source[at + 2..].trim_start_matches(['-', '+']).trim_start();
+        let word = rest
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        ["include", "import", "from", "extends"]
+            .into_iter()
+            .find(|tag| *tag == word)
+    })
+}
+
+/// Whether a check rendered with the real secret values carries one: it
+/// holds a value (a secret pasted into a client var, say), or it renders
+/// differently than with the masks (a way to the secrets the template
+/// reading missed).
+fn secret_in_rendered_check(
+    real: &str,
+    masked: Option<&str>,
+    exposed: &[(&str, &Secret)],
+) -> Option<String> {
+    if let Some((key, _)) = exposed
+        .iter()
+        .find(|(_, v)| !v.expose().is_empty() && real.contains(v.expose()))
+    {
+        return Some(format!(
+            "this check carries a secret: rendered with the real values, it contains the value of `{key}`"
+        ));
+    }
+    (masked != Some(real)).then(|| {
+        "this check carries a secret: it renders differently with the real values than masked"
+            .into()
+    })
+}
+
+fn mask_diag(masker: &Masker, d: Diagnostic) -> Diagnostic {
+    Diagnostic {
+        file: masker.mask(&d.file),
+        field: d.field.map(|f| masker.mask(&f)),
+        line: d.line,
+        message: masker.mask(&d.message),
+        hint: d.hint.map(|h| masker.mask(&h)),
+    }
+}
+
 impl Renderer {
     /// Compiles every template (files and health checks) of every app. Apps
     /// whose templates do not compile are reported and left out.
@@ -177,6 +267,7 @@ impl Renderer {
         );
         env.set_auto_escape_callback(|_| AutoEscape::None);
         let mut problems = Vec::new();
+        let mut refused = Vec::new();
         let mut broken = std::collections::BTreeSet::new();
         for app in fleet.apps.values() {
             let before = problems.len();
@@ -191,14 +282,24 @@ impl Renderer {
                     HealthCheck::Command(c) => c.clone(),
                 };
                 let name = health_template(&app.name, i);
-                if let Err(e) = env.add_template_owned(name.clone(), source) {
-                    problems.push(template_diag(&name, &e, ""));
+                match env.add_template_owned(name.clone(), source) {
+                    Err(e) => problems.push(template_diag(&name, &e, "")),
+                    Ok(()) => {
+                        let template = env.get_template(&name).expect("just added");
+                        if let Some(why) = secret_use_in_check(&template) {
+                            let message = format!("this check could carry a secret: {why}");
+                            refused.push(check_secret_diag(&app.name, i, check, message));
+                        }
+                    }
                 }
             }
             if problems.len() > before {
                 broken.insert(app.name.clone());
             }
         }
+        // Not `broken`: such an app still renders, so a render with the real
+        // values meets the second line of defence too.
+        problems.extend(refused);
         (Renderer { env, broken }, problems)
     }
 
@@ -277,10 +378,14 @@ impl Renderer {
     ) -> Result<DesiredApp, Vec<Diagnostic>> {
         let mut problems = Vec::new();
         let mut secret_ctx = BTreeMap::new();
+        let mut masked_ctx = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for key in &app.secrets {
             if let Some(v) = secrets.value(key, view) {
                 secret_ctx.insert(key.as_str(), v);
+            }
+            if let Some(v) = secrets.value(key, SecretView::Masked) {
+                masked_ctx.insert(key.as_str(), v);
             }
             let digest = secrets
                 .values
@@ -297,6 +402,15 @@ impl Renderer {
                 );
             }
         }
+        // The values in this render's context, by key (none when masked).
+        let exposed: Vec<(&str, &Secret)> = match (&secrets.values, view) {
+            (Some(values), SecretView::Real) => app
+                .secrets
+                .iter()
+                .filter_map(|k| values.get(k).map(|(v, _)| (k.as_str(), v)))
+                .collect(),
+            _ => Vec::new(),
+        };
         let app_ctx = to_value(AppCtx {
             name: &app.name,
             images: app
@@ -306,24 +420,28 @@ impl Renderer {
                 .collect(),
         });
         let secret_ctx = to_value(&secret_ctx);
+        let masked_ctx = to_value(&masked_ctx);
         let mut files = BTreeMap::new();
         let mut health = BTreeMap::new();
         for host in hosts {
-            let ctx = minijinja::context! {
-                client => client_ctx.clone(),
-                host => to_value(HostCtx {
-                    name: &host.name,
-                    address: &host.address,
-                    port: host.port,
-                    user: &host.user,
-                }),
-                app => app_ctx.clone(),
-                secrets => secret_ctx.clone(),
-                release => to_value(ReleaseCtx {
-                    rev,
-                    dir: format!("{}/{}/{}/releases/{rev}", host.deploy_root, client.name, app.name),
-                }),
+            let ctx_with = |secrets: &Value| {
+                minijinja::context! {
+                    client => client_ctx.clone(),
+                    host => to_value(HostCtx {
+                        name: &host.name,
+                        address: &host.address,
+                        port: host.port,
+                        user: &host.user,
+                    }),
+                    app => app_ctx.clone(),
+                    secrets => secrets.clone(),
+                    release => to_value(ReleaseCtx {
+                        rev,
+                        dir: format!("{}/{}/{}/releases/{rev}", host.deploy_root, client.name, app.name),
+                    }),
+                }
             };
+            let ctx = ctx_with(&secret_ctx);
             let where_ = format!("client {} host {}", client.name, host.name);
             let mut host_files = BTreeMap::new();
             for (dest, template) in &app.files {
@@ -337,13 +455,29 @@ impl Renderer {
             let mut checks = Vec::new();
             for (i, check) in app.health.iter().enumerate() {
                 let name = health_template(&app.name, i);
-                match self.env.get_template(&name).and_then(|t| t.render(&ctx)) {
-                    Ok(text) => checks.push(match check {
-                        HealthCheck::Http(_) => RenderedCheck::Http { url: text },
-                        HealthCheck::Command(_) => RenderedCheck::Command { command: text },
-                    }),
-                    Err(e) => problems.push(template_diag(&name, &e, &where_)),
+                let text = match self.env.get_template(&name).and_then(|t| t.render(&ctx)) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        problems.push(template_diag(&name, &e, &where_));
+                        continue;
+                    }
+                };
+                if view == SecretView::Real {
+                    let masked = self
+                        .env
+                        .get_template(&name)
+                        .and_then(|t| t.render(ctx_with(&masked_ctx)))
+                        .ok();
+                    if let Some(why) = secret_in_rendered_check(&text, masked.as_deref(), &exposed)
+                    {
+                        problems.push(check_secret_diag(&app.name, i, check, why));
+                        continue;
+                    }
                 }
+                checks.push(match check {
+                    HealthCheck::Http(_) => RenderedCheck::Http { url: text },
+                    HealthCheck::Command(_) => RenderedCheck::Command { command: text },
+                });
             }
             files.insert(host.name.clone(), host_files);
             health.insert(host.name.clone(), checks);
@@ -351,16 +485,20 @@ impl Renderer {
         if !problems.is_empty() {
             // One template error usually repeats for every host: say it once.
             problems.dedup_by(|a, b| a.file == b.file && a.line == b.line && a.field == b.field);
-            return Err(problems);
+            // A template can fail on a real value and quote it (an include
+            // named after it, a failed conversion): mask every word of it.
+            let masker = Masker::new(
+                exposed
+                    .iter()
+                    .map(|(_, v)| v.expose().to_string())
+                    .collect(),
+            );
+            return Err(problems
+                .into_iter()
+                .map(|d| mask_diag(&masker, d))
+                .collect());
         }
-        let exposed = match (&secrets.values, view) {
-            (Some(values), SecretView::Real) => app
-                .secrets
-                .iter()
-                .filter_map(|k| values.get(k).map(|(v, _)| v.clone()))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let exposed = exposed.into_iter().map(|(_, v)| v.clone()).collect();
         Ok(DesiredApp {
             images: app.images.clone(),
             files,
@@ -368,5 +506,71 @@ impl Renderer {
             secrets: digests,
             exposed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why `source`, as a check, is refused (`None`: it is not).
+    fn refused(source: &str) -> Option<String> {
+        let mut env = Environment::new();
+        env.add_template("check", source).unwrap();
+        secret_use_in_check(&env.get_template("check").unwrap())
+    }
+
+    #[test]
+    fn check_templates_that_could_reach_a_secret_are_refused() {
+        for ok in [
+            "http://{{ host.address }}:{{ client.vars.port }}/health",
+            "test -s compose.yaml",
+            "curl -H @token.hdr http://{{ host.address }}/",
+            "{% for i in range(2) %}{{ i }}{% endfor %}{{ release.rev }}",
+            // Words, not tags or names: a check may say "secrets".
+            "grep -q secrets.ok {{ app.name }}.log # include import",
+        ] {
+            assert_eq!(refused(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("http://x/?t={{ secrets.api_token }}", "`secrets`"),
+            ("{{ secrets['api_token'] }}", "`secrets`"),
+            ("{% set s = secrets %}{{ s.api_token }}", "`secrets`"),
+            ("{% with s = secrets %}{{ s.x }}{% endwith %}", "`secrets`"),
+            (
+                "{% macro m() %}{{ secrets.x }}{% endmacro %}{{ m() }}",
+                "`secrets`",
+            ),
+            (
+                "{% if true %}{{ secrets | tojson }}{% endif %}",
+                "`secrets`",
+            ),
+            ("{% set x %}{{ secrets.a }}{% endset %}{{ x }}", "`secrets`"),
+            ("{{ debug() }}", "`debug()`"),
+            ("{% include 'web/app.env.j2' %}", "include"),
+            ("{%- include 'x' -%}", "include"),
+            ("{%+ import 'x' as m %}", "import"),
+            ("{% from 'x' import y %}{{ y }}", "from"),
+            ("{% extends 'x' %}", "extends"),
+        ] {
+            let got = refused(bad).unwrap_or_else(|| panic!("{bad} was not refused"));
+            assert!(got.contains(why), "{bad}: {got}");
+        }
+    }
+
+    #[test]
+    fn a_rendered_check_with_a_secret_is_caught() {
+        let token = Secret::new("s3cr3t-value".into());
+        let exposed = [("api_token", &token)];
+        let check =
+            |real: &str, masked: Option<&str>| secret_in_rendered_check(real, masked, &exposed);
+        assert_eq!(check("http://h/health", Some("http://h/health")), None);
+        let why = check("http://h/?t=s3cr3t-value", Some("http://h/?t=s3cr3t-value")).unwrap();
+        assert!(
+            why.contains("`api_token`") && !why.contains("s3cr3t"),
+            "{why}"
+        );
+        assert!(check("http://h/?t=X", Some("http://h/?t=Y")).is_some());
+        assert!(check("http://h/", None).is_some());
     }
 }

@@ -53,6 +53,38 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Replaces secret values in text that may reach a log: remote output, and
+/// errors of renders with the real values. Holds the values, never prints
+/// them.
+#[derive(Clone, Default)]
+pub struct Masker(Vec<String>);
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masker({} values)", self.0.len())
+    }
+}
+
+impl Masker {
+    pub fn new(mut values: Vec<String>) -> Masker {
+        values.retain(|v| !v.is_empty());
+        // Longest first, so a value containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Masker(values)
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.0 {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
 /// The age identities this process may decrypt with, and the key its secret
 /// fingerprints are made with.
 pub struct Keyring {

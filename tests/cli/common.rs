@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+use crate::leakscan;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 
 /// The repository this test suite ships with (the example fleet lives here).
@@ -34,12 +36,23 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    /// What fleetgate printed, also kept for the suite-wide leak scan.
+    pub fn new(code: i32, stdout: String, stderr: String) -> Run {
+        leakscan::capture("stdout", stdout.as_bytes());
+        leakscan::capture("stderr", stderr.as_bytes());
         Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code,
+            stdout,
+            stderr,
         }
+    }
+
+    fn from(out: Output) -> Run {
+        Run::new(
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Asserts the exit code, showing both streams when it differs.
@@ -75,6 +88,7 @@ pub struct Fleet {
 impl Fleet {
     /// An empty Git repository.
     pub fn empty() -> Fleet {
+        suite_secrets();
         let tmp = tempfile::Builder::new()
             .prefix("fg-")
             .tempdir()
@@ -100,6 +114,8 @@ impl Fleet {
             copy_dir(&source_root().join(dir), &fleet.root.join(dir));
         }
         fleet.commit("example fleet");
+        // Registers its values for the leak scan (decrypted once per run).
+        example_secret_values(&fleet);
         fleet
     }
 
@@ -193,6 +209,7 @@ impl Fleet {
     /// with the real sops binary and the fleet's .sops.yaml.
     #[track_caller]
     pub fn sops_encrypt(&self, rel: &str, plain: &str) -> &Fleet {
+        leakscan::secrets_of_yaml(rel, plain);
         self.write(rel, plain);
         let in_secrets = rel
             .strip_prefix("secrets/")
@@ -204,6 +221,7 @@ impl Fleet {
     /// Sets one key of an encrypted file with `sops set`, as an operator would.
     #[track_caller]
     pub fn sops_set(&self, rel: &str, key: &str, value: &str) -> &Fleet {
+        leakscan::secret(&format!("{rel}:{key}"), value);
         let in_secrets = rel
             .strip_prefix("secrets/")
             .expect("secrets live under secrets/");
@@ -261,6 +279,27 @@ impl Fleet {
     }
 }
 
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Before the temp dir goes: the notes, refs and commits fleetgate wrote.
+        leakscan::git_records(&self.root);
+    }
+}
+
+/// Secrets every fleet has access to, whether its test uses them or not: the
+/// age identities of the test keys.
+fn suite_secrets() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for key in [test_key(), wrong_key()] {
+            let text = std::fs::read_to_string(&key).unwrap();
+            for line in text.lines().filter(|l| l.starts_with("AGE-SECRET-KEY-")) {
+                leakscan::secret(&key.display().to_string(), line.trim());
+            }
+        }
+    });
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -308,8 +347,10 @@ fn decrypt_example_values(fleet: &Fleet) -> Vec<String> {
         "secrets/clients/gamma.sops.yaml",
     ] {
         for line in fleet.sops_decrypt(rel).lines() {
-            if let Some((_, v)) = line.split_once(": ") {
-                values.push(v.trim().trim_matches('"').to_string());
+            if let Some((k, v)) = line.split_once(": ") {
+                let v = v.trim().trim_matches('"').to_string();
+                leakscan::secret(&format!("{rel}:{k}"), &v);
+                values.push(v);
             }
         }
     }

@@ -30,6 +30,7 @@ pub struct Ci {
 
 impl Ci {
     pub fn start(flavor: Flavor) -> Ci {
+        crate::leakscan::secret("the forge token", TOKEN);
         Ci {
             server: ForgeServer::start(flavor, "hosting", "fleet", TOKEN, BOT),
             flavor,
@@ -81,6 +82,15 @@ impl Ci {
     #[track_caller]
     pub fn assert_valid(&self) {
         assert_eq!(self.server.rejected(), Vec::<String>::new());
+    }
+}
+
+impl Drop for Ci {
+    fn drop(&mut self) {
+        // Step outputs are written by fleetgate: scanned like its stdout.
+        if let Ok(outputs) = std::fs::read(self.outputs()) {
+            crate::leakscan::capture("github-output", &outputs);
+        }
     }
 }
 

@@ -277,6 +277,15 @@ impl ForgeServer {
 
 impl Drop for ForgeServer {
     fn drop(&mut self) {
+        // What fleetgate sent, for the leak scan; not the Authorization
+        // header, which carries the token by design.
+        let sent: String = self
+            .lock()
+            .log
+            .iter()
+            .map(|r| format!("{} {} -> {}\n{}\n", r.method, r.path, r.status, r.body))
+            .collect();
+        crate::leakscan::capture("forge-requests", sent.as_bytes());
         self.shared.stop.store(true, Ordering::SeqCst);
         // Unblocks `accept`, which then sees the flag.
         let _ = TcpStream::connect(("127.0.0.1", self.port));

@@ -74,6 +74,11 @@ impl TestHosts {
                 "-f",
             ])
             .arg(&client_key));
+        // The deploy key is a secret the tests hand to fleetgate (by path).
+        let private = std::fs::read_to_string(&client_key).unwrap();
+        for line in private.lines().filter(|l| !l.starts_with("-----")) {
+            crate::leakscan::secret("the test hosts' deploy key", line);
+        }
         let authorized = dir.join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
         let (uid, gid) = uid_gid();
@@ -235,6 +240,8 @@ fn wait_for_port(port: u16) {
 
 impl Drop for TestHosts {
     fn drop(&mut self) {
+        // Bare remotes and second clones live here; the temp dir goes next.
+        crate::leakscan::git_records_under(&self.dir);
         // Apps the tests started on the hosts leave pid files in their app dirs.
         for h in &self.hosts {
             for pid in find_pid_files(&h.deploy_root) {

@@ -9,6 +9,8 @@ mod faults;
 mod forge;
 mod forge_server;
 mod hosts;
+mod leakscan;
 mod plan;
 mod run;
 mod scan;
+mod secrets;

@@ -240,11 +240,7 @@ impl Spawned {
         std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
         self.reader.take().unwrap().join().unwrap();
         let stderr = self.stderr.lock().unwrap().clone();
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
-        }
+        Run::new(status.code().unwrap_or(-1), stdout, stderr)
     }
 }
 
