@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod model;
 pub mod raw;
+pub mod ssh_options;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -56,7 +56,8 @@ pub struct Pipeline {
     pub scan: ScanPolicy,
     pub on_failure: OnFailure,
     pub runtimes: RuntimeCommands,
-    /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`).
+    /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`), by
+    /// canonical name; only those `ssh_options::ALLOWED`.
     pub ssh_options: BTreeMap<String, String>,
 }
 
@@ -573,35 +574,21 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
     let mut ssh_options = BTreeMap::new();
     if let Some(ssh) = &raw.ssh {
         for (key, value) in &ssh.options {
-            // Options that would undo fleetgate's guarantees are refused.
-            let forbidden = [
-                "stricthostkeychecking",
-                "userknownhostsfile",
-                "globalknownhostsfile",
-                "proxycommand",
-                "localcommand",
-                "permitlocalcommand",
-                "controlpath",
-                "controlmaster",
-            ];
-            let ok_key = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric());
-            let ok_value = !value.value.is_empty() && !value.value.contains(['\n', '\r']);
-            if !ok_key || !ok_value {
-                c.at(
-                    &format!("ssh.options.{key}"),
-                    value,
-                    format!("`{key}` is not an ssh_config option"),
-                    "write options as `Name: value`, e.g. `KexAlgorithms: curve25519-sha256`",
-                );
-            } else if forbidden.contains(&key.to_ascii_lowercase().as_str()) {
-                c.at(
-                    &format!("ssh.options.{key}"),
-                    value,
-                    format!("`{key}` cannot be set: fleetgate manages it"),
-                    "host keys are always checked strictly against pipelines/known_hosts",
-                );
-            } else {
-                ssh_options.insert(key.clone(), value.value.clone());
+            match super::ssh_options::check(key, &value.value) {
+                Ok(name) => {
+                    if ssh_options
+                        .insert(name.to_string(), value.value.clone())
+                        .is_some()
+                    {
+                        c.at(
+                            &format!("ssh.options.{key}"),
+                            value,
+                            format!("`{name}` is set twice"),
+                            "option names are case-insensitive: keep one",
+                        );
+                    }
+                }
+                Err(r) => c.at(&format!("ssh.options.{key}"), value, r.message, &r.hint),
             }
         }
     }

@@ -222,7 +222,7 @@ fn corpus() -> Vec<Broken> {
                 );
             },
             location: "pipelines/pipeline.yaml:18: ssh.options.StrictHostKeyChecking",
-            message: "cannot be set: fleetgate manages it",
+            message: "is not an ssh option fleetgate allows",
         },
         Broken {
             name: "a host whose key is not pinned",
@@ -488,4 +488,76 @@ fn check_errors_read_well() {
     let run = fleet.run(&["check"]);
     run.code(2);
     insta::assert_snapshot!("check_errors", run.stderr);
+}
+
+const PIPELINE: &str = "pipelines/pipeline.yaml";
+
+/// `ssh.options` that would run a command on the runner, read another file,
+/// reach another host or trust another host key: `check` and `plan` refuse
+/// each, naming the file and the option, and say what is allowed.
+#[test]
+fn ssh_options_outside_the_allow_list_are_refused() {
+    let mut failures = Vec::new();
+    for (name, value) in [
+        ("KnownHostsCommand", "/usr/bin/touch /tmp/fleetgate-pwned"),
+        ("Match", "exec \"touch /tmp/fleetgate-pwned\""),
+        ("ProxyJump", "bastion.example.org"),
+        ("proxyjump", "bastion.example.org"),
+        ("ProxyCommand", "nc %h %p"),
+        ("LocalCommand", "touch /tmp/fleetgate-pwned"),
+        ("PermitLocalCommand", "yes"),
+        ("StrictHostKeyChecking", "no"),
+        ("UserKnownHostsFile", "/dev/null"),
+        ("Include", "/etc/ssh/ssh_config"),
+    ] {
+        let fleet = Fleet::example();
+        fleet.edit(
+            PIPELINE,
+            "on_failure:",
+            &format!(
+                "ssh:\n  options:\n    {name}: '{}'\non_failure:",
+                value.replace('\'', "''")
+            ),
+        );
+        let want = format!("{PIPELINE}:18: ssh.options.{name}: ");
+        let check = fleet.run(&["check"]);
+        fleet.commit(&format!("ssh option {name}"));
+        let plan = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
+        for (what, run) in [("check", &check), ("plan", &plan)] {
+            let named = run.stderr.lines().any(|l| l.starts_with(&want));
+            let hinted = run.stderr.contains("hint: allowed: AddressFamily, Ciphers");
+            if run.code != 2 || !named || !hinted || !run.stdout.is_empty() {
+                failures.push(format!(
+                    "{what} with {name}: exit {} (want 2), want a line starting {want:?} and the allowed list\n{}{}",
+                    run.code, run.stdout, run.stderr
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn ssh_options_that_tune_the_connection_are_accepted_in_any_case() {
+    let fleet = Fleet::example();
+    fleet.edit(
+        PIPELINE,
+        "on_failure:",
+        "ssh:\n  options:\n    kexalgorithms: curve25519-sha256\n    Ciphers: '^aes128-gcm@openssh.com'\n    ConnectTimeout: 5\n    ServerAliveCountMax: 2\n    RekeyLimit: 1G 1h\non_failure:",
+    );
+    fleet.run(&["check"]).code(0);
+    // Twice under two spellings is one option set twice.
+    fleet.edit(
+        PIPELINE,
+        "    ConnectTimeout: 5",
+        "    ConnectTimeout: 5\n    connecttimeout: 7",
+    );
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("ssh.options.connecttimeout: `ConnectTimeout` is set twice"),
+        "{}",
+        run.stderr
+    );
 }

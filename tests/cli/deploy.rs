@@ -773,3 +773,38 @@ fn once_the_stage_failed_other_hosts_stop_waiting_out_their_soak() {
     assert_eq!(run.json()["failed_hosts"], 1);
     assert!(d.serving("gamma-1").unwrap().contains("version=1"));
 }
+
+/// `ssh.options` are checked before anything connects: a command in a
+/// refused option never runs on the runner, and no host is touched.
+#[test]
+fn a_refused_ssh_option_never_runs() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let marker = d.hosts.dir.join("known-hosts-command-ran");
+    let pipeline = d.fleet.read("pipelines/pipeline.yaml");
+    d.fleet.write(
+        "pipelines/pipeline.yaml",
+        &format!(
+            "{pipeline}    KnownHostsCommand: /usr/bin/touch {}\n",
+            marker.display()
+        ),
+    );
+    d.fleet.commit("an ssh option that runs a command");
+    let run = d.deploy("canary");
+    run.code(2);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("pipelines/pipeline.yaml:")
+                && l.contains(": ssh.options.KnownHostsCommand: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(!marker.exists(), "the option's command ran");
+    assert!(!run.stderr.contains("connect"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
