@@ -127,6 +127,13 @@ fn to_value<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 
+/// The probe only speaks HTTP: anything else (`file://`, `ftp://`, a
+/// templated scheme) is refused before a deploy, not tried during one.
+fn is_http_url(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
 fn health_template(app: &str, i: usize) -> String {
     format!("{app}/app.yaml#health[{i}]")
 }
@@ -338,6 +345,23 @@ impl Renderer {
             for (i, check) in app.health.iter().enumerate() {
                 let name = health_template(&app.name, i);
                 match self.env.get_template(&name).and_then(|t| t.render(&ctx)) {
+                    Ok(url) if matches!(check, HealthCheck::Http(_)) && !is_http_url(&url) => {
+                        // Only a masked render may be quoted: a real one could hold a secret.
+                        let shown = match view {
+                            SecretView::Masked => format!("`{url}`"),
+                            SecretView::Real => "the URL".into(),
+                        };
+                        problems.push(
+                            Diagnostic::new(
+                                template_file(&name),
+                                format!(
+                                    "{shown} is not an http:// or https:// URL (rendering for {where_})"
+                                ),
+                            )
+                            .field(format!("health[{i}].http"))
+                            .hint(crate::config::HTTP_URL_HINT),
+                        );
+                    }
                     Ok(text) => checks.push(match check {
                         HealthCheck::Http(_) => RenderedCheck::Http { url: text },
                         HealthCheck::Command(_) => RenderedCheck::Command { command: text },

@@ -728,6 +728,8 @@ fn validate_app(
                     "",
                 ),
             },
+            // A symlink is reported as such by `load`, not as missing.
+            None if files.problems.iter().any(|d| d.file == source_path) => {}
             None => c.at(
                 &field,
                 template,
@@ -777,6 +779,14 @@ fn validate_app(
         let v = &h.value;
         match (&v.http, &v.command) {
             (Some(url), None) => {
+                if !may_be_http_url(url) {
+                    c.at(
+                        &f("http"),
+                        h,
+                        format!("`{url}` is not an http:// or https:// URL"),
+                        HTTP_URL_HINT,
+                    );
+                }
                 health.push(HealthCheck::Http(HttpCheck {
                     url: url.clone(),
                     expect_status: v.expect_status.unwrap_or(200),
@@ -843,6 +853,19 @@ fn validate_app(
         health,
         rollback: raw.rollback.unwrap_or(RollbackPolicy::Safe),
     })
+}
+
+pub const HTTP_URL_HINT: &str = "http checks GET a URL from the runner: write `http://…` or `https://…` (file:// and other schemes are refused)";
+
+/// Whether a health check's URL template can still render to `http://…` or
+/// `https://…`: the literal text before its first tag is checked here, the
+/// rendered URL again by `render.rs` (a templated scheme).
+pub fn may_be_http_url(template: &str) -> bool {
+    let literal = template.split('{').next().unwrap_or_default();
+    let literal = literal.to_ascii_lowercase();
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| literal.starts_with(scheme) || scheme.starts_with(&literal))
 }
 
 /// A path inside a release directory: relative, no `..`, no empty parts.

@@ -29,6 +29,12 @@ struct Broken {
 const WHOAMI: &str = "pipelines/apps/whoami/app.yaml";
 const DIGEST: &str = "sha256:200689790a0a0ea48ca45992e0450bc26ccab5307375b41c84dfc4f2475937ab";
 
+/// Makes `rel` a symbolic link to `target`, as `ln -s target rel` would.
+pub fn symlink(f: &Fleet, target: &str, rel: &str) {
+    std::os::unix::fs::symlink(target, f.path(rel))
+        .unwrap_or_else(|e| panic!("symlink {rel} -> {target}: {e}"));
+}
+
 fn corpus() -> Vec<Broken> {
     vec![
         Broken {
@@ -223,6 +229,59 @@ fn corpus() -> Vec<Broken> {
             },
             location: "pipelines/pipeline.yaml:18: ssh.options.StrictHostKeyChecking",
             message: "is not an ssh option fleetgate allows",
+        },
+        Broken {
+            name: "a health check that reads a file on the runner",
+            break_it: |f| {
+                f.edit(
+                    WHOAMI,
+                    "http://{{ host.address }}:{{ client.vars.whoami_port }}/health",
+                    "file:///etc/passwd",
+                );
+            },
+            location: "pipelines/apps/whoami/app.yaml:12: health[0].http",
+            message: "`file:///etc/passwd` is not an http:// or https:// URL",
+        },
+        Broken {
+            name: "a health check whose scheme is templated",
+            break_it: |f| {
+                f.edit(
+                    WHOAMI,
+                    "http://{{ host.address }}",
+                    "{{ 'fi' ~ 'le' }}:///etc/passwd#{{ host.address }}",
+                );
+            },
+            location: "pipelines/apps/whoami/app.yaml: health[0].http",
+            message: "is not an http:// or https:// URL (rendering for client",
+        },
+        Broken {
+            name: "a template that is a symlink",
+            break_it: |f| {
+                f.remove("pipelines/apps/whoami/app.env.j2");
+                symlink(f, "compose.yaml.j2", "pipelines/apps/whoami/app.env.j2");
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "is a symlink; fleet files must be regular files",
+        },
+        Broken {
+            name: "a client file that is a symlink inside the repository",
+            break_it: |f| {
+                let text = f.read("clients/alpha.yaml");
+                f.write("docs/alpha.yaml", &text);
+                f.remove("clients/alpha.yaml");
+                symlink(f, "../docs/alpha.yaml", "clients/alpha.yaml");
+            },
+            location: "clients/alpha.yaml: ",
+            message: "is a symlink; fleet files must be regular files",
+        },
+        Broken {
+            name: "an app directory that is a symlink",
+            break_it: |f| {
+                std::fs::rename(f.path("pipelines/apps/whoami"), f.path("whoami")).unwrap();
+                symlink(f, "../../whoami", "pipelines/apps/whoami");
+            },
+            location: "pipelines/apps/whoami: ",
+            message: "is a symlink; fleet files must be regular files",
         },
         Broken {
             name: "a host whose key is not pinned",
@@ -557,6 +616,36 @@ fn ssh_options_that_tune_the_connection_are_accepted_in_any_case() {
     assert!(
         run.stderr
             .contains("ssh.options.connecttimeout: `ConnectTimeout` is set twice"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A symlink is refused the same way from the work tree (where `check`
+/// would follow it) and from a commit (where it is only its target's path).
+#[test]
+fn a_symlinked_template_is_refused_in_the_work_tree_and_in_a_commit() {
+    let fleet = Fleet::example();
+    let outside = fleet.path("../outside.env");
+    std::fs::write(&outside, fleet.read("pipelines/apps/whoami/app.env.j2")).unwrap();
+    fleet.remove("pipelines/apps/whoami/app.env.j2");
+    symlink(
+        &fleet,
+        outside.to_str().unwrap(),
+        "pipelines/apps/whoami/app.env.j2",
+    );
+    let want = "pipelines/apps/whoami/app.env.j2: is a symlink; fleet files must be regular files";
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    assert!(run.stderr.contains(want), "{}", run.stderr);
+    // Said once, not also as a missing template.
+    assert!(!run.stderr.contains("does not exist"), "{}", run.stderr);
+    fleet.commit("app.env.j2 is a link");
+    let run = fleet.run(&["check", "--rev", "HEAD"]);
+    run.code(2);
+    assert!(run.stderr.contains(want), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("error: the fleet at commit"),
         "{}",
         run.stderr
     );

@@ -808,3 +808,30 @@ fn a_refused_ssh_option_never_runs() {
         0
     );
 }
+
+/// A template that is a symlink is refused before anything connects (it
+/// would otherwise ship the link's target path as the file).
+#[test]
+fn a_symlinked_template_is_refused_and_nothing_deployed() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let start = d.fleet.read("pipelines/apps/web/start.sh.j2");
+    d.fleet.write("pipelines/apps/web/start.real.j2", &start);
+    d.fleet.remove("pipelines/apps/web/start.sh.j2");
+    crate::check::symlink(&d.fleet, "start.real.j2", "pipelines/apps/web/start.sh.j2");
+    d.fleet.commit("start.sh.j2 is a link");
+    let run = d.deploy("canary");
+    run.code(2);
+    assert!(
+        run.stderr.contains(
+            "pipelines/apps/web/start.sh.j2: is a symlink; fleet files must be regular files"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
