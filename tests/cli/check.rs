@@ -284,6 +284,42 @@ fn corpus() -> Vec<Broken> {
             message: "is a symlink; fleet files must be regular files",
         },
         Broken {
+            name: "a template that loops for hours",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}WHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2:1",
+            message: "exceeded the render budget",
+        },
+        Broken {
+            name: "a template that renders 100 MB at once",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{{ 'x' * 100000000 }}\nWHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "exceeded the render budget",
+        },
+        Broken {
+            name: "a template that prints 100 MB in a loop",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}\nWHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "exceeded the render budget",
+        },
+        Broken {
             name: "a host whose key is not pinned",
             break_it: |f| {
                 f.edit(
