@@ -100,6 +100,11 @@ pub struct Renderer {
     env: Environment<'static>,
     /// Apps with a template that did not compile: never rendered.
     broken: std::collections::BTreeSet<String>,
+    /// Templates that exceeded the render budget once: not run again for the
+    /// next host or client (a 10,000-client fleet would spend the budget
+    /// 10,000 times), each of those renders fails the same way at once.
+    /// The value: how it failed, and on which line.
+    over_budget: std::sync::Mutex<BTreeMap<String, (minijinja::ErrorKind, Option<usize>)>>,
 }
 
 #[derive(Serialize)]
@@ -134,6 +139,46 @@ fn to_value<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 
+/// The work one render (one template, one host) may do, in minijinja fuel:
+/// about one unit per instruction, plus one per 64 bytes produced. Templates
+/// are untrusted input (merge-request plan jobs render them), and a nested
+/// `range(100000)` loop would otherwise keep a runner busy for hours.
+/// Measured (minijinja's `State::fuel_levels`): the example fleet's largest
+/// render, zitadel.env.j2, uses 47; the test fleets' and the sandbox's are
+/// as small. A loop over a thousand vhosts of twenty templated lines needs
+/// some 100,000. 5,000,000 leaves room for that fifty times over and runs out
+/// in about 0.1 s (debug build; less in release).
+const RENDER_FUEL: u64 = 5_000_000;
+
+/// The largest file one render may produce (the messages say 8 MiB). Fuel
+/// alone would allow 300 MiB (a fuel unit pays for 64 bytes); a
+/// configuration file is far smaller.
+const RENDER_OUTPUT_LIMIT: usize = 8 << 20;
+
+/// The output of one render, refusing to grow past [`RENDER_OUTPUT_LIMIT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > RENDER_OUTPUT_LIMIT {
+            return Err(std::io::Error::other("render output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The probe only speaks HTTP: anything else (`file://`, `ftp://`, a
+/// templated scheme) is refused before a deploy, not tried during one.
+fn is_http_url(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
 fn health_template(app: &str, i: usize) -> String {
     format!("{app}/app.yaml#health[{i}]")
 }
@@ -146,10 +191,24 @@ fn template_file(name: &str) -> String {
     }
 }
 
+/// Why a render failed, when it ran out of its budget.
+fn over_budget(kind: minijinja::ErrorKind) -> Option<&'static str> {
+    match kind {
+        minijinja::ErrorKind::OutOfFuel => Some("too much work: loops, filters or data"),
+        // The one writer renders go to is `Bounded`: failing means full.
+        minijinja::ErrorKind::WriteFailure => Some("output larger than 8 MiB"),
+        _ => None,
+    }
+}
+
 fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnostic {
+    let over_budget = over_budget(err.kind());
     let mut message = err.kind().to_string();
     if let Some(detail) = err.detail() {
         message = format!("{message}: {detail}");
+    }
+    if let Some(why) = over_budget {
+        message = format!("exceeded the render budget ({why})");
     }
     if !context.is_empty() {
         message = format!("{message} (rendering for {context})");
@@ -161,6 +220,9 @@ fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnosti
     let hint = match err.kind() {
         minijinja::ErrorKind::UndefinedError => {
             "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir); define the variable in the client's `vars:` or fix the name"
+        }
+        _ if over_budget.is_some() => {
+            "templates render for every client and host on every plan, merge requests included: keep loops small and files under 8 MiB"
         }
         _ => "fix the template syntax (minijinja, Jinja2-compatible)",
     };
@@ -266,6 +328,7 @@ impl Renderer {
                 .expect("default delimiters are valid"),
         );
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_fuel(Some(RENDER_FUEL));
         let mut problems = Vec::new();
         let mut refused = Vec::new();
         let mut broken = std::collections::BTreeSet::new();
@@ -300,7 +363,50 @@ impl Renderer {
         // Not `broken`: such an app still renders, so a render with the real
         // values meets the second line of defence too.
         problems.extend(refused);
-        (Renderer { env, broken }, problems)
+        let over_budget = Default::default();
+        (
+            Renderer {
+                env,
+                broken,
+                over_budget,
+            },
+            problems,
+        )
+    }
+
+    /// One template for one host, within the render budget.
+    fn render_one(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+        let spent = |kind| minijinja::Error::new(kind, "the render budget ran out before");
+        if let Some((kind, _)) = self.over_budget.lock().expect("not poisoned").get(name) {
+            return Err(spent(*kind));
+        }
+        let mut out = Bounded(Vec::new());
+        let rendered = self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render_captured_to(ctx, &mut out));
+        if let Err(e) = rendered {
+            if over_budget(e.kind()).is_some() {
+                self.over_budget
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(name.to_string(), (e.kind(), e.line()));
+            }
+            return Err(e);
+        }
+        // minijinja writes whole strings; the bytes are its output's UTF-8.
+        Ok(String::from_utf8_lossy(&out.0).into_owned())
+    }
+
+    /// [`template_diag`], with the line a template first ran out of budget
+    /// on for the renders [`Renderer::render_one`] then refused: the same
+    /// problem, said once.
+    fn diag(&self, name: &str, err: &minijinja::Error, context: &str) -> Diagnostic {
+        let d = template_diag(name, err, context);
+        match self.over_budget.lock().expect("not poisoned").get(name) {
+            Some((_, line)) if d.line.is_none() => d.line(line.and_then(|l| u32::try_from(l).ok())),
+            _ => d,
+        }
     }
 
     /// The hosts a client renders for. Hetzner inventory is resolved at deploy
@@ -445,34 +551,48 @@ impl Renderer {
             let where_ = format!("client {} host {}", client.name, host.name);
             let mut host_files = BTreeMap::new();
             for (dest, template) in &app.files {
-                match self.env.get_template(template).and_then(|t| t.render(&ctx)) {
+                match self.render_one(template, &ctx) {
                     Ok(text) => {
                         host_files.insert(dest.clone(), text);
                     }
-                    Err(e) => problems.push(template_diag(template, &e, &where_)),
+                    Err(e) => problems.push(self.diag(template, &e, &where_)),
                 }
             }
             let mut checks = Vec::new();
             for (i, check) in app.health.iter().enumerate() {
                 let name = health_template(&app.name, i);
-                let text = match self.env.get_template(&name).and_then(|t| t.render(&ctx)) {
+                let text = match self.render_one(&name, &ctx) {
                     Ok(text) => text,
                     Err(e) => {
-                        problems.push(template_diag(&name, &e, &where_));
+                        problems.push(self.diag(&name, &e, &where_));
                         continue;
                     }
                 };
                 if view == SecretView::Real {
-                    let masked = self
-                        .env
-                        .get_template(&name)
-                        .and_then(|t| t.render(ctx_with(&masked_ctx)))
-                        .ok();
+                    let masked = self.render_one(&name, &ctx_with(&masked_ctx)).ok();
                     if let Some(why) = secret_in_rendered_check(&text, masked.as_deref(), &exposed)
                     {
                         problems.push(check_secret_diag(&app.name, i, check, why));
                         continue;
                     }
+                }
+                if matches!(check, HealthCheck::Http(_)) && !is_http_url(&text) {
+                    // Only a masked render may be quoted: a real one could hold a secret.
+                    let shown = match view {
+                        SecretView::Masked => format!("`{text}`"),
+                        SecretView::Real => "the URL".into(),
+                    };
+                    problems.push(
+                        Diagnostic::new(
+                            template_file(&name),
+                            format!(
+                                "{shown} is not an http:// or https:// URL (rendering for {where_})"
+                            ),
+                        )
+                        .field(format!("health[{i}].http"))
+                        .hint(crate::config::HTTP_URL_HINT),
+                    );
+                    continue;
                 }
                 checks.push(match check {
                     HealthCheck::Http(_) => RenderedCheck::Http { url: text },

@@ -8,7 +8,20 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
-use crate::error::{Error, Result};
+use crate::error::{Diagnostic, Error, Result};
+
+/// Git's file mode of a symbolic link.
+const SYMLINK_MODE: i32 = 0o120000;
+
+/// Why a symlink in the fleet is refused. Its target is not what reviewers
+/// see: in a commit a link is only its target's path (which would be shipped
+/// as the file's content), in a work tree it is whatever it points to on the
+/// machine that reads it.
+pub fn symlink_refused(path: &str) -> Diagnostic {
+    Diagnostic::new(path, "is a symlink; fleet files must be regular files").hint(
+        "replace the link with a copy of what it points to (`cp --remove-destination TARGET LINK`) and commit that",
+    )
+}
 
 /// An opened fleet repository.
 pub struct Repo {
@@ -148,6 +161,8 @@ impl Repo {
 pub struct Entry {
     pub name: String,
     pub is_dir: bool,
+    /// A symbolic link (never followed: see [`symlink_refused`]).
+    pub is_symlink: bool,
     /// The object id, for entries of a commit.
     id: Option<Oid>,
 }
@@ -173,15 +188,55 @@ impl Snapshot<'_> {
         }
     }
 
-    /// The content of a file, `None` when it does not exist.
+    /// `Error::Invalid` naming `path`, a symlink.
+    fn refuse_symlink(&self, path: &str) -> Error {
+        Error::Invalid {
+            at: self.label(),
+            problems: vec![symlink_refused(path)],
+        }
+    }
+
+    /// The first symlink on `path` (a directory on the way, or the file
+    /// itself): a Git tree does not follow links, a work tree would.
+    fn symlink_on(&self, path: &str) -> Option<String> {
+        let mut prefix = String::new();
+        for part in path.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            let link = match self {
+                Snapshot::Commit { tree, .. } => tree
+                    .get_path(Path::new(&prefix))
+                    .is_ok_and(|e| e.filemode() == SYMLINK_MODE),
+                Snapshot::WorkTree { root } => std::fs::symlink_metadata(root.join(&prefix))
+                    .is_ok_and(|m| m.file_type().is_symlink()),
+            };
+            if link {
+                return Some(prefix);
+            }
+        }
+        None
+    }
+
+    /// The content of a file, `None` when it does not exist. A symlink, or a
+    /// file under a symlinked directory, is `Error::Invalid` naming the link.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         match self {
             Snapshot::Commit { repo, tree, id } => {
                 let entry = match tree.get_path(Path::new(path)) {
                     Ok(e) => e,
-                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                        return match self.symlink_on(path) {
+                            Some(link) => Err(self.refuse_symlink(&link)),
+                            None => Ok(None),
+                        };
+                    }
                     Err(e) => return Err(Error::git(format!("{path} at {id}"), e)),
                 };
+                if entry.filemode() == SYMLINK_MODE {
+                    return Err(self.refuse_symlink(path));
+                }
                 if entry.kind() != Some(git2::ObjectType::Blob) {
                     return Ok(None);
                 }
@@ -190,19 +245,12 @@ impl Snapshot<'_> {
                     .map_err(|e| Error::git(format!("{path} at {id}"), e))?;
                 Ok(Some(blob.content().to_vec()))
             }
-            Snapshot::WorkTree { root } => match std::fs::read(root.join(path)) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        || e.kind() == std::io::ErrorKind::IsADirectory =>
-                {
-                    Ok(None)
+            Snapshot::WorkTree { root } => {
+                if let Some(link) = self.symlink_on(path) {
+                    return Err(self.refuse_symlink(&link));
                 }
-                Err(source) => Err(Error::Io {
-                    path: path.to_string(),
-                    source,
-                }),
-            },
+                read_worktree_file(root, path)
+            }
         }
     }
 
@@ -211,6 +259,9 @@ impl Snapshot<'_> {
     /// tree (which libgit2 would inflate and parse again for every lookup).
     /// `path` is the entry's path, for messages and the work tree.
     pub fn read_entry(&self, path: &str, entry: &Entry) -> Result<Option<Vec<u8>>> {
+        if entry.is_symlink {
+            return Err(self.refuse_symlink(path));
+        }
         match (self, entry.id) {
             (Snapshot::Commit { repo, id, .. }, Some(oid)) => {
                 let blob = repo
@@ -223,9 +274,12 @@ impl Snapshot<'_> {
     }
 
     /// Entries directly under `dir`, sorted by name. Empty when `dir` does not
-    /// exist.
+    /// exist; `Error::Invalid` when it is (or lies under) a symlink.
     pub fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
+        if let Some(link) = self.symlink_on(dir) {
+            return Err(self.refuse_symlink(&link));
+        }
         match self {
             Snapshot::Commit { repo, tree, id } => {
                 let sub = match tree.get_path(Path::new(dir)) {
@@ -241,6 +295,7 @@ impl Snapshot<'_> {
                         out.push(Entry {
                             name: name.to_string(),
                             is_dir: entry.kind() == Some(git2::ObjectType::Tree),
+                            is_symlink: entry.filemode() == SYMLINK_MODE,
                             id: Some(entry.id()),
                         });
                     }
@@ -258,10 +313,12 @@ impl Snapshot<'_> {
                     }
                 };
                 for entry in rd.flatten() {
-                    let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                    // DirEntry::file_type does not follow links.
+                    let kind = entry.file_type().ok();
                     out.push(Entry {
                         name: entry.file_name().to_string_lossy().into_owned(),
-                        is_dir,
+                        is_dir: kind.is_some_and(|t| t.is_dir()),
+                        is_symlink: kind.is_some_and(|t| t.is_symlink()),
                         id: None,
                     });
                 }
@@ -269,5 +326,21 @@ impl Snapshot<'_> {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+fn read_worktree_file(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(root.join(path)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::IsADirectory =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(Error::Io {
+            path: path.to_string(),
+            source,
+        }),
     }
 }

@@ -181,11 +181,14 @@ impl SshConnector {
             path: path.to_string(),
             source,
         };
+        // What a killed fleetgate left: its masters and their directories.
+        crate::remote::ssh::remove_stale_control_dirs(std::path::Path::new("/tmp"));
         // Short: control sockets live here, and Unix socket paths stop at ~108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("fg")
             .tempdir_in("/tmp")
             .map_err(|e| io("/tmp", e))?;
+        crate::remote::ssh::mark_control_dir(dir.path()).map_err(|e| io("/tmp", e))?;
         let known = dir.path().join("known_hosts");
         std::fs::write(&known, known_hosts).map_err(|e| io("known_hosts", e))?;
         let config = dir.path().join("ssh_config");
@@ -204,7 +207,10 @@ impl SshConnector {
             key,
             control_dir: dir.path().to_path_buf(),
             config_file: config,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: (!options.contains_key("ConnectTimeout"))
+                .then_some(Duration::from_secs(10)),
+            server_alive_interval: (!options.contains_key("ServerAliveInterval"))
+                .then_some(Duration::from_secs(15)),
             command_timeout: Duration::from_secs(600),
         };
         Ok(SshConnector { _dir: dir, opts })

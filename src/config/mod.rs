@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod model;
 pub mod raw;
+pub mod ssh_options;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,8 +15,8 @@ use std::sync::Arc;
 
 pub use model::*;
 
-use crate::error::{Diagnostic, Result};
-use crate::repo::Snapshot;
+use crate::error::{Diagnostic, Error, Result};
+use crate::repo::{Snapshot, symlink_refused};
 
 pub const PIPELINE: &str = "pipelines/pipeline.yaml";
 pub const APPS_DIR: &str = "pipelines/apps";
@@ -116,22 +117,25 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
-        if let Some(bytes) = snap.read(path)? {
+        if let Some(bytes) = refused(snap.read(path), &mut problems)? {
             files.insert(path.to_string(), bytes);
         }
     }
-    for app in snap.list(APPS_DIR)? {
-        if app.is_dir {
-            read_tree(snap, &format!("{APPS_DIR}/{}", app.name), &mut files)?;
+    for app in refused(snap.list(APPS_DIR), &mut problems)? {
+        let path = format!("{APPS_DIR}/{}", app.name);
+        if app.is_symlink {
+            problems.push(symlink_refused(&path));
+        } else if app.is_dir {
+            read_tree(snap, &path, &mut files, &mut problems)?;
         }
     }
     let mut all_clients = Vec::new();
-    for mut entry in snap.list(CLIENTS_DIR)? {
+    for mut entry in refused(snap.list(CLIENTS_DIR), &mut problems)? {
         let path = format!("{CLIENTS_DIR}/{}", entry.name);
         match entry.name.strip_suffix(".yaml") {
             Some(stem) if !entry.is_dir => {
                 if selection.contains(stem)
-                    && let Some(bytes) = snap.read_entry(&path, &entry)?
+                    && let Some(bytes) = refused(snap.read_entry(&path, &entry), &mut problems)?
                 {
                     files.insert(path, bytes);
                 }
@@ -146,11 +150,11 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
         }
     }
     let mut client_secrets = Vec::new();
-    for mut entry in snap.list(CLIENT_SECRETS_DIR)? {
+    for mut entry in refused(snap.list(CLIENT_SECRETS_DIR), &mut problems)? {
         let path = format!("{CLIENT_SECRETS_DIR}/{}", entry.name);
         if let Some(stem) = entry.name.strip_suffix(".sops.yaml") {
             if selection.contains(stem)
-                && let Some(bytes) = snap.read_entry(&path, &entry)?
+                && let Some(bytes) = refused(snap.read_entry(&path, &entry), &mut problems)?
             {
                 files.insert(path, bytes);
             }
@@ -168,16 +172,43 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     })
 }
 
-fn read_tree(snap: &Snapshot, dir: &str, files: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
+fn read_tree(
+    snap: &Snapshot,
+    dir: &str,
+    files: &mut BTreeMap<String, Vec<u8>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Result<()> {
     for entry in snap.list(dir)? {
         let path = format!("{dir}/{}", entry.name);
-        if entry.is_dir {
-            read_tree(snap, &path, files)?;
+        if entry.is_symlink {
+            problems.push(symlink_refused(&path));
+        } else if entry.is_dir {
+            read_tree(snap, &path, files, problems)?;
         } else if let Some(bytes) = snap.read_entry(&path, &entry)? {
             files.insert(path, bytes);
         }
     }
     Ok(())
+}
+
+/// A symlink where a fleet file or directory should be is one more problem
+/// of the fleet, reported with the others; anything else that stops a read
+/// stops `load`.
+fn refused<T: Default>(read: Result<T>, problems: &mut Vec<Diagnostic>) -> Result<T> {
+    match read {
+        Err(Error::Invalid {
+            problems: found, ..
+        }) => {
+            // A symlinked `pipelines/` stands in the way of four reads: say it once.
+            for d in found {
+                if !problems.contains(&d) {
+                    problems.push(d);
+                }
+            }
+            Ok(T::default())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

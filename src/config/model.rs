@@ -56,7 +56,8 @@ pub struct Pipeline {
     pub scan: ScanPolicy,
     pub on_failure: OnFailure,
     pub runtimes: RuntimeCommands,
-    /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`).
+    /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`), by
+    /// canonical name; only those `ssh_options::ALLOWED`.
     pub ssh_options: BTreeMap<String, String>,
 }
 
@@ -573,35 +574,21 @@ fn validate_pipeline(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Opti
     let mut ssh_options = BTreeMap::new();
     if let Some(ssh) = &raw.ssh {
         for (key, value) in &ssh.options {
-            // Options that would undo fleetgate's guarantees are refused.
-            let forbidden = [
-                "stricthostkeychecking",
-                "userknownhostsfile",
-                "globalknownhostsfile",
-                "proxycommand",
-                "localcommand",
-                "permitlocalcommand",
-                "controlpath",
-                "controlmaster",
-            ];
-            let ok_key = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric());
-            let ok_value = !value.value.is_empty() && !value.value.contains(['\n', '\r']);
-            if !ok_key || !ok_value {
-                c.at(
-                    &format!("ssh.options.{key}"),
-                    value,
-                    format!("`{key}` is not an ssh_config option"),
-                    "write options as `Name: value`, e.g. `KexAlgorithms: curve25519-sha256`",
-                );
-            } else if forbidden.contains(&key.to_ascii_lowercase().as_str()) {
-                c.at(
-                    &format!("ssh.options.{key}"),
-                    value,
-                    format!("`{key}` cannot be set: fleetgate manages it"),
-                    "host keys are always checked strictly against pipelines/known_hosts",
-                );
-            } else {
-                ssh_options.insert(key.clone(), value.value.clone());
+            match super::ssh_options::check(key, &value.value) {
+                Ok(name) => {
+                    if ssh_options
+                        .insert(name.to_string(), value.value.clone())
+                        .is_some()
+                    {
+                        c.at(
+                            &format!("ssh.options.{key}"),
+                            value,
+                            format!("`{name}` is set twice"),
+                            "option names are case-insensitive: keep one",
+                        );
+                    }
+                }
+                Err(r) => c.at(&format!("ssh.options.{key}"), value, r.message, &r.hint),
             }
         }
     }
@@ -741,6 +728,8 @@ fn validate_app(
                     "",
                 ),
             },
+            // A symlink is reported as such by `load`, not as missing.
+            None if files.problems.iter().any(|d| d.file == source_path) => {}
             None => c.at(
                 &field,
                 template,
@@ -790,6 +779,14 @@ fn validate_app(
         let v = &h.value;
         match (&v.http, &v.command) {
             (Some(url), None) => {
+                if !may_be_http_url(url) {
+                    c.at(
+                        &f("http"),
+                        h,
+                        format!("`{url}` is not an http:// or https:// URL"),
+                        HTTP_URL_HINT,
+                    );
+                }
                 health.push(HealthCheck::Http(HttpCheck {
                     url: url.clone(),
                     expect_status: v.expect_status.unwrap_or(200),
@@ -856,6 +853,19 @@ fn validate_app(
         health,
         rollback: raw.rollback.unwrap_or(RollbackPolicy::Safe),
     })
+}
+
+pub const HTTP_URL_HINT: &str = "http checks GET a URL from the runner: write `http://…` or `https://…` (file:// and other schemes are refused)";
+
+/// Whether a health check's URL template can still render to `http://…` or
+/// `https://…`: the literal text before its first tag is checked here, the
+/// rendered URL again by `render.rs` (a templated scheme).
+pub fn may_be_http_url(template: &str) -> bool {
+    let literal = template.split('{').next().unwrap_or_default();
+    let literal = literal.to_ascii_lowercase();
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| literal.starts_with(scheme) || scheme.starts_with(&literal))
 }
 
 /// A path inside a release directory: relative, no `..`, no empty parts.

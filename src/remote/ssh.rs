@@ -6,7 +6,7 @@
 //! Scripts travel on the remote `sh -s`'s stdin, never in a command line, so
 //! file contents and secrets are not visible in process lists.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(test)]
 use std::process::Stdio;
 use std::time::Duration;
@@ -141,14 +141,31 @@ pub struct SshOptions {
     /// An ssh_config file fleetgate writes (operator options); also keeps the
     /// runner's own ~/.ssh/config out of the way.
     pub config_file: PathBuf,
-    pub connect_timeout: Duration,
+    /// `None` when `ssh.options` sets `ConnectTimeout`: a `-o` on the command
+    /// line would silently win over the config file.
+    pub connect_timeout: Option<Duration>,
+    /// `None` when `ssh.options` sets `ServerAliveInterval` (as above).
+    pub server_alive_interval: Option<Duration>,
     pub command_timeout: Duration,
 }
+
+/// How long a master outlives its last client. fleetgate holds one client
+/// connection open for as long as it uses a host (`SshHost::hold`), so this
+/// is only ever reached once fleetgate is gone, killed (SIGKILL, OOM, a
+/// cancelled CI job) before it could close the master: with
+/// `ControlPersist=yes` such a master would stay logged in to the host for
+/// good. Short, since nothing legitimate waits on it.
+pub const ORPHAN_MASTER_EXIT: Duration = Duration::from_secs(10);
 
 /// A host reached over one multiplexed OpenSSH master connection.
 pub struct SshHost {
     name: String,
     session: openssh::Session,
+    /// A client connection to the master's control socket, held while the
+    /// host is in use: the master counts it as in use and does not start its
+    /// `ORPHAN_MASTER_EXIT` countdown; the kernel closes it when fleetgate
+    /// dies, however it dies.
+    hold: std::os::unix::net::UnixStream,
     timeout: Duration,
 }
 
@@ -160,9 +177,17 @@ impl SshHost {
             .known_hosts_check(openssh::KnownHosts::Strict)
             .user_known_hosts_file(&opts.known_hosts)
             .control_directory(&opts.control_dir)
-            .config_file(&opts.config_file)
-            .connect_timeout(opts.connect_timeout)
-            .server_alive_interval(Duration::from_secs(15));
+            .control_persist(openssh::ControlPersist::IdleFor(
+                std::num::NonZeroUsize::new(ORPHAN_MASTER_EXIT.as_secs() as usize)
+                    .expect("a bound of whole seconds"),
+            ))
+            .config_file(&opts.config_file);
+        if let Some(t) = opts.connect_timeout {
+            b.connect_timeout(t);
+        }
+        if let Some(t) = opts.server_alive_interval {
+            b.server_alive_interval(t);
+        }
         if let Some(key) = &opts.key {
             b.keyfile(key);
         }
@@ -175,23 +200,161 @@ impl SshHost {
                 message,
             }
         })?;
+        let hold =
+            std::os::unix::net::UnixStream::connect(session.control_socket()).map_err(|e| {
+                RemoteError::Connect {
+                    host: host.name.clone(),
+                    address: format!("{}@{}:{}", host.user, host.address, host.port),
+                    message: format!("the ssh master's control socket: {e}"),
+                    hint: "see the ssh message above",
+                }
+            })?;
         Ok(SshHost {
             name: host.name.clone(),
             session,
+            hold,
             timeout: opts.command_timeout,
         })
     }
 
-    /// Ends the master connection (ControlPersist would otherwise keep it).
+    /// Ends the master connection now rather than `ORPHAN_MASTER_EXIT` later.
     pub async fn close(self) {
-        if let Err(e) = self.session.close().await {
-            tracing::debug!(
-                "{}: closing the ssh connection: {}",
-                self.name,
-                error_chain(&e)
-            );
+        let SshHost {
+            name,
+            session,
+            hold,
+            ..
+        } = self;
+        drop(hold);
+        if let Err(e) = session.close().await {
+            tracing::debug!("{name}: closing the ssh connection: {}", error_chain(&e));
         }
     }
+}
+
+/// The file in a control directory naming the fleetgate process that owns
+/// it: `<pid> <start time in clock ticks since boot>` (a pid alone may have
+/// been reused by the time someone looks).
+const OWNER_FILE: &str = "owner";
+
+/// Marks `dir` as this process's control directory, for
+/// [`remove_stale_control_dirs`] of a later fleetgate.
+pub fn mark_control_dir(dir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id();
+    let start = process_start(pid).unwrap_or_default();
+    std::fs::write(dir.join(OWNER_FILE), format!("{pid} {start}\n"))
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the start time: with the pid, it names
+/// one process for the machine's uptime. `None` when there is no such
+/// process, or only its zombie (dead, not yet reaped by its parent).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if rest.next()? == "Z" {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
+}
+
+/// Removes the control directories under `parent` (fleetgate's
+/// `/tmp/fgXXXXXX`) whose owner is gone, after telling any master still
+/// listening there to exit: what a fleetgate killed before it could clean
+/// up left behind. Directories without an owner file (not fleetgate's, or
+/// one still being set up) and those of live processes are left alone.
+/// Returns the directories removed.
+pub fn remove_stale_control_dirs(parent: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self") else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let ours = entry.file_name().to_str().is_some_and(|n| {
+            n.len() == 8 && n.starts_with("fg") && n[2..].bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        // symlink_metadata: a link planted in /tmp is not followed.
+        let owned =
+            std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == me.uid());
+        if !ours || !owned {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut words = owner.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(process_start)
+            .is_some_and(|s| s == start);
+        if alive {
+            continue;
+        }
+        for socket in master_sockets(&dir) {
+            stop_master(&socket);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(
+                    "removed {}, left by fleetgate process {pid}, which is gone",
+                    dir.display()
+                );
+                removed.push(dir);
+            }
+            Err(e) => tracing::debug!("removing stale {}: {e}", dir.display()),
+        }
+    }
+    removed
+}
+
+/// The control sockets the `openssh` crate makes in a control directory:
+/// `.ssh-connectionXXXXXX/master`.
+fn master_sockets(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".ssh-connection")
+        })
+        .map(|e| e.path().join("master"))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// `ssh -O exit`: the master ends its connection and exits at once, running
+/// remote commands or not. Bounded: a master that does not answer is left to
+/// its `ORPHAN_MASTER_EXIT`.
+fn stop_master(socket: &Path) {
+    let child = std::process::Command::new("ssh")
+        .args(["-F", "/dev/null", "-O", "exit", "-S"])
+        .arg(socket)
+        .arg("fleetgate-stale-master")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -310,5 +473,51 @@ impl Remote for LocalHost {
             stdout,
             stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_control_dirs_whose_owner_is_gone_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = |name: &str, owner: Option<String>| {
+            let d = parent.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::create_dir(d.join(".ssh-connectionXYZ")).unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(OWNER_FILE), o).unwrap();
+            }
+            d
+        };
+        let me = std::process::id();
+        let started = process_start(me).unwrap();
+        // This pid with another start time: a process that is gone, its
+        // pid since reused (by this test).
+        let reused = dir("fgAAAAAA", Some(format!("{me} {}\n", started + 1)));
+        let gone = dir("fgBBBBBB", Some(format!("{} 1\n", u32::MAX)));
+        let live = dir("fgCCCCCC", Some(format!("{me} {started}\n")));
+        let unmarked = dir("fgDDDDDD", None);
+        let garbled = dir("fgEEEEEE", Some("not a pid".into()));
+        let not_ours = dir("fg-FFFFFF", Some(format!("{} 1\n", u32::MAX)));
+        let mut removed = remove_stale_control_dirs(parent.path());
+        removed.sort();
+        assert_eq!(removed, [reused.clone(), gone.clone()]);
+        assert!(!reused.exists() && !gone.exists());
+        for kept in [live, unmarked, garbled, not_ours] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+    }
+
+    #[test]
+    fn a_marked_control_dir_names_this_process() {
+        let parent = tempfile::tempdir().unwrap();
+        let d = parent.path().join("fgGGGGGG");
+        std::fs::create_dir(&d).unwrap();
+        mark_control_dir(&d).unwrap();
+        assert!(remove_stale_control_dirs(parent.path()).is_empty());
+        assert!(d.exists());
     }
 }

@@ -29,6 +29,12 @@ struct Broken {
 const WHOAMI: &str = "pipelines/apps/whoami/app.yaml";
 const DIGEST: &str = "sha256:200689790a0a0ea48ca45992e0450bc26ccab5307375b41c84dfc4f2475937ab";
 
+/// Makes `rel` a symbolic link to `target`, as `ln -s target rel` would.
+pub fn symlink(f: &Fleet, target: &str, rel: &str) {
+    std::os::unix::fs::symlink(target, f.path(rel))
+        .unwrap_or_else(|e| panic!("symlink {rel} -> {target}: {e}"));
+}
+
 fn corpus() -> Vec<Broken> {
     vec![
         Broken {
@@ -222,7 +228,96 @@ fn corpus() -> Vec<Broken> {
                 );
             },
             location: "pipelines/pipeline.yaml:18: ssh.options.StrictHostKeyChecking",
-            message: "cannot be set: fleetgate manages it",
+            message: "is not an ssh option fleetgate allows",
+        },
+        Broken {
+            name: "a health check that reads a file on the runner",
+            break_it: |f| {
+                f.edit(
+                    WHOAMI,
+                    "http://{{ host.address }}:{{ client.vars.whoami_port }}/health",
+                    "file:///etc/passwd",
+                );
+            },
+            location: "pipelines/apps/whoami/app.yaml:12: health[0].http",
+            message: "`file:///etc/passwd` is not an http:// or https:// URL",
+        },
+        Broken {
+            name: "a health check whose scheme is templated",
+            break_it: |f| {
+                f.edit(
+                    WHOAMI,
+                    "http://{{ host.address }}",
+                    "{{ 'fi' ~ 'le' }}:///etc/passwd#{{ host.address }}",
+                );
+            },
+            location: "pipelines/apps/whoami/app.yaml: health[0].http",
+            message: "is not an http:// or https:// URL (rendering for client",
+        },
+        Broken {
+            name: "a template that is a symlink",
+            break_it: |f| {
+                f.remove("pipelines/apps/whoami/app.env.j2");
+                symlink(f, "compose.yaml.j2", "pipelines/apps/whoami/app.env.j2");
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "is a symlink; fleet files must be regular files",
+        },
+        Broken {
+            name: "a client file that is a symlink inside the repository",
+            break_it: |f| {
+                let text = f.read("clients/alpha.yaml");
+                f.write("docs/alpha.yaml", &text);
+                f.remove("clients/alpha.yaml");
+                symlink(f, "../docs/alpha.yaml", "clients/alpha.yaml");
+            },
+            location: "clients/alpha.yaml: ",
+            message: "is a symlink; fleet files must be regular files",
+        },
+        Broken {
+            name: "an app directory that is a symlink",
+            break_it: |f| {
+                std::fs::rename(f.path("pipelines/apps/whoami"), f.path("whoami")).unwrap();
+                symlink(f, "../../whoami", "pipelines/apps/whoami");
+            },
+            location: "pipelines/apps/whoami: ",
+            message: "is a symlink; fleet files must be regular files",
+        },
+        Broken {
+            name: "a template that loops for hours",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}WHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2:1",
+            message: "exceeded the render budget",
+        },
+        Broken {
+            name: "a template that renders 100 MB at once",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{{ 'x' * 100000000 }}\nWHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "exceeded the render budget",
+        },
+        Broken {
+            name: "a template that prints 100 MB in a loop",
+            break_it: |f| {
+                f.edit(
+                    "pipelines/apps/whoami/app.env.j2",
+                    "WHOAMI_NAME",
+                    "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}\nWHOAMI_NAME",
+                );
+            },
+            location: "pipelines/apps/whoami/app.env.j2: ",
+            message: "exceeded the render budget",
         },
         Broken {
             name: "a host whose key is not pinned",
@@ -488,4 +583,106 @@ fn check_errors_read_well() {
     let run = fleet.run(&["check"]);
     run.code(2);
     insta::assert_snapshot!("check_errors", run.stderr);
+}
+
+const PIPELINE: &str = "pipelines/pipeline.yaml";
+
+/// `ssh.options` that would run a command on the runner, read another file,
+/// reach another host or trust another host key: `check` and `plan` refuse
+/// each, naming the file and the option, and say what is allowed.
+#[test]
+fn ssh_options_outside_the_allow_list_are_refused() {
+    let mut failures = Vec::new();
+    for (name, value) in [
+        ("KnownHostsCommand", "/usr/bin/touch /tmp/fleetgate-pwned"),
+        ("Match", "exec \"touch /tmp/fleetgate-pwned\""),
+        ("ProxyJump", "bastion.example.org"),
+        ("proxyjump", "bastion.example.org"),
+        ("ProxyCommand", "nc %h %p"),
+        ("LocalCommand", "touch /tmp/fleetgate-pwned"),
+        ("PermitLocalCommand", "yes"),
+        ("StrictHostKeyChecking", "no"),
+        ("UserKnownHostsFile", "/dev/null"),
+        ("Include", "/etc/ssh/ssh_config"),
+    ] {
+        let fleet = Fleet::example();
+        fleet.edit(
+            PIPELINE,
+            "on_failure:",
+            &format!(
+                "ssh:\n  options:\n    {name}: '{}'\non_failure:",
+                value.replace('\'', "''")
+            ),
+        );
+        let want = format!("{PIPELINE}:18: ssh.options.{name}: ");
+        let check = fleet.run(&["check"]);
+        fleet.commit(&format!("ssh option {name}"));
+        let plan = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
+        for (what, run) in [("check", &check), ("plan", &plan)] {
+            let named = run.stderr.lines().any(|l| l.starts_with(&want));
+            let hinted = run.stderr.contains("hint: allowed: AddressFamily, Ciphers");
+            if run.code != 2 || !named || !hinted || !run.stdout.is_empty() {
+                failures.push(format!(
+                    "{what} with {name}: exit {} (want 2), want a line starting {want:?} and the allowed list\n{}{}",
+                    run.code, run.stdout, run.stderr
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn ssh_options_that_tune_the_connection_are_accepted_in_any_case() {
+    let fleet = Fleet::example();
+    fleet.edit(
+        PIPELINE,
+        "on_failure:",
+        "ssh:\n  options:\n    kexalgorithms: curve25519-sha256\n    Ciphers: '^aes128-gcm@openssh.com'\n    ConnectTimeout: 5\n    ServerAliveCountMax: 2\n    RekeyLimit: 1G 1h\non_failure:",
+    );
+    fleet.run(&["check"]).code(0);
+    // Twice under two spellings is one option set twice.
+    fleet.edit(
+        PIPELINE,
+        "    ConnectTimeout: 5",
+        "    ConnectTimeout: 5\n    connecttimeout: 7",
+    );
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("ssh.options.connecttimeout: `ConnectTimeout` is set twice"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A symlink is refused the same way from the work tree (where `check`
+/// would follow it) and from a commit (where it is only its target's path).
+#[test]
+fn a_symlinked_template_is_refused_in_the_work_tree_and_in_a_commit() {
+    let fleet = Fleet::example();
+    let outside = fleet.path("../outside.env");
+    std::fs::write(&outside, fleet.read("pipelines/apps/whoami/app.env.j2")).unwrap();
+    fleet.remove("pipelines/apps/whoami/app.env.j2");
+    symlink(
+        &fleet,
+        outside.to_str().unwrap(),
+        "pipelines/apps/whoami/app.env.j2",
+    );
+    let want = "pipelines/apps/whoami/app.env.j2: is a symlink; fleet files must be regular files";
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    assert!(run.stderr.contains(want), "{}", run.stderr);
+    // Said once, not also as a missing template.
+    assert!(!run.stderr.contains("does not exist"), "{}", run.stderr);
+    fleet.commit("app.env.j2 is a link");
+    let run = fleet.run(&["check", "--rev", "HEAD"]);
+    run.code(2);
+    assert!(run.stderr.contains(want), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("error: the fleet at commit"),
+        "{}",
+        run.stderr
+    );
 }

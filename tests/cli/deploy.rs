@@ -773,3 +773,193 @@ fn once_the_stage_failed_other_hosts_stop_waiting_out_their_soak() {
     assert_eq!(run.json()["failed_hosts"], 1);
     assert!(d.serving("gamma-1").unwrap().contains("version=1"));
 }
+
+/// `ssh.options` are checked before anything connects: a command in a
+/// refused option never runs on the runner, and no host is touched.
+#[test]
+fn a_refused_ssh_option_never_runs() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let marker = d.hosts.dir.join("known-hosts-command-ran");
+    let pipeline = d.fleet.read("pipelines/pipeline.yaml");
+    d.fleet.write(
+        "pipelines/pipeline.yaml",
+        &format!(
+            "{pipeline}    KnownHostsCommand: /usr/bin/touch {}\n",
+            marker.display()
+        ),
+    );
+    d.fleet.commit("an ssh option that runs a command");
+    let run = d.deploy("canary");
+    run.code(2);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("pipelines/pipeline.yaml:")
+                && l.contains(": ssh.options.KnownHostsCommand: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(!marker.exists(), "the option's command ran");
+    assert!(!run.stderr.contains("connect"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// A template that is a symlink is refused before anything connects (it
+/// would otherwise ship the link's target path as the file).
+#[test]
+fn a_symlinked_template_is_refused_and_nothing_deployed() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    let start = d.fleet.read("pipelines/apps/web/start.sh.j2");
+    d.fleet.write("pipelines/apps/web/start.real.j2", &start);
+    d.fleet.remove("pipelines/apps/web/start.sh.j2");
+    crate::check::symlink(&d.fleet, "start.real.j2", "pipelines/apps/web/start.sh.j2");
+    d.fleet.commit("start.sh.j2 is a link");
+    let run = d.deploy("canary");
+    run.code(2);
+    assert!(
+        run.stderr.contains(
+            "pipelines/apps/web/start.sh.j2: is a symlink; fleet files must be regular files"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&d.hosts.host("alpha-1").deploy_root)
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// The ssh master connected to `port`: its pid and fleetgate's control
+/// directory it lives in (`/tmp/fgXXXXXX`), from its command line
+/// (`ssh … -S <dir>/.ssh-connectionXXXX/master -M … -p <port> …`).
+fn ssh_master(port: u16) -> Option<(u32, std::path::PathBuf)> {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ssh = args
+            .first()
+            .is_some_and(|a| a == "ssh" || a.ends_with("/ssh"));
+        let master = args.iter().any(|a| a == "-M");
+        let ours = args.windows(2).any(|w| w[0] == "-p" && w[1] == port);
+        if ssh && master && ours && alive(pid) {
+            let socket = args.windows(2).find(|w| w[0] == "-S")?[1].clone();
+            let dir = Path::new(&socket).parent()?.parent()?.to_path_buf();
+            return Some((pid, dir));
+        }
+    }
+    None
+}
+
+/// Running, and not a zombie waiting for a parent that may never reap it.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| !s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `done` every 50 ms for up to `limit`; false if it never held.
+fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
+impl DeployFleet {
+    /// Starts `deploy --stage canary`, SIGKILLs it once `host` switched (its
+    /// start step then sleeps `start_delay` on the host, over the master), and
+    /// returns that master's pid and control directory.
+    fn kill_while_connected(&self, host: &str) -> (u32, std::path::PathBuf) {
+        use std::io::BufRead;
+        let key = self.hosts.client_key.to_str().unwrap().to_string();
+        let mut child = self
+            .fleet
+            .command(crate::common::BIN)
+            .env("SOPS_AGE_KEY_FILE", crate::common::test_key())
+            .env("FLEETGATE_SSH_KEY", &key)
+            .args(["deploy", "--stage", "canary", "--rev", "HEAD"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fleetgate deploy");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let want = format!("{host} web switch");
+        let mut seen = String::new();
+        let mut line = String::new();
+        while !seen.contains(&want) {
+            line.clear();
+            let n = stderr.read_line(&mut line).unwrap();
+            assert!(n > 0, "deploy ended before {want:?}:\n{seen}");
+            seen.push_str(&line);
+        }
+        let port = self.hosts.host(host).port;
+        let mut master = None;
+        assert!(
+            eventually(std::time::Duration::from_secs(10), || {
+                master = ssh_master(port);
+                master.is_some()
+            }) || master.is_some(),
+            "no ssh master for {host}:\n{seen}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let master = master.or_else(|| ssh_master(port)).unwrap();
+        assert!(alive(master.0), "killing fleetgate took its master along");
+        master
+    }
+}
+
+/// A fleetgate killed with SIGKILL cannot close its ssh masters: they exit
+/// by themselves shortly after their last remote command, and the next
+/// fleetgate stops any still running and removes their directories.
+#[test]
+fn ssh_masters_of_a_killed_deploy_do_not_outlive_it() {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    d.set("alpha", "start_delay", "3");
+    d.fleet.commit("a slow start");
+
+    // The next run, at once: it stops the orphan and removes its directory.
+    let (master, dir) = d.kill_while_connected("alpha-1");
+    assert!(dir.exists(), "{}", dir.display());
+    d.deploy("canary").code(0);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || !alive(master)),
+        "the killed run's ssh master {master} is still running"
+    );
+    assert!(!dir.exists(), "{} is still there", dir.display());
+
+    // No next run: the orphan exits by itself, soon after its last command.
+    d.set("alpha", "version", "\"2\"");
+    d.fleet.commit("web 2");
+    let (master, dir) = d.kill_while_connected("alpha-1");
+    assert!(
+        eventually(std::time::Duration::from_secs(60), || !alive(master)),
+        "the killed run's ssh master {master} is still running a minute later"
+    );
+    d.fleetgate(&["status"]);
+    assert!(!dir.exists(), "{} is still there", dir.display());
+}

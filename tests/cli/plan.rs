@@ -460,3 +460,27 @@ fn markdown_comment_for_a_many_sided_change() {
         insta::assert_snapshot!("many_sided_markdown", run.stdout);
     });
 }
+
+/// A template replaced by a symlink: without the refusal, the plan would show
+/// (and a deploy would ship) the link's target path as the file's content.
+#[test]
+fn a_symlinked_template_is_refused_not_planned() {
+    let fleet = Fleet::example();
+    fleet.remove("pipelines/apps/whoami/app.env.j2");
+    crate::check::symlink(
+        &fleet,
+        "compose.yaml.j2",
+        "pipelines/apps/whoami/app.env.j2",
+    );
+    fleet.commit("app.env.j2 is a link");
+    let run = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
+    run.code(2);
+    assert!(
+        run.stderr.contains(
+            "pipelines/apps/whoami/app.env.j2: is a symlink; fleet files must be regular files"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "", "no plan is printed");
+}
