@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod config;
+mod core;
 mod deploy;
 mod desired;
 mod error;

@@ -65,7 +65,7 @@ impl FailedGate {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum RevertOutcome {
     /// The revert commit is on the branch.

@@ -37,12 +37,12 @@ pub struct Fleet {
 /// One accepted finding: `id` (a CVE or GHSA id), optionally only in one
 /// image (repository, `repository:tag`, or the full pinned reference) and/or
 /// one package; until `expires` (the last day it applies), for `reason`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IgnoreEntry {
     pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
     pub expires: chrono::NaiveDate,
     pub reason: String,

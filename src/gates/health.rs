@@ -98,14 +98,14 @@ impl Gate {
 }
 
 /// The result of one check on one host, for the outcome record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct CheckResult {
     pub app: String,
     /// The URL or the command.
     pub check: String,
     pub passed: bool,
     /// Cut short: the stage had already failed on other hosts.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
     pub attempts: u32,
     pub seconds: f64,

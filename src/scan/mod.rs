@@ -72,7 +72,7 @@ pub struct Options {
     pub archives: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ImageResult {
     #[serde(flatten)]
     pub verdict: ImageVerdict,
@@ -82,11 +82,11 @@ pub struct ImageResult {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ScanReport {
     pub passed: bool,
     /// The trivy DB the findings come from, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db: Option<String>,
     pub fail_on: Vec<crate::config::Severity>,
     pub ignore_unfixed: bool,

@@ -8,7 +8,7 @@ use super::pin::ImageRef;
 use super::trivy::Finding;
 use crate::config::{IgnoreEntry, ScanPolicy, Severity};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub critical: usize,
     pub high: usize,
@@ -30,17 +30,17 @@ impl Counts {
 }
 
 /// A finding that blocks, and why it was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Blocking {
     #[serde(flatten)]
     pub finding: Finding,
     /// The acceptance that would have covered it, had it not expired.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_ignore: Option<NaiveDate>,
 }
 
 /// A finding accepted by a trivyignore entry still in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Accepted {
     pub id: String,
     pub package: String,
@@ -49,7 +49,7 @@ pub struct Accepted {
 }
 
 /// The policy's verdict on one image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ImageVerdict {
     pub image: String,
     pub counts: Counts,

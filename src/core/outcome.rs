@@ -1,0 +1,152 @@
+//! What a stage did, host by host: the outcome `deploy` prints, `run`
+//! records in the run record and the verdict is read from. Plain data,
+//! read back from every run record schema 1 ever wrote (fields added since
+//! default to what an old note meant).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gates::health::CheckResult;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// New release live and healthy.
+    Deployed,
+    /// Already live and verified: nothing done.
+    Unchanged,
+    /// Failed; not rolled back (policy off, or a `freeze` app).
+    Failed,
+    /// Switched back to the previous release.
+    RolledBack,
+    /// Not started: the stage had already failed.
+    NotStarted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The host could not be reached or a command could not run.
+    Infra,
+    /// A remote command failed (upload, switch, runtime).
+    Command,
+    /// A health gate failed.
+    Health,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub step: String,
+    pub ok: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostOutcome {
+    pub client: String,
+    pub host: String,
+    pub status: HostStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub steps: Vec<StepRecord>,
+    pub checks: Vec<CheckResult>,
+    /// Apps switched to the new release (what a rollback undoes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switched: Vec<String>,
+    /// Apps left on the failed release because they are `rollback: freeze`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
+    /// Health after a rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_checks: Vec<CheckResult>,
+    /// Why a rollback that was needed did not happen (or not all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_failure: Option<Failure>,
+    /// What each app of this host runs after the stage, as far as fleetgate
+    /// knows: the report never says "rolled back" for a host it could not
+    /// reach.
+    /// (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, Runs>,
+    pub seconds: f64,
+}
+
+/// What an app on a host runs after a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runs {
+    /// This release (full rev), live.
+    Release(String),
+    /// Not touched by this stage: whatever it ran before.
+    AsBefore,
+    /// A first deploy taken down again: nothing.
+    Nothing,
+    /// The host was lost during a change and could not be put back: it may
+    /// run the new release, un-gated.
+    Unknown,
+}
+
+impl Runs {
+    pub fn describe(&self) -> String {
+        match self {
+            Runs::Release(rev) => crate::report::short(rev).to_string(),
+            Runs::AsBefore => "as before".into(),
+            Runs::Nothing => "nothing".into(),
+            Runs::Unknown => "UNKNOWN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub step: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageOutcome {
+    pub stage: String,
+    pub rev: String,
+    pub passed: bool,
+    /// Stopped by SIGTERM/SIGINT before every host was started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    pub failed_hosts: usize,
+    pub max_failures: usize,
+    pub rolled_back: bool,
+    pub hosts: Vec<HostOutcome>,
+}
+
+impl StageOutcome {
+    /// Apps left frozen on a failed release, as `client/app@host`.
+    pub fn frozen(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                h.frozen
+                    .iter()
+                    .map(move |a| format!("{}/{a}@{}", h.client, h.host))
+            })
+            .collect()
+    }
+
+    /// Hosts that may run something nobody gated: lost during a change
+    /// and not put back.
+    pub fn lost(&self) -> Vec<&HostOutcome> {
+        self.hosts
+            .iter()
+            .filter(|h| h.runs.values().any(|r| *r == Runs::Unknown))
+            .collect()
+    }
+
+    /// Hosts that failed (tolerated or not), rolled back or not.
+    pub fn failed(&self) -> impl Iterator<Item = &HostOutcome> {
+        self.hosts.iter().filter(|h| h.failure.is_some())
+    }
+}

@@ -1,0 +1,212 @@
+//! The run record (design.md §3): one JSON note per head commit under
+//! `refs/notes/fleetgate` — plan hash, every stage's per-host outcome,
+//! approvals, the scan, the revert. Typed here, so every edit is a method
+//! and a malformed note is an error, never "no record".
+//!
+//! Schema 1, as every fleetgate since the first wrote it: fields added
+//! later default to what their absence meant, and keys this version does
+//! not know (a newer fleetgate's) are kept as they are.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::core::outcome::StageOutcome;
+use crate::revert::RevertOutcome;
+use crate::scan::ScanReport;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema: u32,
+    /// The commit this record is about (the note's object).
+    pub head: String,
+    /// The commit before the push the run planned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
+    /// When the plan became what it is: an approval given before it was
+    /// for an earlier plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Per stage, its last outcome.
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageOutcome>,
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    /// The stage that waits for an approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<RevertOutcome>,
+    /// Set when a signal stopped the run between stages or while it waited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
+    /// Keys written by a newer fleetgate: kept, never dropped.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// One approval: who, when, for which plan, from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub by: String,
+    /// RFC 3339.
+    pub at: String,
+    pub plan_hash: String,
+    /// `cli` (`fleetgate approve`); the forge adds `comment`, `dispatch`,
+    /// `environment`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    /// RFC 3339.
+    pub at: String,
+    pub before_stage: String,
+    pub run_id: String,
+}
+
+impl RunRecord {
+    pub fn new(head: &str) -> RunRecord {
+        RunRecord {
+            schema: SCHEMA,
+            head: head.to_string(),
+            base: None,
+            plan_hash: None,
+            planned_at: None,
+            run_id: None,
+            stages: BTreeMap::new(),
+            approvals: Vec::new(),
+            waiting: None,
+            scan: None,
+            revert: None,
+            interrupted: None,
+            other: BTreeMap::new(),
+        }
+    }
+
+    /// A note's text as a record; the error says what is wrong without
+    /// quoting the note (the position only).
+    pub fn parse(text: &str) -> Result<RunRecord, String> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| format!("invalid JSON at line {} column {}", e.line(), e.column()))?;
+        if !value.is_object() {
+            return Err("it is not a JSON object".into());
+        }
+        serde_json::from_value(value).map_err(|e| format!("it is not a run record: {e}"))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a run record serialises")
+    }
+
+    /// The plan this run carries out. `planned_at` moves only when the plan
+    /// changed, so approvals given for an earlier plan stay visibly older.
+    pub fn plan(&mut self, base: &str, plan_hash: &str, run_id: &str, now: &str) {
+        self.base = Some(base.to_string());
+        if self.plan_hash.as_deref() != Some(plan_hash) {
+            self.planned_at = Some(now.to_string());
+        }
+        self.plan_hash = Some(plan_hash.to_string());
+        self.run_id = Some(run_id.to_string());
+    }
+
+    /// A stage's outcome; the stage ran, so it no longer waits.
+    pub fn record_stage(&mut self, outcome: &StageOutcome) {
+        if self.waiting.as_deref() == Some(outcome.stage.as_str()) {
+            self.waiting = None;
+        }
+        self.stages.insert(outcome.stage.clone(), outcome.clone());
+    }
+
+    /// Adds `approval` unless the same person already approved the same plan.
+    pub fn add_approval(&mut self, approval: &Approval) {
+        if !self
+            .approvals
+            .iter()
+            .any(|a| a.by == approval.by && a.plan_hash == approval.plan_hash)
+        {
+            self.approvals.push(approval.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Notes written by fleetgate before the record was typed (the sandbox
+    /// demo run by the binary of commit 4b6e4b6): read, written back, the
+    /// same JSON.
+    #[test]
+    fn reads_and_writes_back_every_schema_1_note() {
+        for (name, text) in [
+            (
+                "approved",
+                include_str!("../../tests/fixtures/records/schema1-approved.json"),
+            ),
+            (
+                "reverted",
+                include_str!("../../tests/fixtures/records/schema1-reverted.json"),
+            ),
+            (
+                "blocked by the scan",
+                include_str!("../../tests/fixtures/records/schema1-scan-blocked.json"),
+            ),
+        ] {
+            let record = RunRecord::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let before: Value = serde_json::from_str(text).unwrap();
+            let after: Value = serde_json::from_str(&record.to_json()).unwrap();
+            assert_eq!(before, after, "{name}");
+        }
+    }
+
+    #[test]
+    fn keys_of_a_newer_fleetgate_are_kept() {
+        let text =
+            r#"{"schema": 1, "head": "abc", "stages": {}, "approvals": [], "shards": {"x": 1}}"#;
+        let record = RunRecord::parse(text).unwrap();
+        assert_eq!(record.other["shards"], serde_json::json!({"x": 1}));
+        assert!(record.to_json().contains("\"shards\""));
+    }
+
+    #[test]
+    fn what_is_not_a_record_says_why_without_quoting_it() {
+        for (text, why) in [
+            ("{\"approvals\": [tru", "invalid JSON at line 1"),
+            ("[1, 2]", "not a JSON object"),
+            (
+                r#"{"schema": 1, "head": "a", "approvals": [{"by": 3}]}"#,
+                "not a run record",
+            ),
+            (
+                r#"{"schema": 1, "head": "a", "stages": []}"#,
+                "not a run record",
+            ),
+            (r#"{"schema": 1, "head": 7}"#, "not a run record"),
+        ] {
+            let e = RunRecord::parse(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(!e.contains("tru,") && !e.contains("[1, 2]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn planning_again_moves_planned_at_only_for_a_new_plan() {
+        let mut r = RunRecord::new("h");
+        r.plan("b", "p1", "run-1", "t1");
+        r.plan("b", "p1", "run-2", "t2");
+        assert_eq!(r.planned_at.as_deref(), Some("t1"));
+        assert_eq!(r.run_id.as_deref(), Some("run-2"));
+        r.plan("b", "p2", "run-3", "t3");
+        assert_eq!(r.planned_at.as_deref(), Some("t3"));
+    }
+}
