@@ -1263,8 +1263,8 @@ mod tests {
         assert!(!root.join("h2").exists());
         assert_eq!(o.hosts[0].runs["web"], Runs::AsBefore);
         assert_eq!(
-            crate::pipeline::verdict(&o),
-            crate::pipeline::StageVerdict::InfraFailed
+            crate::core::verdict::verdict(&o),
+            crate::core::verdict::StageVerdict::InfraFailed
         );
     }
 }

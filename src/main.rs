@@ -13,20 +13,22 @@ mod forge;
 mod gates;
 mod interrupt;
 mod inventory;
-mod lock;
 mod origin;
 mod par;
-mod pipeline;
 mod plan;
+mod ports;
+mod printer;
 mod progress;
-mod record;
 mod remote;
 mod render;
 mod repo;
 mod report;
 mod revert;
+mod rollout;
+mod rt;
 mod scan;
 mod secrets;
+mod store;
 
 use clap::Parser;
 

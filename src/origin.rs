@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use git2::Oid;
 
 use crate::error::{Error, Result};
-use crate::repo::Repo;
+use crate::repo::{CommitId, Repo};
 
 /// Where fleetgate keeps its refs, on the remote and locally.
 pub const RECORD_REFSPECS: [&str; 2] = [
@@ -23,21 +23,7 @@ pub struct Origin {
     pub name: String,
 }
 
-/// One ref to set on the remote: `new` (None deletes) if it still is `expected`
-/// (None: must not exist yet).
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub name: String,
-    pub new: Option<Oid>,
-    pub expected: Option<Oid>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
-    Yes,
-    /// The remote moved meanwhile (lease or fast-forward check failed).
-    Rejected(String),
-}
+pub use crate::ports::{Pushed, Update};
 
 impl Origin {
     /// The remote `name` of `repo`; an error naming it when it is not configured.
@@ -110,7 +96,7 @@ impl Origin {
     }
 
     /// The value of `name` on the remote now (None: no such ref).
-    pub fn remote_ref(&self, name: &str) -> Result<Option<Oid>> {
+    pub fn remote_ref(&self, name: &str) -> Result<Option<CommitId>> {
         let out = self.git(&["ls-remote", &self.name, name])?;
         if !out.status.success() {
             return Err(self.failed(&format!("reading {name}"), &out));
@@ -119,7 +105,7 @@ impl Origin {
         Ok(text
             .lines()
             .find(|l| l.split('\t').nth(1) == Some(name))
-            .and_then(|l| Oid::from_str(l.split('\t').next()?).ok()))
+            .and_then(|l| CommitId::from_hex(l.split('\t').next()?)))
     }
 
     /// Fetches one object the remote has under `name` (for reading a lock).

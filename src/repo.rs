@@ -30,18 +30,20 @@ pub struct Repo {
 }
 
 /// A resolved commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CommitId(pub Oid);
+pub use crate::core::rev::CommitId;
 
-impl std::fmt::Display for CommitId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+impl From<Oid> for CommitId {
+    fn from(oid: Oid) -> CommitId {
+        let mut bytes = [0; 20];
+        bytes.copy_from_slice(oid.as_bytes());
+        CommitId(bytes)
     }
 }
 
 impl CommitId {
-    pub fn short(&self) -> String {
-        self.0.to_string()[..12].to_string()
+    /// The same id, for git2.
+    pub fn oid(self) -> Oid {
+        Oid::from_bytes(&self.0).expect("20 bytes are an object id")
     }
 }
 
@@ -100,14 +102,14 @@ impl Repo {
         let commit = object
             .peel_to_commit()
             .map_err(|e| bad(format!("not a commit: {}", e.message())))?;
-        Ok(CommitId(commit.id()))
+        Ok(commit.id().into())
     }
 
     /// The files of one commit.
     pub fn snapshot(&self, commit: CommitId) -> Result<Snapshot<'_>> {
         let tree = self
             .git
-            .find_commit(commit.0)
+            .find_commit(commit.oid())
             .and_then(|c| c.tree())
             .map_err(|e| Error::git(format!("tree of {commit}"), e))?;
         Ok(Snapshot::Commit {
@@ -133,7 +135,7 @@ impl Repo {
     pub fn changed_paths(&self, base: CommitId, head: CommitId) -> Result<Vec<String>> {
         let tree = |c: CommitId| {
             self.git
-                .find_commit(c.0)
+                .find_commit(c.oid())
                 .and_then(|c| c.tree())
                 .map_err(|e| Error::git(format!("tree of {c}"), e))
         };

@@ -344,10 +344,10 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         s.push('\n');
         return s;
     }
+    use crate::core::verdict::StageVerdict;
     use crate::deploy::HostStatus;
-    use crate::pipeline::StageVerdict;
     let mut out = String::new();
-    let verdict = match crate::pipeline::verdict(o) {
+    let verdict = match crate::core::verdict::verdict(o) {
         StageVerdict::Passed => "passed",
         StageVerdict::Interrupted => "INTERRUPTED",
         _ => "FAILED",

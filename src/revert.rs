@@ -5,102 +5,19 @@
 //! tip; when that conflicts, a human decides.
 
 use git2::Oid;
-use serde::Serialize;
 
-use crate::deploy::{FailureKind, StageOutcome};
+pub use crate::core::outcome::{FailedGate, RevertOutcome};
 use crate::error::{Error, Result};
 use crate::origin::{Origin, Pushed};
 use crate::repo::{CommitId, Repo};
-
-/// The gate that failed, for the message and the `Fleetgate-Failed-Gate` trailer.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedGate {
-    pub stage: String,
-    pub client: String,
-    pub host: String,
-    /// `<app>:<check>` for a health check, `<app>:<step>` for a failed step.
-    pub check: String,
-    pub detail: String,
-}
-
-impl FailedGate {
-    /// The first host failure of a stage that was the change's fault (a
-    /// health gate or a remote command), not the infrastructure's.
-    pub fn of(outcome: &StageOutcome) -> Option<FailedGate> {
-        outcome.hosts.iter().find_map(|h| {
-            let f = h.failure.as_ref()?;
-            if f.kind == FailureKind::Infra {
-                return None;
-            }
-            let app = f.app.clone().unwrap_or_else(|| "-".into());
-            let check = match f.kind {
-                FailureKind::Health => h
-                    .checks
-                    .iter()
-                    .find(|c| !c.passed && !c.cancelled)
-                    .map(|c| format!("{}:{}", c.app, c.check))
-                    .unwrap_or_else(|| format!("{app}:health")),
-                _ => format!("{app}:{}", f.step),
-            };
-            let detail: String = f
-                .message
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect();
-            Some(FailedGate {
-                stage: outcome.stage.clone(),
-                client: h.client.clone(),
-                host: h.host.clone(),
-                check,
-                detail,
-            })
-        })
-    }
-
-    pub fn trailer(&self) -> String {
-        format!("{}/{}/{}", self.stage, self.client, self.check)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum RevertOutcome {
-    /// The revert commit is on the branch.
-    Pushed {
-        commit: String,
-        onto: String,
-        reverts: Vec<String>,
-        failed_gate: String,
-    },
-    /// Commits pushed after the failing ones touch the same lines.
-    Conflict {
-        tip: String,
-        reverts: Vec<String>,
-        paths: Vec<String>,
-        failed_gate: String,
-    },
-    /// The branch no longer contains the failing commit (history was rewritten).
-    NotOnBranch { tip: String, failed_gate: String },
-    /// No commit to take out: `base..head` is empty (a run of one commit
-    /// against itself), or the branch no longer has the changes (already
-    /// reverted). Nothing is pushed, not even an empty commit.
-    NothingToRevert {
-        tip: String,
-        failed_gate: String,
-        why: String,
-    },
-}
 
 /// The commits `base..head`, newest first.
 pub fn failing_commits(repo: &Repo, base: CommitId, head: CommitId) -> Result<Vec<Oid>> {
     let git = repo.git();
     let mut walk = git.revwalk().map_err(|e| Error::git("walk history", e))?;
-    walk.push(head.0)
+    walk.push(head.oid())
         .map_err(|e| Error::git("walk history", e))?;
-    walk.hide(base.0)
+    walk.hide(base.oid())
         .map_err(|e| Error::git("walk history", e))?;
     walk.collect::<std::result::Result<Vec<Oid>, _>>()
         .map_err(|e| Error::git("walk history", e))
@@ -180,13 +97,13 @@ pub fn revert(
             .and_then(|c| c.tree())
             .map_err(|e| Error::git(format!("read {oid}"), e))
     };
-    let sig = crate::record::signature(repo)?;
+    let sig = crate::store::signature(repo)?;
     let text = message(repo, &commits, base, head, gate);
     for attempt in 1..=5 {
         let tip = origin.fetch_branch(branch)?;
-        let contains = tip == head.0
+        let contains = tip == head.oid()
             || git
-                .graph_descendant_of(tip, head.0)
+                .graph_descendant_of(tip, head.oid())
                 .map_err(|e| Error::git("compare history", e))?;
         if !contains {
             return Ok(RevertOutcome::NotOnBranch {
@@ -196,7 +113,12 @@ pub fn revert(
         }
         // Three-way: what head changed relative to base, taken back out of tip.
         let mut index = git
-            .merge_trees(&tree_of(head.0)?, &tree_of(tip)?, &tree_of(base.0)?, None)
+            .merge_trees(
+                &tree_of(head.oid())?,
+                &tree_of(tip)?,
+                &tree_of(base.oid())?,
+                None,
+            )
             .map_err(|e| Error::git("merge trees for the revert", e))?;
         if index.has_conflicts() {
             let mut paths: Vec<String> = index

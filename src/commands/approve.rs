@@ -19,16 +19,19 @@
 use std::io::Write as _;
 
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Context;
 use crate::config::{self, Selection};
+use crate::core::approval::{ApprovalStages, Claim, Verdict};
+use crate::core::engine;
+use crate::core::record::Approval;
 use crate::error::{Error, ExitCode, Result};
 use crate::forge::{self, Env, Forge};
-use crate::origin::Origin;
-use crate::pipeline::{self, Approval};
-use crate::record::Records;
+use crate::ports::SystemClock;
+use crate::printer;
 use crate::repo::{CommitId, Repo};
+use crate::store::GitRepo;
 
 /// The comment command.
 const COMMAND: &str = "/fleetgate approve";
@@ -61,35 +64,16 @@ pub struct ApproveArgs {
     pub remote: String,
 }
 
-/// One approval to weigh.
-struct Claim {
-    rev: CommitId,
-    by: String,
-    /// The plan hash (prefix) the approver named, if any.
-    plan: Option<String>,
-    /// When it was given (RFC 3339), if the forge says.
-    given_at: Option<String>,
-    source: &'static str,
-}
-
-enum Verdict {
-    Counted {
-        approval: Approval,
-        stages: Vec<String>,
-    },
-    Refused(String),
-}
-
 pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     if args.from_ci {
         // Outside CI this is an error before anything else.
         let env = Env::from_env(ctx.forge, "approve --from-ci")?;
         let forge = forge::connect(&env)?;
-        let origin = Origin::new(&repo, &args.remote)?;
-        return from_ci(&env, &*forge, args, &repo, &origin);
+        let git = GitRepo::with_remote(&repo, &args.remote)?;
+        return from_ci(&env, &*forge, args, &repo, &git);
     }
-    let origin = Origin::new(&repo, &args.remote)?;
+    let git = GitRepo::with_remote(&repo, &args.remote)?;
     let rev = repo.resolve(args.rev.as_deref().expect("clap requires --rev"))?;
     let by =
         args.by.clone().filter(|b| !b.is_empty()).ok_or_else(|| {
@@ -103,13 +87,13 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
         source: "cli",
     };
     let stages = approval_stages_at(&repo, rev)?;
-    match decide(&repo, &origin, &claim, &stages)? {
+    match engine::approve(&git, &SystemClock, &claim, &stages)? {
         Verdict::Counted { approval, .. } => {
             print_approval(rev, &approval);
             Ok(ExitCode::Ok)
         }
-        Verdict::Refused(why) => {
-            tracing::error!("{why}");
+        Verdict::Refused { why, hint } => {
+            tracing::error!("{}", with_hint(&why, hint.as_deref()));
             Ok(ExitCode::Blocked)
         }
     }
@@ -117,106 +101,24 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
 
 /// The stages of the pipeline at `rev` that need an approval, with their
 /// approvers.
-fn approval_stages_at(repo: &Repo, rev: CommitId) -> Result<Vec<(String, Vec<String>)>> {
+fn approval_stages_at(repo: &Repo, rev: CommitId) -> Result<ApprovalStages> {
     let snap = repo.snapshot(rev)?;
     let (fleet, _) = config::validate(&config::load(&snap, Selection::Only(Default::default()))?);
-    Ok(super::run::approval_stages(&fleet)
-        .into_iter()
-        .map(|(s, a)| (s.to_string(), a.to_vec()))
-        .collect())
+    Ok(engine::approval_stages(&fleet))
 }
 
-/// Weighs a claim against REV's record and `stages` (the approval stages of
-/// the pipeline at REV), and records it if it counts.
-fn decide(
-    repo: &Repo,
-    origin: &Origin,
-    claim: &Claim,
-    stages: &[(String, Vec<String>)],
-) -> Result<Verdict> {
-    let rev = claim.rev;
-    let by = &claim.by;
-    if stages.is_empty() {
-        return Ok(Verdict::Refused(format!(
-            "no stage of {} at {} needs an approval",
-            config::PIPELINE,
-            rev.short()
-        )));
+/// A refusal as the log shows it: the reason, then its hint.
+fn with_hint(why: &str, hint: Option<&str>) -> String {
+    match hint {
+        Some(h) => format!("{why}\n  hint: {h}"),
+        None => why.to_string(),
     }
-    let mine: Vec<String> = stages
-        .iter()
-        .filter(|(_, approvers)| approvers.contains(by))
-        .map(|(s, _)| s.clone())
-        .collect();
-    if mine.is_empty() {
-        let who: Vec<String> = stages
-            .iter()
-            .map(|(s, a)| format!("{s}: {}", a.join(", ")))
-            .collect();
-        return Ok(Verdict::Refused(format!(
-            "`{by}` is not an approver, so this approval does not count\n  hint: the approvers are set in {} (`approval.approvers`): {}",
-            config::PIPELINE,
-            who.join("; ")
-        )));
-    }
-    let records = Records::new(repo, Some(origin));
-    let note = records.read(rev)?.unwrap_or(Value::Null);
-    let Some(plan_hash) = note["plan_hash"].as_str().map(str::to_string) else {
-        return Ok(Verdict::Refused(format!(
-            "no run has planned {} yet, so there is no plan to approve\n  hint: `fleetgate run --base BASE --head {}` plans it and waits for this approval",
-            rev.short(),
-            rev
-        )));
-    };
-    if let Some(seen) = &claim.plan
-        && !plan_hash.starts_with(seen.as_str())
-    {
-        return Ok(Verdict::Refused(format!(
-            "the plan of {} changed: the approval names {seen}, the plan is now {}\n  hint: review the new plan, then approve it",
-            rev.short(),
-            crate::report::short(&plan_hash)
-        )));
-    }
-    // Given before the current plan was made: it was for an earlier one.
-    if let (Some(given), Some(planned)) = (&claim.given_at, note["planned_at"].as_str())
-        && let (Ok(given), Ok(planned)) = (
-            chrono::DateTime::parse_from_rfc3339(given),
-            chrono::DateTime::parse_from_rfc3339(planned),
-        )
-        && given < planned
-    {
-        return Ok(Verdict::Refused(format!(
-            "the approval was given at {given}, before the plan of {} became {} (at {planned}): it was for an earlier plan\n  hint: review the new plan, then approve it again",
-            rev.short(),
-            crate::report::short(&plan_hash)
-        )));
-    }
-    let approval = Approval {
-        by: by.clone(),
-        at: claim.given_at.clone().unwrap_or_else(|| {
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }),
-        plan_hash: plan_hash.clone(),
-        source: claim.source.into(),
-    };
-    records.update(rev, &[], |n| pipeline::add_approval(n, &approval))?;
-    tracing::info!(
-        "{by} approved plan {} of {} for stage(s) {} ({})",
-        crate::report::short(&plan_hash),
-        rev.short(),
-        mine.join(", "),
-        claim.source
-    );
-    Ok(Verdict::Counted {
-        approval,
-        stages: mine,
-    })
 }
 
 fn print_approval(rev: CommitId, approval: &Approval) {
     let mut v = serde_json::to_value(approval).expect("an approval serialises");
     v["rev"] = json!(rev.to_string());
-    println!("{v}");
+    printer::data(&format!("{v}\n"));
 }
 
 fn from_ci(
@@ -224,7 +126,7 @@ fn from_ci(
     forge: &dyn Forge,
     args: &ApproveArgs,
     repo: &Repo,
-    origin: &Origin,
+    git: &GitRepo,
 ) -> Result<ExitCode> {
     let event = env.event_name.clone().unwrap_or_default();
     // Where to answer a comment, if the approval came from one.
@@ -314,6 +216,7 @@ fn from_ci(
                 Some(number),
                 user,
                 "approvals are given on the merged pull request of the change, not on an issue",
+                None,
             );
         }
         reply_to = Some(number);
@@ -323,6 +226,7 @@ fn from_ci(
                 reply_to,
                 user,
                 "name at least 7 characters of the plan hash, or none",
+                None,
             );
         }
         let pull = forge
@@ -336,6 +240,7 @@ fn from_ci(
                 &format!(
                     "#{number} is not merged yet: an approval is for a plan the pipeline has made, after the merge"
                 ),
+                None,
             );
         };
         let rev = repo.resolve(&sha).map_err(|_| {
@@ -392,7 +297,7 @@ fn from_ci(
         Some(s) => s,
         None => approval_stages_at(repo, claim.rev)?,
     };
-    match decide(repo, origin, &claim, &stages)? {
+    match engine::approve(git, &SystemClock, &claim, &stages)? {
         Verdict::Counted { approval, stages } => {
             print_approval(claim.rev, &approval);
             write_outputs(claim.rev, &approval.plan_hash)?;
@@ -412,7 +317,7 @@ fn from_ci(
             }
             Ok(ExitCode::Ok)
         }
-        Verdict::Refused(why) => refuse(forge, reply_to, &claim.by, &why),
+        Verdict::Refused { why, hint } => refuse(forge, reply_to, &claim.by, &why, hint.as_deref()),
     }
 }
 
@@ -423,18 +328,14 @@ fn refuse(
     reply_to: Option<u64>,
     who: &str,
     why: &str,
+    hint: Option<&str>,
 ) -> Result<ExitCode> {
-    tracing::error!("{why}");
+    tracing::error!("{}", with_hint(why, hint));
     if let Some(number) = reply_to {
-        let first = why.lines().next().unwrap_or(why);
-        let hint = why
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("hint: "))
-            .map(|h| format!("\n\n{h}"))
-            .unwrap_or_default();
+        let hint = hint.map(|h| format!("\n\n{h}")).unwrap_or_default();
         forge.create_comment(
             number,
-            &format!("@{who}: your approval was **not counted**: {first}.{hint}"),
+            &format!("@{who}: your approval was **not counted**: {why}.{hint}"),
         )?;
     }
     Ok(ExitCode::Blocked)

@@ -6,6 +6,7 @@ use super::Context;
 use crate::config::{self, Selection};
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
+use crate::printer;
 use crate::render::SecretView;
 use crate::repo::Repo;
 
@@ -46,8 +47,8 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> Result<ExitCode> {
     }
     let hosts: usize = d.clients.values().map(|c| c.hosts.len()).sum();
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    println!(
-        "ok: {}, {}, {}, {} at {}{}",
+    printer::data(&format!(
+        "ok: {}, {}, {}, {} at {}{}\n",
         plural(d.clients.len(), "client"),
         plural(hosts, "host"),
         plural(d.fleet.apps.len(), "app"),
@@ -58,6 +59,6 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> Result<ExitCode> {
         } else {
             " (secrets not decrypted)"
         }
-    );
+    ));
     Ok(ExitCode::Ok)
 }

@@ -5,16 +5,16 @@ use clap::Args;
 use super::Context;
 use crate::config;
 use crate::config::Selection;
-use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::forge::{
     self, State,
     notify::{self, Reporter},
 };
-use crate::plan::{self, Affected, Plan, Side};
-use crate::repo::{CommitId, Repo};
+use crate::plan::Plan;
+use crate::printer;
+use crate::repo::Repo;
 use crate::report::{self, Format};
-use crate::secrets::Keyring;
+use crate::rollout;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -64,7 +64,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
             Some((reporter, pr))
         }
     };
-    let planned = build(&repo, base, head, &ctx.keyring).and_then(|plan| {
+    let planned = rollout::plan(&repo, base, head, &ctx.keyring).and_then(|plan| {
         // The pipeline (and, to scan, every app and client) at head, read once.
         let fleet = if args.scan || args.comment {
             let selection = match args.scan {
@@ -101,9 +101,10 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         Format::Markdown => report::markdown(&plan),
         Format::Json => report::json(&plan),
     };
-    print!("{out}");
+    printer::data(&out);
+    // The plan is this command's data; the scan's table is for people.
     if let Some(scan) = &scan {
-        eprint!("{}", report::scan(scan, Format::Text));
+        printer::people(&report::scan(scan, Format::Text));
     }
     let blocked = scan.as_ref().is_some_and(|s| !s.passed);
     if let Some((reporter, pr)) = &pull_request {
@@ -151,7 +152,7 @@ fn scan_plan(
     if let Some((r, _)) = pull_request {
         r.status("scan", State::Pending, "scanning the images of this change")?;
     }
-    let report = super::scan::gate(fleet, &changed, opts);
+    let report = crate::scan::gate_fleet(fleet, &changed, &opts.settings());
     if let Some((r, _)) = pull_request {
         match &report {
             Ok(s) if s.passed => r.status(
@@ -184,65 +185,4 @@ fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
     if let Err(err) = forge::upsert_comment(&*reporter.forge, pr, forge::PLAN_MARKER, &body) {
         tracing::error!("could not update the plan comment: {err}");
     }
-}
-
-/// Renders both commits (only the clients the change can touch) and compares.
-pub fn build(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> Result<Plan> {
-    let changed = repo.changed_paths(base, head)?;
-    let affected = Affected::from_paths(&changed);
-    tracing::info!(
-        "planning {}..{}: {} paths changed, {}",
-        base.short(),
-        head.short(),
-        changed.len(),
-        if affected.all {
-            "an app or shared secrets changed: rendering every client".to_string()
-        } else {
-            format!("rendering {} client(s)", affected.clients.len())
-        }
-    );
-    if !keyring.can_decrypt() {
-        tracing::warn!(
-            "no age identity configured: secret values are not compared, only key names"
-        );
-    }
-    let cache = DecryptCache::default();
-    let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
-    let files_b = config::load(&snap_b, affected.selection())?;
-    let files_h = config::load(&snap_h, affected.selection())?;
-    let invalid = |label: String, problems| Error::Invalid {
-        at: label,
-        problems,
-    };
-    // Head first: its problems are the ones the author of the change can fix.
-    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
-    if !problems.is_empty() {
-        return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
-    }
-    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
-    if !problems.is_empty() {
-        return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
-    }
-    let plan = plan::compare(
-        &Side {
-            rev: base.to_string(),
-            label: snap_b.label(),
-            prepared: &prepared_b,
-        },
-        &Side {
-            rev: head.to_string(),
-            label: snap_h.label(),
-            prepared: &prepared_h,
-        },
-        &changed,
-        keyring.can_decrypt(),
-        &head.to_string(),
-    )?;
-    tracing::info!(
-        "plan {}: {} client(s) change, {} unaffected",
-        crate::report::short(&plan.plan_hash),
-        plan.clients.len(),
-        plan.unaffected
-    );
-    Ok(plan)
 }

@@ -7,8 +7,10 @@ use super::Context;
 use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Result};
 use crate::inventory::{self, Inventory};
+use crate::printer;
 use crate::repo::Repo;
 use crate::report;
+use crate::rollout;
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -50,10 +52,9 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
             let hosts = inventory::Static
                 .hosts(client)
                 .map_err(|e| Error::Usage(format!("{e}\n  hint: pass --to REV")))?;
-            let known = super::known_hosts(&snap)?;
+            let known = rollout::known_hosts(&snap)?;
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
-            let inspected =
-                super::status::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
+            let inspected = rollout::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
             let mut previous = std::collections::BTreeSet::new();
             for ((_, host), result) in targets.iter().zip(inspected) {
                 // Unreachable is the network's problem (3), not bad input.
@@ -85,8 +86,13 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         }
     };
     tracing::info!("rolling {} back to {}", client.name, to.short());
-    let outcome =
-        super::deploy::deploy_stage(ctx, &repo, to, &stage, std::slice::from_ref(&client.name))?;
-    print!("{}", report::outcome(&outcome, args.format));
-    Ok(crate::pipeline::verdict(&outcome).exit_code())
+    let outcome = rollout::deploy_stage(
+        &ctx.keyring,
+        &repo,
+        to,
+        &stage,
+        std::slice::from_ref(&client.name),
+    )?;
+    printer::data(&report::outcome(&outcome, args.format));
+    Ok(crate::core::verdict::verdict(&outcome).exit_code())
 }

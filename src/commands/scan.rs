@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Context;
-use crate::config::{self, Fleet, Selection};
+use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Result};
+use crate::printer;
 use crate::repo::Repo;
 use crate::report::{self, Format};
-use crate::scan::{self, ScanReport, trivy::Trivy};
+use crate::scan::{self, trivy::Trivy};
 
 /// How trivy is run and where results are cached (shared by `scan` and `run`).
 #[derive(Debug, Clone, Args)]
@@ -45,12 +46,39 @@ pub struct ScanOpts {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub scan_concurrency: usize,
     /// A scan of one image taking longer is killed (exit 3).
-    #[arg(long, value_name = "DURATION", value_parser = super::run::duration, default_value = "5m")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::duration::parse, default_value = "5m")]
     pub scan_timeout: Duration,
     /// A directory of `docker save` archives named `<digest hex>.tar`:
     /// images found there are scanned from the archive instead of pulled.
     #[arg(long, env = "FLEETGATE_IMAGE_ARCHIVES", value_name = "DIR")]
     pub image_archives: Option<PathBuf>,
+}
+
+impl ScanOpts {
+    /// The options as the scanner takes them.
+    pub fn settings(&self) -> scan::Settings {
+        let cache_dir = if self.no_scan_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(|| scan::cache_home().map(|c| c.join("fleetgate")))
+        };
+        scan::Settings {
+            trivy: Trivy {
+                bin: self.trivy.clone(),
+                cache_dir: self.trivy_cache_dir.clone(),
+                timeout: self.scan_timeout,
+                skip_db_update: self.skip_db_update,
+                db_repository: self.trivy_db_repository.clone(),
+            },
+            options: scan::Options {
+                concurrency: self.scan_concurrency,
+                cache_dir,
+                archives: self.image_archives.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -94,62 +122,11 @@ pub fn run(ctx: &Context, args: &ScanArgs) -> Result<ExitCode> {
         });
     }
     let clients: Vec<String> = fleet.clients.keys().cloned().collect();
-    let report = gate(&fleet, &clients, &args.opts)?;
-    print!("{}", report::scan(&report, args.format));
+    let report = scan::gate_fleet(&fleet, &clients, &args.opts.settings())?;
+    printer::data(&report::scan(&report, args.format));
     Ok(if report.passed {
         ExitCode::Ok
     } else {
         ExitCode::Blocked
     })
-}
-
-/// The image gate for `clients` of a validated fleet.
-pub fn gate(fleet: &Fleet, clients: &[String], opts: &ScanOpts) -> Result<ScanReport> {
-    let targets = scan::images_in_play(fleet, clients);
-    let trivy = Trivy {
-        bin: opts.trivy.clone(),
-        cache_dir: opts.trivy_cache_dir.clone(),
-        timeout: opts.scan_timeout,
-        skip_db_update: opts.skip_db_update,
-        db_repository: opts.trivy_db_repository.clone(),
-    };
-    let cache_dir = if opts.no_scan_cache {
-        None
-    } else {
-        opts.cache_dir
-            .clone()
-            .or_else(|| scan::cache_home().map(|c| c.join("fleetgate")))
-    };
-    let options = scan::Options {
-        concurrency: opts.scan_concurrency,
-        cache_dir,
-        archives: opts.image_archives.clone(),
-    };
-    tracing::info!(
-        "scan: {} distinct image(s) of {} client(s), {} at a time",
-        targets.len(),
-        clients.len(),
-        options.concurrency.max(1)
-    );
-    let today = chrono::Utc::now().date_naive();
-    let runtime = super::runtime()?;
-    let report = runtime
-        .block_on(scan::gate(
-            &targets,
-            &trivy,
-            &fleet.pipeline.scan,
-            &fleet.ignores,
-            today,
-            &options,
-        ))
-        .map_err(|e| Error::Scan(e.0))?;
-    for e in &report.expired_ignores {
-        tracing::warn!(
-            "{}: `{}` expired on {}: it no longer accepts anything",
-            config::TRIVYIGNORE,
-            e.id,
-            e.expires
-        );
-    }
-    Ok(report)
 }

@@ -7,17 +7,16 @@ use clap::Args;
 use serde::Serialize;
 
 use super::Context;
-use super::deploy::SshConnector;
 use crate::config::{self, Selection};
-use crate::deploy::Connector;
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
 use crate::inventory::{self, Inventory};
-use crate::remote::Remote;
-use crate::remote::release::{self, AppDir, Inspected};
+use crate::printer;
+use crate::remote::release::{self, AppDir};
 use crate::render::SecretView;
 use crate::repo::{CommitId, Repo};
 use crate::report::OutcomeFormat;
+use crate::rollout;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -69,7 +68,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             problems,
         });
     }
-    let known_hosts = super::known_hosts(&snap)?;
+    let known_hosts = rollout::known_hosts(&snap)?;
     let mut targets = Vec::new();
     for client in fleet.clients.values() {
         if !args.clients.is_empty() && !args.clients.contains(&client.name) {
@@ -80,7 +79,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    let inspected = inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
+    let inspected = rollout::inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
     let mut rows = Vec::new();
     let mut live_sums = BTreeMap::new();
     for ((client, host), result) in targets.iter().zip(inspected) {
@@ -123,7 +122,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
     if args.drift {
         compute_drift(ctx, &repo, &mut rows, &live_sums)?;
     }
-    print!("{}", render(&rows, args.format, args.drift));
+    printer::data(&render(&rows, args.format, args.drift));
     let unreachable = rows.iter().any(|r| r.error.is_some());
     let drifted = rows
         .iter()
@@ -135,44 +134,6 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::Ok
     })
-}
-
-/// Connects to every host (16 at a time) and reads what its client's apps run.
-pub fn inspect_hosts(
-    known_hosts: &[u8],
-    ssh_options: &BTreeMap<String, String>,
-    targets: &[(&config::Client, config::Host)],
-) -> Result<Vec<std::result::Result<BTreeMap<String, Inspected>, String>>> {
-    let connector = SshConnector::new(known_hosts, ssh_options)?;
-    let runtime = super::runtime()?;
-    Ok(runtime.block_on(async {
-        let limit = tokio::sync::Semaphore::new(16);
-        futures_util::future::join_all(targets.iter().map(|(client, host)| {
-            let (connector, limit) = (&connector, &limit);
-            async move {
-                let _permit = limit.acquire().await.expect("never closed");
-                let remote = connector.connect(host).await.map_err(|e| e.to_string())?;
-                let dirs: Vec<AppDir> = client
-                    .apps
-                    .iter()
-                    .map(|app| AppDir {
-                        deploy_root: host.deploy_root.clone(),
-                        client: client.name.clone(),
-                        app: app.clone(),
-                    })
-                    .collect();
-                let refs: Vec<&AppDir> = dirs.iter().collect();
-                let out = remote.run(&release::inspect_script(&refs)).await;
-                connector.close(remote).await;
-                let out = out.map_err(|e| e.to_string())?;
-                if !out.success() {
-                    return Err(format!("inspect failed: {}", out.tail()));
-                }
-                release::parse_inspect(&out.stdout)
-            }
-        }))
-        .await
-    }))
 }
 
 type LiveSums = BTreeMap<(String, String, String), BTreeMap<String, String>>;

@@ -1,7 +1,13 @@
 //! The pipeline's data and decisions: plain types and pure functions, no
-//! I/O. Nothing here imports a process, Git, HTTP or SSH library (a CI
-//! check holds this, `scripts/layers.sh`); the edges do that work behind
-//! the traits of `ports.rs`.
+//! I/O of their own. Nothing here names a process, Git, HTTP or SSH library
+//! (a CI check holds this: `scripts/layers.sh`); the edges do that work
+//! behind the traits of `ports.rs`.
 
+pub mod approval;
+pub mod engine;
+pub mod lock;
 pub mod outcome;
 pub mod record;
+pub mod records;
+pub mod rev;
+pub mod verdict;

@@ -150,3 +150,85 @@ impl StageOutcome {
         self.hosts.iter().filter(|h| h.failure.is_some())
     }
 }
+
+/// The gate that failed, for the message and the `Fleetgate-Failed-Gate` trailer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedGate {
+    pub stage: String,
+    pub client: String,
+    pub host: String,
+    /// `<app>:<check>` for a health check, `<app>:<step>` for a failed step.
+    pub check: String,
+    pub detail: String,
+}
+
+impl FailedGate {
+    /// The first host failure of a stage that was the change's fault (a
+    /// health gate or a remote command), not the infrastructure's.
+    pub fn of(outcome: &StageOutcome) -> Option<FailedGate> {
+        outcome.hosts.iter().find_map(|h| {
+            let f = h.failure.as_ref()?;
+            if f.kind == FailureKind::Infra {
+                return None;
+            }
+            let app = f.app.clone().unwrap_or_else(|| "-".into());
+            let check = match f.kind {
+                FailureKind::Health => h
+                    .checks
+                    .iter()
+                    .find(|c| !c.passed && !c.cancelled)
+                    .map(|c| format!("{}:{}", c.app, c.check))
+                    .unwrap_or_else(|| format!("{app}:health")),
+                _ => format!("{app}:{}", f.step),
+            };
+            let detail: String = f
+                .message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            Some(FailedGate {
+                stage: outcome.stage.clone(),
+                client: h.client.clone(),
+                host: h.host.clone(),
+                check,
+                detail,
+            })
+        })
+    }
+
+    pub fn trailer(&self) -> String {
+        format!("{}/{}/{}", self.stage, self.client, self.check)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RevertOutcome {
+    /// The revert commit is on the branch.
+    Pushed {
+        commit: String,
+        onto: String,
+        reverts: Vec<String>,
+        failed_gate: String,
+    },
+    /// Commits pushed after the failing ones touch the same lines.
+    Conflict {
+        tip: String,
+        reverts: Vec<String>,
+        paths: Vec<String>,
+        failed_gate: String,
+    },
+    /// The branch no longer contains the failing commit (history was rewritten).
+    NotOnBranch { tip: String, failed_gate: String },
+    /// No commit to take out: `base..head` is empty (a run of one commit
+    /// against itself), or the branch no longer has the changes (already
+    /// reverted). Nothing is pushed, not even an empty commit.
+    NothingToRevert {
+        tip: String,
+        failed_gate: String,
+        why: String,
+    },
+}

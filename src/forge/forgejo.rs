@@ -83,7 +83,7 @@ impl Forgejo {
             .map_err(|e| Error::Forge(format!("set up the HTTP client: {}", describe(e))))?;
         let http = Http {
             client,
-            rt: crate::commands::runtime()?,
+            rt: crate::rt::runtime()?,
             api: env.api.clone(),
             auth: format!("token {}", env.token.expose()),
             token: env.token.clone(),

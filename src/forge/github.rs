@@ -67,7 +67,7 @@ fn describe(e: &octocrab::Error) -> String {
 
 impl Github {
     pub fn new(env: &Env) -> Result<Self> {
-        let rt = crate::commands::runtime()?;
+        let rt = crate::rt::runtime()?;
         let api = env.api.clone();
         // hyper's client wants to be built inside a runtime.
         let octo = rt

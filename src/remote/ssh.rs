@@ -433,6 +433,70 @@ impl Remote for SshHost {
     }
 }
 
+/// Connects with the system OpenSSH, strict host keys from the commit's
+/// `pipelines/known_hosts`.
+pub struct SshConnector {
+    _dir: tempfile::TempDir,
+    opts: SshOptions,
+}
+
+impl SshConnector {
+    pub fn new(
+        known_hosts: &[u8],
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> crate::error::Result<SshConnector> {
+        let io = |path: &str, source| crate::error::Error::Io {
+            path: path.to_string(),
+            source,
+        };
+        // What a killed fleetgate left: its masters and their directories.
+        remove_stale_control_dirs(std::path::Path::new("/tmp"));
+        // Short: control sockets live here, and Unix socket paths stop at ~108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("fg")
+            .tempdir_in("/tmp")
+            .map_err(|e| io("/tmp", e))?;
+        mark_control_dir(dir.path()).map_err(|e| io("/tmp", e))?;
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, known_hosts).map_err(|e| io("known_hosts", e))?;
+        let config = dir.path().join("ssh_config");
+        let mut text = String::from(
+            "# written by fleetgate from pipelines/pipeline.yaml `ssh.options`;\n# the runner's ~/.ssh/config does not apply\n",
+        );
+        for (k, v) in options {
+            text.push_str(&format!("{k} {v}\n"));
+        }
+        std::fs::write(&config, text).map_err(|e| io("ssh_config", e))?;
+        let key = std::env::var_os("FLEETGATE_SSH_KEY")
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from);
+        let opts = SshOptions {
+            known_hosts: known,
+            key,
+            control_dir: dir.path().to_path_buf(),
+            config_file: config,
+            connect_timeout: (!options.contains_key("ConnectTimeout"))
+                .then_some(Duration::from_secs(10)),
+            server_alive_interval: (!options.contains_key("ServerAliveInterval"))
+                .then_some(Duration::from_secs(15)),
+            command_timeout: Duration::from_secs(600),
+        };
+        Ok(SshConnector { _dir: dir, opts })
+    }
+}
+
+impl crate::deploy::Connector for SshConnector {
+    type Host = SshHost;
+
+    async fn connect(&self, host: &Host) -> Result<SshHost, RemoteError> {
+        SshHost::connect(host, &self.opts).await
+    }
+
+    async fn close(&self, host: SshHost) {
+        host.close().await;
+    }
+}
+
 /// Runs scripts with the local `sh`: the same scripts, no SSH.
 #[cfg(test)]
 #[derive(Debug, Clone)]

@@ -16,7 +16,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::config::{Fleet, IgnoreEntry, ScanPolicy};
+use crate::config::{self, Fleet, IgnoreEntry, ScanPolicy};
+use crate::error::{Error, Result};
 use pin::ImageRef;
 use policy::ImageVerdict;
 use trivy::{Finding, Image, ScanError, Scanner};
@@ -250,4 +251,44 @@ pub fn cache_home() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+}
+
+/// How trivy runs and where results are cached, for [`gate_fleet`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub trivy: trivy::Trivy,
+    pub options: Options,
+}
+
+/// The image gate for `clients` of a validated fleet, with the real trivy.
+pub fn gate_fleet(fleet: &Fleet, clients: &[String], settings: &Settings) -> Result<ScanReport> {
+    let targets = images_in_play(fleet, clients);
+    let (trivy, options) = (&settings.trivy, &settings.options);
+    tracing::info!(
+        "scan: {} distinct image(s) of {} client(s), {} at a time",
+        targets.len(),
+        clients.len(),
+        options.concurrency.max(1)
+    );
+    let today = chrono::Utc::now().date_naive();
+    let runtime = crate::rt::runtime()?;
+    let report = runtime
+        .block_on(gate(
+            &targets,
+            trivy,
+            &fleet.pipeline.scan,
+            &fleet.ignores,
+            today,
+            options,
+        ))
+        .map_err(|e| Error::Scan(e.0))?;
+    for e in &report.expired_ignores {
+        tracing::warn!(
+            "{}: `{}` expired on {}: it no longer accepts anything",
+            config::TRIVYIGNORE,
+            e.id,
+            e.expires
+        );
+    }
+    Ok(report)
 }

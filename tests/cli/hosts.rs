@@ -163,6 +163,12 @@ impl TestHosts {
     pub fn lose(&mut self, name: &str) {
         let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
         if let Some(mut c) = h.child.take() {
+            // Frozen first, so it accepts (and forks) no new session while
+            // its sessions are killed: a client reconnecting at once must
+            // find the host gone, not a session that slipped through.
+            let _ = Command::new("kill")
+                .args(["-STOP", &c.id().to_string()])
+                .status();
             for pid in descendants(c.id()) {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])

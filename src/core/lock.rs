@@ -3,21 +3,21 @@
 //! with compare-and-swap (create only if absent, replace only the value
 //! read), renewed between stages, released by deleting it with the same
 //! check. A lock past its expiry is taken over with a warning, so a killed
-//! CI job never blocks the fleet for good.
+//! CI job never blocks the fleet for good. Released by `Drop` too: a panic
+//! or an early return never leaves it until it expires.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use git2::Oid;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::core::rev::CommitId;
 use crate::error::{Error, Result};
-use crate::origin::{Origin, Pushed, Update};
-use crate::repo::Repo;
+use crate::ports::{Clock, GitStore, Pushed, Update, rfc3339};
 
 pub const LOCK_REF: &str = "refs/fleetgate/lock";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub run_id: String,
     pub holder: String,
@@ -40,123 +40,91 @@ impl Holder {
     }
 }
 
-/// Who this run is: the CI run and actor when there is one.
-pub fn this_run() -> (String, String) {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let run_id = env("GITHUB_RUN_ID")
-        .unwrap_or_else(|| format!("local-{}-{}", std::process::id(), Utc::now().timestamp()));
-    let user = env("GITHUB_ACTOR")
-        .or_else(|| env("USER"))
-        .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    (run_id, format!("{user}@{host}"))
-}
-
-pub struct Lock<'o> {
-    repo: &'o Repo,
-    origin: &'o Origin,
-    ours: Oid,
+pub struct Lock<'a> {
+    git: &'a dyn GitStore,
+    clock: &'a dyn Clock,
+    ours: CommitId,
     holder: Holder,
     ttl: Duration,
     released: bool,
 }
 
-fn now_s(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::Duration::from_std(d).unwrap_or_default()
 }
 
-fn write(repo: &Repo, holder: &Holder) -> Result<Oid> {
-    let git = repo.git();
-    let sig = crate::record::signature(repo)?;
-    let tree = git
-        .treebuilder(None)
-        .and_then(|t| t.write())
-        .map_err(|e| Error::git("write the lock's tree", e))?;
-    let tree = git
-        .find_tree(tree)
-        .map_err(|e| Error::git("read the lock's tree", e))?;
-    let text = serde_json::to_string_pretty(holder).expect("a holder serialises");
-    git.commit(None, &sig, &sig, &text, &tree, &[])
-        .map_err(|e| Error::git("write the lock", e))
+fn write(git: &dyn GitStore, holder: &Holder) -> Result<CommitId> {
+    git.lock_object(&serde_json::to_string_pretty(holder).expect("a holder serialises"))
 }
 
-/// The lock on the remote now: its object and holder.
-fn read(repo: &Repo, origin: &Origin) -> Result<Option<(Oid, Option<Holder>)>> {
-    let Some(oid) = origin.remote_ref(LOCK_REF)? else {
+/// The lock on the remote now: its object and holder (None: unreadable).
+fn read(git: &dyn GitStore) -> Result<Option<(CommitId, Option<Holder>)>> {
+    let Some(id) = git.remote_ref(LOCK_REF)? else {
         return Ok(None);
     };
-    if repo.git().find_commit(oid).is_err() {
-        origin.fetch_ref(LOCK_REF)?;
-    }
-    let holder = repo
-        .git()
-        .find_commit(oid)
-        .ok()
-        .and_then(|c| serde_json::from_str(c.message().unwrap_or("")).ok());
-    Ok(Some((oid, holder)))
+    let holder = git
+        .lock_text(id)?
+        .and_then(|text| serde_json::from_str(&text).ok());
+    Ok(Some((id, holder)))
 }
 
 /// Takes the lock, waiting up to `wait` for another run to release it.
-pub fn acquire<'o>(
-    repo: &'o Repo,
-    origin: &'o Origin,
+pub fn acquire<'a>(
+    git: &'a dyn GitStore,
+    clock: &'a dyn Clock,
     run_id: &str,
     holder: &str,
     ttl: Duration,
     wait: Duration,
-) -> Result<Lock<'o>> {
-    let deadline = Instant::now() + wait;
-    let started = Utc::now();
+) -> Result<Lock<'a>> {
+    let started = clock.now();
+    let deadline = plus(started, wait);
     let mut told = false;
     loop {
-        let now = Utc::now();
+        let now = clock.now();
         let ours = Holder {
             run_id: run_id.to_string(),
             holder: holder.to_string(),
-            started_at: now_s(started),
-            expires_at: now_s(now + chrono::Duration::from_std(ttl).unwrap_or_default()),
+            started_at: rfc3339(started),
+            expires_at: rfc3339(plus(now, ttl)),
         };
-        let current = read(repo, origin)?;
-        let expected = match &current {
+        let expected = match read(git)? {
             None => None,
             Some((_, Some(h))) if !h.expired(now) => {
-                if Instant::now() >= deadline {
+                if now >= deadline {
                     return Err(Error::Remote(format!(
                         "another pipeline run holds the lock: {}\n  hint: wait for it (--lock-wait), or if that job is dead, the lock is taken over once it expires; `git push {} :{LOCK_REF}` removes it by hand",
                         h.describe(),
-                        origin.name
+                        git.remote_name().unwrap_or("origin")
                     )));
                 }
                 if !told {
                     tracing::info!("waiting for the pipeline lock: held by {}", h.describe());
                     told = true;
                 }
-                std::thread::sleep(Duration::from_millis(500).min(deadline - Instant::now()));
+                let left = (deadline - now).to_std().unwrap_or_default();
+                clock.sleep(Duration::from_millis(500).min(left));
                 continue;
             }
-            Some((oid, Some(h))) => {
+            Some((id, Some(h))) => {
                 tracing::warn!(
                     "taking over an expired pipeline lock: held by {}",
                     h.describe()
                 );
-                Some(*oid)
+                Some(id)
             }
-            Some((oid, None)) => {
-                tracing::warn!("taking over an unreadable pipeline lock ({oid})");
-                Some(*oid)
+            Some((id, None)) => {
+                tracing::warn!("taking over an unreadable pipeline lock ({id})");
+                Some(id)
             }
         };
-        let new = write(repo, &ours)?;
+        let new = write(git, &ours)?;
         let update = Update {
             name: LOCK_REF.into(),
             new: Some(new),
             expected,
         };
-        match origin.push_leased(&[update])? {
+        match git.push_leased(&[update])? {
             Pushed::Yes => {
                 tracing::info!(
                     "pipeline lock taken: run {} by {}, expires {}",
@@ -165,8 +133,8 @@ pub fn acquire<'o>(
                     ours.expires_at
                 );
                 return Ok(Lock {
-                    repo,
-                    origin,
+                    git,
+                    clock,
                     ours: new,
                     holder: ours,
                     ttl,
@@ -182,15 +150,14 @@ impl Lock<'_> {
     /// Pushes the expiry forward; an error when another run took the lock.
     pub fn renew(&mut self) -> Result<()> {
         let mut holder = self.holder.clone();
-        holder.expires_at =
-            now_s(Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or_default());
-        let new = write(self.repo, &holder)?;
+        holder.expires_at = rfc3339(plus(self.clock.now(), self.ttl));
+        let new = write(self.git, &holder)?;
         let update = Update {
             name: LOCK_REF.into(),
             new: Some(new),
             expected: Some(self.ours),
         };
-        match self.origin.push_leased(&[update])? {
+        match self.git.push_leased(&[update])? {
             Pushed::Yes => {
                 self.ours = new;
                 self.holder = holder;
@@ -216,7 +183,7 @@ impl Lock<'_> {
             new: None,
             expected: Some(self.ours),
         };
-        match self.origin.push_leased(&[update]) {
+        match self.git.push_leased(&[update]) {
             Ok(Pushed::Yes) => tracing::info!("pipeline lock released"),
             Ok(Pushed::Rejected(_)) => {
                 tracing::warn!("the pipeline lock was taken over by another run; left as it is")

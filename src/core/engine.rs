@@ -1,0 +1,621 @@
+//! The pipeline's driver, over the ports: `run` (plan, the image gate, each
+//! stage in order — its clients, the approval gate, deploy, record — and on
+//! a failed gate the revert, all under the lock) and `approve` (weigh one
+//! approval, record it). Every decision is here or in the pure modules it
+//! calls (`approval`, `verdict`, `records`); every effect goes through
+//! [`Ports`], so the whole pipeline runs against in-memory doubles in
+//! milliseconds (`fakes.rs`) and against real hosts and remotes in the
+//! integration tests.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::config::{self, Fleet, Stage};
+use crate::core::approval::{self, ApprovalStages, Claim, Verdict};
+use crate::core::lock::{self, Lock};
+use crate::core::outcome::{FailedGate, RevertOutcome, StageOutcome};
+use crate::core::record::{Approval, Interrupted, RunRecord};
+use crate::core::records::Records;
+use crate::core::rev::CommitId;
+use crate::core::verdict::{self, StageVerdict};
+use crate::error::{Error, ExitCode, Result};
+use crate::forge::State;
+use crate::forge::notify::{self, Reporter};
+use crate::ports::{Clock, GitStore, Rollout, rfc3339};
+use crate::report::short;
+use crate::scan::{self, ScanReport};
+
+/// The systems a run works with.
+pub struct Ports<'a> {
+    pub git: &'a dyn GitStore,
+    pub rollout: &'a dyn Rollout,
+    pub clock: &'a dyn Clock,
+    /// Statuses and comments on the forge (`run --comment`).
+    pub reporter: Option<&'a Reporter>,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub base: CommitId,
+    pub head: CommitId,
+    /// The branch a revert is pushed to.
+    pub branch: String,
+    /// Poll this long for a pending approval (zero: exit 4 at once).
+    pub wait_approval: Duration,
+    pub lock_wait: Duration,
+    pub lock_expiry: Duration,
+    pub run_id: String,
+    pub holder: String,
+}
+
+/// How a run ended: its exit code, the record as pushed, what it deployed.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub code: ExitCode,
+    pub record: RunRecord,
+    pub outcomes: Vec<StageOutcome>,
+    pub scan: Option<ScanReport>,
+}
+
+/// The base the last run of `head` planned from (in its record): `run`
+/// without `--base` resumes it.
+pub fn recorded_base(git: &dyn GitStore, clock: &dyn Clock, head: CommitId) -> Result<CommitId> {
+    let record = Records::new(git, clock).read(head)?;
+    let base = record.and_then(|r| r.base).ok_or_else(|| {
+        Error::Usage(format!(
+            "no run has recorded a base for {}\n  hint: pass --base (the commit before the push)",
+            head.short()
+        ))
+    })?;
+    CommitId::from_hex(&base).ok_or_else(|| {
+        Error::Record(format!(
+            "the run record on {head} names a base that is not a commit id: {}",
+            short(&base)
+        ))
+    })
+}
+
+/// The whole pipeline for `req.base..req.head`, under the pipeline lock.
+pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
+    let current = RefCell::new(None);
+    let mut lock = lock::acquire(
+        ports.git,
+        ports.clock,
+        &req.run_id,
+        &req.holder,
+        req.lock_expiry,
+        req.lock_wait,
+    )?;
+    let result = Run {
+        ports,
+        req,
+        records: Records::new(ports.git, ports.clock),
+        outcomes: Vec::new(),
+        changed_since: HashMap::new(),
+        scan: None,
+        deployed: false,
+        current: &current,
+    }
+    .go(&mut lock);
+    lock.release();
+    if let (Err(e), Some(r)) = (&result, ports.reporter) {
+        // The status in progress errs; before any, the plan itself failed.
+        let (name, state) = match current.borrow().clone() {
+            Some(name) => (name, State::Error),
+            None => ("plan".to_string(), notify::error_state(e)),
+        };
+        r.try_status(&name, state, &notify::first_line(e));
+    }
+    let outcome = result?;
+    if let Some(r) = ports.reporter
+        && r.failed()
+        && outcome.code == ExitCode::Ok
+    {
+        return Err(Error::Forge(format!(
+            "every stage passed, but {} could not be told everything (see above)",
+            r.forge.name()
+        )));
+    }
+    Ok(outcome)
+}
+
+/// The stages of `fleet` that need an approval, with who may give it.
+pub fn approval_stages(fleet: &Fleet) -> ApprovalStages {
+    fleet
+        .pipeline
+        .stages
+        .iter()
+        .filter_map(|s| {
+            s.approval
+                .as_ref()
+                .map(|a| (s.name.clone(), a.approvers.clone()))
+        })
+        .collect()
+}
+
+/// Weighs one approval against the record of its commit and records it
+/// when it counts.
+pub fn approve(
+    git: &dyn GitStore,
+    clock: &dyn Clock,
+    claim: &Claim,
+    stages: &ApprovalStages,
+) -> Result<Verdict> {
+    let records = Records::new(git, clock);
+    let verdict = approval::weigh(
+        claim,
+        stages,
+        || records.read(claim.rev),
+        config::PIPELINE,
+        &rfc3339(clock.now()),
+    )?;
+    if let Verdict::Counted { approval, stages } = &verdict {
+        records.update(claim.rev, &[], |r| r.add_approval(approval))?;
+        tracing::info!(
+            "{} approved plan {} of {} for stage(s) {} ({})",
+            approval.by,
+            short(&approval.plan_hash),
+            claim.rev.short(),
+            stages.join(", "),
+            claim.source
+        );
+    }
+    Ok(verdict)
+}
+
+struct Run<'a> {
+    ports: &'a Ports<'a>,
+    req: &'a RunRequest,
+    records: Records<'a>,
+    outcomes: Vec<StageOutcome>,
+    /// Per commit a deployed ref points at: the clients whose rendering
+    /// differs at head (one plan per distinct commit, shared by stages).
+    changed_since: HashMap<CommitId, Vec<String>>,
+    scan: Option<ScanReport>,
+    /// Whether a stage has started deploying: until then a failure to
+    /// report stops the run (nothing is half-done); after, it is logged.
+    deployed: bool,
+    /// The status in progress, marked `error` if the run stops on an error.
+    current: &'a RefCell<Option<String>>,
+}
+
+impl Run<'_> {
+    fn done(self, code: ExitCode, record: RunRecord) -> Result<RunOutcome> {
+        Ok(RunOutcome {
+            code,
+            record,
+            outcomes: self.outcomes,
+            scan: self.scan,
+        })
+    }
+
+    /// Stops on SIGTERM/SIGINT, saying so in the record however little was
+    /// left to do: the next run knows this one did not finish.
+    fn interrupted(self, before: &str) -> Result<RunOutcome> {
+        let interrupted = Interrupted {
+            at: rfc3339(self.ports.clock.now()),
+            before_stage: before.to_string(),
+            run_id: self.req.run_id.clone(),
+        };
+        let record = self.records.update(self.req.head, &[], |r| {
+            r.interrupted = Some(interrupted.clone());
+        })?;
+        tracing::warn!("interrupted before stage {before}: recorded; run again to finish");
+        self.done(ExitCode::Infra, record)
+    }
+
+    /// Sets the commit status `fleetgate/<name>` when reporting to a forge.
+    fn tell(&self, name: &str, state: State, description: &str) -> Result<()> {
+        let Some(r) = self.ports.reporter else {
+            return Ok(());
+        };
+        *self.current.borrow_mut() = (state == State::Pending).then(|| name.to_string());
+        if self.deployed {
+            r.try_status(name, state, description);
+            Ok(())
+        } else {
+            r.status(name, state, description)
+        }
+    }
+
+    fn go(mut self, lock: &mut Lock) -> Result<RunOutcome> {
+        let (base, head) = (self.req.base, self.req.head);
+        let (rollout, clock) = (self.ports.rollout, self.ports.clock);
+        let plan = rollout.plan(base, head)?;
+        let plan_hash = plan.plan_hash.clone();
+        self.changed_since
+            .insert(base, plan.clients.iter().map(|c| c.name.clone()).collect());
+        let (base_s, now) = (base.to_string(), rfc3339(clock.now()));
+        let mut record = self.records.update(head, &[], |r| {
+            r.plan(&base_s, &plan_hash, &self.req.run_id, &now);
+        })?;
+        tracing::info!(
+            "run {}..{}: plan {} ({} client(s) change)",
+            base.short(),
+            head.short(),
+            short(&plan_hash),
+            plan.clients.len()
+        );
+        let fleet = rollout.fleet(head)?;
+        // The image gate, before anything deploys: every image the
+        // changed clients would run.
+        let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
+        if !scan::images_in_play(&fleet, &changed).is_empty() {
+            self.tell("scan", State::Pending, "scanning the images of this change")?;
+            if let Some(report) = rollout.scan(&fleet, &changed)? {
+                match report.passed {
+                    true => self.tell(
+                        "scan",
+                        State::Success,
+                        &format!("{} image(s) pass the policy", report.images.len()),
+                    )?,
+                    false => self.tell(
+                        "scan",
+                        State::Failure,
+                        &format!(
+                            "{} blocking finding(s); nothing deployed",
+                            report.blocking()
+                        ),
+                    )?,
+                }
+                record = self.records.update(head, &[], |r| {
+                    r.scan = Some(report.clone());
+                })?;
+                if !report.passed {
+                    tracing::error!(
+                        "scan blocked: {} finding(s) in the images of this change; nothing deployed",
+                        report.blocking()
+                    );
+                    self.scan = Some(report);
+                    return self.done(ExitCode::Blocked, record);
+                }
+                tracing::info!("scan passed: {} image(s)", report.images.len());
+                self.scan = Some(report);
+            }
+        }
+        let on_failure = fleet.pipeline.on_failure;
+        for stage in &fleet.pipeline.stages {
+            if clock.interrupted() {
+                return self.interrupted(&stage.name);
+            }
+            lock.renew()?;
+            let group: Vec<String> = fleet
+                .clients
+                .values()
+                .filter(|c| c.group == stage.group)
+                .map(|c| c.name.clone())
+                .collect();
+            let pending = self.pending(stage, &group)?;
+            if pending.is_empty() {
+                self.tell(
+                    &stage.name,
+                    State::Success,
+                    &format!("all {} client(s) run {}", group.len(), head.short()),
+                )?;
+                tracing::info!(
+                    "stage {}: all {} client(s) already run {}",
+                    stage.name,
+                    group.len(),
+                    head.short()
+                );
+                continue;
+            }
+            tracing::info!(
+                "stage {}: {} of {} client(s) to deploy: {}",
+                stage.name,
+                pending.len(),
+                group.len(),
+                pending.join(", ")
+            );
+            let mut deploying = format!("deploying {} client(s)", pending.len());
+            if let Some(approval) = &stage.approval {
+                match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
+                    Some(a) => {
+                        tracing::info!(
+                            "stage {}: approved by {} at {} (plan {})",
+                            stage.name,
+                            a.by,
+                            a.at,
+                            short(&a.plan_hash)
+                        );
+                        deploying.push_str(&format!(", approved by {}", a.by));
+                    }
+                    None if clock.interrupted() => {
+                        return self.interrupted(&stage.name);
+                    }
+                    None => {
+                        let name = stage.name.clone();
+                        record = self.records.update(head, &[], |r| {
+                            r.waiting = Some(name.clone());
+                        })?;
+                        tracing::warn!(
+                            "stage {} waits for an approval of plan {} by one of: {}\n  hint: fleetgate approve --rev {} --by USER, then run again (stages already done are not redeployed)",
+                            stage.name,
+                            short(&plan.plan_hash),
+                            approval.approvers.join(", "),
+                            head
+                        );
+                        return self.done(ExitCode::Waiting, record);
+                    }
+                }
+            }
+            self.tell(&stage.name, State::Pending, &deploying)?;
+            self.deployed = true;
+            let outcome = rollout.deploy(head, &stage.name, &pending)?;
+            let (moved, recorded) = self.records.record_stage(head, &outcome)?;
+            record = recorded;
+            for r in &moved {
+                tracing::info!("{r} → {}", head.short());
+            }
+            let verdict = verdict::verdict(&outcome);
+            self.outcomes.push(outcome);
+            let last = self.outcomes.last().expect("just pushed");
+            let hosts = last.hosts.len();
+            let tolerated: Vec<String> = last.failed().map(|h| h.host.clone()).collect();
+            match verdict {
+                StageVerdict::Passed if tolerated.is_empty() => {
+                    self.tell(
+                        &stage.name,
+                        State::Success,
+                        &format!("{hosts} host(s) deployed; every gate passed"),
+                    )?;
+                    continue;
+                }
+                StageVerdict::Passed => {
+                    tracing::warn!(
+                        "stage {}: {} failed host(s) tolerated (max_failures: {}): {}; their clients keep their deployed ref, so the next run tries them again",
+                        stage.name,
+                        tolerated.len(),
+                        stage.max_failures,
+                        tolerated.join(", ")
+                    );
+                    self.tell(
+                        &stage.name,
+                        State::Success,
+                        &format!(
+                            "{} of {hosts} host(s) deployed; {} failure(s) tolerated",
+                            hosts - tolerated.len(),
+                            tolerated.len()
+                        ),
+                    )?;
+                    continue;
+                }
+                StageVerdict::Interrupted => {
+                    self.tell(
+                        &stage.name,
+                        State::Error,
+                        "interrupted; run again to finish",
+                    )?;
+                    tracing::warn!(
+                        "stage {} interrupted: recorded; run again to finish",
+                        stage.name
+                    );
+                    return self.done(verdict.exit_code(), record);
+                }
+                StageVerdict::InfraFailed => {
+                    let lost: Vec<String> = last.lost().iter().map(|h| h.host.clone()).collect();
+                    let (status, log) = if lost.is_empty() {
+                        (
+                            "hosts could not be reached; nothing reverted".to_string(),
+                            "hosts could not be reached".to_string(),
+                        )
+                    } else {
+                        (
+                            format!(
+                                "lost during the change, not rolled back: {}",
+                                lost.join(", ")
+                            ),
+                            format!(
+                                "{} lost during the change and could not be rolled back: it may run {} un-gated; check it, then run again",
+                                lost.join(", "),
+                                head.short()
+                            ),
+                        )
+                    };
+                    self.tell(&stage.name, State::Error, &status)?;
+                    if !lost.is_empty() {
+                        self.tell_failure(None, None);
+                    }
+                    tracing::error!(
+                        "stage {} failed: {log}; nothing is reverted (not the change's fault)",
+                        stage.name
+                    );
+                    return self.done(verdict.exit_code(), record);
+                }
+                StageVerdict::Frozen => {
+                    self.tell(
+                        &stage.name,
+                        State::Failure,
+                        "failed; `rollback: freeze` apps left on the failed release",
+                    )?;
+                    self.tell_failure(None, None);
+                    let last = self.outcomes.last().expect("just pushed");
+                    tracing::error!(
+                        "stage {} failed with `rollback: freeze` apps left on the failed release ({}); not reverting: a human decides",
+                        stage.name,
+                        last.frozen().join(", ")
+                    );
+                    return self.done(verdict.exit_code(), record);
+                }
+                StageVerdict::ChangeFailed => {
+                    let gate = FailedGate::of(last).expect("a change failure names its gate");
+                    tracing::error!(
+                        "stage {} failed: {} on {}: {} failed: {}",
+                        stage.name,
+                        gate.client,
+                        gate.host,
+                        gate.check,
+                        gate.detail
+                    );
+                    self.tell(
+                        &stage.name,
+                        State::Failure,
+                        &format!("{} failed on {}; rolled back", gate.check, gate.host),
+                    )?;
+                    let mut reverted = None;
+                    if on_failure.revert {
+                        let (r, outcome) = self.revert(&gate)?;
+                        record = r;
+                        reverted = Some(outcome);
+                    }
+                    self.tell_failure(Some(&gate), reverted.as_ref());
+                    return self.done(verdict.exit_code(), record);
+                }
+            }
+        }
+        tracing::info!("run {}: every stage passed", head.short());
+        self.done(ExitCode::Ok, record)
+    }
+
+    /// Clients of `group` whose deployed ref for the stage renders
+    /// differently from head (no ref yet: compared with base).
+    fn pending(&mut self, stage: &Stage, group: &[String]) -> Result<Vec<String>> {
+        let mut by_rev: BTreeMap<CommitId, Vec<String>> = BTreeMap::new();
+        for client in group {
+            let from = self
+                .records
+                .deployed(&stage.name, client)?
+                .unwrap_or(self.req.base);
+            by_rev.entry(from).or_default().push(client.clone());
+        }
+        let mut pending = Vec::new();
+        for (from, clients) in by_rev {
+            if from == self.req.head {
+                continue;
+            }
+            if !self.changed_since.contains_key(&from) {
+                let plan = self.ports.rollout.plan(from, self.req.head)?;
+                let names = plan.clients.iter().map(|c| c.name.clone()).collect();
+                self.changed_since.insert(from, names);
+            }
+            let changed = &self.changed_since[&from];
+            pending.extend(clients.into_iter().filter(|c| changed.contains(c)));
+        }
+        pending.sort();
+        Ok(pending)
+    }
+
+    /// The approval that counts for this stage, polling up to
+    /// `wait_approval` for one; the forge hears that the stage waits the
+    /// first time none counts.
+    fn approval(
+        &self,
+        stage: &Stage,
+        approvers: &[String],
+        plan_hash: &str,
+        lock: &mut Lock,
+    ) -> Result<Option<Approval>> {
+        let clock = self.ports.clock;
+        let wait = chrono::Duration::from_std(self.req.wait_approval).unwrap_or_default();
+        let deadline = clock.now() + wait;
+        let mut told = false;
+        loop {
+            let record = self
+                .records
+                .read(self.req.head)?
+                .unwrap_or_else(|| RunRecord::new(&self.req.head.to_string()));
+            if let Some(a) = approval::counting(&record, plan_hash, approvers) {
+                return Ok(Some(a.clone()));
+            }
+            if !told {
+                let stale = approval::stale(&record, plan_hash);
+                if !stale.is_empty() {
+                    tracing::warn!(
+                        "approvals for an earlier plan do not count: {}",
+                        stale.join(", ")
+                    );
+                }
+                // Tell people as soon as the stage waits, not only when
+                // `--wait-approval` gives up.
+                self.tell_waiting(stage, approvers, plan_hash)?;
+            }
+            let now = clock.now();
+            if now >= deadline || clock.interrupted() {
+                return Ok(None);
+            }
+            if !told {
+                tracing::info!(
+                    "stage {}: waiting up to {:?} for an approval by one of: {}",
+                    stage.name,
+                    self.req.wait_approval,
+                    approvers.join(", ")
+                );
+                told = true;
+            }
+            lock.renew()?;
+            let left = (deadline - now).to_std().unwrap_or_default();
+            clock.sleep(Duration::from_secs(2).min(left));
+        }
+    }
+
+    /// The `fleetgate/<stage>` status and the comment on the merged pull
+    /// request when a stage waits for an approval.
+    fn tell_waiting(&self, stage: &Stage, approvers: &[String], plan_hash: &str) -> Result<()> {
+        let Some(r) = self.ports.reporter else {
+            return Ok(());
+        };
+        self.tell(
+            &stage.name,
+            State::Pending,
+            &format!("waits for an approval by {}", approvers.join(", ")),
+        )?;
+        let head = self.req.head.to_string();
+        let body = notify::waiting_comment(
+            r.env.kind,
+            &head,
+            &self.outcomes,
+            &stage.name,
+            approvers,
+            plan_hash,
+            &r.log_link(),
+        );
+        r.try_comment_on_merged(&notify::waiting_marker(&head), &body);
+        Ok(())
+    }
+
+    /// The failure comment on the merged pull request.
+    fn tell_failure(&self, gate: Option<&FailedGate>, revert: Option<&RevertOutcome>) {
+        let (Some(r), Some(outcome)) = (self.ports.reporter, self.outcomes.last()) else {
+            return;
+        };
+        let sha = self.req.head.to_string();
+        let body = notify::failure_comment(&sha, outcome, gate, revert, &r.log_link());
+        r.try_comment_on_merged(&notify::failed_marker(&sha), &body);
+    }
+
+    /// Reverts base..head on the branch and records what happened.
+    fn revert(&self, gate: &FailedGate) -> Result<(RunRecord, RevertOutcome)> {
+        let (base, head, branch) = (self.req.base, self.req.head, &self.req.branch);
+        let outcome = self.ports.git.revert(branch, base, head, gate)?;
+        match &outcome {
+            RevertOutcome::Pushed { commit, onto, .. } => tracing::info!(
+                "reverted {}..{} on {branch} with {} (onto {}); the hosts already run the previous release",
+                base.short(),
+                head.short(),
+                short(commit),
+                short(onto)
+            ),
+            RevertOutcome::Conflict { tip, paths, .. } => tracing::error!(
+                "could not revert {}..{} on {branch} (now {}): {} conflict with later commits\n  hint: the hosts stay rolled back; revert by hand: git revert {base}..{head}",
+                base.short(),
+                head.short(),
+                short(tip),
+                paths.join(", "),
+            ),
+            RevertOutcome::NothingToRevert { why, .. } => tracing::warn!(
+                "nothing to revert on {branch}: {why}; the hosts already run the previous release"
+            ),
+            RevertOutcome::NotOnBranch { tip, .. } => tracing::error!(
+                "{} is no longer on {branch} (now {}): nothing reverted\n  hint: the hosts stay rolled back; check the branch's history",
+                head.short(),
+                short(tip)
+            ),
+        }
+        let record = self.records.update(head, &[], |r| {
+            r.revert = Some(outcome.clone());
+        })?;
+        Ok((record, outcome))
+    }
+}

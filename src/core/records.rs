@@ -1,0 +1,155 @@
+//! What the fleet really runs, recorded in Git (design.md §3), read and
+//! changed through the [`GitStore`] port:
+//! `refs/fleetgate/deployed/<stage>/<client>` points at the commit a client
+//! last passed its gates with in that stage, and `refs/notes/fleetgate`
+//! holds one [`RunRecord`] per head commit.
+//!
+//! Every change is a read-modify-write of the remote's records: fetch,
+//! edit, push with the values just read as expected; when another runner
+//! got there first, fetch again and re-apply the edit. A record that is not
+//! fleetgate's is an error, never "no record": an update would overwrite it.
+
+use std::time::Duration;
+
+use crate::core::outcome::{HostStatus, StageOutcome};
+use crate::core::record::RunRecord;
+use crate::core::rev::CommitId;
+use crate::error::{Error, Result};
+use crate::ports::{Clock, GitStore, Pushed, Update, Written};
+
+pub const NOTES_REF: &str = "refs/notes/fleetgate";
+
+/// How often a rejected push is re-read and retried.
+const ATTEMPTS: u32 = 8;
+
+pub fn deployed_ref(stage: &str, client: &str) -> String {
+    format!("refs/fleetgate/deployed/{stage}/{client}")
+}
+
+/// Clients whose every host passed (deployed, or already live and verified).
+pub fn passed_clients(outcome: &StageOutcome) -> Vec<String> {
+    let mut clients: Vec<String> = outcome.hosts.iter().map(|h| h.client.clone()).collect();
+    clients.sort();
+    clients.dedup();
+    clients.retain(|c| {
+        outcome
+            .hosts
+            .iter()
+            .filter(|h| &h.client == c)
+            .all(|h| matches!(h.status, HostStatus::Deployed | HostStatus::Unchanged))
+    });
+    clients
+}
+
+/// The deployed refs a stage's outcome moves to its rev: clients whose hosts
+/// all run it and passed (a rolled-back host is `RolledBack`, so a failed
+/// stage moves nothing it undid; an interrupted one keeps what finished).
+pub fn moved_refs(outcome: &StageOutcome) -> Vec<String> {
+    passed_clients(outcome)
+        .iter()
+        .map(|c| deployed_ref(&outcome.stage, c))
+        .collect()
+}
+
+/// The records of one repository, on its remote when it has one.
+pub struct Records<'a> {
+    git: &'a dyn GitStore,
+    clock: &'a dyn Clock,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(git: &'a dyn GitStore, clock: &'a dyn Clock) -> Records<'a> {
+        Records { git, clock }
+    }
+
+    /// The record on `rev` as the remote has it now.
+    pub fn read(&self, rev: CommitId) -> Result<Option<RunRecord>> {
+        self.git.fetch_records()?;
+        self.local(rev)
+    }
+
+    /// Where `stage` last passed for `client` (after a read or update).
+    pub fn deployed(&self, stage: &str, client: &str) -> Result<Option<CommitId>> {
+        self.git.ref_target(&deployed_ref(stage, client))
+    }
+
+    fn local(&self, rev: CommitId) -> Result<Option<RunRecord>> {
+        let Some(text) = self.git.note(rev)? else {
+            return Ok(None);
+        };
+        RunRecord::parse(&text).map(Some).map_err(|why| {
+            Error::Record(format!(
+                "the run record on {rev} ({NOTES_REF}) is not fleetgate's: {why}\n  hint: look at it with `git notes --ref=fleetgate show {rev}`; fleetgate will not overwrite it (its approvals would be lost): repair it, or remove it with `git notes --ref=fleetgate remove {rev}` and push {NOTES_REF}"
+            ))
+        })
+    }
+
+    /// Applies `edit` to the record on `rev` and points `refs` at `rev`, on
+    /// the remote too; retried on a fresh read when another runner pushed
+    /// first.
+    pub fn update(
+        &self,
+        rev: CommitId,
+        refs: &[String],
+        edit: impl Fn(&mut RunRecord),
+    ) -> Result<RunRecord> {
+        for attempt in 1..=ATTEMPTS {
+            let backoff = Duration::from_millis(100 * u64::from(attempt));
+            self.git.fetch_records()?;
+            let notes_before = self.git.ref_target(NOTES_REF)?;
+            let mut updates = Vec::new();
+            for name in refs {
+                updates.push(Update {
+                    name: name.clone(),
+                    new: Some(rev),
+                    expected: self.git.ref_target(name)?,
+                });
+            }
+            let mut record = self
+                .local(rev)?
+                .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
+            edit(&mut record);
+            if self.git.write_note(rev, &record.to_json())? == Written::Busy {
+                tracing::debug!("notes ref locked by another process; retrying");
+                self.clock.sleep(backoff);
+                continue;
+            }
+            for u in &updates {
+                self.git.set_ref(&u.name, rev)?;
+            }
+            if self.git.remote_name().is_none() {
+                return Ok(record);
+            }
+            updates.push(Update {
+                name: NOTES_REF.into(),
+                new: self.git.ref_target(NOTES_REF)?,
+                expected: notes_before,
+            });
+            match self.git.push_leased(&updates)? {
+                Pushed::Yes => return Ok(record),
+                Pushed::Rejected(why) => {
+                    tracing::warn!(
+                        "records moved on the remote meanwhile ({why}); re-reading and merging (attempt {attempt}/{ATTEMPTS})"
+                    );
+                    self.clock.sleep(backoff);
+                }
+            }
+        }
+        Err(Error::Remote(format!(
+            "could not push fleetgate's records for {} after {ATTEMPTS} attempts: other runners keep updating them\n  hint: is a second pipeline running outside the lock?",
+            rev.short()
+        )))
+    }
+
+    /// Stores a stage's outcome and moves the refs of the clients that
+    /// passed; returns the refs moved and the record as pushed.
+    pub fn record_stage(
+        &self,
+        rev: CommitId,
+        outcome: &StageOutcome,
+    ) -> Result<(Vec<String>, RunRecord)> {
+        let moved = moved_refs(outcome);
+        let record = self.update(rev, &moved, |r| r.record_stage(outcome))?;
+        Ok((moved, record))
+    }
+}

@@ -1,0 +1,133 @@
+//! One trait per external system the pipeline talks to (jj's `Backend`):
+//! the engine (`core::engine`) is written against these only, the real
+//! systems sit behind them in their own modules, and `fakes.rs` holds an
+//! in-memory double of each that fails like the real thing.
+//!
+//! | system | trait | real | double |
+//! |---|---|---|---|
+//! | the Git store (repo + remote) | [`GitStore`] | `store::GitRepo` (git2 + the git CLI) | `fakes::FakeGit` |
+//! | the fleet at a commit: plan, render, scan, deploy | [`Rollout`] | `rollout::Live` | `fakes::FakeRollout` |
+//! | the forge | [`crate::forge::Forge`] | Forgejo (reqwest), GitHub (octocrab) | `fakes::FakeForge` |
+//! | hosts | [`crate::deploy::Connector`] / [`crate::remote::Remote`] | `remote::ssh` (OpenSSH) | `remote::ssh::LocalHost` |
+//! | the image scanner | [`crate::scan::trivy::Scanner`] | `scan::trivy::Trivy` | the scan tests' fake scanner |
+//! | the inventory | [`crate::inventory::Inventory`] | `inventory::Static` | — |
+//! | the clock (and signals) | [`Clock`] | [`SystemClock`] | `fakes::FakeClock` |
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Fleet;
+use crate::core::outcome::StageOutcome;
+use crate::core::rev::CommitId;
+use crate::error::Result;
+use crate::plan::Plan;
+use crate::revert::{FailedGate, RevertOutcome};
+use crate::scan::ScanReport;
+
+/// One ref to set on the remote: `new` (None deletes) if it still is
+/// `expected` (None: must not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub name: String,
+    pub new: Option<CommitId>,
+    pub expected: Option<CommitId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    Yes,
+    /// The remote moved meanwhile (a lease or fast-forward check failed):
+    /// re-read and try again, never force.
+    Rejected(String),
+}
+
+/// Writing a note in this clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// Another process holds the notes ref's lock in this clone: the same
+    /// race as a rejected push, retried the same way.
+    Busy,
+}
+
+/// The fleet repository and its remote: fleetgate's records (notes,
+/// deployed refs), the pipeline lock, and reverts on the branch.
+pub trait GitStore {
+    /// The remote's name, when there is one (`deploy` works without).
+    fn remote_name(&self) -> Option<&str>;
+    /// Replaces this clone's records (notes, deployed refs, lock) with the
+    /// remote's; nothing without a remote.
+    fn fetch_records(&self) -> Result<()>;
+    /// A ref in this clone (after [`GitStore::fetch_records`]: the remote's).
+    fn ref_target(&self, name: &str) -> Result<Option<CommitId>>;
+    /// The note on `rev` in this clone, as text.
+    fn note(&self, rev: CommitId) -> Result<Option<String>>;
+    /// Writes the note on `rev` in this clone (a new commit of the notes ref).
+    fn write_note(&self, rev: CommitId, text: &str) -> Result<Written>;
+    /// Points a ref of this clone at `rev`.
+    fn set_ref(&self, name: &str, rev: CommitId) -> Result<()>;
+    /// Sets every update on the remote at once, each only if the remote
+    /// still has its expected value; without a remote, nothing to do.
+    fn push_leased(&self, updates: &[Update]) -> Result<Pushed>;
+    /// A ref on the remote now, read there (not fetched).
+    fn remote_ref(&self, name: &str) -> Result<Option<CommitId>>;
+    /// The message of the lock object `id` on the remote's lock ref.
+    fn lock_text(&self, id: CommitId) -> Result<Option<String>>;
+    /// A new lock object holding `text`, in this clone (not pushed).
+    fn lock_object(&self, text: &str) -> Result<CommitId>;
+    /// Reverts `base..head` on top of `branch` on the remote and pushes it
+    /// (fast-forward only; redone on a moved tip; conflicts are an outcome).
+    fn revert(
+        &self,
+        branch: &str,
+        base: CommitId,
+        head: CommitId,
+        gate: &FailedGate,
+    ) -> Result<RevertOutcome>;
+}
+
+/// The fleet as the repository describes it at a commit: planned,
+/// validated, its images scanned, a stage of it deployed to the hosts.
+pub trait Rollout {
+    /// The plan `base..head` (both rendered and compared).
+    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan>;
+    /// The validated fleet at `rev` (stages, groups, clients, policies).
+    fn fleet(&self, rev: CommitId) -> Result<Fleet>;
+    /// The image gate for `clients` of `fleet`; None when they run no image.
+    fn scan(&self, fleet: &Fleet, clients: &[String]) -> Result<Option<ScanReport>>;
+    /// One stage for `clients` at `rev`: upload, switch, start, gates,
+    /// rollback. Unreachable hosts are part of the outcome, not an error.
+    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome>;
+}
+
+/// Time, waiting, and whether a stop was asked for: the engine never reads
+/// the system clock or sleeps by itself, so its tests run in milliseconds.
+pub trait Clock {
+    fn now(&self) -> DateTime<Utc>;
+    fn sleep(&self, d: Duration);
+    /// SIGTERM/SIGINT received.
+    fn interrupted(&self) -> bool;
+}
+
+/// The real clock and the process's signal flag.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn interrupted(&self) -> bool {
+        crate::interrupt::requested()
+    }
+}
+
+/// RFC 3339 to the second, as records and locks write times.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

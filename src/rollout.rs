@@ -1,0 +1,264 @@
+//! The [`Rollout`] port over the real fleet: plans rendered from the
+//! repository's commits, the validated fleet, the image gate with trivy,
+//! and a stage deployed over SSH. Also what the commands share of it
+//! (`plan`, `deploy_stage`, `known_hosts`), so no command calls another.
+
+use std::collections::BTreeMap;
+
+use crate::config::{self, Fleet, Selection};
+use crate::core::outcome::StageOutcome;
+use crate::deploy;
+use crate::deploy::Connector;
+use crate::desired::{self, DecryptCache};
+use crate::error::{Error, Result};
+use crate::inventory::{self, Inventory};
+use crate::plan::{self, Affected, Plan, Side};
+use crate::ports::Rollout;
+use crate::remote::Remote;
+use crate::remote::release::{self, AppDir, Inspected};
+use crate::remote::ssh::SshConnector;
+use crate::render::{DesiredClient, SecretView};
+use crate::repo::{CommitId, Repo};
+use crate::scan::{self, ScanReport};
+use crate::secrets::Keyring;
+
+/// The fleet of one repository, with the keys and scanner settings of this
+/// run.
+pub struct Live<'a> {
+    pub repo: &'a Repo,
+    pub keyring: &'a Keyring,
+    pub scan: &'a scan::Settings,
+}
+
+impl Rollout for Live<'_> {
+    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan> {
+        plan(self.repo, base, head, self.keyring)
+    }
+
+    fn fleet(&self, rev: CommitId) -> Result<Fleet> {
+        // Validated already by the plan of the same commit.
+        let snap = self.repo.snapshot(rev)?;
+        Ok(config::validate(&config::load(&snap, Selection::All)?).0)
+    }
+
+    fn scan(&self, fleet: &Fleet, clients: &[String]) -> Result<Option<ScanReport>> {
+        if scan::images_in_play(fleet, clients).is_empty() {
+            return Ok(None);
+        }
+        scan::gate_fleet(fleet, clients, self.scan).map(Some)
+    }
+
+    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome> {
+        deploy_stage(self.keyring, self.repo, rev, stage, clients)
+    }
+}
+
+/// Renders both commits (only the clients the change can touch) and compares.
+pub fn plan(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> Result<Plan> {
+    let changed = repo.changed_paths(base, head)?;
+    let affected = Affected::from_paths(&changed);
+    tracing::info!(
+        "planning {}..{}: {} paths changed, {}",
+        base.short(),
+        head.short(),
+        changed.len(),
+        if affected.all {
+            "an app or shared secrets changed: rendering every client".to_string()
+        } else {
+            format!("rendering {} client(s)", affected.clients.len())
+        }
+    );
+    if !keyring.can_decrypt() {
+        tracing::warn!(
+            "no age identity configured: secret values are not compared, only key names"
+        );
+    }
+    let cache = DecryptCache::default();
+    let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
+    let files_b = config::load(&snap_b, affected.selection())?;
+    let files_h = config::load(&snap_h, affected.selection())?;
+    let invalid = |label: String, problems| Error::Invalid {
+        at: label,
+        problems,
+    };
+    // Head first: its problems are the ones the author of the change can fix.
+    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
+    }
+    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
+    }
+    let plan = plan::compare(
+        &Side {
+            rev: base.to_string(),
+            label: snap_b.label(),
+            prepared: &prepared_b,
+        },
+        &Side {
+            rev: head.to_string(),
+            label: snap_h.label(),
+            prepared: &prepared_h,
+        },
+        &changed,
+        keyring.can_decrypt(),
+        &head.to_string(),
+    )?;
+    tracing::info!(
+        "plan {}: {} client(s) change, {} unaffected",
+        crate::report::short(&plan.plan_hash),
+        plan.clients.len(),
+        plan.unaffected
+    );
+    Ok(plan)
+}
+
+/// Renders `rev`, builds the stage's plan and carries it out over SSH.
+pub fn deploy_stage(
+    keyring: &Keyring,
+    repo: &Repo,
+    rev: CommitId,
+    stage_name: &str,
+    only: &[String],
+) -> Result<StageOutcome> {
+    let snap = repo.snapshot(rev)?;
+    let files = config::load(&snap, Selection::All)?;
+    let invalid = |problems| Error::Invalid {
+        at: snap.label(),
+        problems,
+    };
+    let cache = DecryptCache::default();
+    let rev_s = rev.to_string();
+    // Validated, templates compiled and shared secrets decrypted once; then
+    // only the stage's clients are rendered, masked and real.
+    let (prepared, problems) = desired::prepare(&files, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(invalid(desired::collapse_repeats(problems)));
+    }
+    let fleet = &prepared.fleet;
+    let stage = fleet
+        .pipeline
+        .stages
+        .iter()
+        .find(|s| s.name == stage_name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = fleet
+                .pipeline
+                .stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            Error::Usage(format!(
+                "stage `{stage_name}` is not in {}\n  hint: stages are: {}",
+                config::PIPELINE,
+                names.join(", ")
+            ))
+        })?;
+    for c in only {
+        if !fleet.clients.contains_key(c) {
+            return Err(Error::Usage(format!(
+                "client `{c}` does not exist at {}",
+                snap.label()
+            )));
+        }
+    }
+    let clients: Vec<String> = fleet
+        .clients
+        .values()
+        .filter(|c| c.group == stage.group && (only.is_empty() || only.contains(&c.name)))
+        .map(|c| c.name.clone())
+        .collect();
+    for c in &clients {
+        inventory::Static
+            .hosts(&fleet.clients[c])
+            .map_err(Error::Usage)?;
+    }
+    let uses_secrets = clients.iter().any(|c| {
+        fleet.clients[c]
+            .apps
+            .iter()
+            .any(|a| !fleet.apps[a].secrets.is_empty())
+    });
+    if uses_secrets && !keyring.can_decrypt() {
+        return Err(Error::Usage(
+            "deploying needs the secrets' values, and no age identity is configured\n  hint: set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the CI key".into(),
+        ));
+    }
+    let render = |view| -> Result<BTreeMap<String, DesiredClient>> {
+        let mut out = BTreeMap::new();
+        for c in &clients {
+            let d = prepared
+                .render(c, view, &rev_s)
+                .expect("a client of this fleet")
+                .map_err(|p| invalid(desired::collapse_repeats(p)))?;
+            out.insert(c.clone(), d);
+        }
+        Ok(out)
+    };
+    let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
+    let plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
+    let hosts: usize = plan.targets.len();
+    tracing::info!(
+        "deploy {} to stage {}: {} client(s), {} host(s), {} at a time, {} failure(s) tolerated",
+        rev.short(),
+        stage.name,
+        clients.len(),
+        hosts,
+        plan.parallelism,
+        plan.max_failures
+    );
+    let known_hosts = known_hosts(&snap)?;
+    let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
+    let runtime = crate::rt::runtime()?;
+    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, stage.soak)))
+}
+
+/// The commit's pinned host keys: every SSH connection checks against them.
+pub fn known_hosts(snap: &crate::repo::Snapshot) -> Result<Vec<u8>> {
+    snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "{} is missing at {}\n  hint: pin every host's SSH key there (ssh-keyscan, verified out of band); fleetgate never trusts a key on first use",
+            config::KNOWN_HOSTS,
+            snap.label()
+        ))
+    })
+}
+
+/// Connects to every host (16 at a time) and reads what its client's apps run.
+pub fn inspect_hosts(
+    known_hosts: &[u8],
+    ssh_options: &BTreeMap<String, String>,
+    targets: &[(&config::Client, config::Host)],
+) -> Result<Vec<std::result::Result<BTreeMap<String, Inspected>, String>>> {
+    let connector = SshConnector::new(known_hosts, ssh_options)?;
+    let runtime = crate::rt::runtime()?;
+    Ok(runtime.block_on(async {
+        let limit = tokio::sync::Semaphore::new(16);
+        futures_util::future::join_all(targets.iter().map(|(client, host)| {
+            let (connector, limit) = (&connector, &limit);
+            async move {
+                let _permit = limit.acquire().await.expect("never closed");
+                let remote = connector.connect(host).await.map_err(|e| e.to_string())?;
+                let dirs: Vec<AppDir> = client
+                    .apps
+                    .iter()
+                    .map(|app| AppDir {
+                        deploy_root: host.deploy_root.clone(),
+                        client: client.name.clone(),
+                        app: app.clone(),
+                    })
+                    .collect();
+                let refs: Vec<&AppDir> = dirs.iter().collect();
+                let out = remote.run(&release::inspect_script(&refs)).await;
+                connector.close(remote).await;
+                let out = out.map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("inspect failed: {}", out.tail()));
+                }
+                release::parse_inspect(&out.stdout)
+            }
+        }))
+        .await
+    }))
+}
