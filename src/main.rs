@@ -9,6 +9,8 @@ mod core;
 mod deploy;
 mod desired;
 mod error;
+#[cfg(test)]
+mod fakes;
 mod forge;
 mod gates;
 mod interrupt;

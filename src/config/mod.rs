@@ -172,6 +172,37 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     })
 }
 
+#[cfg(test)]
+impl FleetFiles {
+    /// A whole fleet from `(path, text)` pairs, as `load` would read it.
+    pub fn in_memory(files: &[(String, String)]) -> FleetFiles {
+        let clients = files
+            .iter()
+            .filter_map(|(p, _)| p.strip_prefix("clients/")?.strip_suffix(".yaml"))
+            .map(str::to_string)
+            .collect();
+        let secrets = files
+            .iter()
+            .filter_map(|(p, _)| {
+                p.strip_prefix("secrets/clients/")?
+                    .strip_suffix(".sops.yaml")
+            })
+            .map(str::to_string)
+            .collect();
+        FleetFiles {
+            label: "commit in-memory".into(),
+            files: files
+                .iter()
+                .map(|(p, t)| (p.clone(), t.clone().into_bytes()))
+                .collect(),
+            all_clients: Names::new(clients),
+            client_secrets: Names::new(secrets),
+            selection: Selection::All,
+            problems: Vec::new(),
+        }
+    }
+}
+
 fn read_tree(
     snap: &Snapshot,
     dir: &str,

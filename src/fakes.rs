@@ -1,0 +1,652 @@
+//! In-memory doubles of the ports (`ports.rs`), for the engine's unit
+//! tests: each fails the way the real system does — a push whose lease is
+//! stale is rejected and changes nothing, a note write can find the ref
+//! locked, a remote can be unreachable, a forge can answer 502, a host can
+//! be lost mid-change (as its stage outcome says). Test code only.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{self, Fleet, FleetFiles};
+use crate::core::outcome::{
+    Failure, FailureKind, FailedGate, HostOutcome, HostStatus, RevertOutcome, Runs, StageOutcome,
+};
+use crate::core::records::NOTES_REF;
+use crate::core::rev::CommitId;
+use crate::error::{Error, Result};
+use crate::forge::{Comment, EnvApproval, Forge, Pull, Status};
+use crate::plan::{ClientPlan, Plan};
+use crate::ports::{Clock, GitStore, Pushed, Rollout, Update, Written};
+use crate::scan::ScanReport;
+
+/// A commit id from a small number, for tests: `c(1)`, `c(2)`.
+pub fn c(n: u8) -> CommitId {
+    let mut bytes = [0; 20];
+    bytes[0] = 0xc0;
+    bytes[19] = n;
+    CommitId(bytes)
+}
+
+/// An object in the fake repositories: a notes commit (its whole map) or a
+/// lock commit (its message).
+#[derive(Debug, Clone)]
+enum Object {
+    Notes(BTreeMap<CommitId, String>),
+    Lock(String),
+}
+
+/// The objects every clone and the remote share (ids are unique, so one
+/// store serves all), and the remote's refs.
+#[derive(Default)]
+pub struct Remote {
+    pub refs: BTreeMap<String, CommitId>,
+    objects: HashMap<CommitId, Object>,
+    next: u32,
+    /// Reverts asked for: (branch, base, head, gate trailer).
+    pub reverts: Vec<(String, CommitId, CommitId, String)>,
+}
+
+impl Remote {
+    fn new_object(&mut self, o: Object) -> CommitId {
+        self.next += 1;
+        let mut bytes = [0; 20];
+        bytes[0] = 0x0b;
+        bytes[16..20].copy_from_slice(&self.next.to_be_bytes());
+        let id = CommitId(bytes);
+        self.objects.insert(id, o);
+        id
+    }
+}
+
+/// A clone of the fleet repository with (by default) a remote.
+pub struct FakeGit {
+    pub remote: Rc<RefCell<Remote>>,
+    has_remote: bool,
+    local: RefCell<BTreeMap<String, CommitId>>,
+    /// Run once, right before the next push: another runner's write.
+    pub before_push: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// The next N note writes find the notes ref locked.
+    pub busy_writes: Cell<u32>,
+    /// The remote cannot be reached.
+    pub unreachable: Cell<bool>,
+    /// What a revert does (default: pushed on top of the branch).
+    pub revert_result: RefCell<Option<RevertOutcome>>,
+    pub pushes: Cell<u32>,
+}
+
+impl FakeGit {
+    pub fn new() -> FakeGit {
+        FakeGit::clone_of(Rc::new(RefCell::new(Remote::default())))
+    }
+
+    /// Another clone (another runner, another person) of the same remote.
+    pub fn clone_of(remote: Rc<RefCell<Remote>>) -> FakeGit {
+        FakeGit {
+            remote,
+            has_remote: true,
+            local: RefCell::new(BTreeMap::new()),
+            before_push: RefCell::new(Vec::new()),
+            busy_writes: Cell::new(0),
+            unreachable: Cell::new(false),
+            revert_result: RefCell::new(None),
+            pushes: Cell::new(0),
+        }
+    }
+
+    /// A repository without a remote (`deploy` in a plain clone).
+    pub fn without_remote() -> FakeGit {
+        FakeGit {
+            has_remote: false,
+            ..FakeGit::new()
+        }
+    }
+
+    fn reach(&self) -> Result<()> {
+        match self.unreachable.get() {
+            true => Err(Error::Remote(
+                "fetching fleetgate's records on remote `origin` failed: fatal: unable to access: Could not resolve host".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// The record text on `rev` as the remote has it.
+    pub fn remote_note(&self, rev: CommitId) -> Option<String> {
+        let remote = self.remote.borrow();
+        let notes = remote.refs.get(NOTES_REF)?;
+        match remote.objects.get(notes)? {
+            Object::Notes(map) => map.get(&rev).cloned(),
+            Object::Lock(_) => None,
+        }
+    }
+
+    /// Writes `text` as the record on `rev`, straight on the remote (a
+    /// person with git, or another tool).
+    pub fn put_remote_note(&self, rev: CommitId, text: &str) {
+        let mut remote = self.remote.borrow_mut();
+        let mut map = match remote.refs.get(NOTES_REF).and_then(|n| remote.objects.get(n)) {
+            Some(Object::Notes(map)) => map.clone(),
+            _ => BTreeMap::new(),
+        };
+        map.insert(rev, text.to_string());
+        let id = remote.new_object(Object::Notes(map));
+        remote.refs.insert(NOTES_REF.into(), id);
+    }
+
+    /// Puts a lock held by someone else on the remote.
+    pub fn put_remote_lock(&self, holder_json: &str) {
+        let mut remote = self.remote.borrow_mut();
+        let id = remote.new_object(Object::Lock(holder_json.to_string()));
+        remote.refs.insert(crate::core::lock::LOCK_REF.into(), id);
+    }
+}
+
+impl GitStore for FakeGit {
+    fn remote_name(&self) -> Option<&str> {
+        self.has_remote.then_some("origin")
+    }
+
+    fn fetch_records(&self) -> Result<()> {
+        if !self.has_remote {
+            return Ok(());
+        }
+        self.reach()?;
+        let remote = self.remote.borrow();
+        let mut local = self.local.borrow_mut();
+        // `--prune` with the record refspecs: the remote's records replace ours.
+        local.retain(|name, _| !name.starts_with("refs/fleetgate/") && name != NOTES_REF);
+        for (name, id) in &remote.refs {
+            if name.starts_with("refs/fleetgate/") || name == NOTES_REF {
+                local.insert(name.clone(), *id);
+            }
+        }
+        Ok(())
+    }
+
+    fn ref_target(&self, name: &str) -> Result<Option<CommitId>> {
+        Ok(self.local.borrow().get(name).copied())
+    }
+
+    fn note(&self, rev: CommitId) -> Result<Option<String>> {
+        let Some(notes) = self.local.borrow().get(NOTES_REF).copied() else {
+            return Ok(None);
+        };
+        match self.remote.borrow().objects.get(&notes) {
+            Some(Object::Notes(map)) => Ok(map.get(&rev).cloned()),
+            _ => Ok(None),
+        }
+    }
+
+    fn write_note(&self, rev: CommitId, text: &str) -> Result<Written> {
+        if self.busy_writes.get() > 0 {
+            self.busy_writes.set(self.busy_writes.get() - 1);
+            return Ok(Written::Busy);
+        }
+        let current = self.local.borrow().get(NOTES_REF).copied();
+        let mut remote = self.remote.borrow_mut();
+        let mut map = match current.and_then(|n| remote.objects.get(&n)) {
+            Some(Object::Notes(map)) => map.clone(),
+            _ => BTreeMap::new(),
+        };
+        map.insert(rev, text.to_string());
+        let id = remote.new_object(Object::Notes(map));
+        self.local.borrow_mut().insert(NOTES_REF.into(), id);
+        Ok(Written::Yes)
+    }
+
+    fn set_ref(&self, name: &str, rev: CommitId) -> Result<()> {
+        self.local.borrow_mut().insert(name.into(), rev);
+        Ok(())
+    }
+
+    fn push_leased(&self, updates: &[Update]) -> Result<Pushed> {
+        if !self.has_remote {
+            return Ok(Pushed::Yes);
+        }
+        self.reach()?;
+        let hooks: Vec<_> = self.before_push.borrow_mut().drain(..).collect();
+        for hook in hooks {
+            hook();
+        }
+        self.pushes.set(self.pushes.get() + 1);
+        let mut remote = self.remote.borrow_mut();
+        // Atomic: one stale lease and nothing changes.
+        if let Some(u) = updates
+            .iter()
+            .find(|u| remote.refs.get(&u.name).copied() != u.expected)
+        {
+            return Ok(Pushed::Rejected(format!("{}: stale info", u.name)));
+        }
+        for u in updates {
+            match u.new {
+                Some(id) => remote.refs.insert(u.name.clone(), id),
+                None => remote.refs.remove(&u.name),
+            };
+        }
+        Ok(Pushed::Yes)
+    }
+
+    fn remote_ref(&self, name: &str) -> Result<Option<CommitId>> {
+        self.reach()?;
+        Ok(self.remote.borrow().refs.get(name).copied())
+    }
+
+    fn lock_text(&self, id: CommitId) -> Result<Option<String>> {
+        match self.remote.borrow().objects.get(&id) {
+            Some(Object::Lock(text)) => Ok(Some(text.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    fn lock_object(&self, text: &str) -> Result<CommitId> {
+        Ok(self
+            .remote
+            .borrow_mut()
+            .new_object(Object::Lock(text.to_string())))
+    }
+
+    fn revert(
+        &self,
+        branch: &str,
+        base: CommitId,
+        head: CommitId,
+        gate: &FailedGate,
+    ) -> Result<RevertOutcome> {
+        self.reach()?;
+        self.remote.borrow_mut().reverts.push((
+            branch.to_string(),
+            base,
+            head,
+            gate.trailer(),
+        ));
+        Ok(self
+            .revert_result
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| RevertOutcome::Pushed {
+                commit: c(0xee).to_string(),
+                onto: head.to_string(),
+                reverts: vec![head.to_string()],
+                failed_gate: gate.trailer(),
+            }))
+    }
+}
+
+/// A clock that moves only when the engine sleeps, and a signal a test can
+/// raise (also from inside a sleep: "SIGTERM arrives while waiting").
+pub struct FakeClock {
+    pub now: Cell<DateTime<Utc>>,
+    pub interrupted: Cell<bool>,
+    /// Called after every sleep, with the time slept.
+    pub on_sleep: RefCell<Option<Box<dyn FnMut(Duration)>>>,
+    pub slept: Cell<Duration>,
+}
+
+impl FakeClock {
+    pub fn new() -> FakeClock {
+        FakeClock {
+            now: Cell::new(
+                DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            interrupted: Cell::new(false),
+            on_sleep: RefCell::new(None),
+            slept: Cell::new(Duration::ZERO),
+        }
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.now
+            .set(self.now.get() + chrono::Duration::from_std(d).unwrap());
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.now.get()
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.advance(d);
+        self.slept.set(self.slept.get() + d);
+        if let Some(hook) = self.on_sleep.borrow_mut().as_mut() {
+            hook(d);
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.get()
+    }
+}
+
+/// How a host fares when a fake stage deploys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Healthy,
+    /// Its health gate fails; it is rolled back.
+    Unhealthy,
+    /// Unreachable from the start: untouched.
+    Unreachable,
+    /// Lost during the change and not rolled back.
+    Lost,
+    /// Its gate fails and its app is `rollback: freeze`.
+    Frozen,
+}
+
+/// A small fleet's files: clients `alpha` (canary, on `canary_hosts`) and
+/// `beta` (production, on beta-1; approvers alice and bob), app `web`;
+/// `max_failures` of the canary stage as given.
+pub fn fleet_files(canary_hosts: &[&str], max_failures: u32) -> Vec<(String, String)> {
+    let mut hosts = String::new();
+    let mut known = String::new();
+    for (i, h) in canary_hosts.iter().enumerate() {
+        hosts.push_str(&format!(
+            "  - name: {h}\n    address: 127.0.0.1\n    port: {}\n",
+            2201 + i
+        ));
+        known.push_str(&format!(
+            "[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m\n",
+            2201 + i
+        ));
+    }
+    known.push_str(
+        "[127.0.0.1]:2301 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIISrbJ4+Nm044WabpwxZl4XMVrXp2FvjFXRc0MuNWwDZ\n",
+    );
+    let pipeline = format!(
+                "stages:\n  - name: canary\n    group: canary\n    max_failures: {max_failures}\n  - name: production\n    group: production\n    approval:\n      required: true\n      approvers: [alice, bob]\non_failure:\n  rollback: true\n  revert: true\n"
+    );
+    let alpha = format!("domain: alpha.example.org\ngroup: canary\napps: [web]\nhosts:\n{hosts}");
+    [
+        (config::PIPELINE, pipeline.as_str()),
+        (
+            "pipelines/apps/web/app.yaml",
+            "runtime: command\nfiles:\n  start.sh: start.sh.j2\ncommands:\n  start: \"sh start.sh\"\n",
+        ),
+        ("pipelines/apps/web/start.sh.j2", "echo web\n"),
+        (config::KNOWN_HOSTS, known.as_str()),
+        ("clients/alpha.yaml", alpha.as_str()),
+        (
+            "clients/beta.yaml",
+            "domain: beta.example.org\ngroup: production\napps: [web]\nhosts:\n  - name: beta-1\n    address: 127.0.0.1\n    port: 2301\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(path, text)| (path.to_string(), text.to_string()))
+    .collect()
+}
+
+/// `files` validated as a commit's would be; a problem fails the test.
+pub fn validated(files: &[(String, String)]) -> Fleet {
+    let (fleet, problems) = config::validate(&FleetFiles::in_memory(files));
+    assert!(problems.is_empty(), "{problems:#?}");
+    fleet
+}
+
+/// The fleet at every commit, plans by a rule, stages deployed by script.
+pub struct FakeRollout {
+    files: Vec<(String, String)>,
+    pub fleet: Fleet,
+    /// Per host, how it fares (default: healthy).
+    pub hosts: RefCell<BTreeMap<String, Host>>,
+    /// The plan hash of `base..head` (default: from both ids).
+    pub plan_hashes: RefCell<BTreeMap<(CommitId, CommitId), String>>,
+    /// Clients changed by `base..head` (default: every client).
+    pub changed: RefCell<BTreeMap<(CommitId, CommitId), Vec<String>>>,
+    pub scan: RefCell<Option<ScanReport>>,
+    /// Every stage deployed: (stage, rev, clients).
+    pub deploys: RefCell<Vec<(String, CommitId, Vec<String>)>>,
+    /// Run right before a stage deploys (e.g. a signal arrives).
+    pub before_deploy: RefCell<Option<Box<dyn FnMut(&str)>>>,
+}
+
+impl FakeRollout {
+    pub fn new(files: Vec<(String, String)>) -> FakeRollout {
+        FakeRollout {
+            fleet: validated(&files),
+            files,
+            hosts: RefCell::new(BTreeMap::new()),
+            plan_hashes: RefCell::new(BTreeMap::new()),
+            changed: RefCell::new(BTreeMap::new()),
+            scan: RefCell::new(None),
+            deploys: RefCell::new(Vec::new()),
+            before_deploy: RefCell::new(None),
+        }
+    }
+
+    pub fn host(&self, name: &str, how: Host) {
+        self.hosts.borrow_mut().insert(name.into(), how);
+    }
+
+    /// The stages deployed so far, with their clients.
+    pub fn deployed(&self) -> Vec<(String, Vec<String>)> {
+        self.deploys
+            .borrow()
+            .iter()
+            .map(|(s, _, c)| (s.clone(), c.clone()))
+            .collect()
+    }
+}
+
+fn host_outcome(client: &str, host: &str, how: Host, rev: &str) -> HostOutcome {
+    let failure = |kind, step: &str| {
+        Some(Failure {
+            kind,
+            app: Some("web".into()),
+            step: step.into(),
+            message: "http://127.0.0.1/health: 3 consecutive failures".into(),
+        })
+    };
+    let (status, failure, runs, frozen) = match how {
+        Host::Healthy => (HostStatus::Deployed, None, Runs::Release(rev.into()), vec![]),
+        Host::Unhealthy => (
+            HostStatus::RolledBack,
+            failure(FailureKind::Health, "health"),
+            Runs::Release("previous".into()),
+            vec![],
+        ),
+        Host::Unreachable => (
+            HostStatus::Failed,
+            failure(FailureKind::Infra, "connect"),
+            Runs::AsBefore,
+            vec![],
+        ),
+        Host::Lost => (
+            HostStatus::Failed,
+            failure(FailureKind::Infra, "start"),
+            Runs::Unknown,
+            vec![],
+        ),
+        Host::Frozen => (
+            HostStatus::Failed,
+            failure(FailureKind::Health, "health"),
+            Runs::Release(rev.into()),
+            vec!["web".to_string()],
+        ),
+    };
+    HostOutcome {
+        client: client.into(),
+        host: host.into(),
+        status,
+        failure,
+        steps: Vec::new(),
+        checks: Vec::new(),
+        switched: vec!["web".into()],
+        frozen,
+        rollback_checks: Vec::new(),
+        rollback_failure: None,
+        runs: [("web".to_string(), runs)].into(),
+        seconds: 0.1,
+    }
+}
+
+impl Rollout for FakeRollout {
+    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan> {
+        let changed = self
+            .changed
+            .borrow()
+            .get(&(base, head))
+            .cloned()
+            .unwrap_or_else(|| self.fleet.clients.keys().cloned().collect());
+        let plan_hash = self
+            .plan_hashes
+            .borrow()
+            .get(&(base, head))
+            .cloned()
+            .unwrap_or_else(|| format!("{:0<64}", format!("{}{}", base.short(), head.short())));
+        Ok(Plan {
+            schema: 1,
+            base: base.to_string(),
+            head: head.to_string(),
+            plan_hash,
+            secrets_compared: true,
+            clients: changed
+                .iter()
+                .map(|name| ClientPlan {
+                    name: name.clone(),
+                    stage: String::new(),
+                    hosts: Vec::new(),
+                    hosts_added: Vec::new(),
+                    hosts_removed: Vec::new(),
+                    hosts_changed: Vec::new(),
+                    reasons: vec![config::client_file(name)],
+                    apps: Vec::new(),
+                })
+                .collect(),
+            unaffected: self.fleet.clients.len() - changed.len(),
+        })
+    }
+
+    fn fleet(&self, _rev: CommitId) -> Result<Fleet> {
+        Ok(validated(&self.files))
+    }
+
+    fn scan(&self, _fleet: &Fleet, _clients: &[String]) -> Result<Option<ScanReport>> {
+        Ok(self.scan.borrow().clone())
+    }
+
+    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome> {
+        if let Some(hook) = self.before_deploy.borrow_mut().as_mut() {
+            hook(stage);
+        }
+        self.deploys
+            .borrow_mut()
+            .push((stage.to_string(), rev, clients.to_vec()));
+        let st = self
+            .fleet
+            .pipeline
+            .stages
+            .iter()
+            .find(|s| s.name == stage)
+            .expect("a stage of the fleet");
+        let mut hosts = Vec::new();
+        for client in clients {
+            let config::Hosts::Static(static_hosts) = &self.fleet.clients[client].hosts else {
+                panic!("the fake fleet's hosts are static");
+            };
+            for h in static_hosts {
+                let how = self
+                    .hosts
+                    .borrow()
+                    .get(&h.name)
+                    .copied()
+                    .unwrap_or(Host::Healthy);
+                hosts.push(host_outcome(client, &h.name, how, &rev.to_string()));
+            }
+        }
+        let failed_hosts = hosts.iter().filter(|h| h.failure.is_some()).count();
+        let max_failures = st.max_failures as usize;
+        Ok(StageOutcome {
+            stage: stage.into(),
+            rev: rev.to_string(),
+            passed: failed_hosts <= max_failures,
+            interrupted: false,
+            failed_hosts,
+            max_failures,
+            rolled_back: hosts.iter().any(|h| h.status == HostStatus::RolledBack),
+            hosts,
+        })
+    }
+}
+
+/// A forge that keeps what it is told, and can fail like a real one.
+#[derive(Default)]
+pub struct FakeForge {
+    pub statuses: RefCell<Vec<(String, String, String)>>,
+    pub comments: RefCell<Vec<Comment>>,
+    /// The merged pull request of every commit (None: a direct push).
+    pub merged: Option<u64>,
+    /// Answer 502 to every status from the Nth on (0: never).
+    pub fail_statuses_from: Cell<usize>,
+}
+
+impl Forge for FakeForge {
+    fn name(&self) -> &'static str {
+        "Forgejo"
+    }
+
+    fn comment_limit(&self) -> usize {
+        65_536
+    }
+
+    fn comments(&self, _issue: u64) -> Result<Vec<Comment>> {
+        Ok(self.comments.borrow().clone())
+    }
+
+    fn create_comment(&self, _issue: u64, body: &str) -> Result<Comment> {
+        let mut comments = self.comments.borrow_mut();
+        let c = Comment {
+            id: comments.len() as u64 + 1,
+            body: body.into(),
+        };
+        comments.push(c.clone());
+        Ok(c)
+    }
+
+    fn edit_comment(&self, id: u64, body: &str) -> Result<()> {
+        if let Some(c) = self.comments.borrow_mut().iter_mut().find(|c| c.id == id) {
+            c.body = body.into();
+        }
+        Ok(())
+    }
+
+    fn set_status(&self, _sha: &str, status: &Status) -> Result<()> {
+        let n = self.statuses.borrow().len() + 1;
+        let from = self.fail_statuses_from.get();
+        if from != 0 && n >= from {
+            return Err(Error::Forge(
+                "Forgejo answered 502 Bad Gateway to POST /repos/o/r/statuses (after 4 tries)".into(),
+            ));
+        }
+        self.statuses.borrow_mut().push((
+            status.context.clone(),
+            status.state.as_str().to_string(),
+            status.description.clone(),
+        ));
+        Ok(())
+    }
+
+    fn pull(&self, number: u64) -> Result<Option<Pull>> {
+        Ok(Some(Pull {
+            number,
+            merged: true,
+            merge_commit_sha: None,
+        }))
+    }
+
+    fn merged_pull_of(&self, _sha: &str) -> Result<Option<Pull>> {
+        Ok(self.merged.map(|number| Pull {
+            number,
+            merged: true,
+            merge_commit_sha: None,
+        }))
+    }
+
+    fn environment_approvals(&self, _run_id: u64) -> Result<Vec<EnvApproval>> {
+        Ok(Vec::new())
+    }
+}
