@@ -16,7 +16,7 @@ use super::{
     StepRecord, Target,
 };
 use crate::config::{Host, RollbackPolicy};
-use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, Start, State};
+use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
 use crate::secrets::Masker;
 
@@ -542,7 +542,11 @@ async fn rollback_host<R: Remote>(
                 ]
             }
             // A first deploy: nothing to go back to, so take it down.
-            None => vec![Step::new(name, "remove", first_deploy_teardown(app))],
+            None => vec![Step::new(
+                name,
+                "remove",
+                release::teardown_script(&app.dir, &app.start, app.stop.as_deref()),
+            )],
         };
         let (_, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
         match (failure, &sw.before) {
@@ -593,25 +597,6 @@ async fn rollback_host<R: Remote>(
         run.outcome.status = HostStatus::Failed;
         run.outcome.rollback_failure = failures.into_iter().next();
     }
-}
-
-fn first_deploy_teardown(app: &AppJob) -> String {
-    use crate::remote::shell::quote;
-    let path = quote(&app.dir.path());
-    let mut s = String::from("set -u\n");
-    match (&app.start, &app.stop) {
-        (Start::Compose { command, project }, _) => {
-            s.push_str(&format!("if [ -d {path}/current ]; then (cd {path}/current && {command} -p {} down) || true; fi\n", quote(project)));
-        }
-        (Start::Command { .. }, Some(stop)) => {
-            s.push_str(&format!(
-                "if [ -d {path}/current ]; then (cd {path}/current && {stop}) || true; fi\n"
-            ));
-        }
-        (Start::Command { .. }, None) => {}
-    }
-    s.push_str(&format!("rm -f {path}/current {path}/state.json\n"));
-    s
 }
 
 /// Runs one stage: hosts in waves of at most `parallelism`; once more than
