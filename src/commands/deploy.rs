@@ -11,6 +11,7 @@ use crate::config::{self, Selection};
 use crate::deploy::{self, Connector, StageOutcome};
 use crate::desired::{self, DecryptCache};
 use crate::error::{Error, ExitCode, Result};
+use crate::gates::http::ReqwestProber;
 use crate::inventory::{self, Inventory};
 use crate::origin::Origin;
 use crate::record;
@@ -162,7 +163,12 @@ pub fn deploy_stage(
     let known_hosts = super::known_hosts(&snap)?;
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = super::runtime()?;
-    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, stage.soak)))
+    Ok(runtime.block_on(deploy::run_stage(
+        &plan,
+        &connector,
+        &ReqwestProber::default(),
+        stage.soak,
+    )))
 }
 
 /// Connects with the system OpenSSH, strict host keys from the commit's

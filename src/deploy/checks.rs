@@ -8,19 +8,21 @@ use std::time::{Duration, Instant};
 
 use super::exec::secs;
 use super::{AppJob, CheckSpec, Target};
-use crate::gates::health::{self, CheckResult, Gate, Policy, Progress};
+use crate::gates::health::{CheckResult, Gate, Policy, Progress};
+use crate::gates::http::Prober;
 use crate::remote::Remote;
 use crate::remote::release;
 
 /// Runs every check of `apps` on this host concurrently, each to its verdict.
-pub(super) async fn run_checks<R: Remote>(
+pub(super) async fn run_checks<R: Remote, P: Prober>(
     remote: &R,
+    prober: &P,
     target: &Target,
     apps: &[&AppJob],
     soak: Duration,
     stop: Option<&AtomicBool>,
 ) -> Vec<CheckResult> {
-    let client = &reqwest::Client::new();
+    let prober = &prober.round();
     // One failed check fails the host: its other checks stop waiting.
     let host_failed = &AtomicBool::new(false);
     let futures = apps.iter().flat_map(|app| {
@@ -43,14 +45,9 @@ pub(super) async fn run_checks<R: Remote>(
                         timeout,
                         ..
                     } => {
-                        health::probe_http(
-                            client,
-                            url,
-                            *expect_status,
-                            expect_body.as_deref(),
-                            *timeout,
-                        )
-                        .await
+                        prober
+                            .get(url, *expect_status, expect_body.as_deref(), *timeout)
+                            .await
                     }
                     CheckSpec::Command { command, .. } => {
                         match remote.run(&release::check_script(&app.dir, command)).await {

@@ -16,6 +16,7 @@ use super::{
     StepRecord, Target,
 };
 use crate::config::{Host, RollbackPolicy};
+use crate::gates::http::Prober;
 use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
 use crate::secrets::Masker;
@@ -243,10 +244,11 @@ fn now_rfc3339() -> String {
 }
 
 /// Deploys every app of `target` to its host, then runs its health gates.
-async fn deploy_host<R: Remote>(
+async fn deploy_host<R: Remote, P: Prober>(
     plan: &StagePlan,
     target: &Target,
     remote: &R,
+    prober: &P,
     soak: Duration,
     stop: &AtomicBool,
 ) -> HostRun {
@@ -353,7 +355,7 @@ async fn deploy_host<R: Remote>(
             return Ok(false);
         }
         let health_started = Instant::now();
-        let results = run_checks(remote, target, &changed, soak, Some(stop)).await;
+        let results = run_checks(remote, prober, target, &changed, soak, Some(stop)).await;
         // A check cut short because the stage failed elsewhere is not this
         // host's failure (the stage rolls it back all the same).
         let failed = results.iter().find(|r| !r.passed && !r.cancelled).cloned();
@@ -495,9 +497,10 @@ fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State
 /// The host is `RolledBack` only when every switched app is back and
 /// healthy; otherwise it stays `Failed`, with why in `rollback_failure` and
 /// what each app now runs in `runs`.
-async fn rollback_host<R: Remote>(
+async fn rollback_host<R: Remote, P: Prober>(
     target: &Target,
     remote: &R,
+    prober: &P,
     run: &mut HostRun,
     failed_rev: &str,
 ) {
@@ -568,7 +571,8 @@ async fn rollback_host<R: Remote>(
     if !restored.is_empty() {
         let started = Instant::now();
         let apps: Vec<&AppJob> = restored.iter().map(|(a, _)| *a).collect();
-        run.outcome.rollback_checks = run_checks(remote, target, &apps, Duration::ZERO, None).await;
+        run.outcome.rollback_checks =
+            run_checks(remote, prober, target, &apps, Duration::ZERO, None).await;
         let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
         rec.record(None, "health after rollback", healthy, started);
         if healthy {
@@ -602,9 +606,10 @@ async fn rollback_host<R: Remote>(
 /// Runs one stage: hosts in waves of at most `parallelism`; once more than
 /// `max_failures` hosts failed, no new host starts; on failure, with
 /// `rollback`, every switched host goes back to its previous release.
-pub async fn run_stage<C: Connector>(
+pub async fn run_stage<C: Connector, P: Prober>(
     plan: &StagePlan,
     connector: &C,
+    prober: &P,
     soak: Duration,
 ) -> StageOutcome {
     let _bar = crate::progress::hosts(plan.targets.len(), &format!("deploy {}", plan.stage));
@@ -629,7 +634,7 @@ pub async fn run_stage<C: Connector>(
                         steps: Vec::new(),
                     };
                     rec.record(None, "connect", true, started);
-                    let mut run = deploy_host(plan, target, &remote, soak, stop).await;
+                    let mut run = deploy_host(plan, target, &remote, prober, soak, stop).await;
                     run.outcome.steps.splice(0..0, rec.steps);
                     (run, Some(remote))
                 }
@@ -698,7 +703,7 @@ pub async fn run_stage<C: Connector>(
             };
             if let Some(r) = remote {
                 if needs_rollback {
-                    rollback_host(target, &r, &mut run, &plan.rev).await;
+                    rollback_host(target, &r, prober, &mut run, &plan.rev).await;
                 }
                 connector.close(r).await;
             }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use super::*;
 use crate::config::{Host, RollbackPolicy};
 use crate::gates::health::Policy;
+use crate::gates::http::{Prober, ScriptedProber};
+use crate::pipeline::StageVerdict;
 use crate::remote::RemoteError;
 use crate::remote::release::{AppDir, ReleaseFile, Start};
 use crate::remote::ssh::LocalHost;
@@ -101,11 +103,51 @@ fn live(root: &std::path::Path, host: &str) -> String {
 }
 
 fn run(p: &StagePlan) -> StageOutcome {
+    run_with(p, &Local, &ScriptedProber::default(), Duration::ZERO)
+}
+
+fn run_with<C: Connector, P: Prober>(
+    p: &StagePlan,
+    connector: &C,
+    prober: &P,
+    soak: Duration,
+) -> StageOutcome {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run_stage(p, &Local, Duration::ZERO))
+        .block_on(run_stage(p, connector, prober, soak))
+}
+
+/// Thresholds of an HTTP check, probed every millisecond: the scripts, not
+/// the clock, decide.
+fn gates(successes: u32, failures: u32) -> Policy {
+    Policy {
+        interval: Duration::from_millis(1),
+        successes,
+        failures,
+        deadline: Duration::from_secs(5),
+        soak: Duration::ZERO,
+    }
+}
+
+/// `t` gated by HTTP checks of `urls` instead of its command check.
+fn http(mut t: Target, urls: &[&str], policy: Policy) -> Target {
+    t.apps[0].checks = urls
+        .iter()
+        .map(|url| CheckSpec::Http {
+            url: url.to_string(),
+            expect_status: 200,
+            expect_body: None,
+            timeout: Duration::from_millis(30),
+            policy,
+        })
+        .collect();
+    t
+}
+
+fn verdict(o: &StageOutcome) -> crate::pipeline::StageVerdict {
+    crate::pipeline::verdict(o)
 }
 
 #[test]
@@ -191,4 +233,186 @@ fn freeze_apps_stay_and_untouched_hosts_stay_untouched() {
         crate::pipeline::verdict(&o),
         crate::pipeline::StageVerdict::InfraFailed
     );
+}
+
+const H1: &str = "http://h1.test/health";
+const H2: &str = "http://h2.test/health";
+
+#[test]
+fn an_http_check_passes_on_successes_in_a_row_however_it_flapped_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prober = ScriptedProber::default();
+    // Single 502s never reach `failures` (2) in a row; the third ok in a
+    // row is the eighth probe.
+    prober.answer(H1, "ok 502 ok ok 502 ok ok ok 502");
+    let t = http(target(tmp.path(), "h1", "v1", false), &[H1], gates(3, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    let check = &o.hosts[0].checks[0];
+    assert!(check.passed);
+    assert_eq!((check.attempts, prober.probes(H1)), (8, 8));
+    assert_eq!(check.detail, format!("GET {H1}: 200"));
+    assert_eq!(verdict(&o), StageVerdict::Passed);
+}
+
+#[test]
+fn an_http_check_fails_on_failures_in_a_row_and_its_host_is_rolled_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = ScriptedProber::default();
+    // Release a: one ok. Release b: flaps, then two 502s in a row. After
+    // the rollback: healthy again.
+    prober.answer(H1, "ok  ok 502 ok 502 502  ok");
+    let t = http(target(root, "h1", "v1", false), &[H1], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    let t = http(target(root, "h1", "v2", false), &[H1], gates(3, 2));
+    let o = run_with(&plan("b", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    let failure = h.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Health);
+    assert_eq!(
+        failure.message,
+        format!("{H1}: 2 consecutive failures: GET {H1}: status 502, expected 200")
+    );
+    assert_eq!(h.checks[0].attempts, 5);
+    assert!(!h.rollback_checks.is_empty() && h.rollback_checks.iter().all(|c| c.passed));
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+    let gate = crate::revert::FailedGate::of(&o).unwrap();
+    assert_eq!(gate.check, format!("web:{H1}"));
+}
+
+#[test]
+fn a_tolerated_failed_host_is_rolled_back_without_failing_the_stage() {
+    // h1's new release answers 502 twice (then, rolled back, ok again); h2's
+    // is healthy. The same failure with and without a host to spare.
+    let stage = |max_failures| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let prober = ScriptedProber::default();
+        prober.answer(H1, "ok  502 502  ok").answer(H2, "ok");
+        let deploy = |rev, v1, v2| {
+            let targets = vec![
+                http(target(root, "h1", v1, false), &[H1], gates(1, 2)),
+                http(target(root, "h2", v2, false), &[H2], gates(1, 2)),
+            ];
+            run_with(
+                &plan(rev, targets, max_failures),
+                &Local,
+                &prober,
+                Duration::ZERO,
+            )
+        };
+        assert!(deploy("a", "v1", "v1").passed);
+        let o = deploy("b", "v2", "v2");
+        (o, live(root, "h1"), live(root, "h2"))
+    };
+
+    let (o, h1, h2) = stage(1);
+    assert!(o.passed && o.rolled_back, "{o:#?}");
+    assert_eq!(o.failed_hosts, 1);
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+    assert_eq!(o.hosts[1].status, HostStatus::Deployed);
+    assert_eq!((h1.as_str(), h2.as_str()), ("v1\n", "v2\n"));
+    assert_eq!(verdict(&o), StageVerdict::Passed);
+
+    let (o, h1, h2) = stage(0);
+    assert!(!o.passed, "{o:#?}");
+    assert_eq!(o.failed_hosts, 1);
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+    assert_eq!(
+        o.hosts[0].failure.as_ref().unwrap().kind,
+        FailureKind::Health
+    );
+    // Healthy, but its stage failed: back as well, with no failure of its own.
+    assert_eq!(o.hosts[1].status, HostStatus::RolledBack);
+    assert_eq!(o.hosts[1].failure, None);
+    assert_eq!((h1.as_str(), h2.as_str()), ("v1\n", "v1\n"));
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+}
+
+#[test]
+fn a_failed_check_cancels_the_other_checks_of_its_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "502").answer(H2, "ok");
+    // H2 would need far more successes than H1 needs failures.
+    let mut t = http(
+        target(tmp.path(), "h1", "v1", false),
+        &[H1, H2],
+        gates(1, 2),
+    );
+    if let CheckSpec::Http { policy, .. } = &mut t.apps[0].checks[1] {
+        policy.successes = 1000;
+    }
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let checks = &o.hosts[0].checks;
+    assert!(!checks[0].passed && !checks[0].cancelled, "{checks:#?}");
+    assert!(!checks[1].passed && checks[1].cancelled, "{checks:#?}");
+    assert_eq!(
+        crate::revert::FailedGate::of(&o).unwrap().check,
+        format!("web:{H1}"),
+        "the cancelled check is not the failed gate"
+    );
+}
+
+#[test]
+fn a_check_that_times_out_or_is_refused_fails_like_a_bad_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "timeout");
+    let t = http(target(root, "h1", "v1", false), &[H1], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(
+        h.checks[0].detail,
+        format!("2 consecutive failures: GET {H1}: timed out")
+    );
+    // Each probe waited out its 30 ms timeout.
+    assert!(h.checks[0].seconds >= 0.06, "{:?}", h.checks[0]);
+    // A first deploy has nothing to go back to: taken down.
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.runs["web"], Runs::Nothing);
+    assert_eq!(live(root, "h1"), "");
+
+    // Nothing listening on the URL at all.
+    let t = http(target(root, "h2", "v1", false), &[H2], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(
+        o.hosts[0].checks[0].detail,
+        format!("2 consecutive failures: GET {H2}: connection failed")
+    );
+}
+
+#[test]
+fn health_must_hold_through_the_soak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let soak = Duration::from_millis(100);
+    let mut policy = gates(1, 2);
+    policy.interval = Duration::from_millis(10);
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "ok").answer(H2, "ok ok ok 502 502 ok");
+
+    // Healthy at once, and probed on through the soak before it passes.
+    let t = http(target(root, "h1", "v1", false), &[H1], policy);
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, soak);
+    let check = &o.hosts[0].checks[0];
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert!(check.passed && check.seconds >= 0.1, "{check:?}");
+    assert!(check.attempts > 5, "{check:?}");
+
+    // Healthy, then two failures in a row within the soak: failed, and
+    // before the soak was over.
+    let t = http(target(root, "h2", "v1", false), &[H2], policy);
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, soak);
+    let check = &o.hosts[0].checks[0];
+    assert!(!check.passed && check.detail.contains("soak"), "{check:?}");
+    assert_eq!(check.attempts, 5);
+    assert!(check.seconds < 0.1, "{check:?}");
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
 }
