@@ -26,6 +26,17 @@ pub trait Connector: Sync {
     type Host: Remote;
     fn connect(&self, host: &Host) -> impl Future<Output = Result<Self::Host, RemoteError>> + Send;
     fn close(&self, host: Self::Host) -> impl Future<Output = ()> + Send;
+
+    /// The waits before each try to reconnect to a host that dropped, to
+    /// roll it back: one that just dropped may be back in a moment (a
+    /// restarted sshd, a network blip), so three tries, ~3 s in all.
+    fn reconnect_waits(&self) -> [Duration; 3] {
+        [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ]
+    }
 }
 
 /// What a host had before the switch, per app: enough to switch back.
@@ -725,12 +736,12 @@ pub async fn run_stage<C: Connector, P: Prober>(
     }
 }
 
-/// A connection for a rollback: a host that just dropped may be back in a
-/// moment (a restarted sshd, a network blip), so a few tries, ~3 s in all.
+/// A connection for a rollback, tried after each of the connector's
+/// [`Connector::reconnect_waits`].
 async fn reconnect<C: Connector>(connector: &C, host: &Host) -> Result<C::Host, RemoteError> {
     let mut last = None;
-    for wait_ms in [0, 1000, 2000] {
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    for wait in connector.reconnect_waits() {
+        tokio::time::sleep(wait).await;
         match connector.connect(host).await {
             Ok(r) => return Ok(r),
             Err(e) => {

@@ -1,6 +1,7 @@
 //! The executor end to end on local "hosts" (`LocalHost`: the real scripts
 //! on the local `sh`), through `run_stage` as `deploy` calls it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -10,7 +11,7 @@ use crate::gates::http::{Prober, ScriptedProber};
 use crate::pipeline::StageVerdict;
 use crate::remote::RemoteError;
 use crate::remote::release::{AppDir, ReleaseFile, Start};
-use crate::remote::ssh::LocalHost;
+use crate::remote::ssh::{Dropping, LocalHost};
 use crate::secrets::Masker;
 
 struct Local;
@@ -415,4 +416,173 @@ fn health_must_hold_through_the_soak() {
     assert_eq!(check.attempts, 5);
     assert!(check.seconds < 0.1, "{check:?}");
     assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+}
+
+/// Connects like `Local`, except to `host`: its first connection drops
+/// once a line of output contains `at`; after that the host is `back` (a
+/// fresh connection works) or off the network (connecting fails).
+struct Flaky {
+    host: &'static str,
+    at: &'static str,
+    back: bool,
+    connections: AtomicUsize,
+}
+
+impl Flaky {
+    fn new(host: &'static str, at: &'static str, back: bool) -> Flaky {
+        Flaky {
+            host,
+            at,
+            back,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Connector for Flaky {
+    type Host = Dropping<LocalHost>;
+
+    async fn connect(&self, host: &Host) -> Result<Dropping<LocalHost>, RemoteError> {
+        let local = Local.connect(host).await?;
+        if host.name != self.host {
+            return Ok(Dropping::new(&host.name, local, None));
+        }
+        let n = self.connections.fetch_add(1, Ordering::SeqCst);
+        if n > 0 && !self.back {
+            return Err(RemoteError::Connect {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                message: "Connection timed out".into(),
+                hint: "",
+            });
+        }
+        Ok(Dropping::new(
+            &host.name,
+            local,
+            (n == 0).then_some(self.at),
+        ))
+    }
+
+    async fn close(&self, _: Dropping<LocalHost>) {}
+
+    fn reconnect_waits(&self) -> [Duration; 3] {
+        [Duration::from_millis(1); 3]
+    }
+}
+
+/// `t`, whose start says so on its output (where `Flaky` drops it).
+fn says_starting(mut t: Target) -> Target {
+    t.apps[0].start = Start::Command {
+        start: "echo starting; cp version ../../started".into(),
+        stop: None,
+    };
+    t
+}
+
+fn steps(h: &HostOutcome) -> Vec<(&str, bool)> {
+    h.steps.iter().map(|s| (s.step.as_str(), s.ok)).collect()
+}
+
+#[test]
+fn a_host_lost_during_its_start_is_failed_and_runs_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    let lost = Flaky::new("h1", "starting", false);
+    let t = says_starting(target(root, "h1", "v2", false));
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &lost,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
+    let failure = h.failure.as_ref().unwrap();
+    assert_eq!(
+        (failure.kind, failure.app.as_deref(), failure.step.as_str()),
+        (FailureKind::Infra, Some("web"), "start")
+    );
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("switch", true),
+            ("start", false)
+        ]
+    );
+    // Its connection is not trusted with the rollback, and no fresh one
+    // could be had: nobody knows what it runs.
+    assert_eq!(lost.connections(), 4, "the first, then three tries");
+    assert_eq!(h.runs["web"], Runs::Unknown);
+    let rollback = h.rollback_failure.as_ref().unwrap();
+    assert_eq!(
+        (rollback.kind, rollback.step.as_str()),
+        (FailureKind::Infra, "rollback")
+    );
+    assert!(!o.passed && !o.rolled_back);
+    assert_eq!(o.lost().len(), 1);
+    assert_eq!(verdict(&o), StageVerdict::InfraFailed);
+    // It did carry on without us: "unknown" was the honest answer.
+    assert_eq!(live(root, "h1"), "v2\n");
+
+    // Back on the network, the next deploy judges it again and converges.
+    let o = run(&plan("b", vec![target(root, "h1", "v2", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(o.hosts[0].runs["web"], Runs::Release("b".repeat(40)));
+}
+
+#[test]
+fn a_lost_host_that_is_back_at_once_is_rolled_back_on_a_fresh_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    let blip = Flaky::new("h1", "starting", true);
+    let t = says_starting(target(root, "h1", "v2", false));
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &blip,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.failure.as_ref().unwrap().kind, FailureKind::Infra);
+    assert_eq!(h.rollback_failure, None);
+    // The dropped connection fails every call: the rollback ran on a new one.
+    assert_eq!(blip.connections(), 2);
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert!(o.rolled_back && o.lost().is_empty());
+    // Rolled back, yet the stage failed to reach a host, not on a gate.
+    assert_eq!(verdict(&o), StageVerdict::InfraFailed);
+}
+
+#[test]
+fn a_switch_cut_off_unreported_is_switched_back_all_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    // Dropped as the switch begins (step 1: upload, switch, start, prune):
+    // the host switches, fleetgate never hears that it did.
+    let blip = Flaky::new("h1", " 1 begin", true);
+    let t = target(root, "h1", "v2", false);
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &blip,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.failure.as_ref().unwrap().step, "switch", "{o:#?}");
+    assert_eq!(h.switched, ["web"]);
+    assert_eq!(h.status, HostStatus::RolledBack);
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
 }
