@@ -211,7 +211,8 @@ pub fn deploy_stage(
     let known_hosts = known_hosts(&snap)?;
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = crate::rt::runtime()?;
-    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, stage.soak)))
+    let prober = crate::gates::http::ReqwestProber::default();
+    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, &prober, stage.soak)))
 }
 
 /// The commit's pinned host keys: every SSH connection checks against them.

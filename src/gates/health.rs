@@ -2,7 +2,7 @@
 //! deadline, then a soak during which health must hold.
 //!
 //! [`Gate`] is the pure state machine (unit-tested with a fake clock); the
-//! probes — HTTP from the runner, commands on the host — feed it.
+//! probes — HTTP from the runner (`http.rs`), commands on the host — feed it.
 
 use std::time::Duration;
 
@@ -110,43 +110,6 @@ pub struct CheckResult {
     pub attempts: u32,
     pub seconds: f64,
     pub detail: String,
-}
-
-/// One HTTP probe: GET `url`, pass iff the status and body match.
-pub async fn probe_http(
-    client: &reqwest::Client,
-    url: &str,
-    expect_status: u16,
-    expect_body: Option<&str>,
-    timeout: Duration,
-) -> (bool, String) {
-    let resp = match client.get(url).timeout(timeout).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "connection failed"
-            } else {
-                "request failed"
-            };
-            return (false, format!("GET {url}: {kind}"));
-        }
-    };
-    let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
-    if status != expect_status {
-        return (
-            false,
-            format!("GET {url}: status {status}, expected {expect_status}"),
-        );
-    }
-    if let Some(needle) = expect_body
-        && !body.contains(needle)
-    {
-        return (false, format!("GET {url}: body lacks {needle:?}"));
-    }
-    (true, format!("GET {url}: {status}"))
 }
 
 #[cfg(test)]

@@ -2,3 +2,4 @@
 //! error; `Err` is reserved for things that went wrong while gathering evidence.
 
 pub mod health;
+pub mod http;

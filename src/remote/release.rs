@@ -359,6 +359,34 @@ pub fn check_script(dir: &AppDir, command: &str) -> String {
     format!("cd {}/current\n{command}\n", quote(&dir.path()))
 }
 
+/// Takes down a first deploy that failed: there is no release to go back
+/// to, so its runtime is stopped (`stop`: `commands.stop`, for the command
+/// runtime) and the app is left with nothing live. The stop is best effort
+/// (`|| true`): a stop that fails must not keep `current` pointing at the
+/// failed release, which the next run would take for live.
+pub fn teardown_script(dir: &AppDir, start: &Start, stop: Option<&str>) -> String {
+    let path = quote(&dir.path());
+    let mut s = String::from("set -u\n");
+    match (start, stop) {
+        (Start::Compose { command, project }, _) => {
+            let _ = writeln!(
+                s,
+                "if [ -d {path}/current ]; then (cd {path}/current && {command} -p {} down) || true; fi",
+                quote(project)
+            );
+        }
+        (Start::Command { .. }, Some(stop)) => {
+            let _ = writeln!(
+                s,
+                "if [ -d {path}/current ]; then (cd {path}/current && {stop}) || true; fi"
+            );
+        }
+        (Start::Command { .. }, None) => {}
+    }
+    let _ = writeln!(s, "rm -f {path}/current {path}/state.json");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,6 +559,65 @@ mod tests {
                 .success()
         );
         assert!(!started.exists());
+    }
+
+    #[test]
+    fn teardown_stops_a_first_deploy_and_leaves_nothing_live() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A deploy root that only survives quoting.
+        let root = tmp.path().join("it's $(here)");
+        let d = dir(&root);
+        let app = root.join("alpha/whoami");
+        let live = |rev: &str| {
+            std::fs::create_dir_all(app.join("releases").join(rev)).unwrap();
+            let _ = std::fs::remove_file(app.join("current"));
+            std::os::unix::fs::symlink(format!("releases/{rev}"), app.join("current")).unwrap();
+            std::fs::write(app.join("state.json"), "{}").unwrap();
+        };
+        let gone = || !app.join("current").exists() && !app.join("state.json").exists();
+
+        // Compose: `down` in the live release, for its project.
+        live("r1");
+        let compose = Start::Compose {
+            command: "sh -c 'echo \"$@\" > ../../down' sh".into(),
+            project: "alpha-whoami".into(),
+        };
+        let out = sh(&teardown_script(&d, &compose, None));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(app.join("down")).unwrap(),
+            "-p alpha-whoami down\n"
+        );
+        assert!(gone());
+        assert!(app.join("releases/r1").is_dir(), "releases stay for prune");
+
+        // Command: its stop runs in the live release; a failing stop does
+        // not keep the failed release live.
+        let cmd = Start::Command {
+            start: "./start.sh".into(),
+            stop: None,
+        };
+        live("r2");
+        let out = sh(&teardown_script(&d, &cmd, Some("pwd -P > ../../stopped")));
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            std::fs::read_to_string(app.join("stopped"))
+                .unwrap()
+                .trim_end()
+                .ends_with("releases/r2")
+        );
+        assert!(gone());
+        live("r3");
+        assert!(
+            sh(&teardown_script(&d, &cmd, Some("exit 7")))
+                .status
+                .success()
+        );
+        assert!(gone());
+
+        // Nothing to stop and nothing there: still done.
+        assert!(sh(&teardown_script(&d, &cmd, None)).status.success());
+        assert!(gone());
     }
 }
 

@@ -1,7 +1,8 @@
 //! Running scripts on hosts. [`Remote`] is the one seam: [`SshHost`] drives
 //! the system OpenSSH through the `openssh` crate (one multiplexed master per
 //! host, strict host keys), [`LocalHost`] runs the same scripts with the local
-//! `sh` (unit tests of the scripts, no network).
+//! `sh` (unit tests of the scripts, no network), and `Dropping` wraps a
+//! host whose connection drops mid-script (unit tests of lost hosts).
 //!
 //! Scripts travel on the remote `sh -s`'s stdin, never in a command line, so
 //! file contents and secrets are not visible in process lists.
@@ -537,6 +538,70 @@ impl Remote for LocalHost {
             stdout,
             stderr,
         })
+    }
+}
+
+/// A connection that drops the way one does when its OpenSSH master dies:
+/// once a line of a script's output contains `at`, the rest of that output
+/// never arrives and the call fails with [`RemoteError::Run`], as does every
+/// later call on it, at once. The script itself runs to its end — the host
+/// carried on, only the connection is gone — so what a fresh connection
+/// finds there is what really happened. Without `at`, it never drops.
+#[cfg(test)]
+pub struct Dropping<R> {
+    name: String,
+    inner: R,
+    at: Option<String>,
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+impl<R: Remote> Dropping<R> {
+    pub fn new(name: &str, inner: R, at: Option<&str>) -> Dropping<R> {
+        Dropping {
+            name: name.to_string(),
+            inner,
+            at: at.map(str::to_string),
+            dropped: Default::default(),
+        }
+    }
+
+    fn lost(&self) -> RemoteError {
+        RemoteError::Run {
+            host: self.name.clone(),
+            message: "the ssh master is gone: connection to the host lost".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl<R: Remote> Remote for Dropping<R> {
+    async fn run_lines(
+        &self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RemoteOutput, RemoteError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.dropped.load(SeqCst) {
+            return Err(self.lost());
+        }
+        let (at, dropped) = (self.at.as_deref(), &self.dropped);
+        let out = self
+            .inner
+            .run_lines(script, &mut |line| {
+                if dropped.load(SeqCst) {
+                    return;
+                }
+                on_line(line);
+                if at.is_some_and(|at| line.contains(at)) {
+                    dropped.store(true, SeqCst);
+                }
+            })
+            .await;
+        if self.dropped.load(SeqCst) {
+            return Err(self.lost());
+        }
+        out
     }
 }
 

@@ -1,78 +1,42 @@
-//! One stage of a deploy: waves with bounded parallelism, releases uploaded
-//! and switched per host, health gates, and rollback when the stage fails.
-//!
-//! The input is data computed in full before anything runs ([`StagePlan`]);
-//! the only I/O is through [`Connector`] and [`Remote`], so the whole flow runs
-//! against local "hosts" in unit tests and real sshd hosts in integration tests.
+//! The executor: carries out a [`StagePlan`] over a [`Connector`] — hosts in
+//! waves, each host's changes in one round trip of steps, its health gates,
+//! and the rollback of every host that needs it — recording every step as it
+//! happens. All of the stage's I/O goes through the connector's [`Remote`]s,
+//! which is what lets the same code run on local and real sshd hosts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use crate::core::outcome::{
-    Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
-};
 use tokio::sync::Semaphore;
 
+use super::checks::run_checks;
+use super::{
+    AppJob, Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StagePlan,
+    StepRecord, Target,
+};
 use crate::config::{Host, RollbackPolicy};
-use crate::gates::health::{self, CheckResult, Gate, Policy, Progress};
-use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, Start, State};
+use crate::gates::http::Prober;
+use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
 use crate::secrets::Masker;
-
-/// Everything one stage will do, decided before anything runs.
-#[derive(Debug)]
-pub struct StagePlan {
-    pub stage: String,
-    pub rev: String,
-    pub parallelism: usize,
-    pub max_failures: usize,
-    pub rollback: bool,
-    pub targets: Vec<Target>,
-}
-
-/// One host of one client, and the releases it gets.
-#[derive(Debug)]
-pub struct Target {
-    pub client: String,
-    pub host: Host,
-    pub apps: Vec<AppJob>,
-    /// The secret values this host's files hold: masked out of any output.
-    pub masker: Masker,
-}
-
-#[derive(Debug)]
-pub struct AppJob {
-    pub name: String,
-    pub dir: AppDir,
-    pub files: Vec<ReleaseFile>,
-    pub start: Start,
-    /// How to stop it when a first deploy is rolled back (nothing to go back to).
-    pub stop: Option<String>,
-    pub checks: Vec<CheckSpec>,
-    pub rollback: RollbackPolicy,
-}
-
-#[derive(Debug, Clone)]
-pub enum CheckSpec {
-    Http {
-        url: String,
-        expect_status: u16,
-        expect_body: Option<String>,
-        timeout: Duration,
-        policy: Policy,
-    },
-    Command {
-        command: String,
-        policy: Policy,
-    },
-}
 
 /// Opens and closes connections to hosts.
 pub trait Connector: Sync {
     type Host: Remote;
     fn connect(&self, host: &Host) -> impl Future<Output = Result<Self::Host, RemoteError>> + Send;
     fn close(&self, host: Self::Host) -> impl Future<Output = ()> + Send;
+
+    /// The waits before each try to reconnect to a host that dropped, to
+    /// roll it back: one that just dropped may be back in a moment (a
+    /// restarted sshd, a network blip), so three tries, ~3 s in all.
+    fn reconnect_waits(&self) -> [Duration; 3] {
+        [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ]
+    }
 }
 
 /// What a host had before the switch, per app: enough to switch back.
@@ -96,7 +60,7 @@ fn untouched(target: &Target) -> BTreeMap<String, Runs> {
         .collect()
 }
 
-fn secs(since: Instant) -> f64 {
+pub(super) fn secs(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 100.0).round() / 100.0
 }
 
@@ -291,10 +255,11 @@ fn now_rfc3339() -> String {
 }
 
 /// Deploys every app of `target` to its host, then runs its health gates.
-async fn deploy_host<R: Remote>(
+async fn deploy_host<R: Remote, P: Prober>(
     plan: &StagePlan,
     target: &Target,
     remote: &R,
+    prober: &P,
     soak: Duration,
     stop: &AtomicBool,
 ) -> HostRun {
@@ -401,7 +366,7 @@ async fn deploy_host<R: Remote>(
             return Ok(false);
         }
         let health_started = Instant::now();
-        let results = run_checks(remote, target, &changed, soak, Some(stop)).await;
+        let results = run_checks(remote, prober, target, &changed, soak, Some(stop)).await;
         // A check cut short because the stage failed elsewhere is not this
         // host's failure (the stage rolls it back all the same).
         let failed = results.iter().find(|r| !r.passed && !r.cancelled).cloned();
@@ -539,114 +504,14 @@ fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State
     }
 }
 
-/// Runs every check of `apps` on this host concurrently, each to its verdict.
-async fn run_checks<R: Remote>(
-    remote: &R,
-    target: &Target,
-    apps: &[&AppJob],
-    soak: Duration,
-    stop: Option<&AtomicBool>,
-) -> Vec<CheckResult> {
-    let client = &reqwest::Client::new();
-    // One failed check fails the host: its other checks stop waiting.
-    let host_failed = &AtomicBool::new(false);
-    let futures = apps.iter().flat_map(|app| {
-        app.checks.iter().map(move |check| async move {
-            let started = Instant::now();
-            let (label, policy) = match check {
-                CheckSpec::Http { url, policy, .. } => (url.clone(), *policy),
-                CheckSpec::Command { command, policy } => (command.clone(), *policy),
-            };
-            let policy = Policy { soak, ..policy };
-            let mut gate = Gate::new(policy);
-            let mut cancelled = false;
-            let (passed, detail) = loop {
-                let probe_started = Instant::now();
-                let (ok, detail) = match check {
-                    CheckSpec::Http {
-                        url,
-                        expect_status,
-                        expect_body,
-                        timeout,
-                        ..
-                    } => {
-                        health::probe_http(
-                            client,
-                            url,
-                            *expect_status,
-                            expect_body.as_deref(),
-                            *timeout,
-                        )
-                        .await
-                    }
-                    CheckSpec::Command { command, .. } => {
-                        match remote.run(&release::check_script(&app.dir, command)).await {
-                            Ok(out) if out.success() => (true, "exit 0".to_string()),
-                            Ok(out) => (
-                                false,
-                                format!(
-                                    "exit {}: {}",
-                                    out.status.map_or("by signal".into(), |c| c.to_string()),
-                                    target.masker.mask(&out.tail())
-                                ),
-                            ),
-                            Err(e) => (false, target.masker.mask(&e.to_string())),
-                        }
-                    }
-                };
-                match gate.observe(ok, &detail, started.elapsed()) {
-                    Progress::Pending => {}
-                    Progress::Passed => break (true, detail),
-                    Progress::Failed(why) => {
-                        host_failed.store(true, Ordering::SeqCst);
-                        break (false, why);
-                    }
-                }
-                // This host or the stage failed: the host is rolled back
-                // anyway, so waiting out its gates (and soak) only delays it.
-                if host_failed.load(Ordering::SeqCst) {
-                    cancelled = true;
-                    break (
-                        false,
-                        "cancelled: another check of this host failed".to_string(),
-                    );
-                }
-                if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-                    cancelled = true;
-                    break (
-                        false,
-                        "cancelled: the stage failed on other hosts".to_string(),
-                    );
-                }
-                tokio::time::sleep(policy.interval.saturating_sub(probe_started.elapsed())).await;
-            };
-            tracing::debug!(
-                "{} {} check {label}: {}",
-                target.host.name,
-                app.name,
-                if passed { "passed" } else { "failed" }
-            );
-            CheckResult {
-                app: app.name.clone(),
-                check: label,
-                passed,
-                cancelled,
-                attempts: gate.attempts,
-                seconds: secs(started),
-                detail,
-            }
-        })
-    });
-    futures_util::future::join_all(futures).await
-}
-
 /// Puts the switched apps of one host back on the release they had before.
 /// The host is `RolledBack` only when every switched app is back and
 /// healthy; otherwise it stays `Failed`, with why in `rollback_failure` and
 /// what each app now runs in `runs`.
-async fn rollback_host<R: Remote>(
+async fn rollback_host<R: Remote, P: Prober>(
     target: &Target,
     remote: &R,
+    prober: &P,
     run: &mut HostRun,
     failed_rev: &str,
 ) {
@@ -691,7 +556,11 @@ async fn rollback_host<R: Remote>(
                 ]
             }
             // A first deploy: nothing to go back to, so take it down.
-            None => vec![Step::new(name, "remove", first_deploy_teardown(app))],
+            None => vec![Step::new(
+                name,
+                "remove",
+                release::teardown_script(&app.dir, &app.start, app.stop.as_deref()),
+            )],
         };
         let (_, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
         match (failure, &sw.before) {
@@ -713,7 +582,8 @@ async fn rollback_host<R: Remote>(
     if !restored.is_empty() {
         let started = Instant::now();
         let apps: Vec<&AppJob> = restored.iter().map(|(a, _)| *a).collect();
-        run.outcome.rollback_checks = run_checks(remote, target, &apps, Duration::ZERO, None).await;
+        run.outcome.rollback_checks =
+            run_checks(remote, prober, target, &apps, Duration::ZERO, None).await;
         let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
         rec.record(None, "health after rollback", healthy, started);
         if healthy {
@@ -744,31 +614,13 @@ async fn rollback_host<R: Remote>(
     }
 }
 
-fn first_deploy_teardown(app: &AppJob) -> String {
-    use crate::remote::shell::quote;
-    let path = quote(&app.dir.path());
-    let mut s = String::from("set -u\n");
-    match (&app.start, &app.stop) {
-        (Start::Compose { command, project }, _) => {
-            s.push_str(&format!("if [ -d {path}/current ]; then (cd {path}/current && {command} -p {} down) || true; fi\n", quote(project)));
-        }
-        (Start::Command { .. }, Some(stop)) => {
-            s.push_str(&format!(
-                "if [ -d {path}/current ]; then (cd {path}/current && {stop}) || true; fi\n"
-            ));
-        }
-        (Start::Command { .. }, None) => {}
-    }
-    s.push_str(&format!("rm -f {path}/current {path}/state.json\n"));
-    s
-}
-
 /// Runs one stage: hosts in waves of at most `parallelism`; once more than
 /// `max_failures` hosts failed, no new host starts; on failure, with
 /// `rollback`, every switched host goes back to its previous release.
-pub async fn run_stage<C: Connector>(
+pub async fn run_stage<C: Connector, P: Prober>(
     plan: &StagePlan,
     connector: &C,
+    prober: &P,
     soak: Duration,
 ) -> StageOutcome {
     let _bar = crate::progress::hosts(plan.targets.len(), &format!("deploy {}", plan.stage));
@@ -793,7 +645,7 @@ pub async fn run_stage<C: Connector>(
                         steps: Vec::new(),
                     };
                     rec.record(None, "connect", true, started);
-                    let mut run = deploy_host(plan, target, &remote, soak, stop).await;
+                    let mut run = deploy_host(plan, target, &remote, prober, soak, stop).await;
                     run.outcome.steps.splice(0..0, rec.steps);
                     (run, Some(remote))
                 }
@@ -862,7 +714,7 @@ pub async fn run_stage<C: Connector>(
             };
             if let Some(r) = remote {
                 if needs_rollback {
-                    rollback_host(target, &r, &mut run, &plan.rev).await;
+                    rollback_host(target, &r, prober, &mut run, &plan.rev).await;
                 }
                 connector.close(r).await;
             }
@@ -884,12 +736,12 @@ pub async fn run_stage<C: Connector>(
     }
 }
 
-/// A connection for a rollback: a host that just dropped may be back in a
-/// moment (a restarted sshd, a network blip), so a few tries, ~3 s in all.
+/// A connection for a rollback, tried after each of the connector's
+/// [`Connector::reconnect_waits`].
 async fn reconnect<C: Connector>(connector: &C, host: &Host) -> Result<C::Host, RemoteError> {
     let mut last = None;
-    for wait_ms in [0, 1000, 2000] {
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    for wait in connector.reconnect_waits() {
+        tokio::time::sleep(wait).await;
         match connector.connect(host).await {
             Ok(r) => return Ok(r),
             Err(e) => {
@@ -953,318 +805,5 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
             seconds: secs(started),
         },
         switched: Vec::new(),
-    }
-}
-
-/// Builds a stage's plan from the renders of one commit: `real` (files for
-/// hosts) and `masked` (to tell which files hold secrets: those that differ).
-pub fn build_stage_plan(
-    fleet: &crate::config::Fleet,
-    stage: &crate::config::Stage,
-    real: &BTreeMap<String, crate::render::DesiredClient>,
-    masked: &BTreeMap<String, crate::render::DesiredClient>,
-    clients: &[String],
-    rev: &str,
-) -> StagePlan {
-    use crate::config::{HealthCheck, Runtime};
-    use crate::render::RenderedCheck;
-    let mut targets = Vec::new();
-    for name in clients {
-        let (Some(client), Some(real_c), Some(masked_c)) =
-            (fleet.clients.get(name), real.get(name), masked.get(name))
-        else {
-            continue;
-        };
-        for host in &real_c.hosts {
-            let mut apps = Vec::new();
-            let mut secret_values = Vec::new();
-            for app_name in &client.apps {
-                let (Some(app), Some(r), Some(m)) = (
-                    fleet.apps.get(app_name),
-                    real_c.apps.get(app_name),
-                    masked_c.apps.get(app_name),
-                ) else {
-                    continue;
-                };
-                secret_values.extend(r.exposed.iter().map(|s| s.expose().to_string()));
-                let empty = BTreeMap::new();
-                let masked_files = m.files.get(&host.name).unwrap_or(&empty);
-                let files = r
-                    .files
-                    .get(&host.name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(path, content)| {
-                        let secret = masked_files.get(path) != Some(content);
-                        ReleaseFile::new(path.clone(), content.clone().into_bytes(), secret)
-                    })
-                    .collect();
-                let start = match app.runtime {
-                    Runtime::Compose | Runtime::Podman => Start::Compose {
-                        command: if app.runtime == Runtime::Compose {
-                            fleet.pipeline.runtimes.compose.clone()
-                        } else {
-                            fleet.pipeline.runtimes.podman.clone()
-                        },
-                        project: format!("{}-{}", client.name, app.name),
-                    },
-                    Runtime::Command => Start::Command {
-                        start: app.commands.start.clone().unwrap_or_default(),
-                        stop: app.commands.stop.clone(),
-                    },
-                };
-                let rendered = r.health.get(&host.name).cloned().unwrap_or_default();
-                let checks = app
-                    .health
-                    .iter()
-                    .zip(rendered)
-                    .map(|(spec, rendered)| match (spec, rendered) {
-                        (HealthCheck::Http(h), RenderedCheck::Http { url }) => CheckSpec::Http {
-                            url,
-                            expect_status: h.expect_status,
-                            expect_body: h.expect_body.clone(),
-                            timeout: h.timeout,
-                            policy: Policy {
-                                interval: h.interval,
-                                successes: h.successes,
-                                failures: h.failures,
-                                deadline: h.deadline,
-                                soak: Duration::ZERO,
-                            },
-                        },
-                        (_, RenderedCheck::Command { command })
-                        | (_, RenderedCheck::Http { url: command }) => CheckSpec::Command {
-                            command,
-                            policy: COMMAND_CHECK,
-                        },
-                    })
-                    .collect();
-                apps.push(AppJob {
-                    name: app.name.clone(),
-                    dir: AppDir {
-                        deploy_root: host.deploy_root.clone(),
-                        client: client.name.clone(),
-                        app: app.name.clone(),
-                    },
-                    files,
-                    stop: app.commands.stop.clone(),
-                    start,
-                    checks,
-                    rollback: app.rollback,
-                });
-            }
-            targets.push(Target {
-                client: client.name.clone(),
-                host: host.clone(),
-                apps,
-                masker: Masker::new(secret_values),
-            });
-        }
-    }
-    StagePlan {
-        stage: stage.name.clone(),
-        rev: rev.to_string(),
-        parallelism: stage.parallelism as usize,
-        max_failures: stage.max_failures as usize,
-        rollback: fleet.pipeline.on_failure.rollback,
-        targets,
-    }
-}
-
-/// Command checks have no thresholds of their own in app.yaml.
-const COMMAND_CHECK: Policy = Policy {
-    interval: Duration::from_secs(1),
-    successes: 1,
-    failures: 3,
-    deadline: Duration::from_secs(60),
-    soak: Duration::ZERO,
-};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::remote::ssh::LocalHost;
-
-    struct Local;
-
-    impl Connector for Local {
-        type Host = LocalHost;
-        async fn connect(&self, host: &Host) -> Result<LocalHost, RemoteError> {
-            if host.address == "unreachable" {
-                return Err(RemoteError::Connect {
-                    host: host.name.clone(),
-                    address: host.address.clone(),
-                    message: "Connection refused".into(),
-                    hint: "",
-                });
-            }
-            Ok(LocalHost {
-                name: host.name.clone(),
-            })
-        }
-        async fn close(&self, _: LocalHost) {}
-    }
-
-    const POLICY: Policy = Policy {
-        interval: Duration::from_millis(10),
-        successes: 1,
-        failures: 1,
-        deadline: Duration::from_secs(2),
-        soak: Duration::ZERO,
-    };
-
-    /// A host whose app is healthy iff its `version` file is not "bad".
-    fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Target {
-        Target {
-            client: "alpha".into(),
-            host: Host {
-                name: host.into(),
-                address: if host.contains("down") {
-                    "unreachable".into()
-                } else {
-                    "127.0.0.1".into()
-                },
-                port: 22,
-                user: "deploy".into(),
-                deploy_root: root.join(host).to_str().unwrap().into(),
-            },
-            apps: vec![AppJob {
-                name: "web".into(),
-                dir: AppDir {
-                    deploy_root: root.join(host).to_str().unwrap().into(),
-                    client: "alpha".into(),
-                    app: "web".into(),
-                },
-                files: vec![ReleaseFile::new(
-                    "version".into(),
-                    format!("{version}\n").into_bytes(),
-                    false,
-                )],
-                start: Start::Command {
-                    start: "cp version ../../started".into(),
-                    stop: None,
-                },
-                stop: None,
-                checks: vec![CheckSpec::Command {
-                    command: "! grep -q bad version".into(),
-                    policy: POLICY,
-                }],
-                rollback: if freeze {
-                    RollbackPolicy::Freeze
-                } else {
-                    RollbackPolicy::Safe
-                },
-            }],
-            masker: Masker::default(),
-        }
-    }
-
-    fn plan(rev: &str, targets: Vec<Target>, max_failures: usize) -> StagePlan {
-        StagePlan {
-            stage: "canary".into(),
-            rev: rev.repeat(40),
-            parallelism: 2,
-            max_failures,
-            rollback: true,
-            targets,
-        }
-    }
-
-    fn live(root: &std::path::Path, host: &str) -> String {
-        std::fs::read_to_string(root.join(host).join("alpha/web/current/version"))
-            .unwrap_or_default()
-    }
-
-    fn run(p: &StagePlan) -> StageOutcome {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(run_stage(p, &Local, Duration::ZERO))
-    }
-
-    #[test]
-    fn deploy_noop_failure_and_rollback() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-        assert!(o.passed);
-        assert_eq!(o.hosts[0].status, HostStatus::Deployed);
-        assert_eq!(live(root, "h1"), "v1\n");
-
-        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-        assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
-
-        let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
-        assert!(!o.passed && o.rolled_back);
-        assert_eq!(o.hosts[0].status, HostStatus::RolledBack, "{o:#?}");
-        assert_eq!(
-            o.hosts[0].failure.as_ref().unwrap().kind,
-            FailureKind::Health
-        );
-        assert_eq!(live(root, "h1"), "v1\n");
-        assert!(o.hosts[0].rollback_checks.iter().all(|c| c.passed));
-    }
-
-    #[test]
-    fn a_release_started_but_never_judged_is_judged_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-        assert_eq!(o.hosts[0].status, HostStatus::Deployed);
-        let gated = root.join("h1/alpha/web/gated");
-        assert_eq!(
-            std::fs::read_to_string(&gated).unwrap(),
-            format!("{}\n", "a".repeat(40))
-        );
-        assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
-
-        // As if killed between its start and its verdict: started, not gated.
-        std::fs::remove_file(&gated).unwrap();
-        let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-        assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
-        assert!(!o.hosts[0].checks.is_empty(), "its gates ran");
-        assert!(gated.exists());
-
-        // A broken release killed before its verdict is rolled back on the
-        // next deploy, and the release it goes back to is gated again.
-        let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
-        assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
-        assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
-        assert_eq!(
-            std::fs::read_to_string(&gated).unwrap(),
-            format!("{}\n", "a".repeat(40))
-        );
-    }
-
-    #[test]
-    fn freeze_apps_stay_and_untouched_hosts_stay_untouched() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        run(&plan("a", vec![target(root, "h1", "v1", true)], 0));
-        let o = run(&plan("b", vec![target(root, "h1", "bad", true)], 0));
-        assert_eq!(o.hosts[0].status, HostStatus::Failed);
-        assert_eq!(o.frozen(), ["alpha/web@h1"]);
-        assert_eq!(live(root, "h1"), "bad\n");
-
-        // One parallel slot: the unreachable host fails first, the next never starts.
-        let mut p = plan(
-            "c",
-            vec![
-                target(root, "h0-down", "v1", false),
-                target(root, "h2", "v1", false),
-            ],
-            0,
-        );
-        p.parallelism = 1;
-        let o = run(&p);
-        assert_eq!(o.hosts[0].status, HostStatus::Failed);
-        assert_eq!(o.hosts[1].status, HostStatus::NotStarted);
-        assert!(!root.join("h2").exists());
-        assert_eq!(o.hosts[0].runs["web"], Runs::AsBefore);
-        assert_eq!(
-            crate::core::verdict::verdict(&o),
-            crate::core::verdict::StageVerdict::InfraFailed
-        );
     }
 }

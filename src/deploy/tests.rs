@@ -1,0 +1,588 @@
+//! The executor end to end on local "hosts" (`LocalHost`: the real scripts
+//! on the local `sh`), through `run_stage` as `deploy` calls it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::config::{Host, RollbackPolicy};
+use crate::gates::health::Policy;
+use crate::gates::http::{Prober, ScriptedProber};
+use crate::core::verdict::StageVerdict;
+use crate::remote::RemoteError;
+use crate::remote::release::{AppDir, ReleaseFile, Start};
+use crate::remote::ssh::{Dropping, LocalHost};
+use crate::secrets::Masker;
+
+struct Local;
+
+impl Connector for Local {
+    type Host = LocalHost;
+    async fn connect(&self, host: &Host) -> Result<LocalHost, RemoteError> {
+        if host.address == "unreachable" {
+            return Err(RemoteError::Connect {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                message: "Connection refused".into(),
+                hint: "",
+            });
+        }
+        Ok(LocalHost {
+            name: host.name.clone(),
+        })
+    }
+    async fn close(&self, _: LocalHost) {}
+}
+
+const POLICY: Policy = Policy {
+    interval: Duration::from_millis(10),
+    successes: 1,
+    failures: 1,
+    deadline: Duration::from_secs(2),
+    soak: Duration::ZERO,
+};
+
+/// A host whose app is healthy iff its `version` file is not "bad".
+fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Target {
+    Target {
+        client: "alpha".into(),
+        host: Host {
+            name: host.into(),
+            address: if host.contains("down") {
+                "unreachable".into()
+            } else {
+                "127.0.0.1".into()
+            },
+            port: 22,
+            user: "deploy".into(),
+            deploy_root: root.join(host).to_str().unwrap().into(),
+        },
+        apps: vec![AppJob {
+            name: "web".into(),
+            dir: AppDir {
+                deploy_root: root.join(host).to_str().unwrap().into(),
+                client: "alpha".into(),
+                app: "web".into(),
+            },
+            files: vec![ReleaseFile::new(
+                "version".into(),
+                format!("{version}\n").into_bytes(),
+                false,
+            )],
+            start: Start::Command {
+                start: "cp version ../../started".into(),
+                stop: None,
+            },
+            stop: None,
+            checks: vec![CheckSpec::Command {
+                command: "! grep -q bad version".into(),
+                policy: POLICY,
+            }],
+            rollback: if freeze {
+                RollbackPolicy::Freeze
+            } else {
+                RollbackPolicy::Safe
+            },
+        }],
+        masker: Masker::default(),
+    }
+}
+
+fn plan(rev: &str, targets: Vec<Target>, max_failures: usize) -> StagePlan {
+    StagePlan {
+        stage: "canary".into(),
+        rev: rev.repeat(40),
+        parallelism: 2,
+        max_failures,
+        rollback: true,
+        targets,
+    }
+}
+
+fn live(root: &std::path::Path, host: &str) -> String {
+    std::fs::read_to_string(root.join(host).join("alpha/web/current/version")).unwrap_or_default()
+}
+
+fn run(p: &StagePlan) -> StageOutcome {
+    run_with(p, &Local, &ScriptedProber::default(), Duration::ZERO)
+}
+
+fn run_with<C: Connector, P: Prober>(
+    p: &StagePlan,
+    connector: &C,
+    prober: &P,
+    soak: Duration,
+) -> StageOutcome {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_stage(p, connector, prober, soak))
+}
+
+/// Thresholds of an HTTP check, probed every millisecond: the scripts, not
+/// the clock, decide.
+fn gates(successes: u32, failures: u32) -> Policy {
+    Policy {
+        interval: Duration::from_millis(1),
+        successes,
+        failures,
+        deadline: Duration::from_secs(5),
+        soak: Duration::ZERO,
+    }
+}
+
+/// `t` gated by HTTP checks of `urls` instead of its command check.
+fn http(mut t: Target, urls: &[&str], policy: Policy) -> Target {
+    t.apps[0].checks = urls
+        .iter()
+        .map(|url| CheckSpec::Http {
+            url: url.to_string(),
+            expect_status: 200,
+            expect_body: None,
+            timeout: Duration::from_millis(30),
+            policy,
+        })
+        .collect();
+    t
+}
+
+fn verdict(o: &StageOutcome) -> crate::core::verdict::StageVerdict {
+    crate::core::verdict::verdict(o)
+}
+
+#[test]
+fn deploy_noop_failure_and_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    assert!(o.passed);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    assert_eq!(live(root, "h1"), "v1\n");
+
+    let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+
+    let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
+    assert!(!o.passed && o.rolled_back);
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(
+        o.hosts[0].failure.as_ref().unwrap().kind,
+        FailureKind::Health
+    );
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert!(o.hosts[0].rollback_checks.iter().all(|c| c.passed));
+}
+
+#[test]
+fn a_release_started_but_never_judged_is_judged_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    let gated = root.join("h1/alpha/web/gated");
+    assert_eq!(
+        std::fs::read_to_string(&gated).unwrap(),
+        format!("{}\n", "a".repeat(40))
+    );
+    assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
+
+    // As if killed between its start and its verdict: started, not gated.
+    std::fs::remove_file(&gated).unwrap();
+    let o = run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert!(!o.hosts[0].checks.is_empty(), "its gates ran");
+    assert!(gated.exists());
+
+    // A broken release killed before its verdict is rolled back on the
+    // next deploy, and the release it goes back to is gated again.
+    let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+    assert_eq!(o.hosts[0].runs["web"], Runs::Release("a".repeat(40)));
+    assert_eq!(
+        std::fs::read_to_string(&gated).unwrap(),
+        format!("{}\n", "a".repeat(40))
+    );
+}
+
+#[test]
+fn freeze_apps_stay_and_untouched_hosts_stay_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", true)], 0));
+    let o = run(&plan("b", vec![target(root, "h1", "bad", true)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Failed);
+    assert_eq!(o.frozen(), ["alpha/web@h1"]);
+    assert_eq!(live(root, "h1"), "bad\n");
+
+    // One parallel slot: the unreachable host fails first, the next never starts.
+    let mut p = plan(
+        "c",
+        vec![
+            target(root, "h0-down", "v1", false),
+            target(root, "h2", "v1", false),
+        ],
+        0,
+    );
+    p.parallelism = 1;
+    let o = run(&p);
+    assert_eq!(o.hosts[0].status, HostStatus::Failed);
+    assert_eq!(o.hosts[1].status, HostStatus::NotStarted);
+    assert!(!root.join("h2").exists());
+    assert_eq!(o.hosts[0].runs["web"], Runs::AsBefore);
+    assert_eq!(
+        crate::core::verdict::verdict(&o),
+        crate::core::verdict::StageVerdict::InfraFailed
+    );
+}
+
+const H1: &str = "http://h1.test/health";
+const H2: &str = "http://h2.test/health";
+
+#[test]
+fn an_http_check_passes_on_successes_in_a_row_however_it_flapped_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prober = ScriptedProber::default();
+    // Single 502s never reach `failures` (2) in a row; the third ok in a
+    // row is the eighth probe.
+    prober.answer(H1, "ok 502 ok ok 502 ok ok ok 502");
+    let t = http(target(tmp.path(), "h1", "v1", false), &[H1], gates(3, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    let check = &o.hosts[0].checks[0];
+    assert!(check.passed);
+    assert_eq!((check.attempts, prober.probes(H1)), (8, 8));
+    assert_eq!(check.detail, format!("GET {H1}: 200"));
+    assert_eq!(verdict(&o), StageVerdict::Passed);
+}
+
+#[test]
+fn an_http_check_fails_on_failures_in_a_row_and_its_host_is_rolled_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = ScriptedProber::default();
+    // Release a: one ok. Release b: flaps, then two 502s in a row. After
+    // the rollback: healthy again.
+    prober.answer(H1, "ok  ok 502 ok 502 502  ok");
+    let t = http(target(root, "h1", "v1", false), &[H1], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    let t = http(target(root, "h1", "v2", false), &[H1], gates(3, 2));
+    let o = run_with(&plan("b", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    let failure = h.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Health);
+    assert_eq!(
+        failure.message,
+        format!("{H1}: 2 consecutive failures: GET {H1}: status 502, expected 200")
+    );
+    assert_eq!(h.checks[0].attempts, 5);
+    assert!(!h.rollback_checks.is_empty() && h.rollback_checks.iter().all(|c| c.passed));
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+    let gate = crate::revert::FailedGate::of(&o).unwrap();
+    assert_eq!(gate.check, format!("web:{H1}"));
+}
+
+#[test]
+fn a_tolerated_failed_host_is_rolled_back_without_failing_the_stage() {
+    // h1's new release answers 502 twice (then, rolled back, ok again); h2's
+    // is healthy. The same failure with and without a host to spare.
+    let stage = |max_failures| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let prober = ScriptedProber::default();
+        prober.answer(H1, "ok  502 502  ok").answer(H2, "ok");
+        let deploy = |rev, v1, v2| {
+            let targets = vec![
+                http(target(root, "h1", v1, false), &[H1], gates(1, 2)),
+                http(target(root, "h2", v2, false), &[H2], gates(1, 2)),
+            ];
+            run_with(
+                &plan(rev, targets, max_failures),
+                &Local,
+                &prober,
+                Duration::ZERO,
+            )
+        };
+        assert!(deploy("a", "v1", "v1").passed);
+        let o = deploy("b", "v2", "v2");
+        (o, live(root, "h1"), live(root, "h2"))
+    };
+
+    let (o, h1, h2) = stage(1);
+    assert!(o.passed && o.rolled_back, "{o:#?}");
+    assert_eq!(o.failed_hosts, 1);
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+    assert_eq!(o.hosts[1].status, HostStatus::Deployed);
+    assert_eq!((h1.as_str(), h2.as_str()), ("v1\n", "v2\n"));
+    assert_eq!(verdict(&o), StageVerdict::Passed);
+
+    let (o, h1, h2) = stage(0);
+    assert!(!o.passed, "{o:#?}");
+    assert_eq!(o.failed_hosts, 1);
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+    assert_eq!(
+        o.hosts[0].failure.as_ref().unwrap().kind,
+        FailureKind::Health
+    );
+    // Healthy, but its stage failed: back as well, with no failure of its own.
+    assert_eq!(o.hosts[1].status, HostStatus::RolledBack);
+    assert_eq!(o.hosts[1].failure, None);
+    assert_eq!((h1.as_str(), h2.as_str()), ("v1\n", "v1\n"));
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+}
+
+#[test]
+fn a_failed_check_cancels_the_other_checks_of_its_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "502").answer(H2, "ok");
+    // H2 would need far more successes than H1 needs failures.
+    let mut t = http(
+        target(tmp.path(), "h1", "v1", false),
+        &[H1, H2],
+        gates(1, 2),
+    );
+    if let CheckSpec::Http { policy, .. } = &mut t.apps[0].checks[1] {
+        policy.successes = 1000;
+    }
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let checks = &o.hosts[0].checks;
+    assert!(!checks[0].passed && !checks[0].cancelled, "{checks:#?}");
+    assert!(!checks[1].passed && checks[1].cancelled, "{checks:#?}");
+    assert_eq!(
+        crate::revert::FailedGate::of(&o).unwrap().check,
+        format!("web:{H1}"),
+        "the cancelled check is not the failed gate"
+    );
+}
+
+#[test]
+fn a_check_that_times_out_or_is_refused_fails_like_a_bad_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "timeout");
+    let t = http(target(root, "h1", "v1", false), &[H1], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(
+        h.checks[0].detail,
+        format!("2 consecutive failures: GET {H1}: timed out")
+    );
+    // Each probe waited out its 30 ms timeout.
+    assert!(h.checks[0].seconds >= 0.06, "{:?}", h.checks[0]);
+    // A first deploy has nothing to go back to: taken down.
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.runs["web"], Runs::Nothing);
+    assert_eq!(live(root, "h1"), "");
+
+    // Nothing listening on the URL at all.
+    let t = http(target(root, "h2", "v1", false), &[H2], gates(1, 2));
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(
+        o.hosts[0].checks[0].detail,
+        format!("2 consecutive failures: GET {H2}: connection failed")
+    );
+}
+
+#[test]
+fn health_must_hold_through_the_soak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let soak = Duration::from_millis(100);
+    let mut policy = gates(1, 2);
+    policy.interval = Duration::from_millis(10);
+    let prober = ScriptedProber::default();
+    prober.answer(H1, "ok").answer(H2, "ok ok ok 502 502 ok");
+
+    // Healthy at once, and probed on through the soak before it passes.
+    let t = http(target(root, "h1", "v1", false), &[H1], policy);
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, soak);
+    let check = &o.hosts[0].checks[0];
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert!(check.passed && check.seconds >= 0.1, "{check:?}");
+    assert!(check.attempts > 5, "{check:?}");
+
+    // Healthy, then two failures in a row within the soak: failed, and
+    // before the soak was over.
+    let t = http(target(root, "h2", "v1", false), &[H2], policy);
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, soak);
+    let check = &o.hosts[0].checks[0];
+    assert!(!check.passed && check.detail.contains("soak"), "{check:?}");
+    assert_eq!(check.attempts, 5);
+    assert!(check.seconds < 0.1, "{check:?}");
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack);
+}
+
+/// Connects like `Local`, except to `host`: its first connection drops
+/// once a line of output contains `at`; after that the host is `back` (a
+/// fresh connection works) or off the network (connecting fails).
+struct Flaky {
+    host: &'static str,
+    at: &'static str,
+    back: bool,
+    connections: AtomicUsize,
+}
+
+impl Flaky {
+    fn new(host: &'static str, at: &'static str, back: bool) -> Flaky {
+        Flaky {
+            host,
+            at,
+            back,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Connector for Flaky {
+    type Host = Dropping<LocalHost>;
+
+    async fn connect(&self, host: &Host) -> Result<Dropping<LocalHost>, RemoteError> {
+        let local = Local.connect(host).await?;
+        if host.name != self.host {
+            return Ok(Dropping::new(&host.name, local, None));
+        }
+        let n = self.connections.fetch_add(1, Ordering::SeqCst);
+        if n > 0 && !self.back {
+            return Err(RemoteError::Connect {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                message: "Connection timed out".into(),
+                hint: "",
+            });
+        }
+        Ok(Dropping::new(
+            &host.name,
+            local,
+            (n == 0).then_some(self.at),
+        ))
+    }
+
+    async fn close(&self, _: Dropping<LocalHost>) {}
+
+    fn reconnect_waits(&self) -> [Duration; 3] {
+        [Duration::from_millis(1); 3]
+    }
+}
+
+/// `t`, whose start says so on its output (where `Flaky` drops it).
+fn says_starting(mut t: Target) -> Target {
+    t.apps[0].start = Start::Command {
+        start: "echo starting; cp version ../../started".into(),
+        stop: None,
+    };
+    t
+}
+
+fn steps(h: &HostOutcome) -> Vec<(&str, bool)> {
+    h.steps.iter().map(|s| (s.step.as_str(), s.ok)).collect()
+}
+
+#[test]
+fn a_host_lost_during_its_start_is_failed_and_runs_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    let lost = Flaky::new("h1", "starting", false);
+    let t = says_starting(target(root, "h1", "v2", false));
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &lost,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
+    let failure = h.failure.as_ref().unwrap();
+    assert_eq!(
+        (failure.kind, failure.app.as_deref(), failure.step.as_str()),
+        (FailureKind::Infra, Some("web"), "start")
+    );
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("switch", true),
+            ("start", false)
+        ]
+    );
+    // Its connection is not trusted with the rollback, and no fresh one
+    // could be had: nobody knows what it runs.
+    assert_eq!(lost.connections(), 4, "the first, then three tries");
+    assert_eq!(h.runs["web"], Runs::Unknown);
+    let rollback = h.rollback_failure.as_ref().unwrap();
+    assert_eq!(
+        (rollback.kind, rollback.step.as_str()),
+        (FailureKind::Infra, "rollback")
+    );
+    assert!(!o.passed && !o.rolled_back);
+    assert_eq!(o.lost().len(), 1);
+    assert_eq!(verdict(&o), StageVerdict::InfraFailed);
+    // It did carry on without us: "unknown" was the honest answer.
+    assert_eq!(live(root, "h1"), "v2\n");
+
+    // Back on the network, the next deploy judges it again and converges.
+    let o = run(&plan("b", vec![target(root, "h1", "v2", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(o.hosts[0].runs["web"], Runs::Release("b".repeat(40)));
+}
+
+#[test]
+fn a_lost_host_that_is_back_at_once_is_rolled_back_on_a_fresh_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    let blip = Flaky::new("h1", "starting", true);
+    let t = says_starting(target(root, "h1", "v2", false));
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &blip,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.failure.as_ref().unwrap().kind, FailureKind::Infra);
+    assert_eq!(h.rollback_failure, None);
+    // The dropped connection fails every call: the rollback ran on a new one.
+    assert_eq!(blip.connections(), 2);
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert!(o.rolled_back && o.lost().is_empty());
+    // Rolled back, yet the stage failed to reach a host, not on a gate.
+    assert_eq!(verdict(&o), StageVerdict::InfraFailed);
+}
+
+#[test]
+fn a_switch_cut_off_unreported_is_switched_back_all_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    // Dropped as the switch begins (step 1: upload, switch, start, prune):
+    // the host switches, fleetgate never hears that it did.
+    let blip = Flaky::new("h1", " 1 begin", true);
+    let t = target(root, "h1", "v2", false);
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &blip,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.failure.as_ref().unwrap().step, "switch", "{o:#?}");
+    assert_eq!(h.switched, ["web"]);
+    assert_eq!(h.status, HostStatus::RolledBack);
+    assert_eq!(live(root, "h1"), "v1\n");
+    assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
+}

@@ -1,0 +1,236 @@
+//! HTTP health probes, sent from the runner. [`Prober`] is the seam: the
+//! executor asks for one GET and gets back pass or fail and what was seen.
+//! [`ReqwestProber`] is the real one (rustls, no OpenSSL); in unit tests,
+//! `ScriptedProber` answers from a script — healthy, flapping, a 502, a
+//! timeout — so the health gates and the rollbacks they cause are tested
+//! without a server. Both word their verdicts through [`judge`] and
+//! [`unreached`], so a test double cannot drift from what the real probe
+//! reports.
+
+use std::time::Duration;
+
+/// Sends the HTTP probes of health checks.
+pub trait Prober: Sync {
+    /// One GET of `url`: passes iff it answers `expect_status` within
+    /// `timeout` with a body containing `expect_body`; the detail says what
+    /// was seen.
+    fn get(
+        &self,
+        url: &str,
+        expect_status: u16,
+        expect_body: Option<&str>,
+        timeout: Duration,
+    ) -> impl Future<Output = (bool, String)> + Send;
+
+    /// A prober for one round of checks (a host's gates after its switch,
+    /// or after its rollback) that shares no connection with another round:
+    /// a rollback's checks must not ride a keep-alive connection opened to
+    /// the release it replaced.
+    fn round(&self) -> Self
+    where
+        Self: Sized;
+}
+
+/// Whether an answer passes, in the words of the check's detail.
+pub fn judge(
+    url: &str,
+    status: u16,
+    body: &str,
+    expect_status: u16,
+    expect_body: Option<&str>,
+) -> (bool, String) {
+    if status != expect_status {
+        return (
+            false,
+            format!("GET {url}: status {status}, expected {expect_status}"),
+        );
+    }
+    if let Some(needle) = expect_body
+        && !body.contains(needle)
+    {
+        return (false, format!("GET {url}: body lacks {needle:?}"));
+    }
+    (true, format!("GET {url}: {status}"))
+}
+
+/// Why a request got no answer: `timed out`, `connection failed`,
+/// `request failed`.
+pub fn unreached(url: &str, why: &str) -> (bool, String) {
+    (false, format!("GET {url}: {why}"))
+}
+
+/// Probes with reqwest: one client per round, so connections are pooled
+/// between the probes of one round only.
+#[derive(Debug, Clone, Default)]
+pub struct ReqwestProber {
+    client: reqwest::Client,
+}
+
+impl Prober for ReqwestProber {
+    async fn get(
+        &self,
+        url: &str,
+        expect_status: u16,
+        expect_body: Option<&str>,
+        timeout: Duration,
+    ) -> (bool, String) {
+        let resp = match self.client.get(url).timeout(timeout).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                return unreached(url, why);
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        judge(url, status, &body, expect_status, expect_body)
+    }
+
+    fn round(&self) -> ReqwestProber {
+        ReqwestProber::default()
+    }
+}
+
+#[cfg(test)]
+pub use scripted::ScriptedProber;
+
+#[cfg(test)]
+mod scripted {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::{Prober, judge, unreached};
+
+    #[derive(Debug, Clone)]
+    enum Answer {
+        Serve(u16, String),
+        /// No answer within the probe's timeout (it waits that long).
+        Timeout,
+        /// Nothing listening.
+        Refused,
+    }
+
+    #[derive(Debug)]
+    struct Script {
+        answers: VecDeque<Answer>,
+        last: Answer,
+        probes: u32,
+    }
+
+    /// A stand-in for the apps' HTTP endpoints: each URL answers its script
+    /// in order, then its last answer for good; a URL without a script is
+    /// refused, like a port nothing listens on. Rounds share the scripts
+    /// (they are the servers', not the connections').
+    #[derive(Debug, Clone, Default)]
+    pub struct ScriptedProber {
+        scripts: Arc<Mutex<BTreeMap<String, Script>>>,
+    }
+
+    impl ScriptedProber {
+        /// `script`: answers separated by spaces — `ok` (200, body "ok"), a
+        /// status alone (`502`: that status, an empty body), `timeout`,
+        /// `refused`.
+        pub fn answer(&self, url: &str, script: &str) -> &ScriptedProber {
+            let mut answers: VecDeque<Answer> = script
+                .split_whitespace()
+                .map(|word| match word {
+                    "ok" => Answer::Serve(200, "ok".into()),
+                    "timeout" => Answer::Timeout,
+                    "refused" => Answer::Refused,
+                    status => Answer::Serve(
+                        status
+                            .parse()
+                            .unwrap_or_else(|_| panic!("not an answer: {word}")),
+                        String::new(),
+                    ),
+                })
+                .collect();
+            let last = answers.back().cloned().unwrap_or(Answer::Refused);
+            answers.pop_back();
+            self.scripts.lock().unwrap().insert(
+                url.to_string(),
+                Script {
+                    answers,
+                    last,
+                    probes: 0,
+                },
+            );
+            self
+        }
+
+        /// How many times `url` was probed.
+        pub fn probes(&self, url: &str) -> u32 {
+            self.scripts
+                .lock()
+                .unwrap()
+                .get(url)
+                .map_or(0, |s| s.probes)
+        }
+    }
+
+    impl Prober for ScriptedProber {
+        async fn get(
+            &self,
+            url: &str,
+            expect_status: u16,
+            expect_body: Option<&str>,
+            timeout: Duration,
+        ) -> (bool, String) {
+            let answer = match self.scripts.lock().unwrap().get_mut(url) {
+                Some(s) => {
+                    s.probes += 1;
+                    s.answers.pop_front().unwrap_or_else(|| s.last.clone())
+                }
+                None => Answer::Refused,
+            };
+            match answer {
+                Answer::Serve(status, body) => {
+                    judge(url, status, &body, expect_status, expect_body)
+                }
+                Answer::Timeout => {
+                    tokio::time::sleep(timeout).await;
+                    unreached(url, "timed out")
+                }
+                Answer::Refused => unreached(url, "connection failed"),
+            }
+        }
+
+        fn round(&self) -> ScriptedProber {
+            self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_judged_on_status_then_body() {
+        let check =
+            |status, body, expect_body| judge("http://h/health", status, body, 200, expect_body);
+        assert_eq!(
+            check(200, "", None),
+            (true, "GET http://h/health: 200".into())
+        );
+        assert_eq!(
+            check(502, "ok", Some("ok")),
+            (
+                false,
+                "GET http://h/health: status 502, expected 200".into()
+            )
+        );
+        assert_eq!(
+            check(200, "starting", Some("ready")),
+            (false, "GET http://h/health: body lacks \"ready\"".into())
+        );
+        assert!(check(200, "all ready", Some("ready")).0);
+    }
+}
