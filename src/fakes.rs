@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{self, Fleet, FleetFiles};
 use crate::core::outcome::{
-    Failure, FailureKind, FailedGate, HostOutcome, HostStatus, RevertOutcome, Runs, StageOutcome,
+    FailedGate, Failure, FailureKind, HostOutcome, HostStatus, RevertOutcome, Runs, StageOutcome,
 };
 use crate::core::records::NOTES_REF;
 use crate::core::rev::CommitId;
@@ -22,6 +22,9 @@ use crate::forge::{Comment, EnvApproval, Forge, Pull, Status};
 use crate::plan::{ClientPlan, Plan};
 use crate::ports::{Clock, GitStore, Pushed, Rollout, Update, Written};
 use crate::scan::ScanReport;
+
+/// What a test runs when a double reaches a point (a sleep, a deploy).
+pub type Hook<T> = Box<dyn FnMut(T)>;
 
 /// A commit id from a small number, for tests: `c(1)`, `c(2)`.
 pub fn c(n: u8) -> CommitId {
@@ -128,7 +131,11 @@ impl FakeGit {
     /// person with git, or another tool).
     pub fn put_remote_note(&self, rev: CommitId, text: &str) {
         let mut remote = self.remote.borrow_mut();
-        let mut map = match remote.refs.get(NOTES_REF).and_then(|n| remote.objects.get(n)) {
+        let mut map = match remote
+            .refs
+            .get(NOTES_REF)
+            .and_then(|n| remote.objects.get(n))
+        {
             Some(Object::Notes(map)) => map.clone(),
             _ => BTreeMap::new(),
         };
@@ -257,12 +264,10 @@ impl GitStore for FakeGit {
         gate: &FailedGate,
     ) -> Result<RevertOutcome> {
         self.reach()?;
-        self.remote.borrow_mut().reverts.push((
-            branch.to_string(),
-            base,
-            head,
-            gate.trailer(),
-        ));
+        self.remote
+            .borrow_mut()
+            .reverts
+            .push((branch.to_string(), base, head, gate.trailer()));
         Ok(self
             .revert_result
             .borrow()
@@ -282,7 +287,7 @@ pub struct FakeClock {
     pub now: Cell<DateTime<Utc>>,
     pub interrupted: Cell<bool>,
     /// Called after every sleep, with the time slept.
-    pub on_sleep: RefCell<Option<Box<dyn FnMut(Duration)>>>,
+    pub on_sleep: RefCell<Option<Hook<Duration>>>,
     pub slept: Cell<Duration>,
 }
 
@@ -358,14 +363,14 @@ pub fn fleet_files(canary_hosts: &[&str], max_failures: u32) -> Vec<(String, Str
         "[127.0.0.1]:2301 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIISrbJ4+Nm044WabpwxZl4XMVrXp2FvjFXRc0MuNWwDZ\n",
     );
     let pipeline = format!(
-                "stages:\n  - name: canary\n    group: canary\n    max_failures: {max_failures}\n  - name: production\n    group: production\n    approval:\n      required: true\n      approvers: [alice, bob]\non_failure:\n  rollback: true\n  revert: true\n"
+        "stages:\n  - name: canary\n    group: canary\n    max_failures: {max_failures}\n  - name: production\n    group: production\n    approval:\n      required: true\n      approvers: [alice, bob]\non_failure:\n  rollback: true\n  revert: true\n"
     );
     let alpha = format!("domain: alpha.example.org\ngroup: canary\napps: [web]\nhosts:\n{hosts}");
     [
         (config::PIPELINE, pipeline.as_str()),
         (
             "pipelines/apps/web/app.yaml",
-            "runtime: command\nfiles:\n  start.sh: start.sh.j2\ncommands:\n  start: \"sh start.sh\"\n",
+            "runtime: command\nimages:\n  web: registry.example.org/web:1.0@sha256:9f2a1c0d9e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f\nfiles:\n  start.sh: start.sh.j2\ncommands:\n  start: \"sh start.sh\"\n",
         ),
         ("pipelines/apps/web/start.sh.j2", "echo web\n"),
         (config::KNOWN_HOSTS, known.as_str()),
@@ -397,11 +402,13 @@ pub struct FakeRollout {
     pub plan_hashes: RefCell<BTreeMap<(CommitId, CommitId), String>>,
     /// Clients changed by `base..head` (default: every client).
     pub changed: RefCell<BTreeMap<(CommitId, CommitId), Vec<String>>>,
+    /// The image gate's report (default: every image passes).
     pub scan: RefCell<Option<ScanReport>>,
+    pub scans: Cell<u32>,
     /// Every stage deployed: (stage, rev, clients).
     pub deploys: RefCell<Vec<(String, CommitId, Vec<String>)>>,
     /// Run right before a stage deploys (e.g. a signal arrives).
-    pub before_deploy: RefCell<Option<Box<dyn FnMut(&str)>>>,
+    pub before_deploy: RefCell<Option<Hook<String>>>,
 }
 
 impl FakeRollout {
@@ -413,6 +420,7 @@ impl FakeRollout {
             plan_hashes: RefCell::new(BTreeMap::new()),
             changed: RefCell::new(BTreeMap::new()),
             scan: RefCell::new(None),
+            scans: Cell::new(0),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
         }
@@ -442,7 +450,12 @@ fn host_outcome(client: &str, host: &str, how: Host, rev: &str) -> HostOutcome {
         })
     };
     let (status, failure, runs, frozen) = match how {
-        Host::Healthy => (HostStatus::Deployed, None, Runs::Release(rev.into()), vec![]),
+        Host::Healthy => (
+            HostStatus::Deployed,
+            None,
+            Runs::Release(rev.into()),
+            vec![],
+        ),
         Host::Unhealthy => (
             HostStatus::RolledBack,
             failure(FailureKind::Health, "health"),
@@ -525,13 +538,24 @@ impl Rollout for FakeRollout {
         Ok(validated(&self.files))
     }
 
-    fn scan(&self, _fleet: &Fleet, _clients: &[String]) -> Result<Option<ScanReport>> {
-        Ok(self.scan.borrow().clone())
+    fn scan(&self, fleet: &Fleet, clients: &[String]) -> Result<Option<ScanReport>> {
+        if crate::scan::images_in_play(fleet, clients).is_empty() {
+            return Ok(None);
+        }
+        self.scans.set(self.scans.get() + 1);
+        Ok(Some(self.scan.borrow().clone().unwrap_or(ScanReport {
+            passed: true,
+            db: None,
+            fail_on: vec![config::Severity::Critical],
+            ignore_unfixed: false,
+            images: Vec::new(),
+            expired_ignores: Vec::new(),
+        })))
     }
 
     fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome> {
         if let Some(hook) = self.before_deploy.borrow_mut().as_mut() {
-            hook(stage);
+            hook(stage.to_string());
         }
         self.deploys
             .borrow_mut()
@@ -619,7 +643,8 @@ impl Forge for FakeForge {
         let from = self.fail_statuses_from.get();
         if from != 0 && n >= from {
             return Err(Error::Forge(
-                "Forgejo answered 502 Bad Gateway to POST /repos/o/r/statuses (after 4 tries)".into(),
+                "Forgejo answered 502 Bad Gateway to POST /repos/o/r/statuses (after 4 tries)"
+                    .into(),
             ));
         }
         self.statuses.borrow_mut().push((

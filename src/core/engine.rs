@@ -619,3 +619,7 @@ impl Run<'_> {
         Ok((record, outcome))
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

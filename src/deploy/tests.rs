@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{Host, RollbackPolicy};
+use crate::core::verdict::StageVerdict;
 use crate::gates::health::Policy;
 use crate::gates::http::{Prober, ScriptedProber};
-use crate::core::verdict::StageVerdict;
 use crate::remote::RemoteError;
 use crate::remote::release::{AppDir, ReleaseFile, Start};
 use crate::remote::ssh::{Dropping, LocalHost};

@@ -44,12 +44,17 @@ impl Reporter {
                 .map(|u| format!(", run {u}"))
                 .unwrap_or_default()
         );
-        Ok(Reporter {
+        Ok(Reporter::new(env, forge, sha))
+    }
+
+    /// A reporter for `sha` over `forge` (the real one, or a double).
+    pub fn new(env: Env, forge: Box<dyn Forge>, sha: &str) -> Reporter {
+        Reporter {
             env,
             forge,
             sha: sha.to_string(),
             failed: Cell::new(false),
-        })
+        }
     }
 
     /// Sets `fleetgate/<name>` on the commit; an error is returned.

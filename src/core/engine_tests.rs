@@ -1,0 +1,713 @@
+//! The engine against the in-memory doubles (`fakes.rs`): every branch of
+//! the approval and verdict policy, the lock, concurrent records, the
+//! revert decision and the forge, in milliseconds. The real-part versions
+//! of these are the integration tests in `tests/cli/` (run.rs, faults.rs,
+//! forge.rs).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::*;
+use crate::core::approval::{Claim, Verdict};
+use crate::core::outcome::RevertOutcome;
+use crate::core::record::RunRecord;
+use crate::core::records::{Records, deployed_ref};
+use crate::fakes::{FakeClock, FakeForge, FakeGit, FakeRollout, Host, c, fleet_files};
+use crate::forge::{Env, Forge, Kind, Token};
+use crate::ports::{GitStore, Rollout};
+
+struct World {
+    git: FakeGit,
+    rollout: FakeRollout,
+    clock: FakeClock,
+}
+
+fn world() -> World {
+    world_with(&["alpha-1"], 0)
+}
+
+fn world_with(canary_hosts: &[&str], max_failures: u32) -> World {
+    World {
+        git: FakeGit::new(),
+        rollout: FakeRollout::new(fleet_files(canary_hosts, max_failures)),
+        clock: FakeClock::new(),
+    }
+}
+
+fn request(base: CommitId, head: CommitId) -> RunRequest {
+    RunRequest {
+        base,
+        head,
+        branch: "main".into(),
+        wait_approval: Duration::ZERO,
+        lock_wait: Duration::from_secs(600),
+        lock_expiry: Duration::from_secs(3600),
+        run_id: "run-1".into(),
+        holder: "ci@runner".into(),
+    }
+}
+
+impl World {
+    fn run(&self, base: CommitId, head: CommitId) -> Result<RunOutcome> {
+        self.run_req(&request(base, head), None)
+    }
+
+    fn run_req(&self, req: &RunRequest, reporter: Option<&Reporter>) -> Result<RunOutcome> {
+        let ports = Ports {
+            git: &self.git,
+            rollout: &self.rollout,
+            clock: &self.clock,
+            reporter,
+        };
+        run(&ports, req)
+    }
+
+    fn approve(&self, rev: CommitId, by: &str, plan: Option<&str>) -> Verdict {
+        self.approve_claim(Claim {
+            rev,
+            by: by.into(),
+            plan: plan.map(str::to_string),
+            given_at: None,
+            source: "cli",
+        })
+    }
+
+    fn approve_claim(&self, claim: Claim) -> Verdict {
+        let stages = approval_stages(&self.rollout.fleet);
+        approve(&self.git, &self.clock, &claim, &stages).unwrap()
+    }
+
+    fn deployed(&self, stage: &str, client: &str) -> Option<CommitId> {
+        self.git
+            .remote
+            .borrow()
+            .refs
+            .get(&deployed_ref(stage, client))
+            .copied()
+    }
+
+    fn record(&self, rev: CommitId) -> RunRecord {
+        RunRecord::parse(&self.git.remote_note(rev).expect("a record on the remote")).unwrap()
+    }
+
+    fn lock(&self) -> Option<CommitId> {
+        self.git
+            .remote
+            .borrow()
+            .refs
+            .get(crate::core::lock::LOCK_REF)
+            .copied()
+    }
+
+    /// The first rollout: both clients deployed at c(1) (what `Pipeline::new`
+    /// does with `deploy` in the integration tests).
+    fn first_rollout(&self) {
+        for (stage, client) in [("canary", "alpha"), ("production", "beta")] {
+            self.git
+                .remote
+                .borrow_mut()
+                .refs
+                .insert(deployed_ref(stage, client), c(1));
+        }
+    }
+}
+
+fn plan_hash(w: &World, rev: CommitId) -> String {
+    w.record(rev).plan_hash.unwrap()
+}
+
+#[test]
+fn canary_deploys_production_waits_then_an_approval_lets_it_through() {
+    let w = world();
+    w.first_rollout();
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert_eq!(
+        w.rollout.deployed(),
+        [("canary".into(), vec!["alpha".into()])]
+    );
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    assert_eq!(w.deployed("production", "beta"), Some(c(1)));
+    assert_eq!(w.record(c(2)).waiting.as_deref(), Some("production"));
+    assert_eq!(w.lock(), None, "released");
+
+    let hash = plan_hash(&w, c(2));
+    assert!(matches!(
+        w.approve(c(2), "alice", Some(&hash[..12])),
+        Verdict::Counted { .. }
+    ));
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Ok);
+    // Canary is not redeployed; production is, once.
+    assert_eq!(
+        w.rollout.deployed(),
+        [
+            ("canary".into(), vec!["alpha".into()]),
+            ("production".into(), vec!["beta".into()])
+        ]
+    );
+    assert_eq!(w.deployed("production", "beta"), Some(c(2)));
+    assert_eq!(w.record(c(2)).waiting, None);
+    // Finished: nothing to do, nothing deployed.
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(w.rollout.deployed().len(), 2);
+}
+
+#[test]
+fn every_refusal_of_the_approval_policy() {
+    let w = world();
+    w.first_rollout();
+    // No plan yet.
+    match w.approve(c(2), "alice", None) {
+        Verdict::Refused { why, hint } => {
+            assert!(why.contains("no run has planned"), "{why}");
+            assert!(hint.unwrap().contains("fleetgate run"));
+        }
+        v => panic!("{v:?}"),
+    }
+    w.run(c(1), c(2)).unwrap();
+    // Not an approver.
+    match w.approve(c(2), "mallory", None) {
+        Verdict::Refused { why, hint } => {
+            assert!(why.contains("`mallory` is not an approver"), "{why}");
+            assert!(hint.unwrap().contains("production: alice, bob"));
+        }
+        v => panic!("{v:?}"),
+    }
+    // A plan hash that is not this plan's.
+    match w.approve(c(2), "bob", Some("deadbeef")) {
+        Verdict::Refused { why, .. } => assert!(why.contains("changed"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+    // A comment written before the plan became what it is.
+    let before = Claim {
+        rev: c(2),
+        by: "bob".into(),
+        plan: None,
+        given_at: Some("2026-11-29T09:00:00Z".into()),
+        source: "comment",
+    };
+    match w.approve_claim(before) {
+        Verdict::Refused { why, .. } => assert!(why.contains("earlier plan"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+    // Refusals record nothing; the stage still waits.
+    assert!(w.record(c(2)).approvals.is_empty());
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    // A pipeline without approval stages refuses every approval.
+    let stages = Vec::new();
+    let claim = Claim {
+        rev: c(2),
+        by: "alice".into(),
+        plan: None,
+        given_at: None,
+        source: "cli",
+    };
+    match approve(&w.git, &w.clock, &claim, &stages).unwrap() {
+        Verdict::Refused { why, .. } => assert!(why.contains("needs an approval"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn an_approval_for_an_earlier_plan_does_not_count() {
+    let w = world();
+    w.first_rollout();
+    w.run(c(1), c(2)).unwrap();
+    assert!(matches!(
+        w.approve(c(2), "bob", None),
+        Verdict::Counted { .. }
+    ));
+    // The same head planned again from another base: a new plan, so bob's
+    // approval is stale and the stage waits again.
+    w.rollout
+        .plan_hashes
+        .borrow_mut()
+        .insert((c(9), c(2)), "f".repeat(64));
+    let out = w.run(c(9), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert_eq!(approval::stale(&out.record, &"f".repeat(64)).len(), 1);
+    assert_eq!(w.deployed("production", "beta"), Some(c(1)));
+    // Approving twice records once.
+    assert!(matches!(
+        w.approve(c(2), "bob", None),
+        Verdict::Counted { .. }
+    ));
+    assert!(matches!(
+        w.approve(c(2), "bob", None),
+        Verdict::Counted { .. }
+    ));
+    assert_eq!(w.record(c(2)).approvals.len(), 2, "one per plan");
+}
+
+#[test]
+fn approvals_pushed_at_the_same_time_are_all_kept() {
+    let w = world();
+    w.first_rollout();
+    w.run(c(1), c(2)).unwrap();
+    // bob's clone reads the record, then alice's push lands before his:
+    // his lease is stale, rejected, re-read, merged.
+    let alice = Rc::new(FakeGit::clone_of(w.git.remote.clone()));
+    let bob = FakeGit::clone_of(w.git.remote.clone());
+    let (clock, stages) = (FakeClock::new(), approval_stages(&w.rollout.fleet));
+    let other = alice.clone();
+    let stages2 = stages.clone();
+    bob.before_push.borrow_mut().push(Box::new(move || {
+        let claim = Claim {
+            rev: c(2),
+            by: "alice".into(),
+            plan: None,
+            given_at: None,
+            source: "cli",
+        };
+        approve(&*other, &FakeClock::new(), &claim, &stages2).unwrap();
+    }));
+    let claim = Claim {
+        rev: c(2),
+        by: "bob".into(),
+        plan: None,
+        given_at: None,
+        source: "cli",
+    };
+    assert!(matches!(
+        approve(&bob, &clock, &claim, &stages).unwrap(),
+        Verdict::Counted { .. }
+    ));
+    let mut by: Vec<String> = w.record(c(2)).approvals.into_iter().map(|a| a.by).collect();
+    by.sort();
+    assert_eq!(by, ["alice", "bob"]);
+    assert_eq!(bob.pushes.get(), 2, "rejected once, then pushed");
+}
+
+#[test]
+fn a_note_locked_by_another_process_is_retried() {
+    let w = world();
+    w.first_rollout();
+    w.git.busy_writes.set(2);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    assert_eq!(w.record(c(2)).waiting.as_deref(), Some("production"));
+}
+
+#[test]
+fn the_lock_waits_then_gives_up_or_takes_over_an_expired_one() {
+    let w = world();
+    w.first_rollout();
+    w.git.put_remote_lock(
+        r#"{"run_id": "other", "holder": "bob@laptop", "started_at": "2026-11-29T09:59:00Z", "expires_at": "2026-11-29T10:30:00Z"}"#,
+    );
+    // Held, not expired: wait up to lock_wait, then exit 3 naming the holder.
+    let mut req = request(c(1), c(2));
+    req.lock_wait = Duration::from_secs(60);
+    let e = w.run_req(&req, None).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert!(e.to_string().contains("bob@laptop (run other)"), "{e}");
+    assert!(w.clock.slept.get() >= Duration::from_secs(60));
+    assert!(w.rollout.deployed().is_empty(), "nothing deployed");
+    // Expired (the clock moved past it): taken over, and the run goes on.
+    w.clock.advance(Duration::from_secs(3600));
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    assert_eq!(w.lock(), None);
+    // An unreadable lock is taken over too.
+    w.git.put_remote_lock("not json");
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+}
+
+#[test]
+fn a_lock_taken_over_while_waiting_for_an_approval_stops_the_run() {
+    let w = world();
+    w.first_rollout();
+    let mut req = request(c(1), c(2));
+    req.wait_approval = Duration::from_secs(30);
+    // While this run waits, another run takes the lock (as if this one's
+    // had expired).
+    let git = FakeGit::clone_of(w.git.remote.clone());
+    *w.clock.on_sleep.borrow_mut() = Some(Box::new(move |_| {
+        git.put_remote_lock(
+            r#"{"run_id": "thief", "holder": "x", "started_at": "", "expires_at": ""}"#,
+        );
+    }));
+    let e = w.run_req(&req, None).unwrap_err();
+    assert!(e.to_string().contains("lost the pipeline lock"), "{e}");
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+}
+
+#[test]
+fn an_approval_given_while_the_run_waits_is_picked_up() {
+    let w = world();
+    w.first_rollout();
+    let mut req = request(c(1), c(2));
+    req.wait_approval = Duration::from_secs(60);
+    let alice = FakeGit::clone_of(w.git.remote.clone());
+    let stages = approval_stages(&w.rollout.fleet);
+    *w.clock.on_sleep.borrow_mut() = Some(Box::new(move |_| {
+        let claim = Claim {
+            rev: c(2),
+            by: "alice".into(),
+            plan: None,
+            given_at: None,
+            source: "cli",
+        };
+        approve(&alice, &FakeClock::new(), &claim, &stages).unwrap();
+    }));
+    let out = w.run_req(&req, None).unwrap();
+    assert_eq!(out.code, ExitCode::Ok);
+    assert_eq!(w.deployed("production", "beta"), Some(c(2)));
+}
+
+#[test]
+fn a_failed_canary_is_reverted_and_production_never_touched() {
+    let w = world();
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Unhealthy);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert_eq!(
+        w.rollout.deployed(),
+        [("canary".into(), vec!["alpha".into()])]
+    );
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(1)), "not moved");
+    let reverts = w.git.remote.borrow().reverts.clone();
+    assert_eq!(reverts.len(), 1);
+    assert_eq!((reverts[0].1, reverts[0].2), (c(1), c(2)));
+    assert!(reverts[0].3.starts_with("canary/alpha/web:"), "{reverts:?}");
+    assert!(matches!(
+        w.record(c(2)).revert,
+        Some(RevertOutcome::Pushed { .. })
+    ));
+}
+
+#[test]
+fn a_revert_that_conflicts_is_recorded_and_still_a_handled_failure() {
+    let w = world();
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Unhealthy);
+    *w.git.revert_result.borrow_mut() = Some(RevertOutcome::Conflict {
+        tip: c(3).to_string(),
+        reverts: vec![c(2).to_string()],
+        paths: vec!["clients/alpha.yaml".into()],
+        failed_gate: "canary/alpha/web:health".into(),
+    });
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(matches!(
+        out.record.revert,
+        Some(RevertOutcome::Conflict { .. })
+    ));
+}
+
+#[test]
+fn a_tolerated_failure_passes_the_stage_and_keeps_the_clients_ref() {
+    let w = world_with(&["alpha-1", "alpha-2"], 1);
+    w.first_rollout();
+    w.rollout.host("alpha-2", Host::Unhealthy);
+    let out = w.run(c(1), c(2)).unwrap();
+    // Passed: on to production, which waits.
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert!(out.record.stages["canary"].passed);
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(1)), "one host failed");
+    assert!(w.git.remote.borrow().reverts.is_empty());
+}
+
+#[test]
+fn hosts_that_cannot_be_reached_or_were_lost_are_exit_3_and_never_reverted() {
+    for how in [Host::Unreachable, Host::Lost] {
+        let w = world();
+        w.first_rollout();
+        w.rollout.host("alpha-1", how);
+        let out = w.run(c(1), c(2)).unwrap();
+        assert_eq!(out.code, ExitCode::Infra, "{how:?}");
+        assert!(w.git.remote.borrow().reverts.is_empty(), "{how:?}");
+        assert_eq!(w.rollout.deployed().len(), 1, "production not touched");
+    }
+    // Lost even within the tolerance: a host running something un-gated
+    // stops the run.
+    let w = world_with(&["alpha-1", "alpha-2"], 1);
+    w.first_rollout();
+    w.rollout.host("alpha-2", Host::Lost);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Infra);
+}
+
+#[test]
+fn a_frozen_app_stops_the_run_without_a_revert() {
+    let w = world_with(&["alpha-1"], 1);
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Frozen);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(w.git.remote.borrow().reverts.is_empty());
+}
+
+#[test]
+fn a_signal_is_recorded_wherever_it_stops_the_run() {
+    // While waiting for an approval.
+    let w = world();
+    w.first_rollout();
+    let mut req = request(c(1), c(2));
+    req.wait_approval = Duration::from_secs(60);
+    let flag = Rc::new(std::cell::Cell::new(false));
+    let raised = flag.clone();
+    *w.clock.on_sleep.borrow_mut() = Some(Box::new(move |_| raised.set(true)));
+    let clock = &w.clock;
+    // The fake clock's flag follows the hook's.
+    let out = {
+        let ports = Ports {
+            git: &w.git,
+            rollout: &w.rollout,
+            clock: &Signalled { clock, flag: &flag },
+            reporter: None,
+        };
+        run(&ports, &req).unwrap()
+    };
+    assert_eq!(out.code, ExitCode::Infra);
+    assert_eq!(out.record.interrupted.unwrap().before_stage, "production");
+    assert_eq!(w.lock(), None);
+    // Between stages: canary done, then the signal, before production.
+    let w = world();
+    w.first_rollout();
+    let flag = Rc::new(std::cell::Cell::new(false));
+    let raised = flag.clone();
+    *w.rollout.before_deploy.borrow_mut() = Some(Box::new(move |_| raised.set(true)));
+    let ports = Ports {
+        git: &w.git,
+        rollout: &w.rollout,
+        clock: &Signalled {
+            clock: &w.clock,
+            flag: &flag,
+        },
+        reporter: None,
+    };
+    let out = run(&ports, &request(c(1), c(2))).unwrap();
+    assert_eq!(out.code, ExitCode::Infra);
+    assert_eq!(out.record.interrupted.unwrap().before_stage, "production");
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)), "canary finished");
+}
+
+/// A clock whose signal flag is shared with a test's hook.
+struct Signalled<'a> {
+    clock: &'a FakeClock,
+    flag: &'a std::cell::Cell<bool>,
+}
+
+impl Clock for Signalled<'_> {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+    fn sleep(&self, d: Duration) {
+        self.clock.sleep(d)
+    }
+    fn interrupted(&self) -> bool {
+        self.flag.get()
+    }
+}
+
+#[test]
+fn a_blocking_scan_stops_the_run_before_any_host() {
+    let w = world();
+    w.first_rollout();
+    *w.rollout.scan.borrow_mut() = Some(crate::scan::ScanReport {
+        passed: false,
+        db: None,
+        fail_on: vec![crate::config::Severity::Critical],
+        ignore_unfixed: false,
+        images: Vec::new(),
+        expired_ignores: Vec::new(),
+    });
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(w.rollout.deployed().is_empty(), "no host touched");
+    assert_eq!(out.record.scan.map(|s| s.passed), Some(false));
+    assert_eq!(w.lock(), None);
+    // Clients that run no image are not scanned.
+    let w = world();
+    w.first_rollout();
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(2)), Vec::new());
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(w.rollout.scans.get(), 0);
+    assert!(w.rollout.deployed().is_empty(), "nothing changed");
+}
+
+#[test]
+fn without_a_remote_records_stay_in_the_clone() {
+    let w = world();
+    let git = FakeGit::without_remote();
+    let records = Records::new(&git, &w.clock);
+    let outcome = w
+        .rollout
+        .deploy(c(2), "canary", &["alpha".to_string()])
+        .unwrap();
+    let (moved, record) = records.record_stage(c(2), &outcome).unwrap();
+    assert_eq!(moved, [deployed_ref("canary", "alpha")]);
+    assert!(record.stages["canary"].passed);
+    assert_eq!(git.ref_target(&moved[0]).unwrap(), Some(c(2)));
+    assert_eq!(git.pushes.get(), 0);
+    assert!(git.remote.borrow().refs.is_empty(), "nothing pushed");
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_and_is_never_overwritten() {
+    let w = world();
+    w.first_rollout();
+    w.git.put_remote_note(c(2), "{\"approvals\": [tru");
+    let e = w.run(c(1), c(2)).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert!(e.to_string().contains("refs/notes/fleetgate"), "{e}");
+    assert_eq!(w.git.remote_note(c(2)).unwrap(), "{\"approvals\": [tru");
+    assert!(w.rollout.deployed().is_empty());
+    assert_eq!(w.lock(), None, "released");
+    let claim = Claim {
+        rev: c(2),
+        by: "alice".into(),
+        plan: None,
+        given_at: None,
+        source: "cli",
+    };
+    let e = approve(&w.git, &w.clock, &claim, &approval_stages(&w.rollout.fleet)).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+}
+
+#[test]
+fn an_unreachable_remote_is_exit_3_before_anything_runs() {
+    let w = world();
+    w.git.unreachable.set(true);
+    let e = w.run(c(1), c(2)).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert!(w.rollout.deployed().is_empty());
+}
+
+#[test]
+fn resuming_needs_a_recorded_base() {
+    let w = world();
+    let e = recorded_base(&w.git, &w.clock, c(2)).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Invalid);
+    w.first_rollout();
+    w.run(c(1), c(2)).unwrap();
+    assert_eq!(recorded_base(&w.git, &w.clock, c(2)).unwrap(), c(1));
+}
+
+fn reporter(forge: Rc<FakeForge>, sha: CommitId) -> Reporter {
+    let env = Env {
+        kind: Kind::Forgejo,
+        api: "http://forge.invalid/api/v1".into(),
+        owner: "hosting".into(),
+        repo: "fleet".into(),
+        token: Token::new("fake-token-not-secret".into()),
+        token_var: "FORGEJO_TOKEN",
+        event_name: Some("push".into()),
+        event: serde_json::Value::Null,
+        run_id: None,
+        run_url: Some("http://forge.invalid/hosting/fleet/actions/runs/7".into()),
+        actor: None,
+    };
+    Reporter::new(env, Box::new(Shared(forge)), &sha.to_string())
+}
+
+/// The test keeps a handle on the forge the reporter owns.
+struct Shared(Rc<FakeForge>);
+
+impl Forge for Shared {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn comment_limit(&self) -> usize {
+        self.0.comment_limit()
+    }
+    fn comments(&self, issue: u64) -> Result<Vec<crate::forge::Comment>> {
+        self.0.comments(issue)
+    }
+    fn create_comment(&self, issue: u64, body: &str) -> Result<crate::forge::Comment> {
+        self.0.create_comment(issue, body)
+    }
+    fn edit_comment(&self, id: u64, body: &str) -> Result<()> {
+        self.0.edit_comment(id, body)
+    }
+    fn set_status(&self, sha: &str, status: &crate::forge::Status) -> Result<()> {
+        self.0.set_status(sha, status)
+    }
+    fn pull(&self, number: u64) -> Result<Option<crate::forge::Pull>> {
+        self.0.pull(number)
+    }
+    fn merged_pull_of(&self, sha: &str) -> Result<Option<crate::forge::Pull>> {
+        self.0.merged_pull_of(sha)
+    }
+    fn environment_approvals(&self, run_id: u64) -> Result<Vec<crate::forge::EnvApproval>> {
+        self.0.environment_approvals(run_id)
+    }
+}
+
+#[test]
+fn the_forge_hears_each_stage_and_the_waiting_comment() {
+    let w = world();
+    w.first_rollout();
+    let forge = Rc::new(FakeForge {
+        merged: Some(12),
+        ..FakeForge::default()
+    });
+    let r = reporter(forge.clone(), c(2));
+    let out = w.run_req(&request(c(1), c(2)), Some(&r)).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    let statuses: Vec<(String, String)> = forge
+        .statuses
+        .borrow()
+        .iter()
+        .map(|(c, s, _)| (c.clone(), s.clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("fleetgate/scan".into(), "pending".into()),
+            ("fleetgate/scan".into(), "success".into()),
+            ("fleetgate/canary".into(), "pending".into()),
+            ("fleetgate/canary".into(), "success".into()),
+            ("fleetgate/production".into(), "pending".into()),
+        ]
+    );
+    let comments = forge.comments.borrow();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0].body.contains("waits for an approval"),
+        "{}",
+        comments[0].body
+    );
+}
+
+#[test]
+fn a_forge_that_fails_before_anything_deploys_stops_the_run_later_ones_do_not() {
+    // The first status answers 502: nothing is deployed, exit 3.
+    let w = world();
+    w.first_rollout();
+    let forge = Rc::new(FakeForge::default());
+    forge.fail_statuses_from.set(1);
+    let r = reporter(forge.clone(), c(2));
+    let e = w.run_req(&request(c(1), c(2)), Some(&r)).unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert!(w.rollout.deployed().is_empty());
+    assert_eq!(w.lock(), None);
+    // Once a stage deploys, a failure to report is logged and the rollout
+    // goes on; a run that otherwise passed says the forge was not told
+    // everything (exit 3).
+    let w = world();
+    w.first_rollout();
+    w.run(c(1), c(2)).unwrap();
+    assert!(matches!(
+        w.approve(c(2), "alice", None),
+        Verdict::Counted { .. }
+    ));
+    let forge = Rc::new(FakeForge::default());
+    // scan pending, scan success, canary success, production pending; then
+    // production's success fails.
+    forge.fail_statuses_from.set(5);
+    let r = reporter(forge.clone(), c(2));
+    let e = w.run_req(&request(c(1), c(2)), Some(&r)).unwrap_err();
+    assert!(
+        e.to_string().contains("could not be told everything"),
+        "{e}"
+    );
+    assert_eq!(
+        w.deployed("production", "beta"),
+        Some(c(2)),
+        "deployed all the same"
+    );
+}
