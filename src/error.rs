@@ -111,7 +111,7 @@ pub enum Error {
     NoRepository { path: String, message: String },
 
     #[error("{0}")]
-    Usage(String),
+    Usage(Message),
 
     #[error("read Git object database ({what}): {source}")]
     Git {
@@ -123,34 +123,74 @@ pub enum Error {
     /// The fleet repository's remote (fetch/push through the git CLI), or
     /// the pipeline lock held by another run.
     #[error("{0}")]
-    Remote(String),
+    Remote(Message),
 
     /// A host could not be reached or read (outside a stage, whose
     /// unreachable hosts are part of its outcome).
     #[error("{0}")]
-    Host(String),
+    Host(Message),
 
     /// A run record (a note under `refs/notes/fleetgate`) that cannot be
     /// read as one: never treated as "no record", never overwritten.
     #[error("{0}")]
-    Record(String),
+    Record(Message),
 
     /// The forge (Forgejo, GitHub) could not be reached, refused the token,
     /// or refused a request. The message is scrubbed of the token.
     #[error("{0}")]
-    Forge(String),
+    Forge(Message),
 
     /// The image scanner could not run (missing, crashed, timed out, no DB):
     /// never treated as a pass.
     #[error("{0}")]
-    Scan(String),
+    Scan(Message),
 
-    #[error("read {path}: {source}")]
+    /// A local file or process: `action` says what was being done
+    /// (`read`, `write`, `create`, `run`), `path` what it was done to.
+    #[error("{action} {path}: {source}")]
     Io {
+        action: &'static str,
         path: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error's words: what went wrong, and what to do about it, kept apart
+/// so a forge comment or status can show either without parsing text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub text: String,
+    pub hint: Option<String>,
+}
+
+impl Message {
+    pub fn hint(mut self, hint: impl Into<String>) -> Message {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Message {
+        Message { text, hint: None }
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Message {
+        Message::from(text.to_string())
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -182,6 +222,25 @@ impl Error {
         }
         out.push_str(&format!("error: {self}"));
         out
+    }
+
+    /// Bad input (arguments, a name that does not exist): exit 2.
+    pub fn usage(text: impl Into<String>) -> Self {
+        Error::Usage(Message::from(text.into()))
+    }
+
+    /// What went wrong, without the hint: one line for a commit status.
+    pub fn headline(&self) -> String {
+        let text = match self {
+            Error::Usage(m)
+            | Error::Remote(m)
+            | Error::Host(m)
+            | Error::Record(m)
+            | Error::Forge(m)
+            | Error::Scan(m) => m.text.clone(),
+            other => other.to_string(),
+        };
+        text.lines().next().unwrap_or_default().to_string()
     }
 
     pub fn git(what: impl Into<String>, source: git2::Error) -> Self {

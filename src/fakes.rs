@@ -17,7 +17,7 @@ use crate::core::outcome::{
 };
 use crate::core::records::NOTES_REF;
 use crate::core::rev::CommitId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::forge::{Comment, EnvApproval, Forge, Pull, Status};
 use crate::plan::{ClientPlan, Plan};
 use crate::ports::{Clock, GitStore, Pushed, Rollout, Update, Written};
@@ -110,9 +110,9 @@ impl FakeGit {
 
     fn reach(&self) -> Result<()> {
         match self.unreachable.get() {
-            true => Err(Error::Remote(
-                "fetching fleetgate's records on remote `origin` failed: fatal: unable to access: Could not resolve host".into(),
-            )),
+            true => Err(Error::Remote(Message::from(
+                "fetching fleetgate's records on remote `origin` failed: fatal: unable to access: Could not resolve host",
+            ))),
             false => Ok(()),
         }
     }
@@ -642,10 +642,9 @@ impl Forge for FakeForge {
         let n = self.statuses.borrow().len() + 1;
         let from = self.fail_statuses_from.get();
         if from != 0 && n >= from {
-            return Err(Error::Forge(
-                "Forgejo answered 502 Bad Gateway to POST /repos/o/r/statuses (after 4 tries)"
-                    .into(),
-            ));
+            return Err(Error::Forge(Message::from(
+                "Forgejo answered 502 Bad Gateway to POST /repos/o/r/statuses (after 4 tries)",
+            )));
         }
         self.statuses.borrow_mut().push((
             status.context.clone(),

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use git2::Oid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::repo::{CommitId, Repo};
 
 /// Where fleetgate keeps its refs, on the remote and locally.
@@ -34,9 +34,7 @@ impl Origin {
         };
         let out = origin.git(&["remote", "get-url", name])?;
         if !out.status.success() {
-            return Err(Error::Usage(format!(
-                "the fleet repository has no remote `{name}`\n  hint: records, approvals, the lock and reverts live on the remote; pass --remote NAME or `git remote add {name} URL`"
-            )));
+            return Err(Error::Usage(Message::from(format!("the fleet repository has no remote `{name}`")).hint(format!("records, approvals, the lock and reverts live on the remote; pass --remote NAME or `git remote add {name} URL`"))));
         }
         Ok(origin)
     }
@@ -55,6 +53,7 @@ impl Origin {
             .env("LC_ALL", "C")
             .output()
             .map_err(|source| Error::Io {
+                action: "run",
                 path: "git (the git CLI talks to the remote)".into(),
                 source,
             })
@@ -64,11 +63,14 @@ impl Origin {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Error::Remote(format!(
-            "{what} on remote `{}` failed: {}\n  hint: check the runner's access to the remote (its URL, credentials, network)",
-            self.name,
-            tail.join("\n    ")
-        ))
+        Error::Remote(
+            Message::from(format!(
+                "{what} on remote `{}` failed: {}",
+                self.name,
+                tail.join("\n    ")
+            ))
+            .hint("check the runner's access to the remote (its URL, credentials, network)"),
+        )
     }
 
     /// Replaces the local deployed refs, lock and notes with the remote's.

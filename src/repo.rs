@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
-use crate::error::{Diagnostic, Error, Result};
+use crate::error::{Diagnostic, Error, Message, Result};
 
 /// Git's file mode of a symbolic link.
 const SYMLINK_MODE: i32 = 0o120000;
@@ -64,6 +64,7 @@ impl Repo {
         let start = match path {
             Some(p) => p.to_path_buf(),
             None => std::env::current_dir().map_err(|source| Error::Io {
+                action: "read",
                 path: ".".into(),
                 source,
             })?,
@@ -122,10 +123,10 @@ impl Repo {
     /// The files as they are on disk.
     pub fn worktree(&self) -> Result<Snapshot<'static>> {
         let root = self.workdir().ok_or_else(|| {
-            Error::Usage(format!(
-                "{} is a bare repository\n  hint: pass --rev to check a commit",
-                self.display
-            ))
+            Error::Usage(
+                Message::from(format!("{} is a bare repository", self.display))
+                    .hint("pass --rev to check a commit"),
+            )
         })?;
         Ok(Snapshot::WorkTree { root })
     }
@@ -309,6 +310,7 @@ impl Snapshot<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
                     Err(source) => {
                         return Err(Error::Io {
+                            action: "list",
                             path: dir.to_string(),
                             source,
                         });
@@ -341,6 +343,7 @@ fn read_worktree_file(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {
             Ok(None)
         }
         Err(source) => Err(Error::Io {
+            action: "read",
             path: path.to_string(),
             source,
         }),

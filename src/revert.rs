@@ -7,7 +7,7 @@
 use git2::Oid;
 
 pub use crate::core::outcome::{FailedGate, RevertOutcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::origin::{Origin, Pushed};
 use crate::repo::{CommitId, Repo};
 
@@ -172,8 +172,13 @@ pub fn revert(
             ),
         }
     }
-    Err(Error::Remote(format!(
-        "could not push the revert to {branch}: it keeps moving\n  hint: the hosts are rolled back; revert {} by hand",
-        head.short()
-    )))
+    Err(Error::Remote(
+        Message::from(format!(
+            "could not push the revert to {branch}: it keeps moving"
+        ))
+        .hint(format!(
+            "the hosts are rolled back; revert {} by hand",
+            head.short()
+        )),
+    ))
 }

@@ -10,7 +10,7 @@ use crate::core::outcome::StageOutcome;
 use crate::deploy;
 use crate::deploy::Connector;
 use crate::desired::{self, DecryptCache};
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::inventory::{self, Inventory};
 use crate::plan::{self, Affected, Plan, Side};
 use crate::ports::Rollout;
@@ -149,18 +149,19 @@ pub fn deploy_stage(
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect();
-            Error::Usage(format!(
-                "stage `{stage_name}` is not in {}\n  hint: stages are: {}",
-                config::PIPELINE,
-                names.join(", ")
-            ))
+            Error::Usage(
+                Message::from(format!(
+                    "stage `{stage_name}` is not in {}",
+                    config::PIPELINE
+                ))
+                .hint(format!("stages are: {}", names.join(", "))),
+            )
         })?;
     for c in only {
         if !fleet.clients.contains_key(c) {
-            return Err(Error::Usage(format!(
-                "client `{c}` does not exist at {}",
-                snap.label()
-            )));
+            return Err(Error::Usage(
+                format!("client `{c}` does not exist at {}", snap.label()).into(),
+            ));
         }
     }
     let clients: Vec<String> = fleet
@@ -172,7 +173,7 @@ pub fn deploy_stage(
     for c in &clients {
         inventory::Static
             .hosts(&fleet.clients[c])
-            .map_err(Error::Usage)?;
+            .map_err(Error::usage)?;
     }
     let uses_secrets = clients.iter().any(|c| {
         fleet.clients[c]
@@ -182,7 +183,8 @@ pub fn deploy_stage(
     });
     if uses_secrets && !keyring.can_decrypt() {
         return Err(Error::Usage(
-            "deploying needs the secrets' values, and no age identity is configured\n  hint: set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the CI key".into(),
+            Message::from("deploying needs the secrets' values, and no age identity is configured")
+                .hint("set SOPS_AGE_KEY_FILE (or SOPS_AGE_KEY) to the CI key"),
         ));
     }
     let render = |view| -> Result<BTreeMap<String, DesiredClient>> {
@@ -218,11 +220,7 @@ pub fn deploy_stage(
 /// The commit's pinned host keys: every SSH connection checks against them.
 pub fn known_hosts(snap: &crate::repo::Snapshot) -> Result<Vec<u8>> {
     snap.read(config::KNOWN_HOSTS)?.ok_or_else(|| {
-        Error::Usage(format!(
-            "{} is missing at {}\n  hint: pin every host's SSH key there (ssh-keyscan, verified out of band); fleetgate never trusts a key on first use",
-            config::KNOWN_HOSTS,
-            snap.label()
-        ))
+        Error::Usage(Message::from(format!("{} is missing at {}", config::KNOWN_HOSTS, snap.label())).hint("pin every host's SSH key there (ssh-keyscan, verified out of band); fleetgate never trusts a key on first use"))
     })
 }
 

@@ -9,7 +9,8 @@ pub fn runtime() -> crate::error::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|source| crate::error::Error::Io {
-            path: "tokio runtime".into(),
+            action: "start",
+            path: "the async runtime".into(),
             source,
         })
 }

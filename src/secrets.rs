@@ -21,7 +21,7 @@ use rops::file::state::EncryptedFile;
 use sha2::{Digest, Sha256};
 
 use crate::config::yaml;
-use crate::error::{Diagnostic, Error, Result};
+use crate::error::{Diagnostic, Error, Message, Result};
 
 /// What a masked value looks like wherever a person could read it.
 pub const MASK: &str = "••••";
@@ -129,6 +129,7 @@ impl Keyring {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
                 Err(source) => {
                     return Err(Error::Io {
+                        action: "read",
                         path: format!("{} (SOPS_AGE_KEY_FILE)", path.display()),
                         source,
                     });
@@ -207,10 +208,13 @@ fn parse_identities(source: &str, text: &str) -> Result<Vec<String>> {
         }
         for part in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if age::x25519::Identity::from_str(part).is_err() {
-                return Err(Error::Usage(format!(
-                    "read age identities from {source}: line {} is not an age identity\n  hint: expected AGE-SECRET-KEY-1… lines as written by `age-keygen`",
-                    i + 1
-                )));
+                return Err(Error::Usage(
+                    Message::from(format!(
+                        "read age identities from {source}: line {} is not an age identity",
+                        i + 1
+                    ))
+                    .hint("expected AGE-SECRET-KEY-1… lines as written by `age-keygen`"),
+                ));
             }
             out.push(part.to_string());
         }

@@ -8,7 +8,7 @@ use git2::Oid;
 use crate::core::outcome::{FailedGate, RevertOutcome};
 use crate::core::records::NOTES_REF;
 use crate::core::rev::CommitId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::origin::Origin;
 use crate::ports::{GitStore, Pushed, Update, Written};
 use crate::repo::Repo;
@@ -40,7 +40,8 @@ impl<'r> GitRepo<'r> {
     fn origin(&self) -> Result<&Origin> {
         self.origin.as_ref().ok_or_else(|| {
             Error::Usage(
-                "this needs the fleet repository's remote, and it has none\n  hint: pass --remote NAME or `git remote add origin URL`".into(),
+                Message::from("this needs the fleet repository's remote, and it has none")
+                    .hint("pass --remote NAME or `git remote add origin URL`"),
             )
         })
     }

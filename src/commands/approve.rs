@@ -26,7 +26,7 @@ use crate::config::{self, Selection};
 use crate::core::approval::{ApprovalStages, Claim, Verdict};
 use crate::core::engine;
 use crate::core::record::Approval;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::{self, Env, Forge};
 use crate::ports::SystemClock;
 use crate::printer;
@@ -138,9 +138,9 @@ fn from_ci(
             Error::Usage("--environment needs --rev: the commit the deployment is for".into())
         })?)?;
         let run_id = env.run_id.ok_or_else(|| {
-            Error::Usage(
-                "--environment needs GITHUB_RUN_ID: the run whose deployment was reviewed".into(),
-            )
+            Error::Usage(Message::from(
+                "--environment needs GITHUB_RUN_ID: the run whose deployment was reviewed",
+            ))
         })?;
         let reviews = forge.environment_approvals(run_id)?;
         let at_rev = approval_stages_at(repo, rev)?;
@@ -149,11 +149,14 @@ fn from_ci(
             .find(|(s, _)| s == environment)
             .map(|(_, a)| a.clone())
             .ok_or_else(|| {
-                Error::Usage(format!(
-                    "stage `{environment}` of {} at {} needs no approval",
-                    config::PIPELINE,
-                    rev.short()
-                ))
+                Error::Usage(
+                    format!(
+                        "stage `{environment}` of {} at {} needs no approval",
+                        config::PIPELINE,
+                        rev.short()
+                    )
+                    .into(),
+                )
             })?;
         stages = Some(at_rev);
         let Some(review) = reviews.iter().find(|r| {
@@ -231,7 +234,7 @@ fn from_ci(
         }
         let pull = forge
             .pull(number)?
-            .ok_or_else(|| Error::Forge(format!("pull request #{number} is gone")))?;
+            .ok_or_else(|| Error::Forge(format!("pull request #{number} is gone").into()))?;
         let Some(sha) = pull.merge_commit_sha.filter(|_| pull.merged) else {
             return refuse(
                 forge,
@@ -244,9 +247,12 @@ fn from_ci(
             );
         };
         let rev = repo.resolve(&sha).map_err(|_| {
-            Error::Usage(format!(
-                "the merge commit {sha} of #{number} is not in this clone\n  hint: check out the branch with full history (fetch-depth: 0)"
-            ))
+            Error::Usage(
+                Message::from(format!(
+                    "the merge commit {sha} of #{number} is not in this clone"
+                ))
+                .hint("check out the branch with full history (fetch-depth: 0)"),
+            )
         })?;
         Claim {
             rev,
@@ -273,9 +279,9 @@ fn from_ci(
             .or_else(|| e["inputs"]["rev"].as_str().map(str::to_string))
             .filter(|r| !r.is_empty())
             .ok_or_else(|| {
-                Error::Usage(
-                    "the workflow_dispatch has no `rev` input: which commit is approved?".into(),
-                )
+                Error::Usage(Message::from(
+                    "the workflow_dispatch has no `rev` input: which commit is approved?",
+                ))
             })?;
         Claim {
             rev: repo.resolve(&rev)?,
@@ -291,7 +297,7 @@ fn from_ci(
     } else {
         return Err(Error::Usage(format!(
             "approve --from-ci takes an issue_comment or workflow_dispatch event (or --environment on GitHub), and this is `{event}`"
-        )));
+        ).into()));
     };
     let stages = match stages {
         Some(s) => s,
@@ -347,6 +353,7 @@ fn write_outputs(rev: CommitId, plan_hash: &str) -> Result<()> {
         return Ok(());
     };
     let io = |source| Error::Io {
+        action: "write",
         path: format!("{} (GITHUB_OUTPUT)", std::path::Path::new(&path).display()),
         source,
     };

@@ -5,7 +5,7 @@ use clap::Args;
 use super::Context;
 use crate::config;
 use crate::config::Selection;
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::{
     self, State,
     notify::{self, Reporter},
@@ -50,14 +50,11 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         true => {
             let reporter = Reporter::connect(ctx.forge, "plan --comment", &head.to_string())?;
             let Some(pr) = reporter.env.pull_request_number() else {
-                return Err(Error::Usage(format!(
-                    "plan --comment needs a pull_request event, and this is {}\n  hint: run it from the workflow `on: pull_request`; on pushes, `run --comment` reports instead",
-                    reporter
+                return Err(Error::Usage(Message::from(format!("plan --comment needs a pull_request event, and this is {}", reporter
                         .env
                         .event_name
                         .as_deref()
-                        .unwrap_or("no event (GITHUB_EVENT_NAME is unset)")
-                )));
+                        .unwrap_or("no event (GITHUB_EVENT_NAME is unset)"))).hint("run it from the workflow `on: pull_request`; on pushes, `run --comment` reports instead")));
             };
             // The first call also checks the token, before any work.
             reporter.status("plan", State::Pending, "planning")?;
@@ -165,7 +162,7 @@ fn scan_plan(
                 State::Failure,
                 &format!("{} blocking finding(s)", s.blocking()),
             )?,
-            Err(e) => r.status("scan", State::Error, &notify::first_line(e))?,
+            Err(e) => r.status("scan", State::Error, &e.headline())?,
         }
     }
     report
@@ -174,7 +171,7 @@ fn scan_plan(
 /// A plan that could not be made: the comment says why (errors never carry
 /// secret values), the status fails.
 fn tell_failure(reporter: &Reporter, pr: u64, e: &Error) {
-    reporter.try_status("plan", notify::error_state(e), &notify::first_line(e));
+    reporter.try_status("plan", notify::error_state(e), &e.headline());
     let body = format!(
         "{}\n### fleetgate could not plan this change\n\n```\n{}\n```\n\nDetails: {}.\n",
         forge::PLAN_MARKER,

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::Context;
 use crate::config::{self, Selection};
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, ExitCode, Message, Result};
 use crate::inventory::{self, Inventory};
 use crate::printer;
 use crate::repo::Repo;
@@ -36,22 +36,25 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         });
     }
     let client = fleet.clients.get(&args.client).ok_or_else(|| {
-        Error::Usage(format!(
-            "client `{}` does not exist at {}",
-            args.client,
-            snap.label()
-        ))
+        Error::Usage(
+            format!(
+                "client `{}` does not exist at {}",
+                args.client,
+                snap.label()
+            )
+            .into(),
+        )
     })?;
     let stage = fleet
         .stage_of_group(&client.group)
         .map(|(_, s)| s.name.clone())
-        .ok_or_else(|| Error::Usage(format!("client `{}` is in no stage", client.name)))?;
+        .ok_or_else(|| Error::Usage(format!("client `{}` is in no stage", client.name).into()))?;
     let to = match &args.to {
         Some(rev) => repo.resolve(rev)?,
         None => {
             let hosts = inventory::Static
                 .hosts(client)
-                .map_err(|e| Error::Usage(format!("{e}\n  hint: pass --to REV")))?;
+                .map_err(|e| Error::Usage(Message::from(e.to_string()).hint("pass --to REV")))?;
             let known = rollout::known_hosts(&snap)?;
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
             let inspected = rollout::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
@@ -59,10 +62,10 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
             for ((_, host), result) in targets.iter().zip(inspected) {
                 // Unreachable is the network's problem (3), not bad input.
                 let map = result.map_err(|e| {
-                    Error::Host(format!(
-                        "{}: {e}\n  hint: once the host is back, run again; or pass --to REV",
-                        host.name
-                    ))
+                    Error::Host(
+                        Message::from(format!("{}: {e}", host.name))
+                            .hint("once the host is back, run again; or pass --to REV"),
+                    )
                 })?;
                 for app in &client.apps {
                     let prev = map
@@ -76,11 +79,14 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
             match previous.into_iter().collect::<Vec<_>>().as_slice() {
                 [one] if !one.starts_with('(') => repo.resolve(one)?,
                 many => {
-                    return Err(Error::Usage(format!(
-                        "the hosts of `{}` do not agree on one previous release: {}\n  hint: pass --to REV",
-                        client.name,
-                        many.join(", ")
-                    )));
+                    return Err(Error::Usage(
+                        Message::from(format!(
+                            "the hosts of `{}` do not agree on one previous release: {}",
+                            client.name,
+                            many.join(", ")
+                        ))
+                        .hint("pass --to REV"),
+                    ));
                 }
             }
         }

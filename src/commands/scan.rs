@@ -108,10 +108,9 @@ pub fn run(ctx: &Context, args: &ScanArgs) -> Result<ExitCode> {
     let files = config::load(&snap, selection)?;
     for c in &args.clients {
         if !files.all_clients.contains(c) {
-            return Err(Error::Usage(format!(
-                "client `{c}` does not exist at {}",
-                snap.label()
-            )));
+            return Err(Error::Usage(
+                format!("client `{c}` does not exist at {}", snap.label()).into(),
+            ));
         }
     }
     let (fleet, problems) = config::validate(&files);

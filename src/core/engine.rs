@@ -19,7 +19,7 @@ use crate::core::record::{Approval, Interrupted, RunRecord};
 use crate::core::records::Records;
 use crate::core::rev::CommitId;
 use crate::core::verdict::{self, StageVerdict};
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::State;
 use crate::forge::notify::{self, Reporter};
 use crate::ports::{Clock, GitStore, Rollout, rfc3339};
@@ -64,16 +64,19 @@ pub struct RunOutcome {
 pub fn recorded_base(git: &dyn GitStore, clock: &dyn Clock, head: CommitId) -> Result<CommitId> {
     let record = Records::new(git, clock).read(head)?;
     let base = record.and_then(|r| r.base).ok_or_else(|| {
-        Error::Usage(format!(
-            "no run has recorded a base for {}\n  hint: pass --base (the commit before the push)",
-            head.short()
-        ))
+        Error::Usage(
+            Message::from(format!("no run has recorded a base for {}", head.short()))
+                .hint("pass --base (the commit before the push)"),
+        )
     })?;
     CommitId::from_hex(&base).ok_or_else(|| {
-        Error::Record(format!(
-            "the run record on {head} names a base that is not a commit id: {}",
-            short(&base)
-        ))
+        Error::Record(
+            format!(
+                "the run record on {head} names a base that is not a commit id: {}",
+                short(&base)
+            )
+            .into(),
+        )
     })
 }
 
@@ -106,17 +109,20 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
             Some(name) => (name, State::Error),
             None => ("plan".to_string(), notify::error_state(e)),
         };
-        r.try_status(&name, state, &notify::first_line(e));
+        r.try_status(&name, state, &e.headline());
     }
     let outcome = result?;
     if let Some(r) = ports.reporter
         && r.failed()
         && outcome.code == ExitCode::Ok
     {
-        return Err(Error::Forge(format!(
-            "every stage passed, but {} could not be told everything (see above)",
-            r.forge.name()
-        )));
+        return Err(Error::Forge(
+            format!(
+                "every stage passed, but {} could not be told everything (see above)",
+                r.forge.name()
+            )
+            .into(),
+        ));
     }
     Ok(outcome)
 }

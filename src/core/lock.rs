@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::rev::CommitId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::ports::{Clock, GitStore, Pushed, Update, rfc3339};
 
 pub const LOCK_REF: &str = "refs/fleetgate/lock";
@@ -92,11 +92,7 @@ pub fn acquire<'a>(
             None => None,
             Some((_, Some(h))) if !h.expired(now) => {
                 if now >= deadline {
-                    return Err(Error::Remote(format!(
-                        "another pipeline run holds the lock: {}\n  hint: wait for it (--lock-wait), or if that job is dead, the lock is taken over once it expires; `git push {} :{LOCK_REF}` removes it by hand",
-                        h.describe(),
-                        git.remote_name().unwrap_or("origin")
-                    )));
+                    return Err(Error::Remote(Message::from(format!("another pipeline run holds the lock: {}", h.describe())).hint(format!("wait for it (--lock-wait), or if that job is dead, the lock is taken over once it expires; `git push {} :{LOCK_REF}` removes it by hand", git.remote_name().unwrap_or("origin")))));
                 }
                 if !told {
                     tracing::info!("waiting for the pipeline lock: held by {}", h.describe());
@@ -164,7 +160,8 @@ impl Lock<'_> {
                 Ok(())
             }
             Pushed::Rejected(_) => Err(Error::Remote(
-                "lost the pipeline lock: another run took it over after it expired\n  hint: raise --lock-expiry above the longest stage".into(),
+                Message::from("lost the pipeline lock: another run took it over after it expired")
+                    .hint("raise --lock-expiry above the longest stage"),
             )),
         }
     }

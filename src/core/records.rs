@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::core::outcome::{HostStatus, StageOutcome};
 use crate::core::record::RunRecord;
 use crate::core::rev::CommitId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::ports::{Clock, GitStore, Pushed, Update, Written};
 
 pub const NOTES_REF: &str = "refs/notes/fleetgate";
@@ -78,9 +78,7 @@ impl<'a> Records<'a> {
             return Ok(None);
         };
         RunRecord::parse(&text).map(Some).map_err(|why| {
-            Error::Record(format!(
-                "the run record on {rev} ({NOTES_REF}) is not fleetgate's: {why}\n  hint: look at it with `git notes --ref=fleetgate show {rev}`; fleetgate will not overwrite it (its approvals would be lost): repair it, or remove it with `git notes --ref=fleetgate remove {rev}` and push {NOTES_REF}"
-            ))
+            Error::Record(Message::from(format!("the run record on {rev} ({NOTES_REF}) is not fleetgate's: {why}")).hint(format!("look at it with `git notes --ref=fleetgate show {rev}`; fleetgate will not overwrite it (its approvals would be lost): repair it, or remove it with `git notes --ref=fleetgate remove {rev}` and push {NOTES_REF}")))
         })
     }
 
@@ -135,10 +133,7 @@ impl<'a> Records<'a> {
                 }
             }
         }
-        Err(Error::Remote(format!(
-            "could not push fleetgate's records for {} after {ATTEMPTS} attempts: other runners keep updating them\n  hint: is a second pipeline running outside the lock?",
-            rev.short()
-        )))
+        Err(Error::Remote(Message::from(format!("could not push fleetgate's records for {} after {ATTEMPTS} attempts: other runners keep updating them", rev.short())).hint("is a second pipeline running outside the lock?")))
     }
 
     /// Stores a stage's outcome and moves the refs of the clients that

@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use serde_json::Value;
 
 use super::Token;
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -56,9 +56,7 @@ impl Env {
     /// forge, for the error outside CI.
     pub fn from_env(forced: Option<Kind>, why: &str) -> Result<Env> {
         let outside = |missing: &str| {
-            Error::Usage(format!(
-                "{why} needs a forge, but {missing} is not set\n  hint: this runs in a Forgejo or GitHub Actions job, which sets GITHUB_REPOSITORY, GITHUB_SERVER_URL and GITHUB_EVENT_PATH; give the job a token in GITHUB_TOKEN (or FORGEJO_TOKEN). Outside CI, leave {why} out"
-            ))
+            Error::Usage(Message::from(format!("{why} needs a forge, but {missing} is not set")).hint(format!("this runs in a Forgejo or GitHub Actions job, which sets GITHUB_REPOSITORY, GITHUB_SERVER_URL and GITHUB_EVENT_PATH; give the job a token in GITHUB_TOKEN (or FORGEJO_TOKEN). Outside CI, leave {why} out")))
         };
         let kind = match forced {
             Some(k) => k,
@@ -72,9 +70,9 @@ impl Env {
         };
         let repository = var("GITHUB_REPOSITORY").ok_or_else(|| outside("GITHUB_REPOSITORY"))?;
         let Some((owner, repo)) = repository.split_once('/') else {
-            return Err(Error::Usage(format!(
-                "GITHUB_REPOSITORY is `{repository}`, expected OWNER/NAME"
-            )));
+            return Err(Error::Usage(
+                format!("GITHUB_REPOSITORY is `{repository}`, expected OWNER/NAME").into(),
+            ));
         };
         let server = var("GITHUB_SERVER_URL")
             .or_else(|| (kind == Kind::Github).then(|| "https://github.com".to_string()))
@@ -100,14 +98,18 @@ impl Env {
             Some(path) => {
                 let path = PathBuf::from(path);
                 let text = std::fs::read(&path).map_err(|source| Error::Io {
+                    action: "read",
                     path: format!("{} (GITHUB_EVENT_PATH)", path.display()),
                     source,
                 })?;
                 serde_json::from_slice(&text).map_err(|e| {
-                    Error::Usage(format!(
-                        "{} (GITHUB_EVENT_PATH): not a JSON event payload: {e}",
-                        path.display()
-                    ))
+                    Error::Usage(
+                        format!(
+                            "{} (GITHUB_EVENT_PATH): not a JSON event payload: {e}",
+                            path.display()
+                        )
+                        .into(),
+                    )
                 })?
             }
         };

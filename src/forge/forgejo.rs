@@ -7,7 +7,7 @@ use super::rest::{self, Rest};
 use super::{
     Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 
 /// Forgejo states no comment size limit; its database column may be 64 KiB
 /// (MySQL TEXT), so we stay under GitHub's 65536 characters on both.
@@ -80,7 +80,7 @@ impl Forgejo {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::Forge(format!("set up the HTTP client: {}", describe(e))))?;
+            .map_err(|e| Error::Forge(format!("set up the HTTP client: {}", describe(e)).into()))?;
         let http = Http {
             client,
             rt: crate::rt::runtime()?,
@@ -148,8 +148,6 @@ impl Forge for Forgejo {
     }
 
     fn environment_approvals(&self, _run_id: u64) -> Result<Vec<EnvApproval>> {
-        Err(Error::Usage(
-            "Forgejo has no environment reviews\n  hint: approve with a `/fleetgate approve` comment on the merged pull request or the promote workflow's Run button".into(),
-        ))
+        Err(Error::Usage(Message::from("Forgejo has no environment reviews").hint("approve with a `/fleetgate approve` comment on the merged pull request or the promote workflow's Run button")))
     }
 }

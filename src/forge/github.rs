@@ -80,10 +80,13 @@ impl Github {
                     .build()
             })
             .map_err(|e| {
-                Error::Forge(format!(
-                    "set up the GitHub client: {}",
-                    env.token.scrub(&describe(&e))
-                ))
+                Error::Forge(
+                    format!(
+                        "set up the GitHub client: {}",
+                        env.token.scrub(&describe(&e))
+                    )
+                    .into(),
+                )
             })?;
         let http = Http {
             octo,

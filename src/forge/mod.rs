@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 
 pub use env::{Env, Kind};
 
@@ -147,7 +147,8 @@ pub fn connect(env: &Env) -> Result<Box<dyn Forge>> {
         Kind::Github => Ok(Box::new(github::Github::new(env)?)),
         #[cfg(not(feature = "github"))]
         Kind::Github => Err(Error::Usage(
-            "this fleetgate was built without GitHub support\n  hint: build with the default features (`--features github`)".into(),
+            Message::from("this fleetgate was built without GitHub support")
+                .hint("build with the default features (`--features github`)"),
         )),
     }
 }
@@ -221,10 +222,13 @@ impl Response {
 
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            Error::Forge(format!(
-                "the forge answered {} with a body that is not JSON: {e}",
-                self.status
-            ))
+            Error::Forge(
+                format!(
+                    "the forge answered {} with a body that is not JSON: {e}",
+                    self.status
+                )
+                .into(),
+            )
         })
     }
 }
@@ -259,9 +263,9 @@ pub fn call(
             Err(e) => {
                 let e = token.scrub(&e);
                 if last {
-                    return Err(Error::Forge(format!(
-                        "{forge} could not be reached ({what}): {e}"
-                    )));
+                    return Err(Error::Forge(
+                        format!("{forge} could not be reached ({what}): {e}").into(),
+                    ));
                 }
                 tracing::warn!("{forge}: {what}: {e}; retrying in {pause:?}");
                 pause
@@ -272,18 +276,24 @@ pub fn call(
                 Class::Retry(asked) => {
                     let wait = asked.unwrap_or(pause);
                     if wait > MAX_PAUSE {
-                        return Err(Error::Forge(format!(
-                            "{forge} rate-limits this token ({what}: {}) for another {}s\n  hint: wait, or use a token with its own quota",
-                            resp.status,
-                            wait.as_secs()
-                        )));
+                        return Err(Error::Forge(
+                            Message::from(format!(
+                                "{forge} rate-limits this token ({what}: {}) for another {}s",
+                                resp.status,
+                                wait.as_secs()
+                            ))
+                            .hint("wait, or use a token with its own quota"),
+                        ));
                     }
                     if last {
-                        return Err(Error::Forge(format!(
-                            "{forge} failed {what} {ATTEMPTS} times; last answer {}: {}",
-                            resp.status,
-                            token.scrub(&message(&resp))
-                        )));
+                        return Err(Error::Forge(
+                            format!(
+                                "{forge} failed {what} {ATTEMPTS} times; last answer {}: {}",
+                                resp.status,
+                                token.scrub(&message(&resp))
+                            )
+                            .into(),
+                        ));
                     }
                     tracing::warn!(
                         "{forge}: {what}: {} {}; retrying in {wait:?} (attempt {attempt} of {ATTEMPTS})",
@@ -293,19 +303,24 @@ pub fn call(
                     wait
                 }
                 Class::Auth => {
-                    return Err(Error::Forge(format!(
-                        "{forge} refused the token ({what}: {} {})\n  hint: {}",
-                        resp.status,
-                        token.scrub(&message(&resp)),
-                        auth_hint(forge, token_var)
-                    )));
+                    return Err(Error::Forge(
+                        Message::from(format!(
+                            "{forge} refused the token ({what}: {} {})",
+                            resp.status,
+                            token.scrub(&message(&resp))
+                        ))
+                        .hint(auth_hint(forge, token_var)),
+                    ));
                 }
                 Class::Fail => {
-                    return Err(Error::Forge(format!(
-                        "{forge} refused {what}: {} {}",
-                        resp.status,
-                        token.scrub(&message(&resp))
-                    )));
+                    return Err(Error::Forge(
+                        format!(
+                            "{forge} refused {what}: {} {}",
+                            resp.status,
+                            token.scrub(&message(&resp))
+                        )
+                        .into(),
+                    ));
                 }
             },
         };

@@ -124,11 +124,6 @@ impl Reporter {
     }
 }
 
-/// A status description for a command that stopped on `e`: its first line.
-pub fn first_line(e: &Error) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
-}
-
 /// The state of a status whose work stopped on `e`: invalid input is the
 /// change's failure; anything else (unreachable, interrupted) an error.
 pub fn error_state(e: &Error) -> State {

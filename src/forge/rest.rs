@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::{Comment, Method, Pull, Request, Status, Token, Transport, call, clip};
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 
 pub struct Rest {
     /// "Forgejo" or "GitHub", for messages.
@@ -55,10 +55,12 @@ impl Rest {
     pub fn must(&self, method: Method, path: String, body: Option<&Value>) -> Result<Value> {
         let what = path.clone();
         self.call(method, path, body)?.ok_or_else(|| {
-            Error::Forge(format!(
-                "{} answered 404 to {what}\n  hint: check GITHUB_REPOSITORY and that {} can see the repository",
-                self.name, self.token_var
-            ))
+            Error::Forge(
+                Message::from(format!("{} answered 404 to {what}", self.name)).hint(format!(
+                    "check GITHUB_REPOSITORY and that {} can see the repository",
+                    self.token_var
+                )),
+            )
         })
     }
 

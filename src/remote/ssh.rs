@@ -447,6 +447,7 @@ impl SshConnector {
         options: &std::collections::BTreeMap<String, String>,
     ) -> crate::error::Result<SshConnector> {
         let io = |path: &str, source| crate::error::Error::Io {
+            action: "write",
             path: path.to_string(),
             source,
         };

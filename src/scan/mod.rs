@@ -185,7 +185,7 @@ pub async fn gate<S: Scanner>(
             };
             let json = scanner.scan(&image).await?;
             let findings = trivy::parse_report(&json)
-                .map_err(|e| ScanError(format!("scanning {}: {e}", t.image)))?;
+                .map_err(|e| ScanError::new(format!("scanning {}: {e}", t.image)))?;
             tracing::info!(
                 "scan {shown}: {} finding(s) {:.2}s",
                 findings.len(),
@@ -217,7 +217,15 @@ pub async fn gate<S: Scanner>(
         }
     }
     if !errors.is_empty() {
-        return Err(ScanError(errors.join("\n")));
+        // One message for every image that failed; each hint once.
+        let mut hints: Vec<String> = errors.iter().filter_map(|m| m.hint.clone()).collect();
+        hints.dedup();
+        let texts: Vec<String> = errors.into_iter().map(|m| m.text).collect();
+        let mut e = ScanError::new(texts.join("\n"));
+        if !hints.is_empty() {
+            e = e.hint(&hints.join("; "));
+        }
+        return Err(e);
     }
     let expired_ignores: Vec<IgnoreEntry> = ignores
         .iter()

@@ -90,9 +90,20 @@ pub struct Image {
     pub archive: Option<PathBuf>,
 }
 
+/// Why an image could not be scanned, and what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct ScanError(pub String);
+pub struct ScanError(pub crate::error::Message);
+
+impl ScanError {
+    pub fn new(text: String) -> ScanError {
+        ScanError(text.into())
+    }
+
+    pub fn hint(self, hint: &str) -> ScanError {
+        ScanError(self.0.hint(hint))
+    }
+}
 
 /// The scanner behind the gate (trivy; tests of the gate's logic need no other).
 pub trait Scanner: Sync {
@@ -171,24 +182,26 @@ impl Scanner for Trivy {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|e| {
-            ScanError(format!(
-                "could not run trivy (`{}`): {e}\n  hint: install it with scripts/setup.sh, or point --trivy / FLEETGATE_TRIVY at the binary",
+            ScanError::new(format!(
+                "could not run trivy (`{}`): {e}",
                 self.bin.display()
             ))
+            .hint("install it with scripts/setup.sh, or point --trivy / FLEETGATE_TRIVY at the binary")
         })?;
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => {
-                return Err(ScanError(format!(
+                return Err(ScanError::new(format!(
                     "trivy failed while scanning {}: {e}",
                     image.reference
                 )));
             }
             Err(_) => {
-                return Err(ScanError(format!(
-                    "trivy did not finish scanning {} within {:?}: killed\n  hint: raise --scan-timeout, or check the registry and trivy's DB download",
+                return Err(ScanError::new(format!(
+                    "trivy did not finish scanning {} within {:?}: killed",
                     image.reference, self.timeout
-                )));
+                ))
+                .hint("raise --scan-timeout, or check the registry and trivy's DB download"));
             }
         };
         if !out.status.success() {
@@ -196,14 +209,14 @@ impl Scanner for Trivy {
                 .status
                 .code()
                 .map_or_else(|| "a signal".to_string(), |c| format!("exit {c}"));
-            return Err(ScanError(format!(
+            return Err(ScanError::new(format!(
                 "trivy failed on {} ({code}):\n    {}",
                 image.reference,
                 tail(&out.stderr)
             )));
         }
         String::from_utf8(out.stdout).map_err(|_| {
-            ScanError(format!(
+            ScanError::new(format!(
                 "trivy's report on {} is not UTF-8",
                 image.reference
             ))
