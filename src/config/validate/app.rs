@@ -204,3 +204,225 @@ pub(super) fn is_release_path(p: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
         && !p.chars().any(|c| c.is_control())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::validate::testing::{IMAGE, assert_outcome, files};
+
+    const APP: &str = "pipelines/apps/web/app.yaml";
+
+    /// `fixture`: `pipelines/apps/web/app.yaml` (or `//- path` files: other
+    /// apps, templates); `expect`: the problems, or the valid apps.
+    fn check(fixture: &str, expect: &[&str]) {
+        check_files(fixture, files(APP, "", fixture), expect);
+    }
+
+    fn check_files(fixture: &str, files: FleetFiles, expect: &[&str]) {
+        let mut problems = Vec::new();
+        let (apps, _invalid) = validate_all(&files, &mut problems);
+        let summary = apps.values().flat_map(summary).collect();
+        assert_outcome(fixture, &problems, summary, expect);
+    }
+
+    fn summary(app: &App) -> Vec<String> {
+        let mut out = vec![format!(
+            "app {}: runtime={:?} rollback={:?} start={:?} stop={:?} secrets={:?} health={}",
+            app.name,
+            app.runtime,
+            app.rollback,
+            app.commands.start,
+            app.commands.stop,
+            app.secrets,
+            app.health.len()
+        )];
+        out.extend(app.images.iter().map(|(k, r)| format!("  image {k}: {r}")));
+        out.extend(
+            app.files
+                .iter()
+                .map(|(dest, t)| format!("  file {dest}: {t} ({} bytes)", app.templates[t].len())),
+        );
+        out
+    }
+
+    #[test]
+    fn defaults() {
+        check(
+            "runtime: compose",
+            &[r#"app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0"#],
+        );
+    }
+
+    #[test]
+    fn every_field_set() {
+        check(
+            &format!(
+                r#"
+                runtime: command
+                images: {{web: "{IMAGE}", db_2: "{IMAGE}"}}
+                files:
+                  compose.yaml: compose.yaml.j2
+                  conf/app.env: env/app.env.j2
+                secrets: [admin_password, _token2]
+                commands: {{start: ./start.sh, stop: ./stop.sh}}
+                health: [{{command: "true"}}]
+                rollback: freeze
+                //- pipelines/apps/web/compose.yaml.j2
+                services: {{}}
+                //- pipelines/apps/web/env/app.env.j2
+                A=1
+                //- pipelines/apps/db/app.yaml
+                runtime: podman
+                "#
+            ),
+            &[
+                "app db: runtime=Podman rollback=Safe start=None stop=None secrets=[] health=0",
+                r#"app web: runtime=Command rollback=Freeze start=Some("./start.sh") stop=Some("./stop.sh") secrets=["admin_password", "_token2"] health=1"#,
+                &format!("  image db_2: {IMAGE}"),
+                &format!("  image web: {IMAGE}"),
+                "  file compose.yaml: web/compose.yaml.j2 (13 bytes)",
+                "  file conf/app.env: web/env/app.env.j2 (4 bytes)",
+            ],
+        );
+    }
+
+    #[test]
+    fn directories_and_keys() {
+        check(
+            "//- pipelines/apps/Web/app.yaml\nruntime: compose",
+            &["pipelines/apps/Web: app `Web` is not a valid name"],
+        );
+        check(
+            "//- pipelines/apps/web/compose.yaml.j2\nx: 1",
+            &["pipelines/apps/web/app.yaml: is missing"],
+        );
+        check(
+            "runtime: compose\nimagez: {}",
+            &["pipelines/apps/web/app.yaml:2 imagez: unknown field `imagez`"],
+        );
+        check(
+            "images: {}",
+            &["pipelines/apps/web/app.yaml:1: missing field `runtime`"],
+        );
+        check(
+            "runtime: docker",
+            &["pipelines/apps/web/app.yaml:1 runtime.value: unknown variant `docker`"],
+        );
+        check(
+            "runtime: compose\nrollback: later",
+            &["pipelines/apps/web/app.yaml:2 rollback: unknown variant `later`"],
+        );
+        check(
+            "runtime: compose\ncommands: {start: x, restart: y}",
+            &["pipelines/apps/web/app.yaml:2 commands.restart: unknown field `restart`"],
+        );
+    }
+
+    #[test]
+    fn images_are_pinned_and_named_for_templates() {
+        check(
+            &format!(
+                r#"
+                runtime: compose
+                images:
+                  web-1: "{IMAGE}"
+                  tag_only: registry.example.org/whoami:1.4.0
+                  latest: registry.example.org/whoami
+                  empty: ""
+                "#
+            ),
+            &[
+                "pipelines/apps/web/app.yaml:6 images.empty: image reference is empty",
+                "pipelines/apps/web/app.yaml:5 images.latest: registry.example.org/whoami",
+                "pipelines/apps/web/app.yaml:4 images.tag_only: registry.example.org/whoami:1.4.0",
+                "pipelines/apps/web/app.yaml:3 images.web-1: image name `web-1` is not usable in templates",
+            ],
+        );
+    }
+
+    #[test]
+    fn files_and_templates() {
+        check(
+            r#"
+            runtime: compose
+            files:
+              /etc/passwd: a.j2
+              ../up: a.j2
+              a//b: a.j2
+              ./a: a.j2
+              state.json: a.j2
+              current: a.j2
+              releases/x: a.j2
+              ok: ../other/a.j2
+              ok2: /a.j2
+              ok3: missing.j2
+              ok4: a.j2
+            //- pipelines/apps/web/a.j2
+            a
+            "#,
+            &[
+                "pipelines/apps/web/app.yaml:4 files.../up: destination `../up` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:6 files../a: destination `./a` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:3 files./etc/passwd: destination `/etc/passwd` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:5 files.a//b: destination `a//b` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:8 files.current: destination `current` is reserved by fleetgate",
+                "pipelines/apps/web/app.yaml:10 files.ok: template `../other/a.j2` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:11 files.ok2: template `/a.j2` is not a plain relative path",
+                "pipelines/apps/web/app.yaml:12 files.ok3: template `missing.j2` does not exist",
+                "pipelines/apps/web/app.yaml:9 files.releases/x: destination `releases/x` is reserved by fleetgate",
+                "pipelines/apps/web/app.yaml:7 files.state.json: destination `state.json` is reserved by fleetgate",
+            ],
+        );
+        // A template that is not text, and one `load` refused as a symlink
+        // (reported there, not again as missing).
+        let fixture = "runtime: compose\nfiles: {a: a.j2, b: b.j2}";
+        let mut files = files(APP, "", fixture);
+        files
+            .files
+            .insert("pipelines/apps/web/a.j2".into(), vec![0xff, 0xfe]);
+        files
+            .problems
+            .push(crate::repo::symlink_refused("pipelines/apps/web/b.j2"));
+        check_files(
+            fixture,
+            files,
+            &[
+                "pipelines/apps/web/app.yaml:2 files.a: template pipelines/apps/web/a.j2 is not UTF-8 text",
+            ],
+        );
+    }
+
+    #[test]
+    fn secrets_are_declared_once_by_usable_names() {
+        check(
+            "runtime: compose\nsecrets: [admin-password, token, token, 1st]",
+            &[
+                "pipelines/apps/web/app.yaml:2 secrets[0]: secret key `admin-password` is not a valid name",
+                "pipelines/apps/web/app.yaml:2 secrets[2]: secret `token` is listed twice",
+                "pipelines/apps/web/app.yaml:2 secrets[3]: secret key `1st` is not a valid name",
+            ],
+        );
+    }
+
+    #[test]
+    fn runtime_command_needs_a_start_command() {
+        check(
+            "runtime: command\ncommands: {stop: ./stop.sh}",
+            &[
+                "pipelines/apps/web/app.yaml:1 commands.start: runtime `command` needs `commands.start`",
+            ],
+        );
+        check(
+            "runtime: command",
+            &[
+                "pipelines/apps/web/app.yaml:1 commands.start: runtime `command` needs `commands.start`",
+            ],
+        );
+        check(
+            "runtime: podman\ncommands: {stop: ./stop.sh}",
+            &[
+                r#"app web: runtime=Podman rollback=Safe start=None stop=Some("./stop.sh") secrets=[] health=0"#,
+            ],
+        );
+    }
+}

@@ -69,3 +69,88 @@ pub(super) fn checks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{assert_outcome, files, sops};
+    use crate::config::validate::validate;
+    use crate::config::{FleetFiles, Selection};
+
+    const BASE: &str = r#"
+        //- pipelines/pipeline.yaml
+        stages:
+          - {name: canary, group: canary}
+          - {name: production, group: production}
+        //- pipelines/apps/web/app.yaml
+        runtime: compose
+        //- clients/alpha.yaml
+        domain: alpha.org
+        group: canary
+        apps: [web]
+        hosts: [{name: alpha-1, address: 203.0.113.10}]
+    "#;
+
+    /// `fixture`: files added to [`BASE`] (one stage without a client yet);
+    /// `expect`: the problems, or the clients of a valid fleet.
+    fn check(fixture: &str, expect: &[&str]) {
+        check_files(fixture, files("clients/beta.yaml", BASE, fixture), expect);
+    }
+
+    fn check_files(fixture: &str, files: FleetFiles, expect: &[&str]) {
+        let (fleet, problems) = validate(&files);
+        let summary = fleet
+            .clients
+            .values()
+            .map(|c| format!("{}: {}", c.group, c.name))
+            .collect();
+        assert_outcome(fixture, &problems, summary, expect);
+    }
+
+    const BETA: &str = r#"
+        domain: beta.org
+        group: production
+        apps: [web]
+        hosts: [{name: beta-1, address: 203.0.113.20}]
+    "#;
+
+    #[test]
+    fn every_stage_has_clients() {
+        check(BETA, &["canary: alpha", "production: beta"]);
+        check(
+            "",
+            &[
+                "pipelines/pipeline.yaml stages[1].group: stage `production` picks group `production`, which no client is in",
+            ],
+        );
+        // Not while a client is invalid: it may be the one in that group.
+        check(
+            "domain: beta.org\ngroup: production\napps: [nope]\nhosts: [{name: beta-1, address: 203.0.113.20}]",
+            &["clients/beta.yaml:3 apps[0]: app `nope` does not exist"],
+        );
+        // Nor when only some clients were read (a plan of one change).
+        let mut files = files("clients/beta.yaml", BASE, "");
+        files.selection = Selection::Only(["alpha".to_string()].into());
+        check_files("(alpha only)", files, &["canary: alpha"]);
+    }
+
+    #[test]
+    fn host_names_are_unique_across_the_fleet() {
+        check(
+            &BETA.replace("beta-1", "alpha-1"),
+            &["clients/beta.yaml hosts[0].name: host `alpha-1` is also a host of client `alpha`"],
+        );
+    }
+
+    #[test]
+    fn secrets_of_clients_that_do_not_exist() {
+        check(
+            &format!(
+                "{BETA}\n//- secrets/clients/gamma.sops.yaml\n{}",
+                sops(&["x"])
+            ),
+            &[
+                "secrets/clients/gamma.sops.yaml: belongs to no client: clients/gamma.yaml does not exist",
+            ],
+        );
+    }
+}

@@ -82,3 +82,84 @@ pub fn known_hosts_checks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::validate::testing::{assert_outcome, files};
+    use crate::config::validate::validate;
+
+    const BASE: &str = r#"
+        //- pipelines/pipeline.yaml
+        stages: [{name: canary, group: canary}]
+        //- clients/alpha.yaml
+        domain: alpha.org
+        group: canary
+        apps: []
+        hosts:
+          - {name: alpha-1, address: 203.0.113.10}
+          - {name: alpha-2, address: alpha-2.example.org, port: 2222}
+    "#;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    /// `fixture`: `pipelines/known_hosts` (or `//- path` files over [`BASE`],
+    /// whose two hosts are on ports 22 and 2222); `expect`: the problems.
+    fn check(fixture: &str, expect: &[&str]) {
+        let files = files(KNOWN_HOSTS, BASE, fixture);
+        let (fleet, problems) = validate(&files);
+        assert_eq!(problems, [], "the fleet itself is valid");
+        let mut problems = Vec::new();
+        known_hosts_checks(&files, &fleet.clients, &mut problems);
+        assert_outcome(fixture, &problems, Vec::new(), expect);
+    }
+
+    #[test]
+    fn every_static_host_is_pinned() {
+        check(
+            &format!("203.0.113.10 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
+            &[],
+        );
+        // Comments, blank lines, several names per line, markers.
+        check(
+            &format!(
+                "# pinned 2025-01-01\n\n203.0.113.9,203.0.113.10 {KEY}\n@cert-authority [alpha-2.example.org]:2222 {KEY}"
+            ),
+            &[],
+        );
+        check(
+            &format!("203.0.113.10 {KEY}\nalpha-2.example.org {KEY}"),
+            &[
+                "clients/alpha.yaml hosts[1]: host `alpha-2` ([alpha-2.example.org]:2222) has no key in pipelines/known_hosts",
+            ],
+        );
+        check(
+            &format!("[203.0.113.10]:22 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
+            &[
+                "clients/alpha.yaml hosts[0]: host `alpha-1` (203.0.113.10) has no key in pipelines/known_hosts",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_file() {
+        check(
+            "//- secrets/.sops.yaml\ncreation_rules: []",
+            &["pipelines/known_hosts: is missing; every host's SSH key must be pinned"],
+        );
+        check(
+            &format!(
+                "203.0.113.10 {KEY}\n203.0.113.11 ssh-ed25519\n[alpha-2.example.org]:2222 {KEY}"
+            ),
+            &["pipelines/known_hosts:2: is not a known_hosts line"],
+        );
+        // Hashed names cannot be matched here (deploy still checks strictly).
+        check(&format!("|1|c2FsdA==|aGFzaA== {KEY}"), &[]);
+        // Hetzner Cloud hosts are not known before deploy: nothing to pin yet.
+        check(
+            "//- clients/alpha.yaml\ndomain: alpha.org\ngroup: canary\napps: []\nhosts: {hcloud: {label_selector: c=a}}",
+            &[],
+        );
+    }
+}

@@ -1,10 +1,12 @@
 //! Validation: the fleet files as written (`raw`) → the types of `model`, or
 //! every problem found, each naming file, field and line.
 //!
-//! One module per file kind: `pipeline`, `app` (with `health`), `client`
-//! (with `hosts`), `fleet` (checks that need every client), `known_hosts`,
-//! `trivyignore`. This module holds what they share (name rules, [`Check`])
-//! and [`validate`], which runs them in order.
+//! One module per file kind, each with its table of `check(fixture,
+//! expect)` cases: `pipeline` (with `stages`), `app` (with `health`),
+//! `client` (with `hosts`), `fleet` (checks that need every client),
+//! `known_hosts`, `trivyignore`. This module holds what they share (name
+//! rules, [`Check`]) and [`validate`], which runs them in order; `testing`
+//! the fixtures.
 
 mod app;
 mod client;
@@ -13,6 +15,9 @@ mod health;
 mod hosts;
 mod known_hosts;
 mod pipeline;
+mod stages;
+#[cfg(test)]
+mod testing;
 mod trivyignore;
 
 use std::collections::BTreeMap;

@@ -2,13 +2,10 @@
 //! parallelism, max_failures), the scan policy, the failure policy, runtime
 //! commands and the `ssh.options` allow-list.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use super::Check;
-use crate::config::model::{
-    Approval, OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity, Stage,
-};
+use super::{Check, stages};
+use crate::config::model::{OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity};
 use crate::config::{FleetFiles, PIPELINE, raw, ssh_options, yaml};
 use crate::error::Diagnostic;
 
@@ -32,87 +29,7 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         file: PIPELINE,
         problems,
     };
-    if raw.stages.is_empty() {
-        c.plain(
-            "stages",
-            "no stages are defined",
-            "define at least one stage, e.g. `canary`",
-        );
-    }
-    let mut stages = Vec::new();
-    let mut names = BTreeSet::new();
-    let mut groups = BTreeSet::new();
-    for (i, s) in raw.stages.iter().enumerate() {
-        let f = |k: &str| format!("stages[{i}].{k}");
-        c.name(&f("name"), &s.name, "stage");
-        c.name(&f("group"), &s.group, "group");
-        if !names.insert(s.name.value.clone()) {
-            c.at(
-                &f("name"),
-                &s.name,
-                format!("stage `{}` is defined twice", s.name.value),
-                "give each stage its own name",
-            );
-        }
-        if !groups.insert(s.group.value.clone()) {
-            c.at(
-                &f("group"),
-                &s.group,
-                format!("group `{}` is picked by two stages", s.group.value),
-                "a group's clients belong to exactly one stage",
-            );
-        }
-        let soak = match &s.soak {
-            Some(t) => c.duration(&f("soak"), &t.value, Duration::ZERO),
-            None => Duration::ZERO,
-        };
-        let approval = match &s.approval {
-            Some(a) if a.required => {
-                if a.approvers.is_empty() {
-                    c.plain(
-                        &f("approval.approvers"),
-                        "approval is required but nobody is listed as an approver",
-                        "list the forge user names whose approval counts",
-                    );
-                }
-                for (j, who) in a.approvers.iter().enumerate() {
-                    let ok = !who.value.is_empty()
-                        && who
-                            .value
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-                    if !ok {
-                        c.at(
-                            &f(&format!("approval.approvers[{j}]")),
-                            who,
-                            format!("`{}` is not a forge user name", who.value),
-                            "user names are letters, digits, `-`, `_` and `.`",
-                        );
-                    }
-                }
-                Some(Approval {
-                    approvers: a.approvers.iter().map(|a| a.value.clone()).collect(),
-                })
-            }
-            _ => None,
-        };
-        let parallelism = match &s.parallelism {
-            Some(p) if p.value == 0 => {
-                c.at(&f("parallelism"), p, "parallelism must be at least 1", "");
-                1
-            }
-            Some(p) => p.value,
-            None => 1,
-        };
-        stages.push(Stage {
-            name: s.name.value.clone(),
-            group: s.group.value.clone(),
-            soak,
-            approval,
-            parallelism,
-            max_failures: s.max_failures.unwrap_or(0),
-        });
-    }
+    let stages = stages::validate(&mut c, &raw.stages);
     let mut fail_on = Vec::new();
     let mut ignore_unfixed = false;
     if let Some(scan) = &raw.scan {
@@ -186,4 +103,172 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         runtimes,
         ssh_options,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::validate::testing::{assert_outcome, files};
+
+    /// `fixture`: the pipeline file (or `//- path` files); `expect`: the
+    /// problems, or the validated pipeline in `summary`'s words.
+    fn check(fixture: &str, expect: &[&str]) {
+        let files = files(PIPELINE, "", fixture);
+        let mut problems = Vec::new();
+        let pipeline = validate(&files, &mut problems);
+        let summary = pipeline.as_ref().map(summary).unwrap_or_default();
+        assert_outcome(fixture, &problems, summary, expect);
+    }
+
+    fn summary(p: &Pipeline) -> Vec<String> {
+        let mut out: Vec<String> = p
+            .stages
+            .iter()
+            .map(|s| {
+                let approval = s
+                    .approval
+                    .as_ref()
+                    .map_or("-".to_string(), |a| a.approvers.join(","));
+                format!(
+                    "stage {}: group={} soak={:?} approvers={approval} parallelism={} max_failures={}",
+                    s.name, s.group, s.soak, s.parallelism, s.max_failures
+                )
+            })
+            .collect();
+        out.push(format!(
+            "scan: fail_on={:?} ignore_unfixed={}",
+            p.scan.fail_on, p.scan.ignore_unfixed
+        ));
+        out.push(format!(
+            "on_failure: rollback={} revert={}",
+            p.on_failure.rollback, p.on_failure.revert
+        ));
+        out.push(format!(
+            "runtimes: compose={:?} podman={:?}",
+            p.runtimes.compose, p.runtimes.podman
+        ));
+        out.extend(p.ssh_options.iter().map(|(k, v)| format!("ssh: {k}={v}")));
+        out
+    }
+
+    #[test]
+    fn defaults() {
+        check(
+            "stages: [{name: canary, group: canary}]",
+            &[
+                "stage canary: group=canary soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[Critical, High] ignore_unfixed=false",
+                "on_failure: rollback=true revert=false",
+                r#"runtimes: compose="docker compose" podman="podman compose""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn every_field_set() {
+        check(
+            r#"
+            stages:
+              - name: canary
+                group: canary
+                soak: 1m30s
+              - name: production-2
+                group: prod
+                approval: {required: true, approvers: [alice, bob.smith, c_d-1]}
+                parallelism: 10
+                max_failures: 2
+              - name: "0"
+                group: "9-z"
+                approval: {required: false, approvers: [alice]}
+            scan: {fail_on: [MEDIUM, UNKNOWN], ignore_unfixed: true}
+            on_failure: {rollback: false, revert: true}
+            runtimes: {compose: docker-compose, podman: podman-compose}
+            ssh:
+              options:
+                kexalgorithms: curve25519-sha256
+                ConnectTimeout: "5"
+            "#,
+            &[
+                "stage canary: group=canary soak=90s approvers=- parallelism=1 max_failures=0",
+                "stage production-2: group=prod soak=0ns approvers=alice,bob.smith,c_d-1 parallelism=10 max_failures=2",
+                "stage 0: group=9-z soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[Medium, Unknown] ignore_unfixed=true",
+                "on_failure: rollback=false revert=true",
+                r#"runtimes: compose="docker-compose" podman="podman-compose""#,
+                "ssh: ConnectTimeout=5",
+                "ssh: KexAlgorithms=curve25519-sha256",
+            ],
+        );
+        // A `scan:` section replaces the default list, even with none.
+        check(
+            "stages: [{name: a, group: a}]\nscan: {ignore_unfixed: true}",
+            &[
+                "stage a: group=a soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[] ignore_unfixed=true",
+                "on_failure: rollback=true revert=false",
+                r#"runtimes: compose="docker compose" podman="podman compose""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn file_and_keys() {
+        check(
+            "//- pipelines/apps/web/app.yaml\nruntime: compose",
+            &["pipelines/pipeline.yaml: is missing from the work tree"],
+        );
+        check(
+            "stages: []",
+            &["pipelines/pipeline.yaml stages: no stages are defined"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nstagez: []",
+            &["pipelines/pipeline.yaml:2 stagez: unknown field `stagez`"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\non_failure: {rollback: true, retry: 3}",
+            &["pipelines/pipeline.yaml:2 on_failure.retry: unknown field `retry`"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nruntimes: {docker: x}",
+            &["pipelines/pipeline.yaml:2 runtimes.docker: unknown field `docker`"],
+        );
+    }
+
+    #[test]
+    fn scan_severities() {
+        check(
+            "stages: [{name: a, group: a}]\nscan:\n  fail_on: [CRITICAL, high, SEVERE]",
+            &[
+                "pipelines/pipeline.yaml:3 scan.fail_on[1]: `high` is not a severity",
+                "pipelines/pipeline.yaml:3 scan.fail_on[2]: `SEVERE` is not a severity",
+            ],
+        );
+    }
+
+    /// The allow-list itself is table-tested in `config/ssh_options.rs`;
+    /// here: that its refusals and duplicates become diagnostics.
+    #[test]
+    fn ssh_options() {
+        check(
+            r#"
+            stages: [{name: a, group: a}]
+            ssh:
+              options:
+                KexAlgorithms: curve25519-sha256
+                ProxyCommand: nc %h %p
+                ServerAliveInterval: "15 # x"
+                kexalgorithms: sntrup761x25519-sha512@openssh.com
+            "#,
+            &[
+                "pipelines/pipeline.yaml:5 ssh.options.ProxyCommand: `ProxyCommand` is not an ssh option fleetgate allows",
+                "pipelines/pipeline.yaml:6 ssh.options.ServerAliveInterval: `15 # x` is not a plain value for `ServerAliveInterval`",
+                "pipelines/pipeline.yaml:7 ssh.options.kexalgorithms: `KexAlgorithms` is set twice",
+            ],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nssh: {config: x}",
+            &["pipelines/pipeline.yaml:2 ssh.config: unknown field `config`"],
+        );
+    }
 }
