@@ -17,7 +17,7 @@ mod known_hosts;
 mod pipeline;
 mod stages;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod trivyignore;
 
 use std::collections::BTreeMap;

@@ -12,11 +12,11 @@ use crate::config::{CLIENT_SECRETS_DIR, CLIENTS_DIR, FleetFiles, Names, Selectio
 use crate::error::Diagnostic;
 
 /// A pinned image reference for fixtures (`tag@sha256:…`).
-pub(super) const IMAGE: &str = "registry.example.org/whoami:1.4.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub(crate) const IMAGE: &str = "registry.example.org/whoami:1.4.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// A secrets file in SOPS's shape (fleetgate reads key names without a key;
 /// nothing here is decrypted), providing `keys`.
-pub(super) fn sops(keys: &[&str]) -> String {
+pub(crate) fn sops(keys: &[&str]) -> String {
     let mut text: String = keys
         .iter()
         .map(|k| format!("{k}: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\n"))
@@ -27,7 +27,7 @@ pub(super) fn sops(keys: &[&str]) -> String {
 
 /// Removes the indentation every non-blank line shares, and a first empty
 /// line, so fixtures can be indented like the code around them.
-pub(super) fn trim_indent(text: &str) -> String {
+pub(crate) fn trim_indent(text: &str) -> String {
     let text = text.strip_prefix('\n').unwrap_or(text);
     let indent = text
         .lines()
@@ -44,7 +44,7 @@ pub(super) fn trim_indent(text: &str) -> String {
 /// The files of `base`, then those of `fixture` (replacing any of `base`'s
 /// with the same path), as `config::load` would hand them over for the
 /// whole fleet.
-pub(super) fn files(default_path: &str, base: &str, fixture: &str) -> FleetFiles {
+pub(crate) fn files(default_path: &str, base: &str, fixture: &str) -> FleetFiles {
     let mut files = BTreeMap::new();
     for text in [base, fixture] {
         files.extend(parse_fixture(default_path, &trim_indent(text)));
@@ -92,7 +92,7 @@ fn parse_fixture(default_path: &str, text: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// `file:line field: message`, leaving out what a diagnostic does not know.
-pub(super) fn render(d: &Diagnostic) -> String {
+pub(crate) fn render(d: &Diagnostic) -> String {
     let mut out = d.file.clone();
     if let Some(line) = d.line {
         out.push_str(&format!(":{line}"));
@@ -107,7 +107,7 @@ pub(super) fn render(d: &Diagnostic) -> String {
 /// line is `file:line field: fragment`: the place must match exactly and the
 /// message contain the fragment, in the order found. Without problems, the
 /// validated value's `summary` must equal `expect` line for line.
-pub(super) fn assert_outcome(
+pub(crate) fn assert_outcome(
     fixture: &str,
     problems: &[Diagnostic],
     summary: Vec<String>,
