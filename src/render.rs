@@ -693,4 +693,266 @@ mod tests {
         assert!(check("http://h/?t=X", Some("http://h/?t=Y")).is_some());
         assert!(check("http://h/", None).is_some());
     }
+    /// One fleet to render: client `alpha` (two hosts, a var and the
+    /// secrets `admin_password` and `api_token` in its file) and app `web`,
+    /// whose `app.yaml` and templates each case writes.
+    const FLEET: &str = r#"
+        //- pipelines/pipeline.yaml
+        stages: [{name: canary, group: canary}]
+        //- clients/alpha.yaml
+        domain: alpha.example.org
+        group: canary
+        apps: [web]
+        hosts:
+          - {name: alpha-1, address: 203.0.113.10}
+          - {name: alpha-2, address: 203.0.113.11, port: 2222, user: ops, deploy_root: /srv}
+        vars: {port: 8080, scheme: file, big: "0123456789abcdef"}
+    "#;
+
+    const PASSWORD: &str = "s3cr3t-pw";
+
+    /// How the case's secrets are known.
+    #[derive(Clone, Copy)]
+    enum View {
+        Real,
+        Masked,
+        /// Key names only, no age key (`plan` without one).
+        Undecrypted,
+    }
+
+    /// `fixture`: files over [`FLEET`] (by default `pipelines/apps/web/app.yaml`);
+    /// `expect`: the problems (compile, then render), or per host the
+    /// rendered files and checks.
+    fn check(fixture: &str, view: View, expect: &[&str]) {
+        use crate::config::validate::testing::{assert_outcome, files, sops, trim_indent};
+        let fixture = format!(
+            "{}\n//- secrets/clients/alpha.sops.yaml\n{}",
+            trim_indent(fixture).trim_end(),
+            sops(&["admin_password", "api_token"])
+        );
+        let files = files("pipelines/apps/web/app.yaml", FLEET, &fixture);
+        let (fleet, problems) = crate::config::validate(&files);
+        assert_eq!(problems, [], "the fleet itself is valid");
+        let origin = "secrets/clients/alpha.sops.yaml".to_string();
+        let secrets = ClientSecrets {
+            values: match view {
+                View::Undecrypted => None,
+                View::Real | View::Masked => Some(
+                    [("admin_password", PASSWORD), ("api_token", "t0ken")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), (Secret::new(v.into()), [7; 32])))
+                        .collect(),
+                ),
+            },
+            origin: [("admin_password", &origin), ("api_token", &origin)]
+                .into_iter()
+                .map(|(k, o)| (k.to_string(), o.clone()))
+                .collect(),
+        };
+        let view = match view {
+            View::Real => SecretView::Real,
+            View::Masked | View::Undecrypted => SecretView::Masked,
+        };
+        let (renderer, mut problems) = Renderer::new(&fleet);
+        let rendered =
+            renderer.render_client(&fleet, &fleet.clients["alpha"], &secrets, view, "abc123");
+        let mut summary = Vec::new();
+        match rendered {
+            Err(p) => problems.extend(p),
+            Ok(client) => {
+                for (app, desired) in &client.apps {
+                    for (host, files) in &desired.files {
+                        for (path, text) in files {
+                            summary.push(format!("{host} {app}/{path}: {text}"));
+                        }
+                        for check in &desired.health[host] {
+                            summary.push(format!("{host} {app} check: {check:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        for d in &problems {
+            assert!(!format!("{d:?}").contains(PASSWORD), "a secret in {d:?}");
+        }
+        assert_outcome(&fixture, &problems, summary, expect);
+    }
+
+    #[test]
+    fn the_context_templates_see() {
+        check(
+            r#"
+            runtime: compose
+            images: {web: "registry.example.org/whoami:1.4.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+            files: {a.env: a.env.j2}
+            //- pipelines/apps/web/a.env.j2
+            {{ client.name }} {{ client.domain }} {{ client.group }} {{ client.vars.port }} {{ host.name }} {{ host.address }}:{{ host.port }} {{ host.user }} {{ app.name }} {{ app.images.web }} {{ release.rev }} {{ release.dir }}
+            "#,
+            View::Masked,
+            &[
+                "alpha-1 web/a.env: alpha alpha.example.org canary 8080 alpha-1 203.0.113.10:22 deploy web registry.example.org/whoami:1.4.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef abc123 /opt/fleetgate/alpha/web/releases/abc123\n",
+                "alpha-2 web/a.env: alpha alpha.example.org canary 8080 alpha-2 203.0.113.11:2222 ops web registry.example.org/whoami:1.4.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef abc123 /srv/alpha/web/releases/abc123\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn undefined_values_and_syntax_errors_name_template_line_client_and_host() {
+        // Said once, not once per host.
+        check(
+            "runtime: compose\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\nok\n{{ client.vars.nope }}",
+            View::Masked,
+            &[
+                "pipelines/apps/web/a.env.j2:2: `client.vars.nope` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        check(
+            "runtime: compose\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\n{{ secrets.admin_password }}",
+            View::Masked,
+            &[
+                "pipelines/apps/web/a.env.j2:1: `secrets.admin_password` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        // A template that does not compile: the app is left out of renders.
+        check(
+            "runtime: compose\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\n\n{% if %}",
+            View::Masked,
+            &["pipelines/apps/web/a.env.j2:2: syntax error"],
+        );
+        check(
+            "runtime: compose\nhealth: [{command: \"{{ nope }}\"}]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml:1 health[0]: `nope` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    #[test]
+    fn secrets_real_masked_or_unknown() {
+        let app = "runtime: compose\nsecrets: [admin_password]\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\npw={{ secrets.admin_password }}";
+        check(
+            app,
+            View::Real,
+            &[
+                "alpha-1 web/a.env: pw=s3cr3t-pw\n",
+                "alpha-2 web/a.env: pw=s3cr3t-pw\n",
+            ],
+        );
+        check(
+            app,
+            View::Masked,
+            &[
+                "alpha-1 web/a.env: pw=••••07070707\n",
+                "alpha-2 web/a.env: pw=••••07070707\n",
+            ],
+        );
+        check(
+            app,
+            View::Undecrypted,
+            &[
+                "alpha-1 web/a.env: pw=••••\n",
+                "alpha-2 web/a.env: pw=••••\n",
+            ],
+        );
+        // Only the keys the app declares: `api_token` is the client's, not web's.
+        check(
+            "runtime: compose\nsecrets: [admin_password]\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\n{{ secrets.api_token }}",
+            View::Real,
+            &[
+                "pipelines/apps/web/a.env.j2:1: `secrets.api_token` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        // A real render's errors are masked: this one would quote the value.
+        check(
+            "runtime: compose\nsecrets: [admin_password]\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\n{% include secrets.admin_password %}",
+            View::Real,
+            &["pipelines/apps/web/a.env.j2:1: ••••"],
+        );
+    }
+
+    #[test]
+    fn health_checks() {
+        check(
+            r#"
+            runtime: compose
+            health:
+              - http: "http://{{ host.address }}:{{ client.vars.port }}/health"
+              - command: "test -s {{ app.name }}.env"
+            "#,
+            View::Real,
+            &[
+                r#"alpha-1 web check: Http { url: "http://203.0.113.10:8080/health" }"#,
+                r#"alpha-1 web check: Command { command: "test -s web.env" }"#,
+                r#"alpha-2 web check: Http { url: "http://203.0.113.11:8080/health" }"#,
+                r#"alpha-2 web check: Command { command: "test -s web.env" }"#,
+            ],
+        );
+        // The scheme, once rendered: only a masked render is quoted.
+        let file_url =
+            "runtime: compose\nhealth: [{http: \"{{ client.vars.scheme }}:///etc/passwd\"}]";
+        check(
+            file_url,
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml health[0].http: `file:///etc/passwd` is not an http:// or https:// URL (rendering for client alpha host alpha-1)",
+            ],
+        );
+        check(
+            file_url,
+            View::Real,
+            &[
+                "pipelines/apps/web/app.yaml health[0].http: the URL is not an http:// or https:// URL (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    #[test]
+    fn checks_never_carry_a_secret() {
+        use crate::config::validate::testing::trim_indent;
+        check(
+            "runtime: compose\nsecrets: [admin_password]\nhealth: [{http: \"http://x/?p={{ secrets.admin_password }}\"}]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml health[0].http: this check could carry a secret: it reads `secrets`",
+            ],
+        );
+        // A value that reaches a check another way (here: pasted into a var)
+        // is caught when rendered with the real values.
+        check(
+            &format!(
+                "runtime: compose\nsecrets: [admin_password]\nhealth: [{{command: \"echo {{{{ client.vars.pw }}}}\"}}]\n//- clients/alpha.yaml\n{}",
+                trim_indent(FLEET)
+                    .split("//- clients/alpha.yaml\n")
+                    .nth(1)
+                    .unwrap()
+                    .replace("vars: {", &format!("vars: {{pw: {PASSWORD}, "))
+            ),
+            View::Real,
+            &[
+                "pipelines/apps/web/app.yaml health[0].command: it contains the value of `admin_password`",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_render_budget() {
+        // Too much work, then too much output; said once for both hosts (the
+        // second host's render is refused without running). A full output
+        // has no line: minijinja's write failure carries none.
+        check(
+            "runtime: compose\nfiles: {a: a.j2}\n//- pipelines/apps/web/a.j2\n{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+            View::Masked,
+            &[
+                "pipelines/apps/web/a.j2:1: exceeded the render budget (too much work: loops, filters or data) (rendering for client alpha host alpha-1)",
+            ],
+        );
+        check(
+            "runtime: compose\nfiles: {a: a.j2}\n//- pipelines/apps/web/a.j2\n{% for i in range(10000) %}{% for j in range(64) %}{{ client.vars.big }}{% endfor %}{% endfor %}",
+            View::Masked,
+            &[
+                "pipelines/apps/web/a.j2: exceeded the render budget (output larger than 8 MiB) (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
 }

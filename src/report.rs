@@ -677,4 +677,432 @@ mod tests {
         assert_eq!(super::short(""), "");
         assert_eq!(super::short("ééééééééééééééé"), "éééééééééééé");
     }
+    use crate::deploy::{Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome};
+    use crate::plan::{Action, AppPlan, ClientPlan, FileDiff, ImageChange, Plan};
+    use serde_json::{Value, json};
+
+    const IMG_A: &str = "registry.example.org/whoami:1.4.0@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const IMG_B: &str = "registry.example.org/whoami:1.5.0@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn plan(clients: Vec<ClientPlan>, secrets_compared: bool) -> Plan {
+        Plan {
+            schema: 1,
+            base: "1111111111111111111111111111111111111111".into(),
+            head: "2222222222222222222222222222222222222222".into(),
+            plan_hash: "3333333333333333333333333333333333333333333333333333333333333333".into(),
+            secrets_compared,
+            clients,
+            unaffected: 7,
+        }
+    }
+
+    fn client(name: &str, stage: &str, reasons: &[&str], apps: Vec<AppPlan>) -> ClientPlan {
+        ClientPlan {
+            name: name.into(),
+            stage: stage.into(),
+            hosts: vec![format!("{name}-1")],
+            hosts_added: Vec::new(),
+            hosts_removed: Vec::new(),
+            hosts_changed: Vec::new(),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            apps,
+        }
+    }
+
+    fn app(name: &str, action: Action) -> AppPlan {
+        AppPlan {
+            name: name.into(),
+            action,
+            files: Vec::new(),
+            images: Vec::new(),
+            secrets_changed: Vec::new(),
+        }
+    }
+
+    /// A canary client with every kind of change, and a production client
+    /// whose hosts alone change.
+    fn busy_plan() -> Plan {
+        let mut web = app("web", Action::Update);
+        web.files.push(FileDiff {
+            path: "app.env".into(),
+            hosts: vec!["alpha-1".into()],
+            diff: "--- a/app.env\n+++ b/app.env\n@@ -1 +1 @@\n-PORT=8080\n+PORT=8081\n+PW=••••0a0b0c0d\n```\n".into(),
+        });
+        web.images.push(ImageChange {
+            name: "web".into(),
+            from: Some(IMG_A.into()),
+            to: Some(IMG_B.into()),
+        });
+        web.secrets_changed.push("admin_password".into());
+        let mut db = app("db", Action::Add);
+        db.images.push(ImageChange {
+            name: "db".into(),
+            from: None,
+            to: Some(IMG_A.into()),
+        });
+        let mut alpha = client(
+            "alpha",
+            "canary",
+            &["clients/alpha.yaml", "pipelines/apps/web|x"],
+            vec![db, web],
+        );
+        alpha.hosts_added.push("alpha-2".into());
+        let mut beta = client("beta", "production", &[], Vec::new());
+        beta.hosts_removed.push("beta-0".into());
+        beta.hosts_changed.push("beta-1".into());
+        plan(vec![alpha, beta], false)
+    }
+
+    /// `render(input)` must be `expect`, exactly.
+    fn check<T>(input: &T, render: impl Fn(&T) -> String, expect: &str) {
+        let got = render(input);
+        assert!(got == expect, "\nexpected:\n{expect}\ngot:\n{got}\n");
+    }
+
+    /// The JSON of `render(input)` must hold each `(pointer, value)`.
+    fn check_json<T>(input: &T, render: impl Fn(&T) -> String, expect: &[(&str, Value)]) {
+        let got: Value = serde_json::from_str(&render(input)).expect("JSON");
+        for (pointer, want) in expect {
+            assert_eq!(got.pointer(pointer), Some(want), "{pointer} in {got:#}");
+        }
+    }
+
+    #[test]
+    fn plan_as_text() {
+        check(
+            &plan(Vec::new(), true),
+            super::text,
+            "plan 111111111111..222222222222: 0 clients change, 7 unaffected (plan 333333333333)\n",
+        );
+        check(
+            &busy_plan(),
+            super::text,
+            "\
+plan 111111111111..222222222222: 2 clients change, 7 unaffected (plan 333333333333)
+note: secret values were not compared (no decryption key in this job): listed keys may have changed
+
+canary
+  alpha (alpha-1)  because clients/alpha.yaml, pipelines/apps/web|x
+    + host alpha-2
+    + add db: image db: + 1.4.0@aaaaaaaaaaaa
+    ~ update web: 1 file; image web: 1.4.0@aaaaaaaaaaaa → 1.5.0@bbbbbbbbbbbb; secrets: admin_password
+      app.env [alpha-1]
+        @@ -1 +1 @@
+        -PORT=8080
+        +PORT=8081
+        +PW=••••0a0b0c0d
+        ```
+
+production
+  beta (beta-1)  because its rendered state changed
+    − host beta-0
+    ~ host beta-1
+",
+        );
+    }
+
+    const BUSY_SUMMARY: &str = "\
+### fleetgate plan `111111111111`..`222222222222`
+
+| Client | Stage | Hosts | App | Action | Changes |
+|---|---|---|---|---|---|
+| alpha | canary | alpha-1<br>+ host alpha-2 | db | add | image db: + 1.4.0@aaaaaaaaaaaa |
+|  |  |  | web | update | 1 file; image web: 1.4.0@aaaaaaaaaaaa → 1.5.0@bbbbbbbbbbbb; secrets: admin_password |
+| beta | production | beta-1<br>− host beta-0<br>~ host beta-1 | | | hosts only |
+
+2 clients change, 7 unaffected.
+
+> **Note:** secret values were not compared (no decryption key in this job): listed keys may have changed.
+
+";
+
+    const BETA_DETAILS: &str = "\
+<details><summary><b>beta</b> (production): </summary>
+
+Because: its rendered state changed
+
+</details>
+
+";
+
+    /// The summary table, then per client its diffs; a `|` cannot break a
+    /// cell, a diff line with ``` cannot close the fence.
+    #[test]
+    fn plan_as_markdown() {
+        check(
+            &plan(Vec::new(), true),
+            super::markdown,
+            "\
+### fleetgate plan `111111111111`..`222222222222`
+
+No client changes. 7 clients unaffected.
+
+Plan hash: `3333333333333333333333333333333333333333333333333333333333333333`
+",
+        );
+        check(
+            &busy_plan(),
+            super::markdown,
+            &format!(
+                "{BUSY_SUMMARY}{}{BETA_DETAILS}{}",
+                "\
+<details><summary><b>alpha</b> (canary): add db, update web</summary>
+
+Because: clients/alpha.yaml, pipelines/apps/web\\|x
+
+`web/app.env` on alpha-1
+
+```diff
+--- a/app.env
++++ b/app.env
+@@ -1 +1 @@
+-PORT=8080
++PORT=8081
++PW=••••0a0b0c0d
+`\u{200b}``
+```
+
+</details>
+
+",
+                "Plan hash: `3333333333333333333333333333333333333333333333333333333333333333`\n"
+            ),
+        );
+    }
+
+    /// Over the forge's limit, the largest client's diffs give way to a
+    /// pointer at the job log; the summary table stays whole.
+    #[test]
+    fn plan_comment_fits_the_limit() {
+        let comment = |limit| {
+            move |p: &Plan| {
+                super::plan_comment(
+                    p,
+                    None,
+                    "<!-- fleetgate -->",
+                    "After merge: canary.",
+                    limit,
+                    Some("https://ci.example.org/job/1"),
+                )
+            }
+        };
+        let hash_line =
+            "Plan hash: `3333333333333333333333333333333333333333333333333333333333333333`";
+        let tail = &format!("{hash_line}\n\nAfter merge: canary.");
+        // Within the limit: the marker, the markdown plan, what merging does.
+        let whole = format!(
+            "<!-- fleetgate -->\n{}",
+            super::markdown(&busy_plan()).replace(&format!("{hash_line}\n"), tail)
+        );
+        check(&busy_plan(), comment(100_000), &whole);
+        check(
+            &busy_plan(),
+            comment(whole.chars().count() - 1),
+            &format!(
+                "<!-- fleetgate -->\n{BUSY_SUMMARY}{}{BETA_DETAILS}{tail}",
+                "\
+<details><summary><b>alpha</b> (canary): add db, update web</summary>
+
+Because: clients/alpha.yaml, pipelines/apps/web\\|x
+
+The diff (7 lines) is too long for a comment: see [the job log](https://ci.example.org/job/1).
+</details>
+
+"
+            ),
+        );
+    }
+
+    #[test]
+    fn plan_as_json() {
+        check(
+            &plan(Vec::new(), true),
+            super::json,
+            r#"{
+  "schema": 1,
+  "base": "1111111111111111111111111111111111111111",
+  "head": "2222222222222222222222222222222222222222",
+  "plan_hash": "3333333333333333333333333333333333333333333333333333333333333333",
+  "secrets_compared": true,
+  "clients": [],
+  "unaffected": 7
+}
+"#,
+        );
+        check_json(
+            &busy_plan(),
+            super::json,
+            &[
+                ("/schema", json!(1)),
+                ("/secrets_compared", json!(false)),
+                ("/clients/0/name", json!("alpha")),
+                ("/clients/0/stage", json!("canary")),
+                ("/clients/0/hosts", json!(["alpha-1"])),
+                ("/clients/0/hosts_added", json!(["alpha-2"])),
+                ("/clients/0/reasons/1", json!("pipelines/apps/web|x")),
+                ("/clients/0/apps/0/action", json!("add")),
+                ("/clients/0/apps/0/images/0/from", json!(null)),
+                ("/clients/0/apps/0/images/0/to", json!(IMG_A)),
+                ("/clients/0/apps/1/action", json!("update")),
+                ("/clients/0/apps/1/files/0/path", json!("app.env")),
+                ("/clients/0/apps/1/files/0/hosts", json!(["alpha-1"])),
+                (
+                    "/clients/0/apps/1/secrets_changed",
+                    json!(["admin_password"]),
+                ),
+                ("/clients/1/hosts_removed", json!(["beta-0"])),
+                ("/clients/1/hosts_changed", json!(["beta-1"])),
+                ("/clients/1/apps", json!([])),
+                ("/unaffected", json!(7)),
+            ],
+        );
+        let got: Value = serde_json::from_str(&super::json(&busy_plan())).unwrap();
+        // Empty host changes are left out, not written as [].
+        assert_eq!(got.pointer("/clients/0/hosts_removed"), None);
+    }
+
+    /// One line of verdict, what was and was not rolled back, then a row
+    /// per host: status, what it runs now, the first line of its failure.
+    #[test]
+    fn outcome_table() {
+        check(
+            &outcome(),
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            "\
+stage canary @ 222222222222: FAILED (2 of 4 hosts failed, 0 tolerated)
+rolled back: alpha-2
+NOT rolled back: beta-1 (rollback: connection reset); it runs db=222222222222 web=as before
+client  host     status       runs                           time   failure
+alpha   alpha-1  deployed     222222222222                   1.23s
+alpha   alpha-2  rolled back  as before                      1.23s  web health: GET http://x/health: 503
+beta    beta-1   failed       db=222222222222 web=as before  1.23s  switch: exit 1
+gamma   gamma-1  not started  -                              1.23s
+",
+        );
+        let mut frozen = outcome();
+        frozen.hosts.truncate(2);
+        frozen.hosts[1].status = HostStatus::Failed;
+        frozen.hosts[1].frozen = vec!["web".into()];
+        frozen.failed_hosts = 1;
+        frozen.max_failures = 1;
+        check(
+            &frozen,
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            "\
+stage canary @ 222222222222: FAILED (1 of 2 hosts failed, 1 tolerated)
+client  host     status    runs          time   failure
+alpha   alpha-1  deployed  222222222222  1.23s
+alpha   alpha-2  failed    as before     1.23s  web health: GET http://x/health: 503
+FROZEN: alpha/web@alpha-2 stays on the failed release (rollback: freeze); a human must decide
+",
+        );
+        let mut passed = outcome();
+        passed.hosts.truncate(1);
+        passed.passed = true;
+        passed.failed_hosts = 0;
+        check(
+            &passed,
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            "\
+stage canary @ 222222222222: passed (0 of 1 host failed, 0 tolerated)
+client  host     status    runs          time   failure
+alpha   alpha-1  deployed  222222222222  1.23s
+",
+        );
+        check_json(
+            &outcome(),
+            |o| super::outcome(o, super::OutcomeFormat::Json),
+            &[
+                ("/stage", json!("canary")),
+                ("/passed", json!(false)),
+                ("/hosts/1/status", json!("rolled_back")),
+                ("/hosts/1/failure/kind", json!("health")),
+                ("/hosts/1/runs/web", json!("as_before")),
+                (
+                    "/hosts/2/runs/db/release",
+                    json!("2222222222222222222222222222222222222222"),
+                ),
+                ("/hosts/2/rollback_failure/kind", json!("infra")),
+                ("/hosts/3/status", json!("not_started")),
+            ],
+        );
+    }
+
+    fn host(client: &str, host: &str, status: HostStatus, runs: &[(&str, Runs)]) -> HostOutcome {
+        HostOutcome {
+            client: client.into(),
+            host: host.into(),
+            status,
+            failure: None,
+            steps: Vec::new(),
+            checks: Vec::new(),
+            switched: Vec::new(),
+            frozen: Vec::new(),
+            rollback_checks: Vec::new(),
+            rollback_failure: None,
+            runs: runs
+                .iter()
+                .map(|(a, r)| (a.to_string(), r.clone()))
+                .collect(),
+            seconds: 1.234,
+        }
+    }
+
+    fn failure(kind: FailureKind, app: Option<&str>, step: &str, message: &str) -> Option<Failure> {
+        Some(Failure {
+            kind,
+            app: app.map(str::to_string),
+            step: step.into(),
+            message: message.into(),
+        })
+    }
+
+    fn outcome() -> StageOutcome {
+        let rev = "2222222222222222222222222222222222222222";
+        let mut failed = host(
+            "alpha",
+            "alpha-2",
+            HostStatus::RolledBack,
+            &[("web", Runs::AsBefore)],
+        );
+        failed.failure = failure(
+            FailureKind::Health,
+            Some("web"),
+            "health",
+            "GET http://x/health: 503\nbody",
+        );
+        let mut stuck = host(
+            "beta",
+            "beta-1",
+            HostStatus::Failed,
+            &[("db", Runs::Release(rev.into())), ("web", Runs::AsBefore)],
+        );
+        stuck.failure = failure(FailureKind::Command, None, "switch", "exit 1");
+        stuck.rollback_failure = failure(
+            FailureKind::Infra,
+            None,
+            "rollback",
+            "connection reset\nmore",
+        );
+        StageOutcome {
+            stage: "canary".into(),
+            rev: rev.into(),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 2,
+            max_failures: 0,
+            rolled_back: true,
+            hosts: vec![
+                host(
+                    "alpha",
+                    "alpha-1",
+                    HostStatus::Deployed,
+                    &[("web", Runs::Release(rev.into()))],
+                ),
+                failed,
+                stuck,
+                host("gamma", "gamma-1", HostStatus::NotStarted, &[]),
+            ],
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod model;
 pub mod raw;
 pub mod ssh_options;
+pub mod validate;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};

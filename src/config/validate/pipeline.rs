@@ -1,0 +1,274 @@
+//! `pipelines/pipeline.yaml`: stages (names, groups, soak, approval,
+//! parallelism, max_failures), the scan policy, the failure policy, runtime
+//! commands and the `ssh.options` allow-list.
+
+use std::collections::BTreeMap;
+
+use super::{Check, stages};
+use crate::config::model::{OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity};
+use crate::config::{FleetFiles, PIPELINE, raw, ssh_options, yaml};
+use crate::error::Diagnostic;
+
+pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Option<Pipeline> {
+    let Some(bytes) = files.files.get(PIPELINE) else {
+        problems.push(
+            Diagnostic::new(PIPELINE, format!("is missing from the {}", files.label)).hint(
+                "every fleet repository has pipelines/pipeline.yaml; see ../shared/design.md §1",
+            ),
+        );
+        return None;
+    };
+    let raw: raw::Pipeline = match yaml::parse(PIPELINE, bytes) {
+        Ok(r) => r,
+        Err(d) => {
+            problems.push(d);
+            return None;
+        }
+    };
+    let mut c = Check {
+        file: PIPELINE,
+        problems,
+    };
+    let stages = stages::validate(&mut c, &raw.stages);
+    let mut fail_on = Vec::new();
+    let mut ignore_unfixed = false;
+    if let Some(scan) = &raw.scan {
+        ignore_unfixed = scan.ignore_unfixed;
+        for (i, sev) in scan.fail_on.iter().enumerate() {
+            match Severity::parse(&sev.value) {
+                Some(s) => fail_on.push(s),
+                None => c.at(
+                    &format!("scan.fail_on[{i}]"),
+                    sev,
+                    format!("`{}` is not a severity", sev.value),
+                    "use CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN",
+                ),
+            }
+        }
+    } else {
+        fail_on = vec![Severity::Critical, Severity::High];
+    }
+    let on_failure = raw.on_failure.as_ref().map_or(
+        OnFailure {
+            rollback: true,
+            revert: false,
+        },
+        |o| OnFailure {
+            rollback: o.rollback,
+            revert: o.revert,
+        },
+    );
+    let runtimes = RuntimeCommands {
+        compose: raw
+            .runtimes
+            .as_ref()
+            .and_then(|r| r.compose.clone())
+            .unwrap_or_else(|| "docker compose".into()),
+        podman: raw
+            .runtimes
+            .as_ref()
+            .and_then(|r| r.podman.clone())
+            .unwrap_or_else(|| "podman compose".into()),
+    };
+    let mut ssh_options = BTreeMap::new();
+    if let Some(ssh) = &raw.ssh {
+        for (key, value) in &ssh.options {
+            match ssh_options::check(key, &value.value) {
+                Ok(name) => {
+                    if ssh_options
+                        .insert(name.to_string(), value.value.clone())
+                        .is_some()
+                    {
+                        c.at(
+                            &format!("ssh.options.{key}"),
+                            value,
+                            format!("`{name}` is set twice"),
+                            "option names are case-insensitive: keep one",
+                        );
+                    }
+                }
+                Err(r) => c.at(&format!("ssh.options.{key}"), value, r.message, &r.hint),
+            }
+        }
+    }
+    // Kept even when a field is wrong: clients are still checked against the
+    // stages; the problems already make the fleet invalid.
+    Some(Pipeline {
+        stages,
+        scan: ScanPolicy {
+            fail_on,
+            ignore_unfixed,
+        },
+        on_failure,
+        runtimes,
+        ssh_options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::validate::testing::{assert_outcome, files};
+
+    /// `fixture`: the pipeline file (or `//- path` files); `expect`: the
+    /// problems, or the validated pipeline in `summary`'s words.
+    fn check(fixture: &str, expect: &[&str]) {
+        let files = files(PIPELINE, "", fixture);
+        let mut problems = Vec::new();
+        let pipeline = validate(&files, &mut problems);
+        let summary = pipeline.as_ref().map(summary).unwrap_or_default();
+        assert_outcome(fixture, &problems, summary, expect);
+    }
+
+    fn summary(p: &Pipeline) -> Vec<String> {
+        let mut out: Vec<String> = p
+            .stages
+            .iter()
+            .map(|s| {
+                let approval = s
+                    .approval
+                    .as_ref()
+                    .map_or("-".to_string(), |a| a.approvers.join(","));
+                format!(
+                    "stage {}: group={} soak={:?} approvers={approval} parallelism={} max_failures={}",
+                    s.name, s.group, s.soak, s.parallelism, s.max_failures
+                )
+            })
+            .collect();
+        out.push(format!(
+            "scan: fail_on={:?} ignore_unfixed={}",
+            p.scan.fail_on, p.scan.ignore_unfixed
+        ));
+        out.push(format!(
+            "on_failure: rollback={} revert={}",
+            p.on_failure.rollback, p.on_failure.revert
+        ));
+        out.push(format!(
+            "runtimes: compose={:?} podman={:?}",
+            p.runtimes.compose, p.runtimes.podman
+        ));
+        out.extend(p.ssh_options.iter().map(|(k, v)| format!("ssh: {k}={v}")));
+        out
+    }
+
+    #[test]
+    fn defaults() {
+        check(
+            "stages: [{name: canary, group: canary}]",
+            &[
+                "stage canary: group=canary soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[Critical, High] ignore_unfixed=false",
+                "on_failure: rollback=true revert=false",
+                r#"runtimes: compose="docker compose" podman="podman compose""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn every_field_set() {
+        check(
+            r#"
+            stages:
+              - name: canary
+                group: canary
+                soak: 1m30s
+              - name: production-2
+                group: prod
+                approval: {required: true, approvers: [alice, bob.smith, c_d-1]}
+                parallelism: 10
+                max_failures: 2
+              - name: "0"
+                group: "9-z"
+                approval: {required: false, approvers: [alice]}
+            scan: {fail_on: [MEDIUM, UNKNOWN], ignore_unfixed: true}
+            on_failure: {rollback: false, revert: true}
+            runtimes: {compose: docker-compose, podman: podman-compose}
+            ssh:
+              options:
+                kexalgorithms: curve25519-sha256
+                ConnectTimeout: "5"
+            "#,
+            &[
+                "stage canary: group=canary soak=90s approvers=- parallelism=1 max_failures=0",
+                "stage production-2: group=prod soak=0ns approvers=alice,bob.smith,c_d-1 parallelism=10 max_failures=2",
+                "stage 0: group=9-z soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[Medium, Unknown] ignore_unfixed=true",
+                "on_failure: rollback=false revert=true",
+                r#"runtimes: compose="docker-compose" podman="podman-compose""#,
+                "ssh: ConnectTimeout=5",
+                "ssh: KexAlgorithms=curve25519-sha256",
+            ],
+        );
+        // A `scan:` section replaces the default list, even with none.
+        check(
+            "stages: [{name: a, group: a}]\nscan: {ignore_unfixed: true}",
+            &[
+                "stage a: group=a soak=0ns approvers=- parallelism=1 max_failures=0",
+                "scan: fail_on=[] ignore_unfixed=true",
+                "on_failure: rollback=true revert=false",
+                r#"runtimes: compose="docker compose" podman="podman compose""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn file_and_keys() {
+        check(
+            "//- pipelines/apps/web/app.yaml\nruntime: compose",
+            &["pipelines/pipeline.yaml: is missing from the work tree"],
+        );
+        check(
+            "stages: []",
+            &["pipelines/pipeline.yaml stages: no stages are defined"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nstagez: []",
+            &["pipelines/pipeline.yaml:2 stagez: unknown field `stagez`"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\non_failure: {rollback: true, retry: 3}",
+            &["pipelines/pipeline.yaml:2 on_failure.retry: unknown field `retry`"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nruntimes: {docker: x}",
+            &["pipelines/pipeline.yaml:2 runtimes.docker: unknown field `docker`"],
+        );
+    }
+
+    #[test]
+    fn scan_severities() {
+        check(
+            "stages: [{name: a, group: a}]\nscan:\n  fail_on: [CRITICAL, high, SEVERE]",
+            &[
+                "pipelines/pipeline.yaml:3 scan.fail_on[1]: `high` is not a severity",
+                "pipelines/pipeline.yaml:3 scan.fail_on[2]: `SEVERE` is not a severity",
+            ],
+        );
+    }
+
+    /// The allow-list itself is table-tested in `config/ssh_options.rs`;
+    /// here: that its refusals and duplicates become diagnostics.
+    #[test]
+    fn ssh_options() {
+        check(
+            r#"
+            stages: [{name: a, group: a}]
+            ssh:
+              options:
+                KexAlgorithms: curve25519-sha256
+                ProxyCommand: nc %h %p
+                ServerAliveInterval: "15 # x"
+                kexalgorithms: sntrup761x25519-sha512@openssh.com
+            "#,
+            &[
+                "pipelines/pipeline.yaml:5 ssh.options.ProxyCommand: `ProxyCommand` is not an ssh option fleetgate allows",
+                "pipelines/pipeline.yaml:6 ssh.options.ServerAliveInterval: `15 # x` is not a plain value for `ServerAliveInterval`",
+                "pipelines/pipeline.yaml:7 ssh.options.kexalgorithms: `KexAlgorithms` is set twice",
+            ],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nssh: {config: x}",
+            &["pipelines/pipeline.yaml:2 ssh.config: unknown field `config`"],
+        );
+    }
+}
