@@ -22,6 +22,10 @@ for crate in openssl-sys aws-lc-sys aws-lc-rs aws-sdk-kms; do
   fi
 done
 
+echo "== layers: the core and pure modules name no edge library (ARCHITECTURE.md)" >&2
+bash scripts/layers.sh --self-test
+bash scripts/layers.sh
+
 echo "== leak scan self-test" >&2
 python3 scripts/leakscan.py --self-test
 
@@ -30,8 +34,13 @@ leakscan_dir="$(cargo metadata --locked --no-deps --format-version 1 |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/tmp/leakscan"
 rm -rf "$leakscan_dir"
 
-echo "== cargo test" >&2
-cargo test --locked
+# The fast tests (the engine over in-memory doubles, pure modules) apart
+# from the real-part ones (sshd hosts, git remotes, trivy, sops, docker):
+# each shows its own time.
+echo "== cargo test: unit tests (fakes and pure code)" >&2
+cargo test --locked --bin fleetgate
+echo "== cargo test: integration tests (real parts)" >&2
+cargo test --locked --test cli
 
 # The main job is a test too: README command 1, whole, on the sandbox fleet
 # (it checks every exit code it expects; it once broke unnoticed when one

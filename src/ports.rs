@@ -11,7 +11,7 @@
 //! | hosts | [`crate::deploy::Connector`] / [`crate::remote::Remote`] | `remote::ssh` (OpenSSH) | `remote::ssh::LocalHost` |
 //! | the image scanner | [`crate::scan::trivy::Scanner`] | `scan::trivy::Trivy` | the scan tests' fake scanner |
 //! | the inventory | [`crate::inventory::Inventory`] | `inventory::Static` | — |
-//! | the clock (and signals) | [`Clock`] | [`SystemClock`] | `fakes::FakeClock` |
+//! | the clock (and signals) | [`Clock`] | `rt::SystemClock` | `fakes::FakeClock` |
 
 use std::time::Duration;
 
@@ -108,23 +108,6 @@ pub trait Clock {
     fn sleep(&self, d: Duration);
     /// SIGTERM/SIGINT received.
     fn interrupted(&self) -> bool;
-}
-
-/// The real clock and the process's signal flag.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
-
-    fn interrupted(&self) -> bool {
-        crate::interrupt::requested()
-    }
 }
 
 /// RFC 3339 to the second, as records and locks write times.

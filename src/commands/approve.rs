@@ -28,9 +28,9 @@ use crate::core::engine;
 use crate::core::record::Approval;
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::{self, Env, Forge};
-use crate::ports::SystemClock;
 use crate::printer;
 use crate::repo::{CommitId, Repo};
+use crate::rt::SystemClock;
 use crate::store::GitRepo;
 
 /// The comment command.

@@ -7,11 +7,11 @@ use super::Context;
 use crate::core::records::Records;
 use crate::core::verdict;
 use crate::error::{ExitCode, Result};
-use crate::ports::SystemClock;
 use crate::printer;
 use crate::repo::Repo;
 use crate::report;
 use crate::rollout;
+use crate::rt::SystemClock;
 use crate::store::GitRepo;
 
 #[derive(Debug, Args)]

@@ -11,7 +11,11 @@ pub mod scan;
 pub mod status;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::Args;
+
+use crate::scan::trivy::Trivy;
 use crate::secrets::Keyring;
 
 /// What every command gets from `main`.
@@ -20,4 +24,71 @@ pub struct Context {
     pub keyring: Keyring,
     /// `--forge`: overrides the forge the CI environment names.
     pub forge: Option<crate::forge::Kind>,
+}
+
+/// How trivy is run and where results are cached (`scan`, `plan --scan`
+/// and `run` take the same options).
+#[derive(Debug, Clone, Args)]
+pub struct ScanOpts {
+    /// The trivy binary.
+    #[arg(
+        long,
+        env = "FLEETGATE_TRIVY",
+        default_value = "trivy",
+        value_name = "PATH"
+    )]
+    pub trivy: PathBuf,
+    /// Trivy's cache dir (its DB is `<dir>/db`); default: trivy's own.
+    #[arg(long, env = "FLEETGATE_TRIVY_CACHE_DIR", value_name = "DIR")]
+    pub trivy_cache_dir: Option<PathBuf>,
+    /// Where trivy downloads its DB from (a mirror of ghcr.io/aquasecurity/trivy-db).
+    #[arg(long, env = "FLEETGATE_TRIVY_DB_REPOSITORY", value_name = "REPO")]
+    pub trivy_db_repository: Option<String>,
+    /// Use trivy's DB as it is (no download).
+    #[arg(long, env = "FLEETGATE_TRIVY_SKIP_DB_UPDATE")]
+    pub skip_db_update: bool,
+    /// fleetgate's cache (scan results per image digest and DB version);
+    /// default: $XDG_CACHE_HOME/fleetgate or ~/.cache/fleetgate.
+    #[arg(long, env = "FLEETGATE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the scan cache.
+    #[arg(long)]
+    pub no_scan_cache: bool,
+    /// Images scanned at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub scan_concurrency: usize,
+    /// A scan of one image taking longer is killed (exit 3).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::duration::parse, default_value = "5m")]
+    pub scan_timeout: Duration,
+    /// A directory of `docker save` archives named `<digest hex>.tar`:
+    /// images found there are scanned from the archive instead of pulled.
+    #[arg(long, env = "FLEETGATE_IMAGE_ARCHIVES", value_name = "DIR")]
+    pub image_archives: Option<PathBuf>,
+}
+
+impl ScanOpts {
+    /// The options as the scanner takes them.
+    pub fn settings(&self) -> crate::scan::Settings {
+        let cache_dir = if self.no_scan_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(|| crate::scan::cache_home().map(|c| c.join("fleetgate")))
+        };
+        crate::scan::Settings {
+            trivy: Trivy {
+                bin: self.trivy.clone(),
+                cache_dir: self.trivy_cache_dir.clone(),
+                timeout: self.scan_timeout,
+                skip_db_update: self.skip_db_update,
+                db_repository: self.trivy_db_repository.clone(),
+            },
+            options: crate::scan::Options {
+                concurrency: self.scan_concurrency,
+                cache_dir,
+                archives: self.image_archives.clone(),
+            },
+        }
+    }
 }

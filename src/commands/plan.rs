@@ -37,7 +37,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub comment: bool,
     #[command(flatten)]
-    pub scan_opts: super::scan::ScanOpts,
+    pub scan_opts: super::ScanOpts,
 }
 
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
@@ -142,7 +142,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
 fn scan_plan(
     fleet: &config::Fleet,
     plan: &Plan,
-    opts: &super::scan::ScanOpts,
+    opts: &super::ScanOpts,
     pull_request: Option<&(Reporter, u64)>,
 ) -> Result<crate::scan::ScanReport> {
     let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();

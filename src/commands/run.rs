@@ -11,11 +11,12 @@ use crate::config;
 use crate::core::engine::{self, Ports, RunRequest};
 use crate::error::{ExitCode, Result};
 use crate::forge::notify::Reporter;
-use crate::ports::{Clock, SystemClock};
+use crate::ports::Clock;
 use crate::printer;
 use crate::repo::Repo;
 use crate::report::{self, OutcomeFormat};
 use crate::rollout::Live;
+use crate::rt::SystemClock;
 use crate::store::GitRepo;
 
 #[derive(Debug, Args)]
@@ -51,7 +52,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub comment: bool,
     #[command(flatten)]
-    pub scan: super::scan::ScanOpts,
+    pub scan: super::ScanOpts,
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
