@@ -112,6 +112,17 @@ impl World {
     }
 }
 
+/// `by` approves c(2) at a terminal, naming no plan.
+fn claim(by: &str) -> Claim {
+    Claim {
+        rev: c(2),
+        by: by.into(),
+        plan: None,
+        given_at: None,
+        source: "cli",
+    }
+}
+
 fn plan_hash(w: &World, rev: CommitId) -> String {
     w.record(rev).plan_hash.unwrap()
 }
@@ -196,13 +207,7 @@ fn every_refusal_of_the_approval_policy() {
     assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
     // A pipeline without approval stages refuses every approval.
     let stages = Vec::new();
-    let claim = Claim {
-        rev: c(2),
-        by: "alice".into(),
-        plan: None,
-        given_at: None,
-        source: "cli",
-    };
+    let claim = claim("alice");
     match approve(&w.git, &w.clock, &claim, &stages).unwrap() {
         Verdict::Refused { why, .. } => assert!(why.contains("needs an approval"), "{why}"),
         v => panic!("{v:?}"),
@@ -253,22 +258,10 @@ fn approvals_pushed_at_the_same_time_are_all_kept() {
     let other = alice.clone();
     let stages2 = stages.clone();
     bob.before_push.borrow_mut().push(Box::new(move || {
-        let claim = Claim {
-            rev: c(2),
-            by: "alice".into(),
-            plan: None,
-            given_at: None,
-            source: "cli",
-        };
+        let claim = claim("alice");
         approve(&*other, &FakeClock::new(), &claim, &stages2).unwrap();
     }));
-    let claim = Claim {
-        rev: c(2),
-        by: "bob".into(),
-        plan: None,
-        given_at: None,
-        source: "cli",
-    };
+    let claim = claim("bob");
     assert!(matches!(
         approve(&bob, &clock, &claim, &stages).unwrap(),
         Verdict::Counted { .. }
@@ -340,13 +333,7 @@ fn an_approval_given_while_the_run_waits_is_picked_up() {
     let alice = FakeGit::clone_of(w.git.remote.clone());
     let stages = approval_stages(&w.rollout.fleet);
     *w.clock.on_sleep.borrow_mut() = Some(Box::new(move |_| {
-        let claim = Claim {
-            rev: c(2),
-            by: "alice".into(),
-            plan: None,
-            given_at: None,
-            source: "cli",
-        };
+        let claim = claim("alice");
         approve(&alice, &FakeClock::new(), &claim, &stages).unwrap();
     }));
     let out = w.run_req(&req, None).unwrap();
@@ -557,13 +544,7 @@ fn a_corrupt_record_is_an_error_and_is_never_overwritten() {
     assert_eq!(w.git.remote_note(c(2)).unwrap(), "{\"approvals\": [tru");
     assert!(w.rollout.deployed().is_empty());
     assert_eq!(w.lock(), None, "released");
-    let claim = Claim {
-        rev: c(2),
-        by: "alice".into(),
-        plan: None,
-        given_at: None,
-        source: "cli",
-    };
+    let claim = claim("alice");
     let e = approve(&w.git, &w.clock, &claim, &approval_stages(&w.rollout.fleet)).unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::Infra);
 }

@@ -109,15 +109,22 @@ fn a_run_of_a_commit_against_itself_fails_cleanly_and_releases_the_lock() {
     assert_eq!(p.remote_ref("refs/heads/main"), Some(c1), "nothing pushed");
 }
 
-#[test]
-fn a_host_lost_during_start_is_exit_3_and_never_called_rolled_back() {
-    let mut d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+/// Version 2 of alpha being deployed to alpha-1, switched, its start still
+/// running (3 s).
+fn deploying_a_slow_start() -> (DeployFleet, Spawned) {
+    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
     d.deploy("canary").code(0);
     d.set("alpha", "version", "\"2\"")
         .set("alpha", "start_delay", "3");
     d.fleet.commit("alpha: version 2, slow start");
     let run = spawn_deploy(&d);
     run.wait_for("alpha-1 web switch ✓");
+    (d, run)
+}
+
+#[test]
+fn a_host_lost_during_start_is_exit_3_and_never_called_rolled_back() {
+    let (mut d, run) = deploying_a_slow_start();
     d.hosts.lose("alpha-1");
     let run = run.finish();
     run.code(3);
@@ -137,13 +144,7 @@ fn a_host_lost_during_start_is_exit_3_and_never_called_rolled_back() {
 
 #[test]
 fn a_lost_host_that_comes_back_at_once_is_rolled_back_on_a_fresh_connection() {
-    let mut d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
-    d.deploy("canary").code(0);
-    d.set("alpha", "version", "\"2\"")
-        .set("alpha", "start_delay", "3");
-    d.fleet.commit("alpha: version 2, slow start");
-    let run = spawn_deploy(&d);
-    run.wait_for("alpha-1 web switch ✓");
+    let (mut d, run) = deploying_a_slow_start();
     // The connection drops, the host does not: its sshd is back before
     // fleetgate notices.
     d.hosts.lose("alpha-1");
