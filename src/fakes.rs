@@ -407,11 +407,25 @@ pub struct FakeRollout {
     pub scans: Cell<u32>,
     /// Every stage deployed: (stage, rev, clients).
     pub deploys: RefCell<Vec<(String, CommitId, Vec<String>)>>,
+    /// The next stage deployed is cut short by a signal: hosts not started.
+    pub interrupt_stage: Cell<bool>,
     /// Run right before a stage deploys (e.g. a signal arrives).
     pub before_deploy: RefCell<Option<Hook<String>>>,
 }
 
 impl FakeRollout {
+    /// The same fleet with `from` replaced by `to` in `path`.
+    pub fn edited(files: Vec<(String, String)>, path: &str, from: &str, to: &str) -> FakeRollout {
+        let files = files
+            .into_iter()
+            .map(|(p, t)| {
+                let t = if p == path { t.replace(from, to) } else { t };
+                (p, t)
+            })
+            .collect();
+        FakeRollout::new(files)
+    }
+
     pub fn new(files: Vec<(String, String)>) -> FakeRollout {
         FakeRollout {
             fleet: validated(&files),
@@ -421,6 +435,7 @@ impl FakeRollout {
             changed: RefCell::new(BTreeMap::new()),
             scan: RefCell::new(None),
             scans: Cell::new(0),
+            interrupt_stage: Cell::new(false),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
         }
@@ -582,13 +597,20 @@ impl Rollout for FakeRollout {
                 hosts.push(host_outcome(client, &h.name, how, &rev.to_string()));
             }
         }
+        let interrupted = self.interrupt_stage.replace(false);
+        if interrupted {
+            for h in hosts.iter_mut().skip(1) {
+                h.status = HostStatus::NotStarted;
+                h.runs = [("web".to_string(), Runs::AsBefore)].into();
+            }
+        }
         let failed_hosts = hosts.iter().filter(|h| h.failure.is_some()).count();
         let max_failures = st.max_failures as usize;
         Ok(StageOutcome {
             stage: stage.into(),
             rev: rev.to_string(),
-            passed: failed_hosts <= max_failures,
-            interrupted: false,
+            passed: failed_hosts <= max_failures && !interrupted,
+            interrupted,
             failed_hosts,
             max_failures,
             rolled_back: hosts.iter().any(|h| h.status == HostStatus::RolledBack),

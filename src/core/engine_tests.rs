@@ -415,6 +415,39 @@ fn hosts_that_cannot_be_reached_or_were_lost_are_exit_3_and_never_reverted() {
 }
 
 #[test]
+fn a_stage_cut_short_by_a_signal_is_exit_3_and_recorded() {
+    let w = world_with(&["alpha-1", "alpha-2"], 0);
+    w.first_rollout();
+    w.rollout.interrupt_stage.set(true);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Infra);
+    assert!(out.record.stages["canary"].interrupted);
+    assert_eq!(w.rollout.deployed().len(), 1, "no later stage");
+    assert!(w.git.remote.borrow().reverts.is_empty());
+    // Run again: the stage is finished.
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+}
+
+#[test]
+fn without_on_failure_revert_a_failed_gate_is_not_reverted() {
+    let w = World {
+        rollout: FakeRollout::edited(
+            fleet_files(&["alpha-1"], 0),
+            crate::config::PIPELINE,
+            "revert: true",
+            "revert: false",
+        ),
+        ..world()
+    };
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Unhealthy);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(w.git.remote.borrow().reverts.is_empty());
+    assert_eq!(out.record.revert, None);
+}
+
+#[test]
 fn a_frozen_app_stops_the_run_without_a_revert() {
     let w = world_with(&["alpha-1"], 1);
     w.first_rollout();
