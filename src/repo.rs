@@ -48,6 +48,14 @@ impl CommitId {
 }
 
 impl Repo {
+    /// Who commits fleetgate's notes, reverts and locks.
+    pub fn signature(&self) -> Result<git2::Signature<'static>> {
+        self.git()
+            .signature()
+            .or_else(|_| git2::Signature::now("fleetgate", "fleetgate@localhost"))
+            .map_err(|e| Error::git("make a signature", e))
+    }
+
     /// Opens the repository at `path`, or the one around the working directory.
     pub fn discover(path: Option<&Path>) -> Result<Repo> {
         // Like git itself, trust the local object database on read instead of

@@ -22,12 +22,7 @@ fn changes(n: usize) -> String {
     }
 }
 
-/// The first 12 characters of a commit id or hash, as shown to people.
-pub fn short(sha: &str) -> &str {
-    // Hashes and revs may come from a note or a forge payload: whatever they
-    // hold (short, non-ASCII), shortening never panics.
-    sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
-}
+pub use crate::core::rev::short;
 
 fn app_summary(app: &AppPlan) -> String {
     let mut parts = Vec::new();

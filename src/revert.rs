@@ -97,7 +97,7 @@ pub fn revert(
             .and_then(|c| c.tree())
             .map_err(|e| Error::git(format!("read {oid}"), e))
     };
-    let sig = crate::store::signature(repo)?;
+    let sig = repo.signature()?;
     let text = message(repo, &commits, base, head, gate);
     for attempt in 1..=5 {
         let tip = origin.fetch_branch(branch)?;

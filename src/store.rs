@@ -47,14 +47,6 @@ impl<'r> GitRepo<'r> {
     }
 }
 
-/// Who commits fleetgate's notes, reverts and locks.
-pub fn signature(repo: &Repo) -> Result<git2::Signature<'static>> {
-    repo.git()
-        .signature()
-        .or_else(|_| git2::Signature::now("fleetgate", "fleetgate@localhost"))
-        .map_err(|e| Error::git("make a signature", e))
-}
-
 impl GitStore for GitRepo<'_> {
     fn remote_name(&self) -> Option<&str> {
         self.origin.as_ref().map(|o| o.name.as_str())
@@ -87,7 +79,7 @@ impl GitStore for GitRepo<'_> {
     }
 
     fn write_note(&self, rev: CommitId, text: &str) -> Result<Written> {
-        let sig = signature(self.repo)?;
+        let sig = self.repo.signature()?;
         match self
             .repo
             .git()
@@ -132,7 +124,7 @@ impl GitStore for GitRepo<'_> {
 
     fn lock_object(&self, text: &str) -> Result<CommitId> {
         let git = self.repo.git();
-        let sig = signature(self.repo)?;
+        let sig = self.repo.signature()?;
         let tree = git
             .treebuilder(None)
             .and_then(|t| t.write())

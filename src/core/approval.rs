@@ -8,8 +8,8 @@ use chrono::DateTime;
 
 use crate::core::record::{Approval, RunRecord};
 use crate::core::rev::CommitId;
+use crate::core::rev::short;
 use crate::error::Result;
-use crate::report::short;
 
 /// The first approval that counts for a stage: given for this exact plan,
 /// by one of the stage's approvers.

@@ -18,12 +18,12 @@ use crate::core::outcome::{FailedGate, RevertOutcome, StageOutcome};
 use crate::core::record::{Approval, Interrupted, RunRecord};
 use crate::core::records::Records;
 use crate::core::rev::CommitId;
+use crate::core::rev::short;
 use crate::core::verdict::{self, StageVerdict};
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::State;
 use crate::forge::notify::{self, Reporter};
 use crate::ports::{Clock, GitStore, Rollout, rfc3339};
-use crate::report::short;
 use crate::scan::{self, ScanReport};
 
 /// The systems a run works with.

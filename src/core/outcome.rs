@@ -92,7 +92,7 @@ pub enum Runs {
 impl Runs {
     pub fn describe(&self) -> String {
         match self {
-            Runs::Release(rev) => crate::report::short(rev).to_string(),
+            Runs::Release(rev) => crate::core::rev::short(rev).to_string(),
             Runs::AsBefore => "as before".into(),
             Runs::Nothing => "nothing".into(),
             Runs::Unknown => "UNKNOWN".into(),

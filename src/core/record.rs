@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::core::outcome::RevertOutcome;
 use crate::core::outcome::StageOutcome;
-use crate::revert::RevertOutcome;
 use crate::scan::ScanReport;
 
 pub const SCHEMA: u32 = 1;

@@ -25,6 +25,13 @@ impl fmt::Display for CommitId {
     }
 }
 
+/// The first 12 characters of a commit id or hash, as shown to people.
+pub fn short(sha: &str) -> &str {
+    // Hashes and revs may come from a note or a forge payload: whatever they
+    // hold (short, non-ASCII), shortening never panics.
+    sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

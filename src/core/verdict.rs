@@ -49,7 +49,7 @@ pub fn verdict(outcome: &StageOutcome) -> StageVerdict {
         StageVerdict::Frozen
     } else if outcome.passed {
         StageVerdict::Passed
-    } else if crate::revert::FailedGate::of(outcome).is_some() {
+    } else if crate::core::outcome::FailedGate::of(outcome).is_some() {
         StageVerdict::ChangeFailed
     } else {
         StageVerdict::InfraFailed

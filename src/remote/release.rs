@@ -57,7 +57,7 @@ impl std::fmt::Debug for ReleaseFile {
             "ReleaseFile({}, {} bytes, {})",
             self.path,
             self.content.len(),
-            crate::report::short(&self.sha256)
+            crate::core::rev::short(&self.sha256)
         )
     }
 }

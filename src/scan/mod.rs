@@ -249,7 +249,7 @@ pub fn short(image: &ImageRef) -> String {
         "{}:{}@{}",
         image.repository,
         image.tag,
-        crate::report::short(hex)
+        crate::core::rev::short(hex)
     )
 }
 
