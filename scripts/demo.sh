@@ -6,8 +6,9 @@
 # (`scan`, real trivy, a fixture vulnerability DB, two local images).
 #
 # Then it runs the whole pipeline on a local sandbox fleet (scripts/sandbox.sh:
-# real sshd hosts on loopback, a bare Git remote): first rollout, a change
-# through canary, an approval, production, then a broken change that is
+# real sshd hosts on loopback, a bare Git remote): the first push's run
+# (canary, approval, production), a change through canary, an approval,
+# production, then a broken change that is
 # rolled back on the hosts and reverted in Git. It leaves the sandbox
 # running to poke at.
 #
@@ -111,9 +112,12 @@ export FLEETGATE_SSH_KEY=$sandbox/deploy_key
 health() { curl -s "http://127.0.0.1:$(( $(cat "$sandbox/hosts/$1/port") + 1000 ))/health" | tr '\n' ' '; }
 serving() { for h in alpha-1 beta-1 beta-2; do echo "  $h serves: $(health $h)"; done; }
 
-step "first rollout, stage by stage: fleetgate deploy --stage canary, then production"
-"$bin" deploy --stage canary --rev HEAD
-"$bin" deploy --stage production --rev HEAD
+step "the fleet's first push: CI runs fleetgate run --base 0000… --head HEAD (the forge's \"before\" on a new branch): canary, then production waits (exit 4)"
+expect 4 "$bin" run --base 0000000000000000000000000000000000000000 --head HEAD
+serving
+"$bin" approve --rev HEAD --by bob
+step "the promote job resumes the run (no --base: the recorded one, here none): production (exit 0)"
+expect 0 "$bin" run --head HEAD
 serving
 
 step "a change is pushed to main: web version 2 for every client"

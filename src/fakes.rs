@@ -405,6 +405,8 @@ pub struct FakeRollout {
     /// The image gate's report (default: every image passes).
     pub scan: RefCell<Option<ScanReport>>,
     pub scans: Cell<u32>,
+    /// Every plan made: (base, head).
+    pub plans: RefCell<Vec<(Option<CommitId>, CommitId)>>,
     /// Every stage deployed: (stage, rev, clients).
     pub deploys: RefCell<Vec<(String, CommitId, Vec<String>)>>,
     /// The next stage deployed is cut short by a signal: hosts not started.
@@ -436,6 +438,7 @@ impl FakeRollout {
             scan: RefCell::new(None),
             scans: Cell::new(0),
             interrupt_stage: Cell::new(false),
+            plans: RefCell::new(Vec::new()),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
         }
@@ -513,22 +516,30 @@ fn host_outcome(client: &str, host: &str, how: Host, rev: &str) -> HostOutcome {
 }
 
 impl Rollout for FakeRollout {
-    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan> {
-        let changed = self
-            .changed
-            .borrow()
-            .get(&(base, head))
-            .cloned()
-            .unwrap_or_else(|| self.fleet.clients.keys().cloned().collect());
-        let plan_hash = self
-            .plan_hashes
-            .borrow()
-            .get(&(base, head))
-            .cloned()
-            .unwrap_or_else(|| format!("{:0<64}", format!("{}{}", base.short(), head.short())));
+    fn plan(&self, base: Option<CommitId>, head: CommitId) -> Result<Plan> {
+        self.plans.borrow_mut().push((base, head));
+        let all = || self.fleet.clients.keys().cloned().collect();
+        let (changed, plan_hash) = match base {
+            Some(base) => (
+                self.changed
+                    .borrow()
+                    .get(&(base, head))
+                    .cloned()
+                    .unwrap_or_else(all),
+                self.plan_hashes
+                    .borrow()
+                    .get(&(base, head))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        format!("{:0<64}", format!("{}{}", base.short(), head.short()))
+                    }),
+            ),
+            // From nothing: every client is added.
+            None => (all(), format!("{:f<64}", head.short())),
+        };
         Ok(Plan {
             schema: 1,
-            base: base.to_string(),
+            base: base.map_or_else(|| "0".repeat(40), |b| b.to_string()),
             head: head.to_string(),
             plan_hash,
             secrets_compared: true,

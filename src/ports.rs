@@ -90,8 +90,9 @@ pub trait GitStore {
 /// The fleet as the repository describes it at a commit: planned,
 /// validated, its images scanned, a stage of it deployed to the hosts.
 pub trait Rollout {
-    /// The plan `base..head` (both rendered and compared).
-    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan>;
+    /// The plan `base..head` (both rendered and compared); without a base,
+    /// head against nothing (every client added).
+    fn plan(&self, base: Option<CommitId>, head: CommitId) -> Result<Plan>;
     /// The validated fleet at `rev` (stages, groups, clients, policies).
     fn fleet(&self, rev: CommitId) -> Result<Fleet>;
     /// The image gate for `clients` of `fleet`; None when they run no image.

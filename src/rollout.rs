@@ -31,7 +31,7 @@ pub struct Live<'a> {
 }
 
 impl Rollout for Live<'_> {
-    fn plan(&self, base: CommitId, head: CommitId) -> Result<Plan> {
+    fn plan(&self, base: Option<CommitId>, head: CommitId) -> Result<Plan> {
         plan(self.repo, base, head, self.keyring)
     }
 
@@ -53,8 +53,21 @@ impl Rollout for Live<'_> {
     }
 }
 
-/// Renders both commits (only the clients the change can touch) and compares.
-pub fn plan(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> Result<Plan> {
+/// The null commit id: what a forge sends as `before` on a branch's first
+/// push, and the base of a plan made against nothing.
+pub const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
+
+/// Renders both commits (only the clients the change can touch) and
+/// compares; without a base, compares head with nothing (every client added).
+pub fn plan(
+    repo: &Repo,
+    base: Option<CommitId>,
+    head: CommitId,
+    keyring: &Keyring,
+) -> Result<Plan> {
+    let Some(base) = base else {
+        return plan_from_nothing(repo, head, keyring);
+    };
     let changed = repo.changed_paths(base, head)?;
     let affected = Affected::from_paths(&changed);
     tracing::info!(
@@ -110,6 +123,57 @@ pub fn plan(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> R
         crate::report::short(&plan.plan_hash),
         plan.clients.len(),
         plan.unaffected
+    );
+    Ok(plan)
+}
+
+/// Head against nothing: the same pipeline and apps without any client, so
+/// every client of head is added (a first push, or a base this clone does
+/// not have). Every client is rendered: nothing narrows the change.
+fn plan_from_nothing(repo: &Repo, head: CommitId, keyring: &Keyring) -> Result<Plan> {
+    tracing::info!(
+        "planning {} against nothing (no base): rendering every client",
+        head.short()
+    );
+    let cache = DecryptCache::default();
+    let snap_h = repo.snapshot(head)?;
+    let files_h = config::load(&snap_h, Selection::All)?;
+    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            at: snap_h.label(),
+            problems: desired::collapse_repeats(problems),
+        });
+    }
+    let files_b = files_h.without_clients("nothing (no base)");
+    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
+    if !problems.is_empty() {
+        // Head is valid, so its pipeline and apps alone are too.
+        return Err(Error::Invalid {
+            at: files_b.label.clone(),
+            problems: desired::collapse_repeats(problems),
+        });
+    }
+    let changed: Vec<String> = files_h.files.keys().cloned().collect();
+    let plan = plan::compare(
+        &Side {
+            rev: NO_COMMIT.to_string(),
+            label: files_b.label.clone(),
+            prepared: &prepared_b,
+        },
+        &Side {
+            rev: head.to_string(),
+            label: snap_h.label(),
+            prepared: &prepared_h,
+        },
+        &changed,
+        keyring.can_decrypt(),
+        &head.to_string(),
+    )?;
+    tracing::info!(
+        "plan {}: {} client(s) to roll out from nothing",
+        crate::report::short(&plan.plan_hash),
+        plan.clients.len()
     );
     Ok(plan)
 }

@@ -42,7 +42,11 @@ pub struct PlanArgs {
 
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
-    let base = repo.resolve(&args.base)?;
+    // The null commit (a branch's first push): a plan from nothing.
+    let base = match args.base.trim_start_matches('0').is_empty() && !args.base.is_empty() {
+        true => None,
+        false => Some(repo.resolve(&args.base)?),
+    };
     let head = repo.resolve(&args.head)?;
     // Outside CI, --comment is an error before any work, not a no-op.
     let pull_request = match args.comment {

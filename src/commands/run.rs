@@ -9,11 +9,11 @@ use clap::Args;
 use super::Context;
 use crate::config;
 use crate::core::engine::{self, Ports, RunRequest};
-use crate::error::{ExitCode, Result};
+use crate::error::{Error, ExitCode, Result};
 use crate::forge::notify::Reporter;
 use crate::ports::Clock;
 use crate::printer;
-use crate::repo::Repo;
+use crate::repo::{CommitId, Repo};
 use crate::report::{self, OutcomeFormat};
 use crate::rollout::Live;
 use crate::rt::SystemClock;
@@ -61,7 +61,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     let clock = SystemClock;
     let head = repo.resolve(&args.head)?;
     let base = match &args.base {
-        Some(base) => repo.resolve(base)?,
+        Some(base) => base_of_push(&repo, base)?,
         None => engine::recorded_base(&git, &clock, head)?,
     };
     // Outside CI, --comment is an error before anything runs.
@@ -112,6 +112,27 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         }
     }
     Ok(out.code)
+}
+
+/// The commit before the push, as the forge sends it: the null id on a
+/// branch's first push, and after a force-push possibly a commit this clone
+/// never had. Either way there is no base: each client is compared with
+/// what its stage last deployed, or with nothing.
+fn base_of_push(repo: &Repo, base: &str) -> Result<Option<CommitId>> {
+    if base.trim_start_matches('0').is_empty() && !base.is_empty() {
+        tracing::info!("base {base} is the null commit (a first push): no base");
+        return Ok(None);
+    }
+    match repo.resolve(base) {
+        Ok(id) => Ok(Some(id)),
+        Err(Error::BadRevision { .. }) if CommitId::from_hex(base).is_some() => {
+            tracing::warn!(
+                "base {base} is not in this clone (a force-push?): no base; each client is compared with what its stage last deployed"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Who this run is, for the lock: the CI run and actor when there is one.

@@ -173,6 +173,29 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
     })
 }
 
+impl FleetFiles {
+    /// The same pipeline, apps and shared files without any client: a
+    /// fleet as it is before its first client (a plan from nothing).
+    pub fn without_clients(&self, label: &str) -> FleetFiles {
+        FleetFiles {
+            label: label.to_string(),
+            files: self
+                .files
+                .iter()
+                .filter(|(p, _)| {
+                    !p.starts_with(&format!("{CLIENTS_DIR}/"))
+                        && !p.starts_with(&format!("{CLIENT_SECRETS_DIR}/"))
+                })
+                .map(|(p, b)| (p.clone(), b.clone()))
+                .collect(),
+            all_clients: Names::default(),
+            client_secrets: Names::default(),
+            selection: Selection::Only(Default::default()),
+            problems: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 impl FleetFiles {
     /// A whole fleet from `(path, text)` pairs, as `load` would read it.

@@ -38,7 +38,10 @@ pub struct Ports<'a> {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    pub base: CommitId,
+    /// The commit before the push; None: a first push (or a base this
+    /// clone does not have): each client is compared with what its stage
+    /// last deployed, or with nothing.
+    pub base: Option<CommitId>,
     pub head: CommitId,
     /// The branch a revert is pushed to.
     pub branch: String,
@@ -60,16 +63,26 @@ pub struct RunOutcome {
 }
 
 /// The base the last run of `head` planned from (in its record): `run`
-/// without `--base` resumes it.
-pub fn recorded_base(git: &dyn GitStore, clock: &dyn Clock, head: CommitId) -> Result<CommitId> {
-    let record = Records::new(git, clock).read(head)?;
-    let base = record.and_then(|r| r.base).ok_or_else(|| {
-        Error::Usage(
-            Message::from(format!("no run has recorded a base for {}", head.short()))
-                .hint("pass --base (the commit before the push)"),
-        )
-    })?;
-    CommitId::from_hex(&base).ok_or_else(|| {
+/// without `--base` resumes it. A recorded plan without a base was a run
+/// from nothing (a first push), resumed as one.
+pub fn recorded_base(
+    git: &dyn GitStore,
+    clock: &dyn Clock,
+    head: CommitId,
+) -> Result<Option<CommitId>> {
+    let record = Records::new(git, clock)
+        .read(head)?
+        .filter(|r| r.plan_hash.is_some())
+        .ok_or_else(|| {
+            Error::Usage(
+                Message::from(format!("no run has recorded a base for {}", head.short()))
+                    .hint("pass --base (the commit before the push)"),
+            )
+        })?;
+    let Some(base) = record.base else {
+        return Ok(None);
+    };
+    CommitId::from_hex(&base).map(Some).ok_or_else(|| {
         Error::Record(
             format!(
                 "the run record on {head} names a base that is not a commit id: {}",
@@ -178,7 +191,7 @@ struct Run<'a> {
     outcomes: Vec<StageOutcome>,
     /// Per commit a deployed ref points at: the clients whose rendering
     /// differs at head (one plan per distinct commit, shared by stages).
-    changed_since: HashMap<CommitId, Vec<String>>,
+    changed_since: HashMap<Option<CommitId>, Vec<String>>,
     scan: Option<ScanReport>,
     /// Whether a stage has started deploying: until then a failure to
     /// report stops the run (nothing is half-done); after, it is logged.
@@ -233,13 +246,13 @@ impl Run<'_> {
         let plan_hash = plan.plan_hash.clone();
         self.changed_since
             .insert(base, plan.clients.iter().map(|c| c.name.clone()).collect());
-        let (base_s, now) = (base.to_string(), rfc3339(clock.now()));
+        let (base_s, now) = (base.map(|b| b.to_string()), rfc3339(clock.now()));
         let mut record = self.records.update(head, &[], |r| {
-            r.plan(&base_s, &plan_hash, &self.req.run_id, &now);
+            r.plan(base_s.as_deref(), &plan_hash, &self.req.run_id, &now);
         })?;
         tracing::info!(
             "run {}..{}: plan {} ({} client(s) change)",
-            base.short(),
+            base.map_or_else(|| "nothing".to_string(), |b| b.short()),
             head.short(),
             short(&plan_hash),
             plan.clients.len()
@@ -476,20 +489,32 @@ impl Run<'_> {
     }
 
     /// Clients of `group` whose deployed ref for the stage renders
-    /// differently from head (no ref yet: compared with base).
+    /// differently from head (no ref yet: compared with base, or with
+    /// nothing when the run has none).
     fn pending(&mut self, stage: &Stage, group: &[String]) -> Result<Vec<String>> {
-        let mut by_rev: BTreeMap<CommitId, Vec<String>> = BTreeMap::new();
+        let mut by_rev: BTreeMap<Option<CommitId>, Vec<String>> = BTreeMap::new();
         for client in group {
-            let from = self
-                .records
-                .deployed(&stage.name, client)?
-                .unwrap_or(self.req.base);
+            let from = match self.records.deployed(&stage.name, client)? {
+                Some(deployed) => Some(deployed),
+                None => self.req.base,
+            };
             by_rev.entry(from).or_default().push(client.clone());
         }
         let mut pending = Vec::new();
         for (from, clients) in by_rev {
-            if from == self.req.head {
+            if from == Some(self.req.head) {
                 continue;
+            }
+            if self.req.base.is_none() {
+                tracing::info!(
+                    "stage {}: {} compared with {}",
+                    stage.name,
+                    clients.join(", "),
+                    from.map_or_else(
+                        || "nothing (never deployed)".to_string(),
+                        |c| format!("what it last deployed ({})", c.short())
+                    )
+                );
             }
             if !self.changed_since.contains_key(&from) {
                 let plan = self.ports.rollout.plan(from, self.req.head)?;
@@ -591,21 +616,37 @@ impl Run<'_> {
         r.try_comment_on_merged(&notify::failed_marker(&sha), &body);
     }
 
-    /// Reverts base..head on the branch and records what happened.
+    /// Reverts base..head on the branch and records what happened. A run
+    /// from nothing has no range that is the change's alone: nothing to
+    /// revert (the hosts are rolled back all the same).
     fn revert(&self, gate: &FailedGate) -> Result<(RunRecord, RevertOutcome)> {
-        let (base, head, branch) = (self.req.base, self.req.head, &self.req.branch);
-        let outcome = self.ports.git.revert(branch, base, head, gate)?;
+        let (head, branch) = (self.req.head, &self.req.branch);
+        let outcome = match self.req.base {
+            Some(base) => self.ports.git.revert(branch, base, head, gate)?,
+            None => RevertOutcome::NothingToRevert {
+                tip: head.to_string(),
+                failed_gate: gate.trailer(),
+                why: format!(
+                    "the run of {} has no base (a first push): no range of commits is the change's alone",
+                    head.short()
+                ),
+            },
+        };
+        let base = self
+            .req
+            .base
+            .map_or_else(|| "nothing".to_string(), |b| b.to_string());
         match &outcome {
             RevertOutcome::Pushed { commit, onto, .. } => tracing::info!(
                 "reverted {}..{} on {branch} with {} (onto {}); the hosts already run the previous release",
-                base.short(),
+                short(&base),
                 head.short(),
                 short(commit),
                 short(onto)
             ),
             RevertOutcome::Conflict { tip, paths, .. } => tracing::error!(
                 "could not revert {}..{} on {branch} (now {}): {} conflict with later commits\n  hint: the hosts stay rolled back; revert by hand: git revert {base}..{head}",
-                base.short(),
+                short(&base),
                 head.short(),
                 short(tip),
                 paths.join(", "),

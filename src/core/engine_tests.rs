@@ -36,7 +36,7 @@ fn world_with(canary_hosts: &[&str], max_failures: u32) -> World {
 
 fn request(base: CommitId, head: CommitId) -> RunRequest {
     RunRequest {
-        base,
+        base: Some(base),
         head,
         branch: "main".into(),
         wait_approval: Duration::ZERO,
@@ -598,7 +598,84 @@ fn resuming_needs_a_recorded_base() {
     assert_eq!(e.exit_code(), ExitCode::Invalid);
     w.first_rollout();
     w.run(c(1), c(2)).unwrap();
-    assert_eq!(recorded_base(&w.git, &w.clock, c(2)).unwrap(), c(1));
+    assert_eq!(recorded_base(&w.git, &w.clock, c(2)).unwrap(), Some(c(1)));
+}
+
+#[test]
+fn a_first_push_rolls_the_fleet_out_from_nothing_through_every_gate() {
+    let w = world();
+    // No deployed ref anywhere, no base: every client compared with nothing.
+    let first = RunRequest {
+        base: None,
+        ..request(c(1), c(2))
+    };
+    let out = w.run_req(&first, None).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert_eq!(
+        w.rollout.deployed(),
+        [("canary".into(), vec!["alpha".into()])]
+    );
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    assert_eq!(out.record.base, None);
+    assert_eq!(w.rollout.plans.borrow()[0], (None, c(2)));
+    // Resumed without --base after the approval: still from nothing.
+    assert_eq!(recorded_base(&w.git, &w.clock, c(2)).unwrap(), None);
+    assert!(matches!(
+        w.approve(c(2), "alice", None),
+        Verdict::Counted { .. }
+    ));
+    assert_eq!(w.run_req(&first, None).unwrap().code, ExitCode::Ok);
+    assert_eq!(w.deployed("production", "beta"), Some(c(2)));
+}
+
+#[test]
+fn without_a_base_a_deployed_client_is_compared_with_its_deployed_ref() {
+    let w = world();
+    // A force-push: the base is gone, but alpha's canary ref says what runs.
+    w.git
+        .remote
+        .borrow_mut()
+        .refs
+        .insert(deployed_ref("canary", "alpha"), c(1));
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(3)), Vec::new());
+    let out = w
+        .run_req(
+            &RunRequest {
+                base: None,
+                ..request(c(1), c(3))
+            },
+            None,
+        )
+        .unwrap();
+    // alpha renders the same as what it runs: not redeployed; beta was never
+    // deployed: it waits for production's approval.
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert!(w.rollout.deployed().is_empty());
+    assert!(w.rollout.plans.borrow().contains(&(Some(c(1)), c(3))));
+}
+
+#[test]
+fn a_failed_first_push_is_rolled_back_and_nothing_is_reverted() {
+    let w = world();
+    w.rollout.host("alpha-1", Host::Unhealthy);
+    let out = w
+        .run_req(
+            &RunRequest {
+                base: None,
+                ..request(c(1), c(2))
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(w.git.remote.borrow().reverts.is_empty());
+    assert!(matches!(
+        out.record.revert,
+        Some(RevertOutcome::NothingToRevert { .. })
+    ));
 }
 
 fn reporter(forge: Rc<FakeForge>, sha: CommitId) -> Reporter {

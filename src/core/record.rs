@@ -108,10 +108,11 @@ impl RunRecord {
         serde_json::to_string_pretty(self).expect("a run record serialises")
     }
 
-    /// The plan this run carries out. `planned_at` moves only when the plan
-    /// changed, so approvals given for an earlier plan stay visibly older.
-    pub fn plan(&mut self, base: &str, plan_hash: &str, run_id: &str, now: &str) {
-        self.base = Some(base.to_string());
+    /// The plan this run carries out (`base` None: a run from nothing, a
+    /// first push). `planned_at` moves only when the plan changed, so
+    /// approvals given for an earlier plan stay visibly older.
+    pub fn plan(&mut self, base: Option<&str>, plan_hash: &str, run_id: &str, now: &str) {
+        self.base = base.map(str::to_string);
         if self.plan_hash.as_deref() != Some(plan_hash) {
             self.planned_at = Some(now.to_string());
         }
@@ -202,11 +203,11 @@ mod tests {
     #[test]
     fn planning_again_moves_planned_at_only_for_a_new_plan() {
         let mut r = RunRecord::new("h");
-        r.plan("b", "p1", "run-1", "t1");
-        r.plan("b", "p1", "run-2", "t2");
+        r.plan(Some("b"), "p1", "run-1", "t1");
+        r.plan(Some("b"), "p1", "run-2", "t2");
         assert_eq!(r.planned_at.as_deref(), Some("t1"));
         assert_eq!(r.run_id.as_deref(), Some("run-2"));
-        r.plan("b", "p2", "run-3", "t3");
+        r.plan(Some("b"), "p2", "run-3", "t3");
         assert_eq!(r.planned_at.as_deref(), Some("t3"));
     }
 }

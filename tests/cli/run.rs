@@ -36,6 +36,17 @@ impl Pipeline {
     /// Like `with`, with `production` as the production stage's extra keys
     /// ("" for none: no approval).
     pub fn with_production(clients: &[(&str, &str, &[&str])], production: &str) -> Pipeline {
+        let p = Pipeline::undeployed(clients, production);
+        for (_, group, _) in clients {
+            p.fleet_run(&["deploy", "--stage", group, "--rev", "HEAD"])
+                .code(0);
+        }
+        p
+    }
+
+    /// The fleet on the remote, never deployed: nothing runs on the hosts
+    /// and no deployed ref exists (a new fleet before its first push's run).
+    pub fn undeployed(clients: &[(&str, &str, &[&str])], production: &str) -> Pipeline {
         let d = DeployFleet::new(clients, production);
         d.fleet
             .edit("pipelines/pipeline.yaml", "revert: false", "revert: true");
@@ -53,12 +64,7 @@ impl Pipeline {
             .git(&["remote", "add", "origin", remote.to_str().unwrap()]);
         d.fleet.git(&["push", "-q", "origin", "main"]);
         let key = d.hosts.client_key.to_str().unwrap().to_string();
-        let p = Pipeline { d, remote, key };
-        for (_, group, _) in clients {
-            p.fleet_run(&["deploy", "--stage", group, "--rev", "HEAD"])
-                .code(0);
-        }
-        p
+        Pipeline { d, remote, key }
     }
 
     pub fn fleet_run(&self, args: &[&str]) -> Run {
