@@ -500,18 +500,11 @@ fn host_outcome(client: &str, host: &str, how: Host, rev: &str) -> HostOutcome {
         ),
     };
     HostOutcome {
-        client: client.into(),
-        host: host.into(),
-        status,
         failure,
-        steps: Vec::new(),
-        checks: Vec::new(),
         switched: vec!["web".into()],
         frozen,
-        rollback_checks: Vec::new(),
-        rollback_failure: None,
-        runs: [("web".to_string(), runs)].into(),
         seconds: 0.1,
+        ..HostOutcome::new(client, host, status, [("web".to_string(), runs)].into())
     }
 }
 

@@ -1024,22 +1024,13 @@ alpha   alpha-1  deployed  222222222222  1.23s
     }
 
     fn host(client: &str, host: &str, status: HostStatus, runs: &[(&str, Runs)]) -> HostOutcome {
+        let runs = runs
+            .iter()
+            .map(|(a, r)| (a.to_string(), r.clone()))
+            .collect();
         HostOutcome {
-            client: client.into(),
-            host: host.into(),
-            status,
-            failure: None,
-            steps: Vec::new(),
-            checks: Vec::new(),
-            switched: Vec::new(),
-            frozen: Vec::new(),
-            rollback_checks: Vec::new(),
-            rollback_failure: None,
-            runs: runs
-                .iter()
-                .map(|(a, r)| (a.to_string(), r.clone()))
-                .collect(),
             seconds: 1.234,
+            ..HostOutcome::new(client, host, status, runs)
         }
     }
 

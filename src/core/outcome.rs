@@ -74,6 +74,32 @@ pub struct HostOutcome {
     pub seconds: f64,
 }
 
+impl HostOutcome {
+    /// A host's outcome before anything happened to it: no steps, checks,
+    /// failure or rollback yet.
+    pub fn new(
+        client: &str,
+        host: &str,
+        status: HostStatus,
+        runs: BTreeMap<String, Runs>,
+    ) -> HostOutcome {
+        HostOutcome {
+            client: client.to_string(),
+            host: host.to_string(),
+            status,
+            failure: None,
+            steps: Vec::new(),
+            checks: Vec::new(),
+            switched: Vec::new(),
+            frozen: Vec::new(),
+            rollback_checks: Vec::new(),
+            rollback_failure: None,
+            runs,
+            seconds: 0.0,
+        }
+    }
+}
+
 /// What an app on a host runs after a stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

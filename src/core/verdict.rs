@@ -64,23 +64,18 @@ mod tests {
 
     fn host(status: HostStatus, failure: Option<FailureKind>, runs: Runs) -> HostOutcome {
         HostOutcome {
-            client: "alpha".into(),
-            host: "alpha-1".into(),
-            status,
             failure: failure.map(|kind| Failure {
                 kind,
                 app: Some("web".into()),
                 step: "start".into(),
                 message: "exit 1".into(),
             }),
-            steps: Vec::new(),
-            checks: Vec::new(),
-            switched: Vec::new(),
-            frozen: Vec::new(),
-            rollback_checks: Vec::new(),
-            rollback_failure: None,
-            runs: [("web".to_string(), runs)].into(),
-            seconds: 0.0,
+            ..HostOutcome::new(
+                "alpha",
+                "alpha-1",
+                status,
+                [("web".to_string(), runs)].into(),
+            )
         }
     }
 

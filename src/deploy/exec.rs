@@ -756,20 +756,12 @@ async fn reconnect<C: Connector>(connector: &C, host: &Host) -> Result<C::Host, 
 fn not_started(target: &Target, why: &str) -> HostRun {
     tracing::info!("{} not started: {why}", target.host.name);
     HostRun {
-        outcome: HostOutcome {
-            client: target.client.clone(),
-            host: target.host.name.clone(),
-            status: HostStatus::NotStarted,
-            failure: None,
-            steps: Vec::new(),
-            checks: Vec::new(),
-            switched: Vec::new(),
-            frozen: Vec::new(),
-            rollback_checks: Vec::new(),
-            rollback_failure: None,
-            runs: untouched(target),
-            seconds: 0.0,
-        },
+        outcome: HostOutcome::new(
+            &target.client,
+            &target.host.name,
+            HostStatus::NotStarted,
+            untouched(target),
+        ),
         switched: Vec::new(),
     }
 }
@@ -781,9 +773,6 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
     }
     HostRun {
         outcome: HostOutcome {
-            client: target.client.clone(),
-            host: target.host.name.clone(),
-            status: HostStatus::Failed,
             failure: Some(Failure {
                 kind: FailureKind::Infra,
                 app: None,
@@ -796,13 +785,13 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
                 ok: false,
                 seconds: secs(started),
             }],
-            checks: Vec::new(),
-            switched: Vec::new(),
-            frozen: Vec::new(),
-            rollback_checks: Vec::new(),
-            rollback_failure: None,
-            runs: untouched(target),
             seconds: secs(started),
+            ..HostOutcome::new(
+                &target.client,
+                &target.host.name,
+                HostStatus::Failed,
+                untouched(target),
+            )
         },
         switched: Vec::new(),
     }
