@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, plan::PlanArgs,
+    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, lock::LockArgs, plan::PlanArgs,
     rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
 
@@ -61,6 +61,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Put a client back on its previous release (or --to REV) by hand.
     Rollback(RollbackArgs),
+    /// Who holds the pipeline lock, until when; `lock release` removes it.
+    Lock(LockArgs),
 }
 
 /// Every `fleetgate` invocation in the CI workflows (and in the GitHub

@@ -34,12 +34,13 @@ pub fn c(n: u8) -> CommitId {
     CommitId(bytes)
 }
 
-/// An object in the fake repositories: a notes commit (its whole map) or a
-/// lock commit (its message).
+/// An object in the fake repositories: a notes commit (its whole map), a
+/// lock commit (its message) or a log entry (its message and parent).
 #[derive(Debug, Clone)]
 enum Object {
     Notes(BTreeMap<CommitId, String>),
     Lock(String),
+    Log(String, Option<CommitId>),
 }
 
 /// The objects every clone and the remote share (ids are unique, so one
@@ -123,7 +124,7 @@ impl FakeGit {
         let notes = remote.refs.get(NOTES_REF)?;
         match remote.objects.get(notes)? {
             Object::Notes(map) => map.get(&rev).cloned(),
-            Object::Lock(_) => None,
+            Object::Lock(_) | Object::Log(..) => None,
         }
     }
 
@@ -149,6 +150,28 @@ impl FakeGit {
         let mut remote = self.remote.borrow_mut();
         let id = remote.new_object(Object::Lock(holder_json.to_string()));
         remote.refs.insert(crate::core::lock::LOCK_REF.into(), id);
+    }
+
+    /// The lock's text on the remote, None when there is no lock.
+    pub fn remote_lock(&self) -> Option<String> {
+        let remote = self.remote.borrow();
+        let id = remote.refs.get(crate::core::lock::LOCK_REF)?;
+        match remote.objects.get(id)? {
+            Object::Lock(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    /// The messages of the remote's lock log, newest first.
+    pub fn lock_log(&self) -> Vec<String> {
+        let remote = self.remote.borrow();
+        let mut out = Vec::new();
+        let mut next = remote.refs.get(crate::core::lock::LOG_REF).copied();
+        while let Some(Object::Log(text, parent)) = next.and_then(|id| remote.objects.get(&id)) {
+            out.push(text.clone());
+            next = *parent;
+        }
+        out
     }
 }
 
@@ -254,6 +277,13 @@ impl GitStore for FakeGit {
             .remote
             .borrow_mut()
             .new_object(Object::Lock(text.to_string())))
+    }
+
+    fn log_object(&self, text: &str, parent: Option<CommitId>) -> Result<CommitId> {
+        Ok(self
+            .remote
+            .borrow_mut()
+            .new_object(Object::Log(text.to_string(), parent)))
     }
 
     fn revert(

@@ -71,6 +71,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Run(args) => commands::run::run(&ctx, args),
         Command::Scan(args) => commands::scan::run(&ctx, args),
         Command::Approve(args) => commands::approve::run(&ctx, args),
+        Command::Lock(args) => commands::lock::run(&ctx, args),
     }
 }
 

@@ -12,12 +12,15 @@
 //! | the image scanner | [`crate::scan::trivy::Scanner`] | `scan::trivy::Trivy` | the scan tests' fake scanner |
 //! | the inventory | [`crate::inventory::Inventory`] | `inventory::Static` | — |
 //! | the clock (and signals) | [`Clock`] | `rt::SystemClock` | `fakes::FakeClock` |
+//! | renewing the lock meanwhile | [`LockKeeper`] | `commands::run`'s thread | none: the engine's own renewals |
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Fleet;
+use crate::core::lock::Lease;
 use crate::core::outcome::StageOutcome;
 use crate::core::rev::CommitId;
 use crate::error::Result;
@@ -76,6 +79,9 @@ pub trait GitStore {
     fn lock_text(&self, id: CommitId) -> Result<Option<String>>;
     /// A new lock object holding `text`, in this clone (not pushed).
     fn lock_object(&self, text: &str) -> Result<CommitId>;
+    /// A new commit holding `text` on top of `parent`, in this clone (not
+    /// pushed): an entry of a log ref such as the lock's.
+    fn log_object(&self, text: &str, parent: Option<CommitId>) -> Result<CommitId>;
     /// Reverts `base..head` on top of `branch` on the remote and pushes it
     /// (fast-forward only; redone on a moved tip; conflicts are an outcome).
     fn revert(
@@ -100,6 +106,15 @@ pub trait Rollout {
     /// One stage for `clients` at `rev`: upload, switch, start, gates,
     /// rollback. Unreachable hosts are part of the outcome, not an error.
     fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome>;
+}
+
+/// Renews the pipeline lock while the engine blocks in one call that can
+/// outlast the lock's expiry (a stage's deploy): the engine renews only
+/// between its steps. Runs on its own thread, so it needs its own handle on
+/// the remote (`GitStore` is not `Sync`).
+pub trait LockKeeper {
+    /// Renews `lease` every [`Lease::every`] until it is released or lost.
+    fn keep(&self, lease: Arc<Lease>);
 }
 
 /// Time, waiting, and whether a stop was asked for: the engine never reads

@@ -89,6 +89,19 @@ impl Repo {
         Ok(Repo { git, display })
     }
 
+    /// Another handle on the same repository, for another thread
+    /// (`Repository` is not `Sync`; libgit2's settings are already made).
+    pub fn reopen(&self) -> Result<Repo> {
+        let git = Repository::open(self.git.path()).map_err(|e| Error::NoRepository {
+            path: self.display.clone(),
+            message: e.message().to_string(),
+        })?;
+        Ok(Repo {
+            git,
+            display: self.display.clone(),
+        })
+    }
+
     pub fn git(&self) -> &Repository {
         &self.git
     }

@@ -136,6 +136,28 @@ impl GitStore for GitRepo<'_> {
         Ok(id.into())
     }
 
+    fn log_object(&self, text: &str, parent: Option<CommitId>) -> Result<CommitId> {
+        let git = self.repo.git();
+        let sig = self.repo.signature()?;
+        let tree = git
+            .treebuilder(None)
+            .and_then(|t| t.write())
+            .and_then(|t| git.find_tree(t))
+            .map_err(|e| Error::git("write a log entry's tree", e))?;
+        let parent = match parent {
+            Some(p) => Some(
+                git.find_commit(p.oid())
+                    .map_err(|e| Error::git(format!("read the log entry {p}"), e))?,
+            ),
+            None => None,
+        };
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let id: Oid = git
+            .commit(None, &sig, &sig, text, &tree, &parents)
+            .map_err(|e| Error::git("write a log entry", e))?;
+        Ok(id.into())
+    }
+
     fn revert(
         &self,
         branch: &str,

@@ -1,7 +1,12 @@
 //! `fleetgate run --base A --head B`: the whole pipeline (`core::engine`)
 //! on the real repository, remote, hosts and forge. Glue: resolve the
-//! revisions, build the ports, print what the engine returns.
+//! revisions, build the ports, print what the engine returns. Also the
+//! real [`LockKeeper`]: a thread that renews the pipeline lock with its own
+//! handle on the repository while the engine blocks in a stage's deploy.
 
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,9 +14,10 @@ use clap::Args;
 use super::Context;
 use crate::config;
 use crate::core::engine::{self, Ports, RunRequest};
+use crate::core::lock::Lease;
 use crate::error::{Error, ExitCode, Result};
 use crate::forge::notify::Reporter;
-use crate::ports::Clock;
+use crate::ports::{Clock, LockKeeper};
 use crate::printer;
 use crate::repo::{CommitId, Repo};
 use crate::report::{self, OutcomeFormat};
@@ -41,8 +47,9 @@ pub struct RunArgs {
     /// How long to wait for another run's lock before giving up (exit 3).
     #[arg(long, value_name = "DURATION", value_parser = config::duration::parse, default_value = "10m")]
     pub lock_wait: Duration,
-    /// A lock not renewed for this long is taken over (a killed job's).
-    #[arg(long, value_name = "DURATION", value_parser = config::duration::parse, default_value = "1h")]
+    /// A lock not renewed for this long is taken over (a killed job's). A
+    /// live run renews it every quarter of this (at most every 30 s).
+    #[arg(long, value_name = "DURATION", value_parser = config::duration::parse, default_value = "2m")]
     pub lock_expiry: Duration,
     /// Output format of the run report on stdout (json: the run record).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
@@ -74,18 +81,20 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         false => None,
     };
     crate::interrupt::install();
-    let (run_id, holder) = this_run(&clock);
+    let (run_id, holder, run_url) = this_run(&clock);
     let settings = args.scan.settings();
     let rollout = Live {
         repo: &repo,
         keyring: &ctx.keyring,
         scan: &settings,
     };
+    let keeper = Keeper::new(&repo, &args.remote);
     let ports = Ports {
         git: &git,
         rollout: &rollout,
         clock: &clock,
         reporter: reporter.as_ref(),
+        keeper: Some(&keeper),
     };
     let request = RunRequest {
         base,
@@ -96,8 +105,11 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         lock_expiry: args.lock_expiry,
         run_id,
         holder,
+        run_url,
     };
-    let out = engine::run(&ports, &request)?;
+    let out = engine::run(&ports, &request);
+    keeper.stop();
+    let out = out?;
     match args.format {
         OutcomeFormat::Json => printer::data(&format!("{}\n", out.record.to_json())),
         OutcomeFormat::Text => {
@@ -135,8 +147,9 @@ fn base_of_push(repo: &Repo, base: &str) -> Result<Option<CommitId>> {
     }
 }
 
-/// Who this run is, for the lock: the CI run and actor when there is one.
-fn this_run(clock: &dyn Clock) -> (String, String) {
+/// Who this run is, for the lock: the CI run, its page and actor when there
+/// is one.
+fn this_run(clock: &dyn Clock) -> (String, String, Option<String>) {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let run_id = env("GITHUB_RUN_ID")
         .unwrap_or_else(|| format!("local-{}-{}", std::process::id(), clock.now().timestamp()));
@@ -148,5 +161,95 @@ fn this_run(clock: &dyn Clock) -> (String, String) {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    (run_id, format!("{user}@{host}"))
+    // Forgejo numbers its run pages per repository (GITHUB_RUN_NUMBER),
+    // GitHub by the global run id, as `forge::env` links them.
+    let forgejo = ["FORGEJO_ACTIONS", "GITEA_ACTIONS"]
+        .iter()
+        .any(|k| env(k).is_some_and(|v| v == "true" || v == "1"));
+    let page = match forgejo {
+        true => env("GITHUB_RUN_NUMBER").or_else(|| env("GITHUB_RUN_ID")),
+        false => env("GITHUB_RUN_ID"),
+    };
+    let run_url = match (env("GITHUB_SERVER_URL"), env("GITHUB_REPOSITORY"), page) {
+        (Some(server), Some(repo), Some(n)) => Some(format!(
+            "{}/{repo}/actions/runs/{n}",
+            server.trim_end_matches('/')
+        )),
+        _ => None,
+    };
+    (run_id, format!("{user}@{host}"), run_url)
+}
+
+/// Renews the lock from a thread of its own. The thread opens its own
+/// repository handle and remote (`GitStore` is not `Sync`) and shares only
+/// the [`Lease`] with the engine, so their renewals never race.
+struct Keeper<'r> {
+    repo: &'r Repo,
+    remote: String,
+    running: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+impl<'r> Keeper<'r> {
+    fn new(repo: &'r Repo, remote: &str) -> Keeper<'r> {
+        Keeper {
+            repo,
+            remote: remote.to_string(),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Stops the thread and waits for it: no renewal after the run.
+    fn stop(&self) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, thread)) = running {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl LockKeeper for Keeper<'_> {
+    fn keep(&self, lease: Arc<Lease>) {
+        let repo = match self.repo.reopen() {
+            Ok(repo) => repo,
+            Err(e) => {
+                tracing::warn!("the pipeline lock is renewed between steps only: {e}");
+                return;
+            }
+        };
+        let remote = self.remote.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let git = match GitRepo::with_remote(&repo, &remote) {
+                Ok(git) => git,
+                Err(e) => {
+                    tracing::warn!("the pipeline lock is renewed between steps only: {e}");
+                    return;
+                }
+            };
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(lease.every()) {
+                if lease.done() {
+                    break;
+                }
+                match lease.renew(&git, &SystemClock) {
+                    Ok(()) => tracing::debug!(
+                        "pipeline lock renewed: expires {}",
+                        lease.holder().expires_at
+                    ),
+                    Err(e) if lease.done() => {
+                        tracing::error!("{}", e.headline());
+                        break;
+                    }
+                    // The remote may be back by the next renewal: the
+                    // expiry leaves room for three misses.
+                    Err(e) => tracing::warn!("could not renew the pipeline lock: {}", e.headline()),
+                }
+            }
+        });
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((stop, thread));
+    }
 }

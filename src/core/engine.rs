@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::{self, Fleet, Stage};
 use crate::core::approval::{self, ApprovalStages, Claim, Verdict};
-use crate::core::lock::{self, Lock};
+use crate::core::lock::{self, Claimant, Lock};
 use crate::core::outcome::{FailedGate, RevertOutcome, StageOutcome};
 use crate::core::record::{Approval, Interrupted, RunRecord};
 use crate::core::records::Records;
@@ -23,7 +23,7 @@ use crate::core::verdict::{self, StageVerdict};
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::State;
 use crate::forge::notify::{self, Reporter};
-use crate::ports::{Clock, GitStore, Rollout, rfc3339};
+use crate::ports::{Clock, GitStore, LockKeeper, Rollout, rfc3339};
 use crate::scan::{self, ScanReport};
 
 /// The systems a run works with.
@@ -33,6 +33,8 @@ pub struct Ports<'a> {
     pub clock: &'a dyn Clock,
     /// Statuses and comments on the forge (`run --comment`).
     pub reporter: Option<&'a Reporter>,
+    /// Renews the lock during a stage's deploy (the real run's thread).
+    pub keeper: Option<&'a dyn LockKeeper>,
 }
 
 /// What to run.
@@ -51,6 +53,8 @@ pub struct RunRequest {
     pub lock_expiry: Duration,
     pub run_id: String,
     pub holder: String,
+    /// The CI run's page, shown to whoever finds the lock held.
+    pub run_url: Option<String>,
 }
 
 /// How a run ended: its exit code, the record as pushed, what it deployed.
@@ -96,14 +100,15 @@ pub fn recorded_base(
 /// The whole pipeline for `req.base..req.head`, under the pipeline lock.
 pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
     let current = RefCell::new(None);
-    let mut lock = lock::acquire(
-        ports.git,
-        ports.clock,
-        &req.run_id,
-        &req.holder,
-        req.lock_expiry,
-        req.lock_wait,
-    )?;
+    let who = Claimant {
+        run_id: req.run_id.clone(),
+        holder: req.holder.clone(),
+        run_url: req.run_url.clone(),
+    };
+    let lock = lock::acquire(ports.git, ports.clock, &who, req.lock_expiry, req.lock_wait)?;
+    if let Some(keeper) = ports.keeper {
+        keeper.keep(lock.lease());
+    }
     let result = Run {
         ports,
         req,
@@ -113,8 +118,9 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
         scan: None,
         deployed: false,
         current: &current,
+        lock: &lock,
     }
-    .go(&mut lock);
+    .go();
     lock.release();
     if let (Err(e), Some(r)) = (&result, ports.reporter) {
         // The status in progress errs; before any, the plan itself failed.
@@ -198,6 +204,9 @@ struct Run<'a> {
     deployed: bool,
     /// The status in progress, marked `error` if the run stops on an error.
     current: &'a RefCell<Option<String>>,
+    /// Kept alive before every change on the remote: a run whose lock was
+    /// taken over stops before it changes anything more.
+    lock: &'a Lock<'a>,
 }
 
 impl Run<'_> {
@@ -218,6 +227,7 @@ impl Run<'_> {
             before_stage: before.to_string(),
             run_id: self.req.run_id.clone(),
         };
+        self.lock.keep_alive()?;
         let record = self.records.update(self.req.head, &[], |r| {
             r.interrupted = Some(interrupted.clone());
         })?;
@@ -239,7 +249,7 @@ impl Run<'_> {
         }
     }
 
-    fn go(mut self, lock: &mut Lock) -> Result<RunOutcome> {
+    fn go(mut self) -> Result<RunOutcome> {
         let (base, head) = (self.req.base, self.req.head);
         let (rollout, clock) = (self.ports.rollout, self.ports.clock);
         let plan = rollout.plan(base, head)?;
@@ -247,6 +257,7 @@ impl Run<'_> {
         self.changed_since
             .insert(base, plan.clients.iter().map(|c| c.name.clone()).collect());
         let (base_s, now) = (base.map(|b| b.to_string()), rfc3339(clock.now()));
+        self.lock.keep_alive()?;
         let mut record = self.records.update(head, &[], |r| {
             r.plan(base_s.as_deref(), &plan_hash, &self.req.run_id, &now);
         })?;
@@ -279,6 +290,7 @@ impl Run<'_> {
                         ),
                     )?,
                 }
+                self.lock.keep_alive()?;
                 record = self.records.update(head, &[], |r| {
                     r.scan = Some(report.clone());
                 })?;
@@ -299,7 +311,7 @@ impl Run<'_> {
             if clock.interrupted() {
                 return self.interrupted(&stage.name);
             }
-            lock.renew()?;
+            self.lock.keep_alive()?;
             let group: Vec<String> = fleet
                 .clients
                 .values()
@@ -330,7 +342,7 @@ impl Run<'_> {
             );
             let mut deploying = format!("deploying {} client(s)", pending.len());
             if let Some(approval) = &stage.approval {
-                match self.approval(stage, &approval.approvers, &plan.plan_hash, lock)? {
+                match self.approval(stage, &approval.approvers, &plan.plan_hash)? {
                     Some(a) => {
                         tracing::info!(
                             "stage {}: approved by {} at {} (plan {})",
@@ -346,6 +358,7 @@ impl Run<'_> {
                     }
                     None => {
                         let name = stage.name.clone();
+                        self.lock.keep_alive()?;
                         record = self.records.update(head, &[], |r| {
                             r.waiting = Some(name.clone());
                         })?;
@@ -362,7 +375,15 @@ impl Run<'_> {
             }
             self.tell(&stage.name, State::Pending, &deploying)?;
             self.deployed = true;
+            self.lock.keep_alive()?;
             let outcome = rollout.deploy(head, &stage.name, &pending)?;
+            if let Err(e) = self.lock.keep_alive() {
+                tracing::warn!(
+                    "stage {}: deployed, but its outcome is not recorded: the lock is no longer this run's; the run holding it finds these hosts up to date or deploys them again",
+                    stage.name
+                );
+                return Err(e);
+            }
             let (moved, recorded) = self.records.record_stage(head, &outcome)?;
             record = recorded;
             for r in &moved {
@@ -536,7 +557,6 @@ impl Run<'_> {
         stage: &Stage,
         approvers: &[String],
         plan_hash: &str,
-        lock: &mut Lock,
     ) -> Result<Option<Approval>> {
         let clock = self.ports.clock;
         let wait = chrono::Duration::from_std(self.req.wait_approval).unwrap_or_default();
@@ -575,7 +595,7 @@ impl Run<'_> {
                 );
                 told = true;
             }
-            lock.renew()?;
+            self.lock.keep_alive()?;
             let left = (deadline - now).to_std().unwrap_or_default();
             clock.sleep(Duration::from_secs(2).min(left));
         }
@@ -622,7 +642,10 @@ impl Run<'_> {
     fn revert(&self, gate: &FailedGate) -> Result<(RunRecord, RevertOutcome)> {
         let (head, branch) = (self.req.head, &self.req.branch);
         let outcome = match self.req.base {
-            Some(base) => self.ports.git.revert(branch, base, head, gate)?,
+            Some(base) => {
+                self.lock.keep_alive()?;
+                self.ports.git.revert(branch, base, head, gate)?
+            }
             None => RevertOutcome::NothingToRevert {
                 tip: head.to_string(),
                 failed_gate: gate.trailer(),
@@ -660,6 +683,7 @@ impl Run<'_> {
                 short(tip)
             ),
         }
+        self.lock.keep_alive()?;
         let record = self.records.update(head, &[], |r| {
             r.revert = Some(outcome.clone());
         })?;

@@ -44,6 +44,7 @@ fn request(base: CommitId, head: CommitId) -> RunRequest {
         lock_expiry: Duration::from_secs(3600),
         run_id: "run-1".into(),
         holder: "ci@runner".into(),
+        run_url: None,
     }
 }
 
@@ -58,6 +59,7 @@ impl World {
             rollout: &self.rollout,
             clock: &self.clock,
             reporter,
+            keeper: None,
         };
         run(&ports, req)
     }
@@ -475,6 +477,7 @@ fn a_signal_is_recorded_wherever_it_stops_the_run() {
             rollout: &w.rollout,
             clock: &Signalled { clock, flag: &flag },
             reporter: None,
+            keeper: None,
         };
         run(&ports, &req).unwrap()
     };
@@ -495,6 +498,7 @@ fn a_signal_is_recorded_wherever_it_stops_the_run() {
             flag: &flag,
         },
         reporter: None,
+        keeper: None,
     };
     let out = run(&ports, &request(c(1), c(2))).unwrap();
     assert_eq!(out.code, ExitCode::Infra);
@@ -801,4 +805,60 @@ fn a_forge_that_fails_before_anything_deploys_stops_the_run_later_ones_do_not() 
         Some(c(2)),
         "deployed all the same"
     );
+}
+
+#[test]
+fn a_lock_taken_over_during_a_deploy_stops_the_run_before_it_records() {
+    let w = world();
+    w.first_rollout();
+    // While canary deploys, this run's lock expires and another run takes
+    // it (its keeper could not reach the remote, say).
+    let thief = FakeGit::clone_of(w.git.remote.clone());
+    *w.rollout.before_deploy.borrow_mut() = Some(Box::new(move |_| {
+        thief.put_remote_lock(
+            r#"{"run_id": "next", "holder": "ci@other", "started_at": "", "expires_at": "2026-11-29T11:00:00Z"}"#,
+        );
+    }));
+    let e = w.run(c(1), c(2)).unwrap_err();
+    assert!(e.to_string().contains("lost the pipeline lock"), "{e}");
+    assert!(e.to_string().contains("run next of ci@other"), "{e}");
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert_eq!(w.rollout.deployed().len(), 1, "canary deployed");
+    // Nothing more on the remote: the stage is not recorded, its ref not
+    // moved, the other run's lock left as it is.
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(1)));
+    assert!(w.record(c(2)).stages.is_empty());
+    assert!(w.git.remote_lock().unwrap().contains("\"next\""));
+}
+
+/// A keeper that keeps the lease it is given (the real one renews it from
+/// a thread; `lock_tests.rs` renews one by hand).
+#[derive(Default)]
+struct Kept(std::cell::RefCell<Option<std::sync::Arc<crate::core::lock::Lease>>>);
+
+impl crate::ports::LockKeeper for Kept {
+    fn keep(&self, lease: std::sync::Arc<crate::core::lock::Lease>) {
+        *self.0.borrow_mut() = Some(lease);
+    }
+}
+
+#[test]
+fn the_keeper_gets_the_runs_lease_and_it_ends_with_the_run() {
+    let w = world();
+    w.first_rollout();
+    let kept = Kept::default();
+    let ports = Ports {
+        git: &w.git,
+        rollout: &w.rollout,
+        clock: &w.clock,
+        reporter: None,
+        keeper: Some(&kept),
+    };
+    let mut req = request(c(1), c(2));
+    req.run_url = Some("https://forge.example/o/fleet/actions/runs/7".into());
+    assert_eq!(run(&ports, &req).unwrap().code, ExitCode::Waiting);
+    let lease = kept.0.borrow().clone().expect("a lease to keep");
+    assert_eq!(lease.holder().run_url, req.run_url);
+    assert!(lease.done(), "released: the keeper stops renewing");
+    assert_eq!(w.lock(), None);
 }

@@ -1,11 +1,22 @@
 //! One pipeline at a time per repository: `refs/fleetgate/lock` on the
 //! remote, a parentless commit whose message is the holder's JSON. Taken
 //! with compare-and-swap (create only if absent, replace only the value
-//! read), renewed between stages, released by deleting it with the same
-//! check. A lock past its expiry is taken over with a warning, so a killed
-//! CI job never blocks the fleet for good. Released by `Drop` too: a panic
-//! or an early return never leaves it until it expires.
+//! read), released by deleting it with the same check.
+//!
+//! The expiry is short (minutes) and the lock is renewed while its run
+//! lives — by the engine at every safe point and, during one long call (a
+//! stage's deploy), by a [`LockKeeper`](crate::ports::LockKeeper) on another
+//! thread — so a run killed by its CI (SIGKILL, a removed container) blocks
+//! the fleet only until its lock expires. Whoever renews shares one
+//! [`Lease`]: when a renewal or a check finds the lock gone or replaced, the
+//! lease is lost and the run stops before its next change on the remote.
+//!
+//! `lock release` removes a lock by hand, in one atomic push with an entry
+//! on `refs/fleetgate/lock-log` saying whose lock it was, who removed it and
+//! why. Released by `Drop` too: a panic or an early return never leaves it
+//! until it expires.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,37 +27,60 @@ use crate::error::{Error, Message, Result};
 use crate::ports::{Clock, GitStore, Pushed, Update, rfc3339};
 
 pub const LOCK_REF: &str = "refs/fleetgate/lock";
+/// One commit per lock removed by hand (`lock release`), newest first.
+pub const LOG_REF: &str = "refs/fleetgate/lock-log";
+
+/// Renewals never further apart than this, however long the expiry.
+const RENEW_AT_MOST: Duration = Duration::from_secs(30);
+/// How often a rejected push of `lock release` is re-read and retried.
+const ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub run_id: String,
     pub holder: String,
+    /// The CI run's page, when the holder runs in CI (absent in locks
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
     pub started_at: String,
     pub expires_at: String,
 }
 
 impl Holder {
-    fn expired(&self, now: DateTime<Utc>) -> bool {
+    /// Past its expiry (an unreadable time counts as expired: nobody can
+    /// renew what nobody can read).
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
         DateTime::parse_from_rfc3339(&self.expires_at)
             .map(|t| t.with_timezone(&Utc) <= now)
             .unwrap_or(true)
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
+        let url = match &self.run_url {
+            Some(u) => format!(" {u}"),
+            None => String::new(),
+        };
         format!(
-            "{} (run {}) since {}, expiring {}",
+            "{} (run {}{url}) since {}, expiring {}",
             self.holder, self.run_id, self.started_at, self.expires_at
         )
     }
 }
 
-pub struct Lock<'a> {
-    git: &'a dyn GitStore,
-    clock: &'a dyn Clock,
-    ours: CommitId,
-    holder: Holder,
-    ttl: Duration,
-    released: bool,
+/// Who takes the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    pub run_id: String,
+    pub holder: String,
+    pub run_url: Option<String>,
+}
+
+/// The lock on the remote now: its object and holder (None: unreadable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub id: CommitId,
+    pub holder: Option<Holder>,
 }
 
 fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -57,23 +91,158 @@ fn write(git: &dyn GitStore, holder: &Holder) -> Result<CommitId> {
     git.lock_object(&serde_json::to_string_pretty(holder).expect("a holder serialises"))
 }
 
-/// The lock on the remote now: its object and holder (None: unreadable).
-fn read(git: &dyn GitStore) -> Result<Option<(CommitId, Option<Holder>)>> {
+/// The lock on the remote now, None when free.
+pub fn read(git: &dyn GitStore) -> Result<Option<Held>> {
     let Some(id) = git.remote_ref(LOCK_REF)? else {
         return Ok(None);
     };
     let holder = git
         .lock_text(id)?
         .and_then(|text| serde_json::from_str(&text).ok());
-    Ok(Some((id, holder)))
+    Ok(Some(Held { id, holder }))
 }
 
-/// Takes the lock, waiting up to `wait` for another run to release it.
+/// The state every renewer of one lock shares (the engine's thread and a
+/// keeper's): which object is ours, and whether the lock is still ours.
+/// The mutex is held across a renewal's push, so renewals and the release
+/// never race each other with stale leases.
+pub struct Lease {
+    ttl: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    ours: CommitId,
+    holder: Holder,
+    renewed: DateTime<Utc>,
+    /// Why the lock is no longer ours, once a renewal or a check found so.
+    lost: Option<String>,
+    released: bool,
+}
+
+impl Lease {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A renewer that panicked left the state whole (each write is one
+        // assignment): keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How often to renew: a quarter of the expiry, at most 30 s, so three
+    /// renewals in a row can fail (a slow remote) before it expires.
+    pub fn every(&self) -> Duration {
+        (self.ttl / 4).clamp(Duration::from_millis(100), RENEW_AT_MOST)
+    }
+
+    /// Released or lost: nothing left to renew.
+    pub fn done(&self) -> bool {
+        let s = self.state();
+        s.released || s.lost.is_some()
+    }
+
+    pub fn holder(&self) -> Holder {
+        self.state().holder.clone()
+    }
+
+    /// The error of a lost lock, if it is lost.
+    pub fn check(&self) -> Result<()> {
+        match &self.state().lost {
+            Some(why) => Err(lost(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Pushes the expiry forward if the remote still has our lock; when it
+    /// does not, the lease is lost (for every renewer) and this errs. A
+    /// failure to reach the remote errs without losing the lease: the next
+    /// renewal tries again.
+    pub fn renew(&self, git: &dyn GitStore, clock: &dyn Clock) -> Result<()> {
+        let mut s = self.state();
+        if s.released {
+            return Ok(());
+        }
+        if let Some(why) = &s.lost {
+            return Err(lost(why));
+        }
+        let now = clock.now();
+        let mut holder = s.holder.clone();
+        holder.expires_at = rfc3339(plus(now, self.ttl));
+        let new = write(git, &holder)?;
+        let update = Update {
+            name: LOCK_REF.into(),
+            new: Some(new),
+            expected: Some(s.ours),
+        };
+        match git.push_leased(&[update])? {
+            Pushed::Yes => {
+                s.ours = new;
+                s.holder = holder;
+                s.renewed = now;
+                Ok(())
+            }
+            Pushed::Rejected(_) => {
+                let why = taken_by(git);
+                s.lost = Some(why.clone());
+                Err(lost(&why))
+            }
+        }
+    }
+
+    /// Whether the remote still has our lock, without renewing it.
+    fn confirm(&self, git: &dyn GitStore) -> Result<()> {
+        let ours = {
+            let s = self.state();
+            if let Some(why) = &s.lost {
+                return Err(lost(why));
+            }
+            s.ours
+        };
+        if git.remote_ref(LOCK_REF)? == Some(ours) {
+            return Ok(());
+        }
+        let mut s = self.state();
+        // A renewal may have moved it meanwhile (the keeper's thread).
+        if s.ours != ours || s.released {
+            return Ok(());
+        }
+        let why = taken_by(git);
+        s.lost = Some(why.clone());
+        Err(lost(&why))
+    }
+}
+
+/// Who has the lock now, for the error of the run that lost it.
+fn taken_by(git: &dyn GitStore) -> String {
+    match read(git) {
+        Ok(None) => "it was removed (`fleetgate lock release`?)".into(),
+        Ok(Some(Held {
+            holder: Some(h), ..
+        })) => format!("run {} of {} holds it now", h.run_id, h.holder),
+        Ok(Some(Held { id, holder: None })) => format!("it is now {id}, unreadable"),
+        Err(e) => format!("it changed on the remote ({e})"),
+    }
+}
+
+fn lost(why: &str) -> Error {
+    Error::Remote(
+        Message::from(format!("lost the pipeline lock: {why}; this run stops before changing anything more on the remote"))
+            .hint("the run that holds the lock converges the fleet (hosts this run deployed are redeployed or found up to date). If renewals failed, check the runner's access to the remote, or raise --lock-expiry"),
+    )
+}
+
+/// The pipeline lock, held: renewed through [`Lock::keep_alive`] and by
+/// whoever holds its [`Lease`], released on drop.
+pub struct Lock<'a> {
+    git: &'a dyn GitStore,
+    clock: &'a dyn Clock,
+    lease: Arc<Lease>,
+}
+
+/// Takes the lock, waiting up to `wait` for another run to release it or
+/// for its lock to expire.
 pub fn acquire<'a>(
     git: &'a dyn GitStore,
     clock: &'a dyn Clock,
-    run_id: &str,
-    holder: &str,
+    who: &Claimant,
     ttl: Duration,
     wait: Duration,
 ) -> Result<Lock<'a>> {
@@ -83,16 +252,19 @@ pub fn acquire<'a>(
     loop {
         let now = clock.now();
         let ours = Holder {
-            run_id: run_id.to_string(),
-            holder: holder.to_string(),
+            run_id: who.run_id.clone(),
+            holder: who.holder.clone(),
+            run_url: who.run_url.clone(),
             started_at: rfc3339(started),
             expires_at: rfc3339(plus(now, ttl)),
         };
         let expected = match read(git)? {
             None => None,
-            Some((_, Some(h))) if !h.expired(now) => {
+            Some(Held {
+                holder: Some(h), ..
+            }) if !h.expired(now) => {
                 if now >= deadline {
-                    return Err(Error::Remote(Message::from(format!("another pipeline run holds the lock: {}", h.describe())).hint(format!("wait for it (--lock-wait), or if that job is dead, the lock is taken over once it expires; `git push {} :{LOCK_REF}` removes it by hand", git.remote_name().unwrap_or("origin")))));
+                    return Err(Error::Remote(Message::from(format!("another pipeline run holds the lock: {}", h.describe())).hint("wait for it (--lock-wait); a dead run's lock expires by itself within its --lock-expiry. `fleetgate lock` shows it, `fleetgate lock release --reason WHY` removes it")));
                 }
                 if !told {
                     tracing::info!("waiting for the pipeline lock: held by {}", h.describe());
@@ -102,14 +274,18 @@ pub fn acquire<'a>(
                 clock.sleep(Duration::from_millis(500).min(left));
                 continue;
             }
-            Some((id, Some(h))) => {
+            Some(Held {
+                id,
+                holder: Some(h),
+            }) => {
                 tracing::warn!(
-                    "taking over an expired pipeline lock: held by {}",
-                    h.describe()
+                    "taking over an expired pipeline lock: held by {} (waited {}s)",
+                    h.describe(),
+                    (now - started).num_seconds()
                 );
                 Some(id)
             }
-            Some((id, None)) => {
+            Some(Held { id, holder: None }) => {
                 tracing::warn!("taking over an unreadable pipeline lock ({id})");
                 Some(id)
             }
@@ -128,13 +304,20 @@ pub fn acquire<'a>(
                     ours.holder,
                     ours.expires_at
                 );
+                let lease = Lease {
+                    ttl,
+                    state: Mutex::new(State {
+                        ours: new,
+                        holder: ours,
+                        renewed: now,
+                        lost: None,
+                        released: false,
+                    }),
+                };
                 return Ok(Lock {
                     git,
                     clock,
-                    ours: new,
-                    holder: ours,
-                    ttl,
-                    released: false,
+                    lease: Arc::new(lease),
                 });
             }
             Pushed::Rejected(_) => continue,
@@ -143,26 +326,24 @@ pub fn acquire<'a>(
 }
 
 impl Lock<'_> {
-    /// Pushes the expiry forward; an error when another run took the lock.
-    pub fn renew(&mut self) -> Result<()> {
-        let mut holder = self.holder.clone();
-        holder.expires_at = rfc3339(plus(self.clock.now(), self.ttl));
-        let new = write(self.git, &holder)?;
-        let update = Update {
-            name: LOCK_REF.into(),
-            new: Some(new),
-            expected: Some(self.ours),
+    /// The shared state, for a keeper renewing from another thread.
+    pub fn lease(&self) -> Arc<Lease> {
+        self.lease.clone()
+    }
+
+    /// Called before every change on the remote and between long steps:
+    /// renews the lock when a renewal is due, else checks that the remote
+    /// still has it. An error when it is lost.
+    pub fn keep_alive(&self) -> Result<()> {
+        self.lease.check()?;
+        let due = {
+            let s = self.lease.state();
+            let since = (self.clock.now() - s.renewed).to_std().unwrap_or_default();
+            since >= self.lease.every()
         };
-        match self.git.push_leased(&[update])? {
-            Pushed::Yes => {
-                self.ours = new;
-                self.holder = holder;
-                Ok(())
-            }
-            Pushed::Rejected(_) => Err(Error::Remote(
-                Message::from("lost the pipeline lock: another run took it over after it expired")
-                    .hint("raise --lock-expiry above the longest stage"),
-            )),
+        match due {
+            true => self.lease.renew(self.git, self.clock),
+            false => self.lease.confirm(self.git),
         }
     }
 
@@ -172,13 +353,14 @@ impl Lock<'_> {
     }
 
     fn release_once(&mut self) {
-        if std::mem::replace(&mut self.released, true) {
+        let mut s = self.lease.state();
+        if std::mem::replace(&mut s.released, true) || s.lost.is_some() {
             return;
         }
         let update = Update {
             name: LOCK_REF.into(),
             new: None,
-            expected: Some(self.ours),
+            expected: Some(s.ours),
         };
         match self.git.push_leased(&[update]) {
             Ok(Pushed::Yes) => tracing::info!("pipeline lock released"),
@@ -199,3 +381,92 @@ impl Drop for Lock<'_> {
         self.release_once();
     }
 }
+
+/// One entry of `refs/fleetgate/lock-log`: a lock removed by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The lock as it was (None: unreadable).
+    pub released: Option<Holder>,
+    /// The lock object removed.
+    pub lock: String,
+    pub by: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// What `lock release` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Removed, and logged as `log` on [`LOG_REF`].
+    Yes { removal: Removal, log: CommitId },
+    /// There was no lock.
+    Nothing,
+    /// Only a given run's lock was to go, and another run holds it.
+    NotThatRun { holder: Option<Holder> },
+}
+
+/// Removes the lock (only `run_id`'s, when given) and logs who and why on
+/// [`LOG_REF`], both in one atomic push that expects the lock just read:
+/// a lock renewed or taken meanwhile is read again, never removed unseen.
+pub fn release(
+    git: &dyn GitStore,
+    clock: &dyn Clock,
+    by: &str,
+    reason: &str,
+    run_id: Option<&str>,
+) -> Result<Released> {
+    for attempt in 1..=ATTEMPTS {
+        let Some(held) = read(git)? else {
+            return Ok(Released::Nothing);
+        };
+        if let Some(want) = run_id
+            && held.holder.as_ref().map(|h| h.run_id.as_str()) != Some(want)
+        {
+            return Ok(Released::NotThatRun {
+                holder: held.holder,
+            });
+        }
+        git.fetch_records()?;
+        let tip = git.ref_target(LOG_REF)?;
+        let removal = Removal {
+            released: held.holder.clone(),
+            lock: held.id.to_string(),
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: rfc3339(clock.now()),
+        };
+        let text = serde_json::to_string_pretty(&removal).expect("a removal serialises");
+        let log = git.log_object(&format!("lock released by {by}: {reason}\n\n{text}"), tip)?;
+        let updates = [
+            Update {
+                name: LOCK_REF.into(),
+                new: None,
+                expected: Some(held.id),
+            },
+            Update {
+                name: LOG_REF.into(),
+                new: Some(log),
+                expected: tip,
+            },
+        ];
+        match git.push_leased(&updates)? {
+            Pushed::Yes => return Ok(Released::Yes { removal, log }),
+            Pushed::Rejected(why) => {
+                tracing::warn!(
+                    "the lock or its log moved meanwhile ({why}); reading again (attempt {attempt}/{ATTEMPTS})"
+                );
+                clock.sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+        }
+    }
+    Err(Error::Remote(
+        Message::from(format!(
+            "could not release the pipeline lock after {ATTEMPTS} attempts: it keeps changing"
+        ))
+        .hint("a live run is renewing it: `fleetgate lock` shows which"),
+    ))
+}
+
+#[cfg(test)]
+#[path = "lock_tests.rs"]
+mod tests;

@@ -11,6 +11,7 @@ mod forge;
 mod forge_server;
 mod hosts;
 mod leakscan;
+mod lock;
 mod plan;
 mod run;
 mod scan;

@@ -96,9 +96,21 @@ impl Pipeline {
     }
 
     pub fn spawn_run(&self, base: &str, head: &str, extra: &[&str]) -> Spawned {
+        self.spawn_run_env(base, head, extra, &[])
+    }
+
+    /// Like `spawn_run`, with more environment (a CI job's, say).
+    pub fn spawn_run_env(
+        &self,
+        base: &str,
+        head: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Spawned {
         let mut c = self.d.fleet.command(BIN);
         c.env("SOPS_AGE_KEY_FILE", crate::common::test_key())
             .env("FLEETGATE_SSH_KEY", &self.key)
+            .envs(env.iter().copied())
             .args(["run", "--base", base, "--head", head, "--format", "json"])
             .args(extra)
             .stdout(Stdio::piped())
