@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
                     let prev = map
                         .get(app)
                         .and_then(|i| i.state.as_ref())
-                        .and_then(|s| s.previous.clone());
+                        .and_then(|s| s.previous_run().map(str::to_string));
                     previous
                         .insert(prev.unwrap_or_else(|| format!("(none: {app} on {})", host.name)));
                 }
