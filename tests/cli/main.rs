@@ -11,6 +11,7 @@ mod forge_server;
 mod hosts;
 mod leakscan;
 mod plan;
+mod restart;
 mod run;
 mod scan;
 mod secrets;
