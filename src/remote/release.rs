@@ -596,6 +596,43 @@ mod tests {
     }
 
     #[test]
+    fn state_names_releases_and_revs_the_commits_an_app_ran() {
+        // Written before `revs` existed: the release is the commit.
+        let old: State = serde_json::from_str(
+            r#"{"rev":"b","files":{},"deployed_at":"t","previous":"a","history":["a"]}"#,
+        )
+        .unwrap();
+        assert_eq!((old.runs(), old.previous_run()), ("b", Some("a")));
+        assert_eq!(old.ran_then("c"), ["a", "b", "c"]);
+        assert_eq!(old.ran_then("b"), ["a", "b"], "a re-run adds nothing");
+        // Left on release a through eleven later commits: the oldest drop out.
+        let mut kept = State {
+            rev: "a".into(),
+            revs: vec!["a".into()],
+            ..old
+        };
+        for i in 0..11 {
+            kept.revs = kept.ran_then(&format!("c{i}"));
+        }
+        assert_eq!(kept.revs.len(), KEEP_REVS);
+        assert_eq!((kept.runs(), kept.previous_run()), ("c10", Some("c9")));
+        assert!(
+            !serde_json::to_string(&State {
+                revs: Vec::new(),
+                ..kept
+            })
+            .unwrap()
+            .contains("revs")
+        );
+
+        let out = "@@app web\n@@state\n\n@@current\nreleases/a\n\n@@started\na\n";
+        assert_eq!(
+            parse_inspect(out).unwrap()["web"].current.as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
     fn start_scripts() {
         let d = AppDir {
             deploy_root: "/opt/fleetgate".into(),
