@@ -1,5 +1,5 @@
 //! `fleetgate rollback --client NAME [--to REV]`: put a client back on an
-//! earlier release by hand — the previous one its hosts record, or REV.
+//! earlier commit by hand — the one its apps record running before, or REV.
 
 use clap::Args;
 
@@ -16,7 +16,7 @@ use crate::rollout;
 pub struct RollbackArgs {
     #[arg(long)]
     pub client: String,
-    /// The commit to go back to (default: the previous release the hosts record).
+    /// The commit to go back to (default: the one the client's apps record running before).
     #[arg(long, value_name = "REV")]
     pub to: Option<String>,
     #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
                     let prev = map
                         .get(app)
                         .and_then(|i| i.state.as_ref())
-                        .and_then(|s| s.previous.clone());
+                        .and_then(|s| s.previous_run().map(str::to_string));
                     previous
                         .insert(prev.unwrap_or_else(|| format!("(none: {app} on {})", host.name)));
                 }

@@ -103,11 +103,13 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             match &result {
                 Ok(map) => {
                     let found = map.get(app).cloned().unwrap_or_default();
+                    // The commit it runs, and the release holding its files
+                    // (uploaded at an earlier commit when it was kept).
                     if let Some(state) = &found.state {
-                        row.rev = Some(state.rev.clone());
+                        row.rev = Some(state.runs().to_string());
                         row.release = Some(dir.release(&state.rev));
                         row.deployed_at = Some(state.deployed_at.clone());
-                        row.previous = state.previous.clone();
+                        row.previous = state.previous_run().map(str::to_string);
                     }
                     live_sums.insert(
                         (client.name.clone(), host.name.clone(), app.clone()),

@@ -46,9 +46,19 @@ struct Switched {
     before: Option<State>,
 }
 
+/// An app left on its live release, which this stage's commit renders the
+/// same: its state before the stage, and once recorded, after it.
+#[derive(Debug, Clone)]
+struct Kept {
+    app: String,
+    before: State,
+    after: State,
+}
+
 struct HostRun {
     outcome: HostOutcome,
     switched: Vec<Switched>,
+    kept: Vec<Kept>,
 }
 
 /// Every app of `target` as this stage leaves it when it touches nothing.
@@ -272,6 +282,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut checks = Vec::new();
     let mut changed = Vec::new();
     let mut runs = untouched(target);
+    let mut kept: Vec<Kept> = Vec::new();
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
         let out = run_step(
@@ -295,9 +306,19 @@ async fn deploy_host<R: Remote, P: Prober>(
         let mut before = BTreeMap::new();
         for app in &target.apps {
             let now = inspected.get(&app.name).cloned().unwrap_or_default();
-            if is_live(&now, &plan.rev, &app.files) {
+            if let Some(state) = live_release(&now, &app.files) {
                 rec.record(Some(&app.name), "unchanged", true, Instant::now());
                 runs.insert(app.name.clone(), Runs::Release(plan.rev.clone()));
+                // Recorded in its state once the host passed.
+                if state.runs() != plan.rev {
+                    let mut after = state.clone();
+                    after.revs = state.ran_then(&plan.rev);
+                    kept.push(Kept {
+                        app: app.name.clone(),
+                        before: state.clone(),
+                        after,
+                    });
+                }
                 continue;
             }
             let back_to = before_rev(now.state.as_ref(), &plan.rev);
@@ -362,7 +383,11 @@ async fn deploy_host<R: Remote, P: Prober>(
         if let Some(f) = failure {
             return Err(f);
         }
+        let record = record_script(target, kept.iter().map(|k| (k.app.as_str(), &k.after)));
         if changed.is_empty() {
+            if !record.is_empty() {
+                run_step(remote, &mut rec, &target.masker, None, "record", &record).await?;
+            }
             return Ok(false);
         }
         let health_started = Instant::now();
@@ -382,8 +407,8 @@ async fn deploy_host<R: Remote, P: Prober>(
                 message: format!("{}: {}", f.check, f.detail),
             });
         }
-        // Only now is the release live for the next run (`is_live`): a run
-        // killed before this line leaves it to be judged again.
+        // Only now is the release live for the next run (`live_release`): a
+        // run killed before this line leaves it to be judged again.
         let gated: Vec<(&AppDir, &str)> = changed
             .iter()
             .map(|a| (&a.dir, plan.rev.as_str()))
@@ -394,7 +419,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             &target.masker,
             None,
             "gated",
-            &release::gated_script(&gated),
+            &(release::gated_script(&gated) + &record),
         )
         .await
         {
@@ -408,6 +433,12 @@ async fn deploy_host<R: Remote, P: Prober>(
         Ok(true)
     }
     .await;
+    if result.is_err() {
+        // The host failed: the kept apps stay recorded at what they ran.
+        for k in &kept {
+            runs.insert(k.app.clone(), Runs::Release(k.before.runs().to_string()));
+        }
+    }
     let (status, failure) = match result {
         Ok(true) => (HostStatus::Deployed, None),
         Ok(false) => (HostStatus::Unchanged, None),
@@ -441,11 +472,29 @@ async fn deploy_host<R: Remote, P: Prober>(
             seconds: secs(started),
         },
         switched,
+        kept,
     }
 }
 
-/// Is this rev live with exactly these files (verified by the host's hashes)?
-fn is_live(now: &Inspected, rev: &str, files: &[ReleaseFile]) -> bool {
+/// One script recording each app's `state` without touching its release.
+fn record_script<'a>(
+    target: &Target,
+    states: impl Iterator<Item = (&'a str, &'a State)>,
+) -> String {
+    states
+        .filter_map(|(name, state)| {
+            let app = target.apps.iter().find(|a| a.name == name)?;
+            Some(release::record_script(&app.dir, state))
+        })
+        .collect()
+}
+
+/// The state of the app's live release when it needs no change to run
+/// `files`: `current` points to it, its start finished, its gates passed on
+/// this host, and its files hash as `files` on the host. Whatever commit it
+/// was uploaded at: a release is kept, not restarted, for as long as later
+/// commits render it the same.
+fn live_release<'a>(now: &'a Inspected, files: &[ReleaseFile]) -> Option<&'a State> {
     let desired: BTreeMap<&str, &str> = files
         .iter()
         .map(|f| (f.path.as_str(), f.sha256.as_str()))
@@ -455,10 +504,15 @@ fn is_live(now: &Inspected, rev: &str, files: &[ReleaseFile]) -> bool {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    now.state.as_ref().is_some_and(|s| s.rev == rev)
-        && now.started.as_deref() == Some(rev)
-        && now.gated.as_deref() == Some(rev)
-        && desired == live
+    let state = now.state.as_ref()?;
+    // `current` too: a run killed between the switch and the write of
+    // `state.json` leaves `current` on a release that never started.
+    let release = Some(state.rev.as_str());
+    (now.current.as_deref() == release
+        && now.started.as_deref() == release
+        && now.gated.as_deref() == release
+        && desired == live)
+        .then_some(state)
 }
 
 /// What a failed deploy of `rev` goes back to: the state before it. A host
@@ -471,12 +525,17 @@ fn before_rev(now: Option<&State>, rev: &str) -> Option<State> {
             if history.last() == Some(p) {
                 history.pop();
             }
+            let mut revs = s.revs.clone();
+            if revs.last().map(String::as_str) == Some(rev) {
+                revs.pop();
+            }
             State {
                 rev: p.clone(),
                 files: BTreeMap::new(),
                 deployed_at: s.deployed_at.clone(),
                 previous: history.last().cloned(),
                 history,
+                revs,
             }
         }),
         other => other.cloned(),
@@ -501,6 +560,7 @@ fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State
         deployed_at: now_rfc3339(),
         previous: before.map(|b| b.rev.clone()).filter(|p| p != rev),
         history,
+        revs: before.map_or_else(|| vec![rev.to_string()], |b| b.ran_then(rev)),
     }
 }
 
@@ -577,6 +637,27 @@ async fn rollback_host<R: Remote, P: Prober>(
             (None, None) => {
                 run.outcome.runs.insert(app.name.clone(), Runs::Nothing);
             }
+        }
+    }
+    // The host goes back to the commit it ran: so do the records of the
+    // apps this stage left on their release (their release was never
+    // touched; only what they record changes back).
+    let recorded = run
+        .outcome
+        .failure
+        .as_ref()
+        .is_none_or(|f| f.step == "gated");
+    if recorded && !run.kept.is_empty() {
+        let script = record_script(target, run.kept.iter().map(|k| (k.app.as_str(), &k.before)));
+        match run_step(remote, &mut rec, &target.masker, None, "record", &script).await {
+            Ok(_) => {
+                for k in &run.kept {
+                    run.outcome
+                        .runs
+                        .insert(k.app.clone(), Runs::Release(k.before.runs().to_string()));
+                }
+            }
+            Err(f) => failures.push(f),
         }
     }
     if !restored.is_empty() {
@@ -763,6 +844,7 @@ fn not_started(target: &Target, why: &str) -> HostRun {
             untouched(target),
         ),
         switched: Vec::new(),
+        kept: Vec::new(),
     }
 }
 
@@ -794,5 +876,6 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
             )
         },
         switched: Vec::new(),
+        kept: Vec::new(),
     }
 }

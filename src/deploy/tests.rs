@@ -586,3 +586,191 @@ fn a_switch_cut_off_unreported_is_switched_back_all_the_same() {
     assert_eq!(live(root, "h1"), "v1\n");
     assert_eq!(h.runs["web"], Runs::Release("a".repeat(40)));
 }
+
+/// `target` with a second app, `web2`: each app's start appends its version
+/// to `<app>/starts`, so a restart shows.
+fn two_apps(root: &std::path::Path, host: &str, web: &str, web2: &str) -> Target {
+    let mut t = target(root, host, web, false);
+    let mut second = target(root, host, web2, false).apps.remove(0);
+    second.name = "web2".into();
+    second.dir.app = "web2".into();
+    t.apps.push(second);
+    for app in &mut t.apps {
+        app.start = Start::Command {
+            start: "cat version >> ../../starts".into(),
+            stop: None,
+        };
+    }
+    t
+}
+
+fn starts(root: &std::path::Path, host: &str, app: &str) -> String {
+    std::fs::read_to_string(root.join(host).join("alpha").join(app).join("starts"))
+        .unwrap_or_default()
+}
+
+fn state(root: &std::path::Path, host: &str, app: &str) -> crate::remote::release::State {
+    let p = root.join(host).join("alpha").join(app).join("state.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn app_steps<'a>(h: &'a HostOutcome, app: &str) -> Vec<&'a str> {
+    h.steps
+        .iter()
+        .filter(|s| s.app.as_deref() == Some(app))
+        .map(|s| s.step.as_str())
+        .collect()
+}
+
+#[test]
+fn an_app_rendered_the_same_stays_on_its_release_when_a_sibling_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b, d) = ("a".repeat(40), "b".repeat(40), "d".repeat(40));
+    let o = run(&plan("a", vec![two_apps(root, "h1", "v1", "v1")], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+
+    // Only web2 renders differently at b: web is neither uploaded, switched
+    // nor started, and runs b all the same.
+    let o = run(&plan("b", vec![two_apps(root, "h1", "v1", "v2")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(app_steps(h, "web"), ["unchanged"]);
+    assert_eq!(app_steps(h, "web2"), ["upload", "switch", "start", "prune"]);
+    assert_eq!(h.switched, ["web2"]);
+    assert_eq!(
+        (starts(root, "h1", "web"), starts(root, "h1", "web2")),
+        ("v1\n".into(), "v1\nv2\n".into())
+    );
+    assert_eq!(h.runs["web"], Runs::Release(b.clone()));
+    assert_eq!(h.runs["web2"], Runs::Release(b.clone()));
+    assert!(
+        h.checks.iter().all(|c| c.app == "web2"),
+        "web is not gated again"
+    );
+    let web = state(root, "h1", "web");
+    assert_eq!(
+        (web.rev.as_str(), web.runs(), web.previous_run()),
+        (a.as_str(), b.as_str(), Some(a.as_str()))
+    );
+    let web2 = state(root, "h1", "web2");
+    assert_eq!(
+        (web2.rev.as_str(), web2.runs(), web2.previous_run()),
+        (b.as_str(), b.as_str(), Some(a.as_str()))
+    );
+    let releases = std::fs::read_dir(root.join("h1/alpha/web/releases"))
+        .unwrap()
+        .count();
+    assert_eq!(releases, 1, "no release of web at b");
+
+    // The same again: nothing to do, nothing to record.
+    let o = run(&plan("b", vec![two_apps(root, "h1", "v1", "v2")], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+    assert_eq!(
+        steps(&o.hosts[0]),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("unchanged", true),
+            ("unchanged", true)
+        ]
+    );
+
+    // A commit that renders neither differently: both recorded, neither touched.
+    let o = run(&plan("d", vec![two_apps(root, "h1", "v1", "v2")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Unchanged, "{o:#?}");
+    assert!(steps(h).contains(&("record", true)), "{o:#?}");
+    assert_eq!(
+        (h.runs["web"].clone(), h.runs["web2"].clone()),
+        (Runs::Release(d.clone()), Runs::Release(d.clone()))
+    );
+    assert_eq!(state(root, "h1", "web2").runs(), d);
+    assert_eq!(state(root, "h1", "web2").previous_run(), Some(b.as_str()));
+    assert_eq!(
+        (starts(root, "h1", "web"), starts(root, "h1", "web2")),
+        ("v1\n".into(), "v1\nv2\n".into())
+    );
+
+    // web2 broken at c: rolled back, and web, never touched, stays recorded
+    // at what the host runs.
+    let o = run(&plan("c", vec![two_apps(root, "h1", "v1", "bad")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.switched, ["web2"]);
+    assert_eq!(h.runs["web"], Runs::Release(d.clone()));
+    assert_eq!(h.runs["web2"], Runs::Release(b.clone()));
+    assert_eq!(starts(root, "h1", "web"), "v1\n");
+    assert_eq!(state(root, "h1", "web").runs(), d);
+    assert_eq!(state(root, "h1", "web").rev, a);
+}
+
+#[test]
+fn a_host_rolled_back_for_its_stage_puts_back_what_its_kept_apps_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let deploy = |rev, h1: Target, h2: Target| run(&plan(rev, vec![h1, h2], 0));
+    let o = deploy(
+        "a",
+        two_apps(root, "h1", "v1", "v1"),
+        target(root, "h2", "v1", false),
+    );
+    assert!(o.passed, "{o:#?}");
+    // h1 is healthy, h2 is not: the stage fails and h1 goes back too.
+    let o = deploy(
+        "b",
+        two_apps(root, "h1", "v1", "v2"),
+        target(root, "h2", "bad", false),
+    );
+    assert!(!o.passed);
+    let h1 = &o.hosts[0];
+    assert_eq!(h1.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h1.runs["web"], Runs::Release(a.clone()));
+    assert_eq!(h1.runs["web2"], Runs::Release(a.clone()));
+    assert_eq!(state(root, "h1", "web").runs(), a);
+    assert_eq!(starts(root, "h1", "web"), "v1\n");
+}
+
+#[test]
+fn a_kept_release_is_live_only_while_current_started_and_gated_name_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    run(&plan("a", vec![two_apps(root, "h1", "v1", "v1")], 0));
+
+    // As if killed between web's start and its verdict: judged again, even
+    // though b renders it the same.
+    std::fs::remove_file(root.join("h1/alpha/web/gated")).unwrap();
+    let o = run(&plan("b", vec![two_apps(root, "h1", "v1", "v1")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(app_steps(h, "web"), ["upload", "switch", "start", "prune"]);
+    assert_eq!(app_steps(h, "web2"), ["unchanged"]);
+    assert_eq!(starts(root, "h1", "web"), "v1\nv1\n");
+    assert_eq!(state(root, "h1", "web").rev, b);
+
+    // As if killed inside a switch of web to c, after `current` moved and
+    // before `state.json` was written: c's files are live but never
+    // started, so c is not live.
+    let app = root.join("h1/alpha/web");
+    let c = "c".repeat(40);
+    std::fs::create_dir_all(app.join("releases").join(&c)).unwrap();
+    std::fs::write(app.join("releases").join(&c).join("version"), "v3\n").unwrap();
+    std::fs::remove_file(app.join("current")).unwrap();
+    std::os::unix::fs::symlink(format!("releases/{c}"), app.join("current")).unwrap();
+    let o = run(&plan("c", vec![two_apps(root, "h1", "v3", "v1")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(
+        app_steps(h, "web"),
+        ["upload", "switch", "start", "prune"],
+        "{o:#?}"
+    );
+    assert_eq!(starts(root, "h1", "web"), "v1\nv1\nv3\n");
+    let web = state(root, "h1", "web");
+    assert_eq!(
+        (web.rev.as_str(), web.previous.as_deref()),
+        (c.as_str(), Some(b.as_str()))
+    );
+    assert_eq!(state(root, "h1", "web2").rev, a);
+}

@@ -4,8 +4,12 @@
 //! ```text
 //! <deploy_root>/<client>/<app>/releases/<rev>/   rendered files (never edited after upload)
 //! <deploy_root>/<client>/<app>/current           symlink to the live release
-//! <deploy_root>/<client>/<app>/state.json        {"rev","files","deployed_at","previous"}
+//! <deploy_root>/<client>/<app>/state.json        {"rev","files","deployed_at","previous","history","revs"}
 //! ```
+//!
+//! A release is named by the commit it was uploaded at, and stays live for
+//! as long as later commits render the app the same: `revs` in `state.json`
+//! names the commits it ran.
 //!
 //! Architecture Invariant: every interpolated value goes through
 //! `shell::quote`; file contents travel base64-encoded inside quoted
@@ -20,6 +24,9 @@ use super::shell::quote;
 
 /// Releases kept per app (the live and the previous one are never pruned).
 pub const KEEP_RELEASES: usize = 5;
+
+/// Commits remembered per app in `State::revs`.
+pub const KEEP_REVS: usize = 10;
 
 /// Where one app of one client lives on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +82,9 @@ impl ReleaseFile {
     }
 }
 
-/// `state.json` of an app on a host.
+/// `state.json` of an app on a host. `rev`, `previous` and `history` name
+/// releases (directories under `releases/`); `revs` names commits, which a
+/// release outlives when later commits render the app the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub rev: String,
@@ -85,6 +94,51 @@ pub struct State {
     /// Revs that were live before, newest last (rollback walks back along it).
     #[serde(default)]
     pub history: Vec<String>,
+    /// The commits this app was deployed at, newest last, across releases:
+    /// a switch adds its rev, and a deploy that finds the live release
+    /// already gated with exactly its rendered files adds its commit without
+    /// touching the release. The last one is the commit the app runs.
+    /// (Absent from state written before it existed: then `rev` is that
+    /// commit and `previous` the one before.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revs: Vec<String>,
+}
+
+impl State {
+    /// The newest commit whose rendering of this app the live files are.
+    pub fn runs(&self) -> &str {
+        self.revs.last().unwrap_or(&self.rev)
+    }
+
+    /// The commit the app was deployed at before [`State::runs`]: what
+    /// `rollback` goes back to.
+    pub fn previous_run(&self) -> Option<&str> {
+        if self.revs.is_empty() {
+            self.previous.as_deref()
+        } else {
+            self.revs.iter().rev().nth(1).map(String::as_str)
+        }
+    }
+
+    /// `revs`, or what state written before it existed implies.
+    pub fn ran(&self) -> Vec<String> {
+        if self.revs.is_empty() {
+            self.previous.iter().chain([&self.rev]).cloned().collect()
+        } else {
+            self.revs.clone()
+        }
+    }
+
+    /// `revs` with `commit` added as the newest (kept to [`KEEP_REVS`]).
+    pub fn ran_then(&self, commit: &str) -> Vec<String> {
+        let mut revs = self.ran();
+        if revs.last().map(String::as_str) != Some(commit) {
+            revs.push(commit.to_string());
+        }
+        let keep_from = revs.len().saturating_sub(KEEP_REVS);
+        revs.drain(..keep_from);
+        revs
+    }
 }
 
 /// What is on a host for one app.
@@ -94,6 +148,8 @@ pub struct Inspected {
     /// Files under `current/` and their sha256, as the host computes them.
     pub sums: BTreeMap<String, String>,
     pub releases: Vec<String>,
+    /// The release `current` points to.
+    pub current: Option<String>,
     /// The release whose start last finished (`started`, written by the
     /// start script on success): a switch whose start never finished is
     /// not live.
@@ -113,6 +169,10 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
         let path = quote(&d.path());
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
         let _ = writeln!(s, "echo @@state; cat {path}/state.json 2>/dev/null; echo");
+        let _ = writeln!(
+            s,
+            "echo @@current; readlink {path}/current 2>/dev/null; echo"
+        );
         let _ = writeln!(s, "echo @@started; cat {path}/started 2>/dev/null; echo");
         let _ = writeln!(s, "echo @@gated; cat {path}/gated 2>/dev/null; echo");
         let _ = writeln!(
@@ -141,7 +201,7 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
         }
         if matches!(
             line,
-            "@@state" | "@@started" | "@@gated" | "@@sums" | "@@releases"
+            "@@state" | "@@current" | "@@started" | "@@gated" | "@@sums" | "@@releases"
         ) {
             section = line;
             continue;
@@ -155,6 +215,15 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
                 let state: State = serde_json::from_str(line)
                     .map_err(|e| format!("state.json of {app} is not fleetgate's: {e}"))?;
                 entry.state = Some(state);
+            }
+            "@@current" if !line.trim().is_empty() => {
+                let target = line.trim();
+                entry.current = Some(
+                    target
+                        .strip_prefix("releases/")
+                        .unwrap_or(target)
+                        .to_string(),
+                );
             }
             "@@started" if !line.trim().is_empty() => {
                 entry.started = Some(line.trim().to_string());
@@ -233,7 +302,6 @@ pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
 /// `state.json` the same way.
 pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
     let app = dir.path();
-    let json = serde_json::to_string(state).expect("state serialises");
     let mut s = String::from("set -eu\numask 077\n");
     let _ = writeln!(s, "test -d {}", quote(&dir.release(rev)));
     let _ = writeln!(
@@ -248,6 +316,29 @@ pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
         quote(&format!("{app}/.current.new")),
         quote(&format!("{app}/current"))
     );
+    write_state(&mut s, dir, state);
+    s
+}
+
+/// Rewrites `state.json` of an app left on its release (`state.rev`),
+/// which must still be the one `current` points to: only what it records
+/// changes, nothing is uploaded, switched or restarted.
+pub fn record_script(dir: &AppDir, state: &State) -> String {
+    let mut s = String::from("set -eu\numask 077\n");
+    let _ = writeln!(
+        s,
+        "test \"$(readlink {})\" = {}",
+        quote(&format!("{}/current", dir.path())),
+        quote(&format!("releases/{}", state.rev))
+    );
+    write_state(&mut s, dir, state);
+    s
+}
+
+/// Writes `state.json` atomically (a temp file and a rename).
+fn write_state(s: &mut String, dir: &AppDir, state: &State) {
+    let app = dir.path();
+    let json = serde_json::to_string(state).expect("state serialises");
     let _ = writeln!(
         s,
         "cat > {} <<'{EOF}'\n{json}\n{EOF}",
@@ -259,7 +350,6 @@ pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
         quote(&format!("{app}/.state.json.new")),
         quote(&format!("{app}/state.json"))
     );
-    s
 }
 
 /// How an app is (re)started on its host.
@@ -447,6 +537,7 @@ mod tests {
                 deployed_at: "2026-11-23T00:00:00Z".into(),
                 previous: revs.last().cloned(),
                 history: revs.clone(),
+                revs: Vec::new(),
             };
             assert!(sh(&switch_script(&d, &rev, &state)).status.success());
             let keep: Vec<&str> = [Some(rev.as_str()), revs.last().map(String::as_str)]
@@ -501,6 +592,43 @@ mod tests {
                 .join("alpha/whoami/releases")
                 .join("f".repeat(40))
                 .exists()
+        );
+    }
+
+    #[test]
+    fn state_names_releases_and_revs_the_commits_an_app_ran() {
+        // Written before `revs` existed: the release is the commit.
+        let old: State = serde_json::from_str(
+            r#"{"rev":"b","files":{},"deployed_at":"t","previous":"a","history":["a"]}"#,
+        )
+        .unwrap();
+        assert_eq!((old.runs(), old.previous_run()), ("b", Some("a")));
+        assert_eq!(old.ran_then("c"), ["a", "b", "c"]);
+        assert_eq!(old.ran_then("b"), ["a", "b"], "a re-run adds nothing");
+        // Left on release a through eleven later commits: the oldest drop out.
+        let mut kept = State {
+            rev: "a".into(),
+            revs: vec!["a".into()],
+            ..old
+        };
+        for i in 0..11 {
+            kept.revs = kept.ran_then(&format!("c{i}"));
+        }
+        assert_eq!(kept.revs.len(), KEEP_REVS);
+        assert_eq!((kept.runs(), kept.previous_run()), ("c10", Some("c9")));
+        assert!(
+            !serde_json::to_string(&State {
+                revs: Vec::new(),
+                ..kept
+            })
+            .unwrap()
+            .contains("revs")
+        );
+
+        let out = "@@app web\n@@state\n\n@@current\nreleases/a\n\n@@started\na\n";
+        assert_eq!(
+            parse_inspect(out).unwrap()["web"].current.as_deref(),
+            Some("a")
         );
     }
 
