@@ -76,7 +76,11 @@ pub fn plan(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> R
     let cache = DecryptCache::default();
     let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
     let files_b = config::load(&snap_b, affected.selection())?;
-    let files_h = config::load(&snap_h, affected.selection())?;
+    let mut files_h = config::load(&snap_h, affected.selection())?;
+    if affected.needs_every_client(&changed, &files_b, &files_h) {
+        tracing::info!("the change can break a rule over the whole fleet: reading every client");
+        config::read_every_client(&snap_h, &mut files_h)?;
+    }
     let invalid = |label: String, problems| Error::Invalid {
         at: label,
         problems,
@@ -86,6 +90,7 @@ pub fn plan(repo: &Repo, base: CommitId, head: CommitId, keyring: &Keyring) -> R
     if !problems.is_empty() {
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
+    prepared_h.fleet.log_warnings();
     let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
@@ -137,6 +142,7 @@ pub fn deploy_stage(
         return Err(invalid(desired::collapse_repeats(problems)));
     }
     let fleet = &prepared.fleet;
+    fleet.log_warnings();
     let stage = fleet
         .pipeline
         .stages

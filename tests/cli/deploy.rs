@@ -54,7 +54,7 @@ impl DeployFleet {
             .collect();
         let hosts = TestHosts::start(&names);
         let fleet = Fleet::empty();
-        // A stage per group in use (a stage nobody is in is refused).
+        // A stage per group in use (a stage nobody is in is a warning).
         let mut stages = String::from("stages:\n");
         for group in ["canary", "production"] {
             if clients.iter().any(|(_, g, _)| *g == group) {

@@ -14,3 +14,4 @@ mod plan;
 mod run;
 mod scan;
 mod secrets;
+mod validation;
