@@ -267,3 +267,34 @@ pub fn inspect_hosts(
         .await
     }))
 }
+
+/// Connects to each host (16 at a time) and lists what its deploy root holds
+/// (`status --drift`'s orphans).
+pub fn list_deploy_roots(
+    known_hosts: &[u8],
+    ssh_options: &BTreeMap<String, String>,
+    hosts: &[config::Host],
+) -> Result<Vec<std::result::Result<release::Listing, String>>> {
+    let connector = SshConnector::new(known_hosts, ssh_options)?;
+    let runtime = crate::rt::runtime()?;
+    Ok(runtime.block_on(async {
+        let limit = tokio::sync::Semaphore::new(16);
+        futures_util::future::join_all(hosts.iter().map(|host| {
+            let (connector, limit) = (&connector, &limit);
+            async move {
+                let _permit = limit.acquire().await.expect("never closed");
+                let remote = connector.connect(host).await.map_err(|e| e.to_string())?;
+                let out = remote
+                    .run(&release::listing_script(&host.deploy_root))
+                    .await;
+                connector.close(remote).await;
+                let out = out.map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("listing the deploy root failed: {}", out.tail()));
+                }
+                release::parse_listing(&out.stdout)
+            }
+        }))
+        .await
+    }))
+}

@@ -447,7 +447,7 @@ fn status_shows_live_revs_and_drift() {
     d.deploy("canary").code(0);
     let run = d.fleetgate(&["status", "--drift", "--format", "json"]);
     run.code(0);
-    let row = &run.json()[0];
+    let row = &run.json()["apps"][0];
     assert_eq!(
         (
             row["client"].as_str(),

@@ -14,4 +14,5 @@ mod plan;
 mod run;
 mod scan;
 mod secrets;
+mod status;
 mod validation;
