@@ -74,34 +74,38 @@ pub(super) fn checks(
     }
     // Validated clients as validated; the others from their outline; an
     // invalid one not at all (its own problems say why).
+    let names: Vec<&String> = files.all_clients.iter().collect();
+    // A plan may outline a whole large fleet: parse on every core.
+    let parsed = crate::par::map(&names, |name| {
+        if clients.contains_key(*name) || files.selection.contains(name) {
+            return None;
+        }
+        files.files.get(&client_file(name)).and_then(|b| outline(b))
+    });
     let mut outlines: BTreeMap<&str, Option<Outline>> = BTreeMap::new();
-    for name in files.all_clients.iter() {
+    for (name, parsed) in names.into_iter().zip(parsed) {
         let o = if let Some(client) = clients.get(name) {
             Some(Outline::of(client))
         } else if files.selection.contains(name) {
             None
         } else {
             let file = client_file(name);
-            files
-                .files
-                .get(&file)
-                .and_then(|b| outline(b))
-                .map(|(group, hosts)| {
-                    if let Some(p) = pipeline {
-                        group_is_picked(
-                            &mut Check {
-                                file: &file,
-                                problems,
-                            },
-                            &group,
-                            p,
-                        );
-                    }
-                    Outline {
-                        group: group.value,
-                        hosts,
-                    }
-                })
+            parsed.map(|(group, hosts)| {
+                if let Some(p) = pipeline {
+                    group_is_picked(
+                        &mut Check {
+                            file: &file,
+                            problems,
+                        },
+                        &group,
+                        p,
+                    );
+                }
+                Outline {
+                    group: group.value,
+                    hosts,
+                }
+            })
         };
         outlines.insert(name, o);
     }
