@@ -125,6 +125,29 @@ impl Affected {
         Affected { all, clients }
     }
 
+    /// Must every client file at head be read (for its group and host names)
+    /// to check the rules over the whole fleet? Only when the change can break
+    /// one: the pipeline changed, or a client the change touches was added,
+    /// removed, or changed its group or host names. Otherwise those rules
+    /// hold at head as they held at base, which was held to them the same way.
+    pub fn needs_every_client(
+        &self,
+        changed: &[String],
+        base: &config::FleetFiles,
+        head: &config::FleetFiles,
+    ) -> bool {
+        let outline = |files: &config::FleetFiles, name: &str| {
+            let bytes = files.files.get(&config::client_file(name))?;
+            config::validate::outline(bytes).map(|(group, hosts)| (group.value, hosts))
+        };
+        self.all
+            || changed.iter().any(|p| p == config::PIPELINE)
+            || self
+                .clients
+                .iter()
+                .any(|c| outline(base, c) != outline(head, c))
+    }
+
     pub fn selection(&self) -> Selection {
         if self.all {
             Selection::All
@@ -478,5 +501,95 @@ mod tests {
         let d = unified_diff("app.env", None, Some("A=1\n"));
         assert!(d.starts_with("--- /dev/null\n+++ b/app.env\n"), "{d}");
         assert!(d.contains("+A=1"), "{d}");
+    }
+}
+
+#[cfg(test)]
+mod every_client_tests {
+    use super::*;
+    use crate::config::FleetFiles;
+
+    const ALPHA: &str = "domain: alpha.org\ngroup: canary\napps: [web]\nhosts: [{name: alpha-1, address: 203.0.113.10}]\n";
+
+    /// `base`, `head`: the text of `clients/alpha.yaml` at each side (`None`:
+    /// no such file); `expect`: whether the plan of that change must read
+    /// every client to check the rules over the whole fleet.
+    #[test]
+    fn every_client_is_read_when_a_change_can_break_a_fleet_rule() {
+        let check = |paths: &[&str], base: Option<&str>, head: Option<&str>, expect: bool| {
+            let side = |text: Option<&str>| {
+                FleetFiles::in_memory(
+                    &text
+                        .map(|t| ("clients/alpha.yaml".to_string(), t.to_string()))
+                        .into_iter()
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let paths: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
+            let got =
+                Affected::from_paths(&paths).needs_every_client(&paths, &side(base), &side(head));
+            assert_eq!(got, expect, "{paths:?}: {base:?} → {head:?}");
+        };
+        let c = &["clients/alpha.yaml"][..];
+        // What a client runs: no fleet rule can break.
+        check(
+            c,
+            Some(ALPHA),
+            Some(&ALPHA.replace("[web]", "[web, api]")),
+            false,
+        );
+        check(
+            c,
+            Some(ALPHA),
+            Some(&format!("{ALPHA}vars: {{port: 8081}}\n")),
+            false,
+        );
+        check(
+            c,
+            Some(ALPHA),
+            Some(&ALPHA.replace("203.0.113.10", "203.0.113.11")),
+            false,
+        );
+        // Its group or host names: a stage may empty, a name may clash.
+        check(
+            c,
+            Some(ALPHA),
+            Some(&ALPHA.replace("group: canary", "group: production")),
+            true,
+        );
+        check(
+            c,
+            Some(ALPHA),
+            Some(&ALPHA.replace("alpha-1", "beta-1")),
+            true,
+        );
+        check(
+            c,
+            Some(ALPHA),
+            Some(&ALPHA.replace("}]", "}, {name: alpha-2, address: 203.0.113.11}]")),
+            true,
+        );
+        // Added or removed.
+        check(c, None, Some(ALPHA), true);
+        check(c, Some(ALPHA), None, true);
+        // Unreadable at head: its own validation says why; the rules are
+        // checked without it, as `check` does.
+        check(c, Some(ALPHA), Some("group: [\n"), true);
+        // The pipeline: a group may lose its stage, a stage its clients.
+        check(&["pipelines/pipeline.yaml"], Some(ALPHA), Some(ALPHA), true);
+        check(&["README.md"], Some(ALPHA), Some(ALPHA), false);
+        check(
+            &["secrets/clients/alpha.sops.yaml"],
+            Some(ALPHA),
+            Some(ALPHA),
+            false,
+        );
+        // Every client is read in full anyway.
+        check(
+            &["pipelines/apps/web/app.yaml"],
+            Some(ALPHA),
+            Some(ALPHA),
+            true,
+        );
     }
 }

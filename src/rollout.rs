@@ -89,7 +89,11 @@ pub fn plan(
     let cache = DecryptCache::default();
     let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
     let files_b = config::load(&snap_b, affected.selection())?;
-    let files_h = config::load(&snap_h, affected.selection())?;
+    let mut files_h = config::load(&snap_h, affected.selection())?;
+    if affected.needs_every_client(&changed, &files_b, &files_h) {
+        tracing::info!("the change can break a rule over the whole fleet: reading every client");
+        config::read_every_client(&snap_h, &mut files_h)?;
+    }
     let invalid = |label: String, problems| Error::Invalid {
         at: label,
         problems,
@@ -99,6 +103,7 @@ pub fn plan(
     if !problems.is_empty() {
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
+    prepared_h.fleet.log_warnings();
     let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
@@ -201,6 +206,7 @@ pub fn deploy_stage(
         return Err(invalid(desired::collapse_repeats(problems)));
     }
     let fleet = &prepared.fleet;
+    fleet.log_warnings();
     let stage = fleet
         .pipeline
         .stages
@@ -320,6 +326,37 @@ pub fn inspect_hosts(
                     return Err(format!("inspect failed: {}", out.tail()));
                 }
                 release::parse_inspect(&out.stdout)
+            }
+        }))
+        .await
+    }))
+}
+
+/// Connects to each host (16 at a time) and lists what its deploy root holds
+/// (`status --drift`'s orphans).
+pub fn list_deploy_roots(
+    known_hosts: &[u8],
+    ssh_options: &BTreeMap<String, String>,
+    hosts: &[config::Host],
+) -> Result<Vec<std::result::Result<release::Listing, String>>> {
+    let connector = SshConnector::new(known_hosts, ssh_options)?;
+    let runtime = crate::rt::runtime()?;
+    Ok(runtime.block_on(async {
+        let limit = tokio::sync::Semaphore::new(16);
+        futures_util::future::join_all(hosts.iter().map(|host| {
+            let (connector, limit) = (&connector, &limit);
+            async move {
+                let _permit = limit.acquire().await.expect("never closed");
+                let remote = connector.connect(host).await.map_err(|e| e.to_string())?;
+                let out = remote
+                    .run(&release::listing_script(&host.deploy_root))
+                    .await;
+                connector.close(remote).await;
+                let out = out.map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("listing the deploy root failed: {}", out.tail()));
+                }
+                release::parse_listing(&out.stdout)
             }
         }))
         .await

@@ -40,6 +40,7 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> Result<ExitCode> {
     };
     let d = desired::compute(&files, &ctx.keyring, &cache, SecretView::Masked, &rev)
         .map_err(invalid)?;
+    d.fleet.log_warnings();
     let mut problems = Vec::new();
     config::known_hosts_checks(&files, &d.fleet.clients, &mut problems);
     if !problems.is_empty() {

@@ -1,7 +1,7 @@
 //! `fleetgate status [--format json] [--drift]`: what each host runs, and with
 //! `--drift` whether its files still match what the repo renders for that rev.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
 use serde::Serialize;
@@ -121,14 +121,20 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             rows.push(row);
         }
     }
+    let mut orphans = None;
+    let mut unlisted = false;
     if args.drift {
         compute_drift(ctx, &repo, &mut rows, &live_sums)?;
+        let (found, failed) = find_orphans(&fleet, &targets, &known_hosts)?;
+        (orphans, unlisted) = (Some(found), failed);
     }
-    printer::data(&render(&rows, args.format, args.drift));
-    let unreachable = rows.iter().any(|r| r.error.is_some());
+    printer::data(&render(&rows, orphans.as_deref(), args.format, args.drift));
+    // An unreachable host may hide anything: that answer wins.
+    let unreachable = unlisted || rows.iter().any(|r| r.error.is_some());
     let drifted = rows
         .iter()
-        .any(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()));
+        .any(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
+        || orphans.as_ref().is_some_and(|o| !o.is_empty());
     Ok(if unreachable {
         ExitCode::Infra
     } else if drifted {
@@ -136,6 +142,59 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::Ok
     })
+}
+
+/// An app or client dir a host keeps that the repo does not put there.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanRow {
+    pub host: String,
+    #[serde(flatten)]
+    pub orphan: release::Orphan,
+}
+
+/// Lists the deploy root of every host in `targets` and compares it with
+/// what the whole fleet (not only `--clients`) puts there: hosts that share
+/// a deploy root (two clients on one machine) are listed once. Also says
+/// whether a host could not be listed.
+fn find_orphans(
+    fleet: &config::Fleet,
+    targets: &[(&config::Client, config::Host)],
+    known_hosts: &[u8],
+) -> Result<(Vec<OrphanRow>, bool)> {
+    type Place = (String, u16, String);
+    let place = |h: &config::Host| (h.address.clone(), h.port, h.deploy_root.clone());
+    let wanted: std::collections::BTreeSet<Place> = targets.iter().map(|(_, h)| place(h)).collect();
+    let mut expected: BTreeMap<Place, (config::Host, BTreeMap<String, BTreeSet<String>>)> =
+        BTreeMap::new();
+    for client in fleet.clients.values() {
+        for host in inventory::Static.hosts(client).unwrap_or_default() {
+            if !wanted.contains(&place(&host)) {
+                continue;
+            }
+            let (_, apps) = expected
+                .entry(place(&host))
+                .or_insert_with(|| (host.clone(), BTreeMap::new()));
+            apps.entry(client.name.clone())
+                .or_default()
+                .extend(client.apps.iter().cloned());
+        }
+    }
+    let hosts: Vec<config::Host> = expected.values().map(|(h, _)| h.clone()).collect();
+    let listed = rollout::list_deploy_roots(known_hosts, &fleet.pipeline.ssh_options, &hosts)?;
+    let (mut rows, mut failed) = (Vec::new(), false);
+    for ((host, apps), listing) in expected.values().zip(listed) {
+        match listing {
+            Ok(listing) => rows.extend(listing.orphans(apps).into_iter().map(|orphan| OrphanRow {
+                host: host.name.clone(),
+                orphan,
+            })),
+            Err(e) => {
+                tracing::warn!("{}: {e}", host.name);
+                failed = true;
+            }
+        }
+    }
+    Ok((rows, failed))
 }
 
 type LiveSums = BTreeMap<(String, String, String), BTreeMap<String, String>>;
@@ -239,9 +298,24 @@ fn render_rev(
     })
 }
 
-fn render(rows: &[AppStatus], format: OutcomeFormat, drift: bool) -> String {
+fn render(
+    rows: &[AppStatus],
+    orphans: Option<&[OrphanRow]>,
+    format: OutcomeFormat,
+    drift: bool,
+) -> String {
     if format == OutcomeFormat::Json {
-        let mut s = serde_json::to_string_pretty(rows).expect("rows serialise");
+        #[derive(Serialize)]
+        struct Status<'a> {
+            apps: &'a [AppStatus],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            orphans: Option<&'a [OrphanRow]>,
+        }
+        let mut s = serde_json::to_string_pretty(&Status {
+            apps: rows,
+            orphans,
+        })
+        .expect("rows serialise");
         s.push('\n');
         return s;
     }
@@ -278,6 +352,17 @@ fn render(rows: &[AppStatus], format: OutcomeFormat, drift: bool) -> String {
             r.deployed_at.clone().unwrap_or_else(|| "-".into()),
             short(&r.previous),
             drift_cell,
+        ]);
+    }
+    for o in orphans.unwrap_or_default() {
+        table.push(vec![
+            o.orphan.client.clone(),
+            o.orphan.app.clone().unwrap_or_else(|| "-".into()),
+            o.host.clone(),
+            short(&o.orphan.current_rev),
+            "-".into(),
+            "-".into(),
+            "orphan: not in the repo".into(),
         ]);
     }
     let widths: Vec<usize> = (0..7)

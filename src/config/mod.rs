@@ -63,6 +63,9 @@ pub struct FleetFiles {
     /// Client-secrets files that exist (by client name).
     pub client_secrets: Names,
     pub selection: Selection,
+    /// Every client file was read, in full or for its outline only
+    /// ([`read_every_client`]): the rules over the whole fleet can run.
+    pub every_client: bool,
     /// Problems found while listing (stray files).
     pub problems: Vec<Diagnostic>,
 }
@@ -87,10 +90,6 @@ impl Names {
 
     pub fn iter(&self) -> impl Iterator<Item = &String> {
         self.0.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     /// How many names are in `self`, `other` or both.
@@ -168,6 +167,7 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
         files,
         all_clients: Names::new(all_clients),
         client_secrets: Names::new(client_secrets),
+        every_client: selection == Selection::All,
         selection,
         problems,
     })
@@ -192,8 +192,30 @@ impl FleetFiles {
             client_secrets: Names::default(),
             selection: Selection::Only(Default::default()),
             problems: Vec::new(),
+            // Not a fleet of its own: the rules over every client are head's.
+            every_client: false,
         }
     }
+}
+
+/// Reads the client files `load` left out, so the rules over the whole fleet
+/// (a stage's clients, host names unique, a client's group picked) can be
+/// checked against every client. Those clients are not validated in full:
+/// only their group and host names are read (see `validate::fleet`).
+pub fn read_every_client(snap: &Snapshot, files: &mut FleetFiles) -> Result<()> {
+    if files.every_client {
+        return Ok(());
+    }
+    for name in files.all_clients.clone().iter() {
+        let path = client_file(name);
+        if !files.files.contains_key(&path)
+            && let Some(bytes) = refused(snap.read(&path), &mut files.problems)?
+        {
+            files.files.insert(path, bytes);
+        }
+    }
+    files.every_client = true;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +244,7 @@ impl FleetFiles {
             all_clients: Names::new(clients),
             client_secrets: Names::new(secrets),
             selection: Selection::All,
+            every_client: true,
             problems: Vec::new(),
         }
     }

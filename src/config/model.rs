@@ -30,6 +30,19 @@ pub struct Fleet {
     /// `pipelines/trivyignore.yaml`, validated (expired entries included:
     /// the scan reports them).
     pub ignores: Vec<IgnoreEntry>,
+    /// What is worth saying but must not stop anyone (a stage without
+    /// clients while the last one is offboarded): every command that
+    /// validates prints them, none refuses a commit for them.
+    pub warnings: Vec<crate::error::Diagnostic>,
+}
+
+impl Fleet {
+    /// Says the warnings, as every command that acts on a commit does.
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+    }
 }
 
 /// One accepted finding: `id` (a CVE or GHSA id), optionally only in one

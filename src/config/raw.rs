@@ -187,6 +187,14 @@ pub struct Client {
     pub vars: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What the rules over the whole fleet need of a client file, read without
+/// validating the rest: other keys are ignored here, not denied.
+#[derive(Debug, Deserialize)]
+pub struct ClientOutline {
+    pub group: S<String>,
+    pub hosts: Hosts,
+}
+
 /// `hosts:` is either a list of static hosts or `{hcloud: {...}}`.
 ///
 /// Written by hand instead of `#[serde(untagged)]`, which would buffer the

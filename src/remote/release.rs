@@ -834,3 +834,211 @@ mod steps_tests {
         );
     }
 }
+
+/// What a host carries under one deploy root, as [`listing_script`] prints
+/// it: each client dir, its app dirs, and the rev each app's `state.json`
+/// says is live (`None`: no state, or not fleetgate's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub clients: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+/// What a host keeps under its deploy root that the repo does not put
+/// there: an app dir of an app its client no longer has, or the dir of a
+/// client that is not (or no longer) on the host (`app: None` when it holds
+/// no app dir).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Orphan {
+    pub client: String,
+    pub app: Option<String>,
+    pub current_rev: Option<String>,
+}
+
+/// A script that lists `deploy_root`'s client dirs, their app dirs, and
+/// each app's `state.json` on one line. Hidden dirs are not listed.
+pub fn listing_script(deploy_root: &str) -> String {
+    format!(
+        r#"set -u
+root={}
+[ -d "$root" ] || exit 0
+for c in "$root"/*/; do
+  [ -d "$c" ] || continue
+  c=${{c%/}}
+  printf '@@client %s\n' "${{c##*/}}"
+  for a in "$c"/*/; do
+    [ -d "$a" ] || continue
+    a=${{a%/}}
+    printf '@@app %s\n' "${{a##*/}}"
+    if [ -f "$a/state.json" ]; then tr '\n' ' ' < "$a/state.json"; fi
+    echo
+  done
+done
+"#,
+        quote(deploy_root)
+    )
+}
+
+/// Parses what [`listing_script`] printed.
+pub fn parse_listing(out: &str) -> Result<Listing, String> {
+    let mut listing = Listing::default();
+    let mut client: Option<String> = None;
+    let mut app: Option<String> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("@@client ") {
+            listing.clients.entry(name.to_string()).or_default();
+            (client, app) = (Some(name.to_string()), None);
+        } else if let Some(name) = line.strip_prefix("@@app ") {
+            let c = client
+                .as_ref()
+                .ok_or_else(|| format!("an app dir before any client dir: {line:?}"))?;
+            listing
+                .clients
+                .get_mut(c)
+                .expect("inserted above")
+                .insert(name.to_string(), None);
+            app = Some(name.to_string());
+        } else if let (Some(c), Some(a)) = (&client, app.take()) {
+            // The state line right after its app; an unreadable state still
+            // leaves the dir listed.
+            let rev = serde_json::from_str::<State>(line).ok().map(|s| s.rev);
+            listing
+                .clients
+                .get_mut(c)
+                .expect("inserted above")
+                .insert(a, rev);
+        } else if !line.trim().is_empty() {
+            return Err(format!(
+                "unexpected line in the deploy root listing: {line:?}"
+            ));
+        }
+    }
+    Ok(listing)
+}
+
+impl Listing {
+    /// What is here that `expected` (each client the repo puts under this
+    /// deploy root, with its apps) does not name.
+    pub fn orphans(
+        &self,
+        expected: &BTreeMap<String, std::collections::BTreeSet<String>>,
+    ) -> Vec<Orphan> {
+        let mut out = Vec::new();
+        for (client, apps) in &self.clients {
+            let wanted = expected.get(client);
+            if wanted.is_none() && apps.is_empty() {
+                out.push(Orphan {
+                    client: client.clone(),
+                    app: None,
+                    current_rev: None,
+                });
+            }
+            for (app, rev) in apps {
+                if !wanted.is_some_and(|w| w.contains(app)) {
+                    out.push(Orphan {
+                        client: client.clone(),
+                        app: Some(app.clone()),
+                        current_rev: rev.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_compare() {
+        let state = |rev: &str| {
+            format!(
+                r#"{{"rev": "{rev}", "files": {{}}, "deployed_at": "2026-11-23T00:00:00Z", "previous": null}}"#
+            )
+        };
+        let out = format!(
+            "@@client alpha\n@@app web\n{}\n@@app old\n{}\n@@client beta\n@@app web\n{}\n@@client gone\n@@app api\n\n@@client empty\n@@client ours\n@@app web\nnot json\n",
+            state("a1"),
+            state("a0"),
+            state("b1")
+        );
+        let listing = parse_listing(&out).unwrap();
+        assert_eq!(listing.clients["alpha"]["web"].as_deref(), Some("a1"));
+        assert_eq!(listing.clients["gone"]["api"], None);
+        assert_eq!(
+            listing.clients["ours"]["web"], None,
+            "not fleetgate's state"
+        );
+        assert!(listing.clients["empty"].is_empty());
+
+        let expected: BTreeMap<String, std::collections::BTreeSet<String>> = [
+            ("alpha", &["web"][..]),
+            ("beta", &["web"]),
+            ("ours", &["web"]),
+        ]
+        .into_iter()
+        .map(|(c, apps)| (c.to_string(), apps.iter().map(|a| a.to_string()).collect()))
+        .collect();
+        let o = |client: &str, app: Option<&str>, rev: Option<&str>| Orphan {
+            client: client.into(),
+            app: app.map(Into::into),
+            current_rev: rev.map(Into::into),
+        };
+        assert_eq!(
+            listing.orphans(&expected),
+            [
+                o("alpha", Some("old"), Some("a0")),
+                o("empty", None, None),
+                o("gone", Some("api"), None),
+            ]
+        );
+        assert_eq!(parse_listing("").unwrap(), Listing::default());
+        assert!(parse_listing("@@app web\n").is_err());
+        assert!(parse_listing("stray\n").is_err());
+    }
+
+    #[test]
+    fn listing_on_a_real_shell() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A deploy root whose name a shell would expand, split or run.
+        let root = tmp.path().join("r o'$(touch pwned)*");
+        for dir in ["alpha/web/releases/r1", "alpha/old", "stray", ".hidden/x"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(
+            root.join("alpha/web/state.json"),
+            "{\n  \"rev\": \"r1\",\n  \"files\": {},\n  \"deployed_at\": \"t\",\n  \"previous\": null\n}\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("alpha/file"), "not a dir").unwrap();
+        let out = std::process::Command::new("sh")
+            .current_dir(tmp.path())
+            .arg("-c")
+            .arg(listing_script(root.to_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = parse_listing(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        assert_eq!(
+            format!("{:?}", listing.clients),
+            r#"{"alpha": {"old": None, "web": Some("r1")}, "stray": {}}"#
+        );
+        assert!(!tmp.path().join("pwned").exists());
+        // A host with nothing deployed yet.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(listing_script(tmp.path().join("none").to_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            parse_listing(&String::from_utf8(out.stdout).unwrap()).unwrap(),
+            Listing::default()
+        );
+    }
+}

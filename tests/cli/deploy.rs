@@ -54,7 +54,7 @@ impl DeployFleet {
             .collect();
         let hosts = TestHosts::start(&names);
         let fleet = Fleet::empty();
-        // A stage per group in use (a stage nobody is in is refused).
+        // A stage per group in use (a stage nobody is in is a warning).
         let mut stages = String::from("stages:\n");
         for group in ["canary", "production"] {
             if clients.iter().any(|(_, g, _)| *g == group) {
@@ -447,7 +447,7 @@ fn status_shows_live_revs_and_drift() {
     d.deploy("canary").code(0);
     let run = d.fleetgate(&["status", "--drift", "--format", "json"]);
     run.code(0);
-    let row = &run.json()[0];
+    let row = &run.json()["apps"][0];
     assert_eq!(
         (
             row["client"].as_str(),

@@ -17,3 +17,5 @@ mod restart;
 mod run;
 mod scan;
 mod secrets;
+mod status;
+mod validation;

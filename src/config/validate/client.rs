@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::hosts::{self, is_address};
 use super::{Check, NAME_HINT, is_ident, is_name};
 use crate::config::model::{App, Client, Pipeline};
+use crate::config::raw::S;
 use crate::config::{
     APPS_DIR, FleetFiles, PIPELINE, SHARED_SECRETS, client_file, client_secrets_file, raw, yaml,
 };
@@ -66,19 +67,8 @@ pub(super) fn validate(
         );
     }
     c.name("group", &raw.group, "group");
-    if let Some(p) = pipeline
-        && !p.stages.iter().any(|s| s.group == raw.group.value)
-    {
-        let groups: Vec<&str> = p.stages.iter().map(|s| s.group.as_str()).collect();
-        c.at(
-            "group",
-            &raw.group,
-            format!(
-                "group `{}` is not picked by any stage of {PIPELINE}",
-                raw.group.value
-            ),
-            &format!("use one of: {}", groups.join(", ")),
-        );
+    if let Some(p) = pipeline {
+        group_is_picked(&mut c, &raw.group, p);
     }
     let mut app_names = Vec::new();
     for (i, a) in raw.apps.iter().enumerate() {
@@ -140,6 +130,23 @@ pub(super) fn validate(
         vars: raw.vars.clone(),
         secrets,
     })
+}
+
+/// A client's group must be one a stage picks. Also checked by `fleet` for
+/// clients not validated in full, when the pipeline changes under them.
+pub(super) fn group_is_picked(c: &mut Check, group: &S<String>, p: &Pipeline) {
+    if !p.stages.iter().any(|s| s.group == group.value) {
+        let groups: Vec<&str> = p.stages.iter().map(|s| s.group.as_str()).collect();
+        c.at(
+            "group",
+            group,
+            format!(
+                "group `{}` is not picked by any stage of {PIPELINE}",
+                group.value
+            ),
+            &format!("use one of: {}", groups.join(", ")),
+        );
+    }
 }
 
 #[cfg(test)]

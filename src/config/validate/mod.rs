@@ -29,6 +29,7 @@ use super::{FleetFiles, SHARED_SECRETS, Selection, duration, yaml};
 use crate::error::Diagnostic;
 use crate::secrets::SopsFile;
 
+pub use fleet::outline;
 pub use health::HTTP_URL_HINT;
 pub use known_hosts::known_hosts_checks;
 
@@ -142,9 +143,14 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             clients.insert(client.name.clone(), client);
         }
     }
-    if files.selection == Selection::All {
-        fleet::checks(files, pipeline.as_ref(), &clients, &mut problems);
-    }
+    let mut warnings = Vec::new();
+    fleet::checks(
+        files,
+        pipeline.as_ref(),
+        &clients,
+        &mut problems,
+        &mut warnings,
+    );
     let ignores = trivyignore::validate(files, &mut problems);
     let fleet = Fleet {
         pipeline: pipeline.unwrap_or_else(Pipeline::empty),
@@ -153,6 +159,7 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
         all_clients: files.all_clients.clone(),
         shared_secrets,
         ignores,
+        warnings,
     };
     (fleet, problems)
 }

@@ -64,6 +64,7 @@ pub(crate) fn files(default_path: &str, base: &str, fixture: &str) -> FleetFiles
         all_clients,
         client_secrets,
         selection: Selection::All,
+        every_client: true,
         problems: Vec::new(),
     }
 }
