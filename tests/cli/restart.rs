@@ -76,7 +76,9 @@ impl TwoApps {
     fn status(&self) -> Vec<(String, String, String)> {
         let run = self.fleetgate(&["status", "--drift", "--format", "json"]);
         run.code(0);
-        run.json()
+        let json = run.json();
+        assert_eq!(json["orphans"], serde_json::json!([]), "{json:#}");
+        json["apps"]
             .as_array()
             .unwrap()
             .iter()
