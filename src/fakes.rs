@@ -201,6 +201,21 @@ impl GitStore for FakeGit {
         Ok(self.local.borrow().get(name).copied())
     }
 
+    fn refs_under(&self, prefix: &str) -> Result<Vec<(String, CommitId)>> {
+        Ok(self
+            .local
+            .borrow()
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, id)| (name.clone(), *id))
+            .collect())
+    }
+
+    fn delete_ref(&self, name: &str) -> Result<()> {
+        self.local.borrow_mut().remove(name);
+        Ok(())
+    }
+
     fn note(&self, rev: CommitId) -> Result<Option<String>> {
         let Some(notes) = self.local.borrow().get(NOTES_REF).copied() else {
             return Ok(None);
@@ -435,6 +450,8 @@ pub struct FakeRollout {
     /// The image gate's report (default: every image passes).
     pub scan: RefCell<Option<ScanReport>>,
     pub scans: Cell<u32>,
+    /// The `previous` of every deploy (what each client last ran).
+    pub previous: RefCell<Vec<BTreeMap<String, CommitId>>>,
     /// Every plan made: (base, head).
     pub plans: RefCell<Vec<(Option<CommitId>, CommitId)>>,
     /// Every stage deployed: (stage, rev, clients).
@@ -469,6 +486,7 @@ impl FakeRollout {
             scans: Cell::new(0),
             interrupt_stage: Cell::new(false),
             plans: RefCell::new(Vec::new()),
+            previous: RefCell::new(Vec::new()),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
         }
@@ -579,7 +597,7 @@ impl Rollout for FakeRollout {
                     apps: Vec::new(),
                 })
                 .collect(),
-            unaffected: self.fleet.clients.len() - changed.len(),
+            unaffected: self.fleet.clients.len().saturating_sub(changed.len()),
         })
     }
 
@@ -602,7 +620,14 @@ impl Rollout for FakeRollout {
         })))
     }
 
-    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome> {
+    fn deploy(
+        &self,
+        rev: CommitId,
+        stage: &str,
+        clients: &[String],
+        previous: &BTreeMap<String, CommitId>,
+    ) -> Result<StageOutcome> {
+        self.previous.borrow_mut().push(previous.clone());
         if let Some(hook) = self.before_deploy.borrow_mut().as_mut() {
             hook(stage.to_string());
         }
@@ -618,7 +643,17 @@ impl Rollout for FakeRollout {
             .expect("a stage of the fleet");
         let mut hosts = Vec::new();
         for client in clients {
-            let config::Hosts::Static(static_hosts) = &self.fleet.clients[client].hosts else {
+            let Some(c) = self.fleet.clients.get(client) else {
+                // Gone from the fleet: its host takes it down.
+                hosts.push(HostOutcome::new(
+                    client,
+                    &format!("{client}-1"),
+                    HostStatus::Deployed,
+                    [("web".to_string(), Runs::Nothing)].into(),
+                ));
+                continue;
+            };
+            let config::Hosts::Static(static_hosts) = &c.hosts else {
                 panic!("the fake fleet's hosts are static");
             };
             for h in static_hosts {

@@ -14,6 +14,7 @@
 //! | the clock (and signals) | [`Clock`] | `rt::SystemClock` | `fakes::FakeClock` |
 //! | renewing the lock meanwhile | [`LockKeeper`] | `commands::run`'s thread | none: the engine's own renewals |
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,10 @@ pub trait GitStore {
     fn fetch_records(&self) -> Result<()>;
     /// A ref in this clone (after [`GitStore::fetch_records`]: the remote's).
     fn ref_target(&self, name: &str) -> Result<Option<CommitId>>;
+    /// Every ref of this clone under `prefix` (`refs/fleetgate/deployed/canary/`).
+    fn refs_under(&self, prefix: &str) -> Result<Vec<(String, CommitId)>>;
+    /// Removes a ref of this clone (pushed as a deletion with a lease).
+    fn delete_ref(&self, name: &str) -> Result<()>;
     /// The note on `rev` in this clone, as text.
     fn note(&self, rev: CommitId) -> Result<Option<String>>;
     /// Writes the note on `rev` in this clone (a new commit of the notes ref).
@@ -104,8 +109,16 @@ pub trait Rollout {
     /// The image gate for `clients` of `fleet`; None when they run no image.
     fn scan(&self, fleet: &Fleet, clients: &[String]) -> Result<Option<ScanReport>>;
     /// One stage for `clients` at `rev`: upload, switch, start, gates,
-    /// rollback. Unreachable hosts are part of the outcome, not an error.
-    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome>;
+    /// rollback; and what `previous` (each client's last deployed commit in
+    /// this stage) ran that `rev` no longer gives it is taken down.
+    /// Unreachable hosts are part of the outcome, not an error.
+    fn deploy(
+        &self,
+        rev: CommitId,
+        stage: &str,
+        clients: &[String],
+        previous: &BTreeMap<String, CommitId>,
+    ) -> Result<StageOutcome>;
 }
 
 /// Renews the pipeline lock while the engine blocks in one call that can

@@ -48,8 +48,14 @@ impl Rollout for Live<'_> {
         scan::gate_fleet(fleet, clients, self.scan).map(Some)
     }
 
-    fn deploy(&self, rev: CommitId, stage: &str, clients: &[String]) -> Result<StageOutcome> {
-        deploy_stage(self.keyring, self.repo, rev, stage, clients)
+    fn deploy(
+        &self,
+        rev: CommitId,
+        stage: &str,
+        clients: &[String],
+        previous: &BTreeMap<String, CommitId>,
+    ) -> Result<StageOutcome> {
+        deploy_stage(self.keyring, self.repo, rev, stage, clients, previous)
     }
 }
 
@@ -132,6 +138,88 @@ pub fn plan(
     Ok(plan)
 }
 
+/// Adds to `plan` what `client` ran at `prev` (the commit its stage last
+/// deployed) that head no longer gives it: apps removed from the client,
+/// hosts removed from its list, or everything when its file is gone.
+/// Described by `prev`'s config (how each app was started, where). Returns
+/// whether a host head no longer names is among them.
+fn add_removals(
+    repo: &Repo,
+    fleet: &Fleet,
+    client: &str,
+    prev: CommitId,
+    plan: &mut deploy::StagePlan,
+) -> Result<bool> {
+    let snap = repo.snapshot(prev)?;
+    let files = config::load(&snap, Selection::Only([client.to_string()].into()))?;
+    let (was, _) = config::validate(&files);
+    let Some(before) = was.clients.get(client) else {
+        return Ok(false);
+    };
+    let config::Hosts::Static(before_hosts) = &before.hosts else {
+        return Ok(false);
+    };
+    let now = fleet.clients.get(client);
+    let now_hosts: Vec<&str> = match now.map(|c| &c.hosts) {
+        Some(config::Hosts::Static(hosts)) => hosts.iter().map(|h| h.name.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    let mut gone_host = false;
+    for host in before_hosts {
+        let host_gone = !now_hosts.contains(&host.name.as_str());
+        let removals: Vec<deploy::Removal> = before
+            .apps
+            .iter()
+            .filter(|a| host_gone || now.is_some_and(|c| !c.apps.contains(a)))
+            .filter_map(|a| was.apps.get(a))
+            .map(|app| deploy::Removal {
+                app: app.name.clone(),
+                dir: AppDir {
+                    deploy_root: host.deploy_root.clone(),
+                    client: client.to_string(),
+                    app: app.name.clone(),
+                },
+                start: deploy::start_of(&was, before, app),
+                stop: app.commands.stop.clone(),
+            })
+            .collect();
+        if removals.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            "{} {}: to remove (not in {} any more): {}",
+            host.name,
+            client,
+            if now.is_none() {
+                "the fleet"
+            } else {
+                "the client"
+            },
+            removals
+                .iter()
+                .map(|r| r.app.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        gone_host |= host_gone;
+        match plan
+            .targets
+            .iter_mut()
+            .find(|t| t.client == client && t.host.name == host.name)
+        {
+            Some(t) => t.removals.extend(removals),
+            None => plan.targets.push(deploy::Target {
+                client: client.to_string(),
+                host: host.clone(),
+                apps: Vec::new(),
+                removals,
+                masker: Default::default(),
+            }),
+        }
+    }
+    Ok(gone_host)
+}
+
 /// Head against nothing: the same pipeline and apps without any client, so
 /// every client of head is added (a first push, or a base this clone does
 /// not have). Every client is rendered: nothing narrows the change.
@@ -190,6 +278,7 @@ pub fn deploy_stage(
     rev: CommitId,
     stage_name: &str,
     only: &[String],
+    previous: &BTreeMap<String, CommitId>,
 ) -> Result<StageOutcome> {
     let snap = repo.snapshot(rev)?;
     let files = config::load(&snap, Selection::All)?;
@@ -228,7 +317,8 @@ pub fn deploy_stage(
             )
         })?;
     for c in only {
-        if !fleet.clients.contains_key(c) {
+        // A client whose file is gone is still deployed: to take it down.
+        if !fleet.clients.contains_key(c) && !previous.contains_key(c) {
             return Err(Error::Usage(
                 format!("client `{c}` does not exist at {}", snap.label()).into(),
             ));
@@ -269,7 +359,17 @@ pub fn deploy_stage(
         Ok(out)
     };
     let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
-    let plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
+    let mut plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
+    let mut known_hosts = known_hosts(&snap)?;
+    for (client, prev) in previous {
+        // A removed host may have left head's known_hosts with it: the
+        // commit that deployed it pinned its key.
+        if add_removals(repo, fleet, client, *prev, &mut plan)? {
+            let prev_snap = repo.snapshot(*prev)?;
+            known_hosts.push(b'\n');
+            known_hosts.extend(self::known_hosts(&prev_snap)?);
+        }
+    }
     let hosts: usize = plan.targets.len();
     tracing::info!(
         "deploy {} to stage {}: {} client(s), {} host(s), {} at a time, {} failure(s) tolerated",
@@ -280,7 +380,6 @@ pub fn deploy_stage(
         plan.parallelism,
         plan.max_failures
     );
-    let known_hosts = known_hosts(&snap)?;
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = crate::rt::runtime()?;
     let prober = crate::gates::http::ReqwestProber::default();

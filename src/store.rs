@@ -67,6 +67,32 @@ impl GitStore for GitRepo<'_> {
         }
     }
 
+    fn refs_under(&self, prefix: &str) -> Result<Vec<(String, CommitId)>> {
+        let refs = self
+            .repo
+            .git()
+            .references_glob(&format!("{prefix}*"))
+            .map_err(|e| Error::git(format!("list {prefix}"), e))?;
+        let mut out = Vec::new();
+        for r in refs {
+            let r = r.map_err(|e| Error::git(format!("list {prefix}"), e))?;
+            if let (Ok(name), Some(target)) = (r.name(), r.target()) {
+                out.push((name.to_string(), target.into()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_ref(&self, name: &str) -> Result<()> {
+        match self.repo.git().find_reference(name) {
+            Ok(mut r) => r
+                .delete()
+                .map_err(|e| Error::git(format!("delete {name}"), e)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(Error::git(format!("read {name}"), e)),
+        }
+    }
+
     fn note(&self, rev: CommitId) -> Result<Option<String>> {
         match self.repo.git().find_note(Some(NOTES_REF), rev.oid()) {
             // Not UTF-8: lossy, so the record parser refuses it by content.

@@ -44,8 +44,16 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     // A record that could not be written afterwards (corrupt) stops the
     // deploy before any host is touched, not after.
     records.read(rev)?;
-    let outcome = rollout::deploy_stage(&ctx.keyring, &repo, rev, &args.stage, &args.clients)?;
-    for moved in records.record_stage(rev, &outcome)?.0 {
+    // Removals are `run`'s: it knows each client's last deployed commit.
+    let outcome = rollout::deploy_stage(
+        &ctx.keyring,
+        &repo,
+        rev,
+        &args.stage,
+        &args.clients,
+        &Default::default(),
+    )?;
+    for moved in records.record_stage(rev, &outcome, &[])?.0 {
         tracing::info!("{moved} → {}", rev.short());
     }
     printer::data(&report::outcome(&outcome, args.format));

@@ -98,6 +98,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         to,
         &stage,
         std::slice::from_ref(&client.name),
+        &Default::default(),
     )?;
     printer::data(&report::outcome(&outcome, args.format));
     Ok(crate::core::verdict::verdict(&outcome).exit_code())

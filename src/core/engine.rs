@@ -312,12 +312,21 @@ impl Run<'_> {
                 return self.interrupted(&stage.name);
             }
             self.lock.keep_alive()?;
-            let group: Vec<String> = fleet
+            let mut group: Vec<String> = fleet
                 .clients
                 .values()
                 .filter(|c| c.group == stage.group)
                 .map(|c| c.name.clone())
                 .collect();
+            // A client whose file is gone but whose ref this stage still
+            // has is taken down here, behind the same gates.
+            let deployed = self.records.deployed_clients(&stage.name)?;
+            let gone: Vec<String> = deployed
+                .iter()
+                .filter(|(c, _)| !fleet.clients.contains_key(c))
+                .map(|(c, _)| c.clone())
+                .collect();
+            group.extend(gone.iter().cloned());
             let pending = self.pending(stage, &group)?;
             if pending.is_empty() {
                 self.tell(
@@ -376,7 +385,12 @@ impl Run<'_> {
             self.tell(&stage.name, State::Pending, &deploying)?;
             self.deployed = true;
             self.lock.keep_alive()?;
-            let outcome = rollout.deploy(head, &stage.name, &pending)?;
+            // What each client ran: what it no longer gets is taken down.
+            let previous: BTreeMap<String, CommitId> = deployed
+                .into_iter()
+                .filter(|(c, _)| pending.contains(c))
+                .collect();
+            let outcome = rollout.deploy(head, &stage.name, &pending, &previous)?;
             if let Err(e) = self.lock.keep_alive() {
                 tracing::warn!(
                     "stage {}: deployed, but its outcome is not recorded: the lock is no longer this run's; the run holding it finds these hosts up to date or deploys them again",
@@ -384,7 +398,7 @@ impl Run<'_> {
                 );
                 return Err(e);
             }
-            let (moved, recorded) = self.records.record_stage(head, &outcome)?;
+            let (moved, recorded) = self.records.record_stage(head, &outcome, &gone)?;
             record = recorded;
             for r in &moved {
                 tracing::info!("{r} → {}", head.short());

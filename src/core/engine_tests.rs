@@ -560,9 +560,9 @@ fn without_a_remote_records_stay_in_the_clone() {
     let records = Records::new(&git, &w.clock);
     let outcome = w
         .rollout
-        .deploy(c(2), "canary", &["alpha".to_string()])
+        .deploy(c(2), "canary", &["alpha".to_string()], &Default::default())
         .unwrap();
-    let (moved, record) = records.record_stage(c(2), &outcome).unwrap();
+    let (moved, record) = records.record_stage(c(2), &outcome, &[]).unwrap();
     assert_eq!(moved, [deployed_ref("canary", "alpha")]);
     assert!(record.stages["canary"].passed);
     assert_eq!(git.ref_target(&moved[0]).unwrap(), Some(c(2)));
@@ -861,4 +861,38 @@ fn the_keeper_gets_the_runs_lease_and_it_ends_with_the_run() {
     assert_eq!(lease.holder().run_url, req.run_url);
     assert!(lease.done(), "released: the keeper stops renewing");
     assert_eq!(w.lock(), None);
+}
+
+#[test]
+fn a_deleted_client_is_taken_down_in_its_stage_behind_its_approval() {
+    let w = world();
+    w.first_rollout();
+    // gamma ran in production (its ref says so); its file is gone at c(2).
+    w.git
+        .remote
+        .borrow_mut()
+        .refs
+        .insert(deployed_ref("production", "gamma"), c(1));
+    let mut changed: Vec<String> = w.rollout.fleet.clients.keys().cloned().collect();
+    changed.push("gamma".into());
+    w.rollout.changed.borrow_mut().insert((c(1), c(2)), changed);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    assert!(matches!(
+        w.approve(c(2), "alice", None),
+        Verdict::Counted { .. }
+    ));
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    let deployed = w.rollout.deployed();
+    assert_eq!(
+        deployed.last().unwrap(),
+        &(
+            "production".to_string(),
+            vec!["beta".to_string(), "gamma".to_string()]
+        )
+    );
+    // Told what gamma ran, and its ref is gone; beta's moved.
+    let previous = w.rollout.previous.borrow().last().unwrap().clone();
+    assert_eq!(previous.get("gamma"), Some(&c(1)));
+    assert_eq!(w.deployed("production", "gamma"), None);
+    assert_eq!(w.deployed("production", "beta"), Some(c(2)));
 }

@@ -41,16 +41,6 @@ pub fn passed_clients(outcome: &StageOutcome) -> Vec<String> {
     clients
 }
 
-/// The deployed refs a stage's outcome moves to its rev: clients whose hosts
-/// all run it and passed (a rolled-back host is `RolledBack`, so a failed
-/// stage moves nothing it undid; an interrupted one keeps what finished).
-pub fn moved_refs(outcome: &StageOutcome) -> Vec<String> {
-    passed_clients(outcome)
-        .iter()
-        .map(|c| deployed_ref(&outcome.stage, c))
-        .collect()
-}
-
 /// The records of one repository, on its remote when it has one.
 pub struct Records<'a> {
     git: &'a dyn GitStore,
@@ -91,6 +81,18 @@ impl<'a> Records<'a> {
         refs: &[String],
         edit: impl Fn(&mut RunRecord),
     ) -> Result<RunRecord> {
+        self.update_refs(rev, refs, &[], edit)
+    }
+
+    /// Like [`Records::update`], also deleting `gone` (the deployed refs of
+    /// clients taken down), in the same push.
+    pub fn update_refs(
+        &self,
+        rev: CommitId,
+        refs: &[String],
+        gone: &[String],
+        edit: impl Fn(&mut RunRecord),
+    ) -> Result<RunRecord> {
         for attempt in 1..=ATTEMPTS {
             let backoff = Duration::from_millis(100 * u64::from(attempt));
             self.git.fetch_records()?;
@@ -103,6 +105,15 @@ impl<'a> Records<'a> {
                     expected: self.git.ref_target(name)?,
                 });
             }
+            for name in gone {
+                if let Some(expected) = self.git.ref_target(name)? {
+                    updates.push(Update {
+                        name: name.clone(),
+                        new: None,
+                        expected: Some(expected),
+                    });
+                }
+            }
             let mut record = self
                 .local(rev)?
                 .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
@@ -113,7 +124,10 @@ impl<'a> Records<'a> {
                 continue;
             }
             for u in &updates {
-                self.git.set_ref(&u.name, rev)?;
+                match u.new {
+                    Some(_) => self.git.set_ref(&u.name, rev)?,
+                    None => self.git.delete_ref(&u.name)?,
+                }
             }
             if self.git.remote_name().is_none() {
                 return Ok(record);
@@ -137,14 +151,35 @@ impl<'a> Records<'a> {
     }
 
     /// Stores a stage's outcome and moves the refs of the clients that
-    /// passed; returns the refs moved and the record as pushed.
+    /// passed — or deletes them, for clients in `gone` (taken down: their
+    /// file is gone); returns the refs moved or deleted and the record.
     pub fn record_stage(
         &self,
         rev: CommitId,
         outcome: &StageOutcome,
+        gone: &[String],
     ) -> Result<(Vec<String>, RunRecord)> {
-        let moved = moved_refs(outcome);
-        let record = self.update(rev, &moved, |r| r.record_stage(outcome))?;
-        Ok((moved, record))
+        let passed = passed_clients(outcome);
+        let refs = |taken_down: bool| -> Vec<String> {
+            passed
+                .iter()
+                .filter(|c| gone.contains(c) == taken_down)
+                .map(|c| deployed_ref(&outcome.stage, c))
+                .collect()
+        };
+        let (moved, deleted) = (refs(false), refs(true));
+        let record = self.update_refs(rev, &moved, &deleted, |r| r.record_stage(outcome))?;
+        Ok(([moved, deleted].concat(), record))
+    }
+
+    /// The clients with a deployed ref for `stage`, and where it points.
+    pub fn deployed_clients(&self, stage: &str) -> Result<Vec<(String, CommitId)>> {
+        let prefix = deployed_ref(stage, "");
+        Ok(self
+            .git
+            .refs_under(&prefix)?
+            .into_iter()
+            .filter_map(|(name, id)| Some((name.strip_prefix(&prefix)?.to_string(), id)))
+            .collect())
     }
 }

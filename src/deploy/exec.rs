@@ -283,6 +283,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut changed = Vec::new();
     let mut runs = untouched(target);
     let mut kept: Vec<Kept> = Vec::new();
+    let mut removed = 0;
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
         let out = run_step(
@@ -304,6 +305,14 @@ async fn deploy_host<R: Remote, P: Prober>(
         // start and prune per app, streaming a progress line per step.
         let mut steps: Vec<Step> = Vec::new();
         let mut before = BTreeMap::new();
+        // Removals first: a removed app may hold a port a new one needs.
+        for r in &target.removals {
+            steps.push(Step::new(
+                &r.app,
+                "remove",
+                release::teardown_script(&r.dir, &r.start, r.stop.as_deref()),
+            ));
+        }
         for app in &target.apps {
             let now = inspected.get(&app.name).cloned().unwrap_or_default();
             if let Some(state) = live_release(&now, &app.files) {
@@ -353,6 +362,14 @@ async fn deploy_host<R: Remote, P: Prober>(
             changed.push(app);
         }
         let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
+        for step in done
+            .iter()
+            .map(|&i| &steps[i])
+            .filter(|s| s.step == "remove")
+        {
+            runs.insert(step.app.clone(), Runs::Nothing);
+            removed += 1;
+        }
         // A switch cut off by a lost connection may have happened on the
         // host all the same: it counts as switched, so it is put back (a
         // switch back to the state it has is harmless).
@@ -388,7 +405,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             if !record.is_empty() {
                 run_step(remote, &mut rec, &target.masker, None, "record", &record).await?;
             }
-            return Ok(false);
+            return Ok(removed > 0);
         }
         let health_started = Instant::now();
         let results = run_checks(remote, prober, target, &changed, soak, Some(stop)).await;

@@ -21,4 +21,4 @@ pub use crate::core::outcome::{
     Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
 };
 pub use exec::{Connector, run_stage};
-pub use plan::{AppJob, CheckSpec, StagePlan, Target, build_stage_plan};
+pub use plan::{AppJob, CheckSpec, Removal, StagePlan, Target, build_stage_plan, start_of};

@@ -28,8 +28,46 @@ pub struct Target {
     pub client: String,
     pub host: Host,
     pub apps: Vec<AppJob>,
+    /// Apps this host runs for the client that the commit no longer gives it
+    /// (removed from the client, the host removed from the client, or the
+    /// client file deleted): stopped and taken out of `current`, their
+    /// releases and data kept.
+    pub removals: Vec<Removal>,
     /// The secret values this host's files hold: masked out of any output.
     pub masker: Masker,
+}
+
+/// One app to take off a host, described by the commit that deployed it.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    pub app: String,
+    pub dir: AppDir,
+    pub start: Start,
+    pub stop: Option<String>,
+}
+
+/// How `app` of `client` is started (and so stopped) under `fleet`'s
+/// runtimes.
+pub fn start_of(
+    fleet: &crate::config::Fleet,
+    client: &crate::config::Client,
+    app: &crate::config::App,
+) -> Start {
+    use crate::config::Runtime;
+    match app.runtime {
+        Runtime::Compose | Runtime::Podman => Start::Compose {
+            command: if app.runtime == Runtime::Compose {
+                fleet.pipeline.runtimes.compose.clone()
+            } else {
+                fleet.pipeline.runtimes.podman.clone()
+            },
+            project: format!("{}-{}", client.name, app.name),
+        },
+        Runtime::Command => Start::Command {
+            start: app.commands.start.clone().unwrap_or_default(),
+            stop: app.commands.stop.clone(),
+        },
+    }
 }
 
 #[derive(Debug)]
@@ -69,7 +107,7 @@ pub fn build_stage_plan(
     clients: &[String],
     rev: &str,
 ) -> StagePlan {
-    use crate::config::{HealthCheck, Runtime};
+    use crate::config::HealthCheck;
     use crate::render::RenderedCheck;
     let mut targets = Vec::new();
     for name in clients {
@@ -102,20 +140,7 @@ pub fn build_stage_plan(
                         ReleaseFile::new(path.clone(), content.clone().into_bytes(), secret)
                     })
                     .collect();
-                let start = match app.runtime {
-                    Runtime::Compose | Runtime::Podman => Start::Compose {
-                        command: if app.runtime == Runtime::Compose {
-                            fleet.pipeline.runtimes.compose.clone()
-                        } else {
-                            fleet.pipeline.runtimes.podman.clone()
-                        },
-                        project: format!("{}-{}", client.name, app.name),
-                    },
-                    Runtime::Command => Start::Command {
-                        start: app.commands.start.clone().unwrap_or_default(),
-                        stop: app.commands.stop.clone(),
-                    },
-                };
+                let start = start_of(fleet, client, app);
                 let rendered = r.health.get(&host.name).cloned().unwrap_or_default();
                 let checks = app
                     .health
@@ -160,6 +185,7 @@ pub fn build_stage_plan(
                 client: client.name.clone(),
                 host: host.clone(),
                 apps,
+                removals: Vec::new(),
                 masker: Masker::new(secret_values),
             });
         }

@@ -84,6 +84,7 @@ fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Ta
                 RollbackPolicy::Safe
             },
         }],
+        removals: Vec::new(),
         masker: Masker::default(),
     }
 }
