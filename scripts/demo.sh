@@ -9,8 +9,8 @@
 # real sshd hosts on loopback, a bare Git remote): the first push's run
 # (canary, approval, production), a change through canary, an approval,
 # production, then a broken change that is
-# rolled back on the hosts and reverted in Git. It leaves the sandbox
-# running to poke at.
+# rolled back on the hosts and reverted in Git, and a host removed from a
+# client. It leaves the sandbox running to poke at.
 #
 # Uses the TEST age key in tests/keys/ (public on purpose; never use it for
 # real secrets).
@@ -154,6 +154,21 @@ git log -1 --format='%(trailers)' | sed 's/^/  /'
 
 step "CI runs for the revert commit: nothing to do, the fleet already runs it (exit 0)"
 expect 0 "$bin" run --base HEAD~1 --head HEAD
+
+step "a removal: beta gives up beta-2 (its entry deleted from clients/beta.yaml); production carries it out after an approval"
+python3 - <<'PY'
+import re
+p = "clients/beta.yaml"
+text = open(p).read()
+text = re.sub(r"  - name: beta-2\n(    .*\n)+", "", text)
+open(p, "w").write(text)
+PY
+git commit -qam "beta: off beta-2"
+git push -q origin main
+expect 4 "$bin" run --base HEAD~1 --head HEAD
+"$bin" approve --rev HEAD --by bob
+expect 0 "$bin" run --head HEAD
+echo "  beta-2 serves: $(health beta-2)(nothing: stopped; its releases stay on the host)"
 
 step "what Git records: deployed refs and the run record on the failed commit"
 git ls-remote origin 'refs/fleetgate/*' | sed 's/^/  /'
