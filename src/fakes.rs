@@ -452,6 +452,8 @@ pub struct FakeRollout {
     pub scans: Cell<u32>,
     /// The `previous` of every deploy (what each client last ran).
     pub previous: RefCell<Vec<BTreeMap<String, CommitId>>>,
+    /// Per client, the apps every plan says it no longer runs.
+    pub removed: RefCell<BTreeMap<String, Vec<String>>>,
     /// Every plan made: (base, head).
     pub plans: RefCell<Vec<(Option<CommitId>, CommitId)>>,
     /// Every stage deployed: (stage, rev, clients).
@@ -486,6 +488,7 @@ impl FakeRollout {
             scans: Cell::new(0),
             interrupt_stage: Cell::new(false),
             plans: RefCell::new(Vec::new()),
+            removed: RefCell::new(BTreeMap::new()),
             previous: RefCell::new(Vec::new()),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
@@ -594,7 +597,20 @@ impl Rollout for FakeRollout {
                     hosts_removed: Vec::new(),
                     hosts_changed: Vec::new(),
                     reasons: vec![config::client_file(name)],
-                    apps: Vec::new(),
+                    apps: self
+                        .removed
+                        .borrow()
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|app| crate::plan::AppPlan {
+                            name: app.clone(),
+                            action: crate::plan::Action::Remove,
+                            files: Vec::new(),
+                            images: Vec::new(),
+                            secrets_changed: Vec::new(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             unaffected: self.fleet.clients.len().saturating_sub(changed.len()),

@@ -115,6 +115,7 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
         records: Records::new(ports.git, ports.clock),
         outcomes: Vec::new(),
         changed_since: HashMap::new(),
+        fleets_at: HashMap::new(),
         scan: None,
         deployed: false,
         current: &current,
@@ -144,6 +145,22 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
         ));
     }
     Ok(outcome)
+}
+
+/// The clients a plan changes, each with the apps it no longer runs.
+fn changes(plan: &crate::plan::Plan) -> BTreeMap<String, Vec<String>> {
+    plan.clients
+        .iter()
+        .map(|c| {
+            let removed = c
+                .apps
+                .iter()
+                .filter(|a| a.action == crate::plan::Action::Remove)
+                .map(|a| a.name.clone())
+                .collect();
+            (c.name.clone(), removed)
+        })
+        .collect()
 }
 
 /// The stages of `fleet` that need an approval, with who may give it.
@@ -197,7 +214,11 @@ struct Run<'a> {
     outcomes: Vec<StageOutcome>,
     /// Per commit a deployed ref points at: the clients whose rendering
     /// differs at head (one plan per distinct commit, shared by stages).
-    changed_since: HashMap<Option<CommitId>, Vec<String>>,
+    /// (and, per client, the apps it no longer runs there).
+    changed_since: HashMap<Option<CommitId>, BTreeMap<String, Vec<String>>>,
+    /// The fleet at a commit a client was last deployed with, read when
+    /// it removes something (to know the removed apps' policy).
+    fleets_at: HashMap<CommitId, Fleet>,
     scan: Option<ScanReport>,
     /// Whether a stage has started deploying: until then a failure to
     /// report stops the run (nothing is half-done); after, it is logged.
@@ -254,8 +275,7 @@ impl Run<'_> {
         let (rollout, clock) = (self.ports.rollout, self.ports.clock);
         let plan = rollout.plan(base, head)?;
         let plan_hash = plan.plan_hash.clone();
-        self.changed_since
-            .insert(base, plan.clients.iter().map(|c| c.name.clone()).collect());
+        self.changed_since.insert(base, changes(&plan));
         let (base_s, now) = (base.map(|b| b.to_string()), rfc3339(clock.now()));
         self.lock.keep_alive()?;
         let mut record = self.records.update(head, &[], |r| {
@@ -350,8 +370,35 @@ impl Run<'_> {
                 pending.join(", ")
             );
             let mut deploying = format!("deploying {} client(s)", pending.len());
-            if let Some(approval) = &stage.approval {
-                match self.approval(stage, &approval.approvers, &plan.plan_hash)? {
+            let freeze = self.freeze_removals(stage, &pending)?;
+            let approvers: Option<Vec<String>> = match &stage.approval {
+                Some(a) => Some(a.approvers.clone()),
+                None if !freeze.is_empty() => {
+                    let Some(like) = fleet
+                        .pipeline
+                        .stages
+                        .iter()
+                        .find_map(|s| s.approval.as_ref())
+                    else {
+                        tracing::error!(
+                            "stage {} would remove `rollback: freeze` app(s) {}: that needs an approval, and no stage of {} has approvers\n  hint: give a stage `approval.approvers`, or set the app's rollback to safe first",
+                            stage.name,
+                            freeze.join(", "),
+                            config::PIPELINE
+                        );
+                        return self.done(ExitCode::Blocked, record);
+                    };
+                    tracing::warn!(
+                        "stage {} removes `rollback: freeze` app(s) {}: that needs an approval like production's",
+                        stage.name,
+                        freeze.join(", ")
+                    );
+                    Some(like.approvers.clone())
+                }
+                None => None,
+            };
+            if let Some(approvers) = &approvers {
+                match self.approval(stage, approvers, &plan.plan_hash)? {
                     Some(a) => {
                         tracing::info!(
                             "stage {}: approved by {} at {} (plan {})",
@@ -375,7 +422,7 @@ impl Run<'_> {
                             "stage {} waits for an approval of plan {} by one of: {}\n  hint: fleetgate approve --rev {} --by USER, then run again (stages already done are not redeployed)",
                             stage.name,
                             short(&plan.plan_hash),
-                            approval.approvers.join(", "),
+                            approvers.join(", "),
                             head
                         );
                         return self.done(ExitCode::Waiting, record);
@@ -553,14 +600,50 @@ impl Run<'_> {
             }
             if !self.changed_since.contains_key(&from) {
                 let plan = self.ports.rollout.plan(from, self.req.head)?;
-                let names = plan.clients.iter().map(|c| c.name.clone()).collect();
-                self.changed_since.insert(from, names);
+                self.changed_since.insert(from, changes(&plan));
             }
             let changed = &self.changed_since[&from];
-            pending.extend(clients.into_iter().filter(|c| changed.contains(c)));
+            pending.extend(clients.into_iter().filter(|c| changed.contains_key(c)));
         }
         pending.sort();
         Ok(pending)
+    }
+
+    /// The `rollback: freeze` apps (`client/app`) this stage would take off
+    /// its hosts: their data may have been migrated, so their removal needs
+    /// an approval like production's wherever it happens.
+    fn freeze_removals(&mut self, stage: &Stage, pending: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for client in pending {
+            let Some(from) = self.records.deployed(&stage.name, client)? else {
+                continue;
+            };
+            let removed = self
+                .changed_since
+                .get(&Some(from))
+                .and_then(|c| c.get(client))
+                .cloned()
+                .unwrap_or_default();
+            if removed.is_empty() {
+                continue;
+            }
+            if !self.fleets_at.contains_key(&from) {
+                let fleet = self.ports.rollout.fleet(from)?;
+                self.fleets_at.insert(from, fleet);
+            }
+            let was = &self.fleets_at[&from];
+            out.extend(
+                removed
+                    .iter()
+                    .filter(|a| {
+                        was.apps.get(*a).is_some_and(|app| {
+                            app.rollback == crate::config::RollbackPolicy::Freeze
+                        })
+                    })
+                    .map(|a| format!("{client}/{a}")),
+            );
+        }
+        Ok(out)
     }
 
     /// The approval that counts for this stage, polling up to

@@ -896,3 +896,85 @@ fn a_deleted_client_is_taken_down_in_its_stage_behind_its_approval() {
     assert_eq!(w.deployed("production", "gamma"), None);
     assert_eq!(w.deployed("production", "beta"), Some(c(2)));
 }
+
+/// The fake fleet with `web` marked `rollback: freeze`, and the pipeline
+/// edited by `pipeline`.
+fn freeze_world(pipeline: (&str, &str)) -> World {
+    let files = fleet_files(&["alpha-1"], 0)
+        .into_iter()
+        .map(|(p, t)| match p.as_str() {
+            "pipelines/apps/web/app.yaml" => (p, format!("{t}rollback: freeze\n")),
+            crate::config::PIPELINE => (p, t.replace(pipeline.0, pipeline.1)),
+            _ => (p, t),
+        })
+        .collect();
+    World {
+        rollout: FakeRollout::new(files),
+        ..world()
+    }
+}
+
+#[test]
+fn removing_a_freeze_app_needs_an_approval_like_productions_in_any_stage() {
+    let w = freeze_world(("", ""));
+    w.first_rollout();
+    // alpha (canary, no approval of its own) no longer runs web.
+    w.rollout
+        .removed
+        .borrow_mut()
+        .insert("alpha".into(), vec!["web".into()]);
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(2)), vec!["alpha".into()]);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    assert_eq!(out.record.waiting.as_deref(), Some("canary"));
+    assert!(w.rollout.deployed().is_empty(), "nothing removed yet");
+    // Production's approvers approve it.
+    assert!(matches!(
+        w.approve(c(2), "alice", None),
+        Verdict::Counted { .. }
+    ));
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(
+        w.rollout.deployed(),
+        [("canary".into(), vec!["alpha".into()])]
+    );
+}
+
+#[test]
+fn removing_a_freeze_app_without_any_approvers_is_refused() {
+    let w = freeze_world((
+        "    approval:\n      required: true\n      approvers: [alice, bob]\n",
+        "",
+    ));
+    w.first_rollout();
+    w.rollout
+        .removed
+        .borrow_mut()
+        .insert("alpha".into(), vec!["web".into()]);
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(2)), vec!["alpha".into()]);
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Blocked);
+    assert!(w.rollout.deployed().is_empty());
+    // A safe app's removal needs nothing more than its stage.
+    let w = world();
+    w.first_rollout();
+    w.rollout
+        .removed
+        .borrow_mut()
+        .insert("alpha".into(), vec!["web".into()]);
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(2)), vec!["alpha".into()]);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(
+        w.rollout.deployed(),
+        [("canary".into(), vec!["alpha".into()])]
+    );
+}

@@ -78,3 +78,17 @@ fn a_host_name_taken_by_a_one_client_change_is_refused_everywhere() {
         );
     }
 }
+
+#[test]
+fn a_host_whose_key_is_not_pinned_is_refused_everywhere_before_any_connection() {
+    let p = Pipeline::with(&[("alpha", "canary", &["alpha-1"])]);
+    let base = p.head();
+    // A second host for alpha, its key never pinned in known_hosts.
+    p.d.fleet.edit(
+        "clients/alpha.yaml",
+        "vars:\n",
+        "  - name: alpha-9\n    address: 127.0.0.1\n    port: 2\n    user: fleetgate-test\nvars:\n",
+    );
+    let head = p.push("alpha: a host with no pinned key");
+    all_say(&verdicts(&p, &base, &head), 2, "pipelines/known_hosts");
+}
