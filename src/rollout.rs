@@ -114,21 +114,12 @@ pub fn plan(
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
     }
-    let plan = plan::compare(
-        &Side {
-            rev: base.to_string(),
-            label: snap_b.label(),
-            prepared: &prepared_b,
-        },
-        &Side {
-            rev: head.to_string(),
-            label: snap_h.label(),
-            prepared: &prepared_h,
-        },
-        &changed,
-        keyring.can_decrypt(),
-        &head.to_string(),
-    )?;
+    let base_side = Side {
+        rev: base.to_string(),
+        label: snap_b.label(),
+        prepared: &prepared_b,
+    };
+    let plan = compare_with_head(&base_side, &snap_h, &prepared_h, head, &changed, keyring)?;
     tracing::info!(
         "plan {}: {} client(s) change, {} unaffected",
         crate::report::short(&plan.plan_hash),
@@ -220,6 +211,28 @@ fn add_removals(
     Ok(gone_host)
 }
 
+/// `base` compared with head (rendered with head's rev on both sides).
+fn compare_with_head(
+    base: &Side,
+    snap_h: &crate::repo::Snapshot,
+    prepared_h: &desired::Prepared,
+    head: CommitId,
+    changed: &[String],
+    keyring: &Keyring,
+) -> Result<Plan> {
+    plan::compare(
+        base,
+        &Side {
+            rev: head.to_string(),
+            label: snap_h.label(),
+            prepared: prepared_h,
+        },
+        changed,
+        keyring.can_decrypt(),
+        &head.to_string(),
+    )
+}
+
 /// Head against nothing: the same pipeline and apps without any client, so
 /// every client of head is added (a first push, or a base this clone does
 /// not have). Every client is rendered: nothing narrows the change.
@@ -248,21 +261,12 @@ fn plan_from_nothing(repo: &Repo, head: CommitId, keyring: &Keyring) -> Result<P
         });
     }
     let changed: Vec<String> = files_h.files.keys().cloned().collect();
-    let plan = plan::compare(
-        &Side {
-            rev: NO_COMMIT.to_string(),
-            label: files_b.label.clone(),
-            prepared: &prepared_b,
-        },
-        &Side {
-            rev: head.to_string(),
-            label: snap_h.label(),
-            prepared: &prepared_h,
-        },
-        &changed,
-        keyring.can_decrypt(),
-        &head.to_string(),
-    )?;
+    let nothing = Side {
+        rev: NO_COMMIT.to_string(),
+        label: files_b.label.clone(),
+        prepared: &prepared_b,
+    };
+    let plan = compare_with_head(&nothing, &snap_h, &prepared_h, head, &changed, keyring)?;
     tracing::info!(
         "plan {}: {} client(s) to roll out from nothing",
         crate::report::short(&plan.plan_hash),

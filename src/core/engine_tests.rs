@@ -897,6 +897,18 @@ fn a_deleted_client_is_taken_down_in_its_stage_behind_its_approval() {
     assert_eq!(w.deployed("production", "beta"), Some(c(2)));
 }
 
+/// c(1)..c(2) takes `web` off alpha (and changes nothing else).
+fn alpha_drops_web(w: &World) {
+    w.rollout
+        .removed
+        .borrow_mut()
+        .insert("alpha".into(), vec!["web".into()]);
+    w.rollout
+        .changed
+        .borrow_mut()
+        .insert((c(1), c(2)), vec!["alpha".into()]);
+}
+
 /// The fake fleet with `web` marked `rollback: freeze`, and the pipeline
 /// edited by `pipeline`.
 fn freeze_world(pipeline: (&str, &str)) -> World {
@@ -919,14 +931,7 @@ fn removing_a_freeze_app_needs_an_approval_like_productions_in_any_stage() {
     let w = freeze_world(("", ""));
     w.first_rollout();
     // alpha (canary, no approval of its own) no longer runs web.
-    w.rollout
-        .removed
-        .borrow_mut()
-        .insert("alpha".into(), vec!["web".into()]);
-    w.rollout
-        .changed
-        .borrow_mut()
-        .insert((c(1), c(2)), vec!["alpha".into()]);
+    alpha_drops_web(&w);
     let out = w.run(c(1), c(2)).unwrap();
     assert_eq!(out.code, ExitCode::Waiting);
     assert_eq!(out.record.waiting.as_deref(), Some("canary"));
@@ -950,28 +955,14 @@ fn removing_a_freeze_app_without_any_approvers_is_refused() {
         "",
     ));
     w.first_rollout();
-    w.rollout
-        .removed
-        .borrow_mut()
-        .insert("alpha".into(), vec!["web".into()]);
-    w.rollout
-        .changed
-        .borrow_mut()
-        .insert((c(1), c(2)), vec!["alpha".into()]);
+    alpha_drops_web(&w);
     let out = w.run(c(1), c(2)).unwrap();
     assert_eq!(out.code, ExitCode::Blocked);
     assert!(w.rollout.deployed().is_empty());
     // A safe app's removal needs nothing more than its stage.
     let w = world();
     w.first_rollout();
-    w.rollout
-        .removed
-        .borrow_mut()
-        .insert("alpha".into(), vec!["web".into()]);
-    w.rollout
-        .changed
-        .borrow_mut()
-        .insert((c(1), c(2)), vec!["alpha".into()]);
+    alpha_drops_web(&w);
     assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
     assert_eq!(
         w.rollout.deployed(),
