@@ -70,7 +70,13 @@ pub struct Pipeline {
     /// `ssh_config` options (`KexAlgorithms` → `curve25519-sha256`), by
     /// canonical name; only those `ssh_options::ALLOWED`.
     pub ssh_options: BTreeMap<String, String>,
+    /// How long a removed app's releases stay on its host (`removal.keep_releases`).
+    pub keep_removed_releases: Duration,
 }
+
+/// Removed apps' releases are kept this long by default: long enough to
+/// put an app back by hand after a mistaken removal.
+pub const KEEP_REMOVED_RELEASES: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {

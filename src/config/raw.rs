@@ -27,6 +27,17 @@ pub struct Pipeline {
     /// OpenSSH client options for every host, e.g. `KexAlgorithms: curve25519-sha256`.
     #[serde(default)]
     pub ssh: Option<Ssh>,
+    /// What becomes of an app taken off a host.
+    #[serde(default)]
+    pub removal: Option<Removal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removal {
+    /// How long a removed app's releases stay on the host (`30d`).
+    #[serde(default)]
+    pub keep_releases: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -292,7 +292,14 @@ async fn deploy_host<R: Remote, P: Prober>(
             &target.masker,
             None,
             "inspect",
-            &release::inspect_script(&dirs),
+            &format!(
+                "{}{}",
+                release::inspect_script(&dirs),
+                release::prune_removed_script(
+                    &format!("{}/{}", target.host.deploy_root, target.client),
+                    plan.keep_removed
+                )
+            ),
         )
         .await?;
         let inspected = release::parse_inspect(&out.stdout).map_err(|message| Failure {

@@ -20,6 +20,8 @@ pub struct StagePlan {
     pub max_failures: usize,
     pub rollback: bool,
     pub targets: Vec<Target>,
+    /// How long removed apps' releases stay on a host.
+    pub keep_removed: Duration,
 }
 
 /// One host of one client, and the releases it gets.
@@ -197,6 +199,7 @@ pub fn build_stage_plan(
         max_failures: stage.max_failures as usize,
         rollback: fleet.pipeline.on_failure.rollback,
         targets,
+        keep_removed: fleet.pipeline.keep_removed_releases,
     }
 }
 

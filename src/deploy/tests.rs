@@ -97,6 +97,7 @@ fn plan(rev: &str, targets: Vec<Target>, max_failures: usize) -> StagePlan {
         max_failures,
         rollback: true,
         targets,
+        keep_removed: crate::config::KEEP_REMOVED_RELEASES,
     }
 }
 

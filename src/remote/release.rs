@@ -370,11 +370,13 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
     let app = dir.path();
     // Not live until its start finishes and its gates pass (see
     // `Inspected::started` and `Inspected::gated`).
+    // An app deployed again is no longer a removed one.
     let _ = writeln!(
         s,
-        "rm -f {} {}",
+        "rm -f {} {} {}",
         quote(&format!("{app}/started")),
-        quote(&format!("{app}/gated"))
+        quote(&format!("{app}/gated")),
+        quote(&format!("{app}/removed_at"))
     );
     match start {
         Start::Compose { command, project } => {
@@ -474,12 +476,69 @@ pub fn teardown_script(dir: &AppDir, start: &Start, stop: Option<&str>) -> Strin
         (Start::Command { .. }, None) => {}
     }
     let _ = writeln!(s, "rm -f {path}/current {path}/state.json");
+    // When: its releases are kept for the pipeline's `removal.keep_releases`
+    // from now (see `prune_removed_script`).
+    let _ = writeln!(s, "date -u +%s > {path}/removed_at");
     s
+}
+
+/// Deletes the `releases/` of the client's apps removed from this host
+/// more than `keep` ago (`removed_at`, written by the teardown), silently:
+/// it runs with every inspect of the client's host. Everything else in the
+/// app's directory — data — stays.
+pub fn prune_removed_script(client_dir: &str, keep: std::time::Duration) -> String {
+    let dir = quote(client_dir);
+    let secs = keep.as_secs();
+    format!(
+        "now=$(date -u +%s)\nfor f in {dir}/*/removed_at; do\n  [ -f \"$f\" ] || continue\n  at=$(cat \"$f\" 2>/dev/null)\n  case \"$at\" in ''|*[!0-9]*) continue ;; esac\n  if [ $((now - at)) -ge {secs} ]; then rm -rf -- \"${{f%/removed_at}}/releases\"; fi\ndone\n"
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_apps_keep_their_releases_until_the_retention_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let client = tmp.path().join("it's $(here)/alpha");
+        for (app, removed_at) in [("old", Some("1000")), ("new", None), ("live", None)] {
+            let d = client.join(app);
+            std::fs::create_dir_all(d.join("releases/r1")).unwrap();
+            std::fs::write(d.join("data.db"), "keep\n").unwrap();
+            if let Some(at) = removed_at {
+                std::fs::write(d.join("removed_at"), at).unwrap();
+            }
+        }
+        // `new` is taken down now: its teardown notes when.
+        let new = AppDir {
+            deploy_root: tmp.path().join("it's $(here)").to_str().unwrap().into(),
+            client: "alpha".into(),
+            app: "new".into(),
+        };
+        let cmd = Start::Command {
+            start: "true".into(),
+            stop: None,
+        };
+        assert!(sh(&teardown_script(&new, &cmd, None)).status.success());
+        assert!(client.join("new/removed_at").exists());
+        let keep = std::time::Duration::from_secs(30 * 24 * 3600);
+        let out = sh(&prune_removed_script(client.to_str().unwrap(), keep));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "silent: it runs inside the inspect");
+        // Removed long ago: releases gone, data kept. Just removed, or live: kept.
+        assert!(!client.join("old/releases").exists());
+        assert!(client.join("old/data.db").exists());
+        assert!(client.join("new/releases/r1").exists());
+        assert!(client.join("live/releases/r1").exists());
+        // Deployed again, an app is no longer a removed one.
+        let again = start_script(&new, "r2", &cmd, None);
+        assert!(again.contains("removed_at"), "{again}");
+    }
 
     fn dir(root: &std::path::Path) -> AppDir {
         AppDir {

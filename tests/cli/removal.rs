@@ -58,6 +58,10 @@ fn an_app_taken_off_a_client_is_stopped_and_its_data_kept() {
         "precious\n"
     );
     assert!(dir.join("releases").join(&c1).exists(), "releases kept");
+    assert!(
+        dir.join("removed_at").exists(),
+        "when, for the releases' retention"
+    );
     let note = p.remote_note(&c2);
     assert_eq!(
         note["stages"]["canary"]["hosts"][0]["runs"]["web2"],

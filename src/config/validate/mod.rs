@@ -183,6 +183,7 @@ impl Pipeline {
                 podman: String::new(),
             },
             ssh_options: BTreeMap::new(),
+            keep_removed_releases: crate::config::KEEP_REMOVED_RELEASES,
         }
     }
 }

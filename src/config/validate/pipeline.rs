@@ -91,6 +91,18 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
             }
         }
     }
+    let keep_removed_releases = match raw
+        .removal
+        .as_ref()
+        .and_then(|r| r.keep_releases.as_deref())
+    {
+        Some(text) => c.duration(
+            "removal.keep_releases",
+            text,
+            crate::config::KEEP_REMOVED_RELEASES,
+        ),
+        None => crate::config::KEEP_REMOVED_RELEASES,
+    };
     // Kept even when a field is wrong: clients are still checked against the
     // stages; the problems already make the fleet invalid.
     Some(Pipeline {
@@ -102,6 +114,7 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         on_failure,
         runtimes,
         ssh_options,
+        keep_removed_releases,
     })
 }
 
@@ -232,6 +245,14 @@ mod tests {
         check(
             "stages: [{name: a, group: a}]\nruntimes: {docker: x}",
             &["pipelines/pipeline.yaml:2 runtimes.docker: unknown field `docker`"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nremoval: {keep_releases: forever}",
+            &["pipelines/pipeline.yaml removal.keep_releases: `forever` is not a duration"],
+        );
+        check(
+            "stages: [{name: a, group: a}]\nremoval: {keep: 3d}",
+            &["pipelines/pipeline.yaml:2 removal.keep: unknown field `keep`"],
         );
     }
 
