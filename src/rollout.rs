@@ -105,7 +105,16 @@ pub fn plan(
         problems,
     };
     // Head first: its problems are the ones the author of the change can fix.
-    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
+    let (prepared_h, mut problems) = desired::prepare(&files_h, keyring, &cache);
+    if problems.is_empty() {
+        pinned_keys(
+            &snap_h,
+            &files_h,
+            &prepared_h.fleet,
+            &changed,
+            &mut problems,
+        )?;
+    }
     if !problems.is_empty() {
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
@@ -127,6 +136,28 @@ pub fn plan(
         plan.unaffected
     );
     Ok(plan)
+}
+
+/// `check`'s rule that every static host's key is pinned in
+/// `pipelines/known_hosts`, for the clients a plan reads — and for every
+/// client when the change touches `known_hosts` itself (a key removed for a
+/// client the change does not otherwise touch): so `plan` refuses what
+/// `check` refuses, like `deploy` and `run`.
+fn pinned_keys(
+    snap: &crate::repo::Snapshot,
+    files: &config::FleetFiles,
+    fleet: &Fleet,
+    changed: &[String],
+    problems: &mut Vec<crate::error::Diagnostic>,
+) -> Result<()> {
+    if !changed.iter().any(|p| p == config::KNOWN_HOSTS) || files.selection == Selection::All {
+        config::known_hosts_checks(files, &fleet.clients, problems);
+        return Ok(());
+    }
+    let all = config::load(snap, Selection::All)?;
+    let (every, _) = config::validate(&all);
+    config::known_hosts_checks(&all, &every.clients, problems);
+    Ok(())
 }
 
 /// Adds to `plan` what `client` ran at `prev` (the commit its stage last
