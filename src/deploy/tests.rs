@@ -489,19 +489,26 @@ fn steps(h: &HostOutcome) -> Vec<(&str, bool)> {
     h.steps.iter().map(|s| (s.step.as_str(), s.ok)).collect()
 }
 
+/// v1 deployed on h1, then v2 over a connection that drops while v2 starts
+/// (`back`: the host answers a new connection at once).
+fn lost_during_start(root: &std::path::Path, back: bool) -> (Flaky, StageOutcome) {
+    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
+    let flaky = Flaky::new("h1", "starting", back);
+    let t = says_starting(target(root, "h1", "v2", false));
+    let o = run_with(
+        &plan("b", vec![t], 0),
+        &flaky,
+        &ScriptedProber::default(),
+        Duration::ZERO,
+    );
+    (flaky, o)
+}
+
 #[test]
 fn a_host_lost_during_its_start_is_failed_and_runs_unknown() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-    let lost = Flaky::new("h1", "starting", false);
-    let t = says_starting(target(root, "h1", "v2", false));
-    let o = run_with(
-        &plan("b", vec![t], 0),
-        &lost,
-        &ScriptedProber::default(),
-        Duration::ZERO,
-    );
+    let (lost, o) = lost_during_start(root, false);
     let h = &o.hosts[0];
     assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
     let failure = h.failure.as_ref().unwrap();
@@ -544,15 +551,7 @@ fn a_host_lost_during_its_start_is_failed_and_runs_unknown() {
 fn a_lost_host_that_is_back_at_once_is_rolled_back_on_a_fresh_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    run(&plan("a", vec![target(root, "h1", "v1", false)], 0));
-    let blip = Flaky::new("h1", "starting", true);
-    let t = says_starting(target(root, "h1", "v2", false));
-    let o = run_with(
-        &plan("b", vec![t], 0),
-        &blip,
-        &ScriptedProber::default(),
-        Duration::ZERO,
-    );
+    let (blip, o) = lost_during_start(root, true);
     let h = &o.hosts[0];
     assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
     assert_eq!(h.failure.as_ref().unwrap().kind, FailureKind::Infra);
