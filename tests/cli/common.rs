@@ -142,6 +142,13 @@ impl Fleet {
         self.write(rel, &text.replacen(from, to, 1))
     }
 
+    /// Copies a directory of this source tree into the fleet (`.forgejo`:
+    /// the workflows and install.sh a fleet repository carries).
+    pub fn copy_from_source(&self, rel: &str) -> &Fleet {
+        copy_dir(&source_root().join(rel), &self.path(rel));
+        self
+    }
+
     pub fn remove(&self, rel: &str) -> &Fleet {
         std::fs::remove_file(self.path(rel)).unwrap_or_else(|e| panic!("remove {rel}: {e}"));
         self

@@ -20,3 +20,4 @@ mod scan;
 mod secrets;
 mod status;
 mod validation;
+mod workflows;
