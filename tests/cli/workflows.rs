@@ -1150,3 +1150,31 @@ fn the_workflows_pass_acts_strict_schema() {
         );
     }
 }
+
+/// `fleetgate run` exits 4 when a stage waits for an approval: a result,
+/// not a failure, in every job that runs the pipeline (deploy.yaml's after
+/// canary; promote.yaml's when a later stage has other approvers).
+#[test]
+fn every_pipeline_run_takes_waiting_as_a_passed_step() {
+    let mut seen = 0;
+    for (name, wf) in tested() {
+        for (job, spec) in jobs(&wf) {
+            for step in steps(spec) {
+                let Some(run) = step["run"].as_str() else {
+                    continue;
+                };
+                if !run.contains("fleetgate run ") {
+                    continue;
+                }
+                seen += 1;
+                assert!(
+                    run.contains("--comment || rc=$?")
+                        && run.contains("if [ \"$rc\" -eq 4 ]; then")
+                        && run.trim_end().ends_with("exit \"$rc\""),
+                    "{name} {job}: exit 4 (waiting) would fail the job:\n{run}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, 2, "deploy.yaml's and promote.yaml's");
+}
