@@ -402,8 +402,14 @@ fn report(workflow: &str, event: &str, job: &str, actor: &str, run: &Run, secs: 
         "--- act {workflow} ({event}, job {job}): stdout\n{}\n--- stderr\n{}",
         run.stdout, run.stderr
     );
+    // Tests run in parallel: each line says whose run it is.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("?")
+        .trim_start_matches("workflows::")
+        .to_string();
     let mut line = format!(
-        "act: .forgejo/workflows/{workflow} on {event} as {actor}: job {job} exit {} in {secs:.1}s\n",
+        "act: .forgejo/workflows/{workflow} on {event} as {actor}: job {job} exit {} in {secs:.1}s ({test})\n",
         run.code
     );
     let steps: Vec<&str> = run
