@@ -145,7 +145,7 @@ impl Forge for Forgejo {
                 "{}/pulls?state=closed&sort=recentupdate&page={page}&limit={PAGE}",
                 self.rest.repo
             );
-            let pulls: Vec<Pull> = self.rest.list(path)?.iter().map(rest::pull).collect();
+            let pulls = self.rest.pulls(path)?;
             if let Some(p) = pulls
                 .iter()
                 .find(|p| p.merged && p.merge_commit_sha.as_deref() == Some(sha))

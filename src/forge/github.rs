@@ -200,9 +200,8 @@ impl Forge for Github {
         let path = format!("{}/commits/{sha}/pulls", self.rest.repo);
         let merged: Vec<Pull> = self
             .rest
-            .list(path)?
-            .iter()
-            .map(rest::pull)
+            .pulls(path)?
+            .into_iter()
             .filter(|p| p.merged)
             .collect();
         // The merge (or squash) commit first; after a rebase merge, the pull
