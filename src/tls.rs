@@ -191,17 +191,28 @@ fn add_all(
 pub fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<Message> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+        if let Some(rustls::Error::InvalidCertificate(why)) = rustls_error(err) {
             return Some(untrusted(why));
         }
         cur = err.source();
     }
     None
+}
+
+/// `e` as rustls' error, also inside `io::Error`s — within each other, as
+/// hyper's connectors nest them; `io::Error::source` skips the error it
+/// wraps, so the chain of sources alone never reaches it.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let mut inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }
 
 fn untrusted(why: &rustls::CertificateError) -> Message {
@@ -366,10 +377,11 @@ Eca6/yHdIbUTaUwhnBQp8ozayrUz8Tg=
     fn untrusted_certificates_are_found_among_the_causes() {
         use rustls::CertificateError as C;
         let check = |why: C| {
-            let io = std::io::Error::new(
+            // As hyper-util and tokio-rustls nest it: io::Error(io::Error(rustls)).
+            let io = std::io::Error::other(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 rustls::Error::InvalidCertificate(why),
-            );
+            ));
             certificate_problem(&Wrapped(io)).map(|m| m.to_string())
         };
         assert_eq!(

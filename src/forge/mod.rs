@@ -280,7 +280,14 @@ pub fn call(
         let retry_in = match transport.send(req) {
             Err(Unanswered { why, retry }) => {
                 let e = token.scrub(&why.text);
-                if last || !retry {
+                if !retry {
+                    // Reached, but not to be talked to (its certificate).
+                    return Err(Error::Forge(Message {
+                        text: format!("{forge} ({what}): {e}"),
+                        hint: why.hint,
+                    }));
+                }
+                if last {
                     return Err(Error::Forge(Message {
                         text: format!("{forge} could not be reached ({what}): {e}"),
                         hint: why.hint,

@@ -19,4 +19,5 @@ mod run;
 mod scan;
 mod secrets;
 mod status;
+mod tls;
 mod validation;
