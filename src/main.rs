@@ -31,6 +31,7 @@ mod rt;
 mod scan;
 mod secrets;
 mod store;
+mod tls;
 
 use clap::Parser;
 
@@ -57,6 +58,9 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     // environment on every decryption, so they must be there before any
     // render thread starts.
     unsafe { keyring.bridge_to_rops() };
+    // The CA files every HTTPS client will trust, checked before anything
+    // is done: a bad FLEETGATE_CA_FILE stops any command at the start.
+    tls::init()?;
     let ctx = commands::Context {
         repo: cli.repo.clone(),
         keyring,

@@ -421,7 +421,7 @@ pub fn deploy_stage(
     );
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = crate::rt::runtime()?;
-    let prober = crate::gates::http::ReqwestProber::default();
+    let prober = crate::gates::http::ReqwestProber::new()?;
     Ok(runtime.block_on(deploy::run_stage(&plan, &connector, &prober, stage.soak)))
 }
 

@@ -1,11 +1,13 @@
 //! Forgejo (and Gitea): its own REST API under `/api/v1`, not GitHub's.
-//! reqwest with rustls; `Authorization: token …` as the swagger asks.
+//! reqwest with rustls and the trust store of [`crate::tls`]; `Authorization:
+//! token …` as the swagger asks.
 
 use std::time::Duration;
 
 use super::rest::{self, Rest};
 use super::{
     Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
+    Unanswered,
 };
 use crate::error::{Error, Message, Result};
 
@@ -29,7 +31,7 @@ struct Http {
 }
 
 impl Transport for Http {
-    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, String> {
+    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, Unanswered> {
         let url = format!("{}{}", self.api, req.path);
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
@@ -56,7 +58,16 @@ impl Transport for Http {
                     body,
                 })
             })
-            .map_err(|e| self.token.scrub(&describe(e)))
+            .map_err(|e| unanswered(e, &self.token))
+    }
+}
+
+/// A failed request in words: an untrusted certificate (not retried), or
+/// reqwest's error with its causes (connection refused, timeout…).
+fn unanswered(e: reqwest::Error, token: &Token) -> Unanswered {
+    match crate::tls::certificate_problem(&e) {
+        Some(why) => Unanswered { why, retry: false },
+        None => token.scrub(&describe(e)).into(),
     }
 }
 
@@ -76,6 +87,7 @@ fn describe(e: reqwest::Error) -> String {
 impl Forgejo {
     pub fn new(env: &Env) -> Result<Self> {
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::config()?.as_ref().clone())
             .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
@@ -133,7 +145,7 @@ impl Forge for Forgejo {
                 "{}/pulls?state=closed&sort=recentupdate&page={page}&limit={PAGE}",
                 self.rest.repo
             );
-            let pulls: Vec<Pull> = self.rest.list(path)?.iter().map(rest::pull).collect();
+            let pulls = self.rest.pulls(path)?;
             if let Some(p) = pulls
                 .iter()
                 .find(|p| p.merged && p.merge_commit_sha.as_deref() == Some(sha))

@@ -1,25 +1,39 @@
-//! GitHub through octocrab (default features off: hyper + rustls with ring,
-//! no OpenSSL, no aws-lc). Behind the `github` cargo feature and this one
+//! GitHub through octocrab, behind the `github` cargo feature and this one
 //! module, so octocrab's generic code is compiled here and nowhere else.
 //!
 //! octocrab is used as GitHub's HTTP client (auth, user agent, base URI);
 //! its raw `_get`/`_post`/`_patch` give us the status and headers, so
 //! retries and rate limits are handled in one place for both forges
-//! ([`super::call`]).
+//! ([`super::call`]). Its own hyper client (octocrab's default features)
+//! cannot be given roots: the one here is hyper-util + hyper-rustls over
+//! the TLS config of [`crate::tls`], the same as Forgejo's and the health
+//! checks' (ring; no OpenSSL, no aws-lc).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use octocrab::Octocrab;
+use http::header::{ACCEPT, USER_AGENT};
+use http::{HeaderValue, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use octocrab::service::middleware::auth_header::AuthHeaderLayer;
+use octocrab::service::middleware::base_uri::BaseUriLayer;
+use octocrab::service::middleware::extra_headers::ExtraHeadersLayer;
+use octocrab::{AuthState, Octocrab, OctocrabBuilder};
 
 use super::rest::{self, Rest};
 use super::{
     Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
+    Unanswered,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 
 /// "Body is too long (maximum is 65536 characters)".
 const COMMENT_LIMIT: usize = 65_536;
 const PER_PAGE: usize = 100;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One request, from connecting to the last byte of the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Github {
     rest: Rest,
@@ -33,25 +47,34 @@ struct Http {
 }
 
 impl Transport for Http {
-    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, String> {
+    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, Unanswered> {
         let uri = format!("{}{}", self.api, req.path);
-        self.rt
-            .block_on(async {
-                let resp = match req.method {
-                    Method::Get => self.octo._get(uri).await?,
-                    Method::Post => self.octo._post(uri, req.body).await?,
-                    Method::Patch => self.octo._patch(uri, req.body).await?,
-                };
-                let status = resp.status().as_u16();
-                let headers = rest::headers(resp.headers());
-                let body = self.octo.body_to_string(resp).await?.into_bytes();
-                Ok::<_, octocrab::Error>(Response {
-                    status,
-                    headers,
-                    body,
-                })
+        let answer = async {
+            let resp = match req.method {
+                Method::Get => self.octo._get(uri).await?,
+                Method::Post => self.octo._post(uri, req.body).await?,
+                Method::Patch => self.octo._patch(uri, req.body).await?,
+            };
+            let status = resp.status().as_u16();
+            let headers = rest::headers(resp.headers());
+            let body = self.octo.body_to_string(resp).await?.into_bytes();
+            Ok::<_, octocrab::Error>(Response {
+                status,
+                headers,
+                body,
             })
-            .map_err(|e| self.token.scrub(&describe(&e)))
+        };
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, answer).await })
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(match crate::tls::certificate_problem(&e) {
+                Some(why) => Unanswered { why, retry: false },
+                None => self.token.scrub(&describe(&e)).into(),
+            }),
+            Err(_) => Err(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()).into()),
+        }
     }
 }
 
@@ -69,25 +92,56 @@ impl Github {
     pub fn new(env: &Env) -> Result<Self> {
         let rt = crate::rt::runtime()?;
         let api = env.api.clone();
-        // hyper's client wants to be built inside a runtime.
-        let octo = rt
-            .block_on(async {
-                Octocrab::builder()
-                    .base_uri(api.as_str())?
-                    .personal_token(env.token.expose().to_string())
-                    .set_connect_timeout(Some(Duration::from_secs(10)))
-                    .set_read_timeout(Some(Duration::from_secs(60)))
-                    .build()
-            })
-            .map_err(|e| {
-                Error::Forge(
-                    format!(
-                        "set up the GitHub client: {}",
-                        env.token.scrub(&describe(&e))
-                    )
-                    .into(),
+        let base: Uri = api.parse().map_err(|e| {
+            Error::Usage(format!("the GitHub API URL `{api}` is not a URI: {e}").into())
+        })?;
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", env.token.expose())).map_err(|_| {
+                Error::Usage(
+                    Message::from(format!(
+                        "{} holds characters an HTTP header cannot carry",
+                        env.token_var
+                    ))
+                    .hint("give the job's token as the forge issued it"),
                 )
             })?;
+        auth.set_sensitive(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // The scheme is the TLS layer's to decide: http:// stays plain (a
+        // GitHub Enterprise test stand-in), https:// is verified.
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::config()?.as_ref().clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let headers = vec![
+            (
+                USER_AGENT,
+                HeaderValue::from_static(concat!("fleetgate/", env!("CARGO_PKG_VERSION"))),
+            ),
+            (
+                ACCEPT,
+                HeaderValue::from_static("application/vnd.github+json"),
+            ),
+        ];
+        // octocrab's client stack wants to be built inside a runtime.
+        let octo = rt.block_on(async {
+            let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+            let built = OctocrabBuilder::new_empty()
+                .with_service(client)
+                .with_layer(&ExtraHeadersLayer::new(Arc::new(headers)))
+                .with_layer(&BaseUriLayer::new(base.clone()))
+                // Only to the API's own host, should a redirect lead away.
+                .with_layer(&AuthHeaderLayer::new(Some(auth), base.clone(), base))
+                .with_auth(AuthState::None)
+                .build();
+            match built {
+                Ok(octo) => octo,
+                Err(never) => match never {},
+            }
+        });
         let http = Http {
             octo,
             rt,
@@ -146,9 +200,8 @@ impl Forge for Github {
         let path = format!("{}/commits/{sha}/pulls", self.rest.repo);
         let merged: Vec<Pull> = self
             .rest
-            .list(path)?
-            .iter()
-            .map(rest::pull)
+            .pulls(path)?
+            .into_iter()
             .filter(|p| p.merged)
             .collect();
         // The merge (or squash) commit first; after a rebase merge, the pull

@@ -236,7 +236,25 @@ impl Response {
 /// Sends one request: the HTTP client of an implementation.
 pub trait Transport {
     /// `Err` is a transport failure (connect, TLS, timeout), already scrubbed.
-    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, String>;
+    fn send(&self, req: &Request<'_>) -> std::result::Result<Response, Unanswered>;
+}
+
+/// Why a request got no answer, and whether trying again can help: a
+/// refused connection or a timeout can pass, an untrusted certificate
+/// cannot.
+#[derive(Debug)]
+pub struct Unanswered {
+    pub why: Message,
+    pub retry: bool,
+}
+
+impl From<String> for Unanswered {
+    fn from(why: String) -> Unanswered {
+        Unanswered {
+            why: why.into(),
+            retry: true,
+        }
+    }
 }
 
 /// How many times a request is tried, and the first pause (doubled each
@@ -260,12 +278,20 @@ pub fn call(
     for attempt in 1..=ATTEMPTS {
         let last = attempt == ATTEMPTS;
         let retry_in = match transport.send(req) {
-            Err(e) => {
-                let e = token.scrub(&e);
+            Err(Unanswered { why, retry }) => {
+                let e = token.scrub(&why.text);
+                if !retry {
+                    // Reached, but not to be talked to (its certificate).
+                    return Err(Error::Forge(Message {
+                        text: format!("{forge} ({what}): {e}"),
+                        hint: why.hint,
+                    }));
+                }
                 if last {
-                    return Err(Error::Forge(
-                        format!("{forge} could not be reached ({what}): {e}").into(),
-                    ));
+                    return Err(Error::Forge(Message {
+                        text: format!("{forge} could not be reached ({what}): {e}"),
+                        hint: why.hint,
+                    }));
                 }
                 tracing::warn!("{forge}: {what}: {e}; retrying in {pause:?}");
                 pause

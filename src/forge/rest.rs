@@ -108,10 +108,39 @@ impl Rest {
     }
 
     pub fn pull(&self, number: u64) -> Result<Option<Pull>> {
-        Ok(self
-            .call(Method::Get, format!("{}/pulls/{number}", self.repo), None)?
-            .map(|v| pull(&v)))
+        self.call(Method::Get, format!("{}/pulls/{number}", self.repo), None)?
+            .map(|v| self.pull_of(&v))
+            .transpose()
     }
+
+    /// Pull requests of a list answer.
+    pub fn pulls(&self, path: String) -> Result<Vec<Pull>> {
+        self.list(path)?.iter().map(|v| self.pull_of(v)).collect()
+    }
+
+    /// A pull request of an answer. Its merge commit is resolved in the
+    /// clone (an approval by comment is for it): anything but a commit id
+    /// (`main~3`, `HEAD`) is refused, never handed to Git.
+    fn pull_of(&self, v: &Value) -> Result<Pull> {
+        let p = pull(v);
+        match &p.merge_commit_sha {
+            Some(sha) if !commit_id(sha) => Err(Error::Forge(
+                format!(
+                    "{} answered pull request #{} with merge_commit_sha {}, which is not a commit id",
+                    self.name,
+                    p.number,
+                    serde_json::to_string(&clip(sha, 80)).unwrap_or_default()
+                )
+                .into(),
+            )),
+            _ => Ok(p),
+        }
+    }
+}
+
+/// A full commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
+fn commit_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 pub fn comment(v: &Value) -> Comment {
@@ -121,12 +150,16 @@ pub fn comment(v: &Value) -> Comment {
     }
 }
 
-pub fn pull(v: &Value) -> Pull {
+fn pull(v: &Value) -> Pull {
     Pull {
         number: v["number"].as_u64().unwrap_or_default(),
         // GitHub's list endpoints leave `merged` out; `merged_at` says it.
         merged: v["merged"].as_bool().unwrap_or(false) || !v["merged_at"].is_null(),
-        merge_commit_sha: v["merge_commit_sha"].as_str().map(str::to_string),
+        // Forgejo answers "" (and GitHub null) before a merge.
+        merge_commit_sha: v["merge_commit_sha"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     }
 }
 
@@ -140,4 +173,81 @@ pub fn headers(map: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ExitCode;
+    use crate::forge::{Kind, Response, Unanswered};
+
+    /// Answers every request with one JSON body.
+    struct Answer(String);
+
+    impl Transport for Answer {
+        fn send(&self, _: &Request<'_>) -> std::result::Result<Response, Unanswered> {
+            Ok(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: self.0.as_bytes().to_vec(),
+            })
+        }
+    }
+
+    fn rest(body: &str) -> Rest {
+        let env = super::super::Env {
+            kind: Kind::Forgejo,
+            api: "http://forge.invalid/api/v1".into(),
+            owner: "hosting".into(),
+            repo: "fleet".into(),
+            token: Token::new("fake-token-not-secret".into()),
+            token_var: "FORGEJO_TOKEN",
+            event_name: None,
+            event: Value::Null,
+            run_id: None,
+            run_url: None,
+            actor: None,
+        };
+        Rest::new("Forgejo", Box::new(Answer(body.to_string())), &env)
+    }
+
+    #[test]
+    fn a_merge_commit_is_a_commit_id_or_the_answer_is_refused() {
+        let sha = "3f9c2a1b7d0e4c6e8a0b1c2d3e4f5a6b7c8d9e0f";
+        let ok: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"number": 3, "merged": true, "merge_commit_sha": "3f9c2a1b7d0e4c6e8a0b1c2d3e4f5a6b7c8d9e0f"}"#,
+                Some(sha),
+            ),
+            (
+                r#"{"number": 3, "merged": false, "merge_commit_sha": null}"#,
+                None,
+            ),
+            (
+                r#"{"number": 3, "merged": false, "merge_commit_sha": ""}"#,
+                None,
+            ),
+        ];
+        for (body, merge) in ok {
+            let pull = rest(body).pull(3).unwrap().unwrap();
+            assert_eq!(pull.merge_commit_sha.as_deref(), *merge, "{body}");
+        }
+        for body in [
+            r#"{"number": 3, "merged": true, "merge_commit_sha": "HEAD~3"}"#,
+            r#"{"number": 3, "merged": true, "merge_commit_sha": "3f9c2a1"}"#,
+        ] {
+            let e = rest(body).pull(3).unwrap_err();
+            assert_eq!(e.exit_code(), ExitCode::Infra, "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("Forgejo answered pull request #3 with merge_commit_sha \"")
+                    && e.to_string().ends_with("which is not a commit id"),
+                "{e}"
+            );
+            let listed = rest(&format!("[{body}]"))
+                .pulls("/repos/hosting/fleet/pulls".into())
+                .unwrap_err();
+            assert_eq!(listed.exit_code(), ExitCode::Infra);
+        }
+    }
 }

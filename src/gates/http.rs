@@ -1,12 +1,14 @@
 //! HTTP health probes, sent from the runner. [`Prober`] is the seam: the
 //! executor asks for one GET and gets back pass or fail and what was seen.
-//! [`ReqwestProber`] is the real one (rustls, no OpenSSL); in unit tests,
+//! [`ReqwestProber`] is the real one (rustls, no OpenSSL; it trusts what
+//! the forge clients trust, [`crate::tls`]); in unit tests,
 //! `ScriptedProber` answers from a script — healthy, flapping, a 502, a
 //! timeout — so the health gates and the rollbacks they cause are tested
 //! without a server. Both word their verdicts through [`judge`] and
 //! [`unreached`], so a test double cannot drift from what the real probe
 //! reports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sends the HTTP probes of health checks.
@@ -54,16 +56,33 @@ pub fn judge(
 }
 
 /// Why a request got no answer: `timed out`, `connection failed`,
-/// `request failed`.
+/// `request failed`, or the untrusted certificate of an https:// URL.
 pub fn unreached(url: &str, why: &str) -> (bool, String) {
     (false, format!("GET {url}: {why}"))
 }
 
 /// Probes with reqwest: one client per round, so connections are pooled
-/// between the probes of one round only.
-#[derive(Debug, Clone, Default)]
+/// between the probes of one round only. Every round shares the one TLS
+/// config of the process.
+#[derive(Debug, Clone)]
 pub struct ReqwestProber {
     client: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl ReqwestProber {
+    /// A prober trusting the roots of [`crate::tls::config`].
+    pub fn new() -> crate::error::Result<ReqwestProber> {
+        Ok(ReqwestProber::over(crate::tls::config()?))
+    }
+
+    fn over(tls: Arc<rustls::ClientConfig>) -> ReqwestProber {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.as_ref().clone())
+            .build()
+            .expect("reqwest builds a client over a rustls config");
+        ReqwestProber { client, tls }
+    }
 }
 
 impl Prober for ReqwestProber {
@@ -77,6 +96,13 @@ impl Prober for ReqwestProber {
         let resp = match self.client.get(url).timeout(timeout).send().await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(m) = crate::tls::certificate_problem(&e) {
+                    let why = match m.hint {
+                        Some(hint) => format!("{}; {hint}", m.text),
+                        None => m.text,
+                    };
+                    return unreached(url, &why);
+                }
                 let why = if e.is_timeout() {
                     "timed out"
                 } else if e.is_connect() {
@@ -93,7 +119,7 @@ impl Prober for ReqwestProber {
     }
 
     fn round(&self) -> ReqwestProber {
-        ReqwestProber::default()
+        ReqwestProber::over(Arc::clone(&self.tls))
     }
 }
 

@@ -30,9 +30,24 @@ pub struct Ci {
 
 impl Ci {
     pub fn start(flavor: Flavor) -> Ci {
+        Ci::with(
+            ForgeServer::start(flavor, "hosting", "fleet", TOKEN, BOT),
+            flavor,
+        )
+    }
+
+    /// The stand-in over TLS, with the certificate of `tls`.
+    pub fn start_tls(flavor: Flavor, tls: std::sync::Arc<rustls::ServerConfig>) -> Ci {
+        Ci::with(
+            ForgeServer::start_tls(flavor, "hosting", "fleet", TOKEN, BOT, tls),
+            flavor,
+        )
+    }
+
+    fn with(server: ForgeServer, flavor: Flavor) -> Ci {
         crate::leakscan::secret("the forge token", TOKEN);
         Ci {
-            server: ForgeServer::start(flavor, "hosting", "fleet", TOKEN, BOT),
+            server,
             flavor,
             dir: tempfile::tempdir().unwrap(),
             token: TOKEN.into(),
@@ -700,4 +715,75 @@ fn a_pull_request_that_does_not_plan_gets_the_reason_in_its_comment() {
         pairs(&[("fleetgate/plan", "pending"), ("fleetgate/plan", "failure")])
     );
     ci.assert_valid();
+}
+
+/// `env` with `name` set to `value`.
+fn with(mut env: Vec<(String, String)>, name: &str, value: &str) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != name);
+    env.push((name.to_string(), value.to_string()));
+    env
+}
+
+#[test]
+fn malformed_ci_input_is_exit_2_naming_it_and_nothing_is_sent() {
+    let ci = Ci::start(Flavor::Forgejo);
+    let (d, base, head) = small_change();
+    ci.server.add_pull(2, &head, &base, true, Some(&head));
+    let plan = ["plan", "--base", &base, "--head", &head, "--comment"];
+    let pr = ci.env("pull_request", pr_event(2, &base, &head), "dev");
+    let mut bad_pr = pr_event(2, &base, &head);
+    bad_pr["pull_request"]["number"] = json!("2/../../../admin");
+    let at = "yesterday";
+    let cases = [
+        (
+            &plan[..],
+            with(pr.clone(), "GITHUB_REPOSITORY", "hosting/fleet/../../admin"),
+            "GITHUB_REPOSITORY is \"hosting/fleet/../../admin\": expected OWNER/NAME".to_string(),
+        ),
+        (
+            &plan[..],
+            with(
+                pr.clone(),
+                "GITHUB_SERVER_URL",
+                &format!("{}/?x=1", ci.server.url()),
+            ),
+            format!(
+                "GITHUB_SERVER_URL is \"{}/?x=1\": a query (`?…`) does not belong in it",
+                ci.server.url()
+            ),
+        ),
+        (
+            &plan[..],
+            ci.env("pull_request", bad_pr, "dev"),
+            "pull_request.number is \"2/../../../admin\": expected a positive whole number"
+                .to_string(),
+        ),
+        (
+            &["approve", "--from-ci"][..],
+            ci.env(
+                "issue_comment",
+                comment_event(2, 77, "alice", "/fleetgate approve", at),
+                "alice",
+            ),
+            "comment.created_at is \"yesterday\": expected an RFC 3339 time".to_string(),
+        ),
+    ];
+    for (args, env, expect) in cases {
+        let run = d.fleet.run_env(args, &envs(&env));
+        no_token(run.code(2));
+        assert!(run.stderr.contains(&expect), "{expect}\n{}", run.stderr);
+        if expect.starts_with("pull_request") || expect.starts_with("comment") {
+            assert!(run.stderr.contains("GITHUB_EVENT_PATH="), "{}", run.stderr);
+        }
+        assert_eq!(
+            ci.server
+                .requests()
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.path))
+                .collect::<Vec<_>>(),
+            Vec::<String>::new(),
+            "{args:?}: no request reaches the forge"
+        );
+    }
+    assert!(ci.server.comments(2).is_empty());
 }

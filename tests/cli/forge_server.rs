@@ -39,6 +39,10 @@
 //! HTTP: HTTP/1.1 on `std::net::TcpListener`, one thread per connection, one
 //! request per connection answered with `Content-Length` and
 //! `Connection: close`; request bodies by `Content-Length` or chunked.
+//! [`ForgeServer::start_tls`] serves the same over TLS (rustls, a
+//! certificate the test made): a handshake the client gives up — it does
+//! not trust the certificate — is recorded in
+//! [`ForgeServer::handshake_failures`], and no request is read.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -96,6 +100,8 @@ struct Shared {
     state: Mutex<State>,
     api: &'static Api,
     stop: AtomicBool,
+    /// Served over TLS with this config, when set.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ForgeServer {
@@ -107,7 +113,24 @@ impl ForgeServer {
             Flavor::Forgejo => forgejo_api(),
             Flavor::Github => github_api(),
         };
-        ForgeServer::start_with(api, flavor, owner, repo, token, bot)
+        ForgeServer::start_with(api, flavor, owner, repo, token, bot, None)
+    }
+
+    /// [`ForgeServer::start`] over TLS: https://127.0.0.1:PORT with the
+    /// certificate of `tls`.
+    pub fn start_tls(
+        flavor: Flavor,
+        owner: &str,
+        repo: &str,
+        token: &str,
+        bot: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> ForgeServer {
+        let api = match flavor {
+            Flavor::Forgejo => forgejo_api(),
+            Flavor::Github => github_api(),
+        };
+        ForgeServer::start_with(api, flavor, owner, repo, token, bot, Some(tls))
     }
 
     fn start_with(
@@ -117,12 +140,14 @@ impl ForgeServer {
         repo: &str,
         token: &str,
         bot: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> ForgeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forge stand-in");
         let port = listener.local_addr().unwrap().port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = State {
             flavor,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             owner: owner.to_string(),
             repo: repo.to_string(),
             token: token.to_string(),
@@ -140,11 +165,13 @@ impl ForgeServer {
             rate_limited: 0,
             log: Vec::new(),
             rejected: Vec::new(),
+            handshake_failures: Vec::new(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             api,
             stop: AtomicBool::new(false),
+            tls,
         });
         let accepting = Arc::clone(&shared);
         let accept = thread::spawn(move || {
@@ -165,9 +192,10 @@ impl ForgeServer {
         }
     }
 
-    /// http://127.0.0.1:PORT (the web/server URL; GITHUB_SERVER_URL).
+    /// http://127.0.0.1:PORT, or https:// over TLS (the web/server URL;
+    /// GITHUB_SERVER_URL).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.lock().base.clone()
     }
 
     /// The API base: Forgejo `url()+"/api/v1"`, GitHub `url()` (GitHub's API
@@ -268,6 +296,12 @@ impl ForgeServer {
     /// Requests refused by validation, each "METHOD /path: reason".
     pub fn rejected(&self) -> Vec<String> {
         self.lock().rejected.clone()
+    }
+
+    /// TLS handshakes that failed, each as rustls words it (the client's
+    /// alert, e.g. `received fatal alert: UnknownCA`).
+    pub fn handshake_failures(&self) -> Vec<String> {
+        self.lock().handshake_failures.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -850,7 +884,7 @@ struct StoredStatus {
 
 struct State {
     flavor: Flavor,
-    /// http://127.0.0.1:PORT
+    /// http://127.0.0.1:PORT or https://…
     base: String,
     owner: String,
     repo: String,
@@ -868,6 +902,7 @@ struct State {
     rate_limited: usize,
     log: Vec<Logged>,
     rejected: Vec<String>,
+    handshake_failures: Vec<String>,
 }
 
 /// The operations the stand-in implements.
@@ -1627,11 +1662,49 @@ const MAX_BODY: usize = 16 << 20;
 
 fn connection(shared: &Shared, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(write_half) = stream.try_clone() else {
+    let Some(config) = &shared.tls else {
+        return exchange(shared, stream);
+    };
+    let Ok(conn) = rustls::ServerConnection::new(Arc::clone(config)) else {
         return;
     };
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            // Closed without a word (a port probe) is no handshake.
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                shared.lock().handshake_failures.push(e.to_string());
+            }
+            return;
+        }
+    }
+    exchange(shared, tls)
+}
+
+/// A connection the stand-in can end: TCP shuts its write side, TLS says
+/// close_notify first.
+trait Stream: Read + Write {
+    fn close(&mut self);
+}
+
+impl Stream for TcpStream {
+    fn close(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// One request read from `stream` and answered.
+fn exchange(shared: &Shared, stream: impl Stream) {
     let mut reader = BufReader::new(stream);
-    let resp = match read_request(&mut reader, write_half) {
+    let resp = match read_request(&mut reader) {
         Ok(Some(req)) => shared.lock().serve(shared.api, &req),
         Ok(None) => return, // closed without a request (e.g. Drop's wake-up)
         Err(e) => {
@@ -1661,13 +1734,10 @@ fn connection(shared: &Shared, stream: TcpStream) {
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(resp.body.as_bytes()))
         .and_then(|()| stream.flush());
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    stream.close();
 }
 
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    mut writer: TcpStream,
-) -> io::Result<Option<HttpRequest>> {
+fn read_request<S: Read + Write>(reader: &mut BufReader<S>) -> io::Result<Option<HttpRequest>> {
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
@@ -1704,7 +1774,9 @@ fn read_request(
         .header("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
+        let writer = reader.get_mut();
         writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        writer.flush()?;
     }
     if req
         .header("transfer-encoding")
@@ -2309,7 +2381,7 @@ fn forgejo_swagger_is_used_when_present() {
 fn forgejo_fallback_agrees_with_swagger() {
     // The fallback serves like the swagger for what fleetgate uses...
     let fallback = forgejo_fallback_api();
-    let server = ForgeServer::start_with(fallback, Flavor::Forgejo, OWNER, REPO, TOKEN, BOT);
+    let server = ForgeServer::start_with(fallback, Flavor::Forgejo, OWNER, REPO, TOKEN, BOT, None);
     server.add_pull(2, SHA, SHA, false, None);
     let statuses = format!("/statuses/{SHA}");
     assert_eq!(

@@ -19,5 +19,6 @@ mod run;
 mod scan;
 mod secrets;
 mod status;
+mod tls;
 mod validation;
 mod workflows;
