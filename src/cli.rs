@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::printer::ColorChoice;
+
 use crate::commands::{
-    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, lock::LockArgs, plan::PlanArgs,
-    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
+    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, history::HistoryArgs,
+    lock::LockArgs, plan::PlanArgs, rollback::RollbackArgs, run::RunArgs, scan::ScanArgs,
+    status::StatusArgs,
 };
 
 /// GitOps pipeline engine for small hosting fleets.
@@ -32,6 +35,11 @@ pub struct Cli {
     /// environment: FORGEJO_ACTIONS / GITHUB_ACTIONS).
     #[arg(long, global = true, value_enum, env = "FLEETGATE_FORGE")]
     pub forge: Option<crate::forge::Kind>,
+
+    /// Colour in plan diffs and outcome tables on stdout: auto colours a
+    /// terminal only, not with NO_COLOR set, not in CI (CLICOLOR_FORCE forces it).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
 
     #[command(subcommand)]
     pub command: Command,
@@ -63,6 +71,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Who holds the pipeline lock, until when; `lock release` removes it.
     Lock(LockArgs),
+    /// The runs recorded in Git, newest first: commit, plan, stages, approvals, revert.
+    History(HistoryArgs),
 }
 
 /// Every `fleetgate` invocation in the CI workflows (and in the GitHub

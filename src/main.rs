@@ -39,6 +39,7 @@ use crate::error::{Error, ExitCode};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    printer::init(cli.color);
     init_logging(cli.log_format, cli.verbose);
     progress::enable(cli.log_format == LogFormat::Human);
     let code = match run(&cli) {
@@ -72,6 +73,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Scan(args) => commands::scan::run(&ctx, args),
         Command::Approve(args) => commands::approve::run(&ctx, args),
         Command::Lock(args) => commands::lock::run(&ctx, args),
+        Command::History(args) => commands::history::run(&ctx, args),
     }
 }
 

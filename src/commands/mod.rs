@@ -4,6 +4,7 @@
 pub mod approve;
 pub mod check;
 pub mod deploy;
+pub mod history;
 pub mod lock;
 pub mod plan;
 pub mod rollback;

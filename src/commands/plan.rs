@@ -98,7 +98,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         }
     };
     let out = match args.format {
-        Format::Text => report::text(&plan),
+        Format::Text => report::text_with(&plan, printer::paint()),
         Format::Markdown => report::markdown(&plan),
         Format::Json => report::json(&plan),
     };

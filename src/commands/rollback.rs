@@ -100,6 +100,10 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         std::slice::from_ref(&client.name),
         &Default::default(),
     )?;
-    printer::data(&report::outcome(&outcome, args.format));
+    printer::data(&report::outcome_with(
+        &outcome,
+        args.format,
+        printer::paint(),
+    ));
     Ok(crate::core::verdict::verdict(&outcome).exit_code())
 }

@@ -118,7 +118,11 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
                 text.push_str(&report::scan(scan, report::Format::Text));
             }
             for o in &out.outcomes {
-                text.push_str(&report::outcome(o, OutcomeFormat::Text));
+                text.push_str(&report::outcome_with(
+                    o,
+                    OutcomeFormat::Text,
+                    printer::paint(),
+                ));
             }
             printer::data(&text);
         }

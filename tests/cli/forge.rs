@@ -357,7 +357,7 @@ fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_expl
         comment_event(3, c.id, "alice", &c.body, &c.created_at),
         "alice",
     );
-    let approved = p.fleet_run_env(&["approve", "--from-ci"], &envs(&env));
+    let approved = p.fleet_run_env(&["approve", "--from-ci", "--format", "json"], &envs(&env));
     no_token(approved.code(0));
     let a = approved.json();
     assert_eq!(
