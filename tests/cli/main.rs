@@ -13,6 +13,7 @@ mod history;
 mod hosts;
 mod leakscan;
 mod lock;
+mod operator;
 mod plan;
 mod removal;
 mod restart;
