@@ -68,6 +68,8 @@ pub struct ApproveArgs {
     /// what, or why not).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
 }
 
 /// `approve --format json`: the approval as recorded, or why it was not.
@@ -95,7 +97,7 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     if args.from_ci {
         // Outside CI this is an error before anything else.
-        let env = Env::from_env(ctx.forge, "approve --from-ci")?;
+        let env = Env::from_env(args.forge.forge, "approve --from-ci")?;
         let forge = forge::connect(&env)?;
         let git = GitRepo::with_remote(&repo, &args.remote)?;
         return from_ci(&env, &*forge, args, &repo, &git);

@@ -14,11 +14,13 @@ use crate::rollout;
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    #[arg(long)]
+    /// The client to put back (all its hosts, in its stage).
+    #[arg(long, value_name = "NAME")]
     pub client: String,
     /// The commit to go back to (default: the one the client's apps record running before).
     #[arg(long, value_name = "REV")]
     pub to: Option<String>,
+    /// Output format of the final report on stdout.
     #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
     pub format: report::OutcomeFormat,
 }

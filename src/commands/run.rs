@@ -60,6 +60,8 @@ pub struct RunArgs {
     pub comment: bool,
     #[command(flatten)]
     pub scan: super::ScanOpts,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
@@ -74,7 +76,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     // Outside CI, --comment is an error before anything runs.
     let reporter = match args.comment {
         true => Some(Reporter::connect(
-            ctx.forge,
+            args.forge.forge,
             "run --comment",
             &head.to_string(),
         )?),
