@@ -483,7 +483,7 @@ fn approvals_count_only_for_the_current_plan_and_only_from_approvers() {
             json!({"inputs": {"rev": c1}, "sender": {"login": sender}}),
             actor,
         );
-        p.fleet_run_env(&["approve", "--from-ci"], &envs(&env))
+        p.fleet_run_env(&["approve", "--from-ci", "--format", "json"], &envs(&env))
     };
     let refused = dispatch("mallory", "mallory");
     no_token(refused.code(1));
@@ -527,6 +527,8 @@ fn github_environment_review_is_read_back_and_checked() {
                 "production",
                 "--rev",
                 &c1,
+                "--format",
+                "json",
             ],
             &envs(&env),
         )
