@@ -175,6 +175,9 @@ git ls-remote origin 'refs/fleetgate/*' | sed 's/^/  /'
 git fetch -q origin refs/notes/fleetgate:refs/notes/fleetgate
 git notes --ref=fleetgate show HEAD~1 | python3 -c 'import json,sys; n=json.load(sys.stdin); print("  plan", n["plan_hash"][:12], "| stages", {k: v["passed"] for k, v in n["stages"].items()}, "| revert", n.get("revert", {}).get("result"))'
 
+step "fleetgate history (every run Git recorded, newest first)"
+"$bin" history
+
 step "fleetgate status --drift (what each host runs; hand edits show as drift)"
 "$bin" status --drift || true
 

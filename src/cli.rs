@@ -5,16 +5,54 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    approve::ApproveArgs, check::CheckArgs, deploy::DeployArgs, lock::LockArgs, plan::PlanArgs,
-    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
+    approve::ApproveArgs, check::CheckArgs, completions::CompletionsArgs, deploy::DeployArgs,
+    history::HistoryArgs, lock::LockArgs, man::ManArgs, plan::PlanArgs, rollback::RollbackArgs,
+    run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
+use crate::printer::ColorChoice;
 
-/// GitOps pipeline engine for small hosting fleets.
-///
-/// Exit codes: 0 done, 1 a gate blocked or a failure was handled, 2 invalid
-/// input, 3 infrastructure failure, 4 waiting for an approval.
+/// The exit codes (design.md §4) in README's words: the help's table and
+/// the man page's EXIT STATUS. A test holds README's table to this one.
+pub const EXIT_CODES: [(u8, &str); 5] = [
+    (0, "done; every gate passed (or nothing to do)"),
+    (
+        1,
+        "a gate blocked, or a deploy failed and was handled; `lock release --run-id` found another run's lock (left as it is)",
+    ),
+    (
+        2,
+        "invalid input: arguments, YAML, templates, secrets that do not decrypt or fail their MAC, unpinned images, unknown revisions",
+    ),
+    (
+        3,
+        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
+    ),
+    (4, "waiting for an approval"),
+];
+
+/// `Exit codes:` and the table, each meaning wrapped under its code.
+fn exit_code_help() -> String {
+    let mut out = String::from("Exit codes:\n");
+    for (code, meaning) in EXIT_CODES {
+        let mut line = format!("  {code}  ");
+        for word in meaning.split(' ') {
+            if line.len() + word.len() > 79 && line.trim_end().len() > 4 {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = "     ".into();
+            }
+            line.push_str(word);
+            line.push(' ');
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `fleetgate`: the global options and one command.
 #[derive(Debug, Parser)]
-#[command(name = "fleetgate", version, about, long_about = None)]
+#[command(name = "fleetgate", version, about, long_about = None, after_help = exit_code_help())]
 pub struct Cli {
     /// The fleet repository (default: the Git repository around the working directory).
     #[arg(long, global = true, value_name = "DIR")]
@@ -28,10 +66,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// The forge for --comment and approvals from CI (default: from the CI
-    /// environment: FORGEJO_ACTIONS / GITHUB_ACTIONS).
-    #[arg(long, global = true, value_enum, env = "FLEETGATE_FORGE")]
-    pub forge: Option<crate::forge::Kind>,
+    /// When plan diffs and outcome tables on stdout are coloured (never JSON
+    /// or markdown).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
 
     #[command(subcommand)]
     pub command: Command,
@@ -63,6 +101,130 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Who holds the pipeline lock, until when; `lock release` removes it.
     Lock(LockArgs),
+    /// The runs recorded in Git, newest first: commit, plan, stages, approvals, revert.
+    History(HistoryArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `fleetgate completions bash > /etc/bash_completion.d/fleetgate`;
+    /// zsh: `fleetgate completions zsh > "${fpath[1]}/_fleetgate"`;
+    /// fish: `fleetgate completions fish > ~/.config/fish/completions/fleetgate.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `fleetgate man | man -l -`.
+    Man(ManArgs),
+}
+
+/// The help documents itself: every argument of every command says what it
+/// is for, and the exit codes are README's.
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    use super::{Cli, EXIT_CODES};
+
+    /// Every argument (flags, options, positionals) of `cmd` and of its
+    /// commands: (command path, argument id, has help).
+    fn arguments(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for arg in cmd.get_arguments() {
+            let text = |h: Option<&clap::builder::StyledStr>| {
+                h.is_some_and(|h| !h.to_string().trim().is_empty())
+            };
+            let documented = text(arg.get_help()) || text(arg.get_long_help());
+            out.push((path.to_string(), arg.get_id().to_string(), documented));
+        }
+        for sub in cmd.get_subcommands() {
+            arguments(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = Vec::new();
+        arguments(&cmd, "fleetgate", &mut all);
+        // Not vacuous: the commands' own arguments are in the walk.
+        for (path, id) in [
+            ("fleetgate rollback", "client"),
+            ("fleetgate status", "format"),
+            ("fleetgate history", "limit"),
+            ("fleetgate lock release", "reason"),
+            ("fleetgate completions", "shell"),
+            ("fleetgate plan", "forge"),
+        ] {
+            assert!(
+                all.iter().any(|(p, i, _)| p == path && i == id),
+                "{path}: {id} not walked"
+            );
+        }
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, _, documented)| !documented)
+            .map(|(path, id, _)| format!("{path}: {id}"))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    /// `--forge` only where a forge is talked to; the global options are
+    /// the ones every command uses.
+    #[test]
+    fn forge_is_offered_only_by_the_commands_that_talk_to_one() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let has = |name: &str, id: &str| {
+            cmd.find_subcommand(name)
+                .unwrap()
+                .get_arguments()
+                .any(|a| a.get_id() == id)
+        };
+        for name in ["plan", "run", "approve"] {
+            assert!(has(name, "forge"), "{name} --forge");
+        }
+        for name in [
+            "check", "scan", "deploy", "status", "rollback", "lock", "history",
+        ] {
+            assert!(!has(name, "forge"), "{name} offers --forge");
+        }
+        let globals: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(globals, ["repo", "log_format", "verbose", "color"]);
+    }
+
+    #[test]
+    fn the_help_shows_the_exit_codes_as_the_readme_has_them() {
+        let long = Cli::command().render_long_help().to_string();
+        let short = Cli::command().render_help().to_string();
+        for help in [&long, &short] {
+            assert!(
+                help.contains("Exit codes:\n  0  done; every gate passed"),
+                "{help}"
+            );
+            let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            for (code, meaning) in EXIT_CODES {
+                assert!(
+                    flat.contains(&format!("{code} {meaning}")),
+                    "{code}: {help}"
+                );
+            }
+        }
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("### Exit codes\n")
+            .nth(1)
+            .expect("README has ### Exit codes");
+        let rows: Vec<(u8, &str)> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| 0 "))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+                (cells[0].trim().parse().unwrap(), cells[1].trim())
+            })
+            .collect();
+        assert_eq!(rows, EXIT_CODES, "README's table and the help's differ");
+    }
 }
 
 /// Every `fleetgate` invocation in the CI workflows (and in the GitHub

@@ -20,7 +20,7 @@ use crate::core::rev::CommitId;
 use crate::error::{Error, Message, Result};
 use crate::forge::{Comment, EnvApproval, Forge, Pull, Status};
 use crate::plan::{ClientPlan, Plan};
-use crate::ports::{Clock, GitStore, Pushed, Rollout, Update, Written};
+use crate::ports::{Clock, GitStore, Noted, Pushed, Rollout, Update, Written};
 use crate::scan::ScanReport;
 
 /// What a test runs when a double reaches a point (a sleep, a deploy).
@@ -223,6 +223,24 @@ impl GitStore for FakeGit {
         match self.remote.borrow().objects.get(&notes) {
             Some(Object::Notes(map)) => Ok(map.get(&rev).cloned()),
             _ => Ok(None),
+        }
+    }
+
+    fn noted(&self) -> Result<Vec<Noted>> {
+        let Some(notes) = self.local.borrow().get(NOTES_REF).copied() else {
+            return Ok(Vec::new());
+        };
+        match self.remote.borrow().objects.get(&notes) {
+            // The doubles' commits have no dates: newest is highest.
+            Some(Object::Notes(map)) => Ok(map
+                .keys()
+                .rev()
+                .map(|&commit| Noted {
+                    commit,
+                    subject: None,
+                })
+                .collect()),
+            _ => Ok(Vec::new()),
         }
     }
 

@@ -40,6 +40,16 @@ use crate::error::{Error, ExitCode};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    printer::init(cli.color);
+    // What documents the command line needs no repository, key or log.
+    let documents = match &cli.command {
+        Command::Completions(args) => Some(commands::completions::run(args)),
+        Command::Man(args) => Some(commands::man::run(args)),
+        _ => None,
+    };
+    if let Some(code) = documents {
+        return std::process::ExitCode::from(code.map_or(2, |c| c as u8));
+    }
     init_logging(cli.log_format, cli.verbose);
     progress::enable(cli.log_format == LogFormat::Human);
     let code = match run(&cli) {
@@ -64,7 +74,6 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     let ctx = commands::Context {
         repo: cli.repo.clone(),
         keyring,
-        forge: cli.forge,
     };
     match &cli.command {
         Command::Check(args) => commands::check::run(&ctx, args),
@@ -76,6 +85,9 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Scan(args) => commands::scan::run(&ctx, args),
         Command::Approve(args) => commands::approve::run(&ctx, args),
         Command::Lock(args) => commands::lock::run(&ctx, args),
+        Command::History(args) => commands::history::run(&ctx, args),
+        Command::Completions(args) => commands::completions::run(args),
+        Command::Man(args) => commands::man::run(args),
     }
 }
 

@@ -55,6 +55,14 @@ pub enum Written {
     Busy,
 }
 
+/// A commit that carries a run record, as this clone knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noted {
+    pub commit: CommitId,
+    /// Its subject line; None when this clone does not have the commit.
+    pub subject: Option<String>,
+}
+
 /// The fleet repository and its remote: fleetgate's records (notes,
 /// deployed refs), the pipeline lock, and reverts on the branch.
 pub trait GitStore {
@@ -71,6 +79,10 @@ pub trait GitStore {
     fn delete_ref(&self, name: &str) -> Result<()>;
     /// The note on `rev` in this clone, as text.
     fn note(&self, rev: CommitId) -> Result<Option<String>>;
+    /// The commits with a note in this clone, newest first: a commit
+    /// before its ancestors, else by committer time; commits this clone
+    /// does not have last.
+    fn noted(&self) -> Result<Vec<Noted>>;
     /// Writes the note on `rev` in this clone (a new commit of the notes ref).
     fn write_note(&self, rev: CommitId, text: &str) -> Result<Written>;
     /// Points a ref of this clone at `rev`.

@@ -1,11 +1,54 @@
-//! Plan → text (terminals, CI logs), markdown (the merge-request comment), JSON.
+//! Plan → text (terminals, CI logs), markdown (the merge-request comment), JSON;
+//! stage outcomes and scan reports likewise; run records → `history` rows.
 //!
 //! Architecture Invariant: no secret value ever reaches this module; plans hold
 //! masked renders only.
+//!
+//! Colour: only the text forms take a [`Paint`], and only `printer` decides
+//! whether it colours. JSON and markdown (forge comments) are never styled.
 
 use std::fmt::Write;
 
+use anstyle::Style;
+
 use crate::plan::{AppPlan, ClientPlan, Plan};
+
+/// Whether text for a terminal carries ANSI colour. `printer::paint`
+/// decides (from `--color`, the stream and the environment); every
+/// `*_with` function here applies it, and `PLAIN` is what logs, files and
+/// forge comments get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Paint {
+    pub color: bool,
+}
+
+impl Paint {
+    pub const PLAIN: Paint = Paint { color: false };
+
+    /// `text` in `style` when colouring, else as it is.
+    fn on(self, style: Style, text: &str) -> String {
+        if self.color && !text.is_empty() {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// The few styles fleetgate uses: green is good or added, red is bad or
+/// removed, yellow needs attention, bold is a heading. The words carry the
+/// meaning too, so nothing is lost without colour.
+mod hue {
+    use anstyle::{AnsiColor, Style};
+
+    pub const GOOD: Style = AnsiColor::Green.on_default();
+    pub const BAD: Style = AnsiColor::Red.on_default().bold();
+    pub const REMOVED: Style = AnsiColor::Red.on_default();
+    pub const ATTENTION: Style = AnsiColor::Yellow.on_default();
+    pub const HUNK: Style = AnsiColor::Cyan.on_default();
+    pub const HEADING: Style = anstyle::Style::new().bold();
+    pub const FAINT: Style = anstyle::Style::new().dimmed();
+}
 
 pub fn json(plan: &Plan) -> String {
     let mut s = serde_json::to_string_pretty(plan).expect("a plan serialises");
@@ -74,36 +117,47 @@ fn host_changes(c: &ClientPlan) -> Vec<String> {
 const NOT_COMPARED: &str =
     "secret values were not compared (no decryption key in this job): listed keys may have changed";
 
-/// Compact text for terminals and CI logs.
-pub fn text(plan: &Plan) -> String {
+/// Compact text for terminals and CI logs, coloured when `paint` says so
+/// (diff lines, signs, headings).
+pub fn text_with(plan: &Plan, paint: Paint) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plan {}..{}: {}, {} unaffected (plan {})",
-        short(&plan.base),
-        short(&plan.head),
-        changes(plan.clients.len()),
-        plan.unaffected,
-        short(&plan.plan_hash)
+        "{}",
+        paint.on(
+            hue::HEADING,
+            &format!(
+                "plan {}..{}: {}, {} unaffected (plan {})",
+                short(&plan.base),
+                short(&plan.head),
+                changes(plan.clients.len()),
+                plan.unaffected,
+                short(&plan.plan_hash)
+            )
+        )
     );
     if !plan.secrets_compared {
-        let _ = writeln!(out, "note: {NOT_COMPARED}");
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.on(hue::ATTENTION, &format!("note: {NOT_COMPARED}"))
+        );
     }
     let mut stage = "";
     for c in &plan.clients {
         if c.stage != stage {
             stage = &c.stage;
-            let _ = writeln!(out, "\n{stage}");
+            let _ = writeln!(out, "\n{}", paint.on(hue::HEADING, stage));
         }
         let _ = writeln!(
             out,
             "  {} ({})  because {}",
-            c.name,
+            paint.on(hue::HEADING, &c.name),
             c.hosts.join(", "),
             reasons(c)
         );
         for h in host_changes(c) {
-            let _ = writeln!(out, "    {h}");
+            let _ = writeln!(out, "    {}", paint.on(sign_hue(&h), &h));
         }
         for app in &c.apps {
             let sign = match app.action.as_str() {
@@ -113,20 +167,41 @@ pub fn text(plan: &Plan) -> String {
             };
             let _ = writeln!(
                 out,
-                "    {sign} {} {}: {}",
-                app.action.as_str(),
-                app.name,
+                "    {}: {}",
+                paint.on(
+                    sign_hue(sign),
+                    &format!("{sign} {} {}", app.action.as_str(), app.name)
+                ),
                 app_summary(app)
             );
             for f in &app.files {
                 let _ = writeln!(out, "      {} [{}]", f.path, f.hosts.join(", "));
                 for line in f.diff.lines().skip(2) {
-                    let _ = writeln!(out, "        {line}");
+                    let _ = writeln!(out, "        {}", paint.on(diff_hue(line), line));
                 }
             }
         }
     }
     out
+}
+
+/// The colour of a change marked `+`, `−` or `~`.
+fn sign_hue(marked: &str) -> Style {
+    match marked.chars().next() {
+        Some('+') => hue::GOOD,
+        Some('−') => hue::REMOVED,
+        _ => hue::ATTENTION,
+    }
+}
+
+/// The colour of a unified-diff line.
+fn diff_hue(line: &str) -> Style {
+    match line.chars().next() {
+        Some('+') => hue::GOOD,
+        Some('-') => hue::REMOVED,
+        Some('@') => hue::HUNK,
+        _ => Style::new(),
+    }
 }
 
 fn reasons(c: &ClientPlan) -> String {
@@ -334,6 +409,15 @@ pub enum OutcomeFormat {
 
 /// A stage's outcome: a table per host, then what failed and why.
 pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String {
+    outcome_with(o, format, Paint::PLAIN)
+}
+
+/// [`outcome`]; its text coloured when `paint` says so (never its JSON).
+pub fn outcome_with(
+    o: &crate::deploy::StageOutcome,
+    format: OutcomeFormat,
+    paint: Paint,
+) -> String {
     if format == OutcomeFormat::Json {
         let mut s = serde_json::to_string_pretty(o).expect("an outcome serialises");
         s.push('\n');
@@ -343,9 +427,9 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
     use crate::deploy::HostStatus;
     let mut out = String::new();
     let verdict = match crate::core::verdict::verdict(o) {
-        StageVerdict::Passed => "passed",
-        StageVerdict::Interrupted => "INTERRUPTED",
-        _ => "FAILED",
+        StageVerdict::Passed => paint.on(hue::GOOD, "passed"),
+        StageVerdict::Interrupted => paint.on(hue::BAD, "INTERRUPTED"),
+        _ => paint.on(hue::BAD, "FAILED"),
     };
     let _ = writeln!(
         out,
@@ -364,17 +448,30 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
         .map(|h| h.host.as_str())
         .collect();
     if !rolled_back.is_empty() {
-        let _ = writeln!(out, "rolled back: {}", rolled_back.join(", "));
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.on(
+                hue::ATTENTION,
+                &format!("rolled back: {}", rolled_back.join(", "))
+            )
+        );
     }
     for h in o.hosts.iter().filter(|h| h.rollback_failure.is_some()) {
         let f = h.rollback_failure.as_ref().expect("filtered");
         let _ = writeln!(
             out,
-            "NOT rolled back: {} ({}: {}); it runs {}",
-            h.host,
-            f.step,
-            f.message.lines().next().unwrap_or_default(),
-            runs(h)
+            "{}",
+            paint.on(
+                hue::BAD,
+                &format!(
+                    "NOT rolled back: {} ({}: {}); it runs {}",
+                    h.host,
+                    f.step,
+                    f.message.lines().next().unwrap_or_default(),
+                    runs(h)
+                )
+            )
         );
     }
     let rows: Vec<Vec<String>> = o
@@ -405,17 +502,39 @@ pub fn outcome(o: &crate::deploy::StageOutcome, format: OutcomeFormat) -> String
             ]
         })
         .collect();
-    out.push_str(&table(
+    out.push_str(&table_with(
         &["client", "host", "status", "runs", "time", "failure"],
         &rows,
+        paint,
+        |column, cell| match column {
+            2 => status_hue(cell),
+            5 => hue::REMOVED,
+            _ => Style::new(),
+        },
     ));
     for f in o.frozen() {
         let _ = writeln!(
             out,
-            "FROZEN: {f} stays on the failed release (rollback: freeze); a human must decide"
+            "{}",
+            paint.on(
+                hue::BAD,
+                &format!(
+                    "FROZEN: {f} stays on the failed release (rollback: freeze); a human must decide"
+                )
+            )
         );
     }
     out
+}
+
+/// The colour of a host's status, as the outcome table words it.
+fn status_hue(status: &str) -> Style {
+    match status {
+        "deployed" | "unchanged" => hue::GOOD,
+        "rolled back" => hue::ATTENTION,
+        "not started" => hue::FAINT,
+        _ => hue::BAD,
+    }
 }
 
 /// What a host's apps run after a stage: one value when they agree, else
@@ -436,28 +555,37 @@ fn runs(h: &crate::deploy::HostOutcome) -> String {
 
 /// Columns padded to their widest cell; the last one is not padded.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    table_with(header, rows, Paint::PLAIN, |_, _| Style::new())
+}
+
+/// [`table`], each body cell in `hue(column, cell)` when `paint` colours
+/// (padded by its plain width, so colour never shifts a column).
+fn table_with(
+    header: &[&str],
+    rows: &[Vec<String>],
+    paint: Paint,
+    hue: impl Fn(usize, &str) -> Style,
+) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: Vec<&str>, style: &dyn Fn(usize, &str) -> Style| {
         let mut l = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(cell);
-            } else {
+            l.push_str(&paint.on(style(i, cell), cell));
+            if i + 1 < cells.len() {
                 let pad = w - cell.chars().count();
-                l.push_str(cell);
                 l.push_str(&" ".repeat(pad + 2));
             }
         }
         l.trim_end().to_string() + "\n"
     };
-    let mut out = line(header.to_vec());
+    let mut out = line(header.to_vec(), &|_, _| self::hue::HEADING);
     for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push_str(&line(r.iter().map(String::as_str).collect(), &hue));
     }
     out
 }
@@ -663,6 +791,314 @@ fn scan_markdown(r: &crate::scan::ScanReport) -> String {
     out
 }
 
+/// One run as `fleetgate history` shows it: the record on a commit,
+/// summarised. `--format json` prints a list of these (newest first).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunSummary {
+    /// The head commit the run rolled out (the note's commit).
+    pub commit: String,
+    /// Its subject line; null when this clone does not have the commit.
+    pub subject: Option<String>,
+    /// The commit it planned from; null for a run from nothing.
+    pub base: Option<String>,
+    pub plan_hash: Option<String>,
+    /// RFC 3339: when the plan became what it is.
+    pub planned_at: Option<String>,
+    pub run_id: Option<String>,
+    pub result: RunResult,
+    /// Every client a stage deployed (or tried to), sorted.
+    pub clients: Vec<String>,
+    /// The stages that ran, in pipeline order.
+    pub stages: Vec<StageSummary>,
+    /// The stage waiting for an approval.
+    pub waiting: Option<String>,
+    pub scan: Option<ScanSummary>,
+    pub approvals: Vec<ApprovalSummary>,
+    pub revert: Option<crate::core::outcome::RevertOutcome>,
+    /// Set when a signal stopped the run between stages or while it waited.
+    pub interrupted: Option<crate::core::record::Interrupted>,
+}
+
+/// What a run came to, all stages and gates weighed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// Every stage that ran passed, and none waits.
+    Passed,
+    /// A gate failed (health, a remote command): rolled back, reverted as
+    /// configured.
+    Failed,
+    /// A `rollback: freeze` app was left on a failed release.
+    Frozen,
+    /// Hosts could not be reached or were lost during a change.
+    InfraFailed,
+    Interrupted,
+    /// The image gate blocked before any stage.
+    ScanBlocked,
+    /// A stage waits for an approval.
+    Waiting,
+    /// Planned, and no stage deployed anything (nothing to do, or the run
+    /// stopped before its first stage).
+    NothingDeployed,
+}
+
+impl RunResult {
+    fn words(self) -> &'static str {
+        match self {
+            RunResult::Passed => "passed",
+            RunResult::Failed => "FAILED",
+            RunResult::Frozen => "FROZEN",
+            RunResult::InfraFailed => "hosts unreachable",
+            RunResult::Interrupted => "INTERRUPTED",
+            RunResult::ScanBlocked => "scan blocked",
+            RunResult::Waiting => "waiting",
+            RunResult::NothingDeployed => "nothing deployed",
+        }
+    }
+
+    fn hue(self) -> Style {
+        match self {
+            RunResult::Passed => hue::GOOD,
+            RunResult::Waiting => hue::ATTENTION,
+            RunResult::NothingDeployed => hue::FAINT,
+            _ => hue::BAD,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageSummary {
+    pub stage: String,
+    /// The stage's verdict: passed, failed, frozen, infra_failed, interrupted.
+    pub result: RunResult,
+    pub hosts: Vec<HostSummary>,
+    pub failed_hosts: usize,
+    pub rolled_back: bool,
+    /// `<stage>/<client>/<app>:<check>` of the gate that failed.
+    pub failed_gate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostSummary {
+    pub client: String,
+    pub host: String,
+    pub status: crate::core::outcome::HostStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScanSummary {
+    pub passed: bool,
+    pub images: usize,
+    pub blocking: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApprovalSummary {
+    pub by: String,
+    pub at: String,
+    pub plan_hash: String,
+    pub source: String,
+    /// Given for the run's current plan (an approval of an earlier plan
+    /// does not count).
+    pub current_plan: bool,
+}
+
+/// The summary of `record`, the note on `commit` (whose subject line is
+/// `subject`); its stages in `order` (the pipeline's; stages it does not
+/// name follow in the record's order).
+pub fn run_summary(
+    commit: &str,
+    record: &crate::core::record::RunRecord,
+    subject: Option<&str>,
+    order: &[String],
+) -> RunSummary {
+    use crate::core::verdict::{StageVerdict, verdict};
+    let mut stages: Vec<&crate::deploy::StageOutcome> = record.stages.values().collect();
+    stages.sort_by_key(|o| {
+        order
+            .iter()
+            .position(|s| *s == o.stage)
+            .unwrap_or(order.len())
+    });
+    let stages: Vec<StageSummary> = stages
+        .into_iter()
+        .map(|o| StageSummary {
+            stage: o.stage.clone(),
+            result: match verdict(o) {
+                StageVerdict::Passed => RunResult::Passed,
+                StageVerdict::ChangeFailed => RunResult::Failed,
+                StageVerdict::Frozen => RunResult::Frozen,
+                StageVerdict::InfraFailed => RunResult::InfraFailed,
+                StageVerdict::Interrupted => RunResult::Interrupted,
+            },
+            hosts: o
+                .hosts
+                .iter()
+                .map(|h| HostSummary {
+                    client: h.client.clone(),
+                    host: h.host.clone(),
+                    status: h.status,
+                })
+                .collect(),
+            failed_hosts: o.failed_hosts,
+            rolled_back: o.rolled_back,
+            failed_gate: crate::core::outcome::FailedGate::of(o).map(|g| g.trailer()),
+        })
+        .collect();
+    let mut clients: Vec<String> = stages
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(|h| h.client.clone()))
+        .collect();
+    clients.sort();
+    clients.dedup();
+    let scan = record.scan.as_ref().map(|s| ScanSummary {
+        passed: s.passed,
+        images: s.images.len(),
+        blocking: s.blocking(),
+    });
+    // The worst stage decides; a waiting or scan-blocked run has not failed.
+    let worst = [
+        RunResult::Interrupted,
+        RunResult::InfraFailed,
+        RunResult::Frozen,
+        RunResult::Failed,
+    ]
+    .into_iter()
+    .find(|r| stages.iter().any(|s| s.result == *r));
+    let result = if record.interrupted.is_some() {
+        RunResult::Interrupted
+    } else if let Some(worst) = worst {
+        worst
+    } else if scan.as_ref().is_some_and(|s| !s.passed) {
+        RunResult::ScanBlocked
+    } else if record.waiting.is_some() {
+        RunResult::Waiting
+    } else if stages.is_empty() {
+        RunResult::NothingDeployed
+    } else {
+        RunResult::Passed
+    };
+    RunSummary {
+        commit: commit.to_string(),
+        subject: subject.map(str::to_string),
+        base: record.base.clone(),
+        plan_hash: record.plan_hash.clone(),
+        planned_at: record.planned_at.clone(),
+        run_id: record.run_id.clone(),
+        result,
+        clients,
+        stages,
+        waiting: record.waiting.clone(),
+        scan,
+        approvals: record
+            .approvals
+            .iter()
+            .map(|a| ApprovalSummary {
+                by: a.by.clone(),
+                at: a.at.clone(),
+                plan_hash: a.plan_hash.clone(),
+                source: a.source.clone(),
+                current_plan: record.plan_hash.as_deref() == Some(a.plan_hash.as_str()),
+            })
+            .collect(),
+        revert: record.revert.clone(),
+        interrupted: record.interrupted.clone(),
+    }
+}
+
+/// `fleetgate history`: a row per run, newest first.
+pub fn history(runs: &[RunSummary], format: OutcomeFormat, paint: Paint) -> String {
+    use crate::core::outcome::RevertOutcome;
+    if format == OutcomeFormat::Json {
+        let mut s = serde_json::to_string_pretty(runs).expect("a history serialises");
+        s.push('\n');
+        return s;
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let mut stages: Vec<String> = r
+                .stages
+                .iter()
+                .map(|s| format!("{}:{}", s.stage, s.result.words().replace(' ', "-")))
+                .collect();
+            if let Some(w) = &r.waiting {
+                stages.push(format!("{w}:waiting"));
+            }
+            if let Some(scan) = r.scan.as_ref().filter(|s| !s.passed) {
+                stages.insert(0, format!("scan:{}-blocking", scan.blocking));
+            }
+            let approvals: Vec<String> = r
+                .approvals
+                .iter()
+                .map(|a| match a.current_plan {
+                    true => a.by.clone(),
+                    false => format!("{} (earlier plan)", a.by),
+                })
+                .collect();
+            let revert = match &r.revert {
+                None => "-".to_string(),
+                Some(RevertOutcome::Pushed { commit, .. }) => format!("pushed {}", short(commit)),
+                Some(RevertOutcome::Conflict { paths, .. }) => {
+                    format!("CONFLICT ({} path{})", paths.len(), plural(paths.len()))
+                }
+                Some(RevertOutcome::NotOnBranch { .. }) => "not on branch".into(),
+                Some(RevertOutcome::NothingToRevert { .. }) => "nothing to revert".into(),
+            };
+            let dash = |v: Vec<String>, sep: &str| match v.is_empty() {
+                true => "-".to_string(),
+                false => v.join(sep),
+            };
+            vec![
+                short(&r.commit).to_string(),
+                r.planned_at
+                    .as_deref()
+                    .map(|t| t.get(..16).unwrap_or(t).replace('T', " "))
+                    .unwrap_or_else(|| "-".into()),
+                r.plan_hash
+                    .as_deref()
+                    .map(|h| short(h).to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.result.words().to_string(),
+                dash(stages, " "),
+                dash(approvals, ", "),
+                revert,
+                r.subject
+                    .clone()
+                    .unwrap_or_else(|| "(not in this clone)".into()),
+            ]
+        })
+        .collect();
+    let results: Vec<RunResult> = runs.iter().map(|r| r.result).collect();
+    let words: Vec<&str> = results.iter().map(|r| r.words()).collect();
+    table_with(
+        &[
+            "commit",
+            "planned",
+            "plan",
+            "result",
+            "stages",
+            "approvals",
+            "revert",
+            "subject",
+        ],
+        &rows,
+        paint,
+        |column, cell| match column {
+            3 => words
+                .iter()
+                .position(|w| *w == cell)
+                .map_or(Style::new(), |i| results[i].hue()),
+            6 if cell != "-" => hue::ATTENTION,
+            _ => Style::new(),
+        },
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -748,6 +1184,10 @@ mod tests {
         plan(vec![alpha, beta], false)
     }
 
+    fn text(plan: &Plan) -> String {
+        super::text_with(plan, super::Paint::PLAIN)
+    }
+
     /// `render(input)` must be `expect`, exactly.
     fn check<T>(input: &T, render: impl Fn(&T) -> String, expect: &str) {
         let got = render(input);
@@ -766,12 +1206,12 @@ mod tests {
     fn plan_as_text() {
         check(
             &plan(Vec::new(), true),
-            super::text,
+            text,
             "plan 111111111111..222222222222: 0 clients change, 7 unaffected (plan 333333333333)\n",
         );
         check(
             &busy_plan(),
-            super::text,
+            text,
             "\
 plan 111111111111..222222222222: 2 clients change, 7 unaffected (plan 333333333333)
 note: secret values were not compared (no decryption key in this job): listed keys may have changed
@@ -1090,5 +1530,229 @@ alpha   alpha-1  deployed  222222222222  1.23s
                 host("gamma", "gamma-1", HostStatus::NotStarted, &[]),
             ],
         }
+    }
+
+    /// Text without its ANSI styles.
+    fn plain(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('\u{1b}') {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find('m').expect("a style ends with m");
+            rest = &rest[at + end + 1..];
+        }
+        out + rest
+    }
+
+    /// Colour adds styles and nothing else: without them the text is the
+    /// plain text to the byte (no column moves); JSON never takes one.
+    #[test]
+    fn colour_only_styles() {
+        let color = super::Paint { color: true };
+        let plan = busy_plan();
+        let coloured = super::text_with(&plan, color);
+        assert_eq!(plain(&coloured), text(&plan));
+        for line in [
+            "\u{1b}[32m+PORT=8081\u{1b}[0m",
+            "\u{1b}[31m-PORT=8080\u{1b}[0m",
+            "\u{1b}[36m@@ -1 +1 @@\u{1b}[0m",
+            "\u{1b}[32m+ add db\u{1b}[0m",
+        ] {
+            assert!(coloured.contains(line), "{line:?} in\n{coloured}");
+        }
+        let o = outcome();
+        let coloured = super::outcome_with(&o, super::OutcomeFormat::Text, color);
+        assert_eq!(
+            plain(&coloured),
+            super::outcome(&o, super::OutcomeFormat::Text)
+        );
+        assert!(
+            coloured.contains("\u{1b}[1m\u{1b}[31mFAILED\u{1b}[0m"),
+            "{coloured}"
+        );
+        assert!(
+            coloured.contains("\u{1b}[33mrolled back\u{1b}[0m  as before"),
+            "{coloured}"
+        );
+        assert!(!super::outcome_with(&o, super::OutcomeFormat::Json, color).contains('\u{1b}'));
+        let runs = [super::run_summary(
+            HEAD,
+            &record_passed(),
+            Some("web: v2"),
+            &[],
+        )];
+        assert!(!super::history(&runs, super::OutcomeFormat::Json, color).contains('\u{1b}'));
+        assert_eq!(
+            plain(&super::history(&runs, super::OutcomeFormat::Text, color)),
+            super::history(&runs, super::OutcomeFormat::Text, super::Paint::PLAIN)
+        );
+        assert_eq!(text(&plan), super::text_with(&plan, super::Paint::PLAIN));
+        assert!(!text(&plan).contains('\u{1b}'));
+    }
+
+    use crate::core::outcome::RevertOutcome;
+    use crate::core::record::{Approval, Interrupted as Stopped, RunRecord};
+
+    const HEAD: &str = "4444444444444444444444444444444444444444";
+    const HASH: &str = "5555555555555555555555555555555555555555555555555555555555555555";
+
+    fn stage(name: &str, passed: bool) -> StageOutcome {
+        let mut o = outcome();
+        o.stage = name.into();
+        o.hosts.truncate(if passed { 1 } else { 2 });
+        o.passed = passed;
+        o.failed_hosts = usize::from(!passed);
+        o.rolled_back = !passed;
+        o
+    }
+
+    fn approval(by: &str, plan_hash: &str) -> Approval {
+        Approval {
+            by: by.into(),
+            at: "2026-03-01T10:00:00Z".into(),
+            plan_hash: plan_hash.into(),
+            source: "cli".into(),
+        }
+    }
+
+    /// Canary, then production after alice's approval (bob's was for an
+    /// earlier plan).
+    fn record_passed() -> RunRecord {
+        let mut r = RunRecord::new(HEAD);
+        r.plan(
+            Some("1111111111111111111111111111111111111111"),
+            HASH,
+            "run-1",
+            "2026-03-01T09:58:07Z",
+        );
+        r.record_stage(&stage("production", true));
+        r.record_stage(&stage("canary", true));
+        r.add_approval(&approval("bob", "0000000000000000"));
+        r.add_approval(&approval("alice", HASH));
+        r
+    }
+
+    /// What each kind of record comes to.
+    #[test]
+    fn a_run_record_summarised() {
+        use super::RunResult::*;
+        let order = ["canary".to_string(), "production".to_string()];
+        let waiting = {
+            let mut r = RunRecord::new(HEAD);
+            r.plan(None, HASH, "run-2", "t");
+            r.record_stage(&stage("canary", true));
+            r.waiting = Some("production".into());
+            r
+        };
+        let failed = {
+            let mut r = RunRecord::new(HEAD);
+            r.record_stage(&stage("canary", false));
+            r.revert = Some(RevertOutcome::Pushed {
+                commit: "6666666666666666666666666666666666666666".into(),
+                onto: HEAD.into(),
+                reverts: vec![HEAD.into()],
+                failed_gate: "canary/alpha/web:http://x/health".into(),
+            });
+            r
+        };
+        let interrupted = {
+            let mut r = waiting.clone();
+            r.interrupted = Some(Stopped {
+                at: "t".into(),
+                before_stage: "production".into(),
+                run_id: "run-2".into(),
+            });
+            r
+        };
+        let mut lost = stage("canary", false);
+        lost.hosts[1].runs = [("web".to_string(), Runs::Unknown)].into();
+        let infra = {
+            let mut r = RunRecord::new(HEAD);
+            r.record_stage(&lost);
+            r
+        };
+        for (record, want) in [
+            (record_passed(), Passed),
+            (waiting.clone(), Waiting),
+            (failed.clone(), Failed),
+            (interrupted, Interrupted),
+            (infra, InfraFailed),
+            (RunRecord::new(HEAD), NothingDeployed),
+        ] {
+            assert_eq!(
+                super::run_summary(HEAD, &record, None, &order).result,
+                want,
+                "{record:?}"
+            );
+        }
+
+        let passed = super::run_summary(HEAD, &record_passed(), Some("web: version 2"), &order);
+        let stages: Vec<&str> = passed.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(
+            stages,
+            ["canary", "production"],
+            "pipeline order, not the record's"
+        );
+        assert_eq!(passed.clients, ["alpha"]);
+        check(
+            &vec![
+                super::run_summary(HEAD, &failed, Some("web: broken"), &order),
+                passed,
+                super::run_summary(HEAD, &waiting, None, &order),
+            ],
+            |runs| super::history(runs, super::OutcomeFormat::Text, super::Paint::PLAIN),
+            "\
+commit        planned           plan          result   stages                            approvals                  revert               subject
+444444444444  -                 -             FAILED   canary:FAILED                     -                          pushed 666666666666  web: broken
+444444444444  2026-03-01 09:58  555555555555  passed   canary:passed production:passed   bob (earlier plan), alice  -                    web: version 2
+444444444444  t                 555555555555  waiting  canary:passed production:waiting  -                          -                    (not in this clone)
+",
+        );
+        check_json(
+            &vec![super::run_summary(
+                HEAD,
+                &record_passed(),
+                Some("web: version 2"),
+                &order,
+            )],
+            |runs| super::history(runs, super::OutcomeFormat::Json, super::Paint::PLAIN),
+            &[
+                ("/0/commit", json!(HEAD)),
+                ("/0/subject", json!("web: version 2")),
+                ("/0/base", json!("1111111111111111111111111111111111111111")),
+                ("/0/plan_hash", json!(HASH)),
+                ("/0/result", json!("passed")),
+                ("/0/stages/0/stage", json!("canary")),
+                ("/0/stages/0/result", json!("passed")),
+                (
+                    "/0/stages/0/hosts/0",
+                    json!({"client": "alpha", "host": "alpha-1", "status": "deployed"}),
+                ),
+                ("/0/stages/1/stage", json!("production")),
+                ("/0/approvals/0/by", json!("bob")),
+                ("/0/approvals/0/current_plan", json!(false)),
+                ("/0/approvals/1/current_plan", json!(true)),
+                ("/0/waiting", Value::Null),
+                ("/0/revert", Value::Null),
+            ],
+        );
+        check_json(
+            &vec![super::run_summary(HEAD, &failed, None, &order)],
+            |runs| super::history(runs, super::OutcomeFormat::Json, super::Paint::PLAIN),
+            &[
+                ("/0/result", json!("failed")),
+                ("/0/stages/0/failed_gate", json!("canary/alpha/web:health")),
+                ("/0/stages/0/rolled_back", json!(true)),
+                ("/0/revert/result", json!("pushed")),
+                (
+                    "/0/revert/commit",
+                    json!("6666666666666666666666666666666666666666"),
+                ),
+            ],
+        );
+        assert_eq!(
+            super::history(&[], super::OutcomeFormat::Json, super::Paint::PLAIN),
+            "[]\n"
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::core::records::NOTES_REF;
 use crate::core::rev::CommitId;
 use crate::error::{Error, Message, Result};
 use crate::origin::Origin;
-use crate::ports::{GitStore, Pushed, Update, Written};
+use crate::ports::{GitStore, Noted, Pushed, Update, Written};
 use crate::repo::Repo;
 
 /// A clone of the fleet repository, and its remote when it has one.
@@ -102,6 +102,56 @@ impl GitStore for GitRepo<'_> {
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
             Err(e) => Err(Error::git(format!("read the note on {rev}"), e)),
         }
+    }
+
+    fn noted(&self) -> Result<Vec<Noted>> {
+        let git = self.repo.git();
+        let what = "list the run records";
+        let notes = match git.notes(Some(NOTES_REF)) {
+            Ok(notes) => notes,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::git(what, e)),
+        };
+        let mut ids = std::collections::HashSet::new();
+        for note in notes {
+            ids.insert(note.map_err(|e| Error::git(what, e))?.1);
+        }
+        // Tests (and fast pushes) commit within one second: the topology,
+        // not the clock, says which run came later.
+        let mut walk = git.revwalk().map_err(|e| Error::git(what, e))?;
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)
+            .map_err(|e| Error::git(what, e))?;
+        let mut missing = Vec::new();
+        for id in &ids {
+            match git.find_commit(*id) {
+                Ok(_) => walk.push(*id).map_err(|e| Error::git(what, e))?,
+                Err(_) => missing.push(*id),
+            }
+        }
+        let mut left = ids.len() - missing.len();
+        let mut out = Vec::new();
+        for id in walk {
+            if left == 0 {
+                break;
+            }
+            let id = id.map_err(|e| Error::git(what, e))?;
+            if ids.contains(&id) {
+                left -= 1;
+                let subject = git.find_commit(id).ok().map(|c| {
+                    String::from_utf8_lossy(c.summary_bytes().unwrap_or_default()).into_owned()
+                });
+                out.push(Noted {
+                    commit: id.into(),
+                    subject,
+                });
+            }
+        }
+        missing.sort();
+        out.extend(missing.into_iter().map(|id| Noted {
+            commit: id.into(),
+            subject: None,
+        }));
+        Ok(out)
     }
 
     fn write_note(&self, rev: CommitId, text: &str) -> Result<Written> {

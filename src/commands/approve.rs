@@ -19,6 +19,7 @@
 use std::io::Write as _;
 
 use clap::Args;
+use serde::Serialize;
 use serde_json::json;
 
 use super::Context;
@@ -30,6 +31,7 @@ use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::{self, Env, Forge};
 use crate::printer;
 use crate::repo::{CommitId, Repo};
+use crate::report::OutcomeFormat;
 use crate::rt::SystemClock;
 use crate::store::GitRepo;
 
@@ -62,13 +64,40 @@ pub struct ApproveArgs {
     /// The remote that holds the records.
     #[arg(long, env = "FLEETGATE_REMOTE", default_value = "origin")]
     pub remote: String,
+    /// Output format on stdout (json: whether the approval counted, for
+    /// what, or why not).
+    #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
+    pub format: OutcomeFormat,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
+}
+
+/// `approve --format json`: the approval as recorded, or why it was not.
+#[derive(Debug, Default, Serialize)]
+pub struct ApproveReport {
+    /// Recorded, and counting for `stages` (exit 0).
+    pub counted: bool,
+    /// The head commit approved; null when the event named none.
+    pub rev: Option<String>,
+    pub by: Option<String>,
+    /// RFC 3339, when counted.
+    pub at: Option<String>,
+    pub plan_hash: Option<String>,
+    /// `cli`, `comment`, `dispatch` or `environment`.
+    pub source: Option<String>,
+    /// The stages it lets through, when counted.
+    pub stages: Vec<String>,
+    /// Why it does not count (exit 1), or why there was nothing to
+    /// approve (exit 0).
+    pub why: Option<String>,
+    pub hint: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     if args.from_ci {
         // Outside CI this is an error before anything else.
-        let env = Env::from_env(ctx.forge, "approve --from-ci")?;
+        let env = Env::from_env(args.forge.forge, "approve --from-ci")?;
         let forge = forge::connect(&env)?;
         let git = GitRepo::with_remote(&repo, &args.remote)?;
         return from_ci(&env, &*forge, args, &repo, &git);
@@ -88,12 +117,22 @@ pub fn run(ctx: &Context, args: &ApproveArgs) -> Result<ExitCode> {
     };
     let stages = approval_stages_at(&repo, rev)?;
     match engine::approve(&git, &SystemClock, &claim, &stages)? {
-        Verdict::Counted { approval, .. } => {
-            print_approval(rev, &approval);
+        Verdict::Counted { approval, stages } => {
+            print_approval(args.format, rev, &approval, &stages);
             Ok(ExitCode::Ok)
         }
         Verdict::Refused { why, hint } => {
             tracing::error!("{}", with_hint(&why, hint.as_deref()));
+            print_report(
+                args.format,
+                ApproveReport {
+                    rev: Some(rev.to_string()),
+                    by: Some(claim.by.clone()),
+                    why: Some(why),
+                    hint,
+                    ..ApproveReport::default()
+                },
+            );
             Ok(ExitCode::Blocked)
         }
     }
@@ -115,10 +154,42 @@ fn with_hint(why: &str, hint: Option<&str>) -> String {
     }
 }
 
-fn print_approval(rev: CommitId, approval: &Approval) {
-    let mut v = serde_json::to_value(approval).expect("an approval serialises");
-    v["rev"] = json!(rev.to_string());
-    printer::data(&format!("{v}\n"));
+/// A counted approval on stdout: a line for people, or the report.
+fn print_approval(format: OutcomeFormat, rev: CommitId, approval: &Approval, stages: &[String]) {
+    match format {
+        OutcomeFormat::Text => printer::data(&format!(
+            "approved: plan {} of {} by {} ({}), for {}\n",
+            crate::report::short(&approval.plan_hash),
+            rev.short(),
+            approval.by,
+            approval.source,
+            stages.join(", ")
+        )),
+        OutcomeFormat::Json => print_report(
+            format,
+            ApproveReport {
+                counted: true,
+                rev: Some(rev.to_string()),
+                by: Some(approval.by.clone()),
+                at: Some(approval.at.clone()),
+                plan_hash: Some(approval.plan_hash.clone()),
+                source: Some(approval.source.clone()),
+                stages: stages.to_vec(),
+                ..ApproveReport::default()
+            },
+        ),
+    }
+}
+
+/// The report on stdout with `--format json` (the log on stderr has said
+/// why, for people).
+fn print_report(format: OutcomeFormat, report: ApproveReport) {
+    if format == OutcomeFormat::Json {
+        printer::data(&format!(
+            "{}\n",
+            serde_json::to_string(&report).expect("a report serialises")
+        ));
+    }
 }
 
 fn from_ci(
@@ -175,7 +246,7 @@ fn from_ci(
                     )
                 })
                 .collect();
-            tracing::error!(
+            let why = format!(
                 "no approved review of environment `{environment}` by an approver ({}) on run {run_id}; reviews: {}",
                 approvers.join(", "),
                 if seen.is_empty() {
@@ -183,6 +254,15 @@ fn from_ci(
                 } else {
                     seen.join("; ")
                 }
+            );
+            tracing::error!("{why}");
+            print_report(
+                args.format,
+                ApproveReport {
+                    rev: Some(rev.to_string()),
+                    why: Some(why),
+                    ..ApproveReport::default()
+                },
             );
             return Ok(ExitCode::Blocked);
         };
@@ -197,7 +277,15 @@ fn from_ci(
         let e = &env.event;
         let body = e["comment"]["body"].as_str().unwrap_or_default().trim();
         let Some(rest) = body.strip_prefix(COMMAND) else {
-            tracing::info!("the comment is not `{COMMAND}`: nothing to do");
+            let why = format!("the comment is not `{COMMAND}`: nothing to do");
+            tracing::info!("{why}");
+            print_report(
+                args.format,
+                ApproveReport {
+                    why: Some(why),
+                    ..ApproveReport::default()
+                },
+            );
             return Ok(ExitCode::Ok);
         };
         // `/fleetgate approve 3f9c2a1b7d0e`: the plan reviewed, if named
@@ -216,6 +304,8 @@ fn from_ci(
         if e["issue"]["pull_request"].is_null() && e["is_pull"] != json!(true) {
             return refuse(
                 forge,
+                args.format,
+                None,
                 Some(number),
                 user,
                 "approvals are given on the merged pull request of the change, not on an issue",
@@ -226,6 +316,8 @@ fn from_ci(
         if hash.as_ref().is_some_and(|h| h.len() < 7) {
             return refuse(
                 forge,
+                args.format,
+                None,
                 reply_to,
                 user,
                 "name at least 7 characters of the plan hash, or none",
@@ -238,6 +330,8 @@ fn from_ci(
         let Some(sha) = pull.merge_commit_sha.filter(|_| pull.merged) else {
             return refuse(
                 forge,
+                args.format,
+                None,
                 reply_to,
                 user,
                 &format!(
@@ -268,8 +362,17 @@ fn from_ci(
         // the same person started the run.
         let sender = e["sender"]["login"].as_str().unwrap_or_default();
         if actor.is_empty() || (!sender.is_empty() && sender != actor) {
-            tracing::error!(
+            let why = format!(
                 "who started this run? GITHUB_ACTOR is `{actor}`, the event's sender `{sender}`: not counted"
+            );
+            tracing::error!("{why}");
+            print_report(
+                args.format,
+                ApproveReport {
+                    by: Some(actor).filter(|a| !a.is_empty()),
+                    why: Some(why),
+                    ..ApproveReport::default()
+                },
             );
             return Ok(ExitCode::Blocked);
         }
@@ -305,7 +408,7 @@ fn from_ci(
     };
     match engine::approve(git, &SystemClock, &claim, &stages)? {
         Verdict::Counted { approval, stages } => {
-            print_approval(claim.rev, &approval);
+            print_approval(args.format, claim.rev, &approval, &stages);
             write_outputs(claim.rev, &approval.plan_hash)?;
             if let Some(number) = reply_to {
                 let body = format!(
@@ -323,20 +426,41 @@ fn from_ci(
             }
             Ok(ExitCode::Ok)
         }
-        Verdict::Refused { why, hint } => refuse(forge, reply_to, &claim.by, &why, hint.as_deref()),
+        Verdict::Refused { why, hint } => refuse(
+            forge,
+            args.format,
+            Some(claim.rev),
+            reply_to,
+            &claim.by,
+            &why,
+            hint.as_deref(),
+        ),
     }
 }
 
-/// Logs why an approval does not count, and answers the comment it came
-/// from so the person sees it where they asked.
+/// Logs why an approval does not count (and reports it with `--format
+/// json`), and answers the comment it came from so the person sees it
+/// where they asked.
 fn refuse(
     forge: &dyn forge::Forge,
+    format: OutcomeFormat,
+    rev: Option<CommitId>,
     reply_to: Option<u64>,
     who: &str,
     why: &str,
     hint: Option<&str>,
 ) -> Result<ExitCode> {
     tracing::error!("{}", with_hint(why, hint));
+    print_report(
+        format,
+        ApproveReport {
+            rev: rev.map(|r| r.to_string()),
+            by: Some(who.to_string()).filter(|w| !w.is_empty()),
+            why: Some(why.to_string()),
+            hint: hint.map(str::to_string),
+            ..ApproveReport::default()
+        },
+    );
     if let Some(number) = reply_to {
         let hint = hint.map(|h| format!("\n\n{h}")).unwrap_or_default();
         forge.create_comment(

@@ -56,6 +56,10 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     for moved in records.record_stage(rev, &outcome, &[])?.0 {
         tracing::info!("{moved} → {}", rev.short());
     }
-    printer::data(&report::outcome(&outcome, args.format));
+    printer::data(&report::outcome_with(
+        &outcome,
+        args.format,
+        printer::paint(),
+    ));
     Ok(verdict::verdict(&outcome).exit_code())
 }

@@ -3,8 +3,11 @@
 
 pub mod approve;
 pub mod check;
+pub mod completions;
 pub mod deploy;
+pub mod history;
 pub mod lock;
+pub mod man;
 pub mod plan;
 pub mod rollback;
 pub mod run;
@@ -23,7 +26,16 @@ use crate::secrets::Keyring;
 pub struct Context {
     pub repo: Option<PathBuf>,
     pub keyring: Keyring,
-    /// `--forge`: overrides the forge the CI environment names.
+}
+
+/// `--forge`, on the commands that talk to a forge (`plan --comment`,
+/// `run --comment`, `approve --from-ci`) and nowhere else.
+#[derive(Debug, Clone, Args)]
+pub struct ForgeOpt {
+    /// The forge for --comment and --from-ci (default: the CI job's:
+    /// forgejo when FORGEJO_ACTIONS or GITEA_ACTIONS is set, github when
+    /// GITHUB_ACTIONS is).
+    #[arg(long, value_enum, env = "FLEETGATE_FORGE", value_name = "KIND")]
     pub forge: Option<crate::forge::Kind>,
 }
 

@@ -38,6 +38,8 @@ pub struct PlanArgs {
     pub comment: bool,
     #[command(flatten)]
     pub scan_opts: super::ScanOpts,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
 }
 
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
@@ -52,7 +54,8 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
     let pull_request = match args.comment {
         false => None,
         true => {
-            let reporter = Reporter::connect(ctx.forge, "plan --comment", &head.to_string())?;
+            let reporter =
+                Reporter::connect(args.forge.forge, "plan --comment", &head.to_string())?;
             let Some(pr) = reporter.env.pull_request_number() else {
                 return Err(Error::Usage(Message::from(format!("plan --comment needs a pull_request event, and this is {}", reporter
                         .env
@@ -98,7 +101,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
         }
     };
     let out = match args.format {
-        Format::Text => report::text(&plan),
+        Format::Text => report::text_with(&plan, printer::paint()),
         Format::Markdown => report::markdown(&plan),
         Format::Json => report::json(&plan),
     };

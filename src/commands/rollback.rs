@@ -14,11 +14,13 @@ use crate::rollout;
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    #[arg(long)]
+    /// The client to put back (all its hosts, in its stage).
+    #[arg(long, value_name = "NAME")]
     pub client: String,
     /// The commit to go back to (default: the one the client's apps record running before).
     #[arg(long, value_name = "REV")]
     pub to: Option<String>,
+    /// Output format of the final report on stdout.
     #[arg(long, value_enum, default_value_t = report::OutcomeFormat::Text)]
     pub format: report::OutcomeFormat,
 }
@@ -100,6 +102,10 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         std::slice::from_ref(&client.name),
         &Default::default(),
     )?;
-    printer::data(&report::outcome(&outcome, args.format));
+    printer::data(&report::outcome_with(
+        &outcome,
+        args.format,
+        printer::paint(),
+    ));
     Ok(crate::core::verdict::verdict(&outcome).exit_code())
 }

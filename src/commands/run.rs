@@ -60,6 +60,8 @@ pub struct RunArgs {
     pub comment: bool,
     #[command(flatten)]
     pub scan: super::ScanOpts,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
@@ -74,7 +76,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     // Outside CI, --comment is an error before anything runs.
     let reporter = match args.comment {
         true => Some(Reporter::connect(
-            ctx.forge,
+            args.forge.forge,
             "run --comment",
             &head.to_string(),
         )?),
@@ -118,7 +120,11 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
                 text.push_str(&report::scan(scan, report::Format::Text));
             }
             for o in &out.outcomes {
-                text.push_str(&report::outcome(o, OutcomeFormat::Text));
+                text.push_str(&report::outcome_with(
+                    o,
+                    OutcomeFormat::Text,
+                    printer::paint(),
+                ));
             }
             printer::data(&text);
         }

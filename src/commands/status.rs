@@ -29,6 +29,7 @@ pub struct StatusArgs {
     /// Compare each host's live files with what the repo renders for its live rev.
     #[arg(long)]
     pub drift: bool,
+    /// Output format on stdout (json: `{apps, orphans}`).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
 }

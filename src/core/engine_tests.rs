@@ -969,3 +969,22 @@ fn removing_a_freeze_app_without_any_approvers_is_refused() {
         [("canary".into(), vec!["alpha".into()])]
     );
 }
+
+#[test]
+fn history_reads_every_record_on_the_remote_and_a_bad_note_hides_no_other() {
+    let w = world();
+    w.first_rollout();
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    w.git.put_remote_note(c(3), "{\"approvals\": [tru");
+    // A clone that never ran anything reads them from the remote.
+    let other = FakeGit::clone_of(Rc::clone(&w.git.remote));
+    let history = Records::new(&other, &w.clock).history().unwrap();
+    let commits: Vec<CommitId> = history.iter().map(|(n, _)| n.commit).collect();
+    assert_eq!(commits, [c(3), c(2)], "newest first");
+    let e = history[0].1.as_ref().unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::Infra);
+    assert!(e.to_string().contains("refs/notes/fleetgate"), "{e}");
+    let record = history[1].1.as_ref().unwrap();
+    assert_eq!(record.waiting.as_deref(), Some("production"));
+    assert!(record.stages["canary"].passed);
+}

@@ -15,7 +15,7 @@ use crate::core::outcome::{HostStatus, StageOutcome};
 use crate::core::record::RunRecord;
 use crate::core::rev::CommitId;
 use crate::error::{Error, Message, Result};
-use crate::ports::{Clock, GitStore, Pushed, Update, Written};
+use crate::ports::{Clock, GitStore, Noted, Pushed, Update, Written};
 
 pub const NOTES_REF: &str = "refs/notes/fleetgate";
 
@@ -56,6 +56,22 @@ impl<'a> Records<'a> {
     pub fn read(&self, rev: CommitId) -> Result<Option<RunRecord>> {
         self.git.fetch_records()?;
         self.local(rev)
+    }
+
+    /// Every record as the remote has it now, newest commit first
+    /// ([`GitStore::noted`]); a note that is not a record comes back as its
+    /// error, so one bad note hides no other.
+    pub fn history(&self) -> Result<Vec<(Noted, Result<RunRecord>)>> {
+        self.git.fetch_records()?;
+        let mut out = Vec::new();
+        for noted in self.git.noted()? {
+            match self.local(noted.commit) {
+                Ok(Some(record)) => out.push((noted, Ok(record))),
+                Ok(None) => {}
+                Err(e) => out.push((noted, Err(e))),
+            }
+        }
+        Ok(out)
     }
 
     /// Where `stage` last passed for `client` (after a read or update).

@@ -372,7 +372,7 @@ fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_expl
         comment_event(3, c.id, "alice", &c.body, &c.created_at),
         "alice",
     );
-    let approved = p.fleet_run_env(&["approve", "--from-ci"], &envs(&env));
+    let approved = p.fleet_run_env(&["approve", "--from-ci", "--format", "json"], &envs(&env));
     no_token(approved.code(0));
     let a = approved.json();
     assert_eq!(
@@ -498,7 +498,7 @@ fn approvals_count_only_for_the_current_plan_and_only_from_approvers() {
             json!({"inputs": {"rev": c1}, "sender": {"login": sender}}),
             actor,
         );
-        p.fleet_run_env(&["approve", "--from-ci"], &envs(&env))
+        p.fleet_run_env(&["approve", "--from-ci", "--format", "json"], &envs(&env))
     };
     let refused = dispatch("mallory", "mallory");
     no_token(refused.code(1));
@@ -542,6 +542,8 @@ fn github_environment_review_is_read_back_and_checked() {
                 "production",
                 "--rev",
                 &c1,
+                "--format",
+                "json",
             ],
             &envs(&env),
         )

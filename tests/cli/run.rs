@@ -306,7 +306,7 @@ fn canary_then_approval_then_production_then_nothing_to_do() {
         refused.stderr
     );
     // An approver can; the approval is for this exact plan.
-    let approved = p.fleet_run(&["approve", "--rev", &c1, "--by", "alice"]);
+    let approved = p.fleet_run(&["approve", "--rev", &c1, "--by", "alice", "--format", "json"]);
     approved.code(0);
     assert_eq!(approved.json()["plan_hash"], plan_hash.as_str());
 
