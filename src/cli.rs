@@ -21,11 +21,11 @@ pub const EXIT_CODES: [(u8, &str); 5] = [
     ),
     (
         2,
-        "invalid input: arguments, YAML, templates, secrets that do not decrypt or fail their MAC, unpinned images, unknown revisions",
+        "invalid input: arguments, YAML, templates, secrets that do not decrypt or fail their MAC, unpinned images, unknown revisions; a CA file (`FLEETGATE_CA_FILE`, `SSL_CERT_FILE`) or a CI variable or event payload field that cannot be used",
     ),
     (
         3,
-        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
+        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; the forge's TLS certificate is not trusted; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
     ),
     (4, "waiting for an approval"),
 ];
