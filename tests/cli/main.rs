@@ -9,6 +9,7 @@ mod docker;
 mod faults;
 mod forge;
 mod forge_server;
+mod hcloud_server;
 mod hosts;
 mod leakscan;
 mod lock;
