@@ -419,6 +419,7 @@ impl Renderer {
                 user,
                 port,
                 deploy_root,
+                ..
             } => vec![Host {
                 name: "hcloud".into(),
                 address: format!("(hcloud: {label_selector})"),

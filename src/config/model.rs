@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::raw;
+use crate::inventory::selector::Selector;
 use crate::scan::pin::ImageRef;
 use crate::secrets::SopsFile;
 
@@ -192,11 +193,22 @@ pub enum Hosts {
     Static(Vec<Host>),
     /// Resolved against the Hetzner Cloud API at deploy time.
     Hcloud {
-        label_selector: String,
+        label_selector: Selector,
+        network: Network,
         user: String,
         port: u16,
         deploy_root: String,
     },
+}
+
+/// Which address of a Hetzner Cloud server to connect to (`raw::Network`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    PublicIpv4,
+    /// The first address of the server's public /64.
+    PublicIpv6,
+    /// Its address on the private network of this name.
+    Private(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

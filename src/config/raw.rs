@@ -235,16 +235,65 @@ pub struct HcloudHosts {
     pub hcloud: Hcloud,
 }
 
+/// `hosts: {hcloud: {...}}`: the servers of a Hetzner Cloud project whose
+/// labels match `label_selector` (Hetzner's syntax), reached at the address
+/// `network` names, with `port`, `user` and `deploy_root` as for static hosts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hcloud {
     pub label_selector: S<String>,
+    #[serde(default)]
+    pub network: Option<Network>,
     #[serde(default)]
     pub user: Option<S<String>>,
     #[serde(default)]
     pub port: Option<u16>,
     #[serde(default)]
     pub deploy_root: Option<S<String>>,
+}
+
+/// `hosts.hcloud.network`: which of a server's addresses fleetgate connects
+/// to. `public` (the default: its public IPv4), `public-ipv6` (the first
+/// address of its public /64, `::1`), or `{private: <network name>}` (its
+/// address on that private network, for a runner inside it). A map for the
+/// private form, so that no network name can be mistaken for a keyword.
+#[derive(Debug)]
+pub enum Network {
+    Public,
+    PublicIpv6,
+    Private(S<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivateNetwork {
+    private: S<String>,
+}
+
+/// By hand, so that a mistake reads as the three forms, not as serde's enum
+/// representation.
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Network;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`public`, `public-ipv6` or `{private: <network name>}`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Network, E> {
+                match s {
+                    "public" => Ok(Network::Public),
+                    "public-ipv6" => Ok(Network::PublicIpv6),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Network, A::Error> {
+                PrivateNetwork::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|p| Network::Private(p.private))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for Hosts {

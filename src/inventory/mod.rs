@@ -2,6 +2,8 @@
 //! the Hetzner Cloud API by label selector. One trait, so deploy, status and
 //! rollback never care which.
 
+pub mod selector;
+
 use crate::config::{Client, Host, Hosts};
 
 /// Resolves a client's hosts.

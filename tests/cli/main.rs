@@ -10,6 +10,7 @@ mod faults;
 mod forge;
 mod forge_server;
 mod history;
+mod hcloud_server;
 mod hosts;
 mod leakscan;
 mod lock;

@@ -121,7 +121,8 @@ pub(super) fn validate(
             }
         }
     }
-    (problems.len() == before).then(|| Client {
+    let hosts = hosts.filter(|_| problems.len() == before)?;
+    Some(Client {
         name: name.to_string(),
         domain: raw.domain.value.clone(),
         group: raw.group.value.clone(),

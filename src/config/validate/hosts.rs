@@ -1,13 +1,18 @@
 //! A client's `hosts:`: a static list (names, addresses, ports, users,
-//! deploy roots, defaults) or the Hetzner Cloud form (`{hcloud: {…}}`).
+//! deploy roots, defaults) or the Hetzner Cloud form (`{hcloud: {…}}`: a
+//! label selector in Hetzner's syntax, parsed here so that `check` refuses
+//! one the API would; the network whose address to use; port, user and
+//! deploy root as for static hosts).
 
 use std::collections::BTreeSet;
 
 use super::Check;
-use crate::config::model::{DEFAULT_DEPLOY_ROOT, DEFAULT_USER, Host, Hosts};
-use crate::config::raw;
+use crate::config::model::{DEFAULT_DEPLOY_ROOT, DEFAULT_USER, Host, Hosts, Network};
+use crate::config::raw::{self, S};
+use crate::inventory::selector::Selector;
 
-pub(super) fn validate(c: &mut Check, hosts: &raw::Hosts) -> Hosts {
+/// The hosts, or `None` where they cannot be built (the problems say why).
+pub(super) fn validate(c: &mut Check, hosts: &raw::Hosts) -> Option<Hosts> {
     match hosts {
         raw::Hosts::Static(list) => {
             if list.is_empty() {
@@ -38,73 +43,102 @@ pub(super) fn validate(c: &mut Check, hosts: &raw::Hosts) -> Hosts {
                         "write an IP address or a DNS name",
                     );
                 }
-                if h.port == Some(0) {
-                    c.plain(&f("port"), "port 0 is not a port", "");
-                }
-                let user = h
-                    .user
-                    .as_ref()
-                    .map_or(DEFAULT_USER.to_string(), |u| u.value.clone());
-                if let Some(u) = &h.user
-                    && !is_user(&u.value)
-                {
-                    c.at(
-                        &f("user"),
-                        u,
-                        format!("`{}` is not a user name", u.value),
-                        "lowercase letters, digits, `_` and `-`",
-                    );
-                }
-                let deploy_root = h
-                    .deploy_root
-                    .as_ref()
-                    .map_or(DEFAULT_DEPLOY_ROOT.to_string(), |d| {
-                        d.value.trim_end_matches('/').to_string()
-                    });
-                if let Some(d) = &h.deploy_root
-                    && !is_deploy_root(&d.value)
-                {
-                    c.at(
-                        &f("deploy_root"),
-                        d,
-                        format!("`{}` is not an absolute, plain path", d.value),
-                        "e.g. /opt/fleetgate: letters, digits, `.`, `_`, `-`, no `..`",
-                    );
-                }
+                let (port, user, deploy_root) = login(c, &f(""), h.port, &h.user, &h.deploy_root);
                 hosts.push(Host {
                     name: h.name.value.clone(),
                     address: h.address.value.clone(),
-                    port: h.port.unwrap_or(22),
+                    port,
                     user,
                     deploy_root,
                 });
             }
-            Hosts::Static(hosts)
+            Some(Hosts::Static(hosts))
         }
         raw::Hosts::Hcloud(h) => {
             let hc = &h.hcloud;
-            if hc.label_selector.value.trim().is_empty() {
-                c.at(
-                    "hosts.hcloud.label_selector",
-                    &hc.label_selector,
-                    "label selector is empty",
-                    "e.g. `client=alpha`",
-                );
-            }
-            Hosts::Hcloud {
-                label_selector: hc.label_selector.value.clone(),
-                user: hc
-                    .user
-                    .as_ref()
-                    .map_or(DEFAULT_USER.to_string(), |u| u.value.clone()),
-                port: hc.port.unwrap_or(22),
-                deploy_root: hc
-                    .deploy_root
-                    .as_ref()
-                    .map_or(DEFAULT_DEPLOY_ROOT.to_string(), |d| d.value.clone()),
-            }
+            let field = "hosts.hcloud.label_selector";
+            let label_selector = Selector::parse(&hc.label_selector.value)
+                .map_err(|e| {
+                    c.at(
+                        field,
+                        &hc.label_selector,
+                        format!("invalid label selector: {e}"),
+                        SELECTOR_HINT,
+                    );
+                })
+                .ok();
+            let network = match &hc.network {
+                None | Some(raw::Network::Public) => Network::PublicIpv4,
+                Some(raw::Network::PublicIpv6) => Network::PublicIpv6,
+                Some(raw::Network::Private(name)) => {
+                    if name.value.trim().is_empty() || name.value.chars().any(char::is_control) {
+                        c.at(
+                            "hosts.hcloud.network.private",
+                            name,
+                            format!("`{}` is not a network name", name.value),
+                            "the name of a private network of the project, as `hcloud network list` shows it",
+                        );
+                    }
+                    Network::Private(name.value.clone())
+                }
+            };
+            let (port, user, deploy_root) =
+                login(c, "hosts.hcloud.", hc.port, &hc.user, &hc.deploy_root);
+            Some(Hosts::Hcloud {
+                label_selector: label_selector?,
+                network,
+                user,
+                port,
+                deploy_root,
+            })
         }
     }
+}
+
+const SELECTOR_HINT: &str = "Hetzner's syntax: `k=v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, joined by `,` (and), e.g. `client=alpha,role=app`";
+
+/// Port, user and deploy root of a host (`prefix` is where they are
+/// written, e.g. `hosts[0].`), with their defaults.
+fn login(
+    c: &mut Check,
+    prefix: &str,
+    port: Option<u16>,
+    user: &Option<S<String>>,
+    deploy_root: &Option<S<String>>,
+) -> (u16, String, String) {
+    if port == Some(0) {
+        c.plain(&format!("{prefix}port"), "port 0 is not a port", "");
+    }
+    if let Some(u) = user
+        && !is_user(&u.value)
+    {
+        c.at(
+            &format!("{prefix}user"),
+            u,
+            format!("`{}` is not a user name", u.value),
+            "lowercase letters, digits, `_` and `-`",
+        );
+    }
+    if let Some(d) = deploy_root
+        && !is_deploy_root(&d.value)
+    {
+        c.at(
+            &format!("{prefix}deploy_root"),
+            d,
+            format!("`{}` is not an absolute, plain path", d.value),
+            "e.g. /opt/fleetgate: letters, digits, `.`, `_`, `-`, no `..`",
+        );
+    }
+    (
+        port.unwrap_or(22),
+        user.as_ref()
+            .map_or(DEFAULT_USER.to_string(), |u| u.value.clone()),
+        deploy_root
+            .as_ref()
+            .map_or(DEFAULT_DEPLOY_ROOT.to_string(), |d| {
+                d.value.trim_end_matches('/').to_string()
+            }),
+    )
 }
 
 pub(super) fn is_address(a: &str) -> bool {
@@ -168,11 +202,12 @@ mod tests {
                     .collect(),
                 Hosts::Hcloud {
                     label_selector,
+                    network,
                     user,
                     port,
                     deploy_root,
                 } => vec![format!(
-                    "hcloud {label_selector}: {user} port {port} in {deploy_root}"
+                    "hcloud {label_selector} over {network:?}: {user} port {port} in {deploy_root}"
                 )],
             })
             .collect();
@@ -274,15 +309,11 @@ mod tests {
     fn hcloud_hosts() {
         check(
             "{hcloud: {label_selector: client=alpha}}",
-            &["hcloud client=alpha: deploy port 22 in /opt/fleetgate"],
+            &["hcloud client=alpha over PublicIpv4: deploy port 22 in /opt/fleetgate"],
         );
         check(
-            "{hcloud: {label_selector: client=alpha, user: ops, port: 2222, deploy_root: /srv/f}}",
-            &["hcloud client=alpha: ops port 2222 in /srv/f"],
-        );
-        check(
-            "{hcloud: {label_selector: \" \"}}",
-            &["clients/alpha.yaml:5 hosts.hcloud.label_selector: label selector is empty"],
+            "{hcloud: {label_selector: client=alpha, user: ops, port: 2222, deploy_root: /srv/f/}}",
+            &["hcloud client=alpha over PublicIpv4: ops port 2222 in /srv/f"],
         );
         check(
             "{hcloud: {labels: client=alpha}}",
@@ -291,6 +322,113 @@ mod tests {
         check(
             "{aws: {}}",
             &["clients/alpha.yaml:5 hosts.aws: unknown field `aws`"],
+        );
+    }
+
+    /// The selector is parsed as the API would: the problem names the part
+    /// at fault. Valid ones are kept in their canonical form.
+    #[test]
+    fn hcloud_label_selector() {
+        for (selector, expect) in [
+            (
+                r#""client == alpha, role in (app, db), !frozen""#,
+                "hcloud client=alpha,role in (app,db),!frozen over PublicIpv4: deploy port 22 in /opt/fleetgate",
+            ),
+            (
+                r#""example.com/tier notin (edge),client!=beta""#,
+                "hcloud example.com/tier notin (edge),client!=beta over PublicIpv4: deploy port 22 in /opt/fleetgate",
+            ),
+            (
+                r#"" ""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: the selector is empty",
+            ),
+            (
+                r#""client=alpha,role in (app,db""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `role in (app,db`: no `)` closes the list of values",
+            ),
+            (
+                r#""client=al pha""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `client=al pha`: `al pha` is not a label value",
+            ),
+            (
+                r#""client=alpha,,role=app""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `client=alpha,,role=app`: an empty requirement",
+            ),
+            (
+                r#""client:alpha""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `client:alpha`: `client:alpha` is not a label key",
+            ),
+            (
+                r#""role in app""#,
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `role in app`: the values of `in` go in parentheses",
+            ),
+        ] {
+            check(
+                &format!("{{hcloud: {{label_selector: {selector}}}}}"),
+                &[expect],
+            );
+        }
+    }
+
+    #[test]
+    fn hcloud_network_and_login() {
+        let hcloud = |more: &str| format!("hcloud:\n  label_selector: client=alpha\n{more}");
+        for (more, expect) in [
+            (
+                "  network: public",
+                "hcloud client=alpha over PublicIpv4: deploy port 22 in /opt/fleetgate",
+            ),
+            (
+                "  network: public-ipv6",
+                "hcloud client=alpha over PublicIpv6: deploy port 22 in /opt/fleetgate",
+            ),
+            (
+                "  network: {private: backend-net}",
+                r#"hcloud client=alpha over Private("backend-net"): deploy port 22 in /opt/fleetgate"#,
+            ),
+            (
+                "  network:\n    private: backend",
+                r#"hcloud client=alpha over Private("backend"): deploy port 22 in /opt/fleetgate"#,
+            ),
+            (
+                "  network: private",
+                "clients/alpha.yaml:7 hosts.hcloud.network: invalid value: string \"private\", expected `public`, `public-ipv6` or `{private: <network name>}`",
+            ),
+            (
+                "  network: ipv6",
+                "clients/alpha.yaml:7 hosts.hcloud.network: invalid value: string \"ipv6\"",
+            ),
+            (
+                "  network: [public]",
+                "clients/alpha.yaml:7 hosts.hcloud.network: invalid type: sequence, expected `public`",
+            ),
+            (
+                "  network: {private: \"\"}",
+                "clients/alpha.yaml:7 hosts.hcloud.network.private: `` is not a network name",
+            ),
+            (
+                "  network: {public: x}",
+                "clients/alpha.yaml:7 hosts.hcloud.network.public: unknown field `public`, expected one of private",
+            ),
+        ] {
+            check(&hcloud(more), &[expect]);
+        }
+        // Port, user and deploy root are checked as for static hosts.
+        check(
+            &hcloud("  port: 0\n  user: Root\n  deploy_root: /opt/../etc"),
+            &[
+                "clients/alpha.yaml hosts.hcloud.port: port 0 is not a port",
+                "clients/alpha.yaml:8 hosts.hcloud.user: `Root` is not a user name",
+                "clients/alpha.yaml:9 hosts.hcloud.deploy_root: `/opt/../etc` is not an absolute, plain path",
+            ],
+        );
+        // Every problem at once, the selector's too.
+        check(
+            "{hcloud: {label_selector: \"!\", user: \"-x\"}}",
+            &[
+                "clients/alpha.yaml:5 hosts.hcloud.label_selector: invalid label selector: `!`: a label key is missing",
+                "clients/alpha.yaml:5 hosts.hcloud.user: `-x` is not a user name",
+            ],
         );
     }
 }
