@@ -14,7 +14,7 @@ use crate::commands::{
 /// Exit codes: 0 done, 1 a gate blocked or a failure was handled, 2 invalid
 /// input, 3 infrastructure failure, 4 waiting for an approval.
 #[derive(Debug, Parser)]
-#[command(name = "fleetgate", version, about, long_about = None)]
+#[command(name = "fleetgate", version = env!("FLEETGATE_VERSION_LINE"), about, long_about = None)]
 pub struct Cli {
     /// The fleet repository (default: the Git repository around the working directory).
     #[arg(long, global = true, value_name = "DIR")]
