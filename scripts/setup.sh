@@ -18,6 +18,10 @@ command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/bin/docker-compose ] || need_apt+=(docker-compose)
 [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# The release tests: readelf reads the glibc versions a binary needs; jq
+# reads the forge's answers in scripts/release.sh.
+command -v readelf >/dev/null || need_apt+=(binutils)
+command -v jq >/dev/null || need_apt+=(jq)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -70,4 +74,25 @@ fi
 if ! "$PY" -c 'import boltdb' 2>/dev/null; then
   echo "setup: pip install boltdb==0.0.2" >&2
   "$PY" -m pip install -q --disable-pip-version-check boltdb==0.0.2
+fi
+
+# The release build for glibc 2.28 (scripts/release.sh, and test.sh's zigbuild
+# step): cargo-zigbuild and the zig it links with, from PyPI, both wheels
+# pinned by sha256 in scripts/zigbuild-requirements.txt.
+zigbuild_requirements="$(dirname "${BASH_SOURCE[0]}")/zigbuild-requirements.txt"
+ZIGBUILD_VERSION=$(sed -n 's/^cargo-zigbuild==\([^ ]*\).*/\1/p' "$zigbuild_requirements")
+ZIG_VERSION=$(sed -n 's/^ziglang==\([^ ]*\).*/\1/p' "$zigbuild_requirements")
+if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $ZIGBUILD_VERSION" ] ||
+  [ "$("$PY" -m ziglang version 2>/dev/null)" != "$ZIG_VERSION" ]; then
+  echo "setup: pip install --require-hashes -r scripts/zigbuild-requirements.txt" >&2
+  "$PY" -m pip install -q --disable-pip-version-check --require-hashes -r "$zigbuild_requirements"
+fi
+[ "$(cargo-zigbuild --version 2>/dev/null)" = "cargo-zigbuild $ZIGBUILD_VERSION" ] || {
+  echo "setup: cargo-zigbuild $ZIGBUILD_VERSION is not first on PATH (found: $(command -v cargo-zigbuild || echo none))" >&2
+  exit 1
+}
+# cargo-zigbuild would take a zig on PATH over the pinned one in ziglang.
+if command -v zig >/dev/null && [ "$(zig version)" != "$ZIG_VERSION" ]; then
+  echo "setup: $(command -v zig) is zig $(zig version), not the pinned $ZIG_VERSION: remove it from PATH" >&2
+  exit 1
 fi

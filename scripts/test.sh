@@ -39,6 +39,15 @@ rm -rf "$leakscan_dir"
 # each shows its own time.
 echo "== cargo test: unit tests (fakes and pure code)" >&2
 cargo test --locked --bin fleetgate
+# The release binary must run on Debian 11 (glibc 2.31): the same tree built
+# as release.sh builds it, for glibc 2.28 with cargo zigbuild, in the dev
+# profile (a release build would double the compile). tests/cli/release.rs
+# reads the glibc versions it needs, runs it, and installs it through
+# install.sh from a release directory release.sh packages.
+echo "== cargo zigbuild --target x86_64-unknown-linux-gnu.2.28 (dev profile)" >&2
+cargo zigbuild --locked --target x86_64-unknown-linux-gnu.2.28
+export FLEETGATE_REQUIRE_ZIGBUILD=1
+
 echo "== cargo test: integration tests (real parts)" >&2
 cargo test --locked --test cli
 

@@ -13,6 +13,7 @@ mod hosts;
 mod leakscan;
 mod lock;
 mod plan;
+mod release;
 mod removal;
 mod restart;
 mod run;
