@@ -7,7 +7,9 @@
 //! The binary built for glibc 2.28 (`cargo zigbuild`, dev profile) is
 //! built by the `== zigbuild` step of scripts/test.sh, which sets
 //! `FLEETGATE_REQUIRE_ZIGBUILD=1`; without it, the tests that need that
-//! binary say so and pass, so that `cargo test` alone stays cheap.
+//! binary say so and pass, so that `cargo test` alone stays cheap. It is
+//! checked twice: the glibc versions its ELF needs, and a start with
+//! Debian 11's own loader and libc (which scripts/setup.sh unpacks).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -533,6 +535,56 @@ fn zigbuilt_binary_needs_at_most_debian_11_glibc() {
         &[],
     )
     .code(0);
+}
+
+/// Starts `binary --version` with Debian 11's loader and libc (bullseye's
+/// libc6, unpacked by scripts/setup.sh), as a Debian 11 runner would.
+fn run_on_debian_11(libc: &Path, binary: &Path) -> std::process::Output {
+    let lib = libc.join("lib/x86_64-linux-gnu");
+    Command::new(lib.join("ld-linux-x86-64.so.2"))
+        .arg("--library-path")
+        .arg(&lib)
+        .arg(binary)
+        .arg("--version")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn zigbuilt_binary_runs_with_debian_11_glibc() {
+    let Some(bin) = zigbuilt() else { return };
+    let libc = std::env::var_os("FLEETGATE_BULLSEYE_LIBC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/fleetgate-test/bullseye-libc6"));
+    if !libc
+        .join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+        .exists()
+    {
+        eprintln!(
+            "{}: no Debian 11 libc6 there (scripts/setup.sh fetches it): not run",
+            libc.display()
+        );
+        return;
+    }
+    let out = run_on_debian_11(&libc, &bin);
+    assert!(
+        out.status.success(),
+        "{} does not start on glibc 2.31:\n{}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        version_line(&bin)
+    );
+    // Not vacuous: a binary linked against this machine's newer glibc does
+    // not start there.
+    let host = glibc_needs(&std::fs::read(BIN).unwrap());
+    if host.iter().max().is_some_and(|v| *v > MAX_GLIBC) {
+        let out = run_on_debian_11(&libc, Path::new(BIN));
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    }
 }
 
 #[test]
