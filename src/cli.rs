@@ -52,7 +52,7 @@ fn exit_code_help() -> String {
 
 /// `fleetgate`: the global options and one command.
 #[derive(Debug, Parser)]
-#[command(name = "fleetgate", version, about, long_about = None, after_help = exit_code_help())]
+#[command(name = "fleetgate", version = env!("FLEETGATE_VERSION_LINE"), about, long_about = None, after_help = exit_code_help())]
 pub struct Cli {
     /// The fleet repository (default: the Git repository around the working directory).
     #[arg(long, global = true, value_name = "DIR")]

@@ -161,6 +161,7 @@ impl ForgeServer {
             statuses: Vec::new(),
             pulls: BTreeMap::new(),
             approvals: Vec::new(),
+            releases: Vec::new(),
             fail: None,
             rate_limited: 0,
             log: Vec::new(),
@@ -530,6 +531,9 @@ impl Api {
             }
         }
 
+        if declared("formData").next().is_some() {
+            return check_form(params, req).map(Some);
+        }
         let Some(body_param) = declared("body").next() else {
             if !req.body.is_empty() {
                 return Err(Refusal::invalid(
@@ -759,7 +763,7 @@ fn forgejo_fallback() -> Value {
         json!({ "name": "labels", "in": "query", "type": "array", "items": { "type": "integer" }, "collectionFormat": "multi" }),
     ];
     list_pulls.extend(paging());
-    json!({
+    let mut doc = json!({
         "basePath": "/api/v1",
         "paths": {
             "/repos/{owner}/{repo}/issues/{index}/comments": {
@@ -785,7 +789,9 @@ fn forgejo_fallback() -> Value {
                 "state": { "$ref": "#/definitions/CommitStatusState" }, "target_url": { "type": "string" } } },
             "CommitStatusState": { "type": "string", "enum": ["pending", "success", "error", "failure", "warning"] },
         },
-    })
+    });
+    release_fallback(&mut doc);
+    doc
 }
 
 /// GitHub's REST API (version 2022-11-28) as far as fleetgate uses it,
@@ -898,6 +904,7 @@ struct State {
     statuses: Vec<StoredStatus>,
     pulls: BTreeMap<u64, Pull>,
     approvals: Vec<Approval>,
+    releases: Vec<StoredRelease>,
     fail: Option<(u16, usize)>,
     rate_limited: usize,
     log: Vec<Logged>,
@@ -916,6 +923,8 @@ enum Endpoint {
     GetPull,
     CommitPulls,
     RunApprovals,
+    /// Releases and their assets (Forgejo): see the release block below.
+    Release(ReleaseOp),
 }
 
 impl Endpoint {
@@ -936,7 +945,7 @@ impl Endpoint {
             | (Flavor::Github, "GET", "/pulls/{pull_number}") => Endpoint::GetPull,
             (Flavor::Github, "GET", "/commits/{commit_sha}/pulls") => Endpoint::CommitPulls,
             (Flavor::Github, "GET", "/actions/runs/{run_id}/approvals") => Endpoint::RunApprovals,
-            _ => return None,
+            _ => return ReleaseOp::of(flavor, method, rest).map(Endpoint::Release),
         })
     }
 }
@@ -950,6 +959,8 @@ struct Call<'a> {
     /// The request path without query, for `Link` headers.
     path: &'a str,
     body: Option<Value>,
+    /// The request body as received (a multipart form's files).
+    raw: &'a [u8],
 }
 
 impl Call<'_> {
@@ -1030,7 +1041,7 @@ impl State {
             path: req.target.clone(),
             status: resp.status,
             authorization: req.header("authorization").map(str::to_string),
-            body: String::from_utf8_lossy(&req.body).into_owned(),
+            body: logged_body(req),
         });
         resp
     }
@@ -1047,7 +1058,7 @@ impl State {
                 status,
                 headers: Vec::new(),
                 content_type: "text/html",
-                body,
+                body: body.into(),
             });
         }
         if self.rate_limited > 0 {
@@ -1059,6 +1070,9 @@ impl State {
             return Err(Refusal::invalid(403, "no User-Agent header".into()).message(
                 "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes.",
             ));
+        }
+        if let Some(download) = self.release_download(req) {
+            return download;
         }
         self.authenticate(req)?;
 
@@ -1132,6 +1146,7 @@ impl State {
                 raw_query,
                 path,
                 body,
+                raw: &req.body,
             },
         )
     }
@@ -1316,6 +1331,7 @@ impl State {
                     .collect();
                 Ok(Resp::json(200, Value::Array(items)))
             }
+            Endpoint::Release(op) => self.release_endpoint(op, call),
         }
     }
 
@@ -1644,7 +1660,8 @@ struct Resp {
     status: u16,
     headers: Vec<(String, String)>,
     content_type: &'static str,
-    body: String,
+    /// Bytes: release assets are binaries.
+    body: Vec<u8>,
 }
 
 impl Resp {
@@ -1653,12 +1670,14 @@ impl Resp {
             status,
             headers: Vec::new(),
             content_type: "application/json; charset=utf-8",
-            body: body.to_string(),
+            body: body.to_string().into(),
         }
     }
 }
 
-const MAX_BODY: usize = 16 << 20;
+/// Release assets are binaries of tens of MiB (Forgejo's default
+/// `[attachment] MAX_SIZE` is 2 GiB).
+const MAX_BODY: usize = 256 << 20;
 
 fn connection(shared: &Shared, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
@@ -1714,7 +1733,7 @@ fn exchange(shared: &Shared, stream: impl Stream) {
                 status: 400,
                 headers: Vec::new(),
                 content_type: "text/plain",
-                body: format!("{e}\n"),
+                body: format!("{e}\n").into(),
             }
         }
     };
@@ -1732,7 +1751,7 @@ fn exchange(shared: &Shared, stream: impl Stream) {
     head.push_str("\r\n");
     let _ = stream
         .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(resp.body.as_bytes()))
+        .and_then(|()| stream.write_all(&resp.body))
         .and_then(|()| stream.flush());
     stream.close();
 }
@@ -1877,6 +1896,516 @@ fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Status",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Releases (Forgejo): what `scripts/release.sh publish` and `.forgejo/install.sh`
+// use. Kept in one block: create, list, get (by id and by tag) a release, list
+// and upload its assets (multipart/form-data, swagger `formData`), and the web
+// route `/{owner}/{repo}/releases/download/{tag}/{name}` an asset's
+// `browser_download_url` names and install.sh downloads from.
+//
+// As the real server: a second release for a tag is 409 "Release is has no
+// Tag"; an asset's name is the `name` query parameter, else the file's name;
+// two assets may have the same name (Forgejo does not refuse it; the download
+// route then serves the first). Unlike it: there is no Git behind the
+// stand-in, so every tag exists (Forgejo creates a missing tag at
+// `target_commitish`); no draft/tag-only releases; the repository is public
+// (downloads need no token); no attachment size or type limits; no
+// `hide_archive_links` or archive download counts.
+
+/// A release as the stand-in keeps it.
+#[derive(Clone, Debug)]
+pub struct PublishedRelease {
+    pub id: u64,
+    pub tag: String,
+    pub name: String,
+    pub body: String,
+    pub target: String,
+    pub draft: bool,
+    pub prerelease: bool,
+    pub created_at: String,
+    pub assets: Vec<PublishedAsset>,
+}
+
+/// One asset (Forgejo: attachment) of a release.
+#[derive(Clone, Debug)]
+pub struct PublishedAsset {
+    pub id: u64,
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub downloads: u64,
+    pub created_at: String,
+}
+
+type StoredRelease = PublishedRelease;
+
+impl ForgeServer {
+    /// Every release, oldest first, with its assets in upload order.
+    pub fn releases(&self) -> Vec<PublishedRelease> {
+        self.lock().releases.clone()
+    }
+
+    /// A release of `tag` with `assets`, as an earlier run or a person in the
+    /// web UI left it; assets are added to an existing release of the tag.
+    pub fn add_release(&self, tag: &str, assets: &[(&str, &[u8])]) {
+        let mut st = self.lock();
+        if !st.releases.iter().any(|r| r.tag == tag) {
+            let id = st.take_id();
+            st.releases.push(PublishedRelease {
+                id,
+                tag: tag.to_string(),
+                name: tag.to_string(),
+                body: String::new(),
+                target: "main".into(),
+                draft: false,
+                prerelease: false,
+                created_at: now(),
+                assets: Vec::new(),
+            });
+        }
+        for (name, bytes) in assets {
+            let id = st.take_id();
+            let release = st.releases.iter_mut().find(|r| r.tag == tag).unwrap();
+            release.assets.push(PublishedAsset {
+                id,
+                name: name.to_string(),
+                bytes: bytes.to_vec(),
+                downloads: 0,
+                created_at: now(),
+            });
+        }
+    }
+}
+
+/// The release operations the stand-in implements.
+#[derive(Clone, Copy, Debug)]
+enum ReleaseOp {
+    List,
+    Create,
+    Get,
+    GetByTag,
+    ListAssets,
+    Upload,
+}
+
+impl ReleaseOp {
+    fn of(flavor: Flavor, method: &str, rest: &str) -> Option<ReleaseOp> {
+        if flavor != Flavor::Forgejo {
+            return None;
+        }
+        Some(match (method, rest) {
+            ("GET", "/releases") => ReleaseOp::List,
+            ("POST", "/releases") => ReleaseOp::Create,
+            ("GET", "/releases/{id}") => ReleaseOp::Get,
+            ("GET", "/releases/tags/{tag}") => ReleaseOp::GetByTag,
+            ("GET", "/releases/{id}/assets") => ReleaseOp::ListAssets,
+            ("POST", "/releases/{id}/assets") => ReleaseOp::Upload,
+            _ => return None,
+        })
+    }
+}
+
+impl State {
+    fn take_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    fn release_endpoint(&mut self, op: ReleaseOp, call: Call) -> Result<Resp, Box<Refusal>> {
+        match op {
+            ReleaseOp::List => {
+                let flag = |name: &str| call.query(name).map(|v| v == "true");
+                let (draft, pre) = (flag("draft"), flag("pre-release"));
+                // Newest first, as Forgejo lists them.
+                let items = (0..self.releases.len())
+                    .rev()
+                    .filter(|&i| draft.is_none_or(|d| self.releases[i].draft == d))
+                    .filter(|&i| pre.is_none_or(|p| self.releases[i].prerelease == p))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|i| self.release_json(i))
+                    .collect();
+                Ok(self.paged(items, &call, "limit", 50))
+            }
+            ReleaseOp::Create => {
+                let tag = call.field("tag_name").unwrap_or_default();
+                if tag.trim().is_empty() {
+                    return Err(Refusal::invalid(422, "tag_name is empty".into()));
+                }
+                if self.releases.iter().any(|r| r.tag == tag) {
+                    // Forgejo's words (routers/api/v1/repo/release.go).
+                    return Err(Refusal::answer(409, "Release is has no Tag"));
+                }
+                let flag = |name: &str| {
+                    call.body
+                        .as_ref()
+                        .and_then(|b| b.get(name))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                };
+                let id = self.take_id();
+                self.releases.push(PublishedRelease {
+                    id,
+                    name: call
+                        .field("name")
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| tag.clone()),
+                    tag,
+                    body: call.field("body").unwrap_or_default(),
+                    target: call
+                        .field("target_commitish")
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "main".into()),
+                    draft: flag("draft"),
+                    prerelease: flag("prerelease"),
+                    created_at: now(),
+                    assets: Vec::new(),
+                });
+                Ok(Resp::json(201, self.release_json(self.releases.len() - 1)))
+            }
+            ReleaseOp::Get | ReleaseOp::GetByTag | ReleaseOp::ListAssets => {
+                let i = match op {
+                    ReleaseOp::GetByTag => self.releases.iter().position(|r| r.tag == call.arg),
+                    _ => self.release_index(&call),
+                };
+                let Some(i) = i else {
+                    return Err(self.not_found());
+                };
+                Ok(match op {
+                    ReleaseOp::ListAssets => {
+                        let r = &self.releases[i];
+                        let items = r.assets.iter().map(|a| self.asset_json(r, a)).collect();
+                        Resp::json(200, Value::Array(items))
+                    }
+                    _ => Resp::json(200, self.release_json(i)),
+                })
+            }
+            ReleaseOp::Upload => {
+                let Some(i) = self.release_index(&call) else {
+                    return Err(self.not_found());
+                };
+                let file = &call.body.as_ref().expect("a checked form")["attachment"];
+                let (start, end) = (
+                    file["start"].as_u64().unwrap_or(0) as usize,
+                    file["end"].as_u64().unwrap_or(0) as usize,
+                );
+                let name = call
+                    .query("name")
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| file["filename"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                if name.is_empty() {
+                    return Err(Refusal::answer(
+                        400,
+                        "Could not determine name of attachment.",
+                    ));
+                }
+                let id = self.take_id();
+                let asset = PublishedAsset {
+                    id,
+                    name,
+                    bytes: call.raw[start..end].to_vec(),
+                    downloads: 0,
+                    created_at: now(),
+                };
+                self.releases[i].assets.push(asset);
+                let r = &self.releases[i];
+                Ok(Resp::json(
+                    201,
+                    self.asset_json(r, r.assets.last().unwrap()),
+                ))
+            }
+        }
+    }
+
+    fn release_index(&self, call: &Call) -> Option<usize> {
+        self.releases.iter().position(|r| r.id == call.number())
+    }
+
+    /// swagger definition `Release`.
+    fn release_json(&mut self, i: usize) -> Value {
+        let author = {
+            let bot = self.bot.clone();
+            self.user_json(&bot)
+        };
+        let r = &self.releases[i];
+        let (base, owner, repo, id, tag) = (&self.base, &self.owner, &self.repo, r.id, &r.tag);
+        let assets: Vec<Value> = r.assets.iter().map(|a| self.asset_json(r, a)).collect();
+        json!({
+            "id": id, "tag_name": tag, "target_commitish": r.target, "name": r.name, "body": r.body,
+            "url": format!("{base}/api/v1/repos/{owner}/{repo}/releases/{id}"),
+            "html_url": format!("{base}/{owner}/{repo}/releases/tag/{tag}"),
+            "tarball_url": format!("{base}/{owner}/{repo}/archive/{tag}.tar.gz"),
+            "zipball_url": format!("{base}/{owner}/{repo}/archive/{tag}.zip"),
+            "upload_url": format!("{base}/api/v1/repos/{owner}/{repo}/releases/{id}/assets"),
+            "draft": r.draft, "prerelease": r.prerelease, "created_at": r.created_at,
+            "published_at": r.created_at, "author": author, "assets": assets,
+        })
+    }
+
+    /// swagger definition `Attachment`.
+    fn asset_json(&self, r: &StoredRelease, a: &PublishedAsset) -> Value {
+        let (base, owner, repo) = (&self.base, &self.owner, &self.repo);
+        json!({
+            "id": a.id, "name": a.name, "size": a.bytes.len(), "download_count": a.downloads,
+            "created_at": a.created_at, "uuid": format!("00000000-0000-4000-8000-{:012x}", a.id),
+            "browser_download_url": format!("{base}/{owner}/{repo}/releases/download/{}/{}", r.tag, a.name),
+        })
+    }
+
+    /// `GET /{owner}/{repo}/releases/download/{tag}/{name}` (the web UI's
+    /// route, outside the API): the first asset of that name, as bytes.
+    fn release_download(&mut self, req: &HttpRequest) -> Option<Result<Resp, Box<Refusal>>> {
+        let path = req.target.split('?').next().unwrap_or("");
+        let segs: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|s| pct_decode(s, false))
+            .collect();
+        let [owner, repo, releases, download, tag, name] = segs.as_slice() else {
+            return None;
+        };
+        if (releases.as_str(), download.as_str()) != ("releases", "download") {
+            return None;
+        }
+        if req.method != "GET" && req.method != "HEAD" {
+            return Some(Err(Refusal::invalid(
+                405,
+                format!("{} on a release download", req.method),
+            )));
+        }
+        let ours = owner.eq_ignore_ascii_case(&self.owner) && repo.eq_ignore_ascii_case(&self.repo);
+        let asset = self
+            .releases
+            .iter_mut()
+            .filter(|r| ours && r.tag == *tag)
+            .flat_map(|r| r.assets.iter_mut())
+            .find(|a| a.name == *name);
+        // The web UI answers an absent one with its HTML 404 page.
+        let Some(asset) = asset else {
+            return Some(Ok(Resp {
+                status: 404,
+                headers: Vec::new(),
+                content_type: "text/html; charset=utf-8",
+                body: b"<!DOCTYPE html><title>Page Not Found</title>\n".to_vec(),
+            }));
+        };
+        asset.downloads += 1;
+        Some(Ok(Resp {
+            status: 200,
+            headers: vec![(
+                "Content-Disposition".into(),
+                format!("attachment; filename=\"{}\"", asset.name),
+            )],
+            content_type: "application/octet-stream",
+            body: asset.bytes.clone(),
+        }))
+    }
+}
+
+/// Checks a `multipart/form-data` body against the operation's `formData`
+/// parameters: every part declared, required ones present, a `file` one
+/// with a file name, none twice. Returns, per part, its file name, content
+/// type and where its bytes are in the body (`start`, `end`).
+fn check_form(params: &[Value], req: &HttpRequest) -> Result<Value, Box<Refusal>> {
+    let content_type = req.header("content-type").unwrap_or("");
+    let (media, rest) = content_type.split_once(';').unwrap_or((content_type, ""));
+    if !media.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return Err(Refusal::invalid(
+            400,
+            format!("Content-Type {content_type:?}, expected multipart/form-data"),
+        ));
+    }
+    let boundary = rest
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| Refusal::invalid(400, "multipart/form-data without a boundary".into()))?;
+    let parts = parse_multipart(&req.body, boundary)
+        .map_err(|why| Refusal::invalid(400, format!("multipart body: {why}")))?;
+    let declared: Vec<&Value> = params.iter().filter(|p| p["in"] == "formData").collect();
+    let mut form = Map::new();
+    for part in parts {
+        let Some(param) = declared.iter().find(|p| p["name"] == part.name.as_str()) else {
+            return Err(Refusal::invalid(
+                400,
+                format!(
+                    "form field {:?} is not declared for this operation",
+                    part.name
+                ),
+            ));
+        };
+        if form.contains_key(&part.name) {
+            return Err(Refusal::invalid(
+                400,
+                format!("form field {:?} given twice", part.name),
+            ));
+        }
+        if param["type"] == "file" && part.filename.is_none() {
+            return Err(Refusal::invalid(
+                400,
+                format!(
+                    "form field {:?} is a file, but the part has no filename",
+                    part.name
+                ),
+            ));
+        }
+        form.insert(
+            part.name.clone(),
+            json!({ "filename": part.filename, "content_type": part.content_type, "start": part.start, "end": part.end }),
+        );
+    }
+    for p in declared.iter().filter(|p| p["required"] == true) {
+        if !form.contains_key(p["name"].as_str().unwrap_or("")) {
+            return Err(Refusal::invalid(
+                400,
+                format!("missing required form field {}", p["name"]),
+            ));
+        }
+    }
+    Ok(Value::Object(form))
+}
+
+struct FormPart {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    start: usize,
+    end: usize,
+}
+
+/// RFC 7578: parts between `--boundary` lines, each with headers (a
+/// `Content-Disposition: form-data; name=...` one), CRLF line ends.
+fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<FormPart>, String> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let find = |from: usize, needle: &[u8]| {
+        body.get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| from + i)
+    };
+    let mut at = find(0, delimiter).ok_or("no opening boundary")? + delimiter.len();
+    let mut parts = Vec::new();
+    loop {
+        match body.get(at..at + 2) {
+            Some(b"--") => return Ok(parts),
+            Some(b"\r\n") => at += 2,
+            _ => return Err("a boundary not followed by CRLF or --".into()),
+        }
+        let head_end = find(at, b"\r\n\r\n").ok_or("part headers without an end")?;
+        let head =
+            std::str::from_utf8(&body[at..head_end]).map_err(|_| "part headers not UTF-8")?;
+        let (mut name, mut filename, mut content_type) = (None, None, None);
+        for line in head.split("\r\n") {
+            let (key, value) = line
+                .split_once(':')
+                .ok_or(format!("bad part header {line:?}"))?;
+            if key.trim().eq_ignore_ascii_case("content-type") {
+                content_type = Some(value.trim().to_string());
+            } else if key.trim().eq_ignore_ascii_case("content-disposition") {
+                let mut fields = value.split(';').map(str::trim);
+                if fields.next() != Some("form-data") {
+                    return Err(format!("Content-Disposition {value:?} is not form-data"));
+                }
+                for field in fields {
+                    let (k, v) = field.split_once('=').unwrap_or((field, ""));
+                    let v = v.trim_matches('"').to_string();
+                    match k {
+                        "name" => name = Some(v),
+                        "filename" => filename = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let start = head_end + 4;
+        let mut closing = b"\r\n".to_vec();
+        closing.extend_from_slice(delimiter);
+        let end = find(start, &closing).ok_or("a part without a closing boundary")?;
+        parts.push(FormPart {
+            name: name.ok_or("a part without a name")?,
+            filename,
+            content_type,
+            start,
+            end,
+        });
+        at = end + closing.len();
+    }
+}
+
+/// A request body for the log (and the leak scan): text as it is; a
+/// multipart form part by part, binaries by size.
+fn logged_body(req: &HttpRequest) -> String {
+    let boundary = req
+        .header("content-type")
+        .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .and_then(|ct| {
+            ct.split(';')
+                .find_map(|p| p.trim().strip_prefix("boundary="))
+        })
+        .map(|b| b.trim_matches('"'));
+    let Some(parts) = boundary.and_then(|b| parse_multipart(&req.body, b).ok()) else {
+        return String::from_utf8_lossy(&req.body).into_owned();
+    };
+    parts
+        .iter()
+        .map(|p| {
+            let bytes = &req.body[p.start..p.end];
+            let content = match std::str::from_utf8(bytes) {
+                Ok(text) if bytes.len() <= 64 << 10 => text.to_string(),
+                _ => format!("<{} bytes>", bytes.len()),
+            };
+            format!(
+                "[{} {:?}] {content}\n",
+                p.name,
+                p.filename.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Adds the release operations to the fallback description, transcribed
+/// from the swagger (the fallback test compares them).
+fn release_fallback(doc: &mut Value) {
+    let id = || json!({ "name": "id", "in": "path", "required": true, "type": "integer", "format": "int64" });
+    let mut list = vec![
+        json!({ "name": "draft", "in": "query", "type": "boolean" }),
+        json!({ "name": "pre-release", "in": "query", "type": "boolean" }),
+    ];
+    list.extend([
+        query_param("page", "integer"),
+        query_param("limit", "integer"),
+    ]);
+    let create = json!({ "name": "body", "in": "body", "schema": { "$ref": "#/definitions/CreateReleaseOption" } });
+    let upload = vec![
+        id(),
+        query_param("name", "string"),
+        json!({ "name": "attachment", "in": "formData", "required": true, "type": "file" }),
+    ];
+    let paths = json!({
+        "/repos/{owner}/{repo}/releases": { "get": repo_op(list), "post": repo_op(vec![create]) },
+        "/repos/{owner}/{repo}/releases/{id}": { "get": repo_op(vec![id()]) },
+        "/repos/{owner}/{repo}/releases/tags/{tag}": { "get": repo_op(vec![path_param("tag", "string")]) },
+        "/repos/{owner}/{repo}/releases/{id}/assets": {
+            "get": repo_op(vec![id()]),
+            "post": json!({ "consumes": ["multipart/form-data"], "parameters": repo_op(upload)["parameters"] }),
+        },
+    });
+    let definitions = json!({
+        "CreateReleaseOption": { "type": "object", "required": ["tag_name"], "properties": {
+            "body": { "type": "string" }, "draft": { "type": "boolean" }, "name": { "type": "string" },
+            "prerelease": { "type": "boolean" }, "tag_name": { "type": "string" },
+            "target_commitish": { "type": "string" } } },
+    });
+    for (key, more) in [("paths", paths), ("definitions", definitions)] {
+        let target = doc[key].as_object_mut().expect("an object");
+        target.extend(more.as_object().expect("an object").clone());
     }
 }
 
@@ -2434,4 +2963,137 @@ fn forgejo_fallback_agrees_with_swagger() {
             );
         }
     }
+}
+
+// Self-tests of the release block.
+
+/// An asset upload as curl -F sends it.
+fn upload(
+    server: &ForgeServer,
+    id: u64,
+    query: &str,
+    field: &str,
+    file: &str,
+    content: &str,
+) -> Reply {
+    let boundary = "------------------------5a6b7c8d9e0f";
+    let auth = format!("token {TOKEN}");
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    );
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", content_type.as_str()),
+    ];
+    let target = format!("/api/v1/repos/{OWNER}/{REPO}/releases/{id}/assets{query}");
+    send(server, "POST", &target, &headers, &body)
+}
+
+#[test]
+fn forgejo_release_create_upload_download() {
+    let server = ForgeServer::start(Flavor::Forgejo, OWNER, REPO, TOKEN, BOT);
+    assert_eq!(status(&server, "GET", "/releases/tags/v1.0.0", ""), 404);
+    let created = api(
+        &server,
+        "POST",
+        "/releases",
+        r#"{"tag_name":"v1.0.0","name":"v1.0.0","draft":false}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_u64().unwrap();
+    // A second release of the tag: 409, as Forgejo answers.
+    assert_eq!(
+        status(&server, "POST", "/releases", r#"{"tag_name":"v1.0.0"}"#),
+        409
+    );
+
+    let sums = "0123  tool\n";
+    let up = upload(
+        &server,
+        id,
+        "?name=SHA256SUMS",
+        "attachment",
+        "sums.txt",
+        sums,
+    );
+    assert_eq!(up.status, 201, "{}", up.body);
+    assert_eq!(up.json()["name"], "SHA256SUMS");
+    assert_eq!(up.json()["size"], sums.len());
+    let url = up.json()["browser_download_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        url,
+        format!(
+            "{}/{OWNER}/{REPO}/releases/download/v1.0.0/SHA256SUMS",
+            server.url()
+        )
+    );
+    // Without `name`, the file's name.
+    assert_eq!(
+        upload(&server, id, "", "attachment", "tool", "bin").json()["name"],
+        "tool"
+    );
+
+    let got = api(&server, "GET", "/releases/tags/v1.0.0", "").json();
+    let names: Vec<&str> = got["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SHA256SUMS", "tool"]);
+    assert_eq!(
+        api(&server, "GET", &format!("/releases/{id}/assets"), "")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        api(&server, "GET", "/releases?limit=10", "").json()[0]["tag_name"],
+        "v1.0.0"
+    );
+
+    let path = url.replace(&server.url(), "");
+    let download = send(&server, "GET", &path, &[], "");
+    assert_eq!((download.status, download.body.as_str()), (200, sums));
+    let missing = path.replace("SHA256SUMS", "nope");
+    assert_eq!(send(&server, "GET", &missing, &[], "").status, 404);
+    assert_eq!(server.releases()[0].assets[0].downloads, 1);
+    assert!(server.rejected().is_empty(), "{:?}", server.rejected());
+}
+
+#[test]
+fn forgejo_release_refuses_what_the_api_does_not_declare() {
+    let server = ForgeServer::start(Flavor::Forgejo, OWNER, REPO, TOKEN, BOT);
+    server.add_release("v1.0.0", &[]);
+    let id = server.releases()[0].id;
+    // Not a field of CreateReleaseOption; the form field is `attachment`;
+    // a JSON body where a form is declared; an unknown release.
+    assert_eq!(
+        status(
+            &server,
+            "POST",
+            "/releases",
+            r#"{"tag_name":"v2","files":[]}"#
+        ),
+        422
+    );
+    assert_eq!(upload(&server, id, "", "file", "x", "x").status, 400);
+    assert_eq!(
+        status(
+            &server,
+            "POST",
+            &format!("/releases/{id}/assets"),
+            r#"{"a":1}"#
+        ),
+        400
+    );
+    assert_eq!(upload(&server, 1, "", "attachment", "x", "x").status, 404);
+    assert_eq!(server.rejected().len(), 3, "{:?}", server.rejected());
+    assert!(server.releases()[0].assets.is_empty());
 }

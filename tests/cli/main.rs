@@ -16,6 +16,7 @@ mod leakscan;
 mod lock;
 mod operator;
 mod plan;
+mod release;
 mod removal;
 mod restart;
 mod run;
