@@ -275,6 +275,23 @@ fn from_ci(
         }
     } else if event == "issue_comment" {
         let e = &env.event;
+        // Only a comment as written counts: an edited one would let anyone
+        // who can edit it (its author later, an admin) turn an old comment
+        // into an approval after the plan was reviewed. The workflow filters
+        // `types: [created]`; act and some forges do not, so check it here.
+        let action = e["action"].as_str().unwrap_or("created");
+        if action != "created" {
+            let why = format!("the comment was {action}, not created: only a new comment approves");
+            tracing::info!("{why}");
+            print_report(
+                args.format,
+                ApproveReport {
+                    why: Some(why),
+                    ..ApproveReport::default()
+                },
+            );
+            return Ok(ExitCode::Ok);
+        }
         let body = e["comment"]["body"].as_str().unwrap_or_default().trim();
         let Some(rest) = body.strip_prefix(COMMAND) else {
             let why = format!("the comment is not `{COMMAND}`: nothing to do");

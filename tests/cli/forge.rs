@@ -361,6 +361,25 @@ fn a_rollout_reports_statuses_waits_is_approved_by_comment_and_a_failure_is_expl
     assert!(reply.body.contains("not an approver"), "{}", reply.body);
     assert!(no_approvals(&p.remote_note(&c1)));
 
+    // An edited comment approves nothing, even alice's (only a new comment
+    // is an approval given after the plan; the workflow's `types: [created]`
+    // is not filtered by every runner).
+    let c = ci.server.add_comment(3, "alice", "/fleetgate approve");
+    let mut edited = comment_event(3, c.id, "alice", &c.body, &c.created_at);
+    edited["action"] = json!("edited");
+    let env = ci.env("issue_comment", edited, "alice");
+    let ignored = p.fleet_run_env(&["approve", "--from-ci", "--format", "json"], &envs(&env));
+    no_token(ignored.code(0));
+    assert_eq!(ignored.json()["counted"], false, "{}", ignored.all());
+    assert!(
+        ignored.json()["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("edited")),
+        "{}",
+        ignored.all()
+    );
+    assert!(no_approvals(&p.remote_note(&c1)));
+
     // alice is: counted for the current plan, from the merged PR's commit.
     let c = ci.server.add_comment(
         3,
