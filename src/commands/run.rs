@@ -83,7 +83,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         false => None,
     };
     crate::interrupt::install();
-    let (run_id, holder, run_url) = this_run(&clock);
+    let (run_id, holder, run_url) = this_run(&clock)?;
     let settings = args.scan.settings();
     let rollout = Live {
         repo: &repo,
@@ -155,7 +155,7 @@ fn base_of_push(repo: &Repo, base: &str) -> Result<Option<CommitId>> {
 
 /// Who this run is, for the lock: the CI run, its page and actor when there
 /// is one.
-fn this_run(clock: &dyn Clock) -> (String, String, Option<String>) {
+fn this_run(clock: &dyn Clock) -> Result<(String, String, Option<String>)> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let run_id = env("GITHUB_RUN_ID")
         .unwrap_or_else(|| format!("local-{}-{}", std::process::id(), clock.now().timestamp()));
@@ -167,23 +167,8 @@ fn this_run(clock: &dyn Clock) -> (String, String, Option<String>) {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    // Forgejo numbers its run pages per repository (GITHUB_RUN_NUMBER),
-    // GitHub by the global run id, as `forge::env` links them.
-    let forgejo = ["FORGEJO_ACTIONS", "GITEA_ACTIONS"]
-        .iter()
-        .any(|k| env(k).is_some_and(|v| v == "true" || v == "1"));
-    let page = match forgejo {
-        true => env("GITHUB_RUN_NUMBER").or_else(|| env("GITHUB_RUN_ID")),
-        false => env("GITHUB_RUN_ID"),
-    };
-    let run_url = match (env("GITHUB_SERVER_URL"), env("GITHUB_REPOSITORY"), page) {
-        (Some(server), Some(repo), Some(n)) => Some(format!(
-            "{}/{repo}/actions/runs/{n}",
-            server.trim_end_matches('/')
-        )),
-        _ => None,
-    };
-    (run_id, format!("{user}@{host}"), run_url)
+    let run_url = crate::forge::env::run_page()?;
+    Ok((run_id, format!("{user}@{host}"), run_url))
 }
 
 /// Renews the lock from a thread of its own. The thread opens its own

@@ -141,6 +141,33 @@ impl Env {
     }
 }
 
+/// The page of this CI run (`<server>/<owner>/<name>/actions/runs/<n>`),
+/// from the runner's variables checked as [`Env::from_env`] checks them;
+/// None outside CI. Forgejo numbers its run pages per repository
+/// (`GITHUB_RUN_NUMBER`), GitHub by the global run id.
+pub fn run_page() -> Result<Option<String>> {
+    run_page_from(&var)
+}
+
+fn run_page_from(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>> {
+    let server = checked("GITHUB_SERVER_URL", var, url)?;
+    let repo = checked("GITHUB_REPOSITORY", var, |v| {
+        repository_parts(v).map(|_| v.to_string())
+    })?;
+    let truthy = |name: &str| var(name).is_some_and(|v| v == "true" || v == "1");
+    let forgejo = truthy("FORGEJO_ACTIONS") || truthy("GITEA_ACTIONS");
+    let page = match forgejo {
+        true => {
+            checked("GITHUB_RUN_NUMBER", var, number)?.or(checked("GITHUB_RUN_ID", var, number)?)
+        }
+        false => checked("GITHUB_RUN_ID", var, number)?,
+    };
+    Ok(match (server, repo, page) {
+        (Some(server), Some(repo), Some(n)) => Some(format!("{server}/{repo}/actions/runs/{n}")),
+        _ => None,
+    })
+}
+
 /// `NAME is "VALUE": WHY`, exit 2, with where the value comes from.
 fn invalid(name: &str, value: &str, why: impl std::fmt::Display) -> Error {
     Error::Usage(
@@ -436,6 +463,41 @@ mod tests {
                 assert_eq!(e.exit_code(), ExitCode::Invalid, "{e}");
                 Err(e.to_string().lines().next().unwrap().to_string())
             }
+        }
+    }
+
+    /// The run page recorded with the lock (`run`) is the one the forge
+    /// links, from the same checked variables; malformed ones are refused.
+    #[test]
+    fn the_run_page_of_the_lock_is_checked_as_the_forge_environment_is() {
+        let page = |changes: &[(&str, &str)]| {
+            let vars = forgejo(changes);
+            let var = |k: &str| vars.get(k).filter(|v| !v.trim().is_empty()).cloned();
+            run_page_from(&var).map_err(|e| {
+                assert_eq!(e.exit_code(), ExitCode::Invalid, "{e}");
+                e.to_string().lines().next().unwrap().to_string()
+            })
+        };
+        assert_eq!(
+            page(&[]),
+            Ok(Some(
+                "https://forge.example/hosting/fleet/actions/runs/7".into()
+            ))
+        );
+        assert_eq!(
+            page(&[("FORGEJO_ACTIONS", "")]),
+            Ok(Some(
+                "https://forge.example/hosting/fleet/actions/runs/4242".into()
+            ))
+        );
+        assert_eq!(page(&[("GITHUB_SERVER_URL", "")]), Ok(None));
+        for (name, value) in [
+            ("GITHUB_REPOSITORY", "hosting/fleet/../../admin"),
+            ("GITHUB_SERVER_URL", "https://forge.example/?x=1"),
+            ("GITHUB_RUN_NUMBER", "7; rm"),
+        ] {
+            let err = page(&[(name, value)]).unwrap_err();
+            assert!(err.starts_with(name), "{name}: {err}");
         }
     }
 
