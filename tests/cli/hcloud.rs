@@ -293,3 +293,89 @@ fn rate_limits_and_server_errors_are_waited_out() {
     assert!(out.stderr.contains("(after 5 tries)"), "{}", out.stderr);
     hcloud.assert_clean();
 }
+
+/// The median wall time of `n` runs of `f` (each must succeed), seconds.
+fn median(n: usize, mut f: impl FnMut() -> Run) -> f64 {
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f().code(0);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+/// `benches/inventory.sh`: numbers, not assertions. The same `plan` (one
+/// client changed) without a token (no inventory: the baseline), with a
+/// selector resolving to one page of servers, and to 500 servers over 10
+/// pages; then a real one-host deploy through the inventory. Inventory's
+/// cost is each time minus the baseline.
+#[test]
+#[ignore = "a benchmark: benches/inventory.sh runs it"]
+fn bench_inventory() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let (d, hcloud) = fleet();
+    touch(&d, "bench");
+    let none = [("HCLOUD_ENDPOINT", hcloud.url())];
+    let t0 = median(runs, || plan(&d, &none, "json"));
+    let t1 = median(runs, || plan(&d, &env(&hcloud), "json"));
+    for i in 2..=50 {
+        hcloud.add_server(&format!("alpha-{i:03}"), &[("client", "alpha")]);
+    }
+    let t50 = median(runs, || plan(&d, &env(&hcloud), "json"));
+    for i in 51..=500 {
+        hcloud.add_server(&format!("alpha-{i:03}"), &[("client", "alpha")]);
+    }
+    let before = hcloud.requests().len();
+    let t500 = median(runs, || plan(&d, &env(&hcloud), "json"));
+    let pages = (hcloud.requests().len() - before) / runs;
+    assert_eq!(pages, 10);
+    for i in 2..=500 {
+        hcloud.remove_server(&format!("alpha-{i:03}"));
+    }
+    let mut n = 0;
+    let deploy_time = median(3, || {
+        n += 1;
+        touch(&d, &format!("deploy-{n}"));
+        deploy(&d, &env(&hcloud))
+    });
+    let one_page = (t1 - t0).max(1e-4);
+    let ten_pages = (t500 - t0).max(1e-4);
+    let full_page = (t50 - t0).max(1e-4);
+    println!("inventory bench (debug build, stand-in on loopback, medians of {runs} runs):");
+    println!("  plan without inventory (baseline): {:.1} ms", t0 * 1e3);
+    println!(
+        "  plan, 1 server (1 page):           {:.1} ms  → inventory {:.1} ms",
+        t1 * 1e3,
+        one_page * 1e3
+    );
+    println!(
+        "  plan, 500 servers (10 pages):      {:.1} ms  → inventory {:.1} ms",
+        t500 * 1e3,
+        ten_pages * 1e3
+    );
+    println!(
+        "  plan, 50 servers (1 full page):    {:.1} ms  → inventory {:.1} ms",
+        t50 * 1e3,
+        full_page * 1e3
+    );
+    println!(
+        "  500 servers (10 pages) / 1 full page of 50: {:.2}×; / 1 page of 1 server: {:.2}×",
+        ten_pages / full_page,
+        ten_pages / one_page
+    );
+    println!(
+        "  1-host deploy through inventory:   {:.1} ms (median of 3)",
+        deploy_time * 1e3
+    );
+    println!(
+        "  one full page (50 servers, what a 50-host client needs) / that deploy: {:.1} %",
+        100.0 * full_page / deploy_time
+    );
+    hcloud.assert_clean();
+}
