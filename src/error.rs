@@ -145,6 +145,11 @@ pub enum Error {
     #[error("{0}")]
     Scan(Message),
 
+    /// The Hetzner Cloud API could not be reached, refused the token
+    /// (`HCLOUD_TOKEN`, never printed), or kept failing after retries.
+    #[error("{0}")]
+    Cloud(Message),
+
     /// A local file or process: `action` says what was being done
     /// (`read`, `write`, `create`, `run`), `path` what it was done to.
     #[error("{action} {path}: {source}")]
@@ -206,7 +211,8 @@ impl Error {
             | Error::Record(_)
             | Error::Host(_)
             | Error::Forge(_)
-            | Error::Scan(_) => ExitCode::Infra,
+            | Error::Scan(_)
+            | Error::Cloud(_) => ExitCode::Infra,
         }
     }
 
@@ -224,11 +230,6 @@ impl Error {
         out
     }
 
-    /// Bad input (arguments, a name that does not exist): exit 2.
-    pub fn usage(text: impl Into<String>) -> Self {
-        Error::Usage(Message::from(text.into()))
-    }
-
     /// What went wrong, without the hint: one line for a commit status.
     pub fn headline(&self) -> String {
         let text = match self {
@@ -237,7 +238,8 @@ impl Error {
             | Error::Host(m)
             | Error::Record(m)
             | Error::Forge(m)
-            | Error::Scan(m) => m.text.clone(),
+            | Error::Scan(m)
+            | Error::Cloud(m) => m.text.clone(),
             other => other.to_string(),
         };
         text.lines().next().unwrap_or_default().to_string()

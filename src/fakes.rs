@@ -480,6 +480,8 @@ pub struct FakeRollout {
     pub interrupt_stage: Cell<bool>,
     /// Run right before a stage deploys (e.g. a signal arrives).
     pub before_deploy: RefCell<Option<Hook<String>>>,
+    /// Where the stage's hosts come from, as in `rollout::deploy_stage`.
+    pub inventory: FakeInventory,
 }
 
 impl FakeRollout {
@@ -510,6 +512,7 @@ impl FakeRollout {
             previous: RefCell::new(Vec::new()),
             deploys: RefCell::new(Vec::new()),
             before_deploy: RefCell::new(None),
+            inventory: FakeInventory::default(),
         }
     }
 
@@ -632,6 +635,7 @@ impl Rollout for FakeRollout {
                 })
                 .collect(),
             unaffected: self.fleet.clients.len().saturating_sub(changed.len()),
+            inventory: Vec::new(),
         })
     }
 
@@ -687,10 +691,9 @@ impl Rollout for FakeRollout {
                 ));
                 continue;
             };
-            let config::Hosts::Static(static_hosts) = &c.hosts else {
-                panic!("the fake fleet's hosts are static");
-            };
-            for h in static_hosts {
+            // Resolved before anything is deployed, as the real one does: an
+            // inventory that cannot answer stops the stage with nothing done.
+            for h in crate::inventory::hosts(&self.inventory, c)? {
                 let how = self
                     .hosts
                     .borrow()
@@ -720,6 +723,91 @@ impl Rollout for FakeRollout {
             hosts,
         })
     }
+}
+
+/// An inventory in memory: static clients from their file, Hetzner ones
+/// from `servers` by selector text, failing as the real one does.
+#[derive(Default)]
+pub struct FakeInventory {
+    /// Selector → the servers it selects (name, address), or how asking fails.
+    pub servers: RefCell<BTreeMap<String, Answer>>,
+    /// Without a token: every Hetzner client is unresolved (exit 2).
+    pub no_token: Cell<bool>,
+    /// Hetzner questions asked.
+    pub asked: Cell<u32>,
+}
+
+/// The servers a selector selects (name, address), or how asking fails.
+pub type Answer = std::result::Result<Vec<(String, String)>, Unresolvable>;
+
+/// How the API fails after `hcloud::call`'s retries.
+#[derive(Debug, Clone, Copy)]
+pub enum Unresolvable {
+    RateLimited,
+    Unauthorized,
+}
+
+impl crate::inventory::Inventory for FakeInventory {
+    fn resolve(&self, client: &config::Client) -> Result<Vec<config::Host>> {
+        let config::Hosts::Hcloud {
+            label_selector,
+            port,
+            user,
+            deploy_root,
+            ..
+        } = &client.hosts
+        else {
+            let config::Hosts::Static(hosts) = &client.hosts else {
+                unreachable!()
+            };
+            return Ok(hosts.clone());
+        };
+        if self.no_token.get() {
+            return Err(Error::Usage(Message::from(format!(
+                "client `{}` takes its hosts from Hetzner Cloud (`{label_selector}`), and HCLOUD_TOKEN is not set",
+                client.name
+            ))));
+        }
+        self.asked.set(self.asked.get() + 1);
+        match self.servers.borrow().get(&label_selector.to_string()) {
+            None => Ok(Vec::new()),
+            Some(Err(Unresolvable::RateLimited)) => Err(Error::Cloud(Message::from(
+                "Hetzner Cloud (GET /servers): 429 rate_limit_exceeded (after 5 tries)",
+            ))),
+            Some(Err(Unresolvable::Unauthorized)) => Err(Error::Cloud(Message::from(
+                "Hetzner Cloud refused HCLOUD_TOKEN (GET /servers): 401 unauthorized",
+            ))),
+            Some(Ok(servers)) => Ok(servers
+                .iter()
+                .map(|(name, address)| config::Host {
+                    name: name.clone(),
+                    address: address.clone(),
+                    port: *port,
+                    user: user.clone(),
+                    deploy_root: deploy_root.clone(),
+                })
+                .collect()),
+        }
+    }
+
+    fn can_resolve(&self, client: &config::Client) -> bool {
+        matches!(client.hosts, config::Hosts::Static(_)) || !self.no_token.get()
+    }
+}
+
+/// `files` with alpha's hosts selected from Hetzner Cloud by `client=alpha`.
+pub fn hcloud_alpha(files: Vec<(String, String)>) -> Vec<(String, String)> {
+    files
+        .into_iter()
+        .map(|(p, t)| match p.as_str() {
+            "clients/alpha.yaml" => {
+                let head = t.split("hosts:").next().unwrap_or_default();
+                let t = format!("{head}hosts:\n  hcloud:\n    label_selector: client=alpha\n");
+                (p, t)
+            }
+            _ => (p, t),
+        })
+        .collect()
 }
 
 /// A forge that keeps what it is told, and can fail like a real one.

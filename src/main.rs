@@ -13,6 +13,7 @@ mod error;
 mod fakes;
 mod forge;
 mod gates;
+mod hcloud;
 mod interrupt;
 mod inventory;
 mod origin;

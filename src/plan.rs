@@ -32,6 +32,73 @@ pub struct Plan {
     pub secrets_compared: bool,
     pub clients: Vec<ClientPlan>,
     pub unaffected: usize,
+    /// The Hetzner Cloud clients the plan reads: the servers their
+    /// selectors resolve to now, against the last deploy's. Not in the
+    /// plan hash: it depends on the moment and on `HCLOUD_TOKEN`, not on
+    /// the change approved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<ResolvedHosts>,
+}
+
+/// A Hetzner client's servers now, against the host list its last deploy
+/// in its stage recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedHosts {
+    pub client: String,
+    pub label_selector: String,
+    /// Server names, sorted; None when not resolved (`not_resolved` says why).
+    pub hosts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_resolved: Option<String>,
+    /// What the last deploy recorded; None: no deploy recorded in this clone.
+    pub last_deployed: Option<Vec<String>>,
+    /// Servers now that the last deploy did not have (every one without a
+    /// recorded deploy), and the reverse.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl ResolvedHosts {
+    /// Compares `now` (Err: why not resolved) with `last`.
+    pub fn new(
+        client: &str,
+        label_selector: &str,
+        now: Result<Vec<String>, String>,
+        last: Option<Vec<String>>,
+    ) -> ResolvedHosts {
+        let (hosts, not_resolved) = match now {
+            Ok(mut h) => {
+                h.sort();
+                (Some(h), None)
+            }
+            Err(why) => (None, Some(why)),
+        };
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        if let Some(now) = &hosts {
+            let before = last.clone().unwrap_or_default();
+            added = now
+                .iter()
+                .filter(|h| !before.contains(h))
+                .cloned()
+                .collect();
+            removed = before
+                .iter()
+                .filter(|h| !now.contains(h))
+                .cloned()
+                .collect();
+        }
+        ResolvedHosts {
+            client: client.to_string(),
+            label_selector: label_selector.to_string(),
+            hosts,
+            not_resolved,
+            last_deployed: last,
+            added,
+            removed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +313,7 @@ pub fn compare(
         secrets_compared,
         unaffected: everyone - clients.len(),
         clients,
+        inventory: Vec::new(),
     };
     plan.plan_hash = plan_hash(&plan);
     Ok(plan)
@@ -258,6 +326,7 @@ pub fn plan_hash(plan: &Plan) -> String {
     if let Some(obj) = value.as_object_mut() {
         obj.remove("plan_hash");
         obj.remove("base");
+        obj.remove("inventory");
     }
     let bytes = serde_json::to_vec(&value).expect("a plan serialises");
     hex::encode(Sha256::digest(&bytes))

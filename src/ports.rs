@@ -10,7 +10,7 @@
 //! | the forge | [`crate::forge::Forge`] | Forgejo (reqwest), GitHub (octocrab) | `fakes::FakeForge` |
 //! | hosts | [`crate::deploy::Connector`] / [`crate::remote::Remote`] | `remote::ssh` (OpenSSH) | `remote::ssh::LocalHost` |
 //! | the image scanner | [`crate::scan::trivy::Scanner`] | `scan::trivy::Trivy` | the scan tests' fake scanner |
-//! | the inventory | [`crate::inventory::Inventory`] | `inventory::Static` | — |
+//! | the inventory | [`crate::inventory::Inventory`] | `inventory::Live` (static + `hcloud`) | `fakes::FakeInventory` |
 //! | the clock (and signals) | [`Clock`] | `rt::SystemClock` | `fakes::FakeClock` |
 //! | renewing the lock meanwhile | [`LockKeeper`] | `commands::run`'s thread | none: the engine's own renewals |
 

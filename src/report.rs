@@ -143,6 +143,12 @@ pub fn text_with(plan: &Plan, paint: Paint) -> String {
             paint.on(hue::ATTENTION, &format!("note: {NOT_COMPARED}"))
         );
     }
+    if !plan.inventory.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.on(hue::HEADING, "Hetzner Cloud hosts"));
+        for line in inventory_lines(plan) {
+            let _ = writeln!(out, "  {}", paint.on(sign_hue(&line), &line));
+        }
+    }
     let mut stage = "";
     for c in &plan.clients {
         if c.stage != stage {
@@ -282,6 +288,45 @@ fn markdown_summary(plan: &Plan) -> String {
     );
     if !plan.secrets_compared {
         let _ = writeln!(out, "> **Note:** {NOT_COMPARED}.\n");
+    }
+    if !plan.inventory.is_empty() {
+        let _ = writeln!(out, "**Hetzner Cloud hosts**\n");
+        for line in inventory_lines(plan) {
+            let _ = writeln!(out, "- {}", md_cell(&line));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Each Hetzner client's servers now, then (marked `+` / `−`) what changed
+/// since its last recorded deploy: the same words in text and markdown.
+fn inventory_lines(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &plan.inventory {
+        let head = format!("{} (`{}`)", r.client, r.label_selector);
+        match (&r.hosts, &r.not_resolved) {
+            (Some(hosts), _) => {
+                out.push(format!(
+                    "{head}: {}",
+                    if hosts.is_empty() {
+                        "no server".to_string()
+                    } else {
+                        hosts.join(", ")
+                    }
+                ));
+                let since = match &r.last_deployed {
+                    Some(_) => "since the last deploy",
+                    None => "no deploy recorded",
+                };
+                out.extend(r.added.iter().map(|h| format!("+ {h} ({since})")));
+                out.extend(r.removed.iter().map(|h| format!("− {h} ({since})")));
+            }
+            (None, why) => out.push(format!(
+                "{head}: not resolved: {}",
+                why.as_deref().unwrap_or("unknown")
+            )),
+        }
     }
     out
 }
@@ -1124,6 +1169,7 @@ mod tests {
             secrets_compared,
             clients,
             unaffected: 7,
+            inventory: Vec::new(),
         }
     }
 

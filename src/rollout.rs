@@ -28,11 +28,30 @@ pub struct Live<'a> {
     pub repo: &'a Repo,
     pub keyring: &'a Keyring,
     pub scan: &'a scan::Settings,
+    /// The command's one inventory (`inventory::for_command`).
+    pub inventory: &'a dyn Inventory,
 }
 
 impl Rollout for Live<'_> {
     fn plan(&self, base: Option<CommitId>, head: CommitId) -> Result<Plan> {
-        plan(self.repo, base, head, self.keyring)
+        let plan = plan(self.repo, base, head, self.keyring, self.inventory)?;
+        // `plan` goes on without HCLOUD_TOKEN; a run, which deploys, stops
+        // here, before the lock is taken or anything deployed.
+        if let Some(r) = plan.inventory.iter().find(|r| r.hosts.is_none()) {
+            return Err(Error::Usage(
+                Message::from(format!(
+                    "client `{}`: its Hetzner Cloud hosts (`{}`) were not resolved: {}",
+                    r.client,
+                    r.label_selector,
+                    r.not_resolved.as_deref().unwrap_or("unknown")
+                ))
+                .hint(format!(
+                    "set {} to an API token of the project its servers are in",
+                    crate::hcloud::TOKEN_VAR
+                )),
+            ));
+        }
+        Ok(plan)
     }
 
     fn fleet(&self, rev: CommitId) -> Result<Fleet> {
@@ -55,7 +74,15 @@ impl Rollout for Live<'_> {
         clients: &[String],
         previous: &BTreeMap<String, CommitId>,
     ) -> Result<StageOutcome> {
-        deploy_stage(self.keyring, self.repo, rev, stage, clients, previous)
+        deploy_stage(
+            self.keyring,
+            self.repo,
+            self.inventory,
+            rev,
+            stage,
+            clients,
+            previous,
+        )
     }
 }
 
@@ -70,9 +97,10 @@ pub fn plan(
     base: Option<CommitId>,
     head: CommitId,
     keyring: &Keyring,
+    inventory: &dyn Inventory,
 ) -> Result<Plan> {
     let Some(base) = base else {
-        return plan_from_nothing(repo, head, keyring);
+        return plan_from_nothing(repo, head, keyring, inventory);
     };
     let changed = repo.changed_paths(base, head)?;
     let affected = Affected::from_paths(&changed);
@@ -128,7 +156,16 @@ pub fn plan(
         label: snap_b.label(),
         prepared: &prepared_b,
     };
-    let plan = compare_with_head(&base_side, &snap_h, &prepared_h, head, &changed, keyring)?;
+    let plan = compare_with_head(
+        repo,
+        inventory,
+        &base_side,
+        &snap_h,
+        &prepared_h,
+        head,
+        &changed,
+        keyring,
+    )?;
     tracing::info!(
         "plan {}: {} client(s) change, {} unaffected",
         crate::report::short(&plan.plan_hash),
@@ -167,6 +204,7 @@ fn pinned_keys(
 /// whether a host head no longer names is among them.
 fn add_removals(
     repo: &Repo,
+    inventory: &dyn Inventory,
     fleet: &Fleet,
     client: &str,
     prev: CommitId,
@@ -178,17 +216,18 @@ fn add_removals(
     let Some(before) = was.clients.get(client) else {
         return Ok(false);
     };
-    let config::Hosts::Static(before_hosts) = &before.hosts else {
-        return Ok(false);
-    };
+    // Hetzner hosts as they are now: a server that left the selector (or
+    // the project) is not taken down, it is no longer fleetgate's. A
+    // selector that matches nothing any more has nothing to take down.
+    let before_hosts = inventory.resolve(before)?;
     let now = fleet.clients.get(client);
-    let now_hosts: Vec<&str> = match now.map(|c| &c.hosts) {
-        Some(config::Hosts::Static(hosts)) => hosts.iter().map(|h| h.name.as_str()).collect(),
-        _ => Vec::new(),
+    let now_hosts: Vec<String> = match now {
+        Some(c) => inventory.resolve(c)?.into_iter().map(|h| h.name).collect(),
+        None => Vec::new(),
     };
     let mut gone_host = false;
-    for host in before_hosts {
-        let host_gone = !now_hosts.contains(&host.name.as_str());
+    for host in &before_hosts {
+        let host_gone = !now_hosts.contains(&host.name);
         let removals: Vec<deploy::Removal> = before
             .apps
             .iter()
@@ -242,8 +281,15 @@ fn add_removals(
     Ok(gone_host)
 }
 
-/// `base` compared with head (rendered with head's rev on both sides).
+/// `base` compared with head (rendered with head's rev on both sides),
+/// and head's Hetzner clients resolved (`Plan::inventory`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the two plan paths' shared tail; a struct would only rename them"
+)]
 fn compare_with_head(
+    repo: &Repo,
+    inventory: &dyn Inventory,
     base: &Side,
     snap_h: &crate::repo::Snapshot,
     prepared_h: &desired::Prepared,
@@ -251,7 +297,7 @@ fn compare_with_head(
     changed: &[String],
     keyring: &Keyring,
 ) -> Result<Plan> {
-    plan::compare(
+    let mut plan = plan::compare(
         base,
         &Side {
             rev: head.to_string(),
@@ -261,13 +307,86 @@ fn compare_with_head(
         changed,
         keyring.can_decrypt(),
         &head.to_string(),
-    )
+    )?;
+    plan.inventory = resolve_for_plan(repo, inventory, &prepared_h.fleet)?;
+    Ok(plan)
+}
+
+/// Each Hetzner client of `fleet` (the clients the plan reads): its servers
+/// now, against the host list its stage's last deploy recorded in this
+/// clone. Without `HCLOUD_TOKEN` it says so instead (a warning too).
+fn resolve_for_plan(
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    fleet: &Fleet,
+) -> Result<Vec<plan::ResolvedHosts>> {
+    let git = crate::store::GitRepo::maybe_remote(repo, "origin");
+    let mut out = Vec::new();
+    for client in fleet.clients.values() {
+        let config::Hosts::Hcloud { label_selector, .. } = &client.hosts else {
+            continue;
+        };
+        let now = match inventory.can_resolve(client) {
+            true => Ok(inventory::hosts(inventory, client)?
+                .into_iter()
+                .map(|h| h.name)
+                .collect()),
+            false => {
+                tracing::warn!(
+                    "client `{}`: its Hetzner Cloud hosts (`{label_selector}`) were not resolved: {} is not set",
+                    client.name,
+                    crate::hcloud::TOKEN_VAR
+                );
+                Err(format!("{} is not set", crate::hcloud::TOKEN_VAR))
+            }
+        };
+        let last = fleet
+            .stage_of_group(&client.group)
+            .map(|(_, stage)| last_deployed_hosts(&git, &stage.name, &client.name))
+            .transpose()?
+            .flatten();
+        out.push(plan::ResolvedHosts::new(
+            &client.name,
+            &label_selector.to_string(),
+            now,
+            last,
+        ));
+    }
+    Ok(out)
+}
+
+/// The hosts the record of `client`'s deployed commit in `stage` names, as
+/// this clone has it; a note that is not a record is said, not fatal: the
+/// plan only compares with it.
+fn last_deployed_hosts(
+    git: &dyn crate::ports::GitStore,
+    stage: &str,
+    client: &str,
+) -> Result<Option<Vec<String>>> {
+    let Some(rev) = git.ref_target(&crate::core::records::deployed_ref(stage, client))? else {
+        return Ok(None);
+    };
+    let Some(text) = git.note(rev)? else {
+        return Ok(None);
+    };
+    match crate::core::record::RunRecord::parse(&text) {
+        Ok(record) => Ok(record.hosts_of(client, stage)),
+        Err(why) => {
+            tracing::warn!("the run record on {rev}: {why}; hosts not compared with it");
+            Ok(None)
+        }
+    }
 }
 
 /// Head against nothing: the same pipeline and apps without any client, so
 /// every client of head is added (a first push, or a base this clone does
 /// not have). Every client is rendered: nothing narrows the change.
-fn plan_from_nothing(repo: &Repo, head: CommitId, keyring: &Keyring) -> Result<Plan> {
+fn plan_from_nothing(
+    repo: &Repo,
+    head: CommitId,
+    keyring: &Keyring,
+    inventory: &dyn Inventory,
+) -> Result<Plan> {
     tracing::info!(
         "planning {} against nothing (no base): rendering every client",
         head.short()
@@ -297,7 +416,16 @@ fn plan_from_nothing(repo: &Repo, head: CommitId, keyring: &Keyring) -> Result<P
         label: files_b.label.clone(),
         prepared: &prepared_b,
     };
-    let plan = compare_with_head(&nothing, &snap_h, &prepared_h, head, &changed, keyring)?;
+    let plan = compare_with_head(
+        repo,
+        inventory,
+        &nothing,
+        &snap_h,
+        &prepared_h,
+        head,
+        &changed,
+        keyring,
+    )?;
     tracing::info!(
         "plan {}: {} client(s) to roll out from nothing",
         crate::report::short(&plan.plan_hash),
@@ -310,6 +438,7 @@ fn plan_from_nothing(repo: &Repo, head: CommitId, keyring: &Keyring) -> Result<P
 pub fn deploy_stage(
     keyring: &Keyring,
     repo: &Repo,
+    inventory: &dyn Inventory,
     rev: CommitId,
     stage_name: &str,
     only: &[String],
@@ -325,7 +454,7 @@ pub fn deploy_stage(
     let rev_s = rev.to_string();
     // Validated, templates compiled and shared secrets decrypted once; then
     // only the stage's clients are rendered, masked and real.
-    let (prepared, mut problems) = desired::prepare(&files, keyring, &cache);
+    let (mut prepared, mut problems) = desired::prepare(&files, keyring, &cache);
     if problems.is_empty() {
         // `check`'s pinned-key rule, before any host is contacted.
         config::known_hosts_checks(&files, &prepared.fleet.clients, &mut problems);
@@ -333,15 +462,17 @@ pub fn deploy_stage(
     if !problems.is_empty() {
         return Err(invalid(desired::collapse_repeats(problems)));
     }
-    let fleet = &prepared.fleet;
-    fleet.log_warnings();
-    let stage = fleet
+    prepared.fleet.log_warnings();
+    let stage = prepared
+        .fleet
         .pipeline
         .stages
         .iter()
         .find(|s| s.name == stage_name)
+        .cloned()
         .ok_or_else(|| {
-            let names: Vec<&str> = fleet
+            let names: Vec<&str> = prepared
+                .fleet
                 .pipeline
                 .stages
                 .iter()
@@ -355,25 +486,26 @@ pub fn deploy_stage(
                 .hint(format!("stages are: {}", names.join(", "))),
             )
         })?;
+    let stage = &stage;
     for c in only {
         // A client whose file is gone is still deployed: to take it down.
-        if !fleet.clients.contains_key(c) && !previous.contains_key(c) {
+        if !prepared.fleet.clients.contains_key(c) && !previous.contains_key(c) {
             return Err(Error::Usage(
                 format!("client `{c}` does not exist at {}", snap.label()).into(),
             ));
         }
     }
-    let clients: Vec<String> = fleet
+    let clients: Vec<String> = prepared
+        .fleet
         .clients
         .values()
         .filter(|c| c.group == stage.group && (only.is_empty() || only.contains(&c.name)))
         .map(|c| c.name.clone())
         .collect();
-    for c in &clients {
-        inventory::Static
-            .hosts(&fleet.clients[c])
-            .map_err(Error::usage)?;
-    }
+    // Hetzner clients' servers, resolved once, rendered and deployed as
+    // the hosts they are.
+    inventory::resolve_fleet(inventory, &mut prepared.fleet, &clients)?;
+    let fleet = &prepared.fleet;
     let uses_secrets = clients.iter().any(|c| {
         fleet.clients[c]
             .apps
@@ -403,7 +535,7 @@ pub fn deploy_stage(
     for (client, prev) in previous {
         // A removed host may have left head's known_hosts with it: the
         // commit that deployed it pinned its key.
-        if add_removals(repo, fleet, client, *prev, &mut plan)? {
+        if add_removals(repo, inventory, fleet, client, *prev, &mut plan)? {
             let prev_snap = repo.snapshot(*prev)?;
             known_hosts.push(b'\n');
             known_hosts.extend(self::known_hosts(&prev_snap)?);

@@ -45,9 +45,11 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     // deploy before any host is touched, not after.
     records.read(rev)?;
     // Removals are `run`'s: it knows each client's last deployed commit.
+    let inventory = crate::inventory::for_command()?;
     let outcome = rollout::deploy_stage(
         &ctx.keyring,
         &repo,
+        &inventory,
         rev,
         &args.stage,
         &args.clients,

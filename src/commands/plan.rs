@@ -68,7 +68,8 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
             Some((reporter, pr))
         }
     };
-    let planned = rollout::plan(&repo, base, head, &ctx.keyring).and_then(|plan| {
+    let inventory = crate::inventory::for_command()?;
+    let planned = rollout::plan(&repo, base, head, &ctx.keyring, &inventory).and_then(|plan| {
         // The pipeline (and, to scan, every app and client) at head, read once.
         let fleet = if args.scan || args.comment {
             let selection = match args.scan {

@@ -6,7 +6,7 @@ use clap::Args;
 use super::Context;
 use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Message, Result};
-use crate::inventory::{self, Inventory};
+use crate::inventory;
 use crate::printer;
 use crate::repo::Repo;
 use crate::report;
@@ -51,12 +51,11 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         .stage_of_group(&client.group)
         .map(|(_, s)| s.name.clone())
         .ok_or_else(|| Error::Usage(format!("client `{}` is in no stage", client.name).into()))?;
+    let inventory = inventory::for_command()?;
     let to = match &args.to {
         Some(rev) => repo.resolve(rev)?,
         None => {
-            let hosts = inventory::Static
-                .hosts(client)
-                .map_err(|e| Error::Usage(Message::from(e.to_string()).hint("pass --to REV")))?;
+            let hosts = inventory::hosts(&inventory, client)?;
             let known = rollout::known_hosts(&snap)?;
             let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
             let inspected = rollout::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
@@ -97,6 +96,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
     let outcome = rollout::deploy_stage(
         &ctx.keyring,
         &repo,
+        &inventory,
         to,
         &stage,
         std::slice::from_ref(&client.name),

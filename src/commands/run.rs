@@ -85,10 +85,12 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     crate::interrupt::install();
     let (run_id, holder, run_url) = this_run(&clock)?;
     let settings = args.scan.settings();
+    let inventory = crate::inventory::for_command()?;
     let rollout = Live {
         repo: &repo,
         keyring: &ctx.keyring,
         scan: &settings,
+        inventory: &inventory,
     };
     let keeper = Keeper::new(&repo, &args.remote);
     let ports = Ports {

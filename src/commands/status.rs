@@ -70,15 +70,14 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
         });
     }
     let known_hosts = rollout::known_hosts(&snap)?;
+    let inventory = inventory::for_command()?;
     let mut targets = Vec::new();
     for client in fleet.clients.values() {
         if !args.clients.is_empty() && !args.clients.contains(&client.name) {
             continue;
         }
-        match inventory::Static.hosts(client) {
-            Ok(hosts) => targets.extend(hosts.into_iter().map(|h| (client, h))),
-            Err(e) => tracing::warn!("{e}"),
-        }
+        let hosts = inventory::hosts(&inventory, client)?;
+        targets.extend(hosts.into_iter().map(|h| (client, h)));
     }
     let inspected = rollout::inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
     let mut rows = Vec::new();
@@ -126,7 +125,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
     let mut unlisted = false;
     if args.drift {
         compute_drift(ctx, &repo, &mut rows, &live_sums)?;
-        let (found, failed) = find_orphans(&fleet, &targets, &known_hosts)?;
+        let (found, failed) = find_orphans(&fleet, &inventory, &targets, &known_hosts)?;
         (orphans, unlisted) = (Some(found), failed);
     }
     printer::data(&render(&rows, orphans.as_deref(), args.format, args.drift));
@@ -159,6 +158,7 @@ pub struct OrphanRow {
 /// whether a host could not be listed.
 fn find_orphans(
     fleet: &config::Fleet,
+    inventory: &dyn Inventory,
     targets: &[(&config::Client, config::Host)],
     known_hosts: &[u8],
 ) -> Result<(Vec<OrphanRow>, bool)> {
@@ -168,7 +168,9 @@ fn find_orphans(
     let mut expected: BTreeMap<Place, (config::Host, BTreeMap<String, BTreeSet<String>>)> =
         BTreeMap::new();
     for client in fleet.clients.values() {
-        for host in inventory::Static.hosts(client).unwrap_or_default() {
+        // Every client's hosts, to know what a shared deploy root holds;
+        // one that cannot be resolved cannot be compared with.
+        for host in inventory.resolve(client)? {
             if !wanted.contains(&place(&host)) {
                 continue;
             }

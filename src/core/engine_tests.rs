@@ -988,3 +988,95 @@ fn history_reads_every_record_on_the_remote_and_a_bad_note_hides_no_other() {
     assert_eq!(record.waiting.as_deref(), Some("production"));
     assert!(record.stages["canary"].passed);
 }
+
+/// A world whose canary client takes its hosts from Hetzner Cloud.
+fn hcloud_world() -> World {
+    World {
+        git: FakeGit::new(),
+        rollout: FakeRollout::new(crate::fakes::hcloud_alpha(fleet_files(&["alpha-1"], 0))),
+        clock: FakeClock::new(),
+    }
+}
+
+#[test]
+fn a_stage_deploys_to_the_servers_the_inventory_resolves_and_records_them() {
+    let w = hcloud_world();
+    w.first_rollout();
+    w.rollout.inventory.servers.borrow_mut().insert(
+        "client=alpha".into(),
+        Ok(vec![
+            ("alpha-a".into(), "192.0.2.1".into()),
+            ("alpha-b".into(), "192.0.2.2".into()),
+        ]),
+    );
+    let out = w.run(c(1), c(2)).unwrap();
+    assert_eq!(out.code, ExitCode::Waiting);
+    let hosts: Vec<&str> = out.outcomes[0]
+        .hosts
+        .iter()
+        .map(|h| h.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["alpha-a", "alpha-b"]);
+    assert_eq!(
+        w.record(c(2)).resolved_hosts["alpha"],
+        ["alpha-a", "alpha-b"]
+    );
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+}
+
+/// The inventory failing is never a passed stage: nothing deployed or
+/// recorded as deployed, the lock released, and the exit code says whose
+/// problem it is.
+#[test]
+fn an_inventory_that_cannot_answer_stops_the_stage_with_nothing_deployed() {
+    use crate::fakes::Unresolvable;
+    for (name, set_up, code, words) in [
+        (
+            "rate limit exhausted",
+            Some(Err(Unresolvable::RateLimited)),
+            ExitCode::Infra,
+            "429",
+        ),
+        (
+            "token refused",
+            Some(Err(Unresolvable::Unauthorized)),
+            ExitCode::Infra,
+            "HCLOUD_TOKEN",
+        ),
+        (
+            "no server selected",
+            Some(Ok(Vec::new())),
+            ExitCode::Invalid,
+            "selects no server",
+        ),
+        (
+            "no token",
+            None,
+            ExitCode::Invalid,
+            "HCLOUD_TOKEN is not set",
+        ),
+    ] {
+        let w = hcloud_world();
+        w.first_rollout();
+        match set_up {
+            Some(answer) => {
+                w.rollout
+                    .inventory
+                    .servers
+                    .borrow_mut()
+                    .insert("client=alpha".into(), answer);
+            }
+            None => w.rollout.inventory.no_token.set(true),
+        }
+        let e = w.run(c(1), c(2)).unwrap_err();
+        assert_eq!(e.exit_code(), code, "{name}: {e}");
+        assert!(e.to_string().contains(words), "{name}: {e}");
+        assert_eq!(w.deployed("canary", "alpha"), Some(c(1)), "{name}");
+        assert_eq!(w.lock(), None, "{name}: the lock is released");
+        let stages = w
+            .git
+            .remote_note(c(2))
+            .map(|n| RunRecord::parse(&n).unwrap().stages.len());
+        assert!(matches!(stages, None | Some(0)), "{name}: {stages:?}");
+    }
+}

@@ -49,6 +49,12 @@ pub struct RunRecord {
     /// Set when a signal stopped the run between stages or while it waited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interrupted>,
+    /// Per client, the host names its last deployed stage in this record
+    /// ran on (for a Hetzner client: the servers its selector resolved
+    /// to), so the next plan can show what the inventory changed.
+    /// (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolved_hosts: BTreeMap<String, Vec<String>>,
     /// Keys written by a newer fleetgate: kept, never dropped.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -89,6 +95,7 @@ impl RunRecord {
             scan: None,
             revert: None,
             interrupted: None,
+            resolved_hosts: BTreeMap::new(),
             other: BTreeMap::new(),
         }
     }
@@ -126,6 +133,36 @@ impl RunRecord {
             self.waiting = None;
         }
         self.stages.insert(outcome.stage.clone(), outcome.clone());
+        let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for h in &outcome.hosts {
+            hosts
+                .entry(h.client.clone())
+                .or_default()
+                .push(h.host.clone());
+        }
+        for (client, mut names) in hosts {
+            names.sort();
+            names.dedup();
+            self.resolved_hosts.insert(client, names);
+        }
+    }
+
+    /// The hosts `client` ran on in this record: `resolved_hosts`, else
+    /// (a record written before it) its hosts in `stage`'s outcome.
+    pub fn hosts_of(&self, client: &str, stage: &str) -> Option<Vec<String>> {
+        if let Some(hosts) = self.resolved_hosts.get(client) {
+            return Some(hosts.clone());
+        }
+        let outcome = self.stages.get(stage)?;
+        let mut names: Vec<String> = outcome
+            .hosts
+            .iter()
+            .filter(|h| h.client == client)
+            .map(|h| h.host.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        (!names.is_empty()).then_some(names)
     }
 
     /// Adds `approval` unless the same person already approved the same plan.
@@ -198,6 +235,25 @@ mod tests {
             assert!(e.contains(why), "{text}: {e}");
             assert!(!e.contains("tru,") && !e.contains("[1, 2]"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_hosts_a_client_ran_on_are_recorded_and_read_from_old_records_too() {
+        let old = RunRecord::parse(include_str!(
+            "../../tests/fixtures/records/schema1-approved.json"
+        ))
+        .unwrap();
+        assert!(old.resolved_hosts.is_empty());
+        let (stage, outcome) = old.stages.iter().next().expect("a stage");
+        let client = outcome.hosts[0].client.clone();
+        let from_old = old.hosts_of(&client, stage).expect("hosts in the outcome");
+        assert!(from_old.contains(&outcome.hosts[0].host));
+        let mut new = RunRecord::new("h");
+        new.record_stage(outcome);
+        assert_eq!(new.resolved_hosts[&client], from_old);
+        assert_eq!(new.hosts_of(&client, "elsewhere"), Some(from_old));
+        assert!(new.to_json().contains("\"resolved_hosts\""));
+        assert_eq!(new.hosts_of("nobody", stage), None);
     }
 
     #[test]

@@ -179,7 +179,7 @@ fn invalid(name: &str, value: &str, why: impl std::fmt::Display) -> Error {
 
 /// A value for a message: quoted, escaped, clipped; a URL's user name and
 /// password are never shown.
-fn shown(value: &str) -> String {
+pub(crate) fn shown(value: &str) -> String {
     let value = match value.split_once("://") {
         Some((scheme, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
             let after = rest.split_once('@').map_or("", |(_, h)| h);
@@ -228,7 +228,7 @@ fn repository_parts(value: &str) -> std::result::Result<(&str, &str), &'static s
 /// name or password, query or fragment. Its path is checked as written,
 /// segment by segment: a URL parser would resolve `..` and decode `%2e`
 /// into something else than what was written. No trailing slash.
-fn url(value: &str) -> std::result::Result<String, &'static str> {
+pub(crate) fn url(value: &str) -> std::result::Result<String, &'static str> {
     if value
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
@@ -246,7 +246,9 @@ fn url(value: &str) -> std::result::Result<String, &'static str> {
         return Err("it names no host");
     }
     if !parsed.username().is_empty() || parsed.password().is_some() || rest.contains('@') {
-        return Err("a user name or password does not belong in it (the token is GITHUB_TOKEN)");
+        return Err(
+            "a user name or password does not belong in it (the token has a variable of its own)",
+        );
     }
     if value.contains('?') {
         return Err("a query (`?…`) does not belong in it");

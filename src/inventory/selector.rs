@@ -90,13 +90,6 @@ impl Selector {
         Ok(Selector { requirements })
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the tests' Hetzner stand-in filters with it; the inventory is not wired yet"
-        )
-    )]
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }

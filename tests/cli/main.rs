@@ -9,6 +9,7 @@ mod docker;
 mod faults;
 mod forge;
 mod forge_server;
+mod hcloud;
 mod hcloud_server;
 mod history;
 mod hosts;

@@ -1,0 +1,655 @@
+//! The Hetzner Cloud API (edge): a small reqwest client over the one trust
+//! store (`tls::config`), for the inventory (servers by label selector, a
+//! private network by name). Snapshots and restores will add their calls
+//! here, over the same [`call`].
+//!
+//! Not the `hcloud` crate: it hides response headers (so `RateLimit-Reset`
+//! could not be honoured), its strict enums fail a whole server list on a
+//! value Hetzner adds, and it adds h2, uuid and reqwest features to the
+//! whole binary. `api.rs` reads only the fields fleetgate needs.
+//!
+//! Where and as whom: `HCLOUD_TOKEN` and `HCLOUD_ENDPOINT` (default the
+//! public API), as the official `hcloud` CLI reads them. The token lives
+//! in a `forge::Token` (prints `***`) and every message is scrubbed of it.
+//!
+//! Failures ([`call`], over a [`Transport`] and a [`Waiter`] the unit tests
+//! fake): 401/403 at once, naming `HCLOUD_TOKEN`; 429 waits until
+//! `RateLimit-Reset` (at most [`Policy::max_wait`]) and tries again; 5xx
+//! and unanswered requests back off and try again; all bounded by
+//! [`Policy::tries`], then [`Error::Cloud`] (exit 3).
+
+pub mod api;
+
+use std::time::Duration;
+
+use crate::error::{Error, Message, Result};
+use crate::forge::Token;
+use crate::inventory::selector::Selector;
+
+pub const TOKEN_VAR: &str = "HCLOUD_TOKEN";
+pub const ENDPOINT_VAR: &str = "HCLOUD_ENDPOINT";
+pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
+/// Hetzner's largest page.
+pub const PER_PAGE: u32 = 50;
+/// More pages than any project has servers for (50 × 1000): a `next_page`
+/// that never ends is the API's fault, not a reason to loop for ever.
+const MAX_PAGES: u32 = 1000;
+
+/// Where the API is and the token for it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Checked: http(s), no user info, query or fragment; no trailing `/`.
+    pub endpoint: String,
+    pub token: Token,
+}
+
+impl Settings {
+    /// From `HCLOUD_TOKEN` / `HCLOUD_ENDPOINT`; None without a token (an
+    /// empty one counts as none). An endpoint that is not an http(s) base
+    /// URL is exit 2 naming the variable.
+    pub fn from_env() -> Result<Option<Settings>> {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Settings::new(var(TOKEN_VAR), var(ENDPOINT_VAR))
+    }
+
+    pub fn new(token: Option<String>, endpoint: Option<String>) -> Result<Option<Settings>> {
+        let endpoint = match endpoint {
+            None => DEFAULT_ENDPOINT.to_string(),
+            Some(value) => crate::forge::env::url(value.trim()).map_err(|why| {
+                Error::Usage(
+                    Message::from(format!(
+                        "{ENDPOINT_VAR} is {}: {why}",
+                        crate::forge::env::shown(&value)
+                    ))
+                    .hint(format!("leave it unset for {DEFAULT_ENDPOINT}")),
+                )
+            })?,
+        };
+        Ok(token.map(|t| Settings {
+            endpoint,
+            token: Token::new(t.trim().to_string()),
+        }))
+    }
+}
+
+/// One answer of the API, as [`call`] needs it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// `RateLimit-Reset`: when the limit resets, Unix seconds.
+    pub reset: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+/// Sends one GET (path under the endpoint, query pairs); Err: no answer
+/// (connection refused, timeout, TLS), in words, token scrubbed.
+pub trait Transport {
+    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered>;
+}
+
+/// A request that got no answer; `retry` false for what trying again
+/// cannot fix (an untrusted certificate).
+#[derive(Debug, Clone)]
+pub struct Unanswered {
+    pub why: Message,
+    pub retry: bool,
+}
+
+/// The wall clock and waiting, for [`call`]'s waits.
+pub trait Waiter {
+    fn now_unix(&self) -> u64;
+    fn sleep(&self, d: Duration);
+}
+
+pub struct SystemWaiter;
+
+impl Waiter for SystemWaiter {
+    fn now_unix(&self) -> u64 {
+        u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// How hard [`call`] tries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Tries in all, the first included.
+    pub tries: u32,
+    /// The longest wait for a rate limit to reset.
+    pub max_wait: Duration,
+    /// The first backoff after a 5xx or no answer; doubled each time.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            tries: 5,
+            max_wait: Duration::from_secs(60),
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+/// GET `path` until it answers 2xx, as [`Policy`] allows: the body.
+pub fn call(
+    transport: &dyn Transport,
+    waiter: &dyn Waiter,
+    policy: &Policy,
+    token: &Token,
+    path: &str,
+    query: &[(&str, String)],
+) -> Result<Vec<u8>> {
+    let what = format!("GET {path}");
+    let mut backoff = policy.backoff;
+    let mut last = String::new();
+    let tries = policy.tries.max(1);
+    for attempt in 1..=tries {
+        let wait = match transport.get(path, query) {
+            Err(e) if !e.retry => {
+                return Err(Error::Cloud(Message {
+                    text: token.scrub(&format!("Hetzner Cloud ({what}): {}", e.why.text)),
+                    hint: e.why.hint.map(|h| token.scrub(&h)),
+                }));
+            }
+            Err(e) => {
+                last = format!("no answer: {}", token.scrub(&e.why.text));
+                backoff
+            }
+            Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+            Ok(r) if matches!(r.status, 401 | 403) => {
+                return Err(Error::Cloud(
+                    Message::from(format!(
+                        "Hetzner Cloud refused {TOKEN_VAR} ({what}): {}",
+                        token.scrub(&status_words(&r))
+                    ))
+                    .hint(format!(
+                        "set {TOKEN_VAR} to an API token of the project the servers are in (Cloud Console → Security → API tokens); read-only is enough for the inventory"
+                    )),
+                ));
+            }
+            Ok(r) if r.status == 429 => {
+                last = token.scrub(&status_words(&r));
+                let until_reset = r
+                    .reset
+                    .map(|reset| Duration::from_secs(reset.saturating_sub(waiter.now_unix())));
+                // A reset now or past (clocks differ by a second): a short
+                // pause rather than a burst.
+                until_reset
+                    .unwrap_or(backoff)
+                    .clamp(Duration::from_millis(200), policy.max_wait)
+            }
+            Ok(r) if r.status >= 500 => {
+                last = token.scrub(&status_words(&r));
+                backoff
+            }
+            Ok(r) => {
+                return Err(Error::Cloud(Message::from(format!(
+                    "Hetzner Cloud refused {what}: {}",
+                    token.scrub(&status_words(&r))
+                ))));
+            }
+        };
+        if attempt < tries {
+            tracing::warn!(
+                "Hetzner Cloud ({what}): {last}; trying again in {:.1} s ({attempt} of {tries} tries)",
+                wait.as_secs_f64()
+            );
+            waiter.sleep(wait);
+            backoff = (backoff * 2).min(policy.max_backoff);
+        }
+    }
+    Err(Error::Cloud(
+        Message::from(format!(
+            "Hetzner Cloud ({what}): {last} (after {tries} tries)"
+        ))
+        .hint("see status.hetzner.com; run again later"),
+    ))
+}
+
+/// `429 rate_limit_exceeded: limit of 3600 requests per hour reached`.
+fn status_words(r: &Response) -> String {
+    let detail = serde_json::from_slice::<api::ErrorBody>(&r.body)
+        .ok()
+        .map(|b| format!(" {}: {}", b.error.code, b.error.message))
+        .unwrap_or_default();
+    format!("{}{detail}", r.status)
+}
+
+/// The API client: the inventory's queries over [`call`].
+pub struct Client {
+    transport: Box<dyn Transport>,
+    waiter: Box<dyn Waiter>,
+    policy: Policy,
+    token: Token,
+}
+
+impl Client {
+    /// Over reqwest, the real waiter and the default policy.
+    pub fn connect(settings: &Settings) -> Result<Client> {
+        Ok(Client::over(
+            Box::new(Http::new(settings)?),
+            Box::new(SystemWaiter),
+            Policy::default(),
+            settings.token.clone(),
+        ))
+    }
+
+    pub fn over(
+        transport: Box<dyn Transport>,
+        waiter: Box<dyn Waiter>,
+        policy: Policy,
+        token: Token,
+    ) -> Client {
+        Client {
+            transport,
+            waiter,
+            policy,
+            token,
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let body = call(
+            &*self.transport,
+            &*self.waiter,
+            &self.policy,
+            &self.token,
+            path,
+            query,
+        )?;
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::Cloud(Message::from(format!(
+                "Hetzner Cloud (GET {path}): an answer fleetgate cannot read: {e}"
+            )))
+        })
+    }
+
+    /// Every server `selector` selects, all pages; each one checked against
+    /// the selector here too: an API (or a proxy) that dropped the
+    /// selector must never hand the whole project to a deploy.
+    pub fn servers(&self, selector: &Selector) -> Result<Vec<api::Server>> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let got: api::ServersPage = self.get(
+                "/servers",
+                &[
+                    ("label_selector", selector.to_string()),
+                    ("page", page.to_string()),
+                    ("per_page", PER_PAGE.to_string()),
+                ],
+            )?;
+            let before = got.servers.len();
+            let matching: Vec<api::Server> = got
+                .servers
+                .into_iter()
+                .filter(|s| selector.matches(&s.labels))
+                .collect();
+            if matching.len() != before {
+                tracing::warn!(
+                    "Hetzner Cloud answered {} server(s) that `{selector}` does not select (page {page}): left out",
+                    before - matching.len()
+                );
+            }
+            out.extend(matching);
+            match api::Meta::next_page(&got.meta) {
+                Some(next) if next > page && next <= MAX_PAGES => page = next,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of the private network `name`, if it exists.
+    pub fn network_id(&self, name: &str) -> Result<Option<u64>> {
+        let got: api::NetworksPage = self.get("/networks", &[("name", name.to_string())])?;
+        Ok(got
+            .networks
+            .into_iter()
+            .find(|n| n.name == name)
+            .map(|n| n.id))
+    }
+}
+
+/// reqwest over `tls::config`, on its own current-thread runtime.
+struct Http {
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    endpoint: String,
+    auth: String,
+    token: Token,
+}
+
+impl Http {
+    fn new(settings: &Settings) -> Result<Http> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::config()?.as_ref().clone())
+            .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Cloud(format!("set up the HTTP client: {}", describe(e)).into()))?;
+        Ok(Http {
+            client,
+            rt: crate::rt::runtime()?,
+            endpoint: settings.endpoint.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {}", settings.token.expose()),
+            token: settings.token.clone(),
+        })
+    }
+}
+
+impl Transport for Http {
+    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered> {
+        let url = format!("{}{path}", self.endpoint);
+        let request = self
+            .client
+            .get(&url)
+            .query(query)
+            .header("authorization", &self.auth)
+            .header("accept", "application/json");
+        self.rt
+            .block_on(async {
+                let resp = request.send().await?;
+                let status = resp.status().as_u16();
+                let reset = resp
+                    .headers()
+                    .get("ratelimit-reset")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok());
+                let body = resp.bytes().await?.to_vec();
+                Ok::<_, reqwest::Error>(Response {
+                    status,
+                    reset,
+                    body,
+                })
+            })
+            .map_err(|e| match crate::tls::certificate_problem(&e) {
+                Some(why) => Unanswered { why, retry: false },
+                None => Unanswered {
+                    why: self.token.scrub(&describe(e)).into(),
+                    retry: true,
+                },
+            })
+    }
+}
+
+/// reqwest's error with its causes, without the URL.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// Answers from a script; records what was asked.
+    #[derive(Default, Clone)]
+    struct Scripted {
+        answers: Rc<RefCell<VecDeque<Result<Response, Unanswered>>>>,
+        asked: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Transport for Scripted {
+        fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered> {
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            self.asked
+                .borrow_mut()
+                .push(format!("{path}?{}", q.join("&")));
+            self.answers
+                .borrow_mut()
+                .pop_front()
+                .expect("a scripted answer")
+        }
+    }
+
+    /// A clock that moves only when slept.
+    #[derive(Default, Clone)]
+    struct FakeWaiter {
+        now: Rc<RefCell<u64>>,
+        slept: Rc<RefCell<Vec<Duration>>>,
+    }
+
+    impl Waiter for FakeWaiter {
+        fn now_unix(&self) -> u64 {
+            *self.now.borrow()
+        }
+        fn sleep(&self, d: Duration) {
+            *self.now.borrow_mut() += d.as_secs();
+            self.slept.borrow_mut().push(d);
+        }
+    }
+
+    const TOKEN: &str = "hc-secret-token-123";
+
+    fn ok(body: &str) -> Result<Response, Unanswered> {
+        Ok(Response {
+            status: 200,
+            reset: None,
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    fn status(code: u16, reset: Option<u64>) -> Result<Response, Unanswered> {
+        Ok(Response {
+            status: code,
+            reset,
+            body: format!(
+                r#"{{"error": {{"code": "c{code}", "message": "token {TOKEN} went wrong"}}}}"#
+            )
+            .into_bytes(),
+        })
+    }
+
+    fn refused() -> Result<Response, Unanswered> {
+        Err(Unanswered {
+            why: "connection refused".into(),
+            retry: true,
+        })
+    }
+
+    /// A name, the answers in order, what comes of them, the sleeps (ms).
+    type Case = (
+        &'static str,
+        Vec<Result<Response, Unanswered>>,
+        Result<(), &'static str>,
+        Vec<u64>,
+    );
+
+    /// Each script: what [`call`] returns (Ok or the words of its error)
+    /// and how long it slept in between.
+    #[test]
+    fn the_retry_policy() {
+        let t0 = 1_000_000;
+        let cases: Vec<Case> = vec![
+            ("at once", vec![ok("{}")], Ok(()), vec![]),
+            (
+                "401: at once, naming the variable",
+                vec![status(401, None)],
+                Err("refused HCLOUD_TOKEN (GET /servers): 401 c401"),
+                vec![],
+            ),
+            (
+                "403 too",
+                vec![status(403, None)],
+                Err("refused HCLOUD_TOKEN"),
+                vec![],
+            ),
+            (
+                "429: until RateLimit-Reset",
+                vec![status(429, Some(t0 + 7)), ok("{}")],
+                Ok(()),
+                vec![7_000],
+            ),
+            (
+                "429: a far reset is capped",
+                vec![status(429, Some(t0 + 3600)), ok("{}")],
+                Ok(()),
+                vec![60_000],
+            ),
+            (
+                "429: a reset already past is a short pause",
+                vec![status(429, Some(t0 - 5)), ok("{}")],
+                Ok(()),
+                vec![200],
+            ),
+            (
+                "5xx and no answer: backoff, doubled",
+                vec![status(502, None), refused(), status(503, None), ok("{}")],
+                Ok(()),
+                vec![500, 1_000, 2_000],
+            ),
+            (
+                "bounded: five tries",
+                vec![
+                    status(503, None),
+                    status(503, None),
+                    status(503, None),
+                    status(503, None),
+                    status(503, None),
+                ],
+                Err("503 c503: token *** went wrong (after 5 tries)"),
+                vec![500, 1_000, 2_000, 4_000],
+            ),
+            (
+                "429 every time: bounded too",
+                (0..5).map(|_| status(429, Some(t0 + 1))).collect(),
+                Err("429 c429"),
+                vec![1_000, 200, 200, 200],
+            ),
+            (
+                "another 4xx: not retried",
+                vec![status(422, None)],
+                Err("refused GET /servers: 422"),
+                vec![],
+            ),
+            (
+                "an untrusted certificate: not retried",
+                vec![Err(Unanswered {
+                    why: "its TLS certificate is not trusted".into(),
+                    retry: false,
+                })],
+                Err("not trusted"),
+                vec![],
+            ),
+        ];
+        for (name, script, expect, sleeps) in cases {
+            let transport = Scripted::default();
+            *transport.answers.borrow_mut() = script.into();
+            let waiter = FakeWaiter::default();
+            *waiter.now.borrow_mut() = t0;
+            let got = call(
+                &transport,
+                &waiter,
+                &Policy::default(),
+                &Token::new(TOKEN.into()),
+                "/servers",
+                &[],
+            );
+            match (&got, expect) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err(want)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(want), "{name}: {text}");
+                    assert!(!text.contains(TOKEN), "{name}: the token printed: {text}");
+                    assert_eq!(e.exit_code(), crate::error::ExitCode::Infra, "{name}");
+                }
+                _ => panic!("{name}: {got:?}"),
+            }
+            let slept: Vec<u64> = waiter
+                .slept
+                .borrow()
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect();
+            assert_eq!(slept, sleeps, "{name}");
+            assert!(transport.answers.borrow().is_empty(), "{name}: tries left");
+        }
+    }
+
+    fn page(names: &[(&str, &str)], next: Option<u32>) -> Result<Response, Unanswered> {
+        let servers: Vec<serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, (n, client))| {
+                serde_json::json!({"id": i, "name": n, "status": "running", "labels": {"client": client},
+                    "public_net": {"ipv4": {"ip": "192.0.2.1"}}, "private_net": []})
+            })
+            .collect();
+        ok(
+            &serde_json::json!({"servers": servers, "meta": {"pagination": {"next_page": next}}})
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn servers_are_read_page_by_page_and_checked_against_the_selector() {
+        let transport = Scripted::default();
+        *transport.answers.borrow_mut() = vec![
+            page(&[("a-1", "alpha"), ("b-1", "beta")], Some(2)),
+            page(&[("a-2", "alpha")], None),
+        ]
+        .into();
+        let client = Client::over(
+            Box::new(transport.clone()),
+            Box::new(FakeWaiter::default()),
+            Policy::default(),
+            Token::new(TOKEN.into()),
+        );
+        let servers = client
+            .servers(&Selector::parse("client=alpha").unwrap())
+            .unwrap();
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        // b-1: answered by an API that ignored the selector; never deployed to.
+        assert_eq!(names, ["a-1", "a-2"]);
+        assert_eq!(
+            *transport.asked.borrow(),
+            [
+                "/servers?label_selector=client=alpha&page=1&per_page=50",
+                "/servers?label_selector=client=alpha&page=2&per_page=50"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_endpoint_is_checked_like_a_forge_url() {
+        let s = Settings::new(Some("t".into()), None).unwrap().unwrap();
+        assert_eq!(s.endpoint, DEFAULT_ENDPOINT);
+        assert!(Settings::new(None, None).unwrap().is_none());
+        for bad in [
+            "ftp://x/v1",
+            "https://user:hunter2@x/v1",
+            "https://x/v1?a=1",
+            "not a url",
+        ] {
+            let e = Settings::new(Some("t".into()), Some(bad.into())).unwrap_err();
+            assert!(e.to_string().contains("HCLOUD_ENDPOINT is"), "{bad}: {e}");
+            assert_eq!(e.exit_code(), crate::error::ExitCode::Invalid);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let local = Settings::new(Some("t".into()), Some("http://127.0.0.1:8080/v1".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(local.endpoint, "http://127.0.0.1:8080/v1");
+    }
+}
