@@ -151,13 +151,20 @@ fn pinned_keys(
     problems: &mut Vec<crate::error::Diagnostic>,
 ) -> Result<()> {
     if !changed.iter().any(|p| p == config::KNOWN_HOSTS) || files.selection == Selection::All {
-        config::known_hosts_checks(files, &fleet.clients, problems);
+        log_warnings(&config::known_hosts_checks(files, &fleet.clients, problems));
         return Ok(());
     }
     let all = config::load(snap, Selection::All)?;
     let (every, _) = config::validate(&all);
-    config::known_hosts_checks(&all, &every.clients, problems);
+    log_warnings(&config::known_hosts_checks(&all, &every.clients, problems));
     Ok(())
+}
+
+/// Says the pinned-key warnings (hosts pinned by address), as `check` does.
+fn log_warnings(warnings: &[crate::error::Diagnostic]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Adds to `plan` what `client` ran at `prev` (the commit its stage last
@@ -328,7 +335,11 @@ pub fn deploy_stage(
     let (prepared, mut problems) = desired::prepare(&files, keyring, &cache);
     if problems.is_empty() {
         // `check`'s pinned-key rule, before any host is contacted.
-        config::known_hosts_checks(&files, &prepared.fleet.clients, &mut problems);
+        log_warnings(&config::known_hosts_checks(
+            &files,
+            &prepared.fleet.clients,
+            &mut problems,
+        ));
     }
     if !problems.is_empty() {
         return Err(invalid(desired::collapse_repeats(problems)));
