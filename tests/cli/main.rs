@@ -12,6 +12,7 @@ mod forge_server;
 mod hcloud_server;
 mod history;
 mod hosts;
+mod hosts_cmd;
 mod leakscan;
 mod lock;
 mod operator;
