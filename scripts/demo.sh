@@ -112,6 +112,9 @@ export FLEETGATE_SSH_KEY=$sandbox/deploy_key
 health() { curl -s "http://127.0.0.1:$(( $(cat "$sandbox/hosts/$1/port") + 1000 ))/health" | tr '\n' ' '; }
 serving() { for h in alpha-1 beta-1 beta-2; do echo "  $h serves: $(health $h)"; done; }
 
+step "the hosts, and whether each one's key is pinned in pipelines/known_hosts (by host name)"
+expect 0 "$bin" hosts
+
 step "the fleet's first push: CI runs fleetgate run --base 0000… --head HEAD (the forge's \"before\" on a new branch): canary, then production waits (exit 4)"
 expect 4 "$bin" run --base 0000000000000000000000000000000000000000 --head HEAD
 serving

@@ -61,7 +61,8 @@ AllowUsers $USER_NAME
 LogLevel ERROR
 CFG
     /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log"
-    echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$d/host_key.pub")" >> "$SANDBOX/known_hosts"
+    # Pinned by host name: fleetgate connects with HostKeyAlias=<name>.
+    echo "$h $(cut -d' ' -f1,2 "$d/host_key.pub")" >> "$SANDBOX/known_hosts"
     echo "$port" > "$d/port"
     port=$((port + 1))
   done

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
     approve::ApproveArgs, check::CheckArgs, completions::CompletionsArgs, deploy::DeployArgs,
-    history::HistoryArgs, lock::LockArgs, man::ManArgs, plan::PlanArgs, rollback::RollbackArgs,
-    run::RunArgs, scan::ScanArgs, status::StatusArgs,
+    history::HistoryArgs, hosts::HostsArgs, lock::LockArgs, man::ManArgs, plan::PlanArgs,
+    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
 use crate::printer::ColorChoice;
 
@@ -103,6 +103,8 @@ pub enum Command {
     Lock(LockArgs),
     /// The runs recorded in Git, newest first: commit, plan, stages, approvals, revert.
     History(HistoryArgs),
+    /// Every host and whether its key is pinned; `hosts trust` pins unpinned ones for review.
+    Hosts(HostsArgs),
     /// Print a shell completion script.
     ///
     /// bash: `fleetgate completions bash > /etc/bash_completion.d/fleetgate`;
@@ -180,7 +182,7 @@ mod help_tests {
             assert!(has(name, "forge"), "{name} --forge");
         }
         for name in [
-            "check", "scan", "deploy", "status", "rollback", "lock", "history",
+            "check", "scan", "deploy", "status", "rollback", "lock", "history", "hosts",
         ] {
             assert!(!has(name, "forge"), "{name} offers --forge");
         }

@@ -230,6 +230,10 @@ impl Error {
         out
     }
 
+    pub fn usage(text: impl Into<String>) -> Self {
+        Error::Usage(Message::from(text.into()))
+    }
+
     /// What went wrong, without the hint: one line for a commit status.
     pub fn headline(&self) -> String {
         let text = match self {

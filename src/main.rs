@@ -16,6 +16,7 @@ mod gates;
 mod hcloud;
 mod interrupt;
 mod inventory;
+mod known_hosts;
 mod origin;
 mod par;
 mod plan;
@@ -87,6 +88,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Approve(args) => commands::approve::run(&ctx, args),
         Command::Lock(args) => commands::lock::run(&ctx, args),
         Command::History(args) => commands::history::run(&ctx, args),
+        Command::Hosts(args) => commands::hosts::run(&ctx, args),
         Command::Completions(args) => commands::completions::run(args),
         Command::Man(args) => commands::man::run(args),
     }

@@ -188,13 +188,59 @@ fn pinned_keys(
     problems: &mut Vec<crate::error::Diagnostic>,
 ) -> Result<()> {
     if !changed.iter().any(|p| p == config::KNOWN_HOSTS) || files.selection == Selection::All {
-        config::known_hosts_checks(files, &fleet.clients, problems);
+        log_warnings(&config::known_hosts_checks(files, &fleet.clients, problems));
         return Ok(());
     }
     let all = config::load(snap, Selection::All)?;
     let (every, _) = config::validate(&all);
-    config::known_hosts_checks(&all, &every.clients, problems);
+    log_warnings(&config::known_hosts_checks(&all, &every.clients, problems));
     Ok(())
+}
+
+/// Says the pinned-key warnings (hosts pinned by address), as `check` does.
+/// A Hetzner server is trusted only by a key pinned under its name: its
+/// address is the next server's once it is gone, so an address line never
+/// pins it (`check` sees no cloud server; this runs once they are resolved,
+/// before any is contacted).
+fn cloud_servers_pinned_by_name(
+    files: &config::FleetFiles,
+    fleet: &Fleet,
+    cloud_clients: &[String],
+) -> Result<()> {
+    let known = crate::known_hosts::KnownHosts::parse(&String::from_utf8_lossy(
+        files
+            .files
+            .get(config::KNOWN_HOSTS)
+            .map(Vec::as_slice)
+            .unwrap_or_default(),
+    ));
+    let unpinned: Vec<String> = cloud_clients
+        .iter()
+        .filter_map(|c| match &fleet.clients[c].hosts {
+            config::Hosts::Static(hosts) => Some(hosts.iter().map(move |h| (c, h))),
+            config::Hosts::Hcloud { .. } => None,
+        })
+        .flatten()
+        .filter(|(_, h)| known.pin(h, false) != crate::known_hosts::Pin::Name)
+        .map(|(c, h)| format!("{c}/{} ({})", h.name, h.address))
+        .collect();
+    if unpinned.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(
+        Message::from(format!(
+            "{}: no key pinned for the Hetzner server(s) {} (a server is trusted by a `NAME KEYTYPE KEY` line under its server name only)",
+            config::KNOWN_HOSTS,
+            unpinned.join(", ")
+        ))
+        .hint("run `fleetgate hosts trust --client CLIENT`, verify the keys out of band, and merge them in a reviewed commit; fleetgate never trusts a key on first use"),
+    ))
+}
+
+fn log_warnings(warnings: &[crate::error::Diagnostic]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Adds to `plan` what `client` ran at `prev` (the commit its stage last
@@ -457,7 +503,11 @@ pub fn deploy_stage(
     let (mut prepared, mut problems) = desired::prepare(&files, keyring, &cache);
     if problems.is_empty() {
         // `check`'s pinned-key rule, before any host is contacted.
-        config::known_hosts_checks(&files, &prepared.fleet.clients, &mut problems);
+        log_warnings(&config::known_hosts_checks(
+            &files,
+            &prepared.fleet.clients,
+            &mut problems,
+        ));
     }
     if !problems.is_empty() {
         return Err(invalid(desired::collapse_repeats(problems)));
@@ -504,7 +554,18 @@ pub fn deploy_stage(
         .collect();
     // Hetzner clients' servers, resolved once, rendered and deployed as
     // the hosts they are.
+    let cloud_clients: Vec<String> = clients
+        .iter()
+        .filter(|c| {
+            matches!(
+                prepared.fleet.clients[*c].hosts,
+                config::Hosts::Hcloud { .. }
+            )
+        })
+        .cloned()
+        .collect();
     inventory::resolve_fleet(inventory, &mut prepared.fleet, &clients)?;
+    cloud_servers_pinned_by_name(&files, &prepared.fleet, &cloud_clients)?;
     let fleet = &prepared.fleet;
     let uses_secrets = clients.iter().any(|c| {
         fleet.clients[c]

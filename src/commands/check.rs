@@ -136,7 +136,13 @@ fn check(ctx: &Context, args: &CheckArgs, report: &mut CheckReport) -> Result<()
     d.fleet.log_warnings();
     report.warnings = d.fleet.warnings.iter().map(Problem::from).collect();
     let mut problems = Vec::new();
-    config::known_hosts_checks(&files, &d.fleet.clients, &mut problems);
+    let pinned_by_address = config::known_hosts_checks(&files, &d.fleet.clients, &mut problems);
+    for w in &pinned_by_address {
+        tracing::warn!("{w}");
+    }
+    report
+        .warnings
+        .extend(pinned_by_address.iter().map(Problem::from));
     if !problems.is_empty() {
         return Err(invalid(problems));
     }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod completions;
 pub mod deploy;
 pub mod history;
+pub mod hosts;
 pub mod lock;
 pub mod man;
 pub mod plan;

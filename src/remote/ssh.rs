@@ -4,6 +4,12 @@
 //! `sh` (unit tests of the scripts, no network), and `Dropping` wraps a
 //! host whose connection drops mid-script (unit tests of lost hosts).
 //!
+//! Host keys: a host pinned by name in `pipelines/known_hosts` is connected
+//! to with `HostKeyAlias=<name>` (its own ssh_config), so ssh looks its key
+//! up by name whatever the address and port; a host pinned only by address
+//! (the form before issue 15) is looked up by address, as before.
+//! [`keyscan`] fetches the keys a host offers, for `hosts trust`.
+//!
 //! Scripts travel on the remote `sh -s`'s stdin, never in a command line, so
 //! file contents and secrets are not visible in process lists.
 
@@ -135,6 +141,9 @@ where
 pub struct SshOptions {
     /// `pipelines/known_hosts` of the commit being deployed, written to a file.
     pub known_hosts: PathBuf,
+    /// The names it pins keys for: those hosts are connected to with
+    /// `HostKeyAlias=<name>`.
+    pub pinned_names: std::collections::BTreeSet<String>,
     /// A private key (`FLEETGATE_SSH_KEY`); `None`: the ssh agent.
     pub key: Option<PathBuf>,
     /// A short directory for control sockets (Unix sockets stop at ~108 bytes).
@@ -172,6 +181,12 @@ pub struct SshHost {
 
 impl SshHost {
     pub async fn connect(host: &Host, opts: &SshOptions) -> Result<SshHost, RemoteError> {
+        let config_file = host_config(host, opts).map_err(|message| RemoteError::Connect {
+            host: host.name.clone(),
+            address: format!("{}@{}:{}", host.user, host.address, host.port),
+            message,
+            hint: "see the message above",
+        })?;
         let mut b = openssh::SessionBuilder::default();
         b.user(host.user.clone())
             .port(host.port)
@@ -182,7 +197,7 @@ impl SshHost {
                 std::num::NonZeroUsize::new(ORPHAN_MASTER_EXIT.as_secs() as usize)
                     .expect("a bound of whole seconds"),
             ))
-            .config_file(&opts.config_file);
+            .config_file(&config_file);
         if let Some(t) = opts.connect_timeout {
             b.connect_timeout(t);
         }
@@ -231,6 +246,92 @@ impl SshHost {
             tracing::debug!("{name}: closing the ssh connection: {}", error_chain(&e));
         }
     }
+}
+
+/// The ssh_config `host` is connected with: for a host pinned by name, the
+/// shared one with `HostKeyAlias=<name>` first (the first value of an
+/// option wins; operators cannot set it: `config/ssh_options.rs`).
+fn host_config(host: &Host, opts: &SshOptions) -> Result<PathBuf, String> {
+    if !opts.pinned_names.contains(&host.name) {
+        return Ok(opts.config_file.clone());
+    }
+    // Names are validated (static) or a cloud provider's host names; this
+    // keeps anything else out of a config line and a file name.
+    if host.name.is_empty()
+        || !host
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Err(format!(
+            "`{}` cannot be a HostKeyAlias (letters, digits, `-`, `.`, `_`)",
+            host.name
+        ));
+    }
+    let shared = std::fs::read_to_string(&opts.config_file)
+        .map_err(|e| format!("read {}: {e}", opts.config_file.display()))?;
+    let path = opts.control_dir.join(format!("ssh_config.{}", host.name));
+    std::fs::write(
+        &path,
+        format!(
+            "# its key is pinned by name in pipelines/known_hosts\nHostKeyAlias {}\n{shared}",
+            host.name
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The keys `address:port` offers (`ssh-keyscan -t ed25519,ecdsa,rsa`),
+/// for `hosts trust`: never trusted here, only shown and written for a
+/// reviewed commit. Empty output is an error (unreachable, or no sshd).
+pub async fn keyscan(
+    address: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<crate::known_hosts::Key>, String> {
+    // ssh-keyscan takes IPv6 addresses bare.
+    let bare = address.trim_start_matches('[').trim_end_matches(']');
+    let child = tokio::process::Command::new("ssh-keyscan")
+        .arg("-T")
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-t")
+        .arg(crate::known_hosts::SCAN_TYPES)
+        .arg("--")
+        .arg(bare)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawn ssh-keyscan: {e} (it comes with the OpenSSH client)"))?;
+    // ssh-keyscan's -T bounds each read, not the whole scan of three types.
+    let out = tokio::time::timeout(timeout * 4, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "ssh-keyscan did not finish within {}s",
+                timeout.as_secs() * 4
+            )
+        })?
+        .map_err(|e| format!("wait for ssh-keyscan: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let keys = crate::known_hosts::parse_keyscan(&stdout);
+    if keys.is_empty() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        return Err(match (out.status.success(), why.is_empty()) {
+            (_, false) => format!("ssh-keyscan: {}", why.join("; ")),
+            (true, true) => "no host key offered (unreachable, or no sshd there)".into(),
+            (false, true) => format!("ssh-keyscan exited with {}", out.status),
+        });
+    }
+    Ok(keys)
 }
 
 /// The file in a control directory naming the fleetgate process that owns
@@ -373,7 +474,7 @@ fn connect_hint(message: &str) -> &'static str {
     if message.contains("Host key verification failed")
         || message.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
     {
-        "the host's key is missing from pipelines/known_hosts or differs from it; verify the host out of band, then update pipelines/known_hosts in a reviewed commit"
+        "the host's key is missing from pipelines/known_hosts or differs from it: `fleetgate hosts` shows which hosts are pinned, `fleetgate hosts trust` fetches unpinned ones' keys for a reviewed commit (a changed key needs its old line removed by hand, after verifying the host out of band)"
     } else if message.contains("Permission denied") {
         "the deploy key was refused: check FLEETGATE_SSH_KEY (or the ssh agent) and the host's authorized_keys"
     } else if message.contains("Connection refused")
@@ -472,8 +573,16 @@ impl SshConnector {
         let key = std::env::var_os("FLEETGATE_SSH_KEY")
             .filter(|k| !k.is_empty())
             .map(PathBuf::from);
+        let pinned_names =
+            crate::known_hosts::KnownHosts::parse(&String::from_utf8_lossy(known_hosts))
+                .entries
+                .into_iter()
+                .filter(|e| e.marker.as_deref() != Some("@revoked"))
+                .flat_map(|e| e.patterns)
+                .collect();
         let opts = SshOptions {
             known_hosts: known,
+            pinned_names,
             key,
             control_dir: dir.path().to_path_buf(),
             config_file: config,

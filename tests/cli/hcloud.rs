@@ -379,3 +379,62 @@ fn bench_inventory() {
     );
     hcloud.assert_clean();
 }
+
+/// A Hetzner server is trusted by a key under its server name only: an
+/// address line (the next server's address, once this one is gone) does
+/// not pin it. Refused before any host is contacted, listed as unpinned,
+/// trusted through `hosts trust` into the work tree, then deployed once
+/// that is committed.
+#[test]
+fn an_unpinned_server_is_refused_then_trusted_through_hosts_trust() {
+    let (d, hcloud) = fleet();
+    let host = d.hosts.host("alpha-1");
+    d.fleet.write(
+        "pipelines/known_hosts",
+        &format!("[127.0.0.1]:{} {}\n", host.port, host.host_key_pub),
+    );
+    d.fleet.commit("alpha-1 pinned by its address only");
+
+    let refused = deploy(&d, &env(&hcloud));
+    refused.code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("no key pinned for the Hetzner server(s) alpha/alpha-1 (127.0.0.1)"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("hosts trust"), "{}", refused.stderr);
+    assert_eq!(d.serving("alpha-1"), None, "nothing deployed");
+
+    let listed = run(&d, &["hosts", "--format", "json"], &env(&hcloud));
+    listed.code(0);
+    let rows = listed.json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "alpha-1")
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert_eq!(
+        (row["client"].as_str(), row["pinned"].as_bool()),
+        (Some("alpha"), Some(false)),
+        "{row}"
+    );
+
+    let trusted = run(&d, &["hosts", "trust", "--client", "alpha"], &env(&hcloud));
+    trusted.code(0);
+    let known = d.fleet.read("pipelines/known_hosts");
+    let key = host.host_key_pub.trim();
+    assert!(
+        known.lines().any(|l| l == format!("alpha-1 {key}")),
+        "{known}"
+    );
+    d.fleet.commit("trust alpha-1 (reviewed)");
+    deploy(&d, &env(&hcloud)).code(0);
+    assert_eq!(
+        d.serving("alpha-1").as_deref().map(|s| s.starts_with("ok")),
+        Some(true)
+    );
+    hcloud.assert_clean();
+}

@@ -140,12 +140,57 @@ impl TestHosts {
             .unwrap_or_else(|| panic!("no test host {name}"))
     }
 
-    /// `pipelines/known_hosts` lines pinning every host's key.
+    /// `pipelines/known_hosts` lines pinning every host's key by its name
+    /// (fleetgate connects with `HostKeyAlias=<name>`).
     pub fn known_hosts(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| format!("{} {}\n", h.name, h.host_key_pub))
+            .collect()
+    }
+
+    /// The same keys pinned by address, the form before `HostKeyAlias`
+    /// (deprecated, still accepted for static hosts).
+    pub fn known_hosts_by_address(&self) -> String {
         self.hosts
             .iter()
             .map(|h| format!("[127.0.0.1]:{} {}\n", h.port, h.host_key_pub))
             .collect()
+    }
+
+    /// The server is rebuilt: a new host key, same port.
+    pub fn rekey(&mut self, name: &str) {
+        self.stop(name);
+        let hdir = self.dir.join(name);
+        let key = hdir.join("host_key");
+        std::fs::remove_file(&key).unwrap();
+        std::fs::remove_file(key.with_extension("pub")).unwrap();
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
+        h.host_key_pub = public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.restart(name);
+    }
+
+    /// The server moves: same key, another port (its address changed).
+    pub fn move_port(&mut self, name: &str) {
+        self.stop(name);
+        let hdir = self.dir.join(name);
+        let config = hdir.join("sshd_config");
+        let port = free_port();
+        let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&format!("Port {}\n", h.port), &format!("Port {port}\n"));
+        std::fs::write(&config, text).unwrap();
+        h.port = port;
+        self.restart(name);
     }
 
     /// Stops one host's sshd: it becomes unreachable.

@@ -13,6 +13,7 @@ mod hcloud;
 mod hcloud_server;
 mod history;
 mod hosts;
+mod hosts_cmd;
 mod leakscan;
 mod lock;
 mod operator;

@@ -181,14 +181,14 @@ fn rotated_secret_is_named_and_its_value_appears_nowhere() {
     }
 }
 
-/// Pins `address`'s key in the fleet's known_hosts, as an operator adding
+/// Pins host `name`'s key in the fleet's known_hosts, as an operator adding
 /// a host must (every command refuses a host without one).
-fn pin(fleet: &Fleet, address: &str) {
+fn pin(fleet: &Fleet, name: &str) {
     let known = fleet.read("pipelines/known_hosts");
     fleet.write(
         "pipelines/known_hosts",
         &format!(
-            "{known}{address} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m\n"
+            "{known}{name} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m\n"
         ),
     );
 }
@@ -204,7 +204,7 @@ fn client_added_and_removed() {
         "secrets/clients/delta.sops.yaml",
         "api_token: delta-token\n",
     );
-    pin(&fleet, "203.0.113.40");
+    pin(&fleet, "delta-1");
     fleet.commit("add delta");
     let plan = fleet.plan_json("HEAD~1", "HEAD");
     assert_eq!(plan_clients(&plan), ["delta"]);
@@ -243,7 +243,7 @@ fn host_added() {
         "    deploy_root: /opt/fleetgate\n",
         "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
     );
-    pin(&fleet, "203.0.113.21");
+    pin(&fleet, "beta-2");
     fleet.commit("beta: second host");
     let plan = fleet.plan_json("HEAD~1", "HEAD");
     assert_eq!(plan_clients(&plan), ["beta"]);
@@ -464,7 +464,7 @@ fn markdown_comment_for_a_many_sided_change() {
         "nextcloud_admin_password",
         "Rotated-Admin-9",
     );
-    pin(&fleet, "203.0.113.21");
+    pin(&fleet, "beta-2");
     fleet.commit("whoami 1.11.1, beta-2, rotate gamma's nextcloud admin");
     let run = fleet.run(&[
         "plan", "--base", "HEAD~1", "--head", "HEAD", "--format", "markdown",

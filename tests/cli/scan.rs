@@ -103,7 +103,7 @@ impl ScanFleet {
         // Pinned, as every command that plans or deploys requires.
         s.fleet.write(
             "pipelines/known_hosts",
-            "192.0.2.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m\n",
+            "alpha-1,beta-1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m\n",
         );
         s.fleet.commit("fleet with images");
         s

@@ -1,20 +1,26 @@
-//! `pipelines/known_hosts`: every static host needs its key pinned there.
-//! Deploy refuses hosts without one, so `check` says so first.
+//! `pipelines/known_hosts`: every static host needs its key pinned there,
+//! by its name (fleetgate connects with `HostKeyAlias=<name>`) or, as before
+//! issue 15, by its address (deprecated: a warning). Deploy refuses hosts
+//! without one, so `check` says so first. The format is `crate::known_hosts`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::config::model::{Client, Host, Hosts};
 use crate::config::{FleetFiles, KNOWN_HOSTS, client_file};
 use crate::error::Diagnostic;
+use crate::known_hosts::{KnownHosts, Pin, address_pattern};
 
 /// Every static host needs its key pinned in `pipelines/known_hosts`: deploy
 /// refuses hosts without one, so `check` says so first. (Not part of
-/// `validate`: a plan may show a host whose key is not pinned yet.)
+/// `validate`: a plan may show a host whose key is not pinned yet.) Returns
+/// the warnings: hosts pinned only by address, the form before
+/// `HostKeyAlias`, which still works.
 pub fn known_hosts_checks(
     files: &FleetFiles,
     clients: &BTreeMap<String, Client>,
     problems: &mut Vec<Diagnostic>,
-) {
+) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
     let static_hosts: Vec<(&Client, usize, &Host)> = clients
         .values()
         .filter_map(|c| match &c.hosts {
@@ -24,63 +30,65 @@ pub fn known_hosts_checks(
         .flatten()
         .collect();
     if static_hosts.is_empty() {
-        return;
+        return warnings;
     }
     let Some(bytes) = files.files.get(KNOWN_HOSTS) else {
         problems.push(
             Diagnostic::new(KNOWN_HOSTS, "is missing; every host's SSH key must be pinned")
-                .hint("add `ssh-keyscan -p PORT HOST` lines, verified out of band; fleetgate never trusts a key on first use"),
+                .hint("run `fleetgate hosts trust` and commit what it adds, after verifying the keys out of band; fleetgate never trusts a key on first use"),
         );
-        return;
+        return warnings;
     };
-    let text = String::from_utf8_lossy(bytes);
-    let mut patterns = BTreeSet::new();
-    let mut hashed = false;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (hosts, rest) = match fields.first() {
-            Some(m) if m.starts_with('@') => (fields.get(1), &fields[fields.len().min(2)..]),
-            Some(_) => (fields.first(), &fields[1..]),
-            None => continue,
-        };
-        if rest.len() < 2 {
-            problems.push(
-                Diagnostic::new(
-                    KNOWN_HOSTS,
-                    "is not a known_hosts line (expected `HOST KEYTYPE KEY`)",
-                )
-                .line(u32::try_from(i + 1).ok())
-                .hint("write lines as ssh-keyscan prints them"),
-            );
-            continue;
-        }
-        for pattern in hosts.map(|h| h.split(',')).into_iter().flatten() {
-            hashed |= pattern.starts_with("|1|");
-            patterns.insert(pattern.to_string());
-        }
+    let known = KnownHosts::parse(&String::from_utf8_lossy(bytes));
+    for line in &known.malformed {
+        problems.push(
+            Diagnostic::new(
+                KNOWN_HOSTS,
+                "is not a known_hosts line (expected `NAME KEYTYPE KEY`)",
+            )
+            .line(u32::try_from(*line).ok())
+            .hint("write lines as `fleetgate hosts trust` (or ssh-keyscan) prints them"),
+        );
     }
-    if hashed {
+    if known.hashed {
         // Hashed entries cannot be matched here; deploy still checks strictly.
-        return;
+        return warnings;
     }
+    let mut by_address = Vec::new();
     for (client, i, host) in static_hosts {
-        let wanted = if host.port == 22 {
-            host.address.clone()
-        } else {
-            format!("[{}]:{}", host.address, host.port)
-        };
-        if !patterns.contains(&wanted) {
-            problems.push(
-                Diagnostic::new(client_file(&client.name), format!("host `{}` ({wanted}) has no key in {KNOWN_HOSTS}", host.name))
-                    .field(format!("hosts[{i}]"))
-                    .hint(format!("pin it: `ssh-keyscan -p {} {} >> {KNOWN_HOSTS}`, after verifying the key out of band", host.port, host.address)),
-            );
+        match known.pin(host, true) {
+            Pin::Name => {}
+            Pin::Address => by_address.push(format!("`{}`", host.name)),
+            Pin::None => problems.push(
+                Diagnostic::new(
+                    client_file(&client.name),
+                    format!(
+                        "host `{}` ({}) has no key in {KNOWN_HOSTS}",
+                        host.name,
+                        address_pattern(&host.address, host.port)
+                    ),
+                )
+                .field(format!("hosts[{i}]"))
+                .hint(format!(
+                    "pin it: `fleetgate hosts trust --client {}` adds `{} KEYTYPE KEY` lines, to verify out of band and commit for review",
+                    client.name, host.name
+                )),
+            ),
         }
     }
+    if !by_address.is_empty() {
+        warnings.push(
+            Diagnostic::new(
+                KNOWN_HOSTS,
+                format!(
+                    "host(s) {} are pinned by address, not by name: deprecated (fleetgate connects with HostKeyAlias=<host name>)",
+                    by_address.join(", ")
+                ),
+            )
+            .hint("run `fleetgate hosts trust`: it copies their pinned keys to `NAME KEYTYPE KEY` lines; commit that, then remove the address lines"),
+        );
+    }
+    warnings
 }
 
 #[cfg(test)]
@@ -105,29 +113,63 @@ mod tests {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
 
     /// `fixture`: `pipelines/known_hosts` (or `//- path` files over [`BASE`],
-    /// whose two hosts are on ports 22 and 2222); `expect`: the problems.
+    /// whose two hosts are on ports 22 and 2222); `expect`: the problems,
+    /// then the warnings (`warning: …`).
     fn check(fixture: &str, expect: &[&str]) {
         let files = files(KNOWN_HOSTS, BASE, fixture);
         let (fleet, problems) = validate(&files);
         assert_eq!(problems, [], "the fleet itself is valid");
         let mut problems = Vec::new();
-        known_hosts_checks(&files, &fleet.clients, &mut problems);
-        assert_outcome(fixture, &problems, Vec::new(), expect);
+        let warnings = known_hosts_checks(&files, &fleet.clients, &mut problems);
+        let warnings = warnings
+            .iter()
+            .map(|w| format!("warning: {}", w.message))
+            .collect();
+        assert_outcome(fixture, &problems, warnings, expect);
     }
 
     #[test]
-    fn every_static_host_is_pinned() {
-        check(
-            &format!("203.0.113.10 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
-            &[],
-        );
+    fn every_static_host_is_pinned_by_name() {
+        check(&format!("alpha-1 {KEY}\nalpha-2 {KEY}"), &[]);
         // Comments, blank lines, several names per line, markers.
         check(
             &format!(
-                "# pinned 2025-01-01\n\n203.0.113.9,203.0.113.10 {KEY}\n@cert-authority [alpha-2.example.org]:2222 {KEY}"
+                "# pinned 2025-01-01\n\n203.0.113.9,alpha-1 {KEY}\n@cert-authority alpha-2 {KEY}"
             ),
             &[],
         );
+        // The name form has no port; a revoked key pins nothing.
+        check(
+            &format!("alpha-1 {KEY}\n[alpha-2]:2222 {KEY}"),
+            &[
+                "clients/alpha.yaml hosts[1]: host `alpha-2` ([alpha-2.example.org]:2222) has no key in pipelines/known_hosts",
+            ],
+        );
+        check(
+            &format!("@revoked alpha-1 {KEY}\nalpha-2 {KEY}"),
+            &[
+                "clients/alpha.yaml hosts[0]: host `alpha-1` (203.0.113.10) has no key in pipelines/known_hosts",
+            ],
+        );
+    }
+
+    #[test]
+    fn pinned_by_address_still_works_with_a_warning() {
+        check(
+            &format!("203.0.113.10 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
+            &[
+                "warning: host(s) `alpha-1`, `alpha-2` are pinned by address, not by name: deprecated (fleetgate connects with HostKeyAlias=<host name>)",
+            ],
+        );
+        // Migrated halfway: only the host still pinned by address is named.
+        check(
+            &format!("alpha-1 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
+            &[
+                "warning: host(s) `alpha-2` are pinned by address, not by name: deprecated (fleetgate connects with HostKeyAlias=<host name>)",
+            ],
+        );
+        // The address form is what ssh-keyscan prints: the port in brackets
+        // unless it is 22.
         check(
             &format!("203.0.113.10 {KEY}\nalpha-2.example.org {KEY}"),
             &[
@@ -135,7 +177,7 @@ mod tests {
             ],
         );
         check(
-            &format!("[203.0.113.10]:22 {KEY}\n[alpha-2.example.org]:2222 {KEY}"),
+            &format!("[203.0.113.10]:22 {KEY}\nalpha-2 {KEY}"),
             &[
                 "clients/alpha.yaml hosts[0]: host `alpha-1` (203.0.113.10) has no key in pipelines/known_hosts",
             ],
@@ -149,9 +191,7 @@ mod tests {
             &["pipelines/known_hosts: is missing; every host's SSH key must be pinned"],
         );
         check(
-            &format!(
-                "203.0.113.10 {KEY}\n203.0.113.11 ssh-ed25519\n[alpha-2.example.org]:2222 {KEY}"
-            ),
+            &format!("alpha-1 {KEY}\nalpha-3 ssh-ed25519\nalpha-2 {KEY}"),
             &["pipelines/known_hosts:2: is not a known_hosts line"],
         );
         // Hashed names cannot be matched here (deploy still checks strictly).
