@@ -36,23 +36,26 @@
 //! Auth: `Authorization: token <T>` or `Bearer <T>` with the one valid
 //! token, whose user is the bot; else 401 with each API's message.
 //!
-//! HTTP: HTTP/1.1 on `std::net::TcpListener`, one thread per connection, one
-//! request per connection answered with `Content-Length` and
-//! `Connection: close`; request bodies by `Content-Length` or chunked.
+//! HTTP (`http_stub.rs`, shared with the Hetzner stand-in): HTTP/1.1 on
+//! `std::net::TcpListener`, one thread per connection, one request per
+//! connection answered with `Content-Length` and `Connection: close`; request
+//! bodies by `Content-Length` or chunked, up to 256 MiB.
 //! [`ForgeServer::start_tls`] serves the same over TLS (rustls, a
 //! certificate the test made): a handshake the client gives up — it does
 //! not trust the certificate — is recorded in
 //! [`ForgeServer::handshake_failures`], and no request is read.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+
+use crate::http_stub::{
+    self, HttpRequest, Loopback, Reply, Resp, parse_query, pct_decode, query_value,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -92,14 +95,12 @@ pub struct Logged {
 
 pub struct ForgeServer {
     shared: Arc<Shared>,
-    port: u16,
-    accept: Option<JoinHandle<()>>,
+    http: Loopback,
 }
 
 struct Shared {
     state: Mutex<State>,
     api: &'static Api,
-    stop: AtomicBool,
     /// Served over TLS with this config, when set.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -142,7 +143,7 @@ impl ForgeServer {
         bot: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> ForgeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forge stand-in");
+        let listener = http_stub::bind("forge");
         let port = listener.local_addr().unwrap().port();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let state = State {
@@ -171,26 +172,11 @@ impl ForgeServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             api,
-            stop: AtomicBool::new(false),
             tls,
         });
-        let accepting = Arc::clone(&shared);
-        let accept = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if accepting.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = conn {
-                    let shared = Arc::clone(&accepting);
-                    thread::spawn(move || connection(&shared, stream));
-                }
-            }
-        });
-        ForgeServer {
-            shared,
-            port,
-            accept: Some(accept),
-        }
+        let serving = Arc::clone(&shared);
+        let http = Loopback::serve(listener, move |stream| connection(&serving, stream));
+        ForgeServer { shared, http }
     }
 
     /// http://127.0.0.1:PORT, or https:// over TLS (the web/server URL;
@@ -321,20 +307,13 @@ impl Drop for ForgeServer {
             .map(|r| format!("{} {} -> {}\n{}\n", r.method, r.path, r.status, r.body))
             .collect();
         crate::leakscan::capture("forge-requests", sent.as_bytes());
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Unblocks `accept`, which then sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        self.http.stop();
     }
 }
 
 impl Shared {
-    /// A panicking test thread must not turn every later request into a
-    /// poisoned-lock panic: the state stays usable.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        http_stub::lock(&self.state)
     }
 }
 
@@ -1050,7 +1029,7 @@ impl State {
         // Injected failures come first: a proxy or rate limiter in front.
         if let Some((status, count)) = self.fail {
             self.fail = (count > 1).then_some((status, count - 1));
-            let text = format!("{status} {}", reason_phrase(status));
+            let text = format!("{status} {}", http_stub::reason(status));
             let body = format!(
                 "<html>\r\n<head><title>{text}</title></head>\r\n<body>\r\n<center><h1>{text}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
             );
@@ -1196,7 +1175,7 @@ impl State {
                 let items = list.iter().map(|c| self.comment_json(c)).collect();
                 Ok(match self.flavor {
                     // Forgejo v7 declares no paging on this endpoint: all of them.
-                    Flavor::Forgejo => Resp::json(200, Value::Array(items)),
+                    Flavor::Forgejo => Resp::json(200, JSON, Value::Array(items)),
                     Flavor::Github => self.paged(items, &call, "per_page", 100),
                 })
             }
@@ -1206,7 +1185,7 @@ impl State {
                 }
                 let (bot, body) = (self.bot.clone(), call.field("body").unwrap_or_default());
                 let comment = self.new_comment(call.number(), &bot, &body);
-                Ok(Resp::json(201, self.comment_json(&comment)))
+                Ok(Resp::json(201, JSON, self.comment_json(&comment)))
             }
             Endpoint::EditComment => {
                 let id = call.number();
@@ -1226,7 +1205,7 @@ impl State {
                 comment.body = call.field("body").unwrap_or_default();
                 comment.updated_at = now();
                 let comment = comment.clone();
-                Ok(Resp::json(200, self.comment_json(&comment)))
+                Ok(Resp::json(200, JSON, self.comment_json(&comment)))
             }
             Endpoint::CreateStatus => {
                 let sha = call.arg;
@@ -1257,7 +1236,7 @@ impl State {
                 self.next_id += 1;
                 let json = self.status_json(&stored);
                 self.statuses.push(stored);
-                Ok(Resp::json(201, json))
+                Ok(Resp::json(201, JSON, json))
             }
             Endpoint::ListPulls => {
                 // Forgejo: `state` defaults to open; "closed" are the merged
@@ -1280,7 +1259,7 @@ impl State {
                 if !self.pulls.contains_key(&call.number()) {
                     return Err(self.not_found());
                 }
-                Ok(Resp::json(200, self.pull_json(call.number())))
+                Ok(Resp::json(200, JSON, self.pull_json(call.number())))
             }
             Endpoint::CommitPulls => {
                 let sha = call.arg;
@@ -1329,7 +1308,7 @@ impl State {
                         json!({ "environments": [env], "state": state, "user": self.user_json(user), "comment": comment })
                     })
                     .collect();
-                Ok(Resp::json(200, Value::Array(items)))
+                Ok(Resp::json(200, JSON, Value::Array(items)))
             }
             Endpoint::Release(op) => self.release_endpoint(op, call),
         }
@@ -1398,7 +1377,7 @@ impl State {
         if page > 1 {
             links.extend([link(1, "first"), link(page - 1, "prev")]);
         }
-        let mut resp = Resp::json(200, Value::Array(chunk));
+        let mut resp = Resp::json(200, JSON, Value::Array(chunk));
         if !links.is_empty() {
             resp.headers.push(("Link".into(), links.join(", ")));
         }
@@ -1566,7 +1545,7 @@ impl State {
         };
         Resp {
             headers: r.headers.clone(),
-            ..Resp::json(r.status, body)
+            ..Resp::json(r.status, JSON, body)
         }
     }
 
@@ -1593,7 +1572,7 @@ impl State {
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), v))
                         .collect(),
-                    ..Resp::json(403, body)
+                    ..Resp::json(403, JSON, body)
                 }
             }
             // Forgejo has no rate limiter of its own: the proxy in front answers.
@@ -1638,42 +1617,8 @@ fn brief(v: &Value) -> String {
 // ---------------------------------------------------------------------------
 // HTTP
 
-struct HttpRequest {
-    method: String,
-    /// Path and query as received.
-    target: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    content_type: &'static str,
-    /// Bytes: release assets are binaries.
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(status: u16, body: Value) -> Resp {
-        Resp {
-            status,
-            headers: Vec::new(),
-            content_type: "application/json; charset=utf-8",
-            body: body.to_string().into(),
-        }
-    }
-}
+/// JSON as Forgejo and GitHub type it.
+const JSON: &str = "application/json; charset=utf-8";
 
 /// Release assets are binaries of tens of MiB (Forgejo's default
 /// `[attachment] MAX_SIZE` is 2 GiB).
@@ -1700,32 +1645,10 @@ fn connection(shared: &Shared, stream: TcpStream) {
     exchange(shared, tls)
 }
 
-/// A connection the stand-in can end: TCP shuts its write side, TLS says
-/// close_notify first.
-trait Stream: Read + Write {
-    fn close(&mut self);
-}
-
-impl Stream for TcpStream {
-    fn close(&mut self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
-
-impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
-    fn close(&mut self) {
-        self.conn.send_close_notify();
-        let _ = self.flush();
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
-    }
-}
-
 /// One request read from `stream` and answered.
-fn exchange(shared: &Shared, stream: impl Stream) {
-    let mut reader = BufReader::new(stream);
-    let resp = match read_request(&mut reader) {
-        Ok(Some(req)) => shared.lock().serve(shared.api, &req),
-        Ok(None) => return, // closed without a request (e.g. Drop's wake-up)
+fn exchange(shared: &Shared, stream: impl http_stub::Stream) {
+    http_stub::exchange(stream, MAX_BODY, |req| match req {
+        Ok(req) => shared.lock().serve(shared.api, &req),
         Err(e) => {
             let mut st = shared.lock();
             st.rejected.push(format!("malformed HTTP request: {e}"));
@@ -1736,167 +1659,7 @@ fn exchange(shared: &Shared, stream: impl Stream) {
                 body: format!("{e}\n").into(),
             }
         }
-    };
-    let mut stream = reader.into_inner();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        resp.status,
-        reason_phrase(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    for (name, value) in &resp.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(&resp.body))
-        .and_then(|()| stream.flush());
-    stream.close();
-}
-
-fn read_request<S: Read + Write>(reader: &mut BufReader<S>) -> io::Result<Option<HttpRequest>> {
-    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad(format!("bad request line {line:?}")));
-    };
-    let (method, target) = (method.to_string(), target.to_string());
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed inside the headers".into()));
-        }
-        let header = line.trim_end_matches(['\r', '\n']);
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line {header:?}")))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let mut req = HttpRequest {
-        method,
-        target,
-        headers,
-        body: Vec::new(),
-    };
-    if req
-        .header("expect")
-        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        let writer = reader.get_mut();
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        writer.flush()?;
-    }
-    if req
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-    {
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            if req.body.len() + size > MAX_BODY {
-                return Err(bad("body too large".into()));
-            }
-            let start = req.body.len();
-            req.body.resize(start + size, 0);
-            reader.read_exact(&mut req.body[start..])?;
-            let mut crlf = [0; 2];
-            reader.read_exact(&mut crlf)?;
-        }
-    } else if let Some(length) = req.header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| bad(format!("bad Content-Length {length:?}")))?;
-        if length > MAX_BODY {
-            return Err(bad("body too large".into()));
-        }
-        req.body.resize(length, 0);
-        reader.read_exact(&mut req.body)?;
-    }
-    Ok(Some(req))
-}
-
-fn parse_query(raw: &str) -> Vec<(String, String)> {
-    raw.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .map(|(k, v)| (pct_decode(k, true), pct_decode(v, true)))
-        .collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Percent-decoding; in a query, `+` is a space.
-fn pct_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten();
-        match escaped.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(if bytes[i] == b'+' && plus_is_space {
-                    b' '
-                } else {
-                    bytes[i]
-                });
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -2063,7 +1826,11 @@ impl State {
                     created_at: now(),
                     assets: Vec::new(),
                 });
-                Ok(Resp::json(201, self.release_json(self.releases.len() - 1)))
+                Ok(Resp::json(
+                    201,
+                    JSON,
+                    self.release_json(self.releases.len() - 1),
+                ))
             }
             ReleaseOp::Get | ReleaseOp::GetByTag | ReleaseOp::ListAssets => {
                 let i = match op {
@@ -2077,9 +1844,9 @@ impl State {
                     ReleaseOp::ListAssets => {
                         let r = &self.releases[i];
                         let items = r.assets.iter().map(|a| self.asset_json(r, a)).collect();
-                        Resp::json(200, Value::Array(items))
+                        Resp::json(200, JSON, Value::Array(items))
                     }
-                    _ => Resp::json(200, self.release_json(i)),
+                    _ => Resp::json(200, JSON, self.release_json(i)),
                 })
             }
             ReleaseOp::Upload => {
@@ -2115,6 +1882,7 @@ impl State {
                 let r = &self.releases[i];
                 Ok(Resp::json(
                     201,
+                    JSON,
                     self.asset_json(r, r.assets.last().unwrap()),
                 ))
             }
@@ -2418,23 +2186,7 @@ const TOKEN: &str = "t0ken";
 const BOT: &str = "fleetbot";
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut found = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
-        found.next().map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
     fn message(&self) -> String {
         self.json()["message"]
             .as_str()
@@ -2465,7 +2217,7 @@ fn send(
     } else {
         req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.http.port())).unwrap();
     stream.write_all(req.as_bytes()).unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();

@@ -52,19 +52,22 @@
 //! hcloud.assert_clean(); // also checked when `hcloud` is dropped
 //! ```
 //!
-//! HTTP: HTTP/1.1 on `std::net::TcpListener` under `/v1`, one thread per
-//! connection, one request per connection (`Connection: close`), bodies by
-//! `Content-Length` or chunked. Auth: `Authorization: Bearer <token>`.
+//! HTTP (`http_stub.rs`, shared with the forge stand-in): HTTP/1.1 on
+//! `std::net::TcpListener` under `/v1`, one thread per connection, one request
+//! per connection (`Connection: close`), bodies by `Content-Length` or chunked,
+//! up to 16 MiB. Auth: `Authorization: Bearer <token>`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+
+use crate::http_stub::{
+    self, HttpRequest, Loopback, Reply, Resp, parse_query, pct_decode, query_value,
+};
 
 #[path = "../../src/inventory/selector.rs"]
 mod selector;
@@ -129,13 +132,11 @@ pub enum Outcome {
 
 pub struct HcloudServer {
     shared: Arc<Shared>,
-    port: u16,
-    accept: Option<JoinHandle<()>>,
+    http: Loopback,
 }
 
 struct Shared {
     state: Mutex<State>,
-    stop: AtomicBool,
 }
 
 impl HcloudServer {
@@ -143,8 +144,7 @@ impl HcloudServer {
     /// valid API token is `token`.
     pub fn start(token: &str) -> HcloudServer {
         let api = api(); // fail here, not in a connection thread
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the hcloud stand-in");
-        let port = listener.local_addr().unwrap().port();
+        let listener = http_stub::bind("hcloud");
         let mut state = State {
             token: token.to_string(),
             next_id: 1000,
@@ -175,30 +175,15 @@ impl HcloudServer {
         state.images.insert(ubuntu.id, ubuntu);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
-            stop: AtomicBool::new(false),
         });
-        let accepting = Arc::clone(&shared);
-        let accept = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if accepting.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = conn {
-                    let shared = Arc::clone(&accepting);
-                    thread::spawn(move || connection(&shared, api, stream));
-                }
-            }
-        });
-        HcloudServer {
-            shared,
-            port,
-            accept: Some(accept),
-        }
+        let serving = Arc::clone(&shared);
+        let http = Loopback::serve(listener, move |stream| connection(&serving, api, stream));
+        HcloudServer { shared, http }
     }
 
     /// The API endpoint, `http://127.0.0.1:PORT/v1` (`HCLOUD_ENDPOINT`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, api().base_path)
+        format!("http://127.0.0.1:{}{}", self.http.port(), api().base_path)
     }
 
     /// A running server with these labels, a public IPv4 of its own in
@@ -415,12 +400,7 @@ impl Drop for HcloudServer {
             (sent, st.violations.clone())
         };
         crate::leakscan::capture("hcloud-requests", sent.as_bytes());
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Unblocks `accept`, which then sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        self.http.stop();
         if !violations.is_empty() && !thread::panicking() {
             panic!(
                 "the hcloud stand-in saw {} invalid exchange(s):\n{}",
@@ -432,10 +412,8 @@ impl Drop for HcloudServer {
 }
 
 impl Shared {
-    /// A panicking test thread must not turn every later request into a
-    /// poisoned-lock panic: the state stays usable.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        http_stub::lock(&self.state)
     }
 }
 
@@ -776,7 +754,7 @@ impl Api {
             .get(resp.content_type.split(';').next().unwrap_or(""))
             .ok_or_else(|| format!("Content-Type {} is not declared", resp.content_type))?;
         let body: Value =
-            serde_json::from_str(&resp.body).map_err(|e| format!("the body is not JSON: {e}"))?;
+            serde_json::from_slice(&resp.body).map_err(|e| format!("the body is not JSON: {e}"))?;
         self.check(&schema["schema"], &body, "response")
     }
 }
@@ -945,7 +923,7 @@ impl Answer {
         let body = json!({ "error": { "code": self.code, "message": self.message, "details": self.details } });
         Resp {
             headers: self.headers.clone(),
-            ..Resp::json(self.status, body)
+            ..Resp::json(self.status, JSON, body)
         }
     }
 }
@@ -1123,6 +1101,7 @@ impl State {
                 let server = self.server(call.id)?;
                 Ok(Resp::json(
                     200,
+                    JSON,
                     json!({ "server": self.server_json(server) }),
                 ))
             }
@@ -1154,7 +1133,7 @@ impl State {
                 let action =
                     self.new_action("create_image", vec![(server_id, "server"), (id, "image")]);
                 let json = json!({ "image": self.image_json(&self.images[&id]), "action": self.action_json(action) });
-                Ok(Resp::json(201, json))
+                Ok(Resp::json(201, JSON, json))
             }
             Endpoint::Rebuild => {
                 let server = self.server(call.id)?.id;
@@ -1181,7 +1160,7 @@ impl State {
                     action,
                 });
                 let json = json!({ "action": self.action_json(action), "root_password": null });
-                Ok(Resp::json(201, json))
+                Ok(Resp::json(201, JSON, json))
             }
             Endpoint::ListImages => {
                 let selector = call.selector();
@@ -1209,7 +1188,11 @@ impl State {
                     .images
                     .get(&call.id)
                     .ok_or(Answer::not_found("image", call.id))?;
-                Ok(Resp::json(200, json!({ "image": self.image_json(image) })))
+                Ok(Resp::json(
+                    200,
+                    JSON,
+                    json!({ "image": self.image_json(image) }),
+                ))
             }
             Endpoint::DeleteImage => {
                 let image = self
@@ -1224,8 +1207,8 @@ impl State {
                 Ok(Resp {
                     status: 204,
                     headers: Vec::new(),
-                    content_type: "application/json",
-                    body: String::new(),
+                    content_type: JSON,
+                    body: Vec::new(),
                 })
             }
             Endpoint::GetAction => {
@@ -1235,6 +1218,7 @@ impl State {
                 self.poll(call.id);
                 Ok(Resp::json(
                     200,
+                    JSON,
                     json!({ "action": self.action_json(call.id) }),
                 ))
             }
@@ -1467,6 +1451,7 @@ fn page(key: &str, rows: Vec<(u64, String, String, Value)>, call: &Call) -> Resp
     });
     Resp::json(
         200,
+        JSON,
         json!({ key: items, "meta": { "pagination": pagination } }),
     )
 }
@@ -1488,48 +1473,16 @@ fn now() -> String {
 // ---------------------------------------------------------------------------
 // HTTP
 
-struct HttpRequest {
-    method: String,
-    /// Path and query as received.
-    target: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
+/// JSON as Hetzner types it.
+const JSON: &str = "application/json";
 
-impl HttpRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut found = self.headers.iter().filter(|(n, _)| n == name);
-        found.next().map(|(_, v)| v.as_str())
-    }
-}
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Resp {
-    fn json(status: u16, body: Value) -> Resp {
-        Resp {
-            status,
-            headers: Vec::new(),
-            content_type: "application/json",
-            body: body.to_string(),
-        }
-    }
-}
+/// Hetzner's bodies are small JSON documents.
+const MAX_BODY: usize = 16 << 20;
 
 fn connection(shared: &Shared, api: &Api, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let resp = match read_request(&mut BufReader::new(read_half)) {
-        Ok(Some(req)) => shared.lock().serve(api, &req),
-        Ok(None) => return, // closed without a request (Drop's wake-up)
+    http_stub::exchange(stream, MAX_BODY, |req| match req {
+        Ok(req) => shared.lock().serve(api, &req),
         Err(e) => {
             shared
                 .lock()
@@ -1537,136 +1490,7 @@ fn connection(shared: &Shared, api: &Api, stream: TcpStream) {
                 .push(format!("malformed HTTP request: {e}"));
             Answer::invalid(400, "invalid_input", "request", e.to_string()).resp()
         }
-    };
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    for (name, value) in &resp.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut stream = stream;
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(resp.body.as_bytes()))
-        .and_then(|()| stream.flush());
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-}
-
-fn read_request(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> {
-    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let [method, target, _version] = words[..] else {
-        return Err(bad(format!("bad request line {line:?}")));
-    };
-    let mut req = HttpRequest {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 {
-            return Err(bad("connection closed inside the headers".into()));
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line {header:?}")))?;
-        req.headers
-            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let chunked = req
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let size = size.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| bad(format!("bad chunk size {size:?}")))?;
-            let mut chunk = vec![0; size + 2]; // and its CRLF
-            reader.read_exact(&mut chunk)?;
-            req.body.extend_from_slice(&chunk[..size]);
-            if size == 0 {
-                break; // no trailers: clients send none
-            }
-        }
-    } else if let Some(length) = req.header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| bad(format!("bad Content-Length {length:?}")))?;
-        req.body = vec![0; length.min(16 << 20)];
-        reader.read_exact(&mut req.body)?;
-    }
-    Ok(Some(req))
-}
-
-fn parse_query(raw: &str) -> Vec<(String, String)> {
-    raw.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .map(|(k, v)| (pct_decode(k, true), pct_decode(v, true)))
-        .collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    let mut found = query.iter().filter(|(k, _)| k == name);
-    found.next().map(|(_, v)| v.as_str())
-}
-
-/// Percent-decoding; in a query, `+` is a space.
-fn pct_decode(s: &str, plus_is_space: bool) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        let hex = || {
-            let pair = [bytes.clone().next()?, bytes.clone().nth(1)?];
-            u8::from_str_radix(std::str::from_utf8(&pair).ok()?, 16).ok()
-        };
-        match (b, hex()) {
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
-                bytes.nth(1);
-            }
-            (b'+', _) if plus_is_space => out.push(b' '),
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1674,23 +1498,7 @@ fn reason(status: u16) -> &'static str {
 
 const TOKEN: &str = "hc-t0ken-for-tests";
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut found = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
-        found.next().map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
     fn error(&self) -> (u16, String) {
         let code = self.json()["error"]["code"]
             .as_str()
@@ -2384,7 +2192,7 @@ fn responses_are_checked_too() {
     let id = server.add_server("alpha-1", &[("client", "alpha")]);
     let op = &api().paths["/servers/{id}"]["get"];
     let valid = get(&server, &format!("/servers/{id}"), &[]).json();
-    let check = |body: Value| api().check_response(op, &Resp::json(200, body));
+    let check = |body: Value| api().check_response(op, &Resp::json(200, JSON, body));
     assert_eq!(check(valid.clone()), Ok(()));
     let edited = |pointer: &str, value: Option<Value>| {
         let mut body = valid.clone();
@@ -2442,7 +2250,7 @@ fn responses_are_checked_too() {
     }
     // A 204 has no body; any other status is Hetzner's error body (`default`).
     let delete = &api().paths["/images/{id}"]["delete"];
-    let no_body = api().check_response(delete, &Resp::json(204, json!({})));
+    let no_body = api().check_response(delete, &Resp::json(204, JSON, json!({})));
     assert_eq!(no_body.unwrap_err(), "a body on a 204 that has none");
     let conflict = Answer::error(409, "conflict", "busy".into()).resp();
     assert_eq!(api().check_response(delete, &conflict), Ok(()));

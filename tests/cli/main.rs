@@ -14,6 +14,7 @@ mod hcloud_server;
 mod history;
 mod hosts;
 mod hosts_cmd;
+mod http_stub;
 mod leakscan;
 mod lock;
 mod operator;
