@@ -183,6 +183,19 @@ fn print_approval(format: OutcomeFormat, rev: CommitId, approval: &Approval, sta
 
 /// The report on stdout with `--format json` (the log on stderr has said
 /// why, for people).
+/// An event that carries no approval (exit 0): why, on stderr and in the report.
+fn nothing_to_do(format: OutcomeFormat, why: String) -> ExitCode {
+    tracing::info!("{why}");
+    print_report(
+        format,
+        ApproveReport {
+            why: Some(why),
+            ..ApproveReport::default()
+        },
+    );
+    ExitCode::Ok
+}
+
 fn print_report(format: OutcomeFormat, report: ApproveReport) {
     if format == OutcomeFormat::Json {
         printer::data(&format!(
@@ -281,29 +294,17 @@ fn from_ci(
         // `types: [created]`; act and some forges do not, so check it here.
         let action = e["action"].as_str().unwrap_or("created");
         if action != "created" {
-            let why = format!("the comment was {action}, not created: only a new comment approves");
-            tracing::info!("{why}");
-            print_report(
+            return Ok(nothing_to_do(
                 args.format,
-                ApproveReport {
-                    why: Some(why),
-                    ..ApproveReport::default()
-                },
-            );
-            return Ok(ExitCode::Ok);
+                format!("the comment was {action}, not created: only a new comment approves"),
+            ));
         }
         let body = e["comment"]["body"].as_str().unwrap_or_default().trim();
         let Some(rest) = body.strip_prefix(COMMAND) else {
-            let why = format!("the comment is not `{COMMAND}`: nothing to do");
-            tracing::info!("{why}");
-            print_report(
+            return Ok(nothing_to_do(
                 args.format,
-                ApproveReport {
-                    why: Some(why),
-                    ..ApproveReport::default()
-                },
-            );
-            return Ok(ExitCode::Ok);
+                format!("the comment is not `{COMMAND}`: nothing to do"),
+            ));
         };
         // `/fleetgate approve 3f9c2a1b7d0e`: the plan reviewed, if named
         // (hex, at least 7 characters); other words are just words.
