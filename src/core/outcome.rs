@@ -71,6 +71,11 @@ pub struct HostOutcome {
     /// (Absent from records written before it existed.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, Runs>,
+    /// The Hetzner snapshot taken before this host's first change (its
+    /// image id): what `fleetgate restore` puts the server back on.
+    /// (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u64>,
     pub seconds: f64,
 }
 
@@ -95,6 +100,7 @@ impl HostOutcome {
             rollback_checks: Vec::new(),
             rollback_failure: None,
             runs,
+            snapshot: None,
             seconds: 0.0,
         }
     }

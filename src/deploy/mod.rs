@@ -14,6 +14,7 @@
 mod checks;
 mod exec;
 mod plan;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
