@@ -542,6 +542,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             rollback_failure: None,
             runs,
             snapshot,
+            restore: None,
             seconds: secs(started),
         },
         switched,
@@ -878,7 +879,14 @@ pub async fn run_stage<C: Connector, P: Prober>(
         },
     ))
     .await;
-    let hosts: Vec<HostOutcome> = finished;
+    let mut hosts: Vec<HostOutcome> = finished;
+    for h in &mut hosts {
+        if let (false, Some(image)) = (h.frozen.is_empty(), h.snapshot) {
+            h.restore = Some(crate::core::outcome::restore_command(
+                &h.client, &h.host, image,
+            ));
+        }
+    }
     let rolled_back = hosts.iter().any(|h| h.status == HostStatus::RolledBack);
     StageOutcome {
         stage: plan.stage.clone(),

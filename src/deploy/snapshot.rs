@@ -145,17 +145,6 @@ pub fn to_delete(oldest_first: &[u64], keep: u32) -> Vec<u64> {
     oldest_first[..n].to_vec()
 }
 
-/// The command that puts `host` of `client` back on `image`.
-#[allow(dead_code)] // the failure report, next
-pub fn restore_command(client: &str, host: &str, image: u64) -> String {
-    use crate::remote::shell::quote;
-    format!(
-        "fleetgate restore --client {} --host {} --snapshot {image}",
-        quote(client),
-        quote(host)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +318,7 @@ mod tests {
             "the new one is always kept"
         );
         assert_eq!(
-            restore_command("alpha", "alpha-1", 42),
+            crate::core::outcome::restore_command("alpha", "alpha-1", 42),
             "fleetgate restore --client alpha --host alpha-1 --snapshot 42"
         );
     }

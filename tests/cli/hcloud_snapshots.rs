@@ -171,3 +171,39 @@ fn a_snapshot_that_fails_stops_the_host_before_any_change() {
     );
     hcloud.assert_clean();
 }
+
+#[test]
+fn a_failed_freeze_app_names_its_snapshot_and_the_restore_command() {
+    let (d, hcloud) = fleet();
+    deploy(&d, &hcloud).code(0);
+    d.set("alpha", "version", "\"2\"")
+        .set("alpha", "health", "sick");
+    d.fleet.commit("web 2, broken");
+    let out = run(
+        &d,
+        &hcloud,
+        &["deploy", "--stage", "canary", "--rev", "HEAD"],
+    );
+    out.code(1);
+    no_token(&out);
+    let image = hcloud.snapshots().iter().map(|s| s.id).max().unwrap();
+    let command = format!("fleetgate restore --client alpha --host alpha-1 --snapshot {image}");
+    assert!(
+        out.stdout.contains(&format!(
+            "RESTORE: snapshot {image} was taken before alpha/web@alpha-1 changed"
+        )) && out.stdout.contains(&command),
+        "{}",
+        out.stdout
+    );
+    // The JSON names both too: a second deploy of the same commit judges
+    // the frozen release again, a change, so a new snapshot first.
+    let out = deploy(&d, &hcloud);
+    out.code(1);
+    let host = &out.json()["hosts"][0];
+    let image = host["snapshot"].as_u64().expect("a snapshot");
+    assert_eq!(
+        host["restore"],
+        format!("fleetgate restore --client alpha --host alpha-1 --snapshot {image}")
+    );
+    hcloud.assert_clean();
+}
