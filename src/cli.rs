@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::commands::{
     approve::ApproveArgs, check::CheckArgs, completions::CompletionsArgs, deploy::DeployArgs,
     history::HistoryArgs, hosts::HostsArgs, lock::LockArgs, man::ManArgs, plan::PlanArgs,
-    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
+    restore::RestoreArgs, rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
 use crate::printer::ColorChoice;
 
@@ -99,6 +99,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Put a client back on its previous release (or --to REV) by hand.
     Rollback(RollbackArgs),
+    /// Rebuild a Hetzner server from a snapshot fleetgate took before a deploy, then re-check its health.
+    Restore(RestoreArgs),
     /// Who holds the pipeline lock, until when; `lock release` removes it.
     Lock(LockArgs),
     /// The runs recorded in Git, newest first: commit, plan, stages, approvals, revert.

@@ -491,6 +491,46 @@ pub fn deploy_stage(
     only: &[String],
     previous: &BTreeMap<String, CommitId>,
 ) -> Result<StageOutcome> {
+    stage_at(
+        keyring, repo, inventory, rev, stage_name, only, previous, None,
+    )
+}
+
+/// The health checks `rev` gives `client`'s apps, run on its host `host`
+/// only, nothing changed (`restore`'s re-check): a stage outcome whose
+/// host is `unchanged` or failed at `health`.
+pub fn recheck_host(
+    keyring: &Keyring,
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    rev: CommitId,
+    stage_name: &str,
+    client: &str,
+    host: &str,
+) -> Result<StageOutcome> {
+    stage_at(
+        keyring,
+        repo,
+        inventory,
+        rev,
+        stage_name,
+        &[client.to_string()],
+        &BTreeMap::new(),
+        Some(host),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage_at(
+    keyring: &Keyring,
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    rev: CommitId,
+    stage_name: &str,
+    only: &[String],
+    previous: &BTreeMap<String, CommitId>,
+    check_only: Option<&str>,
+) -> Result<StageOutcome> {
     let snap = repo.snapshot(rev)?;
     let files = config::load(&snap, Selection::All)?;
     let invalid = |problems| Error::Invalid {
@@ -593,6 +633,23 @@ pub fn deploy_stage(
     };
     let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
     let mut plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
+    if let Some(host) = check_only {
+        plan.targets.retain(|t| t.host.name == host);
+        if plan.targets.is_empty() {
+            return Err(Error::Usage(
+                format!(
+                    "host `{host}` is not one of {}'s hosts at {}",
+                    only.join(", "),
+                    snap.label()
+                )
+                .into(),
+            ));
+        }
+        let connector = SshConnector::new(&known_hosts(&snap)?, &fleet.pipeline.ssh_options)?;
+        let runtime = crate::rt::runtime()?;
+        let prober = crate::gates::http::ReqwestProber::new()?;
+        return Ok(runtime.block_on(deploy::check_stage(&plan, &connector, &prober)));
+    }
     // Snapshots: decided per host now (`deploy::snapshot`), taken by the
     // executor before the host's first change.
     let run_label = run_label();

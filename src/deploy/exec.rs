@@ -962,3 +962,62 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
         kept: Vec::new(),
     }
 }
+
+/// Only the health checks of every app of each target, nothing uploaded or
+/// switched (`restore`'s re-check of a rebuilt server): each host
+/// `unchanged` when its checks pass, else failed at `health` as a deploy's
+/// gate would be.
+pub async fn check_stage<C: Connector, P: Prober>(
+    plan: &StagePlan,
+    connector: &C,
+    prober: &P,
+) -> StageOutcome {
+    let mut hosts = Vec::new();
+    for target in &plan.targets {
+        let started = Instant::now();
+        let remote = match connector.connect(&target.host).await {
+            Ok(r) => r,
+            Err(e) => {
+                hosts.push(connect_failed(target, &e, started).outcome);
+                continue;
+            }
+        };
+        let apps: Vec<&AppJob> = target.apps.iter().collect();
+        let checks = run_checks(&remote, prober, target, &apps, Duration::ZERO, None).await;
+        connector.close(remote).await;
+        let failed = checks.iter().find(|c| !c.passed).cloned();
+        let mut rec = Recorder {
+            host: &target.host.name,
+            steps: Vec::new(),
+        };
+        rec.record(None, "health", failed.is_none(), started);
+        let status = if failed.is_some() {
+            HostStatus::Failed
+        } else {
+            HostStatus::Unchanged
+        };
+        hosts.push(HostOutcome {
+            failure: failed.map(|f| Failure {
+                kind: FailureKind::Health,
+                app: Some(f.app.clone()),
+                step: "health".into(),
+                message: format!("{}: {}", f.check, f.detail),
+            }),
+            steps: rec.steps,
+            checks,
+            seconds: secs(started),
+            ..HostOutcome::new(&target.client, &target.host.name, status, untouched(target))
+        });
+    }
+    let failed_hosts = hosts.iter().filter(|h| h.failure.is_some()).count();
+    StageOutcome {
+        stage: plan.stage.clone(),
+        rev: plan.rev.clone(),
+        passed: failed_hosts == 0,
+        interrupted: false,
+        failed_hosts,
+        max_failures: 0,
+        rolled_back: false,
+        hosts,
+    }
+}

@@ -412,7 +412,6 @@ impl Client {
     }
 
     /// Rebuilds server `server` from image `image`: the action's id.
-    #[allow(dead_code)] // `fleetgate restore`, next
     pub fn rebuild(&self, server: u64, image: u64) -> Result<u64> {
         let got: api::ActionEnvelope = self.request(
             Method::Post,

@@ -207,3 +207,60 @@ fn a_failed_freeze_app_names_its_snapshot_and_the_restore_command() {
     );
     hcloud.assert_clean();
 }
+
+#[test]
+fn restore_rebuilds_the_server_from_its_newest_snapshot_behind_an_approval() {
+    let (d, hcloud) = fleet();
+    d.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "group: canary\n",
+        "group: canary\n    approval:\n      required: true\n      approvers: [alice]\n",
+    );
+    d.fleet.commit("canary needs alice");
+    deploy(&d, &hcloud).code(0);
+    d.set("alpha", "note", "second");
+    d.fleet.commit("second");
+    deploy(&d, &hcloud).code(0);
+    let alpha1 = hcloud.server_id("alpha-1");
+    let ids: Vec<u64> = hcloud.snapshots().iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 2);
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "--client", "alpha", "--host", "alpha-1"];
+        args.extend(extra);
+        run(&d, &hcloud, &args)
+    };
+
+    // Not approved: waiting (4); not an approver: refused (1); nothing rebuilt.
+    let out = restore(&[]);
+    out.code(4);
+    assert!(
+        out.stderr.contains("--approved-by one of alice"),
+        "{}",
+        out.stderr
+    );
+    restore(&["--approved-by", "mallory"]).code(1);
+    // Not fleetgate's snapshot of this server: refused (2).
+    let other = hcloud.add_snapshot(
+        "beta-1",
+        &[("fleetgate/client", "alpha")],
+        "2020-01-01T00:00:00+00:00",
+    );
+    restore(&["--approved-by", "alice", "--snapshot", &other.to_string()]).code(2);
+    assert!(hcloud.rebuilds().is_empty());
+
+    // The newest by default, then its health checked again.
+    let out = restore(&["--approved-by", "alice", "--format", "json"]);
+    out.code(0);
+    no_token(&out);
+    let rebuilds = hcloud.rebuilds();
+    assert_eq!(rebuilds.len(), 1, "{rebuilds:?}");
+    assert_eq!((rebuilds[0].server, rebuilds[0].image), (alpha1, ids[1]));
+    let host = &out.json()["hosts"][0];
+    assert_eq!(host["status"], "unchanged", "{host}");
+    assert!(!host["checks"].as_array().unwrap().is_empty(), "{host}");
+
+    // An older one by id.
+    restore(&["--approved-by", "alice", "--snapshot", &ids[0].to_string()]).code(0);
+    assert_eq!(hcloud.rebuilds().len(), 2);
+    hcloud.assert_clean();
+}
