@@ -930,6 +930,105 @@ mod tests {
         );
     }
 
+    fn client_over(answers: Vec<Result<Response, Unanswered>>) -> (Client, Scripted, FakeWaiter) {
+        let transport = Scripted::default();
+        *transport.answers.borrow_mut() = answers.into();
+        let waiter = FakeWaiter::default();
+        let client = Client::over(
+            Box::new(transport.clone()),
+            Box::new(waiter.clone()),
+            Policy::default(),
+            Token::new(TOKEN.into()),
+        );
+        (client, transport, waiter)
+    }
+
+    fn action(status: &str) -> Result<Response, Unanswered> {
+        ok(&serde_json::json!({"action": {"id": 9, "status": status,
+            "error": if status == "error" { serde_json::json!({"code": "image_create_failed", "message": "disk busy"}) } else { serde_json::Value::Null }}}).to_string())
+    }
+
+    #[test]
+    fn a_snapshot_is_created_and_waited_for_and_an_error_or_a_timeout_is_exit_3() {
+        let created = ok(
+            r#"{"image": {"id": 77, "created": "2026-01-01T00:00:00+00:00"}, "action": {"id": 9, "status": "running"}}"#,
+        );
+        let (client, transport, waiter) = client_over(vec![
+            created,
+            action("running"),
+            action("running"),
+            action("success"),
+        ]);
+        let labels = [("fleetgate/client".to_string(), "alpha".to_string())].into();
+        assert_eq!(
+            client.create_snapshot(5, "before", &labels).unwrap(),
+            (77, 9)
+        );
+        let every = Duration::from_secs(1);
+        client
+            .wait(9, "the snapshot", every, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(waiter.slept.borrow().len(), 2);
+        assert_eq!(
+            transport.asked.borrow()[0],
+            r#"POST /servers/5/actions/create_image? {"type":"snapshot","description":"before","labels":{"fleetgate/client":"alpha"}}"#
+        );
+
+        let (client, ..) = client_over(vec![action("error")]);
+        let e = client
+            .wait(9, "the snapshot", every, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the snapshot failed (action 9): image_create_failed: disk busy"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Infra);
+
+        let (client, ..) = client_over((0..4).map(|_| action("running")).collect());
+        let e = client
+            .wait(9, "the snapshot", every, Duration::from_secs(3))
+            .unwrap_err();
+        assert!(e.to_string().contains("did not finish within 3 s"), "{e}");
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Infra);
+    }
+
+    #[test]
+    fn a_post_is_not_sent_again_after_a_5xx_but_is_after_a_429() {
+        let (client, transport, _) = client_over(vec![status(503, None)]);
+        let e = client.rebuild(5, 77).unwrap_err();
+        assert!(e.to_string().contains("not sent again"), "{e}");
+        assert_eq!(transport.asked.borrow().len(), 1);
+        let (client, transport, _) = client_over(vec![status(429, Some(1)), action("running")]);
+        assert_eq!(client.rebuild(5, 77).unwrap(), 9);
+        assert_eq!(transport.asked.borrow().len(), 2);
+    }
+
+    #[test]
+    fn snapshots_are_those_of_the_server_oldest_first() {
+        let page = ok(r#"{"images": [
+            {"id": 3, "created": "2026-01-03T00:00:00+00:00", "created_from": {"id": 5, "name": "a"}},
+            {"id": 1, "created": "2026-01-01T00:00:00+00:00", "created_from": {"id": 5, "name": "a"}},
+            {"id": 2, "created": "2026-01-02T00:00:00+00:00", "created_from": {"id": 6, "name": "b"}}
+        ], "meta": {"pagination": {"next_page": null}}}"#);
+        let (client, transport, _) = client_over(vec![page, ok("")]);
+        let ids: Vec<u64> = client
+            .snapshots(5, "fleetgate/client=alpha")
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        client.delete_image(1).unwrap();
+        assert_eq!(
+            *transport.asked.borrow(),
+            [
+                "/images?type=snapshot&label_selector=fleetgate/client=alpha&page=1&per_page=50",
+                "DELETE /images/1?"
+            ]
+        );
+    }
+
     #[test]
     fn the_endpoint_is_checked_like_a_forge_url() {
         let s = Settings::new(Some("t".into()), None).unwrap().unwrap();
