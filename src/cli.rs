@@ -25,7 +25,7 @@ pub const EXIT_CODES: [(u8, &str); 5] = [
     ),
     (
         3,
-        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; the forge's TLS certificate is not trusted; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
+        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; the forge's TLS certificate is not trusted; a Hetzner Cloud snapshot or rebuild ended in `error` or did not finish in time; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
     ),
     (4, "waiting for an approval"),
 ];
