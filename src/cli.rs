@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::commands::{
     approve::ApproveArgs, check::CheckArgs, completions::CompletionsArgs, deploy::DeployArgs,
     history::HistoryArgs, hosts::HostsArgs, lock::LockArgs, man::ManArgs, plan::PlanArgs,
-    rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
+    restore::RestoreArgs, rollback::RollbackArgs, run::RunArgs, scan::ScanArgs, status::StatusArgs,
 };
 use crate::printer::ColorChoice;
 
@@ -25,7 +25,7 @@ pub const EXIT_CODES: [(u8, &str); 5] = [
     ),
     (
         3,
-        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; the forge's TLS certificate is not trusted; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
+        "infrastructure: a host, the forge, the registry, trivy, the Git remote or object database could not be reached or read; the forge's TLS certificate is not trusted; a Hetzner Cloud snapshot or rebuild ended in `error` or did not finish in time; a host lost during a change could not be rolled back; a run record is corrupt; the pipeline lock is held by another run, or a run lost it (taken over or released) and stopped; a run or deploy was interrupted (SIGTERM/SIGINT)",
     ),
     (4, "waiting for an approval"),
 ];
@@ -99,6 +99,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Put a client back on its previous release (or --to REV) by hand.
     Rollback(RollbackArgs),
+    /// Rebuild a Hetzner server from a snapshot fleetgate took before a deploy, then re-check its health.
+    Restore(RestoreArgs),
     /// Who holds the pipeline lock, until when; `lock release` removes it.
     Lock(LockArgs),
     /// The runs recorded in Git, newest first: commit, plan, stages, approvals, revert.

@@ -887,3 +887,39 @@ impl Forge for FakeForge {
         Ok(Vec::new())
     }
 }
+
+/// The deploy's snapshots in memory: each job taken gets the next image
+/// id (from 1000) unless the script says it fails; the retention is
+/// `deploy::snapshot::to_delete` over the images of the same server.
+#[derive(Default)]
+pub struct FakeSnapshots {
+    /// Why the next snapshots fail, in order; empty: they succeed.
+    pub fail: std::cell::RefCell<std::collections::VecDeque<String>>,
+    /// (server, image) of every snapshot kept, oldest first.
+    pub images: std::cell::RefCell<Vec<(String, u64)>>,
+    /// Every job asked, in order.
+    pub jobs: std::cell::RefCell<Vec<crate::deploy::snapshot::SnapshotJob>>,
+}
+
+impl crate::deploy::snapshot::Snapshotter for FakeSnapshots {
+    fn snapshot(
+        &self,
+        job: &crate::deploy::snapshot::SnapshotJob,
+    ) -> std::result::Result<crate::deploy::snapshot::Taken, String> {
+        self.jobs.borrow_mut().push(job.clone());
+        if let Some(why) = self.fail.borrow_mut().pop_front() {
+            return Err(why);
+        }
+        let mut images = self.images.borrow_mut();
+        let image = 1000 + images.len() as u64 + 1;
+        images.push((job.server.clone(), image));
+        let mine: Vec<u64> = images
+            .iter()
+            .filter(|(s, _)| *s == job.server)
+            .map(|(_, i)| *i)
+            .collect();
+        let deleted = crate::deploy::snapshot::to_delete(&mine, job.keep);
+        images.retain(|(_, i)| !deleted.contains(i));
+        Ok(crate::deploy::snapshot::Taken { image, deleted })
+    }
+}

@@ -83,6 +83,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Deploy(args) => commands::deploy::run(&ctx, args),
         Command::Status(args) => commands::status::run(&ctx, args),
         Command::Rollback(args) => commands::rollback::run(&ctx, args),
+        Command::Restore(args) => commands::restore::run(&ctx, args),
         Command::Run(args) => commands::run::run(&ctx, args),
         Command::Scan(args) => commands::scan::run(&ctx, args),
         Command::Approve(args) => commands::approve::run(&ctx, args),

@@ -569,6 +569,12 @@ pub fn outcome_with(
             )
         );
     }
+    for (apps, image, command) in o.restores() {
+        let _ = writeln!(
+            out,
+            "RESTORE: snapshot {image} was taken before {apps} changed; to put the whole server back on it (approval as for production): {command}"
+        );
+    }
     out
 }
 
@@ -1475,6 +1481,22 @@ client  host     status    runs          time   failure
 alpha   alpha-1  deployed  222222222222  1.23s
 alpha   alpha-2  failed    as before     1.23s  web health: GET http://x/health: 503
 FROZEN: alpha/web@alpha-2 stays on the failed release (rollback: freeze); a human must decide
+",
+        );
+        frozen.hosts[1].snapshot = Some(4242);
+        frozen.hosts[1].restore = Some(crate::core::outcome::restore_command(
+            "alpha", "alpha-2", 4242,
+        ));
+        check(
+            &frozen,
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            "\
+stage canary @ 222222222222: FAILED (1 of 2 hosts failed, 1 tolerated)
+client  host     status    runs          time   failure
+alpha   alpha-1  deployed  222222222222  1.23s
+alpha   alpha-2  failed    as before     1.23s  web health: GET http://x/health: 503
+FROZEN: alpha/web@alpha-2 stays on the failed release (rollback: freeze); a human must decide
+RESTORE: snapshot 4242 was taken before alpha/web@alpha-2 changed; to put the whole server back on it (approval as for production): fleetgate restore --client alpha --host alpha-2 --snapshot 4242
 ",
         );
         let mut passed = outcome();

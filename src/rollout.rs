@@ -321,6 +321,7 @@ fn add_removals(
                 apps: Vec::new(),
                 removals,
                 masker: Default::default(),
+                snapshot: None,
             }),
         }
     }
@@ -490,6 +491,46 @@ pub fn deploy_stage(
     only: &[String],
     previous: &BTreeMap<String, CommitId>,
 ) -> Result<StageOutcome> {
+    stage_at(
+        keyring, repo, inventory, rev, stage_name, only, previous, None,
+    )
+}
+
+/// The health checks `rev` gives `client`'s apps, run on its host `host`
+/// only, nothing changed (`restore`'s re-check): a stage outcome whose
+/// host is `unchanged` or failed at `health`.
+pub fn recheck_host(
+    keyring: &Keyring,
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    rev: CommitId,
+    stage_name: &str,
+    client: &str,
+    host: &str,
+) -> Result<StageOutcome> {
+    stage_at(
+        keyring,
+        repo,
+        inventory,
+        rev,
+        stage_name,
+        &[client.to_string()],
+        &BTreeMap::new(),
+        Some(host),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage_at(
+    keyring: &Keyring,
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    rev: CommitId,
+    stage_name: &str,
+    only: &[String],
+    previous: &BTreeMap<String, CommitId>,
+    check_only: Option<&str>,
+) -> Result<StageOutcome> {
     let snap = repo.snapshot(rev)?;
     let files = config::load(&snap, Selection::All)?;
     let invalid = |problems| Error::Invalid {
@@ -592,6 +633,56 @@ pub fn deploy_stage(
     };
     let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
     let mut plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
+    if let Some(host) = check_only {
+        plan.targets.retain(|t| t.host.name == host);
+        if plan.targets.is_empty() {
+            return Err(Error::Usage(
+                format!(
+                    "host `{host}` is not one of {}'s hosts at {}",
+                    only.join(", "),
+                    snap.label()
+                )
+                .into(),
+            ));
+        }
+        let connector = SshConnector::new(&known_hosts(&snap)?, &fleet.pipeline.ssh_options)?;
+        let runtime = crate::rt::runtime()?;
+        let prober = crate::gates::http::ReqwestProber::new()?;
+        return Ok(runtime.block_on(deploy::check_stage(&plan, &connector, &prober)));
+    }
+    // Snapshots: decided per host now (`deploy::snapshot`), taken by the
+    // executor before the host's first change.
+    let run_label = run_label();
+    let mut ids = BTreeMap::new();
+    for target in &mut plan.targets {
+        let Some(client) = fleet.clients.get(&target.client) else {
+            continue;
+        };
+        let cloud = cloud_clients.contains(&target.client);
+        let apps: Vec<&config::App> = client
+            .apps
+            .iter()
+            .filter_map(|a| fleet.apps.get(a))
+            .collect();
+        target.snapshot = deploy::snapshot::job(
+            stage,
+            &apps,
+            cloud,
+            &target.client,
+            &target.host.name,
+            &rev_s,
+            &run_label,
+        );
+        if target.snapshot.is_some() {
+            let id = inventory.server_id(&target.host.name).ok_or_else(|| {
+                Error::Cloud(Message::from(format!(
+                    "server `{}` of client `{}` needs a snapshot, and its Hetzner Cloud id is unknown",
+                    target.host.name, target.client
+                )))
+            })?;
+            ids.insert(target.host.name.clone(), id);
+        }
+    }
     let mut known_hosts = known_hosts(&snap)?;
     for (client, prev) in previous {
         // A removed host may have left head's known_hosts with it: the
@@ -615,7 +706,35 @@ pub fn deploy_stage(
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = crate::rt::runtime()?;
     let prober = crate::gates::http::ReqwestProber::new()?;
-    Ok(runtime.block_on(deploy::run_stage(&plan, &connector, &prober, stage.soak)))
+    let snapshots: Box<dyn deploy::snapshot::Snapshotter + '_> = match inventory.cloud() {
+        Some(client) if !ids.is_empty() => Box::new(crate::hcloud::Snapshots {
+            client,
+            ids,
+            every: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(SNAPSHOT_TIMEOUT_SECS),
+        }),
+        _ => Box::new(deploy::snapshot::NoSnapshots),
+    };
+    Ok(runtime.block_on(deploy::run_stage(
+        &plan,
+        &connector,
+        &prober,
+        &*snapshots,
+        stage.soak,
+    )))
+}
+
+/// How long a snapshot may take: Hetzner's take minutes per 10 GB.
+const SNAPSHOT_TIMEOUT_SECS: u64 = 30 * 60;
+
+/// What names this run on its snapshots (`fleetgate/run`): the CI run
+/// (`GITHUB_RUN_ID`, which Forgejo sets too) or, outside CI, the time it
+/// started; made a valid label value by `deploy::snapshot::label_value`.
+fn run_label() -> String {
+    std::env::var("GITHUB_RUN_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// The commit's pinned host keys: every SSH connection checks against them.

@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod lock;
 pub mod man;
 pub mod plan;
+pub mod restore;
 pub mod rollback;
 pub mod run;
 pub mod scan;

@@ -14,7 +14,7 @@ use crate::inventory::selector::Selector;
 use crate::scan::pin::ImageRef;
 use crate::secrets::SopsFile;
 
-pub use raw::{RollbackPolicy, Runtime};
+pub use raw::{RollbackPolicy, Runtime, SnapshotPolicy};
 // The validators lived in this file before it was split; their public paths
 // under `config::model` stay valid for code written against it.
 pub use super::validate::{HTTP_URL_HINT, known_hosts_checks, validate};
@@ -87,6 +87,10 @@ pub struct Stage {
     pub approval: Option<Approval>,
     pub parallelism: u32,
     pub max_failures: u32,
+    /// As written; None: each app's own (or its default) decides.
+    pub snapshot: Option<SnapshotPolicy>,
+    /// As written; None: the app's, else [`DEFAULT_SNAPSHOT_KEEP`].
+    pub snapshot_keep: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,12 +153,20 @@ pub struct App {
     pub commands: Commands,
     pub health: Vec<HealthCheck>,
     pub rollback: RollbackPolicy,
+    /// As written; None: `before_deploy` for a `freeze` app on Hetzner
+    /// servers (`deploy::snapshot::decide`).
+    pub snapshot: Option<SnapshotPolicy>,
+    pub snapshot_keep: Option<u32>,
 }
+
+/// Snapshots kept per server when no `snapshot_keep` says otherwise.
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
 
 #[derive(Debug, Clone, Default)]
 pub struct Commands {
     pub start: Option<String>,
     pub stop: Option<String>,
+    pub pre_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,19 @@ pub struct Stage {
     pub parallelism: Option<S<u32>>,
     #[serde(default)]
     pub max_failures: Option<u32>,
+    /// `before_deploy` or `never`: a Hetzner snapshot of each server
+    /// before its first change.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotPolicy>,
+    #[serde(default)]
+    pub snapshot_keep: Option<S<u32>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotPolicy {
+    BeforeDeploy,
+    Never,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +150,10 @@ pub struct App {
     pub health: Vec<S<Health>>,
     #[serde(default)]
     pub rollback: Option<RollbackPolicy>,
+    #[serde(default)]
+    pub snapshot: Option<SnapshotPolicy>,
+    #[serde(default)]
+    pub snapshot_keep: Option<S<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -161,6 +178,9 @@ pub struct Commands {
     pub start: Option<String>,
     #[serde(default)]
     pub stop: Option<String>,
+    /// Run on the host before its snapshot (a dump, `fsfreeze`).
+    #[serde(default)]
+    pub pre_snapshot: Option<String>,
 }
 
 /// One health check: exactly one of `http` and `command`.

@@ -71,7 +71,23 @@ pub struct HostOutcome {
     /// (Absent from records written before it existed.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, Runs>,
+    /// The Hetzner snapshot taken before this host's first change (its
+    /// image id): what `fleetgate restore` puts the server back on.
+    /// (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u64>,
+    /// A frozen app on a snapshotted server: the command that puts the
+    /// whole server back on that snapshot (`restore_command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
     pub seconds: f64,
+}
+
+/// The command that rebuilds `host` of `client` from snapshot `image`.
+/// Client and host names are validated names (letters, digits, `-`, `.`,
+/// `_`), so the words need no quoting.
+pub fn restore_command(client: &str, host: &str, image: u64) -> String {
+    format!("fleetgate restore --client {client} --host {host} --snapshot {image}")
 }
 
 impl HostOutcome {
@@ -95,6 +111,8 @@ impl HostOutcome {
             rollback_checks: Vec::new(),
             rollback_failure: None,
             runs,
+            snapshot: None,
+            restore: None,
             seconds: 0.0,
         }
     }
@@ -158,6 +176,23 @@ impl StageOutcome {
                 h.frozen
                     .iter()
                     .map(move |a| format!("{}/{a}@{}", h.client, h.host))
+            })
+            .collect()
+    }
+
+    /// Frozen hosts with a snapshot from before the change: (the frozen
+    /// apps as `frozen` words them, the snapshot, the restore command).
+    pub fn restores(&self) -> Vec<(String, u64, String)> {
+        self.hosts
+            .iter()
+            .filter(|h| !h.frozen.is_empty())
+            .filter_map(|h| {
+                let apps: Vec<String> = h
+                    .frozen
+                    .iter()
+                    .map(|a| format!("{}/{a}@{}", h.client, h.host))
+                    .collect();
+                Some((apps.join(", "), h.snapshot?, h.restore.clone()?))
             })
             .collect()
     }

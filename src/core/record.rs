@@ -257,6 +257,31 @@ mod tests {
     }
 
     #[test]
+    fn a_hosts_snapshot_and_restore_are_recorded_and_old_notes_have_none() {
+        let old = RunRecord::parse(include_str!(
+            "../../tests/fixtures/records/schema1-approved.json"
+        ))
+        .unwrap();
+        let (_, outcome) = old.stages.iter().next().expect("a stage");
+        assert!(
+            outcome
+                .hosts
+                .iter()
+                .all(|h| h.snapshot.is_none() && h.restore.is_none())
+        );
+        let mut outcome = outcome.clone();
+        outcome.hosts[0].snapshot = Some(4242);
+        outcome.hosts[0].restore =
+            Some("fleetgate restore --client a --host b --snapshot 4242".into());
+        let mut new = RunRecord::new("h");
+        new.record_stage(&outcome);
+        let back = RunRecord::parse(&new.to_json()).unwrap();
+        let host = &back.stages[&outcome.stage].hosts[0];
+        assert_eq!(host.snapshot, Some(4242));
+        assert_eq!(host.restore.as_deref(), outcome.hosts[0].restore.as_deref());
+    }
+
+    #[test]
     fn planning_again_moves_planned_at_only_for_a_new_plan() {
         let mut r = RunRecord::new("h");
         r.plan(Some("b"), "p1", "run-1", "t1");

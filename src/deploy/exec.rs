@@ -21,6 +21,8 @@ use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
 use crate::secrets::Masker;
 
+use super::snapshot::Snapshotter;
+
 /// Opens and closes connections to hosts.
 pub trait Connector: Sync {
     type Host: Remote;
@@ -270,6 +272,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     target: &Target,
     remote: &R,
     prober: &P,
+    snapshots: &dyn Snapshotter,
     soak: Duration,
     stop: &AtomicBool,
 ) -> HostRun {
@@ -284,6 +287,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut runs = untouched(target);
     let mut kept: Vec<Kept> = Vec::new();
     let mut removed = 0;
+    let mut snapshot = None;
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
         let out = run_step(
@@ -367,6 +371,50 @@ async fn deploy_host<R: Remote, P: Prober>(
             ));
             before.insert(name, back_to);
             changed.push(app);
+        }
+        // The first change of this host: its snapshot first, if it needs
+        // one; a snapshot that fails leaves the host untouched.
+        if let Some(job) = target.snapshot.as_ref().filter(|_| !steps.is_empty()) {
+            for (app, command) in &job.pre {
+                let Some(dir) = target.apps.iter().find(|a| &a.name == app).map(|a| &a.dir) else {
+                    continue;
+                };
+                run_step(
+                    remote,
+                    &mut rec,
+                    &target.masker,
+                    Some(app),
+                    "pre_snapshot",
+                    &release::pre_snapshot_script(dir, command),
+                )
+                .await?;
+            }
+            let started = Instant::now();
+            match snapshots.snapshot(job) {
+                Ok(taken) => {
+                    rec.record(None, "snapshot", true, started);
+                    tracing::info!(
+                        "{}: snapshot {} taken{}",
+                        target.host.name,
+                        taken.image,
+                        if taken.deleted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", older ones deleted: {:?}", taken.deleted)
+                        }
+                    );
+                    snapshot = Some(taken.image);
+                }
+                Err(why) => {
+                    rec.record(None, "snapshot", false, started);
+                    return Err(Failure {
+                        kind: FailureKind::Infra,
+                        app: None,
+                        step: "snapshot".into(),
+                        message: target.masker.mask(&why),
+                    });
+                }
+            }
         }
         let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
         for step in done
@@ -493,6 +541,8 @@ async fn deploy_host<R: Remote, P: Prober>(
             rollback_checks: Vec::new(),
             rollback_failure: None,
             runs,
+            snapshot,
+            restore: None,
             seconds: secs(started),
         },
         switched,
@@ -726,6 +776,7 @@ pub async fn run_stage<C: Connector, P: Prober>(
     plan: &StagePlan,
     connector: &C,
     prober: &P,
+    snapshots: &dyn Snapshotter,
     soak: Duration,
 ) -> StageOutcome {
     let _bar = crate::progress::hosts(plan.targets.len(), &format!("deploy {}", plan.stage));
@@ -750,7 +801,8 @@ pub async fn run_stage<C: Connector, P: Prober>(
                         steps: Vec::new(),
                     };
                     rec.record(None, "connect", true, started);
-                    let mut run = deploy_host(plan, target, &remote, prober, soak, stop).await;
+                    let mut run =
+                        deploy_host(plan, target, &remote, prober, snapshots, soak, stop).await;
                     run.outcome.steps.splice(0..0, rec.steps);
                     (run, Some(remote))
                 }
@@ -827,7 +879,14 @@ pub async fn run_stage<C: Connector, P: Prober>(
         },
     ))
     .await;
-    let hosts: Vec<HostOutcome> = finished;
+    let mut hosts: Vec<HostOutcome> = finished;
+    for h in &mut hosts {
+        if let (false, Some(image)) = (h.frozen.is_empty(), h.snapshot) {
+            h.restore = Some(crate::core::outcome::restore_command(
+                &h.client, &h.host, image,
+            ));
+        }
+    }
     let rolled_back = hosts.iter().any(|h| h.status == HostStatus::RolledBack);
     StageOutcome {
         stage: plan.stage.clone(),
@@ -901,5 +960,64 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
         },
         switched: Vec::new(),
         kept: Vec::new(),
+    }
+}
+
+/// Only the health checks of every app of each target, nothing uploaded or
+/// switched (`restore`'s re-check of a rebuilt server): each host
+/// `unchanged` when its checks pass, else failed at `health` as a deploy's
+/// gate would be.
+pub async fn check_stage<C: Connector, P: Prober>(
+    plan: &StagePlan,
+    connector: &C,
+    prober: &P,
+) -> StageOutcome {
+    let mut hosts = Vec::new();
+    for target in &plan.targets {
+        let started = Instant::now();
+        let remote = match connector.connect(&target.host).await {
+            Ok(r) => r,
+            Err(e) => {
+                hosts.push(connect_failed(target, &e, started).outcome);
+                continue;
+            }
+        };
+        let apps: Vec<&AppJob> = target.apps.iter().collect();
+        let checks = run_checks(&remote, prober, target, &apps, Duration::ZERO, None).await;
+        connector.close(remote).await;
+        let failed = checks.iter().find(|c| !c.passed).cloned();
+        let mut rec = Recorder {
+            host: &target.host.name,
+            steps: Vec::new(),
+        };
+        rec.record(None, "health", failed.is_none(), started);
+        let status = if failed.is_some() {
+            HostStatus::Failed
+        } else {
+            HostStatus::Unchanged
+        };
+        hosts.push(HostOutcome {
+            failure: failed.map(|f| Failure {
+                kind: FailureKind::Health,
+                app: Some(f.app.clone()),
+                step: "health".into(),
+                message: format!("{}: {}", f.check, f.detail),
+            }),
+            steps: rec.steps,
+            checks,
+            seconds: secs(started),
+            ..HostOutcome::new(&target.client, &target.host.name, status, untouched(target))
+        });
+    }
+    let failed_hosts = hosts.iter().filter(|h| h.failure.is_some()).count();
+    StageOutcome {
+        stage: plan.stage.clone(),
+        rev: plan.rev.clone(),
+        passed: failed_hosts == 0,
+        interrupted: false,
+        failed_hosts,
+        max_failures: 0,
+        rolled_back: false,
+        hosts,
     }
 }

@@ -14,11 +14,12 @@
 mod checks;
 mod exec;
 mod plan;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use crate::core::outcome::{
     Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
 };
-pub use exec::{Connector, run_stage};
+pub use exec::{Connector, check_stage, run_stage};
 pub use plan::{AppJob, CheckSpec, Removal, StagePlan, Target, build_stage_plan, start_of};

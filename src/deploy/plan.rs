@@ -37,6 +37,9 @@ pub struct Target {
     pub removals: Vec<Removal>,
     /// The secret values this host's files hold: masked out of any output.
     pub masker: Masker,
+    /// A Hetzner snapshot to take before the host's first change
+    /// (`snapshot.rs`; filled in by `rollout.rs`, which knows the servers).
+    pub snapshot: Option<super::snapshot::SnapshotJob>,
 }
 
 /// One app to take off a host, described by the commit that deployed it.
@@ -189,6 +192,7 @@ pub fn build_stage_plan(
                 apps,
                 removals: Vec::new(),
                 masker: Masker::new(secret_values),
+                snapshot: None,
             });
         }
     }

@@ -86,6 +86,7 @@ fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Ta
         }],
         removals: Vec::new(),
         masker: Masker::default(),
+        snapshot: None,
     }
 }
 
@@ -119,7 +120,13 @@ fn run_with<C: Connector, P: Prober>(
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run_stage(p, connector, prober, soak))
+        .block_on(run_stage(
+            p,
+            connector,
+            prober,
+            &super::snapshot::NoSnapshots,
+            soak,
+        ))
 }
 
 /// Thresholds of an HTTP check, probed every millisecond: the scripts, not
@@ -774,4 +781,85 @@ fn a_kept_release_is_live_only_while_current_started_and_gated_name_it() {
         (c.as_str(), Some(b.as_str()))
     );
     assert_eq!(state(root, "h1", "web2").rev, a);
+}
+
+fn with_snapshot(mut t: Target, keep: u32, pre: Option<&str>) -> Target {
+    t.snapshot = Some(super::snapshot::SnapshotJob {
+        server: t.host.name.clone(),
+        keep,
+        pre: pre
+            .map(|c| vec![("web".to_string(), c.to_string())])
+            .unwrap_or_default(),
+        description: "before".into(),
+        labels: Default::default(),
+    });
+    t
+}
+
+fn run_snapshots(p: &StagePlan, snapshots: &crate::fakes::FakeSnapshots) -> StageOutcome {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_stage(
+            p,
+            &Local,
+            &ScriptedProber::default(),
+            snapshots,
+            Duration::ZERO,
+        ))
+}
+
+#[test]
+fn a_snapshot_comes_before_the_first_change_and_only_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let snaps = crate::fakes::FakeSnapshots::default();
+    let t = |v| {
+        with_snapshot(
+            target(root, "h1", v, true),
+            2,
+            Some("echo dumped > ../../dump"),
+        )
+    };
+    let o = run_snapshots(&plan("a", vec![t("v1")], 0), &snaps);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(o.hosts[0].snapshot, Some(1001));
+    let order: Vec<&str> = o.hosts[0].steps.iter().map(|s| s.step.as_str()).collect();
+    let at = |s| order.iter().position(|x| *x == s).unwrap();
+    assert!(
+        at("pre_snapshot") < at("snapshot") && at("snapshot") < at("upload"),
+        "{order:?}"
+    );
+    assert!(
+        root.join("h1/dump").exists(),
+        "pre_snapshot ran on the host"
+    );
+
+    // Nothing changes: no snapshot.
+    let o = run_snapshots(&plan("a", vec![t("v1")], 0), &snaps);
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged);
+    assert_eq!(o.hosts[0].snapshot, None);
+    assert_eq!(snaps.jobs.borrow().len(), 1);
+
+    // A failed snapshot: exit 3, the host untouched.
+    snaps
+        .fail
+        .borrow_mut()
+        .push_back("action 7 failed: disk busy".into());
+    let o = run_snapshots(&plan("b", vec![t("v2")], 0), &snaps);
+    assert_eq!(o.hosts[0].status, HostStatus::Failed);
+    let f = o.hosts[0].failure.as_ref().unwrap();
+    assert_eq!((f.kind, f.step.as_str()), (FailureKind::Infra, "snapshot"));
+    assert!(f.message.contains("disk busy"));
+    assert_eq!(verdict(&o), StageVerdict::InfraFailed);
+    assert_eq!(live(root, "h1"), "v1\n", "nothing changed");
+    assert!(o.hosts[0].switched.is_empty());
+
+    // Retention: keep 2.
+    for v in ["v3", "v4"] {
+        run_snapshots(&plan(&v[1..], vec![t(v)], 0), &snaps);
+    }
+    let kept: Vec<u64> = snaps.images.borrow().iter().map(|(_, i)| *i).collect();
+    assert_eq!(kept, [1002, 1003]);
 }

@@ -306,6 +306,12 @@ pub fn failure_comment(
             frozen.join(", ")
         );
     }
+    for (apps, image, command) in outcome.restores() {
+        let _ = writeln!(
+            out,
+            "Snapshot {image} was taken before {apps} changed. To put the whole server back on it (approval as for production):\n\n```\n{command}\n```\n"
+        );
+    }
     match revert {
         Some(RevertOutcome::Pushed { commit, .. }) => {
             let _ = writeln!(
@@ -345,4 +351,40 @@ pub fn failure_comment(
         report::outcome(outcome, OutcomeFormat::Text)
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::outcome::{HostOutcome, HostStatus, Runs, StageOutcome, restore_command};
+
+    #[test]
+    fn a_frozen_app_on_a_snapshotted_server_names_the_snapshot_and_the_restore() {
+        let mut host = HostOutcome::new(
+            "alpha",
+            "alpha-1",
+            HostStatus::Failed,
+            [("web".to_string(), Runs::Release("2".repeat(40)))].into(),
+        );
+        host.frozen = vec!["web".into()];
+        host.snapshot = Some(77);
+        host.restore = Some(restore_command("alpha", "alpha-1", 77));
+        let outcome = StageOutcome {
+            stage: "canary".into(),
+            rev: "2".repeat(40),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 1,
+            max_failures: 0,
+            rolled_back: false,
+            hosts: vec![host],
+        };
+        let body = super::failure_comment(&"2".repeat(40), &outcome, None, None, "http://log");
+        assert!(
+            body.contains("Snapshot 77 was taken before alpha/web@alpha-1 changed")
+                && body.contains(
+                    "```\nfleetgate restore --client alpha --host alpha-1 --snapshot 77\n```"
+                ),
+            "{body}"
+        );
+    }
 }

@@ -83,6 +83,53 @@ pub struct PrivateNet {
     pub ip: String,
 }
 
+/// An action (`GET /actions/{id}`, and what a server action starts).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Action {
+    pub id: u64,
+    /// `running`, `success` or `error`; kept as text.
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActionEnvelope {
+    pub action: Action,
+}
+
+/// `POST /servers/{id}/actions/create_image`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatedImage {
+    pub image: Image,
+    pub action: Action,
+}
+
+/// `GET /images`: one page.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImagesPage {
+    pub images: Vec<Image>,
+    #[serde(default)]
+    pub meta: Option<Meta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Image {
+    pub id: u64,
+    /// RFC 3339, as Hetzner writes it.
+    #[serde(default)]
+    pub created: String,
+    #[serde(default)]
+    pub created_from: Option<CreatedFrom>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CreatedFrom {
+    pub id: u64,
+}
+
 /// The error body Hetzner answers with: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ErrorBody {

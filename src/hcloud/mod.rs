@@ -22,6 +22,7 @@ pub mod api;
 
 use std::time::Duration;
 
+use crate::deploy::snapshot::{self, SnapshotJob, Snapshotter, Taken};
 use crate::error::{Error, Message, Result};
 use crate::forge::Token;
 use crate::inventory::selector::Selector;
@@ -81,10 +82,35 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Sends one GET (path under the endpoint, query pairs); Err: no answer
-/// (connection refused, timeout, TLS), in words, token scrubbed.
+/// An HTTP method fleetgate uses on the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// Sends one request (path under the endpoint, query pairs, a JSON body);
+/// Err: no answer (connection refused, timeout, TLS), in words, token
+/// scrubbed.
 pub trait Transport {
-    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered>;
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&str>,
+    ) -> Result<Response, Unanswered>;
 }
 
 /// A request that got no answer; `retry` false for what trying again
@@ -136,6 +162,7 @@ impl Default for Policy {
 }
 
 /// GET `path` until it answers 2xx, as [`Policy`] allows: the body.
+#[cfg(test)]
 pub fn call(
     transport: &dyn Transport,
     waiter: &dyn Waiter,
@@ -144,17 +171,51 @@ pub fn call(
     path: &str,
     query: &[(&str, String)],
 ) -> Result<Vec<u8>> {
-    let what = format!("GET {path}");
+    send(
+        transport,
+        waiter,
+        policy,
+        token,
+        Method::Get,
+        path,
+        query,
+        None,
+    )
+}
+
+/// One request until it answers 2xx, as [`Policy`] allows: the body. A
+/// POST is tried again only after a 429 (the API did not act on it): after
+/// a 5xx or no answer it may have started an action, and a second
+/// `create_image` would be a second snapshot.
+#[allow(clippy::too_many_arguments)]
+pub fn send(
+    transport: &dyn Transport,
+    waiter: &dyn Waiter,
+    policy: &Policy,
+    token: &Token,
+    method: Method,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<&str>,
+) -> Result<Vec<u8>> {
+    let what = format!("{} {path}", method.as_str());
+    let once = method == Method::Post;
     let mut backoff = policy.backoff;
     let mut last = String::new();
     let tries = policy.tries.max(1);
     for attempt in 1..=tries {
-        let wait = match transport.get(path, query) {
+        let wait = match transport.send(method, path, query, body) {
             Err(e) if !e.retry => {
                 return Err(Error::Cloud(Message {
                     text: token.scrub(&format!("Hetzner Cloud ({what}): {}", e.why.text)),
                     hint: e.why.hint.map(|h| token.scrub(&h)),
                 }));
+            }
+            Err(e) if once => {
+                return Err(Error::Cloud(Message::from(token.scrub(&format!(
+                    "Hetzner Cloud ({what}): no answer: {}; not sent again (it may have been carried out)",
+                    e.why.text
+                )))));
             }
             Err(e) => {
                 last = format!("no answer: {}", token.scrub(&e.why.text));
@@ -182,6 +243,12 @@ pub fn call(
                 until_reset
                     .unwrap_or(backoff)
                     .clamp(Duration::from_millis(200), policy.max_wait)
+            }
+            Ok(r) if r.status >= 500 && once => {
+                return Err(Error::Cloud(Message::from(format!(
+                    "Hetzner Cloud ({what}): {}; not sent again (it may have been carried out)",
+                    token.scrub(&status_words(&r))
+                ))));
             }
             Ok(r) if r.status >= 500 => {
                 last = token.scrub(&status_words(&r));
@@ -258,17 +325,31 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T> {
-        let body = call(
+        self.request(Method::Get, path, query, None)
+    }
+
+    fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
+        let body = body.map(|b| b.to_string());
+        let got = send(
             &*self.transport,
             &*self.waiter,
             &self.policy,
             &self.token,
+            method,
             path,
             query,
+            body.as_deref(),
         )?;
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(&got).map_err(|e| {
             Error::Cloud(Message::from(format!(
-                "Hetzner Cloud (GET {path}): an answer fleetgate cannot read: {e}"
+                "Hetzner Cloud ({} {path}): an answer fleetgate cannot read: {e}",
+                method.as_str()
             )))
         })
     }
@@ -309,6 +390,122 @@ impl Client {
         Ok(out)
     }
 
+    /// Starts a snapshot of server `server`: the new image's id and the
+    /// action creating it (wait for it with [`Client::wait`]).
+    pub fn create_snapshot(
+        &self,
+        server: u64,
+        description: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(u64, u64)> {
+        let got: api::CreatedImage = self.request(
+            Method::Post,
+            &format!("/servers/{server}/actions/create_image"),
+            &[],
+            Some(&serde_json::json!({
+                "type": "snapshot",
+                "description": description,
+                "labels": labels,
+            })),
+        )?;
+        Ok((got.image.id, got.action.id))
+    }
+
+    /// Rebuilds server `server` from image `image`: the action's id.
+    pub fn rebuild(&self, server: u64, image: u64) -> Result<u64> {
+        let got: api::ActionEnvelope = self.request(
+            Method::Post,
+            &format!("/servers/{server}/actions/rebuild"),
+            &[],
+            Some(&serde_json::json!({ "image": image.to_string() })),
+        )?;
+        Ok(got.action.id)
+    }
+
+    /// Polls action `id` every `every` until it succeeds; an action that
+    /// ends in `error`, or is still running after `timeout`, is
+    /// [`Error::Cloud`] (exit 3) naming it and what it was for.
+    pub fn wait(&self, id: u64, what: &str, every: Duration, timeout: Duration) -> Result<()> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let got: api::ActionEnvelope = self.get(&format!("/actions/{id}"), &[])?;
+            match got.action.status.as_str() {
+                "success" => return Ok(()),
+                "error" => {
+                    let (code, message) = got
+                        .action
+                        .error
+                        .map(|e| (e.code, e.message))
+                        .unwrap_or_default();
+                    return Err(Error::Cloud(
+                        Message::from(self.token.scrub(&format!(
+                            "Hetzner Cloud: {what} failed (action {id}): {code}: {message}"
+                        )))
+                        .hint("see the server's actions in the Cloud Console; run again once it is idle"),
+                    ));
+                }
+                _ if waited >= timeout => {
+                    return Err(Error::Cloud(
+                        Message::from(format!(
+                            "Hetzner Cloud: {what} did not finish within {} s (action {id} still {})",
+                            timeout.as_secs(),
+                            got.action.status
+                        ))
+                        .hint("Hetzner may still finish it: look at the server's actions in the Cloud Console before running again"),
+                    ));
+                }
+                _ => {
+                    self.waiter.sleep(every);
+                    waited += every;
+                }
+            }
+        }
+    }
+
+    /// The snapshots `selector` selects that were made from server
+    /// `server`, all pages, oldest first.
+    pub fn snapshots(&self, server: u64, selector: &str) -> Result<Vec<api::Image>> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let got: api::ImagesPage = self.get(
+                "/images",
+                &[
+                    ("type", "snapshot".to_string()),
+                    ("label_selector", selector.to_string()),
+                    ("page", page.to_string()),
+                    ("per_page", PER_PAGE.to_string()),
+                ],
+            )?;
+            out.extend(
+                got.images
+                    .into_iter()
+                    .filter(|i| i.created_from.as_ref().is_some_and(|c| c.id == server)),
+            );
+            match api::Meta::next_page(&got.meta) {
+                Some(next) if next > page && next <= MAX_PAGES => page = next,
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| (&a.created, a.id).cmp(&(&b.created, b.id)));
+        Ok(out)
+    }
+
+    /// Deletes image `id`.
+    pub fn delete_image(&self, id: u64) -> Result<()> {
+        send(
+            &*self.transport,
+            &*self.waiter,
+            &self.policy,
+            &self.token,
+            Method::Delete,
+            &format!("/images/{id}"),
+            &[],
+            None,
+        )
+        .map(drop)
+    }
+
     /// The id of the private network `name`, if it exists.
     pub fn network_id(&self, name: &str) -> Result<Option<u64>> {
         let got: api::NetworksPage = self.get("/networks", &[("name", name.to_string())])?;
@@ -317,6 +514,71 @@ impl Client {
             .into_iter()
             .find(|n| n.name == name)
             .map(|n| n.id))
+    }
+}
+
+/// The deploy's [`Snapshotter`]: snapshots over a [`Client`], servers
+/// found by name among those the inventory resolved.
+pub struct Snapshots<'a> {
+    pub client: &'a Client,
+    /// Server name → id, as the inventory resolved them.
+    pub ids: std::collections::BTreeMap<String, u64>,
+    /// How often an action is polled, and for how long at most.
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+impl Snapshotter for Snapshots<'_> {
+    fn snapshot(&self, job: &SnapshotJob) -> std::result::Result<Taken, String> {
+        let words = |e: Error| e.to_string();
+        let Some(&server) = self.ids.get(&job.server) else {
+            return Err(format!(
+                "server `{}` is not among the Hetzner Cloud servers resolved for this deploy",
+                job.server
+            ));
+        };
+        let (image, action) = self
+            .client
+            .create_snapshot(server, &job.description, &job.labels)
+            .map_err(words)?;
+        self.client
+            .wait(
+                action,
+                &format!("the snapshot of `{}` (image {image})", job.server),
+                self.every,
+                self.timeout,
+            )
+            .map_err(words)?;
+        // Retention: fleetgate's snapshots of this client made from this
+        // server, the newest `keep` kept. A failed clean-up is a warning:
+        // the snapshot the deploy needs exists.
+        let client = job
+            .labels
+            .get(snapshot::LABEL_CLIENT)
+            .cloned()
+            .unwrap_or_default();
+        let mut deleted = Vec::new();
+        match self.client.snapshots(server, &snapshot::selector(&client)) {
+            Ok(images) => {
+                let ids: Vec<u64> = images
+                    .iter()
+                    .map(|i| i.id)
+                    .filter(|&i| i != image)
+                    .chain([image])
+                    .collect();
+                for old in snapshot::to_delete(&ids, job.keep) {
+                    match self.client.delete_image(old) {
+                        Ok(()) => deleted.push(old),
+                        Err(e) => tracing::warn!(
+                            "{}: could not delete old snapshot {old}: {e}",
+                            job.server
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{}: could not list old snapshots: {e}", job.server),
+        }
+        Ok(Taken { image, deleted })
     }
 }
 
@@ -349,16 +611,33 @@ impl Http {
 }
 
 impl Transport for Http {
-    fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered> {
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&str>,
+    ) -> Result<Response, Unanswered> {
         let url = format!("{}{path}", self.endpoint);
-        let request = self
+        let m = match method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut request = self
             .client
-            .get(&url)
+            .request(m, &url)
             .query(query)
             .header("authorization", &self.auth)
             .header("accept", "application/json");
-        self.rt
-            .block_on(async {
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let rt = &self.rt;
+        let run = move || {
+            rt.block_on(async {
                 let resp = request.send().await?;
                 let status = resp.status().as_u16();
                 let reset = resp
@@ -373,13 +652,22 @@ impl Transport for Http {
                     body,
                 })
             })
-            .map_err(|e| match crate::tls::certificate_problem(&e) {
-                Some(why) => Unanswered { why, retry: false },
-                None => Unanswered {
-                    why: self.token.scrub(&describe(e)).into(),
-                    retry: true,
-                },
-            })
+        };
+        // Inside another runtime (a deploy's snapshot), block on ours on a
+        // thread of its own: tokio refuses nested `block_on`.
+        let result = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| s.spawn(run).join())
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        } else {
+            run()
+        };
+        result.map_err(|e| match crate::tls::certificate_problem(&e) {
+            Some(why) => Unanswered { why, retry: false },
+            None => Unanswered {
+                why: self.token.scrub(&describe(e)).into(),
+                retry: true,
+            },
+        })
     }
 }
 
@@ -411,11 +699,22 @@ mod tests {
     }
 
     impl Transport for Scripted {
-        fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Response, Unanswered> {
+        fn send(
+            &self,
+            method: Method,
+            path: &str,
+            query: &[(&str, String)],
+            body: Option<&str>,
+        ) -> Result<Response, Unanswered> {
             let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let prefix = match method {
+                Method::Get => String::new(),
+                m => format!("{} ", m.as_str()),
+            };
+            let body = body.map(|b| format!(" {b}")).unwrap_or_default();
             self.asked
                 .borrow_mut()
-                .push(format!("{path}?{}", q.join("&")));
+                .push(format!("{prefix}{path}?{}{body}", q.join("&")));
             self.answers
                 .borrow_mut()
                 .pop_front()
@@ -627,6 +926,105 @@ mod tests {
             [
                 "/servers?label_selector=client=alpha&page=1&per_page=50",
                 "/servers?label_selector=client=alpha&page=2&per_page=50"
+            ]
+        );
+    }
+
+    fn client_over(answers: Vec<Result<Response, Unanswered>>) -> (Client, Scripted, FakeWaiter) {
+        let transport = Scripted::default();
+        *transport.answers.borrow_mut() = answers.into();
+        let waiter = FakeWaiter::default();
+        let client = Client::over(
+            Box::new(transport.clone()),
+            Box::new(waiter.clone()),
+            Policy::default(),
+            Token::new(TOKEN.into()),
+        );
+        (client, transport, waiter)
+    }
+
+    fn action(status: &str) -> Result<Response, Unanswered> {
+        ok(&serde_json::json!({"action": {"id": 9, "status": status,
+            "error": if status == "error" { serde_json::json!({"code": "image_create_failed", "message": "disk busy"}) } else { serde_json::Value::Null }}}).to_string())
+    }
+
+    #[test]
+    fn a_snapshot_is_created_and_waited_for_and_an_error_or_a_timeout_is_exit_3() {
+        let created = ok(
+            r#"{"image": {"id": 77, "created": "2026-01-01T00:00:00+00:00"}, "action": {"id": 9, "status": "running"}}"#,
+        );
+        let (client, transport, waiter) = client_over(vec![
+            created,
+            action("running"),
+            action("running"),
+            action("success"),
+        ]);
+        let labels = [("fleetgate/client".to_string(), "alpha".to_string())].into();
+        assert_eq!(
+            client.create_snapshot(5, "before", &labels).unwrap(),
+            (77, 9)
+        );
+        let every = Duration::from_secs(1);
+        client
+            .wait(9, "the snapshot", every, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(waiter.slept.borrow().len(), 2);
+        assert_eq!(
+            transport.asked.borrow()[0],
+            r#"POST /servers/5/actions/create_image? {"type":"snapshot","description":"before","labels":{"fleetgate/client":"alpha"}}"#
+        );
+
+        let (client, ..) = client_over(vec![action("error")]);
+        let e = client
+            .wait(9, "the snapshot", every, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the snapshot failed (action 9): image_create_failed: disk busy"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Infra);
+
+        let (client, ..) = client_over((0..4).map(|_| action("running")).collect());
+        let e = client
+            .wait(9, "the snapshot", every, Duration::from_secs(3))
+            .unwrap_err();
+        assert!(e.to_string().contains("did not finish within 3 s"), "{e}");
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Infra);
+    }
+
+    #[test]
+    fn a_post_is_not_sent_again_after_a_5xx_but_is_after_a_429() {
+        let (client, transport, _) = client_over(vec![status(503, None)]);
+        let e = client.rebuild(5, 77).unwrap_err();
+        assert!(e.to_string().contains("not sent again"), "{e}");
+        assert_eq!(transport.asked.borrow().len(), 1);
+        let (client, transport, _) = client_over(vec![status(429, Some(1)), action("running")]);
+        assert_eq!(client.rebuild(5, 77).unwrap(), 9);
+        assert_eq!(transport.asked.borrow().len(), 2);
+    }
+
+    #[test]
+    fn snapshots_are_those_of_the_server_oldest_first() {
+        let page = ok(r#"{"images": [
+            {"id": 3, "created": "2026-01-03T00:00:00+00:00", "created_from": {"id": 5, "name": "a"}},
+            {"id": 1, "created": "2026-01-01T00:00:00+00:00", "created_from": {"id": 5, "name": "a"}},
+            {"id": 2, "created": "2026-01-02T00:00:00+00:00", "created_from": {"id": 6, "name": "b"}}
+        ], "meta": {"pagination": {"next_page": null}}}"#);
+        let (client, transport, _) = client_over(vec![page, ok("")]);
+        let ids: Vec<u64> = client
+            .snapshots(5, "fleetgate/client=alpha")
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        client.delete_image(1).unwrap();
+        assert_eq!(
+            *transport.asked.borrow(),
+            [
+                "/images?type=snapshot&label_selector=fleetgate/client=alpha&page=1&per_page=50",
+                "DELETE /images/1?"
             ]
         );
     }

@@ -22,6 +22,15 @@ pub trait Inventory {
     /// for a Hetzner client without `HCLOUD_TOKEN` (`check` and `plan` say
     /// so and go on; the commands that act stop).
     fn can_resolve(&self, client: &Client) -> bool;
+    /// The Hetzner Cloud API this inventory asks, if any (snapshots and
+    /// restores use the same client, token and endpoint).
+    fn cloud(&self) -> Option<&hcloud::Client> {
+        None
+    }
+    /// The id of the Hetzner server named `name` it resolved, if any.
+    fn server_id(&self, _name: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// The client's hosts, at least one when it has apps: a selector that
@@ -70,6 +79,8 @@ pub fn resolve_fleet(
 pub struct Live {
     cloud: Option<hcloud::Client>,
     cache: Mutex<BTreeMap<Question, Vec<Server>>>,
+    /// Every server resolved so far: name → id.
+    ids: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A selector and a network, as text: what one resolution answers.
@@ -92,6 +103,7 @@ impl Live {
         Live {
             cloud,
             cache: Mutex::new(BTreeMap::new()),
+            ids: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -124,6 +136,10 @@ impl Live {
                     .hint("pick the network its servers have (hosts.hcloud.network: `public`, `public-ipv6` or `{private: NAME}`)"),
                 )
             })?;
+            self.ids
+                .lock()
+                .expect("not poisoned")
+                .insert(server.name.clone(), server.id);
             out.push((server.name, address));
         }
         out.sort();
@@ -191,5 +207,13 @@ impl Inventory for Live {
 
     fn can_resolve(&self, client: &Client) -> bool {
         matches!(client.hosts, Hosts::Static(_)) || self.cloud.is_some()
+    }
+
+    fn cloud(&self) -> Option<&hcloud::Client> {
+        self.cloud.as_ref()
+    }
+
+    fn server_id(&self, name: &str) -> Option<u64> {
+        self.ids.lock().expect("not poisoned").get(name).copied()
     }
 }

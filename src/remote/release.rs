@@ -451,6 +451,15 @@ pub fn check_script(dir: &AppDir, command: &str) -> String {
     format!("cd {}/current\n{command}\n", quote(&dir.path()))
 }
 
+/// An app's `commands.pre_snapshot`, run before its host's snapshot: in
+/// its live release (`current`) if it has one, else in its directory.
+pub fn pre_snapshot_script(dir: &AppDir, command: &str) -> String {
+    let path = quote(&dir.path());
+    format!(
+        "set -eu\nif [ -d {path}/current ]; then cd {path}/current; else mkdir -p {path} && cd {path}; fi\n{command}\n"
+    )
+}
+
 /// Takes down a first deploy that failed: there is no release to go back
 /// to, so its runtime is stopped (`stop`: `commands.stop`, for the command
 /// runtime) and the app is left with nothing live. The stop is best effort

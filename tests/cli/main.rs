@@ -11,6 +11,7 @@ mod forge;
 mod forge_server;
 mod hcloud;
 mod hcloud_server;
+mod hcloud_snapshots;
 mod history;
 mod hosts;
 mod hosts_cmd;

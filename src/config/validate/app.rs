@@ -168,7 +168,9 @@ fn validate_app(
         .map_or_else(Commands::default, |cm| Commands {
             start: cm.start.clone(),
             stop: cm.stop.clone(),
+            pre_snapshot: cm.pre_snapshot.clone(),
         });
+    let snapshot_keep = super::stages::snapshot_keep(&mut c, "snapshot_keep", &raw.snapshot_keep);
     if raw.runtime.value == Runtime::Command && commands.start.is_none() {
         c.at(
             "commands.start",
@@ -193,6 +195,8 @@ fn validate_app(
         commands,
         health,
         rollback: raw.rollback.unwrap_or(RollbackPolicy::Safe),
+        snapshot: raw.snapshot,
+        snapshot_keep,
     })
 }
 
@@ -236,6 +240,15 @@ mod tests {
             app.secrets,
             app.health.len()
         )];
+        if app.snapshot.is_some()
+            || app.snapshot_keep.is_some()
+            || app.commands.pre_snapshot.is_some()
+        {
+            out.push(format!(
+                "  snapshot={:?} keep={:?} pre_snapshot={:?}",
+                app.snapshot, app.snapshot_keep, app.commands.pre_snapshot
+            ));
+        }
         out.extend(app.images.iter().map(|(k, r)| format!("  image {k}: {r}")));
         out.extend(
             app.files
@@ -423,6 +436,21 @@ mod tests {
             &[
                 r#"app web: runtime=Podman rollback=Safe start=None stop=Some("./stop.sh") secrets=[] health=0"#,
             ],
+        );
+    }
+
+    #[test]
+    fn snapshot_keys() {
+        check(
+            "runtime: compose\nrollback: freeze\nsnapshot: before_deploy\nsnapshot_keep: 2\ncommands: {pre_snapshot: ./dump.sh}",
+            &[
+                r#"app web: runtime=Compose rollback=Freeze start=None stop=None secrets=[] health=0"#,
+                r#"  snapshot=Some(BeforeDeploy) keep=Some(2) pre_snapshot=Some("./dump.sh")"#,
+            ],
+        );
+        check(
+            "runtime: compose\nsnapshot_keep: 0",
+            &["pipelines/apps/web/app.yaml:2 snapshot_keep: snapshot_keep must be at least 1"],
         );
     }
 }

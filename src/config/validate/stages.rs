@@ -9,6 +9,24 @@ use super::Check;
 use crate::config::model::{Approval, Stage};
 use crate::config::raw;
 
+/// `snapshot_keep` (a stage's or an app's): at least 1, since it counts
+/// the snapshot just taken.
+pub(super) fn snapshot_keep(c: &mut Check, field: &str, keep: &Option<raw::S<u32>>) -> Option<u32> {
+    match keep {
+        Some(k) if k.value == 0 => {
+            c.at(
+                field,
+                k,
+                "snapshot_keep must be at least 1",
+                "it counts the snapshot taken before this deploy; leave it out for 3",
+            );
+            None
+        }
+        Some(k) => Some(k.value),
+        None => None,
+    }
+}
+
 pub(super) fn validate(c: &mut Check, list: &[raw::Stage]) -> Vec<Stage> {
     if list.is_empty() {
         c.plain(
@@ -89,6 +107,8 @@ pub(super) fn validate(c: &mut Check, list: &[raw::Stage]) -> Vec<Stage> {
             approval,
             parallelism,
             max_failures: s.max_failures.unwrap_or(0),
+            snapshot: s.snapshot,
+            snapshot_keep: snapshot_keep(c, &f("snapshot_keep"), &s.snapshot_keep),
         });
     }
     stages
@@ -114,10 +134,14 @@ mod tests {
                     .approval
                     .as_ref()
                     .map_or("-".to_string(), |a| a.approvers.join(","));
-                format!(
+                let mut line = format!(
                     "{}: group={} soak={:?} approvers={approval} parallelism={} max_failures={}",
                     s.name, s.group, s.soak, s.parallelism, s.max_failures
-                )
+                );
+                if s.snapshot.is_some() || s.snapshot_keep.is_some() {
+                    line += &format!(" snapshot={:?} keep={:?}", s.snapshot, s.snapshot_keep);
+                }
+                line
             })
             .collect();
         assert_outcome(&fixture, &problems, summary, expect);
@@ -256,6 +280,27 @@ mod tests {
         check(
             "- {name: a, group: a, max_failures: many}",
             &["pipelines/pipeline.yaml:2 stages[0].max_failures: invalid u32"],
+        );
+    }
+
+    #[test]
+    fn snapshot_keys() {
+        check(
+            "- {name: a, group: a, snapshot: before_deploy, snapshot_keep: 5}\n- {name: b, group: b, snapshot: never}",
+            &[
+                "a: group=a soak=0ns approvers=- parallelism=1 max_failures=0 snapshot=Some(BeforeDeploy) keep=Some(5)",
+                "b: group=b soak=0ns approvers=- parallelism=1 max_failures=0 snapshot=Some(Never) keep=None",
+            ],
+        );
+        check(
+            "- {name: a, group: a, snapshot: always}",
+            &["pipelines/pipeline.yaml:2 stages[0].snapshot: unknown variant `always`"],
+        );
+        check(
+            "- {name: a, group: a, snapshot_keep: 0}",
+            &[
+                "pipelines/pipeline.yaml:2 stages[0].snapshot_keep: snapshot_keep must be at least 1",
+            ],
         );
     }
 }
