@@ -899,13 +899,18 @@ pub struct FakeSnapshots {
     pub images: std::cell::RefCell<Vec<(String, u64)>>,
     /// Every job asked, in order.
     pub jobs: std::cell::RefCell<Vec<crate::deploy::snapshot::SnapshotJob>>,
+    /// How many polls of each snapshot answer "still running".
+    pub running_polls: std::cell::Cell<u32>,
+    /// `start <server>` and `done <server>`, in the order they happened.
+    pub events: std::cell::RefCell<Vec<String>>,
+    polls: std::cell::RefCell<std::collections::BTreeMap<u64, u32>>,
 }
 
 impl crate::deploy::snapshot::Snapshotter for FakeSnapshots {
-    fn snapshot(
+    fn start(
         &self,
         job: &crate::deploy::snapshot::SnapshotJob,
-    ) -> std::result::Result<crate::deploy::snapshot::Taken, String> {
+    ) -> std::result::Result<crate::deploy::snapshot::Started, String> {
         self.jobs.borrow_mut().push(job.clone());
         if let Some(why) = self.fail.borrow_mut().pop_front() {
             return Err(why);
@@ -913,6 +918,41 @@ impl crate::deploy::snapshot::Snapshotter for FakeSnapshots {
         let mut images = self.images.borrow_mut();
         let image = 1000 + images.len() as u64 + 1;
         images.push((job.server.clone(), image));
+        self.events
+            .borrow_mut()
+            .push(format!("start {}", job.server));
+        Ok(crate::deploy::snapshot::Started {
+            image,
+            action: image,
+        })
+    }
+
+    fn done(
+        &self,
+        job: &crate::deploy::snapshot::SnapshotJob,
+        started: crate::deploy::snapshot::Started,
+    ) -> std::result::Result<bool, String> {
+        let mut polls = self.polls.borrow_mut();
+        let n = polls.entry(started.action).or_default();
+        *n += 1;
+        let done = *n > self.running_polls.get();
+        if done {
+            self.events
+                .borrow_mut()
+                .push(format!("done {}", job.server));
+        }
+        Ok(done)
+    }
+
+    fn pacing(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
+    fn keep(&self, job: &crate::deploy::snapshot::SnapshotJob, _: u64) -> Vec<u64> {
+        let mut images = self.images.borrow_mut();
         let mine: Vec<u64> = images
             .iter()
             .filter(|(s, _)| *s == job.server)
@@ -920,6 +960,6 @@ impl crate::deploy::snapshot::Snapshotter for FakeSnapshots {
             .collect();
         let deleted = crate::deploy::snapshot::to_delete(&mine, job.keep);
         images.retain(|(_, i)| !deleted.contains(i));
-        Ok(crate::deploy::snapshot::Taken { image, deleted })
+        deleted
     }
 }

@@ -267,6 +267,35 @@ fn now_rfc3339() -> String {
 }
 
 /// Deploys every app of `target` to its host, then runs its health gates.
+/// A host's snapshot: asked for, waited for on the deploy's runtime (the
+/// other hosts of the wave go on meanwhile), then the retention.
+async fn take_snapshot(
+    snapshots: &dyn Snapshotter,
+    job: &super::snapshot::SnapshotJob,
+) -> Result<super::snapshot::Taken, String> {
+    let started = snapshots.start(job)?;
+    let (every, timeout) = snapshots.pacing();
+    let mut waited = Duration::ZERO;
+    while !snapshots.done(job, started)? {
+        if waited >= timeout {
+            return Err(format!(
+                "Hetzner Cloud: the snapshot of `{}` (image {}) did not finish within {} s (action {} still running); Hetzner may still finish it: look at the server's actions in the Cloud Console before running again",
+                job.server,
+                started.image,
+                timeout.as_secs(),
+                started.action
+            ));
+        }
+        tokio::time::sleep(every).await;
+        waited += every;
+    }
+    let deleted = snapshots.keep(job, started.image);
+    Ok(super::snapshot::Taken {
+        image: started.image,
+        deleted,
+    })
+}
+
 async fn deploy_host<R: Remote, P: Prober>(
     plan: &StagePlan,
     target: &Target,
@@ -390,7 +419,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 .await?;
             }
             let started = Instant::now();
-            match snapshots.snapshot(job) {
+            match take_snapshot(snapshots, job).await {
                 Ok(taken) => {
                     rec.record(None, "snapshot", true, started);
                     tracing::info!(

@@ -33,23 +33,53 @@ pub struct Taken {
     pub deleted: Vec<u64>,
 }
 
-/// Takes a snapshot of a server and waits for it, then applies the
-/// retention. Err: why, in words (exit 3 for the stage: the host is not
+/// A snapshot asked for: its image, and the action that makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub image: u64,
+    pub action: u64,
+}
+
+/// Takes snapshots of servers, in three short calls, so the deploy waits
+/// for the action between polls without holding up the other hosts of its
+/// wave (`deploy::exec` sleeps on its runtime, never inside a call).
+/// Errors are why, in words (exit 3 for the stage: the host is not
 /// changed). Called from inside the deploy's runtime: an implementation
 /// that blocks on a runtime of its own must do so on another thread.
 pub trait Snapshotter {
-    fn snapshot(&self, job: &SnapshotJob) -> Result<Taken, String>;
+    /// Asks for the snapshot of `job.server`.
+    fn start(&self, job: &SnapshotJob) -> Result<Started, String>;
+    /// Whether the snapshot is done: Ok(true) done, Ok(false) still
+    /// running, Err it failed.
+    fn done(&self, job: &SnapshotJob, started: Started) -> Result<bool, String>;
+    /// The retention once `image` is taken: fleetgate's snapshots of this
+    /// client made from this server beyond the newest `job.keep` deleted;
+    /// the ids deleted (a failed clean-up is a warning, not a failure).
+    fn keep(&self, job: &SnapshotJob, image: u64) -> Vec<u64>;
+    /// How often an action is polled, and for how long at most.
+    fn pacing(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(30 * 60),
+        )
+    }
 }
 
 /// For stages with no Hetzner server: never asked.
 pub struct NoSnapshots;
 
 impl Snapshotter for NoSnapshots {
-    fn snapshot(&self, job: &SnapshotJob) -> Result<Taken, String> {
+    fn start(&self, job: &SnapshotJob) -> Result<Started, String> {
         Err(format!(
             "no Hetzner Cloud API to snapshot `{}` with",
             job.server
         ))
+    }
+    fn done(&self, _: &SnapshotJob, _: Started) -> Result<bool, String> {
+        Ok(true)
+    }
+    fn keep(&self, _: &SnapshotJob, _: u64) -> Vec<u64> {
+        Vec::new()
     }
 }
 

@@ -863,3 +863,34 @@ fn a_snapshot_comes_before_the_first_change_and_only_then() {
     let kept: Vec<u64> = snaps.images.borrow().iter().map(|(_, i)| *i).collect();
     assert_eq!(kept, [1002, 1003]);
 }
+
+/// A snapshot is waited for on the deploy's runtime: while one host's
+/// action runs, the other hosts of the wave go on (they used to wait for
+/// it, one snapshot after another).
+#[test]
+fn hosts_of_a_wave_do_not_wait_for_each_others_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let snaps = crate::fakes::FakeSnapshots::default();
+    snaps.running_polls.set(3);
+    let t = |h| with_snapshot(target(root, h, "v1", true), 2, None);
+    let mut p = plan("a", vec![t("h1"), t("h2")], 0);
+    p.parallelism = 2;
+    let o = run_snapshots(&p, &snaps);
+    assert!(
+        o.hosts.iter().all(|h| h.status == HostStatus::Deployed),
+        "{o:#?}"
+    );
+    let events = snaps.events.borrow();
+    let first_done = events.iter().position(|e| e.starts_with("done")).unwrap();
+    let starts = events.iter().filter(|e| e.starts_with("start")).count();
+    assert_eq!(starts, 2, "{events:?}");
+    assert!(
+        events[..first_done]
+            .iter()
+            .filter(|e| e.starts_with("start"))
+            .count()
+            == 2,
+        "both snapshots were asked for before either finished: {events:?}"
+    );
+}

@@ -22,7 +22,7 @@ pub mod api;
 
 use std::time::Duration;
 
-use crate::deploy::snapshot::{self, SnapshotJob, Snapshotter, Taken};
+use crate::deploy::snapshot::{self, SnapshotJob, Snapshotter, Started};
 use crate::error::{Error, Message, Result};
 use crate::forge::Token;
 use crate::inventory::selector::Selector;
@@ -422,44 +422,51 @@ impl Client {
         Ok(got.action.id)
     }
 
+    /// Whether action `id` is done: Ok(true) on `success`, Ok(false) while
+    /// it runs; `error` is [`Error::Cloud`] (exit 3) naming it and `what`
+    /// it was for.
+    pub fn action_done(&self, id: u64, what: &str) -> Result<bool> {
+        let got: api::ActionEnvelope = self.get(&format!("/actions/{id}"), &[])?;
+        match got.action.status.as_str() {
+            "success" => Ok(true),
+            "error" => {
+                let (code, message) = got
+                    .action
+                    .error
+                    .map(|e| (e.code, e.message))
+                    .unwrap_or_default();
+                Err(Error::Cloud(
+                    Message::from(self.token.scrub(&format!(
+                        "Hetzner Cloud: {what} failed (action {id}): {code}: {message}"
+                    )))
+                    .hint(
+                        "see the server's actions in the Cloud Console; run again once it is idle",
+                    ),
+                ))
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Polls action `id` every `every` until it succeeds; an action that
     /// ends in `error`, or is still running after `timeout`, is
     /// [`Error::Cloud`] (exit 3) naming it and what it was for.
     pub fn wait(&self, id: u64, what: &str, every: Duration, timeout: Duration) -> Result<()> {
         let mut waited = Duration::ZERO;
-        loop {
-            let got: api::ActionEnvelope = self.get(&format!("/actions/{id}"), &[])?;
-            match got.action.status.as_str() {
-                "success" => return Ok(()),
-                "error" => {
-                    let (code, message) = got
-                        .action
-                        .error
-                        .map(|e| (e.code, e.message))
-                        .unwrap_or_default();
-                    return Err(Error::Cloud(
-                        Message::from(self.token.scrub(&format!(
-                            "Hetzner Cloud: {what} failed (action {id}): {code}: {message}"
-                        )))
-                        .hint("see the server's actions in the Cloud Console; run again once it is idle"),
-                    ));
-                }
-                _ if waited >= timeout => {
-                    return Err(Error::Cloud(
-                        Message::from(format!(
-                            "Hetzner Cloud: {what} did not finish within {} s (action {id} still {})",
-                            timeout.as_secs(),
-                            got.action.status
-                        ))
-                        .hint("Hetzner may still finish it: look at the server's actions in the Cloud Console before running again"),
-                    ));
-                }
-                _ => {
-                    self.waiter.sleep(every);
-                    waited += every;
-                }
+        while !self.action_done(id, what)? {
+            if waited >= timeout {
+                return Err(Error::Cloud(
+                    Message::from(format!(
+                        "Hetzner Cloud: {what} did not finish within {} s (action {id} still running)",
+                        timeout.as_secs(),
+                    ))
+                    .hint("Hetzner may still finish it: look at the server's actions in the Cloud Console before running again"),
+                ));
             }
+            self.waiter.sleep(every);
+            waited += every;
         }
+        Ok(())
     }
 
     /// The snapshots `selector` selects that were made from server
@@ -528,30 +535,43 @@ pub struct Snapshots<'a> {
     pub timeout: Duration,
 }
 
-impl Snapshotter for Snapshots<'_> {
-    fn snapshot(&self, job: &SnapshotJob) -> std::result::Result<Taken, String> {
-        let words = |e: Error| e.to_string();
-        let Some(&server) = self.ids.get(&job.server) else {
-            return Err(format!(
+impl Snapshots<'_> {
+    fn id(&self, job: &SnapshotJob) -> std::result::Result<u64, String> {
+        self.ids.get(&job.server).copied().ok_or_else(|| {
+            format!(
                 "server `{}` is not among the Hetzner Cloud servers resolved for this deploy",
                 job.server
-            ));
-        };
+            )
+        })
+    }
+}
+
+impl Snapshotter for Snapshots<'_> {
+    fn start(&self, job: &SnapshotJob) -> std::result::Result<Started, String> {
+        let server = self.id(job)?;
         let (image, action) = self
             .client
             .create_snapshot(server, &job.description, &job.labels)
-            .map_err(words)?;
+            .map_err(|e| e.to_string())?;
+        Ok(Started { image, action })
+    }
+
+    fn done(&self, job: &SnapshotJob, started: Started) -> std::result::Result<bool, String> {
         self.client
-            .wait(
-                action,
-                &format!("the snapshot of `{}` (image {image})", job.server),
-                self.every,
-                self.timeout,
+            .action_done(
+                started.action,
+                &format!("the snapshot of `{}` (image {})", job.server, started.image),
             )
-            .map_err(words)?;
-        // Retention: fleetgate's snapshots of this client made from this
-        // server, the newest `keep` kept. A failed clean-up is a warning:
-        // the snapshot the deploy needs exists.
+            .map_err(|e| e.to_string())
+    }
+
+    fn keep(&self, job: &SnapshotJob, image: u64) -> Vec<u64> {
+        // fleetgate's snapshots of this client made from this server, the
+        // newest `keep` kept. A failed clean-up is a warning: the snapshot
+        // the deploy needs exists.
+        let Ok(server) = self.id(job) else {
+            return Vec::new();
+        };
         let client = job
             .labels
             .get(snapshot::LABEL_CLIENT)
@@ -578,7 +598,11 @@ impl Snapshotter for Snapshots<'_> {
             }
             Err(e) => tracing::warn!("{}: could not list old snapshots: {e}", job.server),
         }
-        Ok(Taken { image, deleted })
+        deleted
+    }
+
+    fn pacing(&self) -> (Duration, Duration) {
+        (self.every, self.timeout)
     }
 }
 
