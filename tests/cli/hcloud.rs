@@ -17,6 +17,18 @@ const TOKEN: &str = "hc-test-token-3f9a1c";
 /// selector must leave out.
 fn fleet() -> (DeployFleet, HcloudServer) {
     crate::leakscan::secret("the Hetzner Cloud test token", TOKEN);
+    let d = alpha_on_hcloud();
+    d.fleet.commit("alpha's hosts from Hetzner Cloud");
+    (
+        d,
+        servers(TOKEN, &[("alpha-1", "alpha"), ("beta-1", "beta")]),
+    )
+}
+
+/// [`fleet`]'s fleet, not committed: alpha's hosts are `client=alpha` in
+/// Hetzner Cloud (with the test host's port, user and deploy root) and
+/// `alpha-1`'s key is pinned under its server name.
+pub fn alpha_on_hcloud() -> DeployFleet {
     let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
     let host = d.hosts.host("alpha-1");
     let path = "clients/alpha.yaml";
@@ -31,20 +43,23 @@ fn fleet() -> (DeployFleet, HcloudServer) {
             host.deploy_root.display()
         ),
     );
-    // Pinned by address and port (what the SSH code matches today) and by
-    // server name (the HostKeyAlias of `hosts trust`).
     let known = d.fleet.read("pipelines/known_hosts");
     d.fleet.write(
         "pipelines/known_hosts",
         &format!("{known}alpha-1 {}\n", host.host_key_pub),
     );
-    d.fleet.commit("alpha's hosts from Hetzner Cloud");
-    let hcloud = HcloudServer::start(TOKEN);
-    hcloud.add_server("alpha-1", &[("client", "alpha"), ("role", "app")]);
-    hcloud.point_at("alpha-1", "127.0.0.1");
-    hcloud.add_server("beta-1", &[("client", "beta")]);
-    hcloud.point_at("beta-1", "127.0.0.1");
-    (d, hcloud)
+    d
+}
+
+/// A stand-in with these (server, `client` label) servers, all pointing
+/// at the loopback test hosts.
+pub fn servers(token: &str, servers: &[(&str, &str)]) -> HcloudServer {
+    let hcloud = HcloudServer::start(token);
+    for (name, client) in servers {
+        hcloud.add_server(name, &[("client", client)]);
+        hcloud.point_at(name, "127.0.0.1");
+    }
+    hcloud
 }
 
 fn env(hcloud: &HcloudServer) -> Vec<(&'static str, String)> {

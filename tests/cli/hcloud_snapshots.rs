@@ -6,31 +6,12 @@
 use crate::common::Run;
 use crate::deploy::DeployFleet;
 use crate::hcloud_server::{HcloudServer, Outcome};
-use crate::hosts::USER;
 
 const TOKEN: &str = "hc-snap-token-7d21e0";
 
 fn fleet() -> (DeployFleet, HcloudServer) {
     crate::leakscan::secret("the Hetzner Cloud test token (snapshots)", TOKEN);
-    let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
-    let host = d.hosts.host("alpha-1");
-    let path = "clients/alpha.yaml";
-    let text = d.fleet.read(path);
-    let (head, rest) = text.split_once("hosts:\n").unwrap();
-    let vars = &rest[rest.find("vars:").unwrap()..];
-    d.fleet.write(
-        path,
-        &format!(
-            "{head}hosts:\n  hcloud:\n    label_selector: client=alpha\n    port: {}\n    user: {USER}\n    deploy_root: {}\n{vars}",
-            host.port,
-            host.deploy_root.display()
-        ),
-    );
-    let known = d.fleet.read("pipelines/known_hosts");
-    d.fleet.write(
-        "pipelines/known_hosts",
-        &format!("{known}alpha-1 {}\n", host.host_key_pub),
-    );
+    let d = crate::hcloud::alpha_on_hcloud();
     d.fleet.edit(
         "pipelines/apps/web/app.yaml",
         "rollback: safe",
@@ -38,11 +19,7 @@ fn fleet() -> (DeployFleet, HcloudServer) {
     );
     d.fleet
         .commit("alpha's hosts from Hetzner Cloud; web migrates data");
-    let hcloud = HcloudServer::start(TOKEN);
-    hcloud.add_server("alpha-1", &[("client", "alpha")]);
-    hcloud.point_at("alpha-1", "127.0.0.1");
-    hcloud.add_server("beta-1", &[("client", "beta")]);
-    hcloud.point_at("beta-1", "127.0.0.1");
+    let hcloud = crate::hcloud::servers(TOKEN, &[("alpha-1", "alpha"), ("beta-1", "beta")]);
     (d, hcloud)
 }
 
