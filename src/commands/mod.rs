@@ -107,3 +107,30 @@ impl ScanOpts {
         }
     }
 }
+
+/// One client's fleet at `snap` (its file and what it names), validated;
+/// a client the commit does not have is invalid input. For the commands
+/// that act on one client by hand (`rollback`, `restore`).
+pub fn one_client(
+    snap: &crate::repo::Snapshot<'_>,
+    name: &str,
+) -> crate::error::Result<crate::config::Fleet> {
+    use crate::error::Error;
+    let files = crate::config::load(
+        snap,
+        crate::config::Selection::Only([name.to_string()].into()),
+    )?;
+    let (fleet, problems) = crate::config::validate(&files);
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            at: snap.label(),
+            problems,
+        });
+    }
+    if !fleet.clients.contains_key(name) {
+        return Err(Error::Usage(
+            format!("client `{name}` does not exist at {}", snap.label()).into(),
+        ));
+    }
+    Ok(fleet)
+}

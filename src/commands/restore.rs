@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Context;
-use crate::config::{self, Hosts, Selection};
+use crate::config::Hosts;
 use crate::deploy::snapshot;
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::inventory::{self, Inventory};
@@ -50,24 +50,8 @@ pub fn run(ctx: &Context, args: &RestoreArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let head = repo.resolve("HEAD")?;
     let snap = repo.snapshot(head)?;
-    let files = config::load(&snap, Selection::Only([args.client.clone()].into()))?;
-    let (fleet, problems) = config::validate(&files);
-    if !problems.is_empty() {
-        return Err(Error::Invalid {
-            at: snap.label(),
-            problems,
-        });
-    }
-    let client = fleet.clients.get(&args.client).ok_or_else(|| {
-        Error::Usage(
-            format!(
-                "client `{}` does not exist at {}",
-                args.client,
-                snap.label()
-            )
-            .into(),
-        )
-    })?;
+    let fleet = super::one_client(&snap, &args.client)?;
+    let client = &fleet.clients[&args.client];
     let (_, stage) = fleet
         .stage_of_group(&client.group)
         .ok_or_else(|| Error::Usage(format!("client `{}` is in no stage", client.name).into()))?;

@@ -4,7 +4,6 @@
 use clap::Args;
 
 use super::Context;
-use crate::config::{self, Selection};
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::inventory;
 use crate::printer;
@@ -29,24 +28,8 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let head = repo.resolve("HEAD")?;
     let snap = repo.snapshot(head)?;
-    let files = config::load(&snap, Selection::Only([args.client.clone()].into()))?;
-    let (fleet, problems) = config::validate(&files);
-    if !problems.is_empty() {
-        return Err(Error::Invalid {
-            at: snap.label(),
-            problems,
-        });
-    }
-    let client = fleet.clients.get(&args.client).ok_or_else(|| {
-        Error::Usage(
-            format!(
-                "client `{}` does not exist at {}",
-                args.client,
-                snap.label()
-            )
-            .into(),
-        )
-    })?;
+    let fleet = super::one_client(&snap, &args.client)?;
+    let client = &fleet.clients[&args.client];
     let stage = fleet
         .stage_of_group(&client.group)
         .map(|(_, s)| s.name.clone())
