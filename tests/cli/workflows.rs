@@ -263,6 +263,18 @@ impl Runner {
 
     /// Runs `workflow`'s job (named like the file) for `event` with
     /// `payload`, as `actor`, in a checkout of `at`.
+    /// deploy.yaml on a push to main from `before` to `after` by `dev`
+    /// (a merge), with `after` checked out as the runner would.
+    pub fn merged(&self, before: &str, after: &str) -> Run {
+        self.act(
+            "deploy.yaml",
+            "push",
+            push_event(before, after, "dev"),
+            "dev",
+            Checkout::Main(after),
+        )
+    }
+
     pub fn act(
         &self,
         workflow: &str,
@@ -521,13 +533,7 @@ fn a_merge_deploys_canary_and_waits_then_an_approvers_comment_promotes_it() {
     let c1 = p.push("web: version 2, with a token");
     ci.server.add_pull(3, &c1, &c0, true, Some(&c1));
 
-    let run = ci.act(
-        "deploy.yaml",
-        "push",
-        push_event(&c0, &c1, "dev"),
-        "dev",
-        Checkout::Main(&c1),
-    );
+    let run = ci.merged(&c0, &c1);
     // Exit 4 (waiting) is a succeeding job.
     run.code(0);
     assert!(
@@ -654,14 +660,7 @@ fn the_run_button_promotes_and_a_broken_change_is_rolled_back_and_reverted() {
         .set("beta", "version", "\"2\"");
     let c1 = p.push("web: version 2");
     ci.server.add_pull(5, &c1, &c0, true, Some(&c1));
-    ci.act(
-        "deploy.yaml",
-        "push",
-        push_event(&c0, &c1, "dev"),
-        "dev",
-        Checkout::Main(&c1),
-    )
-    .code(0);
+    ci.merged(&c0, &c1).code(0);
     let plan_hash = p.remote_note(&c1)["plan_hash"]
         .as_str()
         .unwrap()
@@ -695,13 +694,7 @@ fn the_run_button_promotes_and_a_broken_change_is_rolled_back_and_reverted() {
         .set("beta", "version", "\"3\"");
     let c2 = p.push("web: version 3, alpha broken");
     ci.server.add_pull(6, &c2, &c1, true, Some(&c2));
-    let failed = ci.act(
-        "deploy.yaml",
-        "push",
-        push_event(&c1, &c2, "dev"),
-        "dev",
-        Checkout::Main(&c2),
-    );
+    let failed = ci.merged(&c1, &c2);
     failed.code(1);
     assert!(
         failed.stdout.contains("Failure - Main Run the pipeline"),
