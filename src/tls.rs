@@ -235,6 +235,20 @@ fn untrusted(why: &rustls::CertificateError) -> Message {
     }
 }
 
+/// A reqwest error with its causes (connection refused, TLS…), without the
+/// URL (which may carry a query worth keeping out of logs): what the HTTP
+/// edges (`forge::forgejo`, `hcloud`) say when a request had no answer.
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

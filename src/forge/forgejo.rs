@@ -67,21 +67,8 @@ impl Transport for Http {
 fn unanswered(e: reqwest::Error, token: &Token) -> Unanswered {
     match crate::tls::certificate_problem(&e) {
         Some(why) => Unanswered { why, retry: false },
-        None => token.scrub(&describe(e)).into(),
+        None => token.scrub(&crate::tls::describe(e)).into(),
     }
-}
-
-/// reqwest's error with its causes (connection refused, TLS…), without the
-/// URL.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 impl Forgejo {
@@ -92,7 +79,9 @@ impl Forgejo {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::Forge(format!("set up the HTTP client: {}", describe(e)).into()))?;
+            .map_err(|e| {
+                Error::Forge(format!("set up the HTTP client: {}", crate::tls::describe(e)).into())
+            })?;
         let http = Http {
             client,
             rt: crate::rt::runtime()?,

@@ -623,7 +623,9 @@ impl Http {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::Cloud(format!("set up the HTTP client: {}", describe(e)).into()))?;
+            .map_err(|e| {
+                Error::Cloud(format!("set up the HTTP client: {}", crate::tls::describe(e)).into())
+            })?;
         Ok(Http {
             client,
             rt: crate::rt::runtime()?,
@@ -688,23 +690,11 @@ impl Transport for Http {
         result.map_err(|e| match crate::tls::certificate_problem(&e) {
             Some(why) => Unanswered { why, retry: false },
             None => Unanswered {
-                why: self.token.scrub(&describe(e)).into(),
+                why: self.token.scrub(&crate::tls::describe(e)).into(),
                 retry: true,
             },
         })
     }
-}
-
-/// reqwest's error with its causes, without the URL.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
