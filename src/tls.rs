@@ -235,6 +235,20 @@ fn untrusted(why: &rustls::CertificateError) -> Message {
     }
 }
 
+/// The reqwest client of an API edge (Forgejo, Hetzner Cloud): the one
+/// trust store, fleetgate's User-Agent, 10 s to connect and 60 s for a
+/// whole request. `fail` makes the edge's own error of a client that
+/// cannot be built.
+pub fn api_client(fail: impl FnOnce(Message) -> Error) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config()?.as_ref().clone())
+        .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| fail(format!("set up the HTTP client: {}", describe(e)).into()))
+}
+
 /// A reqwest error with its causes (connection refused, TLS…), without the
 /// URL (which may carry a query worth keeping out of logs): what the HTTP
 /// edges (`forge::forgejo`, `hcloud`) say when a request had no answer.

@@ -2,8 +2,6 @@
 //! reqwest with rustls and the trust store of [`crate::tls`]; `Authorization:
 //! token …` as the swagger asks.
 
-use std::time::Duration;
-
 use super::rest::{self, Rest};
 use super::{
     Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
@@ -73,15 +71,7 @@ fn unanswered(e: reqwest::Error, token: &Token) -> Unanswered {
 
 impl Forgejo {
     pub fn new(env: &Env) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(crate::tls::config()?.as_ref().clone())
-            .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                Error::Forge(format!("set up the HTTP client: {}", crate::tls::describe(e)).into())
-            })?;
+        let client = crate::tls::api_client(Error::Forge)?;
         let http = Http {
             client,
             rt: crate::rt::runtime()?,

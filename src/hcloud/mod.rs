@@ -617,15 +617,7 @@ struct Http {
 
 impl Http {
     fn new(settings: &Settings) -> Result<Http> {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(crate::tls::config()?.as_ref().clone())
-            .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                Error::Cloud(format!("set up the HTTP client: {}", crate::tls::describe(e)).into())
-            })?;
+        let client = crate::tls::api_client(Error::Cloud)?;
         Ok(Http {
             client,
             rt: crate::rt::runtime()?,
