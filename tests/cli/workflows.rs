@@ -275,6 +275,18 @@ impl Runner {
         )
     }
 
+    /// plan.yaml on pull request `number`'s event `action` by `dev`, its
+    /// head detached as the runner checks it out.
+    pub fn pull_request(&self, action: &str, number: u64, base: &str, head: &str) -> Run {
+        self.act(
+            "plan.yaml",
+            "pull_request",
+            pull_request_event(action, number, base, head, "dev"),
+            "dev",
+            Checkout::Detached(head),
+        )
+    }
+
     pub fn act(
         &self,
         workflow: &str,
@@ -777,13 +789,7 @@ fn a_pull_request_gets_one_plan_comment_edited_on_its_next_push() {
     let h1 = p.d.fleet.commit("alpha: version 2, a new token");
     open(&h1);
     ci.server.add_pull(12, &h1, &base, false, None);
-    let opened = ci.act(
-        "plan.yaml",
-        "pull_request",
-        pull_request_event("opened", 12, &base, &h1, "dev"),
-        "dev",
-        Checkout::Detached(&h1),
-    );
+    let opened = ci.pull_request("opened", 12, &base, &h1);
     opened.code(0);
     let comments = ci.server.comments(12);
     assert_eq!(comments.len(), 1, "{comments:?}");
@@ -815,13 +821,7 @@ fn a_pull_request_gets_one_plan_comment_edited_on_its_next_push() {
     let h2 = p.d.fleet.commit("alpha: version 3");
     open(&h2);
     ci.server.add_pull(12, &h2, &base, false, None);
-    let pushed = ci.act(
-        "plan.yaml",
-        "pull_request",
-        pull_request_event("synchronize", 12, &base, &h2, "dev"),
-        "dev",
-        Checkout::Detached(&h2),
-    );
+    let pushed = ci.pull_request("synchronize", 12, &base, &h2);
     pushed.code(0);
     let comments = ci.server.comments(12);
     assert_eq!(comments.len(), 1, "a second comment: {comments:?}");
