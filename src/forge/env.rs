@@ -110,13 +110,13 @@ impl Env {
         let actor = checked("GITHUB_ACTOR", var, login)?;
         let run_id = checked("GITHUB_RUN_ID", var, number)?;
         let run_number = checked("GITHUB_RUN_NUMBER", var, number)?;
-        // Forgejo's run pages are numbered per repository (GITHUB_RUN_NUMBER);
-        // GitHub's by the global run id.
-        let run_page = match kind {
-            Kind::Forgejo => run_number.or(run_id),
-            Kind::Github => run_id,
-        };
-        let run_url = run_page.map(|n| format!("{server}/{owner}/{repo}/actions/runs/{n}"));
+        let run_url = run_url(
+            &server,
+            &format!("{owner}/{repo}"),
+            kind,
+            run_number,
+            run_id,
+        );
         Ok(Env {
             kind,
             api,
@@ -155,17 +155,32 @@ fn run_page_from(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>>
         repository_parts(v).map(|_| v.to_string())
     })?;
     let truthy = |name: &str| var(name).is_some_and(|v| v == "true" || v == "1");
-    let forgejo = truthy("FORGEJO_ACTIONS") || truthy("GITEA_ACTIONS");
-    let page = match forgejo {
-        true => {
-            checked("GITHUB_RUN_NUMBER", var, number)?.or(checked("GITHUB_RUN_ID", var, number)?)
-        }
-        false => checked("GITHUB_RUN_ID", var, number)?,
+    let kind = match truthy("FORGEJO_ACTIONS") || truthy("GITEA_ACTIONS") {
+        true => Kind::Forgejo,
+        false => Kind::Github,
     };
-    Ok(match (server, repo, page) {
-        (Some(server), Some(repo), Some(n)) => Some(format!("{server}/{repo}/actions/runs/{n}")),
+    let run_number = checked("GITHUB_RUN_NUMBER", var, number)?;
+    let run_id = checked("GITHUB_RUN_ID", var, number)?;
+    Ok(match (server, repo) {
+        (Some(server), Some(repo)) => run_url(&server, &repo, kind, run_number, run_id),
         _ => None,
     })
+}
+
+/// A run's page on its forge: Forgejo numbers run pages per repository
+/// (`GITHUB_RUN_NUMBER`, else the id), GitHub by the global run id.
+fn run_url(
+    server: &str,
+    repository: &str,
+    kind: Kind,
+    run_number: Option<u64>,
+    run_id: Option<u64>,
+) -> Option<String> {
+    let page = match kind {
+        Kind::Forgejo => run_number.or(run_id),
+        Kind::Github => run_id,
+    };
+    page.map(|n| format!("{server}/{repository}/actions/runs/{n}"))
 }
 
 /// `NAME is "VALUE": WHY`, exit 2, with where the value comes from.
