@@ -150,6 +150,7 @@ pub fn compute(
             Err(p) => problems.extend(p),
         }
     }
+    problems.extend(route_conflicts(&desired));
     if !problems.is_empty() {
         return Err(collapse_repeats(problems));
     }
@@ -268,4 +269,70 @@ pub fn collapse_repeats(problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
             d
         })
         .collect()
+}
+
+/// Routes that cannot all be served: two apps claiming the same host name
+/// and path on one host, or two clients with routes on one machine (each
+/// client's proxy would listen on the same port). One host is one address
+/// and SSH port; Hetzner clients are resolved only at deploy time.
+pub fn route_conflicts(clients: &BTreeMap<String, DesiredClient>) -> Vec<Diagnostic> {
+    use std::collections::btree_map::Entry;
+    let mut problems = Vec::new();
+    // (address, port) → (client, host) with routes.
+    let mut machines: BTreeMap<(String, u16), (String, String)> = BTreeMap::new();
+    for c in clients.values() {
+        for host in &c.hosts {
+            // (name, path) → app
+            let mut claimed: BTreeMap<(String, String), &str> = BTreeMap::new();
+            let mut any = false;
+            for (app, d) in &c.apps {
+                for r in d.routes.get(&host.name).into_iter().flatten() {
+                    any = true;
+                    let path = r.path.clone().unwrap_or_else(|| "/".into());
+                    for h in &r.hosts {
+                        match claimed.entry((h.clone(), path.clone())) {
+                            Entry::Vacant(v) => {
+                                v.insert(app);
+                            }
+                            Entry::Occupied(o) if *o.get() != app.as_str() => problems.push(
+                                Diagnostic::new(
+                                    format!("{}/{app}/app.yaml", crate::config::APPS_DIR),
+                                    format!(
+                                        "`{h}{path}` is routed by both `{}` and `{app}` on host {} of client {}",
+                                        o.get(),
+                                        host.name,
+                                        c.name
+                                    ),
+                                )
+                                .field("routes")
+                                .hint("one app per host name and path on a host: change one route's host name or path, or run the apps on different hosts"),
+                            ),
+                            Entry::Occupied(_) => {}
+                        }
+                    }
+                }
+            }
+            if !any || host.address.starts_with("(hcloud") {
+                continue;
+            }
+            let key = (host.address.clone(), host.port);
+            match machines.get(&key) {
+                Some((other, other_host)) if other != &c.name => problems.push(
+                    Diagnostic::new(
+                        crate::config::client_file(&c.name),
+                        format!(
+                            "host {} is the same machine ({}:{}) as host {other_host} of client {other}, and both have routes",
+                            host.name, key.0, key.1
+                        ),
+                    )
+                    .field("hosts")
+                    .hint("each client runs its own proxy on its hosts: give the clients different hosts, or drop the routes of one"),
+                ),
+                _ => {
+                    machines.insert(key, (c.name.clone(), host.name.clone()));
+                }
+            }
+        }
+    }
+    problems
 }

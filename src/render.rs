@@ -79,6 +79,91 @@ pub struct DesiredApp {
     /// The declared secrets' values, in a `SecretView::Real` render only: to
     /// mask them out of anything a remote command prints.
     pub exposed: Vec<Secret>,
+    /// Host → the app's routes, rendered.
+    pub routes: BTreeMap<String, Vec<RenderedRoute>>,
+    /// A blue_green app: `files`, `health` and `routes` above are its blue
+    /// slot's; this is its green slot's, and each slot's port per host.
+    pub green: Option<Box<Slot>>,
+}
+
+impl DesiredApp {
+    /// Its only render, or a blue_green app's blue slot, as a [`Slot`].
+    pub fn blue(&self) -> Slot {
+        Slot {
+            files: self.files.clone(),
+            health: self.health.clone(),
+            routes: self.routes.clone(),
+            ports: BTreeMap::new(),
+        }
+    }
+}
+
+/// The other slot of a blue_green app, rendered with its `release.port`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub files: BTreeMap<String, BTreeMap<String, String>>,
+    pub health: BTreeMap<String, Vec<RenderedCheck>>,
+    pub routes: BTreeMap<String, Vec<RenderedRoute>>,
+    /// Host → [blue, green] host ports.
+    pub ports: BTreeMap<String, [u16; 2]>,
+}
+
+/// One route of an app for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedRoute {
+    pub hosts: Vec<String>,
+    /// A path prefix; `None`: `/`.
+    pub path: Option<String>,
+    pub service: Option<String>,
+    /// The host port it goes to (a blue_green app's: its slot's).
+    pub port: u16,
+    pub health: Option<String>,
+}
+
+/// Where the rendered routes of an app go in its release: a route change is
+/// a change of the release, shown in the plan like any file.
+pub const ROUTES_FILE: &str = ".fleetgate/routes";
+
+/// The text of [`ROUTES_FILE`]: one line per route and host name.
+pub fn routes_file(app: &str, routes: &[RenderedRoute]) -> String {
+    let mut out = format!(
+        "# The routes of {app}, rendered by fleetgate: the host's proxy is configured from them.\n"
+    );
+    for r in routes {
+        for h in &r.hosts {
+            out.push_str(&format!(
+                "{h}{} -> 127.0.0.1:{}{}{}\n",
+                r.path.as_deref().unwrap_or("/"),
+                r.port,
+                r.service
+                    .as_deref()
+                    .map(|s| format!(" service {s}"))
+                    .unwrap_or_default(),
+                r.health
+                    .as_deref()
+                    .map(|p| format!(" health {p}"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+/// A public host name a proxy can serve: DNS labels (lowercase letters,
+/// digits, `-`), optionally one leading `*.` wildcard.
+pub fn is_route_host(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +218,9 @@ struct AppCtx<'a> {
 struct ReleaseCtx<'a> {
     rev: &'a str,
     dir: String,
+    /// A blue_green app's slot port; absent (undefined) otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
 }
 
 fn to_value<T: Serialize>(v: T) -> Value {
@@ -172,6 +260,19 @@ impl std::io::Write for Bounded {
     }
 }
 
+/// The host name of an http(s) URL, without port or credentials.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split_once(']').map(|(h, _)| &h[1..])?
+    } else {
+        host.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 /// The probe only speaks HTTP: anything else (`file://`, `ftp://`, a
 /// templated scheme) is refused before a deploy, not tried during one.
 fn is_http_url(url: &str) -> bool {
@@ -181,6 +282,39 @@ fn is_http_url(url: &str) -> bool {
 
 fn health_template(app: &str, i: usize) -> String {
     format!("{app}/app.yaml#health[{i}]")
+}
+
+fn route_host_template(app: &str, i: usize, j: usize) -> String {
+    format!("{app}/app.yaml#routes[{i}].hosts[{j}]")
+}
+
+fn route_port_template(app: &str, i: usize) -> String {
+    format!("{app}/app.yaml#routes[{i}].port")
+}
+
+fn slot_port_template(app: &str, i: usize) -> String {
+    format!("{app}/app.yaml#slot_ports[{i}]")
+}
+
+/// The templates of an app's routes and slot ports (name, source): they end
+/// up in proxy configs, plans and logs, so like checks they must not reach a
+/// secret.
+fn route_templates(app: &App) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, r) in app.routes.iter().enumerate() {
+        for (j, h) in r.hosts.iter().enumerate() {
+            out.push((route_host_template(&app.name, i, j), h.clone()));
+        }
+        if let Some(p) = &r.port {
+            out.push((route_port_template(&app.name, i), p.clone()));
+        }
+    }
+    if let crate::config::Strategy::BlueGreen { slot_ports, .. } = &app.strategy {
+        for (i, p) in slot_ports.iter().enumerate() {
+            out.push((slot_port_template(&app.name, i), p.clone()));
+        }
+    }
+    out
 }
 
 /// The file a template name points back to, for messages.
@@ -356,6 +490,25 @@ impl Renderer {
                     }
                 }
             }
+            for (name, source) in route_templates(app) {
+                match env.add_template_owned(name.clone(), source) {
+                    Err(e) => problems.push(template_diag(&name, &e, "")),
+                    Ok(()) => {
+                        let template = env.get_template(&name).expect("just added");
+                        if let Some(why) = secret_use_in_check(&template) {
+                            let field = name.split_once('#').map(|(_, f)| f).unwrap_or_default();
+                            refused.push(
+                                Diagnostic::new(
+                                    format!("{APPS_DIR}/{}/app.yaml", app.name),
+                                    format!("this route could carry a secret: {why}"),
+                                )
+                                .field(field)
+                                .hint("routes are written into proxy configs, plans and logs: build them from client, host and app values only"),
+                            );
+                        }
+                    }
+                }
+            }
             if problems.len() > before {
                 broken.insert(app.name.clone());
             }
@@ -407,6 +560,77 @@ impl Renderer {
             Some((_, line)) if d.line.is_none() => d.line(line.and_then(|l| u32::try_from(l).ok())),
             _ => d,
         }
+    }
+
+    /// A port template rendered for one host: a number in 1-65535.
+    fn render_port(&self, name: &str, ctx: &Value, where_: &str) -> Result<u16, Diagnostic> {
+        let text = self
+            .render_one(name, ctx)
+            .map_err(|e| self.diag(name, &e, where_))?;
+        match text.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(Diagnostic::new(
+                template_file(name),
+                format!("`{}` is not a port (rendering for {where_})", text.trim()),
+            )
+            .field(name.split_once('#').map(|(_, f)| f.to_string()).unwrap_or_default())
+            .hint("a port is a number from 1 to 65535")),
+        }
+    }
+
+    /// An app's routes for one host (rendered with masked secrets: they
+    /// read none), `port` being a blue_green app's slot port.
+    fn render_routes(
+        &self,
+        app: &App,
+        ctx: &Value,
+        port: Option<u16>,
+        where_: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Vec<RenderedRoute> {
+        let mut out = Vec::new();
+        for (i, r) in app.routes.iter().enumerate() {
+            let mut hosts = Vec::new();
+            for j in 0..r.hosts.len() {
+                let name = route_host_template(&app.name, i, j);
+                match self.render_one(&name, ctx) {
+                    Ok(h) if is_route_host(h.trim()) => hosts.push(h.trim().to_string()),
+                    Ok(h) => problems.push(
+                        Diagnostic::new(
+                            template_file(&name),
+                            format!("`{}` is not a host name (rendering for {where_})", h.trim()),
+                        )
+                        .field(format!("routes[{i}].hosts[{j}]"))
+                        .hint("a route's host name is lowercase DNS labels (letters, digits, `-`), optionally starting with `*.`"),
+                    ),
+                    Err(e) => problems.push(self.diag(&name, &e, where_)),
+                }
+            }
+            let port = match (&r.port, port) {
+                (Some(_), _) => {
+                    match self.render_port(&route_port_template(&app.name, i), ctx, where_) {
+                        Ok(p) => p,
+                        Err(d) => {
+                            problems.push(d);
+                            continue;
+                        }
+                    }
+                }
+                (None, Some(slot)) => slot,
+                // Refused by validation: a route of a recreate app has a port.
+                (None, None) => continue,
+            };
+            hosts.sort();
+            hosts.dedup();
+            out.push(RenderedRoute {
+                hosts,
+                path: r.path.clone(),
+                service: r.service.clone(),
+                port,
+                health: r.health.clone(),
+            });
+        }
+        out
     }
 
     /// The hosts a client renders for. Hetzner inventory is resolved at deploy
@@ -528,10 +752,11 @@ impl Renderer {
         });
         let secret_ctx = to_value(&secret_ctx);
         let masked_ctx = to_value(&masked_ctx);
-        let mut files = BTreeMap::new();
-        let mut health = BTreeMap::new();
+        let blue_green = matches!(app.strategy, crate::config::Strategy::BlueGreen { .. });
+        // [0]: the only render, or a blue_green app's blue slot; [1]: its green.
+        let mut slots: [Slot; 2] = Default::default();
         for host in hosts {
-            let ctx_with = |secrets: &Value| {
+            let ctx_with = |secrets: &Value, port: Option<u16>| {
                 minijinja::context! {
                     client => client_ctx.clone(),
                     host => to_value(HostCtx {
@@ -545,63 +770,113 @@ impl Renderer {
                     release => to_value(ReleaseCtx {
                         rev,
                         dir: format!("{}/{}/{}/releases/{rev}", host.deploy_root, client.name, app.name),
+                        port,
                     }),
                 }
             };
-            let ctx = ctx_with(&secret_ctx);
             let where_ = format!("client {} host {}", client.name, host.name);
-            let mut host_files = BTreeMap::new();
-            for (dest, template) in &app.files {
-                match self.render_one(template, &ctx) {
-                    Ok(text) => {
-                        host_files.insert(dest.clone(), text);
-                    }
-                    Err(e) => problems.push(self.diag(template, &e, &where_)),
-                }
-            }
-            let mut checks = Vec::new();
-            for (i, check) in app.health.iter().enumerate() {
-                let name = health_template(&app.name, i);
-                let text = match self.render_one(&name, &ctx) {
-                    Ok(text) => text,
-                    Err(e) => {
-                        problems.push(self.diag(&name, &e, &where_));
-                        continue;
-                    }
-                };
-                if view == SecretView::Real {
-                    let masked = self.render_one(&name, &ctx_with(&masked_ctx)).ok();
-                    if let Some(why) = secret_in_rendered_check(&text, masked.as_deref(), &exposed)
-                    {
-                        problems.push(check_secret_diag(&app.name, i, check, why));
-                        continue;
+            let ports: Vec<Option<u16>> = if blue_green {
+                let ctx = ctx_with(&masked_ctx, None);
+                let mut ports = Vec::new();
+                for i in 0..2 {
+                    let name = slot_port_template(&app.name, i);
+                    match self.render_port(&name, &ctx, &where_) {
+                        Ok(p) => ports.push(Some(p)),
+                        Err(d) => problems.push(d),
                     }
                 }
-                if matches!(check, HealthCheck::Http(_)) && !is_http_url(&text) {
-                    // Only a masked render may be quoted: a real one could hold a secret.
-                    let shown = match view {
-                        SecretView::Masked => format!("`{text}`"),
-                        SecretView::Real => "the URL".into(),
-                    };
-                    problems.push(
-                        Diagnostic::new(
-                            template_file(&name),
-                            format!(
-                                "{shown} is not an http:// or https:// URL (rendering for {where_})"
-                            ),
-                        )
-                        .field(format!("health[{i}].http"))
-                        .hint(crate::config::HTTP_URL_HINT),
-                    );
+                if ports.len() < 2 {
                     continue;
                 }
-                checks.push(match check {
-                    HealthCheck::Http(_) => RenderedCheck::Http { url: text },
-                    HealthCheck::Command(_) => RenderedCheck::Command { command: text },
-                });
+                slots[1].ports.insert(
+                    host.name.clone(),
+                    [ports[0].unwrap_or_default(), ports[1].unwrap_or_default()],
+                );
+                ports
+            } else {
+                vec![None]
+            };
+            for (slot, port) in slots.iter_mut().zip(ports) {
+                let ctx = ctx_with(&secret_ctx, port);
+                let mut host_files = BTreeMap::new();
+                for (dest, template) in &app.files {
+                    match self.render_one(template, &ctx) {
+                        Ok(text) => {
+                            host_files.insert(dest.clone(), text);
+                        }
+                        Err(e) => problems.push(self.diag(template, &e, &where_)),
+                    }
+                }
+                let routes = self.render_routes(app, &ctx_with(&masked_ctx, port), port, &where_, &mut problems);
+                if !routes.is_empty() {
+                    host_files.insert(ROUTES_FILE.to_string(), routes_file(&app.name, &routes));
+                }
+                let mut checks = Vec::new();
+                for (i, check) in app.health.iter().enumerate() {
+                    let name = health_template(&app.name, i);
+                    let text = match self.render_one(&name, &ctx) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            problems.push(self.diag(&name, &e, &where_));
+                            continue;
+                        }
+                    };
+                    if view == SecretView::Real {
+                        let masked = self.render_one(&name, &ctx_with(&masked_ctx, port)).ok();
+                        if let Some(why) =
+                            secret_in_rendered_check(&text, masked.as_deref(), &exposed)
+                        {
+                            problems.push(check_secret_diag(&app.name, i, check, why));
+                            continue;
+                        }
+                    }
+                    if matches!(check, HealthCheck::Http(_)) && !is_http_url(&text) {
+                        // Only a masked render may be quoted: a real one could hold a secret.
+                        let shown = match view {
+                            SecretView::Masked => format!("`{text}`"),
+                            SecretView::Real => "the URL".into(),
+                        };
+                        problems.push(
+                            Diagnostic::new(
+                                template_file(&name),
+                                format!(
+                                    "{shown} is not an http:// or https:// URL (rendering for {where_})"
+                                ),
+                            )
+                            .field(format!("health[{i}].http"))
+                            .hint(crate::config::HTTP_URL_HINT),
+                        );
+                        continue;
+                    }
+                    if let HealthCheck::Http(h) = check
+                        && h.route
+                    {
+                        let name_of = url_host(&text);
+                        if !routes.iter().any(|r| r.hosts.iter().any(|h| Some(h.as_str()) == name_of)) {
+                            let shown = match view {
+                                SecretView::Masked => format!("`{}`", name_of.unwrap_or_default()),
+                                SecretView::Real => "its host name".into(),
+                            };
+                            problems.push(
+                                Diagnostic::new(
+                                    template_file(&name),
+                                    format!("`route: true`, but {shown} is none of the app's route host names (rendering for {where_})"),
+                                )
+                                .field(format!("health[{i}].http"))
+                                .hint("a check through the proxy GETs the public URL of one of the app's routes, e.g. http://{{ client.domain }}/health"),
+                            );
+                            continue;
+                        }
+                    }
+                    checks.push(match check {
+                        HealthCheck::Http(_) => RenderedCheck::Http { url: text },
+                        HealthCheck::Command(_) => RenderedCheck::Command { command: text },
+                    });
+                }
+                slot.files.insert(host.name.clone(), host_files);
+                slot.health.insert(host.name.clone(), checks);
+                slot.routes.insert(host.name.clone(), routes);
             }
-            files.insert(host.name.clone(), host_files);
-            health.insert(host.name.clone(), checks);
         }
         if !problems.is_empty() {
             // One template error usually repeats for every host: say it once.
@@ -620,10 +895,13 @@ impl Renderer {
                 .collect());
         }
         let exposed = exposed.into_iter().map(|(_, v)| v.clone()).collect();
+        let [blue, green] = slots;
         Ok(DesiredApp {
             images: app.images.clone(),
-            files,
-            health,
+            files: blue.files,
+            health: blue.health,
+            routes: blue.routes,
+            green: blue_green.then(|| Box::new(green)),
             secrets: digests,
             exposed,
         })

@@ -73,6 +73,8 @@ pub struct Pipeline {
     pub ssh_options: BTreeMap<String, String>,
     /// How long a removed app's releases stay on its host (`removal.keep_releases`).
     pub keep_removed_releases: Duration,
+    /// The reverse proxy in front of the apps' routes (`proxy:`), if any.
+    pub proxy: Option<crate::remote::proxy::Settings>,
 }
 
 /// Removed apps' releases are kept this long by default: long enough to
@@ -157,7 +159,42 @@ pub struct App {
     /// servers (`deploy::snapshot::decide`).
     pub snapshot: Option<SnapshotPolicy>,
     pub snapshot_keep: Option<u32>,
+    /// Where the host's proxy sends which host names and paths.
+    pub routes: Vec<Route>,
+    pub strategy: Strategy,
 }
+
+/// One route of an app, its templates unrendered.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Templates of the public host names.
+    pub hosts: Vec<String>,
+    /// A path prefix (`/` when absent).
+    pub path: Option<String>,
+    /// The compose service (or process) behind it: said in the plan and logs.
+    pub service: Option<String>,
+    /// A template of the host port; `None` for a blue_green app (the live slot's).
+    pub port: Option<String>,
+    /// A path the blue/green gate probes on the new slot directly.
+    pub health: Option<String>,
+}
+
+/// How a new release replaces the live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Stop and start in place (the runtime recreates what changed).
+    Recreate,
+    /// Start beside the live one in the other slot, gate it, switch the
+    /// proxy, stop the old one after `drain`.
+    BlueGreen {
+        /// Templates of the two slots' host ports.
+        slot_ports: [String; 2],
+        drain: Duration,
+    },
+}
+
+/// How long the old slot of a blue/green app serves after the switch.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Snapshots kept per server when no `snapshot_keep` says otherwise.
 pub const DEFAULT_SNAPSHOT_KEEP: u32 = 3;
@@ -187,6 +224,8 @@ pub struct HttpCheck {
     pub successes: u32,
     pub failures: u32,
     pub deadline: Duration,
+    /// Probe through the host's proxy, as a user would reach the app.
+    pub route: bool,
 }
 
 #[derive(Debug)]

@@ -30,6 +30,43 @@ pub struct Pipeline {
     /// What becomes of an app taken off a host.
     #[serde(default)]
     pub removal: Option<Removal>,
+    /// The reverse proxy on every host, in front of the apps' `routes`.
+    #[serde(default)]
+    pub proxy: Option<S<Proxy>>,
+}
+
+/// `proxy:` in `pipeline.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub kind: S<ProxyKind>,
+    #[serde(default)]
+    pub http_port: Option<S<u16>>,
+    #[serde(default)]
+    pub https_port: Option<S<u16>>,
+    /// `auto` (Caddy's automatic HTTPS) or `off` (plain HTTP).
+    #[serde(default)]
+    pub tls: Option<S<ProxyTls>>,
+    /// Starts the proxy when nothing answers on `http_port`.
+    #[serde(default)]
+    pub start: Option<S<String>>,
+    /// Replaces the graceful reload.
+    #[serde(default)]
+    pub reload: Option<S<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyKind {
+    Caddy,
+    Nginx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyTls {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +191,67 @@ pub struct App {
     pub snapshot: Option<SnapshotPolicy>,
     #[serde(default)]
     pub snapshot_keep: Option<S<u32>>,
+    /// Where the host's proxy sends which public host names and paths.
+    #[serde(default)]
+    pub routes: Vec<S<Route>>,
+    /// `recreate` (the default) or `blue_green`.
+    #[serde(default)]
+    pub strategy: Option<S<Strategy>>,
+    /// blue_green: how long the old slot keeps running after the switch.
+    #[serde(default)]
+    pub drain: Option<S<String>>,
+    /// blue_green: the host ports of the two slots (`{{ release.port }}`).
+    #[serde(default)]
+    pub slot_ports: Option<S<Vec<S<Port>>>>,
+}
+
+/// One route of an app: `{hosts, path, service, port, health}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub hosts: Vec<S<String>>,
+    #[serde(default)]
+    pub path: Option<S<String>>,
+    #[serde(default)]
+    pub service: Option<S<String>>,
+    #[serde(default)]
+    pub port: Option<S<Port>>,
+    #[serde(default)]
+    pub health: Option<S<String>>,
+}
+
+/// A port as written: a number, or a template rendering to one
+/// (`"{{ client.vars.web_port }}"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port(pub String);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Port;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number or a template rendering to one")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Port, E> {
+                Ok(Port(n.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Port, E> {
+                Ok(Port(n.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Port, E> {
+                Ok(Port(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Recreate,
+    BlueGreen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -205,6 +303,9 @@ pub struct Health {
     pub failures: Option<u32>,
     #[serde(default)]
     pub deadline: Option<String>,
+    /// Sent through the host's proxy with the URL's host name (a route of the app).
+    #[serde(default)]
+    pub route: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,7 +29,12 @@ pub(super) async fn run_checks<R: Remote, P: Prober>(
         app.checks.iter().map(move |check| async move {
             let started = Instant::now();
             let (label, policy) = match check {
-                CheckSpec::Http { url, policy, .. } => (url.clone(), *policy),
+                CheckSpec::Http {
+                    url, policy, via, ..
+                } => match via {
+                    Some(_) => (format!("{url} (through the proxy)"), *policy),
+                    None => (url.clone(), *policy),
+                },
                 CheckSpec::Command { command, policy } => (command.clone(), *policy),
             };
             let policy = Policy { soak, ..policy };
@@ -40,13 +45,20 @@ pub(super) async fn run_checks<R: Remote, P: Prober>(
                 let (ok, detail) = match check {
                     CheckSpec::Http {
                         url,
+                        via,
                         expect_status,
                         expect_body,
                         timeout,
                         ..
                     } => {
                         prober
-                            .get(url, *expect_status, expect_body.as_deref(), *timeout)
+                            .get(
+                                url,
+                                via.as_ref().map(|(a, p)| (a.as_str(), *p)),
+                                *expect_status,
+                                expect_body.as_deref(),
+                                *timeout,
+                            )
                             .await
                     }
                     CheckSpec::Command { command, .. } => {

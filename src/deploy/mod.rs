@@ -22,4 +22,7 @@ pub use crate::core::outcome::{
     Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
 };
 pub use exec::{Connector, check_stage, run_stage};
-pub use plan::{AppJob, CheckSpec, Removal, StagePlan, Target, build_stage_plan, start_of};
+pub use plan::{
+    AppJob, BlueGreen, CheckSpec, ProxyJob, Removal, SlotJob, StagePlan, Target, build_stage_plan,
+    start_of,
+};

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::config::{Host, RollbackPolicy};
 use crate::gates::health::Policy;
+use crate::config::Strategy;
+use crate::remote::proxy::{ProxyDir, Route, Settings};
 use crate::remote::release::{AppDir, ReleaseFile, Start};
 use crate::secrets::Masker;
 
@@ -40,6 +42,26 @@ pub struct Target {
     /// A Hetzner snapshot to take before the host's first change
     /// (`snapshot.rs`; filled in by `rollout.rs`, which knows the servers).
     pub snapshot: Option<super::snapshot::SnapshotJob>,
+    /// The pipeline's proxy on this host, when it runs one.
+    pub proxy: Option<ProxyJob>,
+}
+
+/// The reverse proxy of one host: how it is run, and where its config lives.
+#[derive(Debug, Clone)]
+pub struct ProxyJob {
+    pub settings: Settings,
+    pub dir: ProxyDir,
+}
+
+impl Target {
+    /// Whether this host's proxy is fleetgate's business in this stage:
+    /// the pipeline runs one and an app of the host has routes, or an app
+    /// taken off it may have had some.
+    pub fn proxy(&self) -> Option<&ProxyJob> {
+        self.proxy.as_ref().filter(|_| {
+            !self.removals.is_empty() || self.apps.iter().any(|a| !a.routes.is_empty())
+        })
+    }
 }
 
 /// One app to take off a host, described by the commit that deployed it.
@@ -85,12 +107,38 @@ pub struct AppJob {
     pub stop: Option<String>,
     pub checks: Vec<CheckSpec>,
     pub rollback: RollbackPolicy,
+    /// Its routes (a blue_green app's: its blue slot's).
+    pub routes: Vec<Route>,
+    /// `strategy: blue_green`: the two slots, each rendered with its port.
+    pub blue_green: Option<BlueGreen>,
+}
+
+/// A blue_green app on one host.
+#[derive(Debug)]
+pub struct BlueGreen {
+    pub drain: Duration,
+    /// [blue, green].
+    pub slots: [SlotJob; 2],
+}
+
+/// One slot of a blue_green app (or the only render of any other).
+#[derive(Debug)]
+pub struct SlotJob {
+    /// Its host port (0 for an app without slots).
+    pub port: u16,
+    pub files: Vec<ReleaseFile>,
+    pub checks: Vec<CheckSpec>,
+    pub routes: Vec<Route>,
+    /// Its routes' `health` paths, probed on the slot's port before the switch.
+    pub health: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum CheckSpec {
     Http {
         url: String,
+        /// Through the host's proxy: its address and port (`route: true`).
+        via: Option<(String, u16)>,
         expect_status: u16,
         expect_body: Option<String>,
         timeout: Duration,
@@ -112,8 +160,6 @@ pub fn build_stage_plan(
     clients: &[String],
     rev: &str,
 ) -> StagePlan {
-    use crate::config::HealthCheck;
-    use crate::render::RenderedCheck;
     let mut targets = Vec::new();
     for name in clients {
         let (Some(client), Some(real_c), Some(masked_c)) =
@@ -133,45 +179,43 @@ pub fn build_stage_plan(
                     continue;
                 };
                 secret_values.extend(r.exposed.iter().map(|s| s.expose().to_string()));
-                let empty = BTreeMap::new();
-                let masked_files = m.files.get(&host.name).unwrap_or(&empty);
-                let files = r
-                    .files
-                    .get(&host.name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(path, content)| {
-                        let secret = masked_files.get(path) != Some(content);
-                        ReleaseFile::new(path.clone(), content.clone().into_bytes(), secret)
-                    })
-                    .collect();
+                let via = fleet.pipeline.proxy.as_ref().map(|p| {
+                    (host.address.clone(), p.http_port, p.https_port)
+                });
+                let variant = |real: &crate::render::Slot, masked: &crate::render::Slot, port: u16| {
+                    SlotJob {
+                        port,
+                        files: release_files(real, masked, &host.name),
+                        checks: checks_of(app, real, &host.name, via.as_ref()),
+                        routes: proxy_routes(&app.name, real, &host.name),
+                        health: real
+                            .routes
+                            .get(&host.name)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|r| r.health.clone())
+                            .collect(),
+                    }
+                };
+                let (real_blue, masked_blue) = (r.blue(), m.blue());
+                let sole = variant(&real_blue, &masked_blue, 0);
+                let blue_green = match (&app.strategy, &r.green, &m.green) {
+                    (Strategy::BlueGreen { drain, .. }, Some(rg), Some(mg)) => {
+                        let ports = rg.ports.get(&host.name).copied().unwrap_or_default();
+                        Some(BlueGreen {
+                            drain: *drain,
+                            slots: [
+                                SlotJob {
+                                    port: ports[0],
+                                    ..variant(&real_blue, &masked_blue, ports[0])
+                                },
+                                variant(rg, mg, ports[1]),
+                            ],
+                        })
+                    }
+                    _ => None,
+                };
                 let start = start_of(fleet, client, app);
-                let rendered = r.health.get(&host.name).cloned().unwrap_or_default();
-                let checks = app
-                    .health
-                    .iter()
-                    .zip(rendered)
-                    .map(|(spec, rendered)| match (spec, rendered) {
-                        (HealthCheck::Http(h), RenderedCheck::Http { url }) => CheckSpec::Http {
-                            url,
-                            expect_status: h.expect_status,
-                            expect_body: h.expect_body.clone(),
-                            timeout: h.timeout,
-                            policy: Policy {
-                                interval: h.interval,
-                                successes: h.successes,
-                                failures: h.failures,
-                                deadline: h.deadline,
-                                soak: Duration::ZERO,
-                            },
-                        },
-                        (_, RenderedCheck::Command { command })
-                        | (_, RenderedCheck::Http { url: command }) => CheckSpec::Command {
-                            command,
-                            policy: COMMAND_CHECK,
-                        },
-                    })
-                    .collect();
                 apps.push(AppJob {
                     name: app.name.clone(),
                     dir: AppDir {
@@ -179,13 +223,22 @@ pub fn build_stage_plan(
                         client: client.name.clone(),
                         app: app.name.clone(),
                     },
-                    files,
+                    files: sole.files,
                     stop: app.commands.stop.clone(),
                     start,
-                    checks,
+                    checks: sole.checks,
                     rollback: app.rollback,
+                    routes: sole.routes,
+                    blue_green,
                 });
             }
+            let proxy = fleet.pipeline.proxy.as_ref().map(|settings| ProxyJob {
+                settings: settings.clone(),
+                dir: ProxyDir {
+                    deploy_root: host.deploy_root.clone(),
+                    client: client.name.clone(),
+                },
+            });
             targets.push(Target {
                 client: client.name.clone(),
                 host: host.clone(),
@@ -193,6 +246,7 @@ pub fn build_stage_plan(
                 removals: Vec::new(),
                 masker: Masker::new(secret_values),
                 snapshot: None,
+                proxy,
             });
         }
     }
@@ -205,6 +259,87 @@ pub fn build_stage_plan(
         targets,
         keep_removed: fleet.pipeline.keep_removed_releases,
     }
+}
+
+/// One slot's files for `host`: those that render differently with the
+/// masks hold secrets.
+fn release_files(
+    real: &crate::render::Slot,
+    masked: &crate::render::Slot,
+    host: &str,
+) -> Vec<ReleaseFile> {
+    let empty = BTreeMap::new();
+    let masked_files = masked.files.get(host).unwrap_or(&empty);
+    real.files
+        .get(host)
+        .into_iter()
+        .flatten()
+        .map(|(path, content)| {
+            let secret = masked_files.get(path) != Some(content);
+            ReleaseFile::new(path.clone(), content.clone().into_bytes(), secret)
+        })
+        .collect()
+}
+
+/// The routes of one slot for `host`, as the proxy config takes them.
+fn proxy_routes(app: &str, real: &crate::render::Slot, host: &str) -> Vec<Route> {
+    real.routes
+        .get(host)
+        .into_iter()
+        .flatten()
+        .map(|r| Route {
+            app: app.to_string(),
+            hosts: r.hosts.clone(),
+            path: r.path.clone(),
+            upstream_port: r.port,
+        })
+        .collect()
+}
+
+/// One slot's health checks for `host`; `via`: the host's address and the
+/// proxy's HTTP and HTTPS ports, for `route: true` checks.
+fn checks_of(
+    app: &crate::config::App,
+    real: &crate::render::Slot,
+    host: &str,
+    via: Option<&(String, u16, u16)>,
+) -> Vec<CheckSpec> {
+    use crate::config::HealthCheck;
+    use crate::render::RenderedCheck;
+    let rendered = real.health.get(host).cloned().unwrap_or_default();
+    app.health
+        .iter()
+        .zip(rendered)
+        .map(|(spec, rendered)| match (spec, rendered) {
+            (HealthCheck::Http(h), RenderedCheck::Http { url }) => CheckSpec::Http {
+                via: via.filter(|_| h.route).map(|(address, http, https)| {
+                    let port = if url.to_ascii_lowercase().starts_with("https://") {
+                        *https
+                    } else {
+                        *http
+                    };
+                    (address.clone(), port)
+                }),
+                url,
+                expect_status: h.expect_status,
+                expect_body: h.expect_body.clone(),
+                timeout: h.timeout,
+                policy: Policy {
+                    interval: h.interval,
+                    successes: h.successes,
+                    failures: h.failures,
+                    deadline: h.deadline,
+                    soak: Duration::ZERO,
+                },
+            },
+            (_, RenderedCheck::Command { command }) | (_, RenderedCheck::Http { url: command }) => {
+                CheckSpec::Command {
+                    command,
+                    policy: COMMAND_CHECK,
+                }
+            }
+        })
+        .collect()
 }
 
 /// Command checks have no thresholds of their own in app.yaml.

@@ -211,6 +211,8 @@ mod tests {
             rollback,
             snapshot,
             snapshot_keep: keep,
+            routes: Vec::new(),
+            strategy: crate::config::Strategy::Recreate,
         }
     }
 

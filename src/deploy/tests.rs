@@ -83,10 +83,13 @@ fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Ta
             } else {
                 RollbackPolicy::Safe
             },
+            routes: Vec::new(),
+            blue_green: None,
         }],
         removals: Vec::new(),
         masker: Masker::default(),
         snapshot: None,
+        proxy: None,
     }
 }
 
@@ -147,6 +150,7 @@ fn http(mut t: Target, urls: &[&str], policy: Policy) -> Target {
         .iter()
         .map(|url| CheckSpec::Http {
             url: url.to_string(),
+            via: None,
             expect_status: 200,
             expect_body: None,
             timeout: Duration::from_millis(30),

@@ -16,9 +16,13 @@ pub trait Prober: Sync {
     /// One GET of `url`: passes iff it answers `expect_status` within
     /// `timeout` with a body containing `expect_body`; the detail says what
     /// was seen.
+    /// `via`: send it to this address and port instead of where the URL's
+    /// host name resolves (a check through a host's proxy), keeping the
+    /// URL's host name for the `Host` header and TLS.
     fn get(
         &self,
         url: &str,
+        via: Option<(&str, u16)>,
         expect_status: u16,
         expect_body: Option<&str>,
         timeout: Duration,
@@ -89,11 +93,19 @@ impl Prober for ReqwestProber {
     async fn get(
         &self,
         url: &str,
+        via: Option<(&str, u16)>,
         expect_status: u16,
         expect_body: Option<&str>,
         timeout: Duration,
     ) -> (bool, String) {
-        let resp = match self.client.get(url).timeout(timeout).send().await {
+        let sent = match via {
+            None => self.client.get(url).timeout(timeout).send().await,
+            Some((address, port)) => match self.via(url, address, port).await {
+                Ok((client, target)) => client.get(target).timeout(timeout).send().await,
+                Err(why) => return unreached(url, &why),
+            },
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 if let Some(m) = crate::tls::certificate_problem(&e) {
@@ -120,6 +132,38 @@ impl Prober for ReqwestProber {
 
     fn round(&self) -> ReqwestProber {
         ReqwestProber::over(Arc::clone(&self.tls))
+    }
+}
+
+impl ReqwestProber {
+    /// A client that reaches `url`'s host name at `address:port`, and the
+    /// URL with that port.
+    async fn via(
+        &self,
+        url: &str,
+        address: &str,
+        port: u16,
+    ) -> Result<(reqwest::Client, reqwest::Url), String> {
+        let mut target = reqwest::Url::parse(url).map_err(|_| "not a URL".to_string())?;
+        let name = target.host_str().ok_or("no host name")?.to_string();
+        target
+            .set_port(Some(port))
+            .map_err(|()| "no port for this URL".to_string())?;
+        let ip = match address.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => tokio::net::lookup_host((address, port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| a.ip())
+                .ok_or_else(|| format!("{address} does not resolve"))?,
+        };
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(self.tls.as_ref().clone())
+            .resolve(&name, std::net::SocketAddr::new(ip, port))
+            .build()
+            .map_err(|_| "no HTTP client".to_string())?;
+        Ok((client, target))
     }
 }
 
@@ -205,6 +249,7 @@ mod scripted {
         async fn get(
             &self,
             url: &str,
+            _via: Option<(&str, u16)>,
             expect_status: u16,
             expect_body: Option<&str>,
             timeout: Duration,

@@ -1,6 +1,7 @@
 //! Hosts over SSH: one trait for running a script on a host, the OpenSSH
 //! implementation, and the release layout's scripts (built as data).
 
+pub mod proxy;
 pub mod release;
 pub mod shell;
 pub mod ssh;

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Check, NAME_HINT, health, is_ident, is_name};
-use crate::config::model::{App, Commands, HealthCheck, RollbackPolicy, Runtime};
+use crate::config::model::{
+    App, Commands, DEFAULT_DRAIN, HealthCheck, RollbackPolicy, Route, Runtime, Strategy,
+};
+use crate::config::raw::S;
 use crate::config::{APPS_DIR, FleetFiles, raw, yaml};
 use crate::error::Diagnostic;
 use crate::scan::pin::ImageRef;
@@ -99,7 +102,11 @@ fn validate_app(
             );
             continue;
         }
-        if dest == "state.json" || dest == "current" || dest.starts_with("releases/") {
+        if dest == "state.json"
+            || dest == "current"
+            || dest.starts_with("releases/")
+            || dest.starts_with(".fleetgate/")
+        {
             c.at(
                 &field,
                 template,
@@ -185,6 +192,44 @@ fn validate_app(
         .enumerate()
         .filter_map(|(i, h)| health::validate(&mut c, i, h))
         .collect();
+    let routes = routes(&mut c, &raw);
+    let strategy = strategy(&mut c, &raw, &templates);
+    if matches!(strategy, Strategy::BlueGreen { .. }) {
+        for (i, r) in routes.iter().enumerate() {
+            if r.port.is_some() {
+                c.at(
+                    &format!("routes[{i}].port"),
+                    &raw.routes[i],
+                    "a blue_green app's routes go to the live slot: leave out `port`",
+                    "the proxy is pointed at `slot_ports` of the slot that passed its gate",
+                );
+            }
+        }
+    } else {
+        for (i, r) in routes.iter().enumerate() {
+            if r.port.is_none() {
+                c.at(
+                    &format!("routes[{i}]"),
+                    &raw.routes[i],
+                    "a route needs `port`: where the app listens on the host",
+                    "write port: 8080 (or a template, e.g. \"{{ client.vars.web_port }}\")",
+                );
+            }
+        }
+    }
+    for (i, h) in health.iter().enumerate() {
+        if let HealthCheck::Http(h) = h
+            && h.route
+            && routes.is_empty()
+        {
+            c.at(
+                &format!("health[{i}].route"),
+                &raw.health[i],
+                "`route: true` needs a route: this app has no `routes`",
+                "add routes: [{hosts: [...], port: N}], or drop `route: true`",
+            );
+        }
+    }
     (problems.len() == before).then(|| App {
         name: name.to_string(),
         runtime: raw.runtime.value,
@@ -197,6 +242,8 @@ fn validate_app(
         rollback: raw.rollback.unwrap_or(RollbackPolicy::Safe),
         snapshot: raw.snapshot,
         snapshot_keep,
+        routes,
+        strategy,
     })
 }
 
@@ -453,4 +500,181 @@ mod tests {
             &["pipelines/apps/web/app.yaml:2 snapshot_keep: snapshot_keep must be at least 1"],
         );
     }
+}
+
+/// `routes:`: host names (templates), an optional path prefix, the service
+/// behind it, its port, an optional health path.
+fn routes(c: &mut Check, raw: &raw::App) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let f = |k: &str| format!("routes[{i}].{k}");
+        let v = &r.value;
+        if v.hosts.is_empty() {
+            c.at(
+                &f("hosts"),
+                r,
+                "a route needs at least one host name",
+                "write hosts: [\"{{ client.domain }}\"]",
+            );
+        }
+        for (j, h) in v.hosts.iter().enumerate() {
+            if h.value.trim().is_empty() {
+                c.at(&format!("{}[{j}]", f("hosts")), h, "an empty host name", "");
+            }
+        }
+        let mut path_ok = |field: &str, p: &S<String>| {
+            if !is_route_path(&p.value) {
+                c.at(
+                    field,
+                    p,
+                    format!("`{}` is not a path prefix", p.value),
+                    "write an absolute path of letters, digits and `/-._~`, e.g. /api (no query, spaces or braces)",
+                );
+            }
+        };
+        if let Some(p) = &v.path {
+            path_ok(&f("path"), p);
+        }
+        if let Some(p) = &v.health {
+            if !p.value.starts_with('/') || p.value.chars().any(|ch| ch.is_whitespace()) {
+                c.at(
+                    &f("health"),
+                    p,
+                    format!("`{}` is not a path", p.value),
+                    "write the path the gate GETs on the app's port, e.g. /health",
+                );
+            }
+        }
+        if let Some(s) = &v.service {
+            c.name(&f("service"), s, "service");
+        }
+        out.push(Route {
+            hosts: v.hosts.iter().map(|h| h.value.trim().to_string()).collect(),
+            path: v.path.as_ref().map(|p| p.value.clone()).filter(|p| p != "/"),
+            service: v.service.as_ref().map(|s| s.value.clone()),
+            port: v.port.as_ref().map(|p| p.value.0.clone()),
+            health: v.health.as_ref().map(|p| p.value.clone()),
+        });
+    }
+    // Two routes of one app claiming the same names and path: one of them
+    // would never be reached.
+    let mut seen = BTreeMap::new();
+    for (i, r) in out.iter().enumerate() {
+        for h in &r.hosts {
+            let key = (h.clone(), r.path.clone().unwrap_or_else(|| "/".into()));
+            if let Some(first) = seen.insert(key.clone(), i) {
+                c.at(
+                    &format!("routes[{i}].hosts"),
+                    &raw.routes[i],
+                    format!("`{}{}` is also routed by routes[{first}]", key.0, key.1),
+                    "one route per host name and path",
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A path prefix a proxy config can hold without quoting.
+pub(crate) fn is_route_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("//")
+        && p.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "/-._~".contains(ch))
+}
+
+/// `strategy`, `drain` and `slot_ports`. blue_green runs two releases side
+/// by side: refused for stateful apps (`rollback: freeze`, or a template
+/// that declares volumes), whose two releases would share their data.
+fn strategy(
+    c: &mut Check,
+    raw: &raw::App,
+    templates: &BTreeMap<String, String>,
+) -> Strategy {
+    let blue_green = raw
+        .strategy
+        .as_ref()
+        .filter(|s| s.value == raw::Strategy::BlueGreen);
+    let Some(s) = blue_green else {
+        if let Some(d) = &raw.drain {
+            c.at("drain", d, "`drain` applies to `strategy: blue_green` only", "");
+        }
+        if let Some(p) = &raw.slot_ports {
+            c.at(
+                "slot_ports",
+                p,
+                "`slot_ports` applies to `strategy: blue_green` only",
+                "",
+            );
+        }
+        return Strategy::Recreate;
+    };
+    let stateful = "blue/green runs the old and the new release side by side: that is safe only for a stateless app";
+    if raw.rollback == Some(RollbackPolicy::Freeze) {
+        c.at(
+            "strategy",
+            s,
+            "`strategy: blue_green` refused: the app is `rollback: freeze` (stateful)",
+            stateful,
+        );
+    }
+    for (name, source) in templates {
+        if let Some(line) = declares_volumes(source) {
+            c.at(
+                "strategy",
+                s,
+                format!(
+                    "`strategy: blue_green` refused: template {name} declares volumes (line {line}), so the app keeps state"
+                ),
+                stateful,
+            );
+        }
+    }
+    let drain = match &raw.drain {
+        Some(d) => c.duration("drain", &d.value, DEFAULT_DRAIN),
+        None => DEFAULT_DRAIN,
+    };
+    let ports: Vec<String> = raw
+        .slot_ports
+        .as_ref()
+        .map(|p| p.value.iter().map(|p| p.value.0.clone()).collect())
+        .unwrap_or_default();
+    let slot_ports = match (ports.as_slice(), &raw.slot_ports) {
+        ([a, b], Some(p)) => {
+            if a == b {
+                c.at("slot_ports", p, "the two slots have the same port", "give each slot its own port");
+            }
+            [a.clone(), b.clone()]
+        }
+        (_, Some(p)) => {
+            c.at(
+                "slot_ports",
+                p,
+                format!("`slot_ports` lists {} ports; blue/green needs two", ports.len()),
+                "write slot_ports: [8080, 8081] (the blue and the green slot's host port)",
+            );
+            [String::new(), String::new()]
+        }
+        (_, None) => {
+            c.at(
+                "slot_ports",
+                s,
+                "`strategy: blue_green` needs `slot_ports`",
+                "write slot_ports: [8080, 8081]: the host port of each slot, `{{ release.port }}` in templates",
+            );
+            [String::new(), String::new()]
+        }
+    };
+    Strategy::BlueGreen { slot_ports, drain }
+}
+
+/// The line of a `volumes:` key in a template (a compose file's), if any.
+fn declares_volumes(source: &str) -> Option<usize> {
+    source
+        .lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with("volumes:") && !t.starts_with('#')
+        })
+        .map(|i| i + 1)
 }

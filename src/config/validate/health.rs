@@ -39,6 +39,7 @@ pub(super) fn validate(c: &mut Check, i: usize, h: &S<raw::Health>) -> Option<He
                 deadline: v.deadline.as_ref().map_or(Duration::from_secs(60), |t| {
                     c.duration(&f("deadline"), t, Duration::from_secs(60))
                 }),
+                route: v.route.unwrap_or(false),
             };
             if v.successes == Some(0) || v.failures == Some(0) {
                 c.at(
@@ -59,6 +60,7 @@ pub(super) fn validate(c: &mut Check, i: usize, h: &S<raw::Health>) -> Option<He
                 ("successes", v.successes.is_some()),
                 ("failures", v.failures.is_some()),
                 ("deadline", v.deadline.is_some()),
+                ("route", v.route.is_some()),
             ];
             for (key, set) in http_only {
                 if set {

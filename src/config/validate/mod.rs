@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::model::{Fleet, OnFailure, Pipeline, RuntimeCommands, ScanPolicy};
 use super::raw::S;
-use super::{FleetFiles, SHARED_SECRETS, Selection, duration, yaml};
+use super::{APPS_DIR, FleetFiles, SHARED_SECRETS, Selection, duration, yaml};
 use crate::error::Diagnostic;
 use crate::secrets::SopsFile;
 
@@ -152,6 +152,17 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
         &mut warnings,
     );
     let ignores = trivyignore::validate(files, &mut problems);
+    if let Some(p) = &pipeline
+        && p.proxy.is_none()
+    {
+        for app in apps.values().filter(|a| !a.routes.is_empty()) {
+            problems.push(
+                Diagnostic::new(format!("{APPS_DIR}/{}/app.yaml", app.name), "has `routes` but the pipeline runs no proxy")
+                    .field("routes")
+                    .hint("add proxy: {kind: caddy, http_port: 80} to pipelines/pipeline.yaml"),
+            );
+        }
+    }
     let fleet = Fleet {
         pipeline: pipeline.unwrap_or_else(Pipeline::empty),
         apps,
@@ -184,6 +195,7 @@ impl Pipeline {
             },
             ssh_options: BTreeMap::new(),
             keep_removed_releases: crate::config::KEEP_REMOVED_RELEASES,
+            proxy: None,
         }
     }
 }

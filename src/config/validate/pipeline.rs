@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::raw::S;
+use crate::remote::proxy::{Kind, Settings, Tls};
 use super::{Check, stages};
 use crate::config::model::{OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity};
 use crate::config::{FleetFiles, PIPELINE, raw, ssh_options, yaml};
@@ -103,6 +105,7 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         ),
         None => crate::config::KEEP_REMOVED_RELEASES,
     };
+    let proxy = raw.proxy.as_ref().map(|p| proxy(&mut c, p));
     // Kept even when a field is wrong: clients are still checked against the
     // stages; the problems already make the fleet invalid.
     Some(Pipeline {
@@ -115,7 +118,58 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         runtimes,
         ssh_options,
         keep_removed_releases,
+        proxy,
     })
+}
+
+/// `proxy:`: which proxy, its ports (80 and 443 by default), TLS (`auto`
+/// for Caddy, `off` for nginx, which fleetgate gives no certificates).
+fn proxy(c: &mut Check, p: &S<raw::Proxy>) -> Settings {
+    let v = &p.value;
+    let kind = match v.kind.value {
+        raw::ProxyKind::Caddy => Kind::Caddy,
+        raw::ProxyKind::Nginx => Kind::Nginx,
+    };
+    let tls = match (v.tls.as_ref().map(|t| t.value), kind) {
+        (Some(raw::ProxyTls::Off), _) | (None, Kind::Nginx) => Tls::Off,
+        (Some(raw::ProxyTls::Auto), Kind::Nginx) => {
+            c.at(
+                "proxy.tls",
+                v.tls.as_ref().expect("matched Some"),
+                "`tls: auto` needs `kind: caddy`",
+                "fleetgate gives nginx no certificates: use `kind: caddy` for automatic HTTPS, or `tls: off`",
+            );
+            Tls::Off
+        }
+        (Some(raw::ProxyTls::Auto), Kind::Caddy) | (None, Kind::Caddy) => Tls::Auto,
+    };
+    let mut port = |field: &str, value: &Option<S<u16>>, default: u16| match value {
+        Some(s) if s.value == 0 => {
+            c.at(field, s, "port 0 is not a port", "write 1-65535");
+            default
+        }
+        Some(s) => s.value,
+        None => default,
+    };
+    let http_port = port("proxy.http_port", &v.http_port, 80);
+    let https_port = port("proxy.https_port", &v.https_port, 443);
+    if tls == Tls::Auto && http_port == https_port {
+        c.at(
+            "proxy.https_port",
+            p,
+            "`http_port` and `https_port` are the same port",
+            "give them two ports",
+        );
+    }
+    let command = |s: &Option<S<String>>| s.as_ref().map(|s| s.value.clone());
+    Settings {
+        kind,
+        http_port,
+        https_port,
+        tls,
+        start: command(&v.start),
+        reload: command(&v.reload),
+    }
 }
 
 #[cfg(test)]
