@@ -573,7 +573,11 @@ impl Renderer {
                 template_file(name),
                 format!("`{}` is not a port (rendering for {where_})", text.trim()),
             )
-            .field(name.split_once('#').map(|(_, f)| f.to_string()).unwrap_or_default())
+            .field(
+                name.split_once('#')
+                    .map(|(_, f)| f.to_string())
+                    .unwrap_or_default(),
+            )
             .hint("a port is a number from 1 to 65535")),
         }
     }
@@ -807,7 +811,13 @@ impl Renderer {
                         Err(e) => problems.push(self.diag(template, &e, &where_)),
                     }
                 }
-                let routes = self.render_routes(app, &ctx_with(&masked_ctx, port), port, &where_, &mut problems);
+                let routes = self.render_routes(
+                    app,
+                    &ctx_with(&masked_ctx, port),
+                    port,
+                    &where_,
+                    &mut problems,
+                );
                 if !routes.is_empty() {
                     host_files.insert(ROUTES_FILE.to_string(), routes_file(&app.name, &routes));
                 }
@@ -852,7 +862,10 @@ impl Renderer {
                         && h.route
                     {
                         let name_of = url_host(&text);
-                        if !routes.iter().any(|r| r.hosts.iter().any(|h| Some(h.as_str()) == name_of)) {
+                        if !routes
+                            .iter()
+                            .any(|r| r.hosts.iter().any(|h| Some(h.as_str()) == name_of))
+                        {
                             let shown = match view {
                                 SecretView::Masked => format!("`{}`", name_of.unwrap_or_default()),
                                 SecretView::Real => "its host name".into(),

@@ -322,13 +322,17 @@ fn add_removals(
                 removals,
                 masker: Default::default(),
                 snapshot: None,
-                proxy: fleet.pipeline.proxy.as_ref().map(|settings| deploy::ProxyJob {
-                    settings: settings.clone(),
-                    dir: crate::remote::proxy::ProxyDir {
-                        deploy_root: host.deploy_root.clone(),
-                        client: client.to_string(),
-                    },
-                }),
+                proxy: fleet
+                    .pipeline
+                    .proxy
+                    .as_ref()
+                    .map(|settings| deploy::ProxyJob {
+                        settings: settings.clone(),
+                        dir: crate::remote::proxy::ProxyDir {
+                            deploy_root: host.deploy_root.clone(),
+                            client: client.to_string(),
+                        },
+                    }),
             }),
         }
     }

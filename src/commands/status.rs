@@ -44,6 +44,9 @@ pub struct AppStatus {
     pub release: Option<String>,
     pub deployed_at: Option<String>,
     pub previous: Option<String>,
+    /// A blue_green app: the slot it runs in (`blue` or `green`) and its port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<release::SlotState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Vec<Drift>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +100,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
                 release: None,
                 deployed_at: None,
                 previous: None,
+                slot: None,
                 drift: None,
                 error: None,
             };
@@ -110,6 +114,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
                         row.release = Some(dir.release(&state.rev));
                         row.deployed_at = Some(state.deployed_at.clone());
                         row.previous = state.previous_run().map(str::to_string);
+                        row.slot = state.slot;
                     }
                     live_sums.insert(
                         (client.name.clone(), host.name.clone(), app.clone()),
@@ -233,7 +238,13 @@ fn compute_drift(
             .clients
             .get(&row.client)
             .and_then(|c| c.apps.get(&row.app))
-            .and_then(|a| a.files.get(&row.host))
+            .and_then(|a| match (&a.green, row.slot) {
+                // A blue_green app's files are its live slot's.
+                (Some(green), Some(s)) if s.name == release::Slot::Green => {
+                    green.files.get(&row.host)
+                }
+                _ => a.files.get(&row.host),
+            })
             .map(|files| {
                 files
                     .iter()

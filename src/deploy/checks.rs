@@ -12,13 +12,40 @@ use crate::gates::health::{CheckResult, Gate, Policy, Progress};
 use crate::gates::http::Prober;
 use crate::remote::Remote;
 use crate::remote::release;
+use crate::remote::release::AppDir;
+
+/// The checks of one app to run: its own, or those of a blue/green slot
+/// (`release`: the release its command checks run in, when it is not
+/// `current` yet).
+#[derive(Debug, Clone)]
+pub(super) struct Gated<'a> {
+    pub name: &'a str,
+    pub dir: &'a AppDir,
+    pub checks: Vec<CheckSpec>,
+    pub release: Option<&'a str>,
+}
+
+impl<'a> Gated<'a> {
+    pub fn of(app: &'a AppJob) -> Gated<'a> {
+        Gated {
+            name: &app.name,
+            dir: &app.dir,
+            checks: app.checks.clone(),
+            release: None,
+        }
+    }
+
+    pub fn all(apps: &[&'a AppJob]) -> Vec<Gated<'a>> {
+        apps.iter().map(|a| Gated::of(a)).collect()
+    }
+}
 
 /// Runs every check of `apps` on this host concurrently, each to its verdict.
 pub(super) async fn run_checks<R: Remote, P: Prober>(
     remote: &R,
     prober: &P,
     target: &Target,
-    apps: &[&AppJob],
+    apps: &[Gated<'_>],
     soak: Duration,
     stop: Option<&AtomicBool>,
 ) -> Vec<CheckResult> {
@@ -62,7 +89,11 @@ pub(super) async fn run_checks<R: Remote, P: Prober>(
                             .await
                     }
                     CheckSpec::Command { command, .. } => {
-                        match remote.run(&release::check_script(&app.dir, command)).await {
+                        let script = match app.release {
+                            Some(rev) => release::check_in_release_script(app.dir, rev, command),
+                            None => release::check_script(app.dir, command),
+                        };
+                        match remote.run(&script).await {
                             Ok(out) if out.success() => (true, "exit 0".to_string()),
                             Ok(out) => (
                                 false,
@@ -109,7 +140,7 @@ pub(super) async fn run_checks<R: Remote, P: Prober>(
                 if passed { "passed" } else { "failed" }
             );
             CheckResult {
-                app: app.name.clone(),
+                app: app.name.to_string(),
                 check: label,
                 passed,
                 cancelled,

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::checks::run_checks;
+use super::checks::{Gated, run_checks};
 use super::{
-    AppJob, Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StagePlan,
-    StepRecord, Target,
+    AppJob, CheckSpec, Failure, FailureKind, HostOutcome, HostStatus, Runs, SlotJob, StageOutcome,
+    StagePlan, StepRecord, Target,
 };
 use crate::config::{Host, RollbackPolicy};
 use crate::gates::http::Prober;
-use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, State};
+use crate::remote::proxy;
+use crate::remote::release::{self, AppDir, Inspected, ReleaseFile, Slot, SlotState, State};
 use crate::remote::{Remote, RemoteError, RemoteOutput};
 use crate::secrets::Masker;
 
@@ -46,6 +47,20 @@ pub trait Connector: Sync {
 struct Switched {
     app: String,
     before: Option<State>,
+    /// A blue_green app: its slots.
+    slots: Option<SlotSwitch>,
+}
+
+/// The slots of a blue_green app's switch: switching back is the same
+/// switch in reverse.
+#[derive(Debug, Clone, Copy)]
+struct SlotSwitch {
+    /// What ran before (see `NewSlot::old`).
+    old: Option<Option<SlotState>>,
+    new: SlotState,
+    /// The old one was stopped after its drain: a switch back starts it again.
+    old_stopped: bool,
+    drain: Duration,
 }
 
 /// An app left on its live release, which this stage's commit renders the
@@ -61,6 +76,8 @@ struct HostRun {
     outcome: HostOutcome,
     switched: Vec<Switched>,
     kept: Vec<Kept>,
+    /// The host's proxy was given a new config (a rollback puts back the one before).
+    proxy_applied: bool,
 }
 
 /// Every app of `target` as this stage leaves it when it touches nothing.
@@ -165,7 +182,8 @@ impl Failure {
 
 /// One step of a host's work, run as part of one remote command.
 struct Step {
-    app: String,
+    /// The app it is for; `None`: the host's (its proxy).
+    app: Option<String>,
     step: &'static str,
     script: String,
 }
@@ -173,10 +191,22 @@ struct Step {
 impl Step {
     fn new(app: &str, step: &'static str, script: String) -> Step {
         Step {
-            app: app.to_string(),
+            app: Some(app.to_string()),
             step,
             script,
         }
+    }
+
+    fn host(step: &'static str, script: String) -> Step {
+        Step {
+            app: None,
+            step,
+            script,
+        }
+    }
+
+    fn app(&self) -> String {
+        self.app.clone().unwrap_or_default()
     }
 }
 
@@ -210,12 +240,12 @@ async fn run_steps<R: Remote>(
                     Some(release::StepEvent::Begin(i)) => *current = Some((i, Instant::now())),
                     Some(release::StepEvent::Done(i)) => {
                         let started = current.take().map_or_else(Instant::now, |(_, t)| t);
-                        rec.record(Some(&steps[i].app), steps[i].step, true, started);
+                        rec.record(steps[i].app.as_deref(), steps[i].step, true, started);
                         done.push(i);
                     }
                     Some(release::StepEvent::Fail(i)) => {
                         let started = current.take().map_or_else(Instant::now, |(_, t)| t);
-                        rec.record(Some(&steps[i].app), steps[i].step, false, started);
+                        rec.record(steps[i].app.as_deref(), steps[i].step, false, started);
                         *failed_at = Some(i);
                     }
                     None => tracing::debug!("{host}: {}", masker.mask(line)),
@@ -225,7 +255,7 @@ async fn run_steps<R: Remote>(
     };
     // A step that began but neither finished nor failed was cut off.
     let interrupted = current.map(|(i, started)| {
-        rec.record(Some(&steps[i].app), steps[i].step, false, started);
+        rec.record(steps[i].app.as_deref(), steps[i].step, false, started);
         i
     });
     let at = failed_at
@@ -239,14 +269,14 @@ async fn run_steps<R: Remote>(
             None
         }
         Ok(out) => Some(Failure::from_run(
-            Some(&steps[at].app),
+            steps[at].app.as_deref(),
             steps[at].step,
             Ok(&out),
             masker,
             &nonce,
         )),
         Err(e) => Some(Failure::from_run(
-            Some(&steps[at].app),
+            steps[at].app.as_deref(),
             steps[at].step,
             Err(&e),
             masker,
@@ -310,41 +340,48 @@ async fn deploy_host<R: Remote, P: Prober>(
         host: &target.host.name,
         steps: Vec::new(),
     };
-    let mut switched = Vec::new();
+    let mut switched: Vec<Switched> = Vec::new();
     let mut checks = Vec::new();
     let mut changed = Vec::new();
     let mut runs = untouched(target);
     let mut kept: Vec<Kept> = Vec::new();
     let mut removed = 0;
     let mut snapshot = None;
+    let mut proxy_applied = false;
+    let proxy = target.proxy();
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
-        let out = run_step(
-            remote,
-            &mut rec,
-            &target.masker,
-            None,
-            "inspect",
-            &format!(
-                "{}{}",
-                release::inspect_script(&dirs),
-                release::prune_removed_script(
-                    &format!("{}/{}", target.host.deploy_root, target.client),
-                    plan.keep_removed
-                )
-            ),
-        )
-        .await?;
-        let inspected = release::parse_inspect(&out.stdout).map_err(|message| Failure {
-            kind: FailureKind::Command,
-            app: None,
-            step: "inspect".into(),
-            message,
-        })?;
+        let mut inspect = format!(
+            "{}{}",
+            release::inspect_script(&dirs),
+            release::prune_removed_script(
+                &format!("{}/{}", target.host.deploy_root, target.client),
+                plan.keep_removed
+            )
+        );
+        if let Some(p) = proxy {
+            inspect.push_str(&proxy::inspect_script(&p.settings, &p.dir));
+        }
+        let out = run_step(remote, &mut rec, &target.masker, None, "inspect", &inspect).await?;
+        // The proxy's line is the host's, not an app's.
+        let (proxy_lines, app_lines): (Vec<&str>, Vec<&str>) =
+            out.stdout.lines().partition(|l| l.starts_with("@@proxy "));
+        let proxy_now = proxy_lines.first().and_then(|l| proxy::parse_inspect(l));
+        let inspected =
+            release::parse_inspect(&app_lines.join("\n")).map_err(|message| Failure {
+                kind: FailureKind::Command,
+                app: None,
+                step: "inspect".into(),
+                message,
+            })?;
         // Every change of every app in one round trip: upload, switch,
-        // start and prune per app, streaming a progress line per step.
+        // start and prune per app (a blue_green app: upload and start in
+        // its new slot), streaming a progress line per step.
         let mut steps: Vec<Step> = Vec::new();
         let mut before = BTreeMap::new();
+        let mut slots: Vec<NewSlot> = Vec::new();
+        // What the proxy routes to once this host is deployed.
+        let mut routes: Vec<proxy::Route> = Vec::new();
         // Removals first: a removed app may hold a port a new one needs.
         for r in &target.removals {
             steps.push(Step::new(
@@ -355,9 +392,19 @@ async fn deploy_host<R: Remote, P: Prober>(
         }
         for app in &target.apps {
             let now = inspected.get(&app.name).cloned().unwrap_or_default();
-            if let Some(state) = live_release(&now, &app.files) {
+            let live_slot = now.state.as_ref().and_then(|s| s.slot);
+            // The files this app runs when it needs no change.
+            let (files, app_routes) = match &app.blue_green {
+                Some(bg) => {
+                    let live = &bg.slots[live_slot.map_or(0, |s| s.name.index())];
+                    (&live.files, &live.routes)
+                }
+                None => (&app.files, &app.routes),
+            };
+            if let Some(state) = live_release(&now, files) {
                 rec.record(Some(&app.name), "unchanged", true, Instant::now());
                 runs.insert(app.name.clone(), Runs::Release(plan.rev.clone()));
+                routes.extend(app_routes.iter().cloned());
                 // Recorded in its state once the host passed.
                 if state.runs() != plan.rev {
                     let mut after = state.clone();
@@ -371,35 +418,106 @@ async fn deploy_host<R: Remote, P: Prober>(
                 continue;
             }
             let back_to = before_rev(now.state.as_ref(), &plan.rev);
-            let state = next_state(back_to.as_ref(), &plan.rev, &app.files);
-            let replacing = now.state.as_ref().map(|s| s.rev.as_str());
-            let keep: Vec<&str> = [Some(plan.rev.as_str()), replacing]
+            let replacing = now.state.as_ref().map(|s| s.rev.clone());
+            let keep: Vec<&str> = [Some(plan.rev.as_str()), replacing.as_deref()]
                 .into_iter()
                 .flatten()
                 .collect();
             let name = app.name.as_str();
+            let Some(bg) = &app.blue_green else {
+                let state = next_state(back_to.as_ref(), &plan.rev, &app.files);
+                routes.extend(app.routes.iter().cloned());
+                steps.push(Step::new(
+                    name,
+                    "upload",
+                    release::upload_script(&app.dir, &plan.rev, &app.files),
+                ));
+                steps.push(Step::new(
+                    name,
+                    "switch",
+                    release::switch_script(&app.dir, &plan.rev, &state),
+                ));
+                steps.push(Step::new(
+                    name,
+                    "start",
+                    release::start_script(&app.dir, &plan.rev, &app.start, replacing.as_deref()),
+                ));
+                steps.push(Step::new(
+                    name,
+                    "prune",
+                    release::prune_script(&app.dir, &keep),
+                ));
+                before.insert(name, back_to);
+                changed.push(app);
+                continue;
+            };
+            // Blue/green: the new release starts in the slot the live one
+            // does not use. What runs now — a slot, or the app's own
+            // project before its first blue/green deploy — stops after
+            // the switch and the drain. The same commit again (a repair)
+            // is started over in its own slot: its release directory is
+            // the live one.
+            let running = now.state.is_some() && now.current.is_some();
+            let same = running && now.current.as_deref() == Some(plan.rev.as_str());
+            let new_name = match (live_slot, same) {
+                (Some(s), true) => s.name,
+                (Some(s), false) => s.name.other(),
+                (None, _) => Slot::Blue,
+            };
+            let job = &bg.slots[new_name.index()];
+            let new = SlotState {
+                name: new_name,
+                port: job.port,
+            };
+            let old = (running && !same).then_some(live_slot);
+            let mut state = next_state(back_to.as_ref(), &plan.rev, &job.files);
+            state.slot = Some(new);
+            routes.extend(job.routes.iter().cloned());
             steps.push(Step::new(
                 name,
                 "upload",
-                release::upload_script(&app.dir, &plan.rev, &app.files),
+                release::upload_script(&app.dir, &plan.rev, &job.files),
             ));
             steps.push(Step::new(
                 name,
-                "switch",
-                release::switch_script(&app.dir, &plan.rev, &state),
+                "start slot",
+                release::start_slot_script(&app.dir, &plan.rev, &app.start, new_name, job.port),
             ));
-            steps.push(Step::new(
-                name,
-                "start",
-                release::start_script(&app.dir, &plan.rev, &app.start, replacing),
-            ));
-            steps.push(Step::new(
-                name,
-                "prune",
-                release::prune_script(&app.dir, &keep),
-            ));
-            before.insert(name, back_to);
-            changed.push(app);
+            slots.push(NewSlot {
+                app,
+                job,
+                new,
+                old,
+                replacing,
+                state,
+                back_to,
+                drain: bg.drain,
+            });
+        }
+        // The host's proxy config, decided before anything changes, and
+        // validated on the host first: an invalid one stops the host
+        // before any app is touched.
+        routes.sort();
+        let proxy_change = proxy.and_then(|p| {
+            let config = proxy::render(&p.settings, &p.dir, &routes);
+            let sha = ReleaseFile::new(String::new(), config.clone().into_bytes(), false).sha256;
+            (proxy_now != Some((Some(sha), true))).then_some((p, config))
+        });
+        if let Some((p, config)) = &proxy_change {
+            steps.insert(
+                0,
+                Step::host(
+                    "proxy check",
+                    proxy::check_script(&p.settings, &p.dir, config),
+                ),
+            );
+            // Without a blue/green app the switch is now; with one, after its gate.
+            if slots.is_empty() {
+                steps.push(Step::host(
+                    "proxy",
+                    proxy::apply_script(&p.settings, &p.dir),
+                ));
+            }
         }
         // The first change of this host: its snapshot first, if it needs
         // one; a snapshot that fails leaves the host untouched.
@@ -451,9 +569,10 @@ async fn deploy_host<R: Remote, P: Prober>(
             .map(|&i| &steps[i])
             .filter(|s| s.step == "remove")
         {
-            runs.insert(step.app.clone(), Runs::Nothing);
+            runs.insert(step.app(), Runs::Nothing);
             removed += 1;
         }
+        proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
         // A switch cut off by a lost connection may have happened on the
         // host all the same: it counts as switched, so it is put back (a
         // switch back to the state it has is harmless).
@@ -465,7 +584,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             .iter()
             .map(|&i| &steps[i])
             .filter(|s| s.step == "switch")
-            .map(|s| s.app.clone())
+            .map(Step::app)
             .chain(cut_off)
         {
             runs.insert(
@@ -479,27 +598,143 @@ async fn deploy_host<R: Remote, P: Prober>(
             switched.push(Switched {
                 before: before.get(app.as_str()).cloned().flatten(),
                 app,
+                slots: None,
             });
         }
         if let Some(f) = failure {
+            // New slots that started (or began to) stop again; the live
+            // ones never stopped serving.
+            stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
             return Err(f);
         }
+        if !slots.is_empty() {
+            // Each new slot's gate, on the slot directly, before any user
+            // reaches it: the app's checks (those not through the proxy)
+            // and its routes' health paths.
+            let gates: Vec<Gated> = slots
+                .iter()
+                .map(|n| Gated {
+                    name: &n.app.name,
+                    dir: &n.app.dir,
+                    checks: slot_gate(&target.host.address, n.job),
+                    release: Some(&plan.rev),
+                })
+                .collect();
+            let gate_started = Instant::now();
+            let results =
+                run_checks(remote, prober, target, &gates, Duration::ZERO, Some(stop)).await;
+            let failed = results.iter().find(|r| !r.passed && !r.cancelled).cloned();
+            rec.record(None, "slot health", failed.is_none(), gate_started);
+            checks.extend(results);
+            if let Some(f) = failed {
+                stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
+                return Err(Failure {
+                    kind: FailureKind::Health,
+                    app: Some(f.app.clone()),
+                    step: "health".into(),
+                    message: format!("{}: {}", f.check, f.detail),
+                });
+            }
+            if stop.load(Ordering::SeqCst) {
+                stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
+                return Err(Failure {
+                    kind: FailureKind::Health,
+                    app: None,
+                    step: "health".into(),
+                    message: "cancelled: the stage failed on other hosts".into(),
+                });
+            }
+            // The switch: `current` and the proxy, in one round trip.
+            let mut steps = Vec::new();
+            for n in &slots {
+                steps.push(Step::new(
+                    &n.app.name,
+                    "switch",
+                    release::switch_slot_script(&n.app.dir, &plan.rev, &n.state, n.new),
+                ));
+            }
+            if let Some((p, _)) = &proxy_change {
+                steps.push(Step::host(
+                    "proxy",
+                    proxy::apply_script(&p.settings, &p.dir),
+                ));
+            }
+            for n in &slots {
+                let keep: Vec<&str> = [Some(plan.rev.as_str()), n.replacing.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                steps.push(Step::new(
+                    &n.app.name,
+                    "prune",
+                    release::prune_script(&n.app.dir, &keep),
+                ));
+            }
+            let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
+            proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
+            let cut_off = failure
+                .as_ref()
+                .filter(|f| f.kind == FailureKind::Infra && f.step == "switch")
+                .and_then(|f| f.app.clone());
+            let switched_apps: Vec<String> = done
+                .iter()
+                .map(|&i| &steps[i])
+                .filter(|s| s.step == "switch")
+                .map(Step::app)
+                .chain(cut_off)
+                .collect();
+            for n in &slots {
+                if !switched_apps.contains(&n.app.name) {
+                    continue;
+                }
+                runs.insert(
+                    n.app.name.clone(),
+                    match failure.as_ref().map(|f| f.kind) {
+                        Some(FailureKind::Infra) => Runs::Unknown,
+                        _ => Runs::Release(plan.rev.clone()),
+                    },
+                );
+                switched.push(Switched {
+                    app: n.app.name.clone(),
+                    before: n.back_to.clone(),
+                    slots: Some(SlotSwitch {
+                        old: n.old,
+                        new: n.new,
+                        old_stopped: false,
+                        drain: n.drain,
+                    }),
+                });
+            }
+            if let Some(f) = failure {
+                return Err(f);
+            }
+        }
+        let switched_at = Instant::now();
         let record = record_script(target, kept.iter().map(|k| (k.app.as_str(), &k.after)));
-        if changed.is_empty() {
+        if changed.is_empty() && slots.is_empty() {
             if !record.is_empty() {
                 run_step(remote, &mut rec, &target.masker, None, "record", &record).await?;
             }
-            return Ok(removed > 0);
+            return Ok(removed > 0 || proxy_applied);
         }
+        // The checks after the switch, through the proxy as users see it:
+        // every changed app's, and each new slot's (now live).
+        let mut gates = Gated::all(&changed);
+        gates.extend(slots.iter().map(|n| Gated {
+            name: &n.app.name,
+            dir: &n.app.dir,
+            checks: n.job.checks.clone(),
+            release: None,
+        }));
         let health_started = Instant::now();
-        let results = run_checks(remote, prober, target, &changed, soak, Some(stop)).await;
+        let results = run_checks(remote, prober, target, &gates, soak, Some(stop)).await;
         // A check cut short because the stage failed elsewhere is not this
         // host's failure (the stage rolls it back all the same).
         let failed = results.iter().find(|r| !r.passed && !r.cancelled).cloned();
         if !results.is_empty() {
             rec.record(None, "health", failed.is_none(), health_started);
         }
-        checks = results;
+        checks.extend(results);
         if let Some(f) = failed {
             return Err(Failure {
                 kind: FailureKind::Health,
@@ -512,7 +747,9 @@ async fn deploy_host<R: Remote, P: Prober>(
         // run killed before this line leaves it to be judged again.
         let gated: Vec<(&AppDir, &str)> = changed
             .iter()
-            .map(|a| (&a.dir, plan.rev.as_str()))
+            .map(|a| &a.dir)
+            .chain(slots.iter().map(|n| &n.app.dir))
+            .map(|d| (d, plan.rev.as_str()))
             .collect();
         if let Err(f) = run_step(
             remote,
@@ -525,12 +762,19 @@ async fn deploy_host<R: Remote, P: Prober>(
         .await
         {
             if f.kind == FailureKind::Infra {
-                for app in &changed {
-                    runs.insert(app.name.clone(), Runs::Unknown);
+                for app in changed
+                    .iter()
+                    .map(|a| &a.name)
+                    .chain(slots.iter().map(|n| &n.app.name))
+                {
+                    runs.insert(app.clone(), Runs::Unknown);
                 }
             }
             return Err(f);
         }
+        // The old slots served what was in flight at the switch; after
+        // their drain they stop. Best effort: the new ones serve.
+        stop_old_slots(remote, &mut rec, target, &slots, &mut switched, switched_at).await;
         Ok(true)
     }
     .await;
@@ -576,6 +820,146 @@ async fn deploy_host<R: Remote, P: Prober>(
         },
         switched,
         kept,
+        proxy_applied,
+    }
+}
+
+/// A blue_green app's new slot on one host, between its start and its switch.
+struct NewSlot<'a> {
+    app: &'a AppJob,
+    job: &'a SlotJob,
+    new: SlotState,
+    /// What runs now and stops after the switch: `Some(Some(slot))`, or
+    /// `Some(None)` for the app's own project (it ran `recreate` before);
+    /// `None`: nothing.
+    old: Option<Option<SlotState>>,
+    /// The release live now (`None`: a first deploy).
+    replacing: Option<String>,
+    state: State,
+    back_to: Option<State>,
+    drain: Duration,
+}
+
+/// The gate of a new slot, on its port directly: the slot's checks that do
+/// not go through the proxy (it still routes to the live slot), and its
+/// routes' `health` paths.
+fn slot_gate(address: &str, job: &SlotJob) -> Vec<CheckSpec> {
+    let address = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    job.checks
+        .iter()
+        .filter(|c| !matches!(c, CheckSpec::Http { via: Some(_), .. }))
+        .cloned()
+        .chain(job.health.iter().map(|path| CheckSpec::Http {
+            url: format!("http://{address}:{}{path}", job.port),
+            via: None,
+            expect_status: 200,
+            expect_body: None,
+            timeout: Duration::from_secs(2),
+            policy: SLOT_HEALTH,
+        }))
+        .collect()
+}
+
+/// A route's `health` path: passes once, within a minute.
+const SLOT_HEALTH: crate::gates::health::Policy = crate::gates::health::Policy {
+    interval: Duration::from_millis(500),
+    successes: 1,
+    failures: 120,
+    deadline: Duration::from_secs(60),
+    soak: Duration::ZERO,
+};
+
+/// Stops the new slots of a host that failed before its switch (best
+/// effort: each is tried, and the live ones never stopped serving).
+async fn stop_new_slots<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    target: &Target,
+    rev: &str,
+    slots: &[NewSlot<'_>],
+) {
+    for n in slots {
+        let script = release::stop_slot_script(
+            &n.app.dir,
+            rev,
+            &n.app.start,
+            n.app.stop.as_deref(),
+            Some(n.new),
+        );
+        if let Err(f) = run_step(
+            remote,
+            rec,
+            &target.masker,
+            Some(&n.app.name),
+            "stop new slot",
+            &script,
+        )
+        .await
+        {
+            tracing::warn!(
+                "{} {}: the new slot did not stop: {}",
+                target.host.name,
+                n.app.name,
+                f.message
+            );
+        }
+    }
+}
+
+/// After the drain (counted from the switch), stops what ran before each
+/// new slot. A stop that fails is said, not a failure of the host.
+async fn stop_old_slots<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    target: &Target,
+    slots: &[NewSlot<'_>],
+    switched: &mut [Switched],
+    switched_at: Instant,
+) {
+    for n in slots {
+        let (Some(old), Some(rev)) = (n.old, n.replacing.as_deref()) else {
+            continue;
+        };
+        let wait = n.drain.saturating_sub(switched_at.elapsed());
+        if !wait.is_zero() {
+            tracing::info!(
+                "{} {}: draining the old slot for {:.1}s",
+                target.host.name,
+                n.app.name,
+                wait.as_secs_f64()
+            );
+            tokio::time::sleep(wait).await;
+        }
+        let script =
+            release::stop_slot_script(&n.app.dir, rev, &n.app.start, n.app.stop.as_deref(), old);
+        match run_step(
+            remote,
+            rec,
+            &target.masker,
+            Some(&n.app.name),
+            "stop old slot",
+            &script,
+        )
+        .await
+        {
+            Ok(_) => {
+                if let Some(sw) = switched.iter_mut().find(|s| s.app == n.app.name)
+                    && let Some(sl) = &mut sw.slots
+                {
+                    sl.old_stopped = true;
+                }
+            }
+            Err(f) => tracing::warn!(
+                "{} {}: the old slot did not stop (it serves nothing now): {}",
+                target.host.name,
+                n.app.name,
+                f.message
+            ),
+        }
     }
 }
 
@@ -639,6 +1023,7 @@ fn before_rev(now: Option<&State>, rev: &str) -> Option<State> {
                 previous: history.last().cloned(),
                 history,
                 revs,
+                slot: None,
             }
         }),
         other => other.cloned(),
@@ -664,6 +1049,7 @@ fn next_state(before: Option<&State>, rev: &str, files: &[ReleaseFile]) -> State
         previous: before.map(|b| b.rev.clone()).filter(|p| p != rev),
         history,
         revs: before.map_or_else(|| vec![rev.to_string()], |b| b.ran_then(rev)),
+        slot: None,
     }
 }
 
@@ -685,6 +1071,8 @@ async fn rollback_host<R: Remote, P: Prober>(
     };
     let mut restored = Vec::new();
     let mut failures = Vec::new();
+    // New slots to stop once the traffic is back on the old ones.
+    let mut stop_after: Vec<(&AppJob, SlotState, Duration)> = Vec::new();
     for sw in &run.switched {
         let Some(app) = target.apps.iter().find(|a| a.name == sw.app) else {
             continue;
@@ -699,8 +1087,61 @@ async fn rollback_host<R: Remote, P: Prober>(
         }
         // Per app, one round trip: a failing app does not stop the others.
         let name = app.name.as_str();
-        let steps = match &sw.before {
-            Some(before) => {
+        let slot_back = match (&sw.before, sw.slots, &app.blue_green) {
+            (Some(before), Some(sl), Some(bg)) => match sl.old {
+                Some(Some(old)) => Some((before, sl, old, bg)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let steps = match (&sw.before, slot_back) {
+            // Blue/green: the same switch in reverse. The old slot runs
+            // again (started anew if its drain was over), passes its gate
+            // on its port, then takes the traffic back; the failed one
+            // stops after the drain.
+            (_, Some((before, sl, old, bg))) => {
+                if sl.old_stopped {
+                    let start = [Step::new(
+                        name,
+                        "restart old slot",
+                        release::start_slot_script(
+                            &app.dir,
+                            &before.rev,
+                            &app.start,
+                            old.name,
+                            old.port,
+                        ),
+                    )];
+                    if let (_, Some(f)) = run_steps(remote, &mut rec, &target.masker, &start).await
+                    {
+                        run.outcome.runs.insert(app.name.clone(), Runs::Unknown);
+                        failures.push(f);
+                        continue;
+                    }
+                }
+                let gate = [Gated {
+                    name,
+                    dir: &app.dir,
+                    checks: slot_gate(&target.host.address, &bg.slots[old.name.index()]),
+                    release: Some(&before.rev),
+                }];
+                let started = Instant::now();
+                let results = run_checks(remote, prober, target, &gate, Duration::ZERO, None).await;
+                let healthy = results.iter().all(|c| c.passed);
+                rec.record(Some(name), "old slot health", healthy, started);
+                run.outcome.rollback_checks.extend(results);
+                let mut back = before.clone();
+                back.deployed_at = now_rfc3339();
+                back.previous = back.history.pop();
+                back.slot = Some(old);
+                stop_after.push((app, sl.new, sl.drain));
+                vec![Step::new(
+                    name,
+                    "rollback",
+                    release::switch_slot_script(&app.dir, &before.rev, &back, old),
+                )]
+            }
+            (Some(before), None) => {
                 let mut back = before.clone();
                 back.deployed_at = now_rfc3339();
                 back.previous = back.history.pop();
@@ -710,7 +1151,9 @@ async fn rollback_host<R: Remote, P: Prober>(
                         "rollback",
                         release::switch_script(&app.dir, &before.rev, &back),
                     ),
-                    // Replacing the failed release: its processes are stopped first.
+                    // Replacing the failed release: its processes are stopped
+                    // first (a blue_green one's slot, when the app ran
+                    // without slots before).
                     Step::new(
                         name,
                         "restart",
@@ -719,7 +1162,7 @@ async fn rollback_host<R: Remote, P: Prober>(
                 ]
             }
             // A first deploy: nothing to go back to, so take it down.
-            None => vec![Step::new(
+            (None, _) => vec![Step::new(
                 name,
                 "remove",
                 release::teardown_script(&app.dir, &app.start, app.stop.as_deref()),
@@ -740,6 +1183,52 @@ async fn rollback_host<R: Remote, P: Prober>(
             (None, None) => {
                 run.outcome.runs.insert(app.name.clone(), Runs::Nothing);
             }
+        }
+    }
+    // The proxy config this deploy replaced comes back.
+    if run.proxy_applied
+        && let Some(p) = target.proxy()
+    {
+        let script = proxy::restore_script(&p.settings, &p.dir);
+        if let Err(f) = run_step(
+            remote,
+            &mut rec,
+            &target.masker,
+            None,
+            "proxy rollback",
+            &script,
+        )
+        .await
+        {
+            failures.push(f);
+        }
+    }
+    if let Some(drain) = stop_after.iter().map(|(_, _, d)| *d).max() {
+        tokio::time::sleep(drain).await;
+    }
+    for (app, new, _) in &stop_after {
+        let script = release::stop_slot_script(
+            &app.dir,
+            failed_rev,
+            &app.start,
+            app.stop.as_deref(),
+            Some(*new),
+        );
+        if let Err(f) = run_step(
+            remote,
+            &mut rec,
+            &target.masker,
+            Some(&app.name),
+            "stop new slot",
+            &script,
+        )
+        .await
+        {
+            tracing::warn!(
+                "{host} {}: the failed slot did not stop: {}",
+                app.name,
+                f.message
+            );
         }
     }
     // The host goes back to the commit it ran: so do the records of the
@@ -765,10 +1254,27 @@ async fn rollback_host<R: Remote, P: Prober>(
     }
     if !restored.is_empty() {
         let started = Instant::now();
-        let apps: Vec<&AppJob> = restored.iter().map(|(a, _)| *a).collect();
-        run.outcome.rollback_checks =
-            run_checks(remote, prober, target, &apps, Duration::ZERO, None).await;
-        let healthy = run.outcome.rollback_checks.iter().all(|c| c.passed);
+        // A blue_green app is checked as the slot it is back in.
+        let gates: Vec<Gated> = restored
+            .iter()
+            .map(|(a, _)| {
+                let slot = stop_after
+                    .iter()
+                    .find(|(s, _, _)| s.name == a.name)
+                    .and_then(|(_, new, _)| {
+                        a.blue_green
+                            .as_ref()
+                            .map(|bg| &bg.slots[new.name.other().index()])
+                    });
+                Gated {
+                    checks: slot.map_or_else(|| a.checks.clone(), |s| s.checks.clone()),
+                    ..Gated::of(a)
+                }
+            })
+            .collect();
+        let results = run_checks(remote, prober, target, &gates, Duration::ZERO, None).await;
+        let healthy = results.iter().all(|c| c.passed);
+        run.outcome.rollback_checks.extend(results);
         rec.record(None, "health after rollback", healthy, started);
         if healthy {
             // The previous release passed its gates again: live for the next
@@ -957,6 +1463,7 @@ fn not_started(target: &Target, why: &str) -> HostRun {
         ),
         switched: Vec::new(),
         kept: Vec::new(),
+        proxy_applied: false,
     }
 }
 
@@ -989,6 +1496,7 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
         },
         switched: Vec::new(),
         kept: Vec::new(),
+        proxy_applied: false,
     }
 }
 
@@ -1012,7 +1520,15 @@ pub async fn check_stage<C: Connector, P: Prober>(
             }
         };
         let apps: Vec<&AppJob> = target.apps.iter().collect();
-        let checks = run_checks(&remote, prober, target, &apps, Duration::ZERO, None).await;
+        let checks = run_checks(
+            &remote,
+            prober,
+            target,
+            &Gated::all(&apps),
+            Duration::ZERO,
+            None,
+        )
+        .await;
         connector.close(remote).await;
         let failed = checks.iter().find(|c| !c.passed).cloned();
         let mut rec = Recorder {

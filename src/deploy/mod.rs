@@ -23,6 +23,5 @@ pub use crate::core::outcome::{
 };
 pub use exec::{Connector, check_stage, run_stage};
 pub use plan::{
-    AppJob, BlueGreen, CheckSpec, ProxyJob, Removal, SlotJob, StagePlan, Target, build_stage_plan,
-    start_of,
+    AppJob, CheckSpec, ProxyJob, Removal, SlotJob, StagePlan, Target, build_stage_plan, start_of,
 };

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::config::Strategy;
 use crate::config::{Host, RollbackPolicy};
 use crate::gates::health::Policy;
-use crate::config::Strategy;
 use crate::remote::proxy::{ProxyDir, Route, Settings};
 use crate::remote::release::{AppDir, ReleaseFile, Start};
 use crate::secrets::Masker;
@@ -58,9 +58,9 @@ impl Target {
     /// the pipeline runs one and an app of the host has routes, or an app
     /// taken off it may have had some.
     pub fn proxy(&self) -> Option<&ProxyJob> {
-        self.proxy.as_ref().filter(|_| {
-            !self.removals.is_empty() || self.apps.iter().any(|a| !a.routes.is_empty())
-        })
+        self.proxy
+            .as_ref()
+            .filter(|_| !self.removals.is_empty() || self.apps.iter().any(|a| !a.routes.is_empty()))
     }
 }
 
@@ -179,11 +179,13 @@ pub fn build_stage_plan(
                     continue;
                 };
                 secret_values.extend(r.exposed.iter().map(|s| s.expose().to_string()));
-                let via = fleet.pipeline.proxy.as_ref().map(|p| {
-                    (host.address.clone(), p.http_port, p.https_port)
-                });
-                let variant = |real: &crate::render::Slot, masked: &crate::render::Slot, port: u16| {
-                    SlotJob {
+                let via = fleet
+                    .pipeline
+                    .proxy
+                    .as_ref()
+                    .map(|p| (host.address.clone(), p.http_port, p.https_port));
+                let variant =
+                    |real: &crate::render::Slot, masked: &crate::render::Slot, port: u16| SlotJob {
                         port,
                         files: release_files(real, masked, &host.name),
                         checks: checks_of(app, real, &host.name, via.as_ref()),
@@ -195,8 +197,7 @@ pub fn build_stage_plan(
                             .flatten()
                             .filter_map(|r| r.health.clone())
                             .collect(),
-                    }
-                };
+                    };
                 let (real_blue, masked_blue) = (r.blue(), m.blue());
                 let sole = variant(&real_blue, &masked_blue, 0);
                 let blue_green = match (&app.strategy, &r.green, &m.green) {

@@ -102,6 +102,47 @@ pub struct State {
     /// commit and `previous` the one before.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revs: Vec<String>,
+    /// A blue_green app: the slot the release runs in, and its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotState>,
+}
+
+/// One of the two slots of a blue_green app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub fn index(self) -> usize {
+        match self {
+            Slot::Blue => 0,
+            Slot::Green => 1,
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+}
+
+/// Where a blue_green release runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotState {
+    pub name: Slot,
+    pub port: u16,
 }
 
 impl State {
@@ -378,6 +419,13 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
         quote(&format!("{app}/gated")),
         quote(&format!("{app}/removed_at"))
     );
+    // It ran blue/green before: its live slot stops first.
+    let _ = writeln!(
+        s,
+        "if [ -f {slot} ]; then\n{}\nrm -f {slot}\nfi",
+        stop_live_slot(dir, start, None),
+        slot = quote(&format!("{app}/slot"))
+    );
     match start {
         Start::Compose { command, project } => {
             let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
@@ -405,6 +453,129 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
         quote(&format!("{app}/started"))
     );
     s
+}
+
+/// The environment a slot's commands run with: `FLEETGATE_SLOT`, `FLEETGATE_PORT`.
+fn slot_env(slot: Slot, port: u16) -> String {
+    format!(
+        "FLEETGATE_SLOT={}; FLEETGATE_PORT={port}; export FLEETGATE_SLOT FLEETGATE_PORT",
+        slot.name()
+    )
+}
+
+/// The compose project of one slot of an app.
+pub fn slot_project(project: &str, slot: Slot) -> String {
+    format!("{project}-{}", slot.name())
+}
+
+/// Stops the slot named in the app's `slot` file (`<slot> <port>`, written
+/// by [`switch_slot_script`]), best effort, in its live release.
+fn stop_live_slot(dir: &AppDir, start: &Start, stop: Option<&str>) -> String {
+    let path = quote(&dir.path());
+    let body = match (start, command_stop(start, stop)) {
+        (Start::Compose { command, project }, _) => {
+            format!("{command} -p {}-\"$fg_slot\" down", quote(project))
+        }
+        (Start::Command { .. }, Some(stop)) => stop.to_string(),
+        (Start::Command { .. }, None) => "true".to_string(),
+    };
+    format!(
+        "read -r fg_slot fg_port < {path}/slot || true\nif [ -n \"${{fg_slot:-}}\" ] && [ -d {path}/current ]; then (cd {path}/current && FLEETGATE_SLOT=$fg_slot FLEETGATE_PORT=$fg_port && export FLEETGATE_SLOT FLEETGATE_PORT && {body}\n) || echo 'fleetgate: stopping the live slot failed' >&2; fi"
+    )
+}
+
+/// Starts release `rev` in `slot` beside the live one: the compose project
+/// `<project>-<slot>`, or `commands.start`, with `FLEETGATE_SLOT` and
+/// `FLEETGATE_PORT` set. Touches neither `current` nor the markers: the
+/// live release goes on serving until [`switch_slot_script`].
+pub fn start_slot_script(dir: &AppDir, rev: &str, start: &Start, slot: Slot, port: u16) -> String {
+    let mut s = String::from("set -eu\n");
+    let _ = writeln!(
+        s,
+        "cd {}\n{}",
+        quote(&dir.release(rev)),
+        slot_env(slot, port)
+    );
+    match start {
+        Start::Compose { command, project } => {
+            let _ = writeln!(
+                s,
+                "{command} -p {} up -d --remove-orphans",
+                quote(&slot_project(project, slot))
+            );
+        }
+        Start::Command { start, .. } => {
+            let _ = writeln!(s, "( {start}\n)");
+        }
+    }
+    s
+}
+
+/// Stops `slot` running release `rev` (best effort when the release is
+/// gone): `down` of its compose project, or `commands.stop` with its
+/// `FLEETGATE_PORT`. `plain`: the app ran without slots (`recreate`)
+/// before its first blue/green deploy; its own project stops.
+pub fn stop_slot_script(
+    dir: &AppDir,
+    rev: &str,
+    start: &Start,
+    stop: Option<&str>,
+    slot: Option<SlotState>,
+) -> String {
+    let mut s = String::from("set -u\n");
+    let release = quote(&dir.release(rev));
+    let _ = writeln!(s, "[ -d {release} ] || exit 0\ncd {release}");
+    if let Some(sl) = slot {
+        let _ = writeln!(s, "{}", slot_env(sl.name, sl.port));
+    }
+    match (start, command_stop(start, stop)) {
+        (Start::Compose { command, project }, _) => {
+            let project = match slot {
+                Some(sl) => slot_project(project, sl.name),
+                None => project.clone(),
+            };
+            let _ = writeln!(s, "{command} -p {} down", quote(&project));
+        }
+        (Start::Command { .. }, Some(stop)) => {
+            let _ = writeln!(s, "( {stop}\n)");
+        }
+        (Start::Command { .. }, None) => {}
+    }
+    s
+}
+
+/// A command app's stop: its `commands.stop`, else `stop`.
+fn command_stop<'a>(start: &'a Start, stop: Option<&'a str>) -> Option<&'a str> {
+    match start {
+        Start::Command { stop: own, .. } => own.as_deref().or(stop),
+        Start::Compose { .. } => stop,
+    }
+}
+
+/// Makes release `rev`, running in `slot`, the live one: `current`,
+/// `state.json`, the `slot` file and the `started` marker (its start
+/// finished before its gate); `gated` comes after the checks through the
+/// proxy, as for any release.
+pub fn switch_slot_script(dir: &AppDir, rev: &str, state: &State, slot: SlotState) -> String {
+    let app = dir.path();
+    let mut s = switch_script(dir, rev, state);
+    let _ = writeln!(
+        s,
+        "rm -f {gated}\necho {} > {tmp}\nmv -f {tmp} {slot}\necho {} > {started_tmp}\nmv -f {started_tmp} {started}",
+        quote(&format!("{} {}", slot.name.name(), slot.port)),
+        quote(rev),
+        gated = quote(&format!("{app}/gated")),
+        tmp = quote(&format!("{app}/.slot.new")),
+        slot = quote(&format!("{app}/slot")),
+        started_tmp = quote(&format!("{app}/.started.new")),
+        started = quote(&format!("{app}/started")),
+    );
+    s
+}
+
+/// A check command run in release `rev` (a new slot, not yet `current`).
+pub fn check_in_release_script(dir: &AppDir, rev: &str, command: &str) -> String {
+    format!("cd {}\n{command}\n", quote(&dir.release(rev)))
 }
 
 /// Records that release `rev` of each app passed its health gates on this
@@ -468,6 +639,12 @@ pub fn pre_snapshot_script(dir: &AppDir, command: &str) -> String {
 pub fn teardown_script(dir: &AppDir, start: &Start, stop: Option<&str>) -> String {
     let path = quote(&dir.path());
     let mut s = String::from("set -u\n");
+    // A blue_green app: its live slot (the other one was stopped after its drain).
+    let _ = writeln!(
+        s,
+        "if [ -f {path}/slot ]; then\n{}\nrm -f {path}/slot\nrm -f {path}/current {path}/state.json\nfi",
+        stop_live_slot(dir, start, stop)
+    );
     match (start, stop) {
         (Start::Compose { command, project }, _) => {
             let _ = writeln!(
@@ -606,6 +783,7 @@ mod tests {
                 previous: revs.last().cloned(),
                 history: revs.clone(),
                 revs: Vec::new(),
+                slot: None,
             };
             assert!(sh(&switch_script(&d, &rev, &state)).status.success());
             let keep: Vec<&str> = [Some(rev.as_str()), revs.last().map(String::as_str)]

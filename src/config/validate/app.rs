@@ -550,7 +550,11 @@ fn routes(c: &mut Check, raw: &raw::App) -> Vec<Route> {
         }
         out.push(Route {
             hosts: v.hosts.iter().map(|h| h.value.trim().to_string()).collect(),
-            path: v.path.as_ref().map(|p| p.value.clone()).filter(|p| p != "/"),
+            path: v
+                .path
+                .as_ref()
+                .map(|p| p.value.clone())
+                .filter(|p| p != "/"),
             service: v.service.as_ref().map(|s| s.value.clone()),
             port: v.port.as_ref().map(|p| p.value.0.clone()),
             health: v.health.as_ref().map(|p| p.value.clone()),
@@ -586,18 +590,19 @@ pub(crate) fn is_route_path(p: &str) -> bool {
 /// `strategy`, `drain` and `slot_ports`. blue_green runs two releases side
 /// by side: refused for stateful apps (`rollback: freeze`, or a template
 /// that declares volumes), whose two releases would share their data.
-fn strategy(
-    c: &mut Check,
-    raw: &raw::App,
-    templates: &BTreeMap<String, String>,
-) -> Strategy {
+fn strategy(c: &mut Check, raw: &raw::App, templates: &BTreeMap<String, String>) -> Strategy {
     let blue_green = raw
         .strategy
         .as_ref()
         .filter(|s| s.value == raw::Strategy::BlueGreen);
     let Some(s) = blue_green else {
         if let Some(d) = &raw.drain {
-            c.at("drain", d, "`drain` applies to `strategy: blue_green` only", "");
+            c.at(
+                "drain",
+                d,
+                "`drain` applies to `strategy: blue_green` only",
+                "",
+            );
         }
         if let Some(p) = &raw.slot_ports {
             c.at(
@@ -642,7 +647,12 @@ fn strategy(
     let slot_ports = match (ports.as_slice(), &raw.slot_ports) {
         ([a, b], Some(p)) => {
             if a == b {
-                c.at("slot_ports", p, "the two slots have the same port", "give each slot its own port");
+                c.at(
+                    "slot_ports",
+                    p,
+                    "the two slots have the same port",
+                    "give each slot its own port",
+                );
             }
             [a.clone(), b.clone()]
         }
@@ -650,7 +660,10 @@ fn strategy(
             c.at(
                 "slot_ports",
                 p,
-                format!("`slot_ports` lists {} ports; blue/green needs two", ports.len()),
+                format!(
+                    "`slot_ports` lists {} ports; blue/green needs two",
+                    ports.len()
+                ),
                 "write slot_ports: [8080, 8081] (the blue and the green slot's host port)",
             );
             [String::new(), String::new()]

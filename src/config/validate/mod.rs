@@ -157,9 +157,12 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
     {
         for app in apps.values().filter(|a| !a.routes.is_empty()) {
             problems.push(
-                Diagnostic::new(format!("{APPS_DIR}/{}/app.yaml", app.name), "has `routes` but the pipeline runs no proxy")
-                    .field("routes")
-                    .hint("add proxy: {kind: caddy, http_port: 80} to pipelines/pipeline.yaml"),
+                Diagnostic::new(
+                    format!("{APPS_DIR}/{}/app.yaml", app.name),
+                    "has `routes` but the pipeline runs no proxy",
+                )
+                .field("routes")
+                .hint("add proxy: {kind: caddy, http_port: 80} to pipelines/pipeline.yaml"),
             );
         }
     }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::raw::S;
-use crate::remote::proxy::{Kind, Settings, Tls};
 use super::{Check, stages};
 use crate::config::model::{OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity};
+use crate::config::raw::S;
 use crate::config::{FleetFiles, PIPELINE, raw, ssh_options, yaml};
 use crate::error::Diagnostic;
+use crate::remote::proxy::{Kind, Settings, Tls};
 
 pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Option<Pipeline> {
     let Some(bytes) = files.files.get(PIPELINE) else {
