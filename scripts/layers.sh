@@ -56,7 +56,7 @@ core=$(find src/core -name '*.rs' ! -name '*tests.rs'; echo src/ports.rs)
 pure=$(find src/config src/deploy -name '*.rs' ! -name 'tests.rs' ! -name 'testing.rs'
        for f in src/plan.rs src/report.rs src/render.rs src/desired.rs \
                 src/scan/pin.rs src/scan/policy.rs src/gates/health.rs \
-                src/remote/release.rs src/remote/shell.rs \
+                src/remote/release.rs src/remote/shell.rs src/remote/proxy.rs \
                 src/known_hosts.rs src/inventory/selector.rs; do
          if [ -f "$f" ]; then echo "$f"; fi
        done)

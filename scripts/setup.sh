@@ -26,6 +26,12 @@ command -v unzip >/dev/null || need_apt+=(unzip)
 # reads the forge's answers in scripts/release.sh.
 command -v readelf >/dev/null || need_apt+=(binutils)
 command -v jq >/dev/null || need_apt+=(jq)
+# The reverse-proxy tests (remote::proxy) run a real Caddy...
+command -v caddy >/dev/null || need_apt+=(caddy)
+# ...and a real nginx (nginx-light: /usr/sbin/nginx, off an unprivileged PATH).
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+# wrk: HTTP load against a reverse proxy while it reloads.
+command -v wrk >/dev/null || need_apt+=(wrk)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
