@@ -17,6 +17,7 @@ mod hosts;
 mod hosts_cmd;
 mod http_stub;
 mod leakscan;
+mod load;
 mod lock;
 mod operator;
 mod plan;
