@@ -118,6 +118,7 @@ pub struct RenderedRoute {
     /// The host port it goes to (a blue_green app's: its slot's).
     pub port: u16,
     pub health: Option<String>,
+    pub directives: Vec<String>,
 }
 
 /// Where the rendered routes of an app go in its release: a route change is
@@ -144,6 +145,9 @@ pub fn routes_file(app: &str, routes: &[RenderedRoute]) -> String {
                     .map(|p| format!(" health {p}"))
                     .unwrap_or_default(),
             ));
+            for d in &r.directives {
+                out.push_str(&format!("  {}\n", d.trim()));
+            }
         }
     }
     out
@@ -632,6 +636,7 @@ impl Renderer {
                 service: r.service.clone(),
                 port,
                 health: r.health.clone(),
+                directives: r.directives.clone(),
             });
         }
         out

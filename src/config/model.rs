@@ -177,6 +177,8 @@ pub struct Route {
     pub port: Option<String>,
     /// A path the blue/green gate probes on the new slot directly.
     pub health: Option<String>,
+    /// Lines in the proxy's syntax, inside the route's block.
+    pub directives: Vec<String>,
 }
 
 /// How a new release replaces the live one.

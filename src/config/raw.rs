@@ -218,6 +218,9 @@ pub struct Route {
     pub port: Option<S<Port>>,
     #[serde(default)]
     pub health: Option<S<String>>,
+    /// Lines in the proxy's own syntax for this route (`client_max_body_size 10G;`).
+    #[serde(default)]
+    pub proxy_directives: Vec<S<String>>,
 }
 
 /// A port as written: a number, or a template rendering to one

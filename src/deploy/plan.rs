@@ -293,6 +293,7 @@ fn proxy_routes(app: &str, real: &crate::render::Slot, host: &str) -> Vec<Route>
             hosts: r.hosts.clone(),
             path: r.path.clone(),
             upstream_port: r.port,
+            directives: r.directives.clone(),
         })
         .collect()
 }

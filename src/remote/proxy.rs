@@ -69,6 +69,10 @@ pub struct Route {
     /// A path prefix: `/app` matches `/app` and `/app/…`; `None` is `/`.
     pub path: Option<String>,
     pub upstream_port: u16,
+    /// The operator's own directives for this route (`proxy_directives:`,
+    /// in the proxy's syntax), written as they are inside its
+    /// `handle`/`location` block: the proxy's own validation judges them.
+    pub directives: Vec<String>,
 }
 
 /// `<deploy_root>/<client>/.proxy` (a dot directory: never taken for an app
@@ -116,10 +120,14 @@ fn prefix(path: Option<&str>) -> String {
     }
 }
 
+/// Where one host name and path prefix go: the prefix, the upstream port,
+/// the operator's directives.
+type Target<'a> = (String, u16, &'a [String]);
+
 /// Host name → its routes (path prefix, upstream port), longest prefix
 /// first; host names sorted.
-fn by_host(routes: &[Route]) -> BTreeMap<&str, Vec<(String, u16)>> {
-    let mut hosts: BTreeMap<&str, Vec<(String, u16)>> = BTreeMap::new();
+fn by_host(routes: &[Route]) -> BTreeMap<&str, Vec<Target<'_>>> {
+    let mut hosts: BTreeMap<&str, Vec<Target<'_>>> = BTreeMap::new();
     for r in routes {
         debug_assert!(
             r.path.as_deref().is_none_or(plain),
@@ -129,10 +137,11 @@ fn by_host(routes: &[Route]) -> BTreeMap<&str, Vec<(String, u16)>> {
         );
         for h in &r.hosts {
             debug_assert!(plain(h), "host name {h:?} of {} not validated", r.app);
-            hosts
-                .entry(h.as_str())
-                .or_default()
-                .push((prefix(r.path.as_deref()), r.upstream_port));
+            hosts.entry(h.as_str()).or_default().push((
+                prefix(r.path.as_deref()),
+                r.upstream_port,
+                &r.directives,
+            ));
         }
     }
     for list in hosts.values_mut() {
@@ -169,6 +178,15 @@ fn nginx_word(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// The operator's directives of a route, one per line at `indent`.
+fn own(directives: &[String], indent: &str) -> String {
+    directives
+        .iter()
+        .flat_map(|d| d.lines())
+        .map(|l| format!("{indent}{}\n", l.trim()))
+        .collect()
+}
+
 /// The whole config file of one host, deterministic (same input → same
 /// bytes), from every route of every app the host runs.
 pub fn render(settings: &Settings, dir: &ProxyDir, routes: &[Route]) -> String {
@@ -200,22 +218,27 @@ fn render_caddy(settings: &Settings, dir: &ProxyDir, routes: &[Route]) -> String
         };
         let _ = writeln!(s, "\n{} {{", caddy_route_word(&address));
         let mut root = None;
-        for (path, port) in &list {
+        for (path, port, directives) in &list {
             if path.is_empty() {
-                root = root.or(Some(*port));
+                root = root.or(Some((*port, *directives)));
                 continue;
             }
             for m in [path.clone(), format!("{path}/*")] {
                 let _ = writeln!(
                     s,
-                    "\thandle {} {{\n\t\treverse_proxy 127.0.0.1:{port}\n\t}}",
-                    caddy_route_word(&m)
+                    "\thandle {} {{\n{}\t\treverse_proxy 127.0.0.1:{port}\n\t}}",
+                    caddy_route_word(&m),
+                    own(directives, "\t\t")
                 );
             }
         }
         match root {
-            Some(port) => {
-                let _ = writeln!(s, "\thandle {{\n\t\treverse_proxy 127.0.0.1:{port}\n\t}}");
+            Some((port, directives)) => {
+                let _ = writeln!(
+                    s,
+                    "\thandle {{\n{}\t\treverse_proxy 127.0.0.1:{port}\n\t}}",
+                    own(directives, "\t\t")
+                );
             }
             None => {
                 let _ = writeln!(s, "\thandle {{\n\t\trespond 404\n\t}}");
@@ -260,7 +283,7 @@ fn render_nginx(settings: &Settings, dir: &ProxyDir, routes: &[Route]) -> String
     // Upstream keep-alive: HTTP/1.1 without `Connection: close`.
     let _ = writeln!(s, "\tproxy_set_header Connection \"\";");
     let ports: std::collections::BTreeSet<u16> =
-        hosts.values().flatten().map(|(_, port)| *port).collect();
+        hosts.values().flatten().map(|(_, port, _)| *port).collect();
     for port in &ports {
         let _ = writeln!(
             s,
@@ -279,27 +302,30 @@ fn render_nginx(settings: &Settings, dir: &ProxyDir, routes: &[Route]) -> String
             nginx_word(host)
         );
         let mut root = None;
-        for (path, port) in list {
+        for (path, port, directives) in list {
             if path.is_empty() {
-                root = root.or(Some(*port));
+                root = root.or(Some((*port, *directives)));
                 continue;
             }
             let _ = writeln!(
                 s,
-                "\t\tlocation = {} {{\n\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}",
-                nginx_word(path)
+                "\t\tlocation = {} {{\n{}\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}",
+                nginx_word(path),
+                own(directives, "\t\t\t")
             );
             let _ = writeln!(
                 s,
-                "\t\tlocation {} {{\n\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}",
-                nginx_word(&format!("{path}/"))
+                "\t\tlocation {} {{\n{}\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}",
+                nginx_word(&format!("{path}/")),
+                own(directives, "\t\t\t")
             );
         }
         match root {
-            Some(port) => {
+            Some((port, directives)) => {
                 let _ = writeln!(
                     s,
-                    "\t\tlocation / {{\n\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}"
+                    "\t\tlocation / {{\n{}\t\t\tproxy_pass http://fleetgate_{port};\n\t\t}}",
+                    own(directives, "\t\t\t")
                 );
             }
             None => {
@@ -549,6 +575,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path: path.map(str::to_string),
             upstream_port: port,
+            directives: Vec::new(),
         }
     }
 

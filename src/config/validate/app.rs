@@ -256,6 +256,197 @@ pub(super) fn is_release_path(p: &str) -> bool {
         && !p.chars().any(|c| c.is_control())
 }
 
+/// `routes:`: host names (templates), an optional path prefix, the service
+/// behind it, its port, an optional health path.
+fn routes(c: &mut Check, raw: &raw::App) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let f = |k: &str| format!("routes[{i}].{k}");
+        let v = &r.value;
+        if v.hosts.is_empty() {
+            c.at(
+                &f("hosts"),
+                r,
+                "a route needs at least one host name",
+                "write hosts: [\"{{ client.domain }}\"]",
+            );
+        }
+        for (j, h) in v.hosts.iter().enumerate() {
+            if h.value.trim().is_empty() {
+                c.at(&format!("{}[{j}]", f("hosts")), h, "an empty host name", "");
+            }
+        }
+        let mut path_ok = |field: &str, p: &S<String>| {
+            if !is_route_path(&p.value) {
+                c.at(
+                    field,
+                    p,
+                    format!("`{}` is not a path prefix", p.value),
+                    "write an absolute path of letters, digits and `/-._~`, e.g. /api (no query, spaces or braces)",
+                );
+            }
+        };
+        if let Some(p) = &v.path {
+            path_ok(&f("path"), p);
+        }
+        if let Some(p) = &v.health
+            && (!p.value.starts_with('/') || p.value.chars().any(|ch| ch.is_whitespace()))
+        {
+            c.at(
+                &f("health"),
+                p,
+                format!("`{}` is not a path", p.value),
+                "write the path the gate GETs on the app's port, e.g. /health",
+            );
+        }
+        if let Some(s) = &v.service {
+            c.name(&f("service"), s, "service");
+        }
+        out.push(Route {
+            hosts: v.hosts.iter().map(|h| h.value.trim().to_string()).collect(),
+            path: v
+                .path
+                .as_ref()
+                .map(|p| p.value.clone())
+                .filter(|p| p != "/"),
+            service: v.service.as_ref().map(|s| s.value.clone()),
+            port: v.port.as_ref().map(|p| p.value.0.clone()),
+            health: v.health.as_ref().map(|p| p.value.clone()),
+            directives: v.proxy_directives.iter().map(|d| d.value.clone()).collect(),
+        });
+    }
+    // Two routes of one app claiming the same names and path: one of them
+    // would never be reached.
+    let mut seen = BTreeMap::new();
+    for (i, r) in out.iter().enumerate() {
+        for h in &r.hosts {
+            let key = (h.clone(), r.path.clone().unwrap_or_else(|| "/".into()));
+            if let Some(first) = seen.insert(key.clone(), i) {
+                c.at(
+                    &format!("routes[{i}].hosts"),
+                    &raw.routes[i],
+                    format!("`{}{}` is also routed by routes[{first}]", key.0, key.1),
+                    "one route per host name and path",
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A path prefix a proxy config can hold without quoting.
+pub(crate) fn is_route_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("//")
+        && p.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "/-._~".contains(ch))
+}
+
+/// `strategy`, `drain` and `slot_ports`. blue_green runs two releases side
+/// by side: refused for stateful apps (`rollback: freeze`, or a template
+/// that declares volumes), whose two releases would share their data.
+fn strategy(c: &mut Check, raw: &raw::App, templates: &BTreeMap<String, String>) -> Strategy {
+    let blue_green = raw
+        .strategy
+        .as_ref()
+        .filter(|s| s.value == raw::Strategy::BlueGreen);
+    let Some(s) = blue_green else {
+        if let Some(d) = &raw.drain {
+            c.at(
+                "drain",
+                d,
+                "`drain` applies to `strategy: blue_green` only",
+                "",
+            );
+        }
+        if let Some(p) = &raw.slot_ports {
+            c.at(
+                "slot_ports",
+                p,
+                "`slot_ports` applies to `strategy: blue_green` only",
+                "",
+            );
+        }
+        return Strategy::Recreate;
+    };
+    let stateful = "blue/green runs the old and the new release side by side: that is safe only for a stateless app";
+    if raw.rollback == Some(RollbackPolicy::Freeze) {
+        c.at(
+            "strategy",
+            s,
+            "`strategy: blue_green` refused: the app is `rollback: freeze` (stateful)",
+            stateful,
+        );
+    }
+    for (name, source) in templates {
+        if let Some(line) = declares_volumes(source) {
+            c.at(
+                "strategy",
+                s,
+                format!(
+                    "`strategy: blue_green` refused: template {name} declares volumes (line {line}), so the app keeps state"
+                ),
+                stateful,
+            );
+        }
+    }
+    let drain = match &raw.drain {
+        Some(d) => c.duration("drain", &d.value, DEFAULT_DRAIN),
+        None => DEFAULT_DRAIN,
+    };
+    let ports: Vec<String> = raw
+        .slot_ports
+        .as_ref()
+        .map(|p| p.value.iter().map(|p| p.value.0.clone()).collect())
+        .unwrap_or_default();
+    let slot_ports = match (ports.as_slice(), &raw.slot_ports) {
+        ([a, b], Some(p)) => {
+            if a == b {
+                c.at(
+                    "slot_ports",
+                    p,
+                    "the two slots have the same port",
+                    "give each slot its own port",
+                );
+            }
+            [a.clone(), b.clone()]
+        }
+        (_, Some(p)) => {
+            c.at(
+                "slot_ports",
+                p,
+                format!(
+                    "`slot_ports` lists {} ports; blue/green needs two",
+                    ports.len()
+                ),
+                "write slot_ports: [8080, 8081] (the blue and the green slot's host port)",
+            );
+            [String::new(), String::new()]
+        }
+        (_, None) => {
+            c.at(
+                "slot_ports",
+                s,
+                "`strategy: blue_green` needs `slot_ports`",
+                "write slot_ports: [8080, 8081]: the host port of each slot, `{{ release.port }}` in templates",
+            );
+            [String::new(), String::new()]
+        }
+    };
+    Strategy::BlueGreen { slot_ports, drain }
+}
+
+/// The line of a `volumes:` key in a template (a compose file's), if any.
+fn declares_volumes(source: &str) -> Option<usize> {
+    source
+        .lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with("volumes:") && !t.starts_with('#')
+        })
+        .map(|i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,194 +691,4 @@ mod tests {
             &["pipelines/apps/web/app.yaml:2 snapshot_keep: snapshot_keep must be at least 1"],
         );
     }
-}
-
-/// `routes:`: host names (templates), an optional path prefix, the service
-/// behind it, its port, an optional health path.
-fn routes(c: &mut Check, raw: &raw::App) -> Vec<Route> {
-    let mut out = Vec::new();
-    for (i, r) in raw.routes.iter().enumerate() {
-        let f = |k: &str| format!("routes[{i}].{k}");
-        let v = &r.value;
-        if v.hosts.is_empty() {
-            c.at(
-                &f("hosts"),
-                r,
-                "a route needs at least one host name",
-                "write hosts: [\"{{ client.domain }}\"]",
-            );
-        }
-        for (j, h) in v.hosts.iter().enumerate() {
-            if h.value.trim().is_empty() {
-                c.at(&format!("{}[{j}]", f("hosts")), h, "an empty host name", "");
-            }
-        }
-        let mut path_ok = |field: &str, p: &S<String>| {
-            if !is_route_path(&p.value) {
-                c.at(
-                    field,
-                    p,
-                    format!("`{}` is not a path prefix", p.value),
-                    "write an absolute path of letters, digits and `/-._~`, e.g. /api (no query, spaces or braces)",
-                );
-            }
-        };
-        if let Some(p) = &v.path {
-            path_ok(&f("path"), p);
-        }
-        if let Some(p) = &v.health {
-            if !p.value.starts_with('/') || p.value.chars().any(|ch| ch.is_whitespace()) {
-                c.at(
-                    &f("health"),
-                    p,
-                    format!("`{}` is not a path", p.value),
-                    "write the path the gate GETs on the app's port, e.g. /health",
-                );
-            }
-        }
-        if let Some(s) = &v.service {
-            c.name(&f("service"), s, "service");
-        }
-        out.push(Route {
-            hosts: v.hosts.iter().map(|h| h.value.trim().to_string()).collect(),
-            path: v
-                .path
-                .as_ref()
-                .map(|p| p.value.clone())
-                .filter(|p| p != "/"),
-            service: v.service.as_ref().map(|s| s.value.clone()),
-            port: v.port.as_ref().map(|p| p.value.0.clone()),
-            health: v.health.as_ref().map(|p| p.value.clone()),
-        });
-    }
-    // Two routes of one app claiming the same names and path: one of them
-    // would never be reached.
-    let mut seen = BTreeMap::new();
-    for (i, r) in out.iter().enumerate() {
-        for h in &r.hosts {
-            let key = (h.clone(), r.path.clone().unwrap_or_else(|| "/".into()));
-            if let Some(first) = seen.insert(key.clone(), i) {
-                c.at(
-                    &format!("routes[{i}].hosts"),
-                    &raw.routes[i],
-                    format!("`{}{}` is also routed by routes[{first}]", key.0, key.1),
-                    "one route per host name and path",
-                );
-            }
-        }
-    }
-    out
-}
-
-/// A path prefix a proxy config can hold without quoting.
-pub(crate) fn is_route_path(p: &str) -> bool {
-    p.starts_with('/')
-        && !p.contains("//")
-        && p.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "/-._~".contains(ch))
-}
-
-/// `strategy`, `drain` and `slot_ports`. blue_green runs two releases side
-/// by side: refused for stateful apps (`rollback: freeze`, or a template
-/// that declares volumes), whose two releases would share their data.
-fn strategy(c: &mut Check, raw: &raw::App, templates: &BTreeMap<String, String>) -> Strategy {
-    let blue_green = raw
-        .strategy
-        .as_ref()
-        .filter(|s| s.value == raw::Strategy::BlueGreen);
-    let Some(s) = blue_green else {
-        if let Some(d) = &raw.drain {
-            c.at(
-                "drain",
-                d,
-                "`drain` applies to `strategy: blue_green` only",
-                "",
-            );
-        }
-        if let Some(p) = &raw.slot_ports {
-            c.at(
-                "slot_ports",
-                p,
-                "`slot_ports` applies to `strategy: blue_green` only",
-                "",
-            );
-        }
-        return Strategy::Recreate;
-    };
-    let stateful = "blue/green runs the old and the new release side by side: that is safe only for a stateless app";
-    if raw.rollback == Some(RollbackPolicy::Freeze) {
-        c.at(
-            "strategy",
-            s,
-            "`strategy: blue_green` refused: the app is `rollback: freeze` (stateful)",
-            stateful,
-        );
-    }
-    for (name, source) in templates {
-        if let Some(line) = declares_volumes(source) {
-            c.at(
-                "strategy",
-                s,
-                format!(
-                    "`strategy: blue_green` refused: template {name} declares volumes (line {line}), so the app keeps state"
-                ),
-                stateful,
-            );
-        }
-    }
-    let drain = match &raw.drain {
-        Some(d) => c.duration("drain", &d.value, DEFAULT_DRAIN),
-        None => DEFAULT_DRAIN,
-    };
-    let ports: Vec<String> = raw
-        .slot_ports
-        .as_ref()
-        .map(|p| p.value.iter().map(|p| p.value.0.clone()).collect())
-        .unwrap_or_default();
-    let slot_ports = match (ports.as_slice(), &raw.slot_ports) {
-        ([a, b], Some(p)) => {
-            if a == b {
-                c.at(
-                    "slot_ports",
-                    p,
-                    "the two slots have the same port",
-                    "give each slot its own port",
-                );
-            }
-            [a.clone(), b.clone()]
-        }
-        (_, Some(p)) => {
-            c.at(
-                "slot_ports",
-                p,
-                format!(
-                    "`slot_ports` lists {} ports; blue/green needs two",
-                    ports.len()
-                ),
-                "write slot_ports: [8080, 8081] (the blue and the green slot's host port)",
-            );
-            [String::new(), String::new()]
-        }
-        (_, None) => {
-            c.at(
-                "slot_ports",
-                s,
-                "`strategy: blue_green` needs `slot_ports`",
-                "write slot_ports: [8080, 8081]: the host port of each slot, `{{ release.port }}` in templates",
-            );
-            [String::new(), String::new()]
-        }
-    };
-    Strategy::BlueGreen { slot_ports, drain }
-}
-
-/// The line of a `volumes:` key in a template (a compose file's), if any.
-fn declares_volumes(source: &str) -> Option<usize> {
-    source
-        .lines()
-        .position(|l| {
-            let t = l.trim_start();
-            t.starts_with("volumes:") && !t.starts_with('#')
-        })
-        .map(|i| i + 1)
 }
