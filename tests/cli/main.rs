@@ -21,6 +21,7 @@ mod load;
 mod lock;
 mod operator;
 mod plan;
+mod proxy;
 mod release;
 mod removal;
 mod restart;
