@@ -10,7 +10,7 @@ use crate::common::{Fleet, Run, free_port};
 use crate::hosts::{TestHosts, USER};
 use crate::load::{Load, Report};
 
-const HOST: &str = "web.alpha.example.org";
+pub const HOST: &str = "web.alpha.example.org";
 
 /// Serves its release directory (python3's http.server) on the slot's port
 /// (`$FLEETGATE_PORT`), or on the app's one port without slots.
@@ -61,15 +61,15 @@ rollback: safe
     )
 }
 
-struct ProxyFleet {
-    fleet: Fleet,
-    hosts: TestHosts,
-    http_port: u16,
-    ports: [u16; 2],
+pub struct ProxyFleet {
+    pub fleet: Fleet,
+    pub hosts: TestHosts,
+    pub http_port: u16,
+    pub ports: [u16; 2],
 }
 
 impl ProxyFleet {
-    fn new(kind: &str, strategy: &str) -> ProxyFleet {
+    pub fn new(kind: &str, strategy: &str) -> ProxyFleet {
         let hosts = TestHosts::start(&["a1"]);
         let fleet = Fleet::empty();
         let http_port = free_port();
@@ -100,12 +100,12 @@ impl ProxyFleet {
         p
     }
 
-    fn client(&self, version: &str, health: &str) {
+    pub fn client(&self, version: &str, health: &str) {
         self.client_expecting(version, health, "version");
     }
 
     /// `probe`: the file the check through the proxy GETs.
-    fn client_expecting(&self, version: &str, health: &str, probe: &str) {
+    pub fn client_expecting(&self, version: &str, health: &str, probe: &str) {
         let host = self.hosts.host("a1");
         self.fleet.write(
             "clients/alpha.yaml",
@@ -119,23 +119,23 @@ impl ProxyFleet {
         );
     }
 
-    fn fleetgate(&self, args: &[&str]) -> Run {
+    pub fn fleetgate(&self, args: &[&str]) -> Run {
         let key = self.hosts.client_key.to_str().unwrap().to_string();
         self.fleet.run_env(args, &[("FLEETGATE_SSH_KEY", &key)])
     }
 
-    fn deploy(&self) -> Run {
+    pub fn deploy(&self) -> Run {
         self.fleetgate(&[
             "deploy", "--stage", "canary", "--rev", "HEAD", "--format", "json",
         ])
     }
 
     /// GET `path` through the proxy with `Host: host`: (status, body).
-    fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
+    pub fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
         proxy_get(self.http_port, host, path)
     }
 
-    fn state(&self) -> serde_json::Value {
+    pub fn state(&self) -> serde_json::Value {
         let p = self
             .hosts
             .host("a1")
@@ -144,13 +144,13 @@ impl ProxyFleet {
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
     }
 
-    fn proxy_dir(&self) -> std::path::PathBuf {
+    pub fn proxy_dir(&self) -> std::path::PathBuf {
         self.hosts.host("a1").deploy_root.join("alpha/.proxy")
     }
 
     /// Runs `f` (a deploy) under load through the proxy; the report, and
     /// when `f` returned (since the load started).
-    fn under_load<T>(&self, f: impl FnOnce() -> T) -> (T, Report, Duration) {
+    pub fn under_load<T>(&self, f: impl FnOnce() -> T) -> (T, Report, Duration) {
         let load = Load::start(self.http_port, HOST, "/version", 4);
         std::thread::sleep(Duration::from_millis(300));
         let out = f();
