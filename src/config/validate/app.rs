@@ -436,19 +436,110 @@ fn strategy(c: &mut Check, raw: &raw::App, templates: &BTreeMap<String, String>)
     Strategy::BlueGreen { slot_ports, drain }
 }
 
-/// The line of a `volumes:` key in a template (a compose file's), if any.
+/// The line of a volume that keeps state in a template (a compose file's):
+/// a top-level `volumes:` (named volumes), or a service volume that is not
+/// read-only (short syntax without `:ro`, long syntax without
+/// `read_only: true`). A read-only bind of a rendered config file keeps
+/// nothing.
 fn declares_volumes(source: &str) -> Option<usize> {
-    source
-        .lines()
-        .position(|l| {
-            let t = l.trim_start();
-            t.starts_with("volumes:") && !t.starts_with('#')
-        })
-        .map(|i| i + 1)
+    let lines: Vec<&str> = source.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("volumes:") else {
+            continue;
+        };
+        let indent = indent_of(line);
+        if indent == 0 {
+            return Some(i + 1);
+        }
+        let rest = rest.trim();
+        if let Some(inline) = rest.strip_prefix('[') {
+            let inner = inline.trim_end().trim_end_matches(']');
+            if inner.split(',').any(|e| !e.trim().is_empty() && !read_only(e)) {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        // A block list: items `- …` at this indentation or deeper, each
+        // with its continuation lines.
+        let mut j = i + 1;
+        while j < lines.len() {
+            let lj = lines[j];
+            let tj = lj.trim_start();
+            if tj.is_empty() || tj.starts_with('#') {
+                j += 1;
+                continue;
+            }
+            let ind = indent_of(lj);
+            if ind < indent || (ind == indent && !tj.starts_with("- ")) {
+                break;
+            }
+            let Some(item) = tj.strip_prefix("- ") else {
+                j += 1;
+                continue;
+            };
+            let mut k = j + 1;
+            let mut long_read_only = item.trim() == "read_only: true";
+            while k < lines.len() {
+                let lk = lines[k];
+                let tk = lk.trim_start();
+                if !tk.is_empty() && indent_of(lk) <= ind {
+                    break;
+                }
+                long_read_only |= tk == "read_only: true";
+                k += 1;
+            }
+            let long = item.contains(": ") || item.trim_end().ends_with(':');
+            if (long && !long_read_only) || (!long && !read_only(item)) {
+                return Some(j + 1);
+            }
+            j = k;
+        }
+    }
+    None
+}
+
+/// A short-syntax volume mounted read-only (`./app.env:/etc/app.env:ro`).
+fn read_only(entry: &str) -> bool {
+    let e = entry.trim().trim_matches(['"', '\'']);
+    let mode = e.rsplit(':').next().unwrap_or_default();
+    e.matches(':').count() >= 2 && mode.split(',').any(|m| m == "ro")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn volumes_that_keep_state_are_found_read_only_binds_are_not() {
+        use super::declares_volumes;
+        for (compose, line) in [
+            // Named volumes.
+            ("services:\n  db:\n    image: x\nvolumes:\n  data: {}\n", Some(4)),
+            // A writable bind, block and inline.
+            ("services:\n  web:\n    volumes:\n      - ./data:/data\n", Some(4)),
+            ("services:\n  web:\n    volumes: [\"./data:/data\"]\n", Some(3)),
+            ("services:\n  web:\n    volumes:\n    - data:/var/lib/x:rw\n", Some(4)),
+            // Long syntax, writable.
+            (
+                "services:\n  web:\n    volumes:\n      - type: bind\n        source: ./d\n        target: /d\n",
+                Some(4),
+            ),
+            // Read-only binds of rendered files: stateless.
+            ("services:\n  web:\n    volumes: [\"./app.env:/etc/app.env:ro\"]\n", None),
+            (
+                "services:\n  web:\n    volumes:\n      - ./a:/a:ro\n      - './b:/b:ro,z'\n    ports: [\"8080:80\"]\n",
+                None,
+            ),
+            (
+                "services:\n  web:\n    volumes:\n      - type: bind\n        source: ./a\n        target: /a\n        read_only: true\n",
+                None,
+            ),
+            ("services:\n  web:\n    image: x\n", None),
+        ] {
+            assert_eq!(declares_volumes(compose), line, "{compose}");
+        }
+    }
+
     use super::*;
     use crate::config::validate::testing::{IMAGE, assert_outcome, files};
 
