@@ -422,3 +422,83 @@ fn nginx_route_changes_and_an_invalid_config_is_refused_on_the_host() {
         "the old release still serves through the old config"
     );
 }
+
+/// A compose app on a real dockerd (images pulled by digest from the
+/// loopback registry) switches blue/green behind Caddy: two compose
+/// projects side by side, no request lost, the old project gone after.
+#[test]
+fn compose_blue_green_behind_caddy_loses_no_request() {
+    let docker = crate::docker::Docker::start();
+    let v1 = docker.build_and_push("web", "1.0", "image 1\n");
+    let v2 = docker.build_and_push("web", "2.0", "image 2\n");
+    let p = ProxyFleet::new("caddy", "blue_green");
+    p.fleet.write(
+        "pipelines/apps/web/app.yaml",
+        &format!(
+            r#"runtime: compose
+strategy: blue_green
+drain: 1s
+slot_ports: ["{{{{ client.vars.blue }}}}", "{{{{ client.vars.green }}}}"]
+images:
+  web: {v1}
+files:
+  docker-compose.yml: compose.yml.j2
+routes:
+  - hosts: ["web.{{{{ client.domain }}}}"]
+    health: /image
+health:
+  - http: "http://web.{{{{ client.domain }}}}/image"
+    route: true
+    interval: 200ms
+    successes: 2
+    failures: 5
+    deadline: 20s
+"#
+        ),
+    );
+    p.fleet.write(
+        "pipelines/apps/web/compose.yml.j2",
+        r#"services:
+  web:
+    image: {{ app.images.web }}
+    network_mode: host
+    stop_signal: SIGKILL
+    command: ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:{{ release.port }}", "-h", "/www"]
+"#,
+    );
+    p.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "proxy:",
+        &format!(
+            "runtimes:\n  compose: \"{}\"\nproxy:",
+            docker.compose_command()
+        ),
+    );
+    p.fleet.commit("web as a blue/green compose app");
+    p.deploy().code(0);
+    assert_eq!(p.get(HOST, "/image"), Some((200, "image 1".into())));
+
+    p.fleet.edit("pipelines/apps/web/app.yaml", &v1, &v2);
+    p.fleet.commit("web 2.0");
+    let load = Load::start(p.http_port, HOST, "/image", 4);
+    std::thread::sleep(Duration::from_millis(300));
+    p.deploy().code(0);
+    let done = load.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    no_failures("compose blue/green deploy", &report);
+    assert_eq!(
+        versions(&report),
+        ["image 1", "image 2"],
+        "{}",
+        report.summary()
+    );
+    report.all_after(done, "image 2").unwrap();
+    let ps = docker.docker(&["ps", "--format", "{{.Names}}"]);
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("alpha-web-green_web_1"), "{ps}");
+    assert!(
+        !ps.contains("alpha-web-blue"),
+        "the old slot's project is down: {ps}"
+    );
+}

@@ -456,7 +456,10 @@ fn declares_volumes(source: &str) -> Option<usize> {
         let rest = rest.trim();
         if let Some(inline) = rest.strip_prefix('[') {
             let inner = inline.trim_end().trim_end_matches(']');
-            if inner.split(',').any(|e| !e.trim().is_empty() && !read_only(e)) {
+            if inner
+                .split(',')
+                .any(|e| !e.trim().is_empty() && !read_only(e))
+            {
                 return Some(i + 1);
             }
             continue;
@@ -514,18 +517,33 @@ mod tests {
         use super::declares_volumes;
         for (compose, line) in [
             // Named volumes.
-            ("services:\n  db:\n    image: x\nvolumes:\n  data: {}\n", Some(4)),
+            (
+                "services:\n  db:\n    image: x\nvolumes:\n  data: {}\n",
+                Some(4),
+            ),
             // A writable bind, block and inline.
-            ("services:\n  web:\n    volumes:\n      - ./data:/data\n", Some(4)),
-            ("services:\n  web:\n    volumes: [\"./data:/data\"]\n", Some(3)),
-            ("services:\n  web:\n    volumes:\n    - data:/var/lib/x:rw\n", Some(4)),
+            (
+                "services:\n  web:\n    volumes:\n      - ./data:/data\n",
+                Some(4),
+            ),
+            (
+                "services:\n  web:\n    volumes: [\"./data:/data\"]\n",
+                Some(3),
+            ),
+            (
+                "services:\n  web:\n    volumes:\n    - data:/var/lib/x:rw\n",
+                Some(4),
+            ),
             // Long syntax, writable.
             (
                 "services:\n  web:\n    volumes:\n      - type: bind\n        source: ./d\n        target: /d\n",
                 Some(4),
             ),
             // Read-only binds of rendered files: stateless.
-            ("services:\n  web:\n    volumes: [\"./app.env:/etc/app.env:ro\"]\n", None),
+            (
+                "services:\n  web:\n    volumes: [\"./app.env:/etc/app.env:ro\"]\n",
+                None,
+            ),
             (
                 "services:\n  web:\n    volumes:\n      - ./a:/a:ro\n      - './b:/b:ro,z'\n    ports: [\"8080:80\"]\n",
                 None,
