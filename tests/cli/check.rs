@@ -203,7 +203,7 @@ fn corpus() -> Vec<Broken> {
                     "  - command: \"test -s compose.yaml\"\n    http: \"http://x\"",
                 );
             },
-            location: "pipelines/apps/whoami/app.yaml:19: health[1]",
+            location: "pipelines/apps/whoami/app.yaml:34: health[2]",
             message: "exactly one of `http` and `command`",
         },
         Broken {
@@ -235,11 +235,11 @@ fn corpus() -> Vec<Broken> {
             break_it: |f| {
                 f.edit(
                     WHOAMI,
-                    "http://{{ host.address }}:{{ client.vars.whoami_port }}/health",
+                    "http://{{ host.address }}:{{ release.port }}/health",
                     "file:///etc/passwd",
                 );
             },
-            location: "pipelines/apps/whoami/app.yaml:12: health[0].http",
+            location: "pipelines/apps/whoami/app.yaml:21: health[0].http",
             message: "`file:///etc/passwd` is not an http:// or https:// URL",
         },
         Broken {

@@ -46,7 +46,16 @@ fn one_client_file_changed() {
     assert_eq!(alpha["hosts"], serde_json::json!(["alpha-1"]));
     assert_eq!(alpha["reasons"], serde_json::json!(["clients/alpha.yaml"]));
     assert_eq!(apps(&plan, "alpha"), [pair("whoami", "update")]);
-    let file = &alpha["apps"][0]["files"][0];
+    // The route moves with it: the routes file says the new port.
+    let routes = &alpha["apps"][0]["files"][0];
+    assert_eq!(routes["path"], ".fleetgate/routes");
+    let diff = routes["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("\n-whoami.alpha.example.org/ -> 127.0.0.1:8080 service web health /health\n"),
+        "{diff}"
+    );
+    assert!(diff.contains("\n+whoami.alpha.example.org/ -> 127.0.0.1:8090"), "{diff}");
+    let file = &alpha["apps"][0]["files"][1];
     assert_eq!(file["path"], "compose.yaml");
     let diff = file["diff"].as_str().unwrap();
     assert!(diff.contains("\n-    ports: [\"8080:8080\"]\n"), "{diff}");
@@ -216,7 +225,7 @@ fn client_added_and_removed() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["app.env", "compose.yaml"]);
+    assert_eq!(files, [".fleetgate/routes", "app.env", "compose.yaml"]);
     assert!(
         plan["clients"][0]["apps"][0]["files"][0]["diff"]
             .as_str()

@@ -53,7 +53,7 @@ health:
     expect_body: "v"
     interval: 200ms
     successes: 2
-    failures: 5
+    failures: 25
     deadline: 20s
   - command: "grep -q ok health"
 rollback: safe
