@@ -22,6 +22,7 @@ mod lock;
 mod operator;
 mod plan;
 mod proxy;
+mod proxy_bench;
 mod release;
 mod removal;
 mod restart;
