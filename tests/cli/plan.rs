@@ -51,10 +51,15 @@ fn one_client_file_changed() {
     assert_eq!(routes["path"], ".fleetgate/routes");
     let diff = routes["diff"].as_str().unwrap();
     assert!(
-        diff.contains("\n-whoami.alpha.example.org/ -> 127.0.0.1:8080 service web health /health\n"),
+        diff.contains(
+            "\n-whoami.alpha.example.org/ -> 127.0.0.1:8080 service web health /health\n"
+        ),
         "{diff}"
     );
-    assert!(diff.contains("\n+whoami.alpha.example.org/ -> 127.0.0.1:8090"), "{diff}");
+    assert!(
+        diff.contains("\n+whoami.alpha.example.org/ -> 127.0.0.1:8090"),
+        "{diff}"
+    );
     let file = &alpha["apps"][0]["files"][1];
     assert_eq!(file["path"], "compose.yaml");
     let diff = file["diff"].as_str().unwrap();

@@ -17,8 +17,23 @@ pub const HOST: &str = "web.alpha.example.org";
 const START: &str = r#"port=${FLEETGATE_PORT:-{{ client.vars.blue }}}
 pid=../../web-${FLEETGATE_SLOT:-plain}.pid
 if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; sleep 0.3; fi
-setsid nohup python3 -m http.server "$port" --bind 127.0.0.1 >../../web-${FLEETGATE_SLOT:-plain}.log 2>&1 </dev/null &
+setsid nohup python3 serve.py "$port" >../../web-${FLEETGATE_SLOT:-plain}.log 2>&1 </dev/null &
 echo $! > "$pid"
+"#;
+
+/// The app: files of its release over HTTP/1.1 keep-alive, threaded, with a
+/// listen queue that does not overflow under the tests' load (python's
+/// `-m http.server` keeps 5, and a dropped SYN waits a second).
+const SERVE: &str = r#"import http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    daemon_threads = True
+Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 "#;
 
 const STOP: &str = r#"pid=../../web-${FLEETGATE_SLOT:-plain}.pid
@@ -38,6 +53,7 @@ fn app(strategy: &str) -> String {
 {strategy}files:
   start.sh: start.sh.j2
   stop.sh: stop.sh.j2
+  serve.py: serve.py.j2
   version: version.j2
   health: health.j2
 commands:
@@ -83,6 +99,7 @@ impl ProxyFleet {
         fleet.write("pipelines/apps/web/app.yaml", &app(strategy));
         fleet.write("pipelines/apps/web/start.sh.j2", START);
         fleet.write("pipelines/apps/web/stop.sh.j2", STOP);
+        fleet.write("pipelines/apps/web/serve.py.j2", SERVE);
         fleet.write(
             "pipelines/apps/web/version.j2",
             "{{ client.vars.version }}\n",
@@ -210,10 +227,10 @@ pub fn proxy_get(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
 /// No request failed. A request on a kept-alive connection the proxy
 /// closed before answering (its graceful reload closes idle connections)
 /// is sent again once, as HTTP clients do (RFC 9112 §9.3.1): counted in
-/// `retries`, at most once per worker and switch.
-fn no_failures(what: &str, report: &Report) {
+/// `retries`, at most once per worker (4) and proxy reload.
+fn no_failures(what: &str, report: &Report, reloads: usize) {
     assert!(
-        report.failures().is_empty() && report.total() > 50 && report.retries <= 8,
+        report.failures().is_empty() && report.total() > 50 && report.retries <= 4 * reloads,
         "{what}: {}\nfirst failures: {:?}",
         report.summary(),
         report.failures().iter().take(5).collect::<Vec<_>>()
@@ -248,7 +265,7 @@ fn blue_green_loses_no_request(kind: &str) {
     p.fleet.commit("web v2");
     let (run, report, done) = p.under_load(|| p.deploy());
     run.code(0);
-    no_failures("blue/green deploy", &report);
+    no_failures("blue/green deploy", &report, 1);
     assert_eq!(versions(&report), ["v1", "v2"], "{}", report.summary());
     report.all_after(done, "v2").unwrap();
     assert_eq!(p.state()["slot"]["name"], "green");
@@ -262,7 +279,7 @@ fn blue_green_loses_no_request(kind: &str) {
     p.fleet.commit("web v3, sick");
     let (run, report, _) = p.under_load(|| p.deploy());
     run.code(1);
-    no_failures("failed blue/green deploy", &report);
+    no_failures("failed blue/green deploy", &report, 1);
     assert_eq!(versions(&report), ["v2"], "{}", report.summary());
     let host = &run.json()["hosts"][0];
     assert_eq!(host["status"], "failed", "{host}");
@@ -289,6 +306,7 @@ fn blue_green_loses_no_request(kind: &str) {
     no_failures(
         "switched back after a failed check through the proxy",
         &report,
+        2,
     );
     // v4 served between the switch and the switch back, then v2 again.
     assert_eq!(versions(&report), ["v2", "v4"], "{}", report.summary());
@@ -308,7 +326,7 @@ fn blue_green_loses_no_request(kind: &str) {
         ])
     });
     run.code(0);
-    no_failures("rollback", &report);
+    no_failures("rollback", &report, 1);
     assert_eq!(versions(&report), ["v2", "v1"], "{}", report.summary());
     report.all_after(done, "v1").unwrap();
     assert_eq!(p.state()["slot"]["name"], "blue");
@@ -486,7 +504,7 @@ health:
     let done = load.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
-    no_failures("compose blue/green deploy", &report);
+    no_failures("compose blue/green deploy", &report, 1);
     assert_eq!(
         versions(&report),
         ["image 1", "image 2"],
