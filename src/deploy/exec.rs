@@ -572,7 +572,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             runs.insert(step.app(), Runs::Nothing);
             removed += 1;
         }
-        proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
+        proxy_applied |= proxy_began(&steps, &done, failure.as_ref());
         // A switch cut off by a lost connection may have happened on the
         // host all the same: it counts as switched, so it is put back (a
         // switch back to the state it has is harmless).
@@ -603,7 +603,19 @@ async fn deploy_host<R: Remote, P: Prober>(
         }
         if let Some(f) = failure {
             // New slots that started (or began to) stop again; the live
-            // ones never stopped serving.
+            // ones never stopped serving. A slot whose start never began
+            // is left alone: it may be the live one (the same commit
+            // started again in its own slot).
+            let begun: Vec<&str> = steps
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    s.step == "start slot"
+                        && (done.contains(i) || (f.step == s.step && f.app == s.app))
+                })
+                .filter_map(|(_, s)| s.app.as_deref())
+                .collect();
+            slots.retain(|n| begun.contains(&n.app.name.as_str()));
             stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
             return Err(f);
         }
@@ -671,7 +683,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 ));
             }
             let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
-            proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
+            proxy_applied |= proxy_began(&steps, &done, failure.as_ref());
             let cut_off = failure
                 .as_ref()
                 .filter(|f| f.kind == FailureKind::Infra && f.step == "switch")
@@ -822,6 +834,14 @@ async fn deploy_host<R: Remote, P: Prober>(
         kept,
         proxy_applied,
     }
+}
+
+/// Whether the host's `proxy` step ran: done, or failed (a failed reload
+/// may follow the install of the new config, so the one it replaced is
+/// put back all the same; without one, the rollback's restore is a no-op).
+fn proxy_began(steps: &[Step], done: &[usize], failure: Option<&Failure>) -> bool {
+    done.iter().any(|&i| steps[i].step == "proxy")
+        || failure.is_some_and(|f| f.app.is_none() && f.step == "proxy")
 }
 
 /// A blue_green app's new slot on one host, between its start and its switch.
