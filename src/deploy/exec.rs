@@ -470,6 +470,15 @@ async fn deploy_host<R: Remote, P: Prober>(
                 port: job.port,
             };
             let old = (running && !same).then_some(live_slot);
+            // A repair goes back, if it must, to the release before, in
+            // the other slot (stopped after its drain).
+            let back = live_slot.filter(|_| same && back_to.is_some()).map(|s| {
+                let name = s.name.other();
+                SlotState {
+                    name,
+                    port: bg.slots[name.index()].port,
+                }
+            });
             let mut state = next_state(back_to.as_ref(), &plan.rev, &job.files);
             state.slot = Some(new);
             routes.extend(job.routes.iter().cloned());
@@ -488,6 +497,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 job,
                 new,
                 old,
+                back,
                 replacing,
                 state,
                 back_to,
@@ -710,9 +720,9 @@ async fn deploy_host<R: Remote, P: Prober>(
                     app: n.app.name.clone(),
                     before: n.back_to.clone(),
                     slots: Some(SlotSwitch {
-                        old: n.old,
+                        old: n.old.or(n.back.map(Some)),
                         new: n.new,
-                        old_stopped: false,
+                        old_stopped: n.old.is_none() && n.back.is_some(),
                         drain: n.drain,
                     }),
                 });
@@ -853,6 +863,10 @@ struct NewSlot<'a> {
     /// `Some(None)` for the app's own project (it ran `recreate` before);
     /// `None`: nothing.
     old: Option<Option<SlotState>>,
+    /// A repair (the same commit started again in its own slot): the
+    /// stopped slot the release before it ran in, where a rollback starts
+    /// it again.
+    back: Option<SlotState>,
     /// The release live now (`None`: a first deploy).
     replacing: Option<String>,
     state: State,

@@ -1872,3 +1872,69 @@ fn a_blue_green_host_failing_through_the_proxy_goes_back_to_its_still_running_sl
     assert_eq!(h.runs["web"], Runs::Release(a.clone()));
     assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
 }
+
+#[test]
+fn a_repaired_blue_green_release_that_fails_goes_back_to_the_release_before_in_its_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let url = "http://web.example.org/";
+    let prober = healthy_slots();
+    prober.answer(url, "ok ok 502 ok");
+    let t = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        for s in &mut t.apps[0].blue_green.as_mut().unwrap().slots {
+            s.checks.push(CheckSpec::Http {
+                url: url.into(),
+                via: Some(("127.0.0.1".into(), 80)),
+                expect_status: 200,
+                expect_body: None,
+                timeout: Duration::from_millis(30),
+                policy: gates(1, 1),
+            });
+        }
+        t
+    };
+    let deploy = |rev, v| run_with(&plan(rev, vec![t(v)], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(deploy("a", "v1").hosts[0].status, HostStatus::Deployed);
+    assert_eq!(deploy("b", "v2").hosts[0].status, HostStatus::Deployed);
+    // As if killed before its verdict: b is started again in its own slot
+    // (green), and fails through the proxy. It goes back to a, in blue,
+    // where a ran (it used to be started without a slot: no
+    // FLEETGATE_SLOT, the start failed, nothing ran).
+    std::fs::remove_file(root.join("h1/alpha/web/gated")).unwrap();
+    let o = deploy("b", "v2");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.rollback_failure, None);
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", false),
+            ("restart old slot", true),
+            ("old slot health", true),
+            ("rollback", true),
+            ("stop new slot", true),
+            ("health after rollback", true),
+            ("gated", true),
+        ]
+    );
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop blue\nstart green v2\nstart blue v1\nstop green\n"
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+}
