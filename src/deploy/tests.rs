@@ -1938,3 +1938,103 @@ fn a_repaired_blue_green_release_that_fails_goes_back_to_the_release_before_in_i
     );
     assert_eq!(h.runs["web"], Runs::Release(a.clone()));
 }
+
+#[test]
+fn an_app_turning_blue_green_starts_in_blue_and_stops_its_plain_run_after_the_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let prober = healthy_slots();
+    // One set of commands for both ways of running: `plain` without a slot.
+    let start = Start::Command {
+        start: "echo \"start ${FLEETGATE_SLOT:-plain} $(cat version)\" >> ../../events\n\
+                touch \"../../running-${FLEETGATE_SLOT:-plain}\""
+            .into(),
+        stop: Some(
+            "echo \"stop ${FLEETGATE_SLOT:-plain}\" >> ../../events\n\
+             rm -f \"../../running-${FLEETGATE_SLOT:-plain}\""
+                .into(),
+        ),
+    };
+    let plain = |v| {
+        let mut t = target(root, "h1", v, false);
+        t.apps[0].start = start.clone();
+        t
+    };
+    let bg = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        t.apps[0].start = start.clone();
+        t
+    };
+    let runs_in = || {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("h1/alpha/web"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("running-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let deploy = |rev, h1: Target, h2: &str| {
+        let mut p = plan(rev, vec![h1, target(root, "h2", h2, false)], 0);
+        p.parallelism = 1;
+        run_with(&p, &Local, &prober, Duration::ZERO)
+    };
+    assert!(deploy("a", plain("v1"), "v1").passed);
+    assert_eq!(runs_in(), ["running-plain"]);
+
+    // Turned blue_green, and the stage fails on h2: back to running plain.
+    let o = deploy("b", bg("v2"), "bad");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
+    assert_eq!(runs_in(), ["running-plain"], "{o:#?}");
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(live_slot(root, "h1"), (None, String::new()));
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+
+    // And for good: blue, the plain run stopped after the drain.
+    let o = deploy("b", bg("v2"), "v2");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
+    assert_eq!(runs_in(), ["running-blue"]);
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    let events = web_file(root, "h1", "events");
+    assert!(events.ends_with("start blue v2\nstop plain\n"), "{events}");
+}
+
+#[test]
+fn a_blue_green_app_taken_off_its_host_stops_its_live_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = healthy_slots();
+    let t = |rev, v| {
+        let t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        run_with(&plan(rev, vec![t], 0), &Local, &prober, Duration::ZERO)
+    };
+    assert!(t("a", "v1").passed);
+    assert!(t("b", "v2").passed);
+    assert_eq!(running(root, "h1"), (String::new(), format!("{GREEN}\n")));
+    let mut gone = blue_green(target(root, "h1", "v2", false), Duration::ZERO);
+    let app = gone.apps.remove(0);
+    gone.removals.push(Removal {
+        app: app.name.clone(),
+        dir: app.dir.clone(),
+        start: app.start.clone(),
+        stop: app.stop.clone(),
+    });
+    let o = run_with(&plan("c", vec![gone], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(app_steps(h, "web"), ["remove"]);
+    assert_eq!(running(root, "h1"), (String::new(), String::new()));
+    assert!(web_file(root, "h1", "events").ends_with("stop green\n"));
+    for f in ["current", "state.json", "slot"] {
+        assert!(!root.join("h1/alpha/web").join(f).exists(), "{f}");
+    }
+    assert_eq!(h.runs["web"], Runs::Nothing);
+}
