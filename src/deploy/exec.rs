@@ -470,6 +470,15 @@ async fn deploy_host<R: Remote, P: Prober>(
                 port: job.port,
             };
             let old = (running && !same).then_some(live_slot);
+            // A repair goes back, if it must, to the release before, in
+            // the other slot (stopped after its drain).
+            let back = live_slot.filter(|_| same && back_to.is_some()).map(|s| {
+                let name = s.name.other();
+                SlotState {
+                    name,
+                    port: bg.slots[name.index()].port,
+                }
+            });
             let mut state = next_state(back_to.as_ref(), &plan.rev, &job.files);
             state.slot = Some(new);
             routes.extend(job.routes.iter().cloned());
@@ -488,6 +497,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 job,
                 new,
                 old,
+                back,
                 replacing,
                 state,
                 back_to,
@@ -572,7 +582,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             runs.insert(step.app(), Runs::Nothing);
             removed += 1;
         }
-        proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
+        proxy_applied |= proxy_began(&steps, &done, failure.as_ref());
         // A switch cut off by a lost connection may have happened on the
         // host all the same: it counts as switched, so it is put back (a
         // switch back to the state it has is harmless).
@@ -603,7 +613,19 @@ async fn deploy_host<R: Remote, P: Prober>(
         }
         if let Some(f) = failure {
             // New slots that started (or began to) stop again; the live
-            // ones never stopped serving.
+            // ones never stopped serving. A slot whose start never began
+            // is left alone: it may be the live one (the same commit
+            // started again in its own slot).
+            let begun: Vec<&str> = steps
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    s.step == "start slot"
+                        && (done.contains(i) || (f.step == s.step && f.app == s.app))
+                })
+                .filter_map(|(_, s)| s.app.as_deref())
+                .collect();
+            slots.retain(|n| begun.contains(&n.app.name.as_str()));
             stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
             return Err(f);
         }
@@ -671,7 +693,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 ));
             }
             let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
-            proxy_applied |= done.iter().any(|&i| steps[i].step == "proxy");
+            proxy_applied |= proxy_began(&steps, &done, failure.as_ref());
             let cut_off = failure
                 .as_ref()
                 .filter(|f| f.kind == FailureKind::Infra && f.step == "switch")
@@ -698,9 +720,9 @@ async fn deploy_host<R: Remote, P: Prober>(
                     app: n.app.name.clone(),
                     before: n.back_to.clone(),
                     slots: Some(SlotSwitch {
-                        old: n.old,
+                        old: n.old.or(n.back.map(Some)),
                         new: n.new,
-                        old_stopped: false,
+                        old_stopped: n.old.is_none() && n.back.is_some(),
                         drain: n.drain,
                     }),
                 });
@@ -824,6 +846,14 @@ async fn deploy_host<R: Remote, P: Prober>(
     }
 }
 
+/// Whether the host's `proxy` step ran: done, or failed (a failed reload
+/// may follow the install of the new config, so the one it replaced is
+/// put back all the same; without one, the rollback's restore is a no-op).
+fn proxy_began(steps: &[Step], done: &[usize], failure: Option<&Failure>) -> bool {
+    done.iter().any(|&i| steps[i].step == "proxy")
+        || failure.is_some_and(|f| f.app.is_none() && f.step == "proxy")
+}
+
 /// A blue_green app's new slot on one host, between its start and its switch.
 struct NewSlot<'a> {
     app: &'a AppJob,
@@ -833,6 +863,10 @@ struct NewSlot<'a> {
     /// `Some(None)` for the app's own project (it ran `recreate` before);
     /// `None`: nothing.
     old: Option<Option<SlotState>>,
+    /// A repair (the same commit started again in its own slot): the
+    /// stopped slot the release before it ran in, where a rollback starts
+    /// it again.
+    back: Option<SlotState>,
     /// The release live now (`None`: a first deploy).
     replacing: Option<String>,
     state: State,

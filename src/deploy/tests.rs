@@ -898,3 +898,1143 @@ fn hosts_of_a_wave_do_not_wait_for_each_others_snapshots() {
         "both snapshots were asked for before either finished: {events:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Blue/green slots and the host's proxy.
+
+use super::plan::BlueGreen;
+use crate::remote::proxy::{Kind, ProxyDir, Route, Settings, Tls};
+use crate::remote::release::Slot;
+
+const BLUE: u16 = 18101;
+const GREEN: u16 = 18102;
+
+fn slot_health(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/health")
+}
+
+fn route(port: u16, directives: &[&str]) -> Route {
+    Route {
+        app: "web".into(),
+        hosts: vec!["web.example.org".into()],
+        path: None,
+        upstream_port: port,
+        directives: directives.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// `t` with `web` as a blue_green `command` app: each slot renders its own
+/// `port` file beside `version`; its start appends `start <slot> <version>`
+/// to `web/events` and writes `web/slot-<slot>-running` (its port), its stop
+/// appends `stop <slot>` and removes that file. Its command check logs
+/// `<release dir> <current>` to `web/gates` as it runs; each slot's route
+/// `/health` is probed on the slot's port.
+fn blue_green(mut t: Target, drain: Duration) -> Target {
+    let app = &mut t.apps[0];
+    let version = app.files[0].clone();
+    app.start = Start::Command {
+        start: "echo \"start $FLEETGATE_SLOT $(cat version)\" >> ../../events\n\
+                echo \"$FLEETGATE_PORT\" > \"../../slot-$FLEETGATE_SLOT-running\""
+            .into(),
+        stop: Some(
+            "echo \"stop $FLEETGATE_SLOT\" >> ../../events\n\
+             rm -f \"../../slot-$FLEETGATE_SLOT-running\""
+                .into(),
+        ),
+    };
+    let check = CheckSpec::Command {
+        command: "echo \"$(basename \"$(pwd -P)\") $(readlink ../../current || echo none)\" >> ../../gates\n\
+                  ! grep -q bad version"
+            .into(),
+        policy: POLICY,
+    };
+    let slot = |port: u16| SlotJob {
+        port,
+        files: vec![
+            version.clone(),
+            ReleaseFile::new("port".into(), format!("{port}\n").into_bytes(), false),
+        ],
+        checks: vec![check.clone()],
+        routes: vec![route(port, &[])],
+        health: vec!["/health".into()],
+    };
+    let blue = slot(BLUE);
+    app.files = blue.files.clone();
+    app.checks = blue.checks.clone();
+    app.routes = blue.routes.clone();
+    app.blue_green = Some(BlueGreen {
+        drain,
+        slots: [blue, slot(GREEN)],
+    });
+    t
+}
+
+fn web_file(root: &std::path::Path, host: &str, name: &str) -> String {
+    std::fs::read_to_string(root.join(host).join("alpha/web").join(name)).unwrap_or_default()
+}
+
+fn running(root: &std::path::Path, host: &str) -> (String, String) {
+    (
+        web_file(root, host, "slot-blue-running"),
+        web_file(root, host, "slot-green-running"),
+    )
+}
+
+fn current(root: &std::path::Path, host: &str) -> String {
+    std::fs::read_link(root.join(host).join("alpha/web/current"))
+        .map(|p| p.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn live_slot(root: &std::path::Path, host: &str) -> (Option<Slot>, String) {
+    (
+        state(root, host, "web").slot.map(|s| s.name),
+        web_file(root, host, "slot"),
+    )
+}
+
+/// A prober whose slot routes answer `/health` on both ports.
+fn healthy_slots() -> ScriptedProber {
+    let prober = ScriptedProber::default();
+    prober
+        .answer(&slot_health(BLUE), "ok")
+        .answer(&slot_health(GREEN), "ok");
+    prober
+}
+
+#[test]
+fn blue_green_deploys_alternate_slots_and_switch_only_after_the_slot_gate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+    let prober = healthy_slots();
+    let drain = Duration::from_millis(30);
+    let deploy = |rev: &str, version: &str| {
+        let t = blue_green(target(root, "h1", version, false), drain);
+        run_with(&plan(rev, vec![t], 0), &Local, &prober, Duration::ZERO)
+    };
+
+    // First deploy: blue.
+    let o = deploy("a", "v1");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(
+        app_steps(h, "web"),
+        ["upload", "start slot", "switch", "prune"],
+        "{o:#?}"
+    );
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", true),
+            ("gated", true),
+        ]
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(state(root, "h1", "web").slot.unwrap().port, BLUE);
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+    assert_eq!(web_file(root, "h1", "events"), "start blue v1\n");
+    assert_eq!(web_file(root, "h1", "started"), format!("{a}\n"));
+    assert_eq!(web_file(root, "h1", "gated"), format!("{a}\n"));
+    // The slot gate ran in the new release, before `current` existed; the
+    // check after the switch, in `current`.
+    assert_eq!(
+        web_file(root, "h1", "gates"),
+        format!("{a} none\n{a} releases/{a}\n")
+    );
+    assert_eq!(
+        (
+            prober.probes(&slot_health(BLUE)),
+            prober.probes(&slot_health(GREEN))
+        ),
+        (1, 0)
+    );
+
+    // The same again: nothing to do.
+    let o = deploy("a", "v1");
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+    assert_eq!(web_file(root, "h1", "events"), "start blue v1\n");
+
+    // Next: green, gated while blue serves, then switched; blue stops
+    // after its drain.
+    std::fs::remove_file(root.join("h1/alpha/web/gates")).unwrap();
+    let o = deploy("b", "v2");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", true),
+            ("gated", true),
+            ("stop old slot", true),
+        ]
+    );
+    assert!(h.seconds >= drain.as_secs_f64(), "{h:#?}");
+    assert_eq!(running(root, "h1"), (String::new(), format!("{GREEN}\n")));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Green), format!("green {GREEN}\n"))
+    );
+    assert_eq!(current(root, "h1"), format!("releases/{b}"));
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop blue\n"
+    );
+    assert_eq!(
+        web_file(root, "h1", "gates"),
+        format!("{b} releases/{a}\n{b} releases/{b}\n"),
+        "`current` moved only after the slot gate"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("h1/alpha/web/current/port")).unwrap(),
+        format!("{GREEN}\n"),
+        "green's own render"
+    );
+    let s = state(root, "h1", "web");
+    assert_eq!(
+        (s.rev.as_str(), s.previous.as_deref()),
+        (b.as_str(), Some(a.as_str()))
+    );
+    assert_eq!(h.runs["web"], Runs::Release(b.clone()));
+    assert_eq!(prober.probes(&slot_health(GREEN)), 1);
+
+    // The same again: green is live and needs nothing.
+    let o = deploy("b", "v2");
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+
+    // And back to blue.
+    let o = deploy("c", "v3");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(current(root, "h1"), format!("releases/{c}"));
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop blue\nstart blue v3\nstop green\n"
+    );
+    assert_eq!(prober.probes(&slot_health(BLUE)), 2);
+    assert_eq!(h.runs["web"], Runs::Release(c.clone()));
+}
+
+/// A slot gate that fails: the new slot stops, the live one serves on
+/// untouched, nothing switched.
+fn assert_failed_slot_gate(root: &std::path::Path, o: &StageOutcome, version: &str, check: &str) {
+    let a = "a".repeat(40);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
+    let f = h.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.kind, f.app.as_deref(), f.step.as_str()),
+        (FailureKind::Health, Some("web"), "health"),
+        "{o:#?}"
+    );
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", false),
+            ("stop new slot", true),
+        ]
+    );
+    assert!(h.switched.is_empty(), "{o:#?}");
+    assert!(
+        h.rollback_checks.is_empty(),
+        "no rollback: nothing switched"
+    );
+    assert_eq!(h.runs["web"], Runs::AsBefore);
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    let s = state(root, "h1", "web");
+    assert_eq!((s.rev.as_str(), s.previous.as_deref()), (a.as_str(), None));
+    assert_eq!(web_file(root, "h1", "gated"), format!("{a}\n"));
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        format!("start blue v1\nstart green {version}\nstop green\n")
+    );
+    assert!(!o.passed && !o.rolled_back);
+    assert_eq!(verdict(o), StageVerdict::ChangeFailed);
+    let gate = crate::revert::FailedGate::of(o).unwrap();
+    assert_eq!(gate.check, format!("web:{check}"));
+}
+
+#[test]
+fn a_failed_slot_gate_stops_the_new_slot_and_leaves_the_live_one_serving() {
+    // A command check failing in the new release.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = healthy_slots();
+    let t = |v| blue_green(target(root, "h1", v, false), Duration::ZERO);
+    let o = run_with(
+        &plan("a", vec![t("v1")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    let o = run_with(
+        &plan("b", vec![t("bad")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    let CheckSpec::Command { command, .. } = &t("v1").apps[0].checks[0] else {
+        unreachable!()
+    };
+    assert_failed_slot_gate(root, &o, "bad", command);
+    // The live release is still live for the next run of its commit.
+    let o = run_with(
+        &plan("a", vec![t("v1")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+
+    // An HTTP check on the new slot's port answering 502 (green only).
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = healthy_slots();
+    let url = format!("http://127.0.0.1:{GREEN}/ready");
+    prober
+        .answer(&format!("http://127.0.0.1:{BLUE}/ready"), "ok")
+        .answer(&url, "502");
+    let t = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        let bg = t.apps[0].blue_green.as_mut().unwrap();
+        for s in &mut bg.slots {
+            s.checks.push(CheckSpec::Http {
+                url: format!("http://127.0.0.1:{}/ready", s.port),
+                via: None,
+                expect_status: 200,
+                expect_body: None,
+                timeout: Duration::from_millis(30),
+                policy: gates(1, 2),
+            });
+        }
+        t
+    };
+    let o = run_with(
+        &plan("a", vec![t("v1")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    let o = run_with(
+        &plan("b", vec![t("v2")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_failed_slot_gate(root, &o, "v2", &url);
+    assert_eq!(prober.probes(&url), 2);
+    assert_eq!(
+        o.hosts[0].failure.as_ref().unwrap().message,
+        format!("{url}: 2 consecutive failures: GET {url}: status 502, expected 200")
+    );
+}
+
+#[test]
+fn a_switched_blue_green_host_is_switched_back_when_its_stage_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let prober = healthy_slots();
+    let deploy = |rev, v1, v2| {
+        let targets = vec![
+            blue_green(target(root, "h1", v1, false), Duration::ZERO),
+            target(root, "h2", v2, false),
+        ];
+        // One at a time: h1 is done (blue stopped) before h2 fails.
+        let mut p = plan(rev, targets, 0);
+        p.parallelism = 1;
+        run_with(&p, &Local, &prober, Duration::ZERO)
+    };
+    assert!(deploy("a", "v1", "v1").passed);
+    let o = deploy("b", "v2", "bad");
+    assert!(!o.passed && o.rolled_back, "{o:#?}");
+    assert_eq!(o.hosts[1].status, HostStatus::RolledBack);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.failure, None);
+    assert_eq!(h.rollback_failure, None);
+    assert_eq!(h.switched, ["web"]);
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", true),
+            ("gated", true),
+            ("stop old slot", true),
+            ("restart old slot", true),
+            ("old slot health", true),
+            ("rollback", true),
+            ("stop new slot", true),
+            ("health after rollback", true),
+            ("gated", true),
+        ]
+    );
+    assert!(!h.rollback_checks.is_empty() && h.rollback_checks.iter().all(|c| c.passed));
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop blue\nstart blue v1\nstop green\n"
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(web_file(root, "h1", "started"), format!("{a}\n"));
+    assert_eq!(web_file(root, "h1", "gated"), format!("{a}\n"));
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+    assert_eq!(state(root, "h1", "web").rev, a);
+    assert!(root.join("h1/alpha/web/releases").join(&b).exists());
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+
+    // Blue runs a again as if never left: its next deploy needs nothing.
+    let o = run_with(
+        &plan(
+            "a",
+            vec![blue_green(target(root, "h1", "v1", false), Duration::ZERO)],
+            0,
+        ),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged, "{o:#?}");
+}
+
+/// Connects like `Local`, and keeps every line of output of every script.
+#[derive(Default)]
+struct Recording {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct RecordingHost {
+    local: LocalHost,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl crate::remote::Remote for RecordingHost {
+    async fn run_lines(
+        &self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<crate::remote::RemoteOutput, RemoteError> {
+        let lines = &self.lines;
+        self.local
+            .run_lines(script, &mut |line| {
+                lines.lock().unwrap().push(line.to_string());
+                on_line(line);
+            })
+            .await
+    }
+}
+
+impl Recording {
+    /// The lines seen since the last call.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+impl Connector for Recording {
+    type Host = RecordingHost;
+    async fn connect(&self, host: &Host) -> Result<RecordingHost, RemoteError> {
+        Ok(RecordingHost {
+            local: Local.connect(host).await?,
+            lines: self.lines.clone(),
+        })
+    }
+    async fn close(&self, _: RecordingHost) {}
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `t` behind an nginx proxy on `port`, its `web` routed with `directives`
+/// to `upstream` (`start`/`reload`: the operator's commands, if any).
+fn proxied(
+    mut t: Target,
+    port: u16,
+    upstream: u16,
+    directives: &[&str],
+    start: Option<&str>,
+    reload: Option<&str>,
+) -> Target {
+    t.apps[0].routes = vec![route(upstream, directives)];
+    if let Some(bg) = &mut t.apps[0].blue_green {
+        for s in &mut bg.slots {
+            s.routes = vec![route(s.port, directives)];
+        }
+    }
+    t.proxy = Some(ProxyJob {
+        settings: Settings {
+            kind: Kind::Nginx,
+            http_port: port,
+            https_port: free_port(),
+            tls: Tls::Off,
+            start: start.map(str::to_string),
+            reload: reload.map(str::to_string),
+        },
+        dir: ProxyDir {
+            deploy_root: t.host.deploy_root.clone(),
+            client: "alpha".into(),
+        },
+    });
+    t
+}
+
+/// Stops the nginx a test started through its config, even when the test fails.
+struct Nginx(ProxyDir);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(format!("{}/", self.0.path()))
+            .arg("-c")
+            .arg(self.0.config(Kind::Nginx))
+            .arg("-s")
+            .arg("quit")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn listens(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn an_invalid_proxy_config_stops_the_host_before_any_app_changes() {
+    for bg in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let port = free_port();
+        let mut t = target(root, "h1", "v1", false);
+        if bg {
+            t = blue_green(t, Duration::ZERO);
+        }
+        let t = proxied(
+            t,
+            port,
+            BLUE,
+            &["this is not a directive;"],
+            Some("touch started"),
+            Some("touch reloaded"),
+        );
+        let dir = t.proxy.as_ref().unwrap().dir.clone();
+        let o = run_with(
+            &plan("a", vec![t], 0),
+            &Local,
+            &healthy_slots(),
+            Duration::ZERO,
+        );
+        let h = &o.hosts[0];
+        assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
+        let f = h.failure.as_ref().unwrap();
+        assert_eq!(
+            (f.kind, f.app.as_deref(), f.step.as_str()),
+            (FailureKind::Command, None, "proxy check"),
+            "{o:#?}"
+        );
+        assert!(f.message.contains("is invalid"), "{}", f.message);
+        assert_eq!(
+            steps(h),
+            [("connect", true), ("inspect", true), ("proxy check", false)],
+            "{o:#?}"
+        );
+        assert!(h.switched.is_empty());
+        assert!(
+            !root.join("h1/alpha/web/releases").exists(),
+            "nothing uploaded"
+        );
+        assert!(!root.join("h1/alpha/web/current").exists());
+        assert_eq!(web_file(root, "h1", "events"), "", "no slot started");
+        let proxy_dir = std::path::Path::new(&dir.path()).to_path_buf();
+        for file in ["nginx.conf", "nginx.conf.next", "started", "reloaded"] {
+            assert!(!proxy_dir.join(file).exists(), "{file}");
+        }
+        assert!(!listens(port));
+        assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+    }
+}
+
+#[test]
+fn a_proxy_config_is_applied_after_the_start_and_only_when_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let port = free_port();
+    let rec = Recording::default();
+    let t = |v: &str, upstream: u16| {
+        proxied(
+            target(root, "h1", v, false),
+            port,
+            upstream,
+            &[],
+            None,
+            None,
+        )
+    };
+    let dir = t("v1", 9).proxy.unwrap().dir;
+    let _nginx = Nginx(dir.clone());
+    let live = || std::fs::read_to_string(dir.config(Kind::Nginx)).unwrap();
+    let proxy_lines = |rec: &Recording| -> Vec<String> {
+        rec.take()
+            .into_iter()
+            .filter(|l| l == "@@proxy started" || l == "@@proxy reloaded")
+            .collect()
+    };
+    let deploy = |rev: &str, v: &str, upstream: u16| {
+        run_with(
+            &plan(rev, vec![t(v, upstream)], 0),
+            &rec,
+            &ScriptedProber::default(),
+            Duration::ZERO,
+        )
+    };
+
+    // Nothing listens: the checked config is installed and nginx started,
+    // after the app's start.
+    let o = deploy("a", "v1", 9001);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("proxy check", true),
+            ("upload", true),
+            ("switch", true),
+            ("start", true),
+            ("prune", true),
+            ("proxy", true),
+            ("health", true),
+            ("gated", true),
+        ]
+    );
+    assert_eq!(proxy_lines(&rec), ["@@proxy started"]);
+    assert!(listens(port));
+    let first = live();
+    assert!(first.contains("server 127.0.0.1:9001;"), "{first}");
+
+    // The app changes, its routes do not: the proxy is left alone.
+    let o = deploy("b", "v2", 9001);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(app_steps(h, "web"), ["upload", "switch", "start", "prune"]);
+    assert!(
+        !steps(h).iter().any(|(s, _)| s.starts_with("proxy")),
+        "{o:#?}"
+    );
+    assert_eq!(proxy_lines(&rec), Vec::<String>::new());
+    assert_eq!(live(), first);
+
+    // A route changes: reloaded.
+    let o = deploy("c", "v3", 9002);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(steps(h).contains(&("proxy", true)), "{o:#?}");
+    assert_eq!(proxy_lines(&rec), ["@@proxy reloaded"]);
+    let third = live();
+    assert!(third.contains("server 127.0.0.1:9002;"), "{third}");
+
+    // The proxy went down; the next deploy, with the routes it already
+    // has, starts it again. Its release is broken: rolled back, the proxy
+    // keeps the config it has (the one before the last change is not it).
+    quit(&dir);
+    assert!(!listens(port));
+    let o = deploy("d", "bad", 9002);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert!(steps(h).contains(&("proxy", true)), "{o:#?}");
+    assert!(proxy_lines(&rec).contains(&"@@proxy started".to_string()));
+    assert_eq!(live(), third, "the config of the release it runs");
+    assert!(listens(port));
+    assert_eq!(live_of(root), "v3\n");
+
+    // A new route with a broken release: the app and the config it
+    // replaced both come back.
+    let o = deploy("e", "bad", 9003);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert!(steps(h).contains(&("proxy", true)), "{o:#?}");
+    assert!(steps(h).contains(&("proxy rollback", true)), "{o:#?}");
+    assert_eq!(proxy_lines(&rec), ["@@proxy reloaded", "@@proxy reloaded"]);
+    assert_eq!(live(), third);
+    assert_eq!(live_of(root), "v3\n");
+}
+
+fn live_of(root: &std::path::Path) -> String {
+    live(root, "h1")
+}
+
+fn quit(dir: &ProxyDir) {
+    let status = std::process::Command::new("nginx")
+        .arg("-p")
+        .arg(format!("{}/", dir.path()))
+        .arg("-c")
+        .arg(dir.config(Kind::Nginx))
+        .arg("-s")
+        .arg("quit")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = std::path::Path::new(&dir.path()).join("nginx.pid");
+    for _ in 0..100 {
+        if !pid.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nginx did not quit");
+}
+
+#[test]
+fn a_failed_proxy_check_stops_no_slot_when_a_blue_green_release_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let prober = healthy_slots();
+    let t = blue_green(target(root, "h1", "v1", false), Duration::ZERO);
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    // As if killed before its verdict: the same commit is started again in
+    // its own (live) slot; this time the host's proxy config is invalid.
+    std::fs::remove_file(root.join("h1/alpha/web/gated")).unwrap();
+    let t = proxied(
+        blue_green(target(root, "h1", "v1", false), Duration::ZERO),
+        free_port(),
+        BLUE,
+        &["this is not a directive;"],
+        Some("touch started"),
+        Some("touch reloaded"),
+    );
+    let o = run_with(&plan("a", vec![t], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(h.failure.as_ref().unwrap().step, "proxy check", "{o:#?}");
+    assert_eq!(web_file(root, "h1", "events"), "start blue v1\n");
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        steps(h),
+        [("connect", true), ("inspect", true), ("proxy check", false)],
+        "{o:#?}"
+    );
+}
+
+#[test]
+fn a_failed_proxy_reload_puts_the_config_back_so_the_next_deploy_applies_it_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // Something listens on the proxy's port: the operator's reload runs,
+    // and fails once when `fail-reload` is in the proxy dir.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reload = "if [ -f fail-reload ]; then rm fail-reload; exit 1; fi; touch reloaded";
+    let t = |v: &str, upstream: u16| {
+        proxied(
+            target(root, "h1", v, false),
+            port,
+            upstream,
+            &[],
+            None,
+            Some(reload),
+        )
+    };
+    let dir = t("v1", 9).proxy.unwrap().dir;
+    let live = || std::fs::read_to_string(dir.config(Kind::Nginx)).unwrap();
+    let o = run(&plan("a", vec![t("v1", 9001)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    let first = live();
+
+    std::fs::write(std::path::Path::new(&dir.path()).join("fail-reload"), "").unwrap();
+    let o = run(&plan("b", vec![t("v2", 9002)], 0));
+    let h = &o.hosts[0];
+    let f = h.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.app.as_deref(), f.step.as_str()),
+        (None, "proxy"),
+        "{o:#?}"
+    );
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert!(steps(h).contains(&("proxy rollback", true)), "{o:#?}");
+    assert_eq!(live(), first, "the config the proxy runs");
+    assert_eq!(live_of(root), "v1\n");
+
+    // The same change again: the config is checked and applied again.
+    let o = run(&plan("b", vec![t("v2", 9002)], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(steps(h).contains(&("proxy", true)), "{o:#?}");
+    assert!(live().contains("server 127.0.0.1:9002;"));
+    drop(listener);
+}
+
+#[test]
+fn a_blue_green_switch_moves_the_proxy_with_it_and_a_rollback_moves_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    // Something listens on the proxy's port: the operator's reload runs; it
+    // logs the upstream of the config it loads and what `current` is then.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reload = "grep -o 'server 127.0.0.1:[0-9]*' nginx.conf >> reloads\n\
+                  readlink ../web/current >> reloads";
+    let prober = healthy_slots();
+    let deploy = |rev, v1, v2| {
+        let h1 = proxied(
+            blue_green(target(root, "h1", v1, false), Duration::ZERO),
+            port,
+            BLUE,
+            &[],
+            None,
+            Some(reload),
+        );
+        let mut p = plan(rev, vec![h1, target(root, "h2", v2, false)], 0);
+        p.parallelism = 1;
+        run_with(&p, &Local, &prober, Duration::ZERO)
+    };
+    let reloads = || std::fs::read_to_string(root.join("h1/alpha/.proxy/reloads")).unwrap();
+
+    let o = deploy("a", "v1", "v1");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("proxy check", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("proxy", true),
+            ("prune", true),
+            ("health", true),
+            ("gated", true),
+        ]
+    );
+    assert_eq!(
+        reloads(),
+        format!("server 127.0.0.1:{BLUE}\nreleases/{a}\n")
+    );
+
+    // Green goes live with the proxy; the stage fails on h2, and both go
+    // back to blue.
+    let o = deploy("b", "v2", "bad");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    let order: Vec<&str> = h.steps.iter().map(|s| s.step.as_str()).collect();
+    let at = |s| order.iter().position(|x| *x == s).unwrap();
+    assert!(
+        at("slot health") < at("switch") && at("switch") < at("proxy"),
+        "{order:?}"
+    );
+    assert!(
+        at("rollback") < at("proxy rollback") && at("proxy rollback") < at("stop new slot"),
+        "{order:?}"
+    );
+    assert!(h.steps.iter().all(|s| s.ok), "{o:#?}");
+    assert_eq!(
+        reloads(),
+        format!(
+            "server 127.0.0.1:{BLUE}\nreleases/{a}\n\
+             server 127.0.0.1:{GREEN}\nreleases/{b}\n\
+             server 127.0.0.1:{BLUE}\nreleases/{a}\n"
+        )
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    drop(listener);
+}
+
+#[test]
+fn a_blue_green_host_failing_through_the_proxy_goes_back_to_its_still_running_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    // A check through the proxy: not part of the slot gate (the proxy
+    // still routes to the live slot), judged after the switch.
+    let url = "http://web.example.org/";
+    let prober = healthy_slots();
+    prober.answer(url, "ok 502 ok");
+    let t = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::from_millis(1));
+        for s in &mut t.apps[0].blue_green.as_mut().unwrap().slots {
+            s.checks.push(CheckSpec::Http {
+                url: url.into(),
+                via: Some(("127.0.0.1".into(), 80)),
+                expect_status: 200,
+                expect_body: None,
+                timeout: Duration::from_millis(30),
+                policy: gates(1, 1),
+            });
+        }
+        t
+    };
+    let o = run_with(
+        &plan("a", vec![t("v1")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(prober.probes(url), 1, "after the switch only");
+
+    let o = run_with(
+        &plan("b", vec![t("v2")], 0),
+        &Local,
+        &prober,
+        Duration::ZERO,
+    );
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.failure.as_ref().unwrap().kind, FailureKind::Health);
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", false),
+            ("old slot health", true),
+            ("rollback", true),
+            ("stop new slot", true),
+            ("health after rollback", true),
+            ("gated", true),
+        ]
+    );
+    // Blue never stopped: it was not started again.
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop green\n"
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+    assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
+}
+
+#[test]
+fn a_repaired_blue_green_release_that_fails_goes_back_to_the_release_before_in_its_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let url = "http://web.example.org/";
+    let prober = healthy_slots();
+    prober.answer(url, "ok ok 502 ok");
+    let t = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        for s in &mut t.apps[0].blue_green.as_mut().unwrap().slots {
+            s.checks.push(CheckSpec::Http {
+                url: url.into(),
+                via: Some(("127.0.0.1".into(), 80)),
+                expect_status: 200,
+                expect_body: None,
+                timeout: Duration::from_millis(30),
+                policy: gates(1, 1),
+            });
+        }
+        t
+    };
+    let deploy = |rev, v| run_with(&plan(rev, vec![t(v)], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(deploy("a", "v1").hosts[0].status, HostStatus::Deployed);
+    assert_eq!(deploy("b", "v2").hosts[0].status, HostStatus::Deployed);
+    // As if killed before its verdict: b is started again in its own slot
+    // (green), and fails through the proxy. It goes back to a, in blue,
+    // where a ran (it used to be started without a slot: no
+    // FLEETGATE_SLOT, the start failed, nothing ran).
+    std::fs::remove_file(root.join("h1/alpha/web/gated")).unwrap();
+    let o = deploy("b", "v2");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.rollback_failure, None);
+    assert_eq!(
+        steps(h),
+        [
+            ("connect", true),
+            ("inspect", true),
+            ("upload", true),
+            ("start slot", true),
+            ("slot health", true),
+            ("switch", true),
+            ("prune", true),
+            ("health", false),
+            ("restart old slot", true),
+            ("old slot health", true),
+            ("rollback", true),
+            ("stop new slot", true),
+            ("health after rollback", true),
+            ("gated", true),
+        ]
+    );
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start blue v1\nstart green v2\nstop blue\nstart green v2\nstart blue v1\nstop green\n"
+    );
+    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+}
+
+#[test]
+fn an_app_turning_blue_green_starts_in_blue_and_stops_its_plain_run_after_the_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = "a".repeat(40);
+    let prober = healthy_slots();
+    // One set of commands for both ways of running: `plain` without a slot.
+    let start = Start::Command {
+        start: "echo \"start ${FLEETGATE_SLOT:-plain} $(cat version)\" >> ../../events\n\
+                touch \"../../running-${FLEETGATE_SLOT:-plain}\""
+            .into(),
+        stop: Some(
+            "echo \"stop ${FLEETGATE_SLOT:-plain}\" >> ../../events\n\
+             rm -f \"../../running-${FLEETGATE_SLOT:-plain}\""
+                .into(),
+        ),
+    };
+    let plain = |v| {
+        let mut t = target(root, "h1", v, false);
+        t.apps[0].start = start.clone();
+        t
+    };
+    let bg = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        t.apps[0].start = start.clone();
+        t
+    };
+    let runs_in = || {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("h1/alpha/web"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("running-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let deploy = |rev, h1: Target, h2: &str| {
+        let mut p = plan(rev, vec![h1, target(root, "h2", h2, false)], 0);
+        p.parallelism = 1;
+        run_with(&p, &Local, &prober, Duration::ZERO)
+    };
+    assert!(deploy("a", plain("v1"), "v1").passed);
+    assert_eq!(runs_in(), ["running-plain"]);
+
+    // Turned blue_green, and the stage fails on h2: back to running plain.
+    let o = deploy("b", bg("v2"), "bad");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
+    assert_eq!(runs_in(), ["running-plain"], "{o:#?}");
+    assert_eq!(current(root, "h1"), format!("releases/{a}"));
+    assert_eq!(live_slot(root, "h1"), (None, String::new()));
+    assert_eq!(h.runs["web"], Runs::Release(a.clone()));
+
+    // And for good: blue, the plain run stopped after the drain.
+    let o = deploy("b", bg("v2"), "v2");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
+    assert_eq!(runs_in(), ["running-blue"]);
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(Slot::Blue), format!("blue {BLUE}\n"))
+    );
+    let events = web_file(root, "h1", "events");
+    assert!(events.ends_with("start blue v2\nstop plain\n"), "{events}");
+}
+
+#[test]
+fn a_blue_green_app_taken_off_its_host_stops_its_live_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = healthy_slots();
+    let t = |rev, v| {
+        let t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        run_with(&plan(rev, vec![t], 0), &Local, &prober, Duration::ZERO)
+    };
+    assert!(t("a", "v1").passed);
+    assert!(t("b", "v2").passed);
+    assert_eq!(running(root, "h1"), (String::new(), format!("{GREEN}\n")));
+    let mut gone = blue_green(target(root, "h1", "v2", false), Duration::ZERO);
+    let app = gone.apps.remove(0);
+    gone.removals.push(Removal {
+        app: app.name.clone(),
+        dir: app.dir.clone(),
+        start: app.start.clone(),
+        stop: app.stop.clone(),
+    });
+    let o = run_with(&plan("c", vec![gone], 0), &Local, &prober, Duration::ZERO);
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(app_steps(h, "web"), ["remove"]);
+    assert_eq!(running(root, "h1"), (String::new(), String::new()));
+    assert!(web_file(root, "h1", "events").ends_with("stop green\n"));
+    for f in ["current", "state.json", "slot"] {
+        assert!(!root.join("h1/alpha/web").join(f).exists(), "{f}");
+    }
+    assert_eq!(h.runs["web"], Runs::Nothing);
+}

@@ -481,6 +481,9 @@ pub fn check_script(settings: &Settings, dir: &ProxyDir, content: &str) -> Strin
 /// keeping the one it replaces as `<config>.previous`, then reloads a
 /// running proxy or starts an idle one. Never restarts a running proxy.
 /// Prints only `@@proxy reloaded` or `@@proxy started` on success.
+/// `<config>.previous` is this apply's alone: an older one is removed
+/// first, so [`restore_script`] never puts back a config from before an
+/// apply that replaced nothing (a proxy started again on the config it had).
 pub fn apply_script(settings: &Settings, dir: &ProxyDir) -> String {
     let mut s = preamble(settings, dir);
     s.push_str(CHECK);
@@ -489,6 +492,7 @@ pub fn apply_script(settings: &Settings, dir: &ProxyDir) -> String {
   echo "fleetgate: no candidate proxy config $live.next (the check runs first)" >&2
   exit 1
 fi
+rm -f "$live.previous" || exit 1
 check "$live.next" || exit 1
 mkdir -p "$d/tmp" "$d/data" || exit 1
 if [ -f "$live" ] && cmp -s "$live.next" "$live"; then
