@@ -1054,7 +1054,9 @@ http {
         let out = sh(&apply_script(&settings, &dir));
         assert!(!out.status.success(), "{}", text(&out));
         assert_eq!(std::fs::read_to_string(dir.config(kind)).unwrap(), live);
-        assert_eq!(get(port, "b.example.org", "/b/"), (200, "app-b".into()));
+        // (An old nginx worker may still take a connection for a moment
+        // after the reload above: the new config must win, and stay.)
+        wait_for(|| get(port, "b.example.org", "/b/") == (200, "app-b".into()));
         assert_eq!(running.pid(), pid);
 
         // Restore: the previous config back, reloaded.
