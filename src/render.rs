@@ -357,7 +357,7 @@ fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnosti
         .unwrap_or_default();
     let hint = match err.kind() {
         minijinja::ErrorKind::UndefinedError => {
-            "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir); define the variable in the client's `vars:` or fix the name"
+            "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir; port in a blue_green app's slot); define the variable in the client's `vars:` or fix the name"
         }
         _ if over_budget.is_some() => {
             "templates render for every client and host on every plan, merge requests included: keep loops small and files under 8 MiB"
@@ -1420,6 +1420,14 @@ mod tests {
                 "pipelines/apps/web/app.yaml:1 slot_ports[1]: `release.port` is undefined (rendering for client alpha host alpha-1)",
             ],
         );
+    }
+
+    #[test]
+    fn the_undefined_hint_says_where_release_port_is_defined() {
+        let e = minijinja::Error::new(minijinja::ErrorKind::UndefinedError, "x");
+        let d = template_diag("web/a.env.j2", &e, "client alpha host alpha-1");
+        let hint = d.hint.unwrap_or_default();
+        assert!(hint.contains("port in a blue_green app's slot"), "{hint}");
     }
 
     /// Routes end up in proxy configs, plans and logs: like checks, their
