@@ -336,3 +336,191 @@ pub fn route_conflicts(clients: &BTreeMap<String, DesiredClient>) -> Vec<Diagnos
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Host;
+    use crate::render::{DesiredApp, RenderedRoute};
+
+    /// A route of `names` at `path` to port 8080.
+    fn route(names: &[&str], path: Option<&str>) -> RenderedRoute {
+        RenderedRoute {
+            hosts: names.iter().map(|n| n.to_string()).collect(),
+            path: path.map(str::to_string),
+            service: None,
+            port: 8080,
+            health: None,
+            directives: Vec::new(),
+        }
+    }
+
+    fn host(name: &str, address: &str, port: u16) -> Host {
+        Host {
+            name: name.into(),
+            address: address.into(),
+            port,
+            user: "deploy".into(),
+            deploy_root: "/opt/fleetgate".into(),
+        }
+    }
+
+    /// An app with `routes` on every host in `hosts`.
+    fn app(hosts: &[Host], routes: &[RenderedRoute]) -> DesiredApp {
+        DesiredApp {
+            images: BTreeMap::new(),
+            files: BTreeMap::new(),
+            health: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            exposed: Vec::new(),
+            routes: hosts
+                .iter()
+                .map(|h| (h.name.clone(), routes.to_vec()))
+                .collect(),
+            green: None,
+        }
+    }
+
+    fn client(name: &str, hosts: Vec<Host>, apps: Vec<(&str, DesiredApp)>) -> DesiredClient {
+        DesiredClient {
+            name: name.into(),
+            group: "canary".into(),
+            hosts,
+            apps: apps.into_iter().map(|(n, a)| (n.to_string(), a)).collect(),
+        }
+    }
+
+    fn conflicts(clients: Vec<DesiredClient>) -> Vec<String> {
+        let clients = clients.into_iter().map(|c| (c.name.clone(), c)).collect();
+        route_conflicts(&clients)
+            .iter()
+            .map(crate::config::validate::testing::render)
+            .collect()
+    }
+
+    #[test]
+    fn one_app_may_route_a_name_and_path_twice() {
+        let hosts = vec![host("alpha-1", "203.0.113.10", 22)];
+        let web = app(
+            &hosts,
+            &[
+                route(&["a.example.org"], None),
+                route(&["a.example.org"], Some("/")),
+            ],
+        );
+        assert_eq!(
+            conflicts(vec![client("alpha", hosts, vec![("web", web)])]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn two_apps_routing_one_name_and_path_on_a_host() {
+        let hosts = vec![
+            host("alpha-1", "203.0.113.10", 22),
+            host("alpha-2", "203.0.113.11", 22),
+        ];
+        // On alpha-1 both claim a.example.org/; on alpha-2 only web runs.
+        let mut api = app(
+            &hosts[..1],
+            &[route(&["b.example.org", "a.example.org"], None)],
+        );
+        api.routes.insert("alpha-2".into(), Vec::new());
+        let web = app(&hosts, &[route(&["a.example.org"], Some("/"))]);
+        assert_eq!(
+            conflicts(vec![client(
+                "alpha",
+                hosts,
+                vec![("api", api), ("web", web)]
+            )]),
+            [
+                "pipelines/apps/web/app.yaml routes: `a.example.org/` is routed by both `api` and `web` on host alpha-1 of client alpha"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_paths_and_other_names_are_fine() {
+        let hosts = vec![host("alpha-1", "203.0.113.10", 22)];
+        let web = app(&hosts, &[route(&["a.example.org"], None)]);
+        let api = app(
+            &hosts,
+            &[
+                route(&["a.example.org"], Some("/api")),
+                route(&["b.example.org"], None),
+            ],
+        );
+        assert_eq!(
+            conflicts(vec![client(
+                "alpha",
+                hosts,
+                vec![("api", api), ("web", web)]
+            )]),
+            Vec::<String>::new()
+        );
+    }
+
+    /// Each client runs its own proxy on its hosts: two clients with
+    /// routes on one machine (address and SSH port) would both listen on
+    /// its HTTP port.
+    #[test]
+    fn two_clients_with_routes_on_one_machine() {
+        let on = |name: &str, address: &str, port: u16, routed: bool| {
+            let hosts = vec![host(&format!("{name}-1"), address, port)];
+            let routes = if routed {
+                vec![route(&[&format!("{name}.example.org")], None)]
+            } else {
+                Vec::new()
+            };
+            let web = app(&hosts, &routes);
+            client(name, hosts, vec![("web", web)])
+        };
+        assert_eq!(
+            conflicts(vec![
+                on("alpha", "203.0.113.10", 22, true),
+                on("beta", "203.0.113.10", 22, true),
+            ]),
+            [
+                "clients/beta.yaml hosts: host beta-1 is the same machine (203.0.113.10:22) as host alpha-1 of client alpha, and both have routes"
+            ]
+        );
+        // Another SSH port is another machine (a forwarded port, a VM).
+        assert_eq!(
+            conflicts(vec![
+                on("alpha", "203.0.113.10", 22, true),
+                on("beta", "203.0.113.10", 2222, true),
+            ]),
+            Vec::<String>::new()
+        );
+        // Only one of them has routes: one proxy.
+        assert_eq!(
+            conflicts(vec![
+                on("alpha", "203.0.113.10", 22, true),
+                on("beta", "203.0.113.10", 22, false),
+            ]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            conflicts(vec![
+                on("alpha", "203.0.113.10", 22, false),
+                on("beta", "203.0.113.10", 22, true),
+            ]),
+            Vec::<String>::new()
+        );
+    }
+
+    /// Hetzner clients render for one placeholder host until deploy time:
+    /// two of them are not one machine.
+    #[test]
+    fn hcloud_placeholder_hosts_are_not_machines() {
+        let on = |name: &str| {
+            let hosts = vec![host("hcloud", "(hcloud: env=prod)", 22)];
+            let web = app(&hosts, &[route(&[&format!("{name}.example.org")], None)]);
+            client(name, hosts, vec![("web", web)])
+        };
+        assert_eq!(
+            conflicts(vec![on("alpha"), on("beta")]),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -357,7 +357,7 @@ fn template_diag(name: &str, err: &minijinja::Error, context: &str) -> Diagnosti
         .unwrap_or_default();
     let hint = match err.kind() {
         minijinja::ErrorKind::UndefinedError => {
-            "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir); define the variable in the client's `vars:` or fix the name"
+            "templates see client (name, domain, group, vars), host (name, address, port, user), app (name, images), secrets (the app's declared keys), release (rev, dir; port in a blue_green app's slot); define the variable in the client's `vars:` or fix the name"
         }
         _ if over_budget.is_some() => {
             "templates render for every client and host on every plan, merge requests included: keep loops small and files under 8 MiB"
@@ -1058,13 +1058,9 @@ mod tests {
             Err(p) => problems.extend(p),
             Ok(client) => {
                 for (app, desired) in &client.apps {
-                    for (host, files) in &desired.files {
-                        for (path, text) in files {
-                            summary.push(format!("{host} {app}/{path}: {text}"));
-                        }
-                        for check in &desired.health[host] {
-                            summary.push(format!("{host} {app} check: {check:?}"));
-                        }
+                    summarize_slot(&mut summary, "", app, &desired.blue());
+                    if let Some(green) = &desired.green {
+                        summarize_slot(&mut summary, "green ", app, green);
                     }
                 }
             }
@@ -1073,6 +1069,32 @@ mod tests {
             assert!(!format!("{d:?}").contains(PASSWORD), "a secret in {d:?}");
         }
         assert_outcome(&fixture, &problems, summary, expect);
+    }
+
+    /// A slot's files and checks per host (with `prefix`: which slot), then
+    /// its routes and ports, when it has any.
+    fn summarize_slot(summary: &mut Vec<String>, prefix: &str, app: &str, slot: &Slot) {
+        for (host, files) in &slot.files {
+            for (path, text) in files {
+                summary.push(format!("{prefix}{host} {app}/{path}: {text}"));
+            }
+            for check in &slot.health[host] {
+                summary.push(format!("{prefix}{host} {app} check: {check:?}"));
+            }
+            for r in slot.routes.get(host).into_iter().flatten() {
+                summary.push(format!(
+                    "{prefix}{host} {app} route: {:?} {} -> {}",
+                    r.hosts,
+                    r.path.as_deref().unwrap_or("/"),
+                    r.port
+                ));
+            }
+            if let Some([blue, green]) = slot.ports.get(host) {
+                summary.push(format!(
+                    "{prefix}{host} {app} ports: blue {blue} green {green}"
+                ));
+            }
+        }
     }
 
     #[test]
@@ -1249,6 +1271,278 @@ mod tests {
             View::Masked,
             &[
                 "pipelines/apps/web/a.j2: exceeded the render budget (output larger than 8 MiB) (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    /// [`FLEET`]'s pipeline with a proxy in front of the apps' routes.
+    const PROXY: &str = "//- pipelines/pipeline.yaml\nstages: [{name: canary, group: canary}]\nproxy: {kind: caddy}";
+
+    /// `check` with [`PROXY`] written after `app`.
+    fn check_routed(app: &str, view: View, expect: &[&str]) {
+        check(
+            &format!("{}\n{PROXY}", trim_indent_of(app).trim_end()),
+            view,
+            expect,
+        );
+    }
+
+    fn trim_indent_of(text: &str) -> String {
+        crate::config::validate::testing::trim_indent(text)
+    }
+
+    #[test]
+    fn routes_render_per_host_into_their_release_file() {
+        check_routed(
+            r#"
+            runtime: compose
+            routes:
+              - hosts: ["{{ client.domain }}", "{{ host.name }}.{{ client.domain }}", "*.{{ client.name }}.example.net"]
+                port: "{{ client.vars.port }}"
+              - hosts: [api.example.org]
+                path: /v1
+                service: api
+                port: 9000
+                health: /healthz
+                proxy_directives: ["  client_max_body_size 10G;  "]
+            health:
+              - {http: "https://{{ client.domain }}/health", route: true}
+            "#,
+            View::Real,
+            &[
+                "alpha-1 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\n\
+                 *.alpha.example.net/ -> 127.0.0.1:8080\n\
+                 alpha-1.alpha.example.org/ -> 127.0.0.1:8080\n\
+                 alpha.example.org/ -> 127.0.0.1:8080\n\
+                 api.example.org/v1 -> 127.0.0.1:9000 service api health /healthz\n  client_max_body_size 10G;\n",
+                r#"alpha-1 web check: Http { url: "https://alpha.example.org/health" }"#,
+                r#"alpha-1 web route: ["*.alpha.example.net", "alpha-1.alpha.example.org", "alpha.example.org"] / -> 8080"#,
+                r#"alpha-1 web route: ["api.example.org"] /v1 -> 9000"#,
+                "alpha-2 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\n\
+                 *.alpha.example.net/ -> 127.0.0.1:8080\n\
+                 alpha-2.alpha.example.org/ -> 127.0.0.1:8080\n\
+                 alpha.example.org/ -> 127.0.0.1:8080\n\
+                 api.example.org/v1 -> 127.0.0.1:9000 service api health /healthz\n  client_max_body_size 10G;\n",
+                r#"alpha-2 web check: Http { url: "https://alpha.example.org/health" }"#,
+                r#"alpha-2 web route: ["*.alpha.example.net", "alpha-2.alpha.example.org", "alpha.example.org"] / -> 8080"#,
+                r#"alpha-2 web route: ["api.example.org"] /v1 -> 9000"#,
+            ],
+        );
+        // Without routes: no routes file.
+        check_routed(
+            "runtime: compose\nfiles: {a: a.j2}\n//- pipelines/apps/web/a.j2\na",
+            View::Masked,
+            &["alpha-1 web/a: a\n", "alpha-2 web/a: a\n"],
+        );
+    }
+
+    /// A blue_green app renders twice: `release.port` is each slot's port
+    /// in its files, checks and routes.
+    #[test]
+    fn blue_green_renders_each_slot_with_its_port() {
+        check_routed(
+            r#"
+            runtime: compose
+            files: {a.env: a.env.j2}
+            strategy: blue_green
+            slot_ports: ["{{ client.vars.port }}", "{{ client.vars.port + 1 }}"]
+            routes: [{hosts: ["{{ client.domain }}"], health: /health}]
+            health:
+              - http: "http://{{ host.address }}:{{ release.port }}/health"
+            //- pipelines/apps/web/a.env.j2
+            PORT={{ release.port }}
+            "#,
+            View::Masked,
+            &[
+                "alpha-1 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\nalpha.example.org/ -> 127.0.0.1:8080 health /health\n",
+                "alpha-1 web/a.env: PORT=8080\n",
+                r#"alpha-1 web check: Http { url: "http://203.0.113.10:8080/health" }"#,
+                r#"alpha-1 web route: ["alpha.example.org"] / -> 8080"#,
+                "alpha-2 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\nalpha.example.org/ -> 127.0.0.1:8080 health /health\n",
+                "alpha-2 web/a.env: PORT=8080\n",
+                r#"alpha-2 web check: Http { url: "http://203.0.113.11:8080/health" }"#,
+                r#"alpha-2 web route: ["alpha.example.org"] / -> 8080"#,
+                "green alpha-1 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\nalpha.example.org/ -> 127.0.0.1:8081 health /health\n",
+                "green alpha-1 web/a.env: PORT=8081\n",
+                r#"green alpha-1 web check: Http { url: "http://203.0.113.10:8081/health" }"#,
+                r#"green alpha-1 web route: ["alpha.example.org"] / -> 8081"#,
+                "green alpha-1 web ports: blue 8080 green 8081",
+                "green alpha-2 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\nalpha.example.org/ -> 127.0.0.1:8081 health /health\n",
+                "green alpha-2 web/a.env: PORT=8081\n",
+                r#"green alpha-2 web check: Http { url: "http://203.0.113.11:8081/health" }"#,
+                r#"green alpha-2 web route: ["alpha.example.org"] / -> 8081"#,
+                "green alpha-2 web ports: blue 8080 green 8081",
+            ],
+        );
+        // Without routes, too.
+        check(
+            "runtime: compose\nfiles: {a: a.j2}\nstrategy: blue_green\nslot_ports: [1, 2]\n//- pipelines/apps/web/a.j2\n{{ release.port }}",
+            View::Masked,
+            &[
+                "alpha-1 web/a: 1\n",
+                "alpha-2 web/a: 1\n",
+                "green alpha-1 web/a: 2\n",
+                "green alpha-1 web ports: blue 1 green 2",
+                "green alpha-2 web/a: 2\n",
+                "green alpha-2 web ports: blue 1 green 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn release_port_is_undefined_for_a_recreate_app() {
+        check(
+            "runtime: compose\nfiles: {a.env: a.env.j2}\n//- pipelines/apps/web/a.env.j2\nA=1\nPORT={{ release.port }}",
+            View::Masked,
+            &[
+                "pipelines/apps/web/a.env.j2:2: `release.port` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        check(
+            "runtime: compose\nhealth: [{command: \"curl -f localhost:{{ release.port }}\"}]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml:1 health[0]: `release.port` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        check_routed(
+            "runtime: compose\nroutes: [{hosts: [a.example.org], port: \"{{ release.port }}\"}]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml:1 routes[0].port: `release.port` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+        // A slot port cannot be its own slot's port.
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [1, \"{{ release.port }}\"]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml:1 slot_ports[1]: `release.port` is undefined (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_undefined_hint_says_where_release_port_is_defined() {
+        let e = minijinja::Error::new(minijinja::ErrorKind::UndefinedError, "x");
+        let d = template_diag("web/a.env.j2", &e, "client alpha host alpha-1");
+        let hint = d.hint.unwrap_or_default();
+        assert!(hint.contains("port in a blue_green app's slot"), "{hint}");
+    }
+
+    /// Routes end up in proxy configs, plans and logs: like checks, their
+    /// templates never read `secrets`.
+    #[test]
+    fn route_templates_never_read_secrets() {
+        check_routed(
+            "runtime: compose\nsecrets: [api_token]\nroutes: [{hosts: [a.example.org, \"{{ secrets.api_token }}.example.org\"], port: \"{{ secrets['api_token'] }}\"}]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml routes[0].hosts[1]: this route could carry a secret: it reads `secrets`",
+                "pipelines/apps/web/app.yaml routes[0].port: this route could carry a secret: it reads `secrets`",
+                // The app still renders, routes always with masked values:
+                // what they then say quotes the mask, never the value.
+                "pipelines/apps/web/app.yaml routes[0].hosts[1]: `••••07070707.example.org` is not a host name (rendering for client alpha host alpha-1)",
+                "pipelines/apps/web/app.yaml routes[0].port: `••••07070707` is not a port (rendering for client alpha host alpha-1)",
+                "pipelines/apps/web/app.yaml routes[0].hosts[1]: `••••07070707.example.org` is not a host name (rendering for client alpha host alpha-2)",
+                "pipelines/apps/web/app.yaml routes[0].port: `••••07070707` is not a port (rendering for client alpha host alpha-2)",
+            ],
+        );
+        check(
+            "runtime: compose\nsecrets: [api_token]\nstrategy: blue_green\nslot_ports: [1, \"{% set s = secrets %}{{ s.api_token }}\"]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml slot_ports[1]: this route could carry a secret: it reads `secrets`",
+                "pipelines/apps/web/app.yaml slot_ports[1]: `••••07070707` is not a port (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    #[test]
+    fn route_host_names_and_ports_are_checked_once_rendered() {
+        for (host, shown) in [
+            ("{{ client.name | upper }}.example.org", "ALPHA.example.org"),
+            (
+                "{{ client.vars.scheme }}://example.org",
+                "file://example.org",
+            ),
+            ("a_b.example.org", "a_b.example.org"),
+            ("a.*.example.org", "a.*.example.org"),
+            ("*.*.example.org", "*.*.example.org"),
+            ("-a.example.org", "-a.example.org"),
+            ("a..example.org", "a..example.org"),
+            ("example.org.", "example.org."),
+            ("{{ host.address }}:80", "203.0.113.10:80"),
+            ("a.example.org/path", "a.example.org/path"),
+        ] {
+            check_routed(
+                &format!(
+                    "runtime: compose\nroutes: [{{hosts: [a.example.org, \"{host}\"], port: 1}}]"
+                ),
+                View::Masked,
+                &[&format!(
+                    "pipelines/apps/web/app.yaml routes[0].hosts[1]: `{shown}` is not a host name (rendering for client alpha host alpha-1)"
+                )],
+            );
+        }
+        // Lowercase DNS names, optionally one leading wildcard; spaces
+        // around a rendered name do not count.
+        check_routed(
+            "runtime: compose\nroutes: [{hosts: [\"*.{{ client.domain }}\", \"x-1.{{ client.name }}.example.org \", \"localhost\"], port: 1}]",
+            View::Masked,
+            &[
+                "alpha-1 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\n*.alpha.example.org/ -> 127.0.0.1:1\nlocalhost/ -> 127.0.0.1:1\nx-1.alpha.example.org/ -> 127.0.0.1:1\n",
+                r#"alpha-1 web route: ["*.alpha.example.org", "localhost", "x-1.alpha.example.org"] / -> 1"#,
+                "alpha-2 web/.fleetgate/routes: # The routes of web, rendered by fleetgate: the host's proxy is configured from them.\n*.alpha.example.org/ -> 127.0.0.1:1\nlocalhost/ -> 127.0.0.1:1\nx-1.alpha.example.org/ -> 127.0.0.1:1\n",
+                r#"alpha-2 web route: ["*.alpha.example.org", "localhost", "x-1.alpha.example.org"] / -> 1"#,
+            ],
+        );
+        for (port, shown) in [
+            ("\"{{ client.vars.scheme }}\"", "file"),
+            ("0", "0"),
+            ("65536", "65536"),
+            ("-1", "-1"),
+            ("\"80 80\"", "80 80"),
+        ] {
+            check_routed(
+                &format!("runtime: compose\nroutes: [{{hosts: [a.example.org], port: {port}}}]"),
+                View::Masked,
+                &[&format!(
+                    "pipelines/apps/web/app.yaml routes[0].port: `{shown}` is not a port (rendering for client alpha host alpha-1)"
+                )],
+            );
+        }
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [\"{{ client.vars.scheme }}\", 2]",
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml slot_ports[0]: `file` is not a port (rendering for client alpha host alpha-1)",
+            ],
+        );
+    }
+
+    /// `route: true`: the URL's host name must be one of the app's routes'
+    /// on that host (rendered, so a templated one is compared as rendered).
+    #[test]
+    fn a_route_check_goes_to_a_route_host() {
+        check_routed(
+            r#"
+            runtime: compose
+            routes: [{hosts: ["{{ host.name }}.example.org"], port: 1}]
+            health:
+              - {http: "http://{{ host.name }}.example.org:8443/health", route: true}
+              - {http: "http://user@alpha-1.example.org/health", route: true}
+            "#,
+            View::Masked,
+            &[
+                "pipelines/apps/web/app.yaml health[1].http: `route: true`, but `alpha-1.example.org` is none of the app's route host names (rendering for client alpha host alpha-2)",
+            ],
+        );
+        check_routed(
+            "runtime: compose\nroutes: [{hosts: [a.example.org], port: 1}]\nhealth: [{http: \"http://{{ host.address }}/\", route: true}]",
+            View::Real,
+            &[
+                "pipelines/apps/web/app.yaml health[0].http: `route: true`, but its host name is none of the app's route host names (rendering for client alpha host alpha-1)",
             ],
         );
     }

@@ -682,3 +682,64 @@ fn a_symlinked_template_is_refused_in_the_work_tree_and_in_a_commit() {
         run.stderr
     );
 }
+
+/// Two apps of one client claiming the same host name and path on one host:
+/// only one of them could be reached through the host's proxy. `check`
+/// refuses the fleet naming both apps, in text and in JSON.
+#[test]
+fn two_apps_routing_one_host_name_are_refused() {
+    let fleet = Fleet::example();
+    fleet.edit(PIPELINE, "on_failure:", "proxy: {kind: caddy}\non_failure:");
+    fleet.edit(
+        WHOAMI,
+        "rollback: safe",
+        "rollback: safe\nroutes:\n  - hosts: [\"{{ client.domain }}\"]\n    port: \"{{ client.vars.whoami_port }}\"",
+    );
+    // zitadel is stateful (`rollback: freeze`) but a recreate app may route.
+    let zitadel = "pipelines/apps/zitadel/app.yaml";
+    let text = fleet.read(zitadel);
+    fleet.write(
+        zitadel,
+        &format!(
+            "{text}routes:\n  - hosts: [\"{{{{ client.domain }}}}\"]\n    path: /auth\n    port: \"{{{{ client.vars.zitadel_port }}}}\"\n"
+        ),
+    );
+    // Another path on the same name: fine.
+    fleet.run(&["check"]).code(0);
+
+    fleet.edit(zitadel, "    path: /auth\n", "");
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pipelines/apps/zitadel/app.yaml: routes:"))
+        .unwrap_or_else(|| panic!("no route conflict named:\n{}", run.stderr));
+    assert!(
+        line.contains(
+            "`beta.example.org/` is routed by both `whoami` and `zitadel` on host beta-1 of client beta"
+        ),
+        "{line}"
+    );
+    assert!(
+        run.stderr.contains("error: the fleet at work tree has"),
+        "{}",
+        run.stderr
+    );
+
+    let json = fleet.run(&["check", "--format", "json"]);
+    json.code(2);
+    let v = json.json();
+    assert_eq!(v["ok"], false);
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v:#}");
+    let p = &problems[0];
+    assert_eq!(p["file"], "pipelines/apps/zitadel/app.yaml");
+    assert_eq!(p["field"], "routes");
+    let message = p["message"].as_str().unwrap();
+    assert!(
+        message.contains("`whoami`") && message.contains("`zitadel`"),
+        "{message}"
+    );
+    assert!(p["hint"].is_string(), "{p}");
+}

@@ -513,3 +513,67 @@ fn a_symlinked_template_is_refused_not_planned() {
     );
     assert_eq!(run.stdout, "", "no plan is printed");
 }
+
+/// A route is part of the release: its rendered form is the release file
+/// `.fleetgate/routes`, so a changed host name is planned like a changed
+/// file, for the clients whose routes change only.
+#[test]
+fn a_changed_route_host_name_is_a_change_of_the_routes_file() {
+    let fleet = Fleet::example();
+    fleet.edit(
+        "pipelines/pipeline.yaml",
+        "on_failure:",
+        "proxy: {kind: caddy}\non_failure:",
+    );
+    fleet.edit(
+        "pipelines/apps/whoami/app.yaml",
+        "rollback: safe",
+        "rollback: safe\nroutes:\n  - hosts: [\"{{ client.vars.whoami_host }}\"]\n    port: \"{{ client.vars.whoami_port }}\"",
+    );
+    for client in ["alpha", "beta", "gamma"] {
+        fleet.edit(
+            &format!("clients/{client}.yaml"),
+            "  whoami_port: 8080",
+            &format!("  whoami_port: 8080\n  whoami_host: whoami.{client}.example.org"),
+        );
+    }
+    fleet.commit("whoami behind the proxy");
+    fleet.edit(
+        "clients/alpha.yaml",
+        "whoami_host: whoami.alpha.example.org",
+        "whoami_host: who.alpha.example.org",
+    );
+    fleet.commit("alpha: whoami at who.");
+
+    let plan = fleet.plan_json("HEAD~1", "HEAD");
+    assert_eq!(plan_clients(&plan), ["alpha"]);
+    assert_eq!(plan["unaffected"], 2);
+    assert_eq!(apps(&plan, "alpha"), [pair("whoami", "update")]);
+    let files = plan["clients"][0]["apps"][0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{files:#?}");
+    let routes = &files[0];
+    assert_eq!(routes["path"], ".fleetgate/routes");
+    let diff = routes["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("\n-whoami.alpha.example.org/ -> 127.0.0.1:8080\n"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("\n+who.alpha.example.org/ -> 127.0.0.1:8080\n"),
+        "{diff}"
+    );
+
+    let text = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
+    text.code(0);
+    for expected in [
+        ".fleetgate/routes",
+        "-whoami.alpha.example.org/ -> 127.0.0.1:8080",
+        "+who.alpha.example.org/ -> 127.0.0.1:8080",
+    ] {
+        assert!(
+            text.stdout.contains(expected),
+            "no {expected}:\n{}",
+            text.stdout
+        );
+    }
+}

@@ -319,7 +319,10 @@ fn routes(c: &mut Check, raw: &raw::App) -> Vec<Route> {
     // would never be reached.
     let mut seen = BTreeMap::new();
     for (i, r) in out.iter().enumerate() {
-        for h in &r.hosts {
+        // An empty name is reported above; a name listed twice in one route
+        // is one route (rendering drops the repeat).
+        let names: BTreeSet<&String> = r.hosts.iter().filter(|h| !h.is_empty()).collect();
+        for h in names {
             let key = (h.clone(), r.path.clone().unwrap_or_else(|| "/".into()));
             if let Some(first) = seen.insert(key.clone(), i) {
                 c.at(
@@ -597,11 +600,22 @@ mod tests {
             ));
         }
         out.extend(app.images.iter().map(|(k, r)| format!("  image {k}: {r}")));
+        out.extend(app.routes.iter().map(|r| {
+            format!(
+                "  route hosts={:?} path={:?} service={:?} port={:?} health={:?} directives={:?}",
+                r.hosts, r.path, r.service, r.port, r.health, r.directives
+            )
+        }));
         out.extend(
             app.files
                 .iter()
                 .map(|(dest, t)| format!("  file {dest}: {t} ({} bytes)", app.templates[t].len())),
         );
+        if let Strategy::BlueGreen { slot_ports, drain } = &app.strategy {
+            out.push(format!(
+                "  blue_green slot_ports={slot_ports:?} drain={drain:?}"
+            ));
+        }
         out
     }
 
@@ -798,6 +812,318 @@ mod tests {
         check(
             "runtime: compose\nsnapshot_keep: 0",
             &["pipelines/apps/web/app.yaml:2 snapshot_keep: snapshot_keep must be at least 1"],
+        );
+    }
+
+    #[test]
+    fn routes_of_a_recreate_app() {
+        check(
+            r#"
+            runtime: compose
+            routes:
+              - hosts: ["{{ client.domain }}", " www.{{ client.domain }} "]
+                port: 8080
+              - hosts: [api.example.org]
+                path: /api
+                service: api
+                port: "{{ client.vars.api_port }}"
+                health: /health
+                proxy_directives: ["client_max_body_size 10G;"]
+              - hosts: [root.example.org]
+                path: /
+                port: 8081
+            health:
+              - {http: "http://{{ client.domain }}/health", route: true}
+            "#,
+            &[
+                "app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=1",
+                r#"  route hosts=["{{ client.domain }}", "www.{{ client.domain }}"] path=None service=None port=Some("8080") health=None directives=[]"#,
+                r#"  route hosts=["api.example.org"] path=Some("/api") service=Some("api") port=Some("{{ client.vars.api_port }}") health=Some("/health") directives=["client_max_body_size 10G;"]"#,
+                // `path: /` is the same as no path.
+                r#"  route hosts=["root.example.org"] path=None service=None port=Some("8081") health=None directives=[]"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn route_fields() {
+        check(
+            r#"
+            runtime: compose
+            routes:
+              - {hosts: [], port: 1}
+              - {hosts: ["", "  "], port: 1}
+              - {hosts: [a.example.org], path: api, port: 1}
+              - {hosts: [a.example.org], path: "/a//b", port: 1}
+              - {hosts: [a.example.org], path: "/a b", port: 1}
+              - {hosts: [a.example.org], path: "/{{ x }}", port: 1}
+              - {hosts: [b.example.org], health: health, port: 1}
+              - {hosts: [c.example.org], health: "/he alth", port: 1}
+              - {hosts: [d.example.org], service: Web_1, port: 1}
+            "#,
+            &[
+                "pipelines/apps/web/app.yaml:3 routes[0].hosts: a route needs at least one host name",
+                "pipelines/apps/web/app.yaml:4 routes[1].hosts[0]: an empty host name",
+                "pipelines/apps/web/app.yaml:4 routes[1].hosts[1]: an empty host name",
+                "pipelines/apps/web/app.yaml:5 routes[2].path: `api` is not a path prefix",
+                "pipelines/apps/web/app.yaml:6 routes[3].path: `/a//b` is not a path prefix",
+                "pipelines/apps/web/app.yaml:7 routes[4].path: `/a b` is not a path prefix",
+                "pipelines/apps/web/app.yaml:8 routes[5].path: `/{{ x }}` is not a path prefix",
+                "pipelines/apps/web/app.yaml:9 routes[6].health: `health` is not a path",
+                "pipelines/apps/web/app.yaml:10 routes[7].health: `/he alth` is not a path",
+                "pipelines/apps/web/app.yaml:11 routes[8].service: service `Web_1` is not a valid name",
+            ],
+        );
+        check(
+            "runtime: compose\nroutes: [{hosts: [a.example.org], port: 1, tls: on}]",
+            &["pipelines/apps/web/app.yaml:2 routes[0].value.tls: unknown field `tls`"],
+        );
+        check(
+            "runtime: compose\nroutes: [{port: 1}]",
+            &["pipelines/apps/web/app.yaml:2 routes[0].value: missing field `hosts`"],
+        );
+        check(
+            "runtime: compose\nroutes: [{hosts: [a.example.org], port: [1]}]",
+            &[
+                "pipelines/apps/web/app.yaml:2 routes[0].value.port.value: invalid type: sequence, expected a port number or a template",
+            ],
+        );
+    }
+
+    /// One app routing the same host name and path twice: one route would
+    /// never be reached. Another path, or another name, is fine.
+    #[test]
+    fn one_app_routes_a_name_and_path_once() {
+        check(
+            r#"
+            runtime: compose
+            routes:
+              - {hosts: [a.example.org, b.example.org], port: 1}
+              - {hosts: [a.example.org], path: /api, port: 2}
+              - {hosts: [c.example.org, b.example.org], path: /, port: 3}
+              - {hosts: [d.example.org, d.example.org], port: 4}
+            "#,
+            &[
+                "pipelines/apps/web/app.yaml:5 routes[2].hosts: `b.example.org/` is also routed by routes[0]",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_recreate_route_needs_a_port_and_a_blue_green_route_has_none() {
+        check(
+            "runtime: compose\nroutes: [{hosts: [a.example.org]}]",
+            &[
+                "pipelines/apps/web/app.yaml:2 routes[0]: a route needs `port`: where the app listens on the host",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: recreate\nroutes:\n  - {hosts: [a.example.org]}",
+            &[
+                "pipelines/apps/web/app.yaml:4 routes[0]: a route needs `port`: where the app listens on the host",
+            ],
+        );
+        check(
+            r#"
+            runtime: compose
+            strategy: blue_green
+            slot_ports: [8080, 8081]
+            routes:
+              - {hosts: [a.example.org]}
+              - {hosts: [b.example.org], port: 8080}
+            "#,
+            &[
+                "pipelines/apps/web/app.yaml:6 routes[1].port: a blue_green app's routes go to the live slot: leave out `port`",
+            ],
+        );
+    }
+
+    #[test]
+    fn blue_green() {
+        check(
+            r#"
+            runtime: compose
+            strategy: blue_green
+            slot_ports: [8080, "{{ client.vars.green_port }}"]
+            routes: [{hosts: [a.example.org], health: /health}]
+            "#,
+            &[
+                "app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0",
+                r#"  route hosts=["a.example.org"] path=None service=None port=None health=Some("/health") directives=[]"#,
+                r#"  blue_green slot_ports=["8080", "{{ client.vars.green_port }}"] drain=10s"#,
+            ],
+        );
+        check(
+            "runtime: command\ncommands: {start: ./start.sh}\nstrategy: blue_green\nslot_ports: [1, 2]\ndrain: 1m30s",
+            &[
+                r#"app web: runtime=Command rollback=Safe start=Some("./start.sh") stop=None secrets=[] health=0"#,
+                r#"  blue_green slot_ports=["1", "2"] drain=90s"#,
+            ],
+        );
+        // Explicitly `recreate`: the default.
+        check(
+            "runtime: compose\nstrategy: recreate",
+            &["app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0"],
+        );
+        check(
+            "runtime: compose\nstrategy: canary",
+            &["pipelines/apps/web/app.yaml:2 strategy.value: unknown variant `canary`"],
+        );
+    }
+
+    #[test]
+    fn blue_green_needs_two_distinct_slot_ports() {
+        check(
+            "runtime: compose\nstrategy: blue_green",
+            &[
+                "pipelines/apps/web/app.yaml:2 slot_ports: `strategy: blue_green` needs `slot_ports`",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [8080]",
+            &[
+                "pipelines/apps/web/app.yaml:3 slot_ports: `slot_ports` lists 1 ports; blue/green needs two",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [1, 2, 3]",
+            &[
+                "pipelines/apps/web/app.yaml:3 slot_ports: `slot_ports` lists 3 ports; blue/green needs two",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: []",
+            &[
+                "pipelines/apps/web/app.yaml:3 slot_ports: `slot_ports` lists 0 ports; blue/green needs two",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [8080, \"8080\"]",
+            &["pipelines/apps/web/app.yaml:3 slot_ports: the two slots have the same port"],
+        );
+        check(
+            "runtime: compose\nstrategy: blue_green\nslot_ports: [1, 2]\ndrain: soon",
+            &["pipelines/apps/web/app.yaml drain: `soon` is not a duration"],
+        );
+    }
+
+    #[test]
+    fn drain_and_slot_ports_are_for_blue_green_only() {
+        check(
+            "runtime: compose\ndrain: 10s\nslot_ports: [1, 2]",
+            &[
+                "pipelines/apps/web/app.yaml:2 drain: `drain` applies to `strategy: blue_green` only",
+                "pipelines/apps/web/app.yaml:3 slot_ports: `slot_ports` applies to `strategy: blue_green` only",
+            ],
+        );
+        check(
+            "runtime: compose\nstrategy: recreate\ndrain: 10s",
+            &[
+                "pipelines/apps/web/app.yaml:3 drain: `drain` applies to `strategy: blue_green` only",
+            ],
+        );
+    }
+
+    /// Two releases side by side would share a stateful app's data.
+    #[test]
+    fn blue_green_is_refused_for_stateful_apps() {
+        check(
+            "runtime: compose\nrollback: freeze\nstrategy: blue_green\nslot_ports: [1, 2]",
+            &[
+                "pipelines/apps/web/app.yaml:3 strategy: `strategy: blue_green` refused: the app is `rollback: freeze` (stateful)",
+            ],
+        );
+        check(
+            r#"
+            runtime: compose
+            files: {compose.yaml: compose.yaml.j2, a.env: a.env.j2}
+            strategy: blue_green
+            slot_ports: [1, 2]
+            //- pipelines/apps/web/compose.yaml.j2
+            services:
+              db:
+                volumes:
+                  - data:/var/lib/postgresql/data
+            volumes:
+              data: {}
+            //- pipelines/apps/web/a.env.j2
+            # volumes: none
+            A=1
+            "#,
+            &[
+                "pipelines/apps/web/app.yaml:3 strategy: `strategy: blue_green` refused: template web/compose.yaml.j2 declares volumes (line 3), so the app keeps state",
+            ],
+        );
+        // Safe and without volumes: allowed.
+        check(
+            r#"
+            runtime: compose
+            files: {compose.yaml: compose.yaml.j2}
+            rollback: safe
+            strategy: blue_green
+            slot_ports: [1, 2]
+            //- pipelines/apps/web/compose.yaml.j2
+            services:
+              web: {ports: ["{{ release.port }}:80"]}
+            "#,
+            &[
+                "app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0",
+                "  file compose.yaml: web/compose.yaml.j2 (52 bytes)",
+                r#"  blue_green slot_ports=["1", "2"] drain=10s"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn a_route_check_needs_routes() {
+        check(
+            "runtime: compose\nhealth:\n  - {command: \"true\"}\n  - {http: \"http://a.example.org/\", route: true}",
+            &[
+                "pipelines/apps/web/app.yaml:4 health[1].route: `route: true` needs a route: this app has no `routes`",
+            ],
+        );
+        check(
+            "runtime: compose\nhealth: [{http: \"http://a.example.org/\", route: false}]",
+            &["app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=1"],
+        );
+    }
+
+    #[test]
+    fn fleetgate_directory_is_reserved() {
+        check(
+            "runtime: compose\nfiles: {.fleetgate/routes: a.j2}\n//- pipelines/apps/web/a.j2\na",
+            &[
+                "pipelines/apps/web/app.yaml:2 files..fleetgate/routes: destination `.fleetgate/routes` is reserved by fleetgate",
+            ],
+        );
+        check(
+            "runtime: compose\nfiles: {.fleetgate/x/y: a.j2}\n//- pipelines/apps/web/a.j2\na",
+            &[
+                "pipelines/apps/web/app.yaml:2 files..fleetgate/x/y: destination `.fleetgate/x/y` is reserved by fleetgate",
+            ],
+        );
+    }
+
+    /// Routes are served by the pipeline's proxy: without `proxy:`, an app
+    /// with routes is refused (checked with the whole fleet).
+    #[test]
+    fn routes_need_a_proxy_in_the_pipeline() {
+        let app = "runtime: compose\nroutes: [{hosts: [a.example.org], port: 1}]";
+        let problems = |pipeline: &str| {
+            let fixture = format!("{app}\n//- pipelines/pipeline.yaml\n{pipeline}");
+            let (_, problems) = crate::config::validate::validate(&files(APP, "", &fixture));
+            problems
+                .iter()
+                .map(crate::config::validate::testing::render)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            problems("stages: [{name: a, group: a}]"),
+            ["pipelines/apps/web/app.yaml:2 routes: has `routes` but the pipeline runs no proxy"]
+        );
+        assert_eq!(
+            problems("stages: [{name: a, group: a}]\nproxy: {kind: caddy}"),
+            Vec::<String>::new()
         );
     }
 }

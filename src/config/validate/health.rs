@@ -122,7 +122,7 @@ mod tests {
     fn summary(h: &HealthCheck) -> String {
         match h {
             HealthCheck::Http(c) => format!(
-                "http {}: status={} body={:?} interval={:?} timeout={:?} successes={} failures={} deadline={:?}",
+                "http {}: status={} body={:?} interval={:?} timeout={:?} successes={} failures={} deadline={:?}{}",
                 c.url,
                 c.expect_status,
                 c.expect_body,
@@ -130,7 +130,8 @@ mod tests {
                 c.timeout,
                 c.successes,
                 c.failures,
-                c.deadline
+                c.deadline,
+                if c.route { " route" } else { "" }
             ),
             HealthCheck::Command(c) => format!("command: {c}"),
         }
@@ -262,6 +263,35 @@ mod tests {
                 "pipelines/apps/web/app.yaml:3 health[0]: successes and failures must be at least 1",
                 "pipelines/apps/web/app.yaml:4 health[1]: successes and failures must be at least 1",
             ],
+        );
+    }
+
+    /// `route: true`: the check goes through the host's proxy. Whether the
+    /// app has routes is `app.rs`'s rule, whether the URL names one of them
+    /// `render.rs`'s; here the key itself.
+    #[test]
+    fn route_checks() {
+        let routes = "routes: [{hosts: [\"{{ client.domain }}\"], port: 8080}]";
+        let check_routed = |checks: &str, expect: &[&str]| {
+            check(&format!("{}\n{routes}", trim_indent(checks)), expect)
+        };
+        check_routed(
+            r#"
+            - {http: "https://{{ client.domain }}/health", route: true}
+            - {http: "http://{{ host.address }}:8080/health", route: false}
+            "#,
+            &[
+                "http https://{{ client.domain }}/health: status=200 body=None interval=1s timeout=2s successes=1 failures=3 deadline=60s route",
+                "http http://{{ host.address }}:8080/health: status=200 body=None interval=1s timeout=2s successes=1 failures=3 deadline=60s",
+            ],
+        );
+        check_routed(
+            "- {command: \"true\", route: true}",
+            &["pipelines/apps/web/app.yaml:3 health[0].route: `route` applies to http checks only"],
+        );
+        check_routed(
+            "- {http: \"http://x/\", route: yes please}",
+            &["pipelines/apps/web/app.yaml:3 health[0].value.route: invalid boolean"],
         );
     }
 }

@@ -156,13 +156,23 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
         && p.proxy.is_none()
     {
         for app in apps.values().filter(|a| !a.routes.is_empty()) {
+            let file = format!("{APPS_DIR}/{}/app.yaml", app.name);
+            // The model keeps no places: the first route's line, from the
+            // file read again (it parsed when its app validated).
+            let line = files
+                .files
+                .get(&file)
+                .and_then(|bytes| yaml::parse::<super::raw::App>(&file, bytes).ok())
+                .and_then(|raw| {
+                    raw.routes
+                        .first()
+                        .and_then(|r| yaml::line_of(&r.referenced))
+                });
             problems.push(
-                Diagnostic::new(
-                    format!("{APPS_DIR}/{}/app.yaml", app.name),
-                    "has `routes` but the pipeline runs no proxy",
-                )
-                .field("routes")
-                .hint("add proxy: {kind: caddy, http_port: 80} to pipelines/pipeline.yaml"),
+                Diagnostic::new(&file, "has `routes` but the pipeline runs no proxy")
+                    .field("routes")
+                    .line(line)
+                    .hint("add proxy: {kind: caddy, http_port: 80} to pipelines/pipeline.yaml"),
             );
         }
     }

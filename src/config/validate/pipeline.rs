@@ -154,12 +154,15 @@ fn proxy(c: &mut Check, p: &S<raw::Proxy>) -> Settings {
     let http_port = port("proxy.http_port", &v.http_port, 80);
     let https_port = port("proxy.https_port", &v.https_port, 443);
     if tls == Tls::Auto && http_port == https_port {
-        c.at(
-            "proxy.https_port",
-            p,
+        let (message, hint) = (
             "`http_port` and `https_port` are the same port",
             "give them two ports",
         );
+        // At the port written (the other is its default).
+        match v.https_port.as_ref().or(v.http_port.as_ref()) {
+            Some(written) => c.at("proxy.https_port", written, message, hint),
+            None => c.at("proxy.https_port", p, message, hint),
+        }
     }
     let command = |s: &Option<S<String>>| s.as_ref().map(|s| s.value.clone());
     Settings {
@@ -175,7 +178,7 @@ fn proxy(c: &mut Check, p: &S<raw::Proxy>) -> Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::validate::testing::{assert_outcome, files};
+    use crate::config::validate::testing::{assert_outcome, files, trim_indent};
 
     /// `fixture`: the pipeline file (or `//- path` files); `expect`: the
     /// problems, or the validated pipeline in `summary`'s words.
@@ -215,6 +218,12 @@ mod tests {
             p.runtimes.compose, p.runtimes.podman
         ));
         out.extend(p.ssh_options.iter().map(|(k, v)| format!("ssh: {k}={v}")));
+        out.extend(p.proxy.iter().map(|x| {
+            format!(
+                "proxy: {:?} http={} https={} tls={:?} start={:?} reload={:?}",
+                x.kind, x.http_port, x.https_port, x.tls, x.start, x.reload
+            )
+        }));
         out
     }
 
@@ -344,6 +353,108 @@ mod tests {
         check(
             "stages: [{name: a, group: a}]\nssh: {config: x}",
             &["pipelines/pipeline.yaml:2 ssh.config: unknown field `config`"],
+        );
+    }
+
+    /// `check` with `stages` written for the case, showing the proxy line only.
+    fn check_proxy(proxy: &str, expect: &[&str]) {
+        let fixture = format!("stages: [{{name: a, group: a}}]\n{}", trim_indent(proxy));
+        let files = files(PIPELINE, "", &fixture);
+        let mut problems = Vec::new();
+        let pipeline = validate(&files, &mut problems);
+        let summary = pipeline
+            .as_ref()
+            .map(summary)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.starts_with("proxy:"))
+            .collect();
+        assert_outcome(&fixture, &problems, summary, expect);
+    }
+
+    #[test]
+    fn proxy_defaults_and_every_field() {
+        check_proxy(
+            "proxy: {kind: caddy}",
+            &["proxy: Caddy http=80 https=443 tls=Auto start=None reload=None"],
+        );
+        check_proxy(
+            "proxy: {kind: nginx}",
+            &["proxy: Nginx http=80 https=443 tls=Off start=None reload=None"],
+        );
+        check_proxy(
+            r#"
+            proxy:
+              kind: caddy
+              http_port: 8080
+              https_port: 8443
+              tls: off
+              start: "caddy start --config Caddyfile"
+              reload: "caddy reload --config Caddyfile"
+            "#,
+            &[
+                r#"proxy: Caddy http=8080 https=8443 tls=Off start=Some("caddy start --config Caddyfile") reload=Some("caddy reload --config Caddyfile")"#,
+            ],
+        );
+        check_proxy(
+            "proxy: {kind: nginx, http_port: 8080, tls: off, reload: \"nginx -s reload\"}",
+            &[
+                r#"proxy: Nginx http=8080 https=443 tls=Off start=None reload=Some("nginx -s reload")"#,
+            ],
+        );
+        // Without TLS the HTTPS port is unused: it may equal the HTTP port.
+        check_proxy(
+            "proxy: {kind: caddy, tls: off, http_port: 443}",
+            &["proxy: Caddy http=443 https=443 tls=Off start=None reload=None"],
+        );
+        // No `proxy:`: none.
+        check_proxy("", &[]);
+    }
+
+    #[test]
+    fn proxy_refusals() {
+        check_proxy(
+            "proxy:\n  kind: nginx\n  tls: auto",
+            &["pipelines/pipeline.yaml:4 proxy.tls: `tls: auto` needs `kind: caddy`"],
+        );
+        check_proxy(
+            "proxy:\n  kind: caddy\n  http_port: 0\n  https_port: 0",
+            &[
+                "pipelines/pipeline.yaml:4 proxy.http_port: port 0 is not a port",
+                "pipelines/pipeline.yaml:5 proxy.https_port: port 0 is not a port",
+            ],
+        );
+        check_proxy(
+            "proxy:\n  kind: caddy\n  http_port: 8443\n  https_port: 8443",
+            &[
+                "pipelines/pipeline.yaml:5 proxy.https_port: `http_port` and `https_port` are the same port",
+            ],
+        );
+        check_proxy(
+            "proxy:\n  kind: caddy\n  http_port: 443",
+            &[
+                "pipelines/pipeline.yaml:4 proxy.https_port: `http_port` and `https_port` are the same port",
+            ],
+        );
+        check_proxy(
+            "proxy: {kind: traefik}",
+            &["pipelines/pipeline.yaml:2 proxy.value.kind.value: unknown variant `traefik`"],
+        );
+        check_proxy(
+            "proxy: {kind: caddy, tls: on}",
+            &["pipelines/pipeline.yaml:2 proxy.value.tls.value: unknown variant `on`"],
+        );
+        check_proxy(
+            "proxy: {kind: caddy, http_port: 70000}",
+            &["pipelines/pipeline.yaml:2 proxy.value.http_port.value: invalid u16"],
+        );
+        check_proxy(
+            "proxy: {kind: caddy, config: /etc/caddy}",
+            &["pipelines/pipeline.yaml:2 proxy.value.config: unknown field `config`"],
+        );
+        check_proxy(
+            "proxy: {http_port: 80}",
+            &["pipelines/pipeline.yaml:2 proxy.value: missing field `kind`"],
         );
     }
 }
