@@ -867,9 +867,11 @@ impl Renderer {
                         && h.route
                     {
                         let name_of = url_host(&text);
+                        // Host names are case-insensitive; routes' are lowercase.
+                        let lower = name_of.map(str::to_ascii_lowercase);
                         if !routes
                             .iter()
-                            .any(|r| r.hosts.iter().any(|h| Some(h.as_str()) == name_of))
+                            .any(|r| r.hosts.iter().any(|h| Some(h) == lower.as_ref()))
                         {
                             let shown = match view {
                                 SecretView::Masked => format!("`{}`", name_of.unwrap_or_default()),

@@ -689,20 +689,13 @@ fn a_symlinked_template_is_refused_in_the_work_tree_and_in_a_commit() {
 #[test]
 fn two_apps_routing_one_host_name_are_refused() {
     let fleet = Fleet::example();
-    fleet.edit(PIPELINE, "on_failure:", "proxy: {kind: caddy}\non_failure:");
-    fleet.edit(
-        WHOAMI,
-        "rollback: safe",
-        "rollback: safe\nroutes:\n  - hosts: [\"{{ client.domain }}\"]\n    port: \"{{ client.vars.whoami_port }}\"",
-    );
-    // zitadel is stateful (`rollback: freeze`) but a recreate app may route.
+    // zitadel is stateful (`rollback: freeze`) but a recreate app may
+    // route; on beta it shares its host with whoami (blue/green).
     let zitadel = "pipelines/apps/zitadel/app.yaml";
-    let text = fleet.read(zitadel);
-    fleet.write(
+    fleet.edit(
         zitadel,
-        &format!(
-            "{text}routes:\n  - hosts: [\"{{{{ client.domain }}}}\"]\n    path: /auth\n    port: \"{{{{ client.vars.zitadel_port }}}}\"\n"
-        ),
+        "  - hosts: [\"id.{{ client.domain }}\"]\n",
+        "  - hosts: [\"whoami.{{ client.domain }}\"]\n    path: /auth\n",
     );
     // Another path on the same name: fine.
     fleet.run(&["check"]).code(0);
@@ -717,7 +710,7 @@ fn two_apps_routing_one_host_name_are_refused() {
         .unwrap_or_else(|| panic!("no route conflict named:\n{}", run.stderr));
     assert!(
         line.contains(
-            "`beta.example.org/` is routed by both `whoami` and `zitadel` on host beta-1 of client beta"
+            "`whoami.beta.example.org/` is routed by both `whoami` and `zitadel` on host beta-1 of client beta"
         ),
         "{line}"
     );

@@ -520,16 +520,18 @@ fn a_symlinked_template_is_refused_not_planned() {
 #[test]
 fn a_changed_route_host_name_is_a_change_of_the_routes_file() {
     let fleet = Fleet::example();
-    fleet.edit(
-        "pipelines/pipeline.yaml",
-        "on_failure:",
-        "proxy: {kind: caddy}\non_failure:",
-    );
-    fleet.edit(
-        "pipelines/apps/whoami/app.yaml",
-        "rollback: safe",
-        "rollback: safe\nroutes:\n  - hosts: [\"{{ client.vars.whoami_host }}\"]\n    port: \"{{ client.vars.whoami_port }}\"",
-    );
+    // The example's whoami route, its host name from a client var.
+    fleet
+        .edit(
+            "pipelines/apps/whoami/app.yaml",
+            "hosts: [\"whoami.{{ client.domain }}\"]",
+            "hosts: [\"{{ client.vars.whoami_host }}\"]",
+        )
+        .edit(
+            "pipelines/apps/whoami/app.yaml",
+            "https://whoami.{{ client.domain }}/health",
+            "https://{{ client.vars.whoami_host }}/health",
+        );
     for client in ["alpha", "beta", "gamma"] {
         fleet.edit(
             &format!("clients/{client}.yaml"),
@@ -555,11 +557,13 @@ fn a_changed_route_host_name_is_a_change_of_the_routes_file() {
     assert_eq!(routes["path"], ".fleetgate/routes");
     let diff = routes["diff"].as_str().unwrap();
     assert!(
-        diff.contains("\n-whoami.alpha.example.org/ -> 127.0.0.1:8080\n"),
+        diff.contains(
+            "\n-whoami.alpha.example.org/ -> 127.0.0.1:8080 service web health /health\n"
+        ),
         "{diff}"
     );
     assert!(
-        diff.contains("\n+who.alpha.example.org/ -> 127.0.0.1:8080\n"),
+        diff.contains("\n+who.alpha.example.org/ -> 127.0.0.1:8080 service web health /health\n"),
         "{diff}"
     );
 

@@ -1051,7 +1051,7 @@ mod tests {
             A=1
             "#,
             &[
-                "pipelines/apps/web/app.yaml:3 strategy: `strategy: blue_green` refused: template web/compose.yaml.j2 declares volumes (line 3), so the app keeps state",
+                "pipelines/apps/web/app.yaml:3 strategy: `strategy: blue_green` refused: template web/compose.yaml.j2 declares volumes (line 4), so the app keeps state",
             ],
         );
         // Safe and without volumes: allowed.
