@@ -497,6 +497,7 @@ async fn deploy_host<R: Remote, P: Prober>(
                 job,
                 new,
                 old,
+                repair: same,
                 back,
                 replacing,
                 state,
@@ -863,6 +864,9 @@ struct NewSlot<'a> {
     /// `Some(None)` for the app's own project (it ran `recreate` before);
     /// `None`: nothing.
     old: Option<Option<SlotState>>,
+    /// The same commit started again in the live slot (a repair): never
+    /// stopped by a failed gate, it is the one that serves.
+    repair: bool,
     /// A repair (the same commit started again in its own slot): the
     /// stopped slot the release before it ran in, where a rollback starts
     /// it again.
@@ -916,7 +920,7 @@ async fn stop_new_slots<R: Remote>(
     rev: &str,
     slots: &[NewSlot<'_>],
 ) {
-    for n in slots {
+    for n in slots.iter().filter(|n| !n.repair) {
         let script = release::stop_slot_script(
             &n.app.dir,
             rev,

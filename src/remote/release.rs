@@ -525,8 +525,18 @@ pub fn stop_slot_script(
     let mut s = String::from("set -u\n");
     let release = quote(&dir.release(rev));
     let _ = writeln!(s, "[ -d {release} ] || exit 0\ncd {release}");
-    if let Some(sl) = slot {
-        let _ = writeln!(s, "{}", slot_env(sl.name, sl.port));
+    match slot {
+        Some(sl) => {
+            let _ = writeln!(s, "{}", slot_env(sl.name, sl.port));
+        }
+        // The app's own project (it ran `recreate`): its commands see the
+        // variables set, and empty.
+        None => {
+            let _ = writeln!(
+                s,
+                "FLEETGATE_SLOT=; FLEETGATE_PORT=; export FLEETGATE_SLOT FLEETGATE_PORT"
+            );
+        }
     }
     match (start, command_stop(start, stop)) {
         (Start::Compose { command, project }, _) => {
