@@ -1089,12 +1089,7 @@ fn blue_green_deploys_alternate_slots_and_switch_only_after_the_slot_gate() {
         ]
     );
     assert!(h.seconds >= drain.as_secs_f64(), "{h:#?}");
-    assert_eq!(running(root, "h1"), (String::new(), format!("{GREEN}\n")));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Green), format!("green {GREEN}\n"))
-    );
-    assert_eq!(current(root, "h1"), format!("releases/{b}"));
+    assert_serving(root, Slot::Green, &b);
     assert_eq!(
         web_file(root, "h1", "events"),
         "start blue v1\nstart green v2\nstop blue\n"
@@ -1126,12 +1121,7 @@ fn blue_green_deploys_alternate_slots_and_switch_only_after_the_slot_gate() {
     let h = &o.hosts[0];
     assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
     assert!(steps(h).contains(&("stop old slot", true)), "{o:#?}");
-    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Blue), format!("blue {BLUE}\n"))
-    );
-    assert_eq!(current(root, "h1"), format!("releases/{c}"));
+    assert_serving(root, Slot::Blue, &c);
     assert_eq!(
         web_file(root, "h1", "events"),
         "start blue v1\nstart green v2\nstop blue\nstart blue v3\nstop green\n"
@@ -1169,12 +1159,7 @@ fn assert_failed_slot_gate(root: &std::path::Path, o: &StageOutcome, version: &s
         "no rollback: nothing switched"
     );
     assert_eq!(h.runs["web"], Runs::AsBefore);
-    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
-    assert_eq!(current(root, "h1"), format!("releases/{a}"));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Blue), format!("blue {BLUE}\n"))
-    );
+    assert_serving(root, Slot::Blue, &a);
     let s = state(root, "h1", "web");
     assert_eq!((s.rev.as_str(), s.previous.as_deref()), (a.as_str(), None));
     assert_eq!(web_file(root, "h1", "gated"), format!("{a}\n"));
@@ -1316,12 +1301,7 @@ fn a_switched_blue_green_host_is_switched_back_when_its_stage_fails() {
         web_file(root, "h1", "events"),
         "start blue v1\nstart green v2\nstop blue\nstart blue v1\nstop green\n"
     );
-    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
-    assert_eq!(current(root, "h1"), format!("releases/{a}"));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Blue), format!("blue {BLUE}\n"))
-    );
+    assert_serving(root, Slot::Blue, &a);
     assert_eq!(web_file(root, "h1", "started"), format!("{a}\n"));
     assert_eq!(web_file(root, "h1", "gated"), format!("{a}\n"));
     assert_eq!(h.runs["web"], Runs::Release(a.clone()));
@@ -1863,12 +1843,7 @@ fn a_blue_green_host_failing_through_the_proxy_goes_back_to_its_still_running_sl
         web_file(root, "h1", "events"),
         "start blue v1\nstart green v2\nstop green\n"
     );
-    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
-    assert_eq!(current(root, "h1"), format!("releases/{a}"));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Blue), format!("blue {BLUE}\n"))
-    );
+    assert_serving(root, Slot::Blue, &a);
     assert_eq!(h.runs["web"], Runs::Release(a.clone()));
     assert_eq!(verdict(&o), StageVerdict::ChangeFailed);
 }
@@ -1930,12 +1905,7 @@ fn a_repaired_blue_green_release_that_fails_goes_back_to_the_release_before_in_i
         web_file(root, "h1", "events"),
         "start blue v1\nstart green v2\nstop blue\nstart green v2\nstart blue v1\nstop green\n"
     );
-    assert_eq!(running(root, "h1"), (format!("{BLUE}\n"), String::new()));
-    assert_eq!(current(root, "h1"), format!("releases/{a}"));
-    assert_eq!(
-        live_slot(root, "h1"),
-        (Some(Slot::Blue), format!("blue {BLUE}\n"))
-    );
+    assert_serving(root, Slot::Blue, &a);
     assert_eq!(h.runs["web"], Runs::Release(a.clone()));
 }
 
@@ -2037,4 +2007,18 @@ fn a_blue_green_app_taken_off_its_host_stops_its_live_slot() {
         assert!(!root.join("h1/alpha/web").join(f).exists(), "{f}");
     }
     assert_eq!(h.runs["web"], Runs::Nothing);
+}
+
+/// Host h1's blue/green `web` serves from `slot` only, on release `rev`.
+fn assert_serving(root: &std::path::Path, slot: Slot, rev: &str) {
+    let (port, running_now) = match slot {
+        Slot::Blue => (BLUE, (format!("{BLUE}\n"), String::new())),
+        Slot::Green => (GREEN, (String::new(), format!("{GREEN}\n"))),
+    };
+    assert_eq!(running(root, "h1"), running_now);
+    assert_eq!(current(root, "h1"), format!("releases/{rev}"));
+    assert_eq!(
+        live_slot(root, "h1"),
+        (Some(slot), format!("{} {port}\n", slot.name()))
+    );
 }

@@ -559,7 +559,7 @@ mod tests {
     use std::io::{Read, Write as _};
     use std::net::{TcpListener, TcpStream};
     use std::path::Path;
-    use std::process::{Command, Output, Stdio};
+    use std::process::{Command, Output};
     use std::time::Duration;
 
     fn settings(kind: Kind, http_port: u16, https_port: u16) -> Settings {
@@ -590,22 +590,7 @@ mod tests {
         }
     }
 
-    fn sh(script: &str) -> Output {
-        let mut child = Command::new("sh")
-            .arg("-s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
+    use crate::remote::shell::sh;
 
     fn text(out: &Output) -> String {
         format!(

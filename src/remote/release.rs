@@ -744,23 +744,7 @@ mod tests {
         }
     }
 
-    fn sh(script: &str) -> std::process::Output {
-        use std::io::Write;
-        let mut child = std::process::Command::new("sh")
-            .arg("-s")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
+    use crate::remote::shell::sh;
 
     #[test]
     fn upload_switch_inspect_prune_on_a_real_shell() {

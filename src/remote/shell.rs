@@ -15,6 +15,27 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Runs `script` with the local `sh` (stdin), as a host would: for the
+/// tests of the scripts built as data here and in `release`/`proxy`.
+#[cfg(test)]
+pub(crate) fn sh(script: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .arg("-s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::quote;
