@@ -963,3 +963,38 @@ impl crate::deploy::snapshot::Snapshotter for FakeSnapshots {
         deleted
     }
 }
+
+/// The webhooks: records every event the engine sends (with the hooks it
+/// was given), and can fail every send (`failing`) like a webhook that
+/// never answers.
+#[derive(Default)]
+pub struct FakeNotifier {
+    pub sent: RefCell<Vec<crate::core::events::Event>>,
+    /// How many webhooks each send was given.
+    pub hooks: RefCell<Vec<usize>>,
+    pub failing: Cell<bool>,
+}
+
+impl FakeNotifier {
+    /// The kinds of the events sent, in order, by their payload names.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.sent.borrow().iter().map(|e| e.kind.as_str()).collect()
+    }
+}
+
+impl crate::ports::Notifier for FakeNotifier {
+    fn notify(
+        &self,
+        hooks: &[crate::config::Webhook],
+        event: &crate::core::events::Event,
+    ) -> Result<()> {
+        self.sent.borrow_mut().push(event.clone());
+        self.hooks.borrow_mut().push(hooks.len());
+        match self.failing.get() {
+            true => Err(Error::Remote(
+                "webhook #1 (hooks.example): 502, 3 tries".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+}

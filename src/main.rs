@@ -17,6 +17,7 @@ mod hcloud;
 mod interrupt;
 mod inventory;
 mod known_hosts;
+mod notify;
 mod origin;
 mod par;
 mod plan;

@@ -13,6 +13,7 @@
 //! | the inventory | [`crate::inventory::Inventory`] | `inventory::Live` (static + `hcloud`) | `fakes::FakeInventory` |
 //! | the clock (and signals) | [`Clock`] | `rt::SystemClock` | `fakes::FakeClock` |
 //! | renewing the lock meanwhile | [`LockKeeper`] | `commands::run`'s thread | none: the engine's own renewals |
+//! | webhooks (`notify:`) | [`Notifier`] | `notify::Webhooks` (reqwest) | `fakes::FakeNotifier` |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Fleet;
+use crate::config::{Fleet, Webhook};
+use crate::core::events::Event;
 use crate::core::lock::Lease;
 use crate::core::outcome::StageOutcome;
 use crate::core::rev::CommitId;
@@ -140,6 +142,14 @@ pub trait Rollout {
 pub trait LockKeeper {
     /// Renews `lease` every [`Lease::every`] until it is released or lost.
     fn keep(&self, lease: Arc<Lease>);
+}
+
+/// Tells the webhooks of `notify:` what happened. Never part of the
+/// pipeline's outcome: the engine logs an `Err` and goes on, and the real
+/// one retries, logs and answers `Ok` whatever the webhooks did.
+pub trait Notifier {
+    /// Sends `event` to each of `hooks` that wants it.
+    fn notify(&self, hooks: &[Webhook], event: &Event) -> Result<()>;
 }
 
 /// Time, waiting, and whether a stop was asked for: the engine never reads

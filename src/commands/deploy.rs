@@ -4,11 +4,13 @@
 use clap::Args;
 
 use super::Context;
+use crate::config::{self, Selection, Webhook};
+use crate::core::events::Event;
 use crate::core::records::Records;
 use crate::core::verdict;
 use crate::error::{ExitCode, Result};
 use crate::printer;
-use crate::repo::Repo;
+use crate::repo::{CommitId, Repo};
 use crate::report;
 use crate::rollout;
 use crate::rt::SystemClock;
@@ -58,10 +60,24 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     for moved in records.record_stage(rev, &outcome, &[])?.0 {
         tracing::info!("{moved} → {}", rev.short());
     }
+    // The webhooks of `notify:` at this commit; never the deploy's outcome.
+    if let Some(event) = Event::of_stage(&outcome) {
+        match webhooks(&repo, rev) {
+            Ok(hooks) => crate::notify::send(&hooks, &event),
+            Err(e) => tracing::warn!("notify: {}: nothing sent", e.headline()),
+        }
+    }
     printer::data(&report::outcome_with(
         &outcome,
         args.format,
         printer::paint(),
     ));
     Ok(verdict::verdict(&outcome).exit_code())
+}
+
+/// `notify:` of the pipeline at `rev` (validated already by the deploy).
+fn webhooks(repo: &Repo, rev: CommitId) -> Result<Vec<Webhook>> {
+    let snap = repo.snapshot(rev)?;
+    let files = config::load(&snap, Selection::Only(Default::default()))?;
+    Ok(config::validate(&files).0.pipeline.notify)
 }

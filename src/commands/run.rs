@@ -99,6 +99,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         clock: &clock,
         reporter: reporter.as_ref(),
         keeper: Some(&keeper),
+        notifier: Some(&crate::notify::Webhooks),
     };
     let request = RunRequest {
         base,

@@ -75,6 +75,61 @@ pub struct Pipeline {
     pub keep_removed_releases: Duration,
     /// The reverse proxy in front of the apps' routes (`proxy:`), if any.
     pub proxy: Option<crate::remote::proxy::Settings>,
+    /// The webhooks told what happened (`notify:`), in the order written.
+    pub notify: Vec<Webhook>,
+}
+
+/// One webhook of `notify:`. Its URL is a credential (a Slack webhook's
+/// path is its key): never printed, only its host ([`Webhook::label`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Its place in `notify:`, from 1: how logs name it.
+    pub number: usize,
+    pub target: WebhookTarget,
+    pub format: WebhookFormat,
+    /// Only these events; empty: every event.
+    pub events: Vec<crate::core::events::EventKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookTarget {
+    /// `url:`, written in the file (an endpoint whose URL is no secret).
+    Url(String),
+    /// `url_env:`: the environment variable that holds it, read at run time.
+    Env(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// `{"schema": 1, "event", "summary", …}`.
+    Json,
+    /// Slack's and Mattermost's incoming webhooks: `{"text"}`.
+    Slack,
+}
+
+impl Webhook {
+    pub fn wants(&self, kind: crate::core::events::EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+}
+
+/// `webhook #N (host)`: a URL's host only, never its path or query (where
+/// a webhook's key is). `url` is an http(s) URL checked by `validate`, or
+/// one read from the environment (anything: then its host may be none).
+pub fn webhook_label(number: usize, url: &str) -> String {
+    format!("webhook #{number} ({})", url_host(url).unwrap_or("?"))
+}
+
+/// The host (and port) of an `http://` or `https://` URL, without user
+/// info; None for anything else.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    (!host.is_empty() && !authority.contains('@') && !host.contains(char::is_whitespace))
+        .then_some(host)
 }
 
 /// Removed apps' releases are kept this long by default: long enough to

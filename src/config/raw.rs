@@ -33,6 +33,33 @@ pub struct Pipeline {
     /// The reverse proxy on every host, in front of the apps' `routes`.
     #[serde(default)]
     pub proxy: Option<S<Proxy>>,
+    /// Webhooks told about stages passed, waiting, failed, reverted, frozen.
+    #[serde(default)]
+    pub notify: Vec<S<Notify>>,
+}
+
+/// One entry of `notify:` in `pipeline.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// The webhook's URL, for an endpoint whose URL is no secret.
+    #[serde(default)]
+    pub url: Option<S<String>>,
+    /// The environment variable holding the URL (a CI secret).
+    #[serde(default)]
+    pub url_env: Option<S<String>>,
+    #[serde(default)]
+    pub format: Option<S<NotifyFormat>>,
+    /// Only these events (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<S<String>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Json,
+    Slack,
 }
 
 /// `proxy:` in `pipeline.yaml`.

@@ -11,8 +11,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::config::{self, Fleet, Stage};
+use crate::config::{self, Fleet, Stage, Webhook};
 use crate::core::approval::{self, ApprovalStages, Claim, Verdict};
+use crate::core::events::Event;
 use crate::core::lock::{self, Claimant, Lock};
 use crate::core::outcome::{FailedGate, RevertOutcome, StageOutcome};
 use crate::core::record::{Approval, Interrupted, RunRecord};
@@ -23,7 +24,7 @@ use crate::core::verdict::{self, StageVerdict};
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::State;
 use crate::forge::notify::{self, Reporter};
-use crate::ports::{Clock, GitStore, LockKeeper, Rollout, rfc3339};
+use crate::ports::{Clock, GitStore, LockKeeper, Notifier, Rollout, rfc3339};
 use crate::scan::{self, ScanReport};
 
 /// The systems a run works with.
@@ -35,6 +36,8 @@ pub struct Ports<'a> {
     pub reporter: Option<&'a Reporter>,
     /// Renews the lock during a stage's deploy (the real run's thread).
     pub keeper: Option<&'a dyn LockKeeper>,
+    /// The webhooks of `notify:` (with or without a reporter).
+    pub notifier: Option<&'a dyn Notifier>,
 }
 
 /// What to run.
@@ -120,6 +123,7 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
         deployed: false,
         current: &current,
         lock: &lock,
+        hooks: Vec::new(),
     }
     .go();
     lock.release();
@@ -228,9 +232,26 @@ struct Run<'a> {
     /// Kept alive before every change on the remote: a run whose lock was
     /// taken over stops before it changes anything more.
     lock: &'a Lock<'a>,
+    /// `notify:` of the fleet at head, once read.
+    hooks: Vec<Webhook>,
 }
 
 impl Run<'_> {
+    /// Tells the webhooks; a failure is logged, never the run's outcome.
+    fn notify(&self, event: Event) {
+        let Some(n) = self.ports.notifier else {
+            return;
+        };
+        let event = event.with_run_url(self.req.run_url.as_deref());
+        if let Err(e) = n.notify(&self.hooks, &event) {
+            tracing::warn!(
+                "notify: {} not sent: {}; the run goes on",
+                event.kind.as_str(),
+                e.headline()
+            );
+        }
+    }
+
     fn done(self, code: ExitCode, record: RunRecord) -> Result<RunOutcome> {
         Ok(RunOutcome {
             code,
@@ -289,6 +310,7 @@ impl Run<'_> {
             plan.clients.len()
         );
         let fleet = rollout.fleet(head)?;
+        self.hooks = fleet.pipeline.notify.clone();
         // The image gate, before anything deploys: every image the
         // changed clients would run.
         let changed: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
@@ -398,7 +420,7 @@ impl Run<'_> {
                 None => None,
             };
             if let Some(approvers) = &approvers {
-                match self.approval(stage, approvers, &plan.plan_hash)? {
+                match self.approval(stage, approvers, &plan.plan_hash, &pending)? {
                     Some(a) => {
                         tracing::info!(
                             "stage {}: approved by {} at {} (plan {})",
@@ -462,6 +484,7 @@ impl Run<'_> {
                         State::Success,
                         &format!("{hosts} host(s) deployed; every gate passed"),
                     )?;
+                    self.notify(Event::stage_passed(last));
                     continue;
                 }
                 StageVerdict::Passed => {
@@ -481,6 +504,8 @@ impl Run<'_> {
                             tolerated.len()
                         ),
                     )?;
+                    let last = self.outcomes.last().expect("just pushed");
+                    self.notify(Event::stage_passed(last));
                     continue;
                 }
                 StageVerdict::Interrupted => {
@@ -516,9 +541,12 @@ impl Run<'_> {
                         )
                     };
                     self.tell(&stage.name, State::Error, &status)?;
-                    if !lost.is_empty() {
-                        self.tell_failure(None, None);
-                    }
+                    let comment = match lost.is_empty() {
+                        true => None,
+                        false => self.tell_failure(None, None),
+                    };
+                    let last = self.outcomes.last().expect("just pushed");
+                    self.notify(Event::failed(last, None, None).with_comment_url(comment));
                     tracing::error!(
                         "stage {} failed: {log}; nothing is reverted (not the change's fault)",
                         stage.name
@@ -531,8 +559,9 @@ impl Run<'_> {
                         State::Failure,
                         "failed; `rollback: freeze` apps left on the failed release",
                     )?;
-                    self.tell_failure(None, None);
+                    let comment = self.tell_failure(None, None);
                     let last = self.outcomes.last().expect("just pushed");
+                    self.notify(Event::frozen(last).with_comment_url(comment));
                     tracing::error!(
                         "stage {} failed with `rollback: freeze` apps left on the failed release ({}); not reverting: a human decides",
                         stage.name,
@@ -561,7 +590,18 @@ impl Run<'_> {
                         record = r;
                         reverted = Some(outcome);
                     }
-                    self.tell_failure(Some(&gate), reverted.as_ref());
+                    let comment = self.tell_failure(Some(&gate), reverted.as_ref());
+                    let last = self.outcomes.last().expect("just pushed");
+                    self.notify(
+                        Event::failed(last, Some(&gate), reverted.as_ref())
+                            .with_comment_url(comment.clone()),
+                    );
+                    if let Some(event) = reverted
+                        .as_ref()
+                        .and_then(|r| Event::reverted(last, &self.req.branch, r))
+                    {
+                        self.notify(event.with_comment_url(comment));
+                    }
                     return self.done(verdict.exit_code(), record);
                 }
             }
@@ -654,6 +694,7 @@ impl Run<'_> {
         stage: &Stage,
         approvers: &[String],
         plan_hash: &str,
+        pending: &[String],
     ) -> Result<Option<Approval>> {
         let clock = self.ports.clock;
         let wait = chrono::Duration::from_std(self.req.wait_approval).unwrap_or_default();
@@ -677,7 +718,17 @@ impl Run<'_> {
                 }
                 // Tell people as soon as the stage waits, not only when
                 // `--wait-approval` gives up.
-                self.tell_waiting(stage, approvers, plan_hash)?;
+                let comment = self.tell_waiting(stage, approvers, plan_hash)?;
+                self.notify(
+                    Event::waiting_approval(
+                        &stage.name,
+                        &self.req.head.to_string(),
+                        pending,
+                        approvers,
+                        plan_hash,
+                    )
+                    .with_comment_url(comment),
+                );
             }
             let now = clock.now();
             if now >= deadline || clock.interrupted() {
@@ -699,10 +750,15 @@ impl Run<'_> {
     }
 
     /// The `fleetgate/<stage>` status and the comment on the merged pull
-    /// request when a stage waits for an approval.
-    fn tell_waiting(&self, stage: &Stage, approvers: &[String], plan_hash: &str) -> Result<()> {
+    /// request when a stage waits for an approval; the comment's page.
+    fn tell_waiting(
+        &self,
+        stage: &Stage,
+        approvers: &[String],
+        plan_hash: &str,
+    ) -> Result<Option<String>> {
         let Some(r) = self.ports.reporter else {
-            return Ok(());
+            return Ok(None);
         };
         self.tell(
             &stage.name,
@@ -719,18 +775,21 @@ impl Run<'_> {
             plan_hash,
             &r.log_link(),
         );
-        r.try_comment_on_merged(&notify::waiting_marker(&head), &body);
-        Ok(())
+        Ok(r.try_comment_on_merged(&notify::waiting_marker(&head), &body))
     }
 
-    /// The failure comment on the merged pull request.
-    fn tell_failure(&self, gate: Option<&FailedGate>, revert: Option<&RevertOutcome>) {
+    /// The failure comment on the merged pull request; its page.
+    fn tell_failure(
+        &self,
+        gate: Option<&FailedGate>,
+        revert: Option<&RevertOutcome>,
+    ) -> Option<String> {
         let (Some(r), Some(outcome)) = (self.ports.reporter, self.outcomes.last()) else {
-            return;
+            return None;
         };
         let sha = self.req.head.to_string();
         let body = notify::failure_comment(&sha, outcome, gate, revert, &r.log_link());
-        r.try_comment_on_merged(&notify::failed_marker(&sha), &body);
+        r.try_comment_on_merged(&notify::failed_marker(&sha), &body)
     }
 
     /// Reverts base..head on the branch and records what happened. A run

@@ -12,7 +12,9 @@ use crate::core::approval::{Claim, Verdict};
 use crate::core::outcome::RevertOutcome;
 use crate::core::record::RunRecord;
 use crate::core::records::{Records, deployed_ref};
-use crate::fakes::{FakeClock, FakeForge, FakeGit, FakeRollout, Host, c, fleet_files};
+use crate::fakes::{
+    FakeClock, FakeForge, FakeGit, FakeNotifier, FakeRollout, Host, c, fleet_files,
+};
 use crate::forge::{Env, Forge, Kind, Token};
 use crate::ports::{GitStore, Rollout};
 
@@ -20,6 +22,7 @@ struct World {
     git: FakeGit,
     rollout: FakeRollout,
     clock: FakeClock,
+    notifier: FakeNotifier,
 }
 
 fn world() -> World {
@@ -31,6 +34,7 @@ fn world_with(canary_hosts: &[&str], max_failures: u32) -> World {
         git: FakeGit::new(),
         rollout: FakeRollout::new(fleet_files(canary_hosts, max_failures)),
         clock: FakeClock::new(),
+        notifier: FakeNotifier::default(),
     }
 }
 
@@ -60,6 +64,7 @@ impl World {
             clock: &self.clock,
             reporter,
             keeper: None,
+            notifier: Some(&self.notifier),
         };
         run(&ports, req)
     }
@@ -478,6 +483,7 @@ fn a_signal_is_recorded_wherever_it_stops_the_run() {
             clock: &Signalled { clock, flag: &flag },
             reporter: None,
             keeper: None,
+            notifier: None,
         };
         run(&ports, &req).unwrap()
     };
@@ -499,6 +505,7 @@ fn a_signal_is_recorded_wherever_it_stops_the_run() {
         },
         reporter: None,
         keeper: None,
+        notifier: None,
     };
     let out = run(&ports, &request(c(1), c(2))).unwrap();
     assert_eq!(out.code, ExitCode::Infra);
@@ -853,6 +860,7 @@ fn the_keeper_gets_the_runs_lease_and_it_ends_with_the_run() {
         clock: &w.clock,
         reporter: None,
         keeper: Some(&kept),
+        notifier: None,
     };
     let mut req = request(c(1), c(2));
     req.run_url = Some("https://forge.example/o/fleet/actions/runs/7".into());
@@ -995,6 +1003,7 @@ fn hcloud_world() -> World {
         git: FakeGit::new(),
         rollout: FakeRollout::new(crate::fakes::hcloud_alpha(fleet_files(&["alpha-1"], 0))),
         clock: FakeClock::new(),
+        notifier: FakeNotifier::default(),
     }
 }
 
@@ -1079,4 +1088,121 @@ fn an_inventory_that_cannot_answer_stops_the_stage_with_nothing_deployed() {
             .map(|n| RunRecord::parse(&n).unwrap().stages.len());
         assert!(matches!(stages, None | Some(0)), "{name}: {stages:?}");
     }
+}
+
+/// The events a run sends its webhooks, and that a webhook never decides
+/// anything: the same run with a notifier that fails every send ends the
+/// same way, with the same record.
+#[test]
+fn webhooks_hear_each_stage_and_never_change_the_outcome() {
+    use crate::core::events::EventKind;
+    let with_hook = |w: World| World {
+        rollout: FakeRollout::edited(
+            fleet_files(&["alpha-1"], 0),
+            crate::config::PIPELINE,
+            "on_failure:",
+            "notify:\n  - url_env: HOOK\n    format: slack\non_failure:",
+        ),
+        ..w
+    };
+    // Canary passes, production waits: passed, then waiting (never a
+    // success for production).
+    let w = with_hook(world());
+    w.first_rollout();
+    let mut req = request(c(1), c(2));
+    req.run_url = Some("https://forge.example/o/r/actions/runs/7".into());
+    assert_eq!(w.run_req(&req, None).unwrap().code, ExitCode::Waiting);
+    assert_eq!(w.notifier.kinds(), ["stage_passed", "waiting_approval"]);
+    assert_eq!(
+        *w.notifier.hooks.borrow(),
+        [1, 1],
+        "notify: of the fleet at head"
+    );
+    let sent = w.notifier.sent.borrow();
+    assert_eq!(sent[0].stage.as_deref(), Some("canary"));
+    assert_eq!(sent[0].clients, ["alpha"]);
+    assert_eq!(sent[0].hosts[0].status, "deployed");
+    assert_eq!(
+        sent[0].run_url.as_deref(),
+        Some("https://forge.example/o/r/actions/runs/7")
+    );
+    assert_eq!(sent[1].stage.as_deref(), Some("production"));
+    assert_eq!(sent[1].clients, ["beta"]);
+    assert!(
+        sent[1].summary.contains("by one of: alice, bob"),
+        "{}",
+        sent[1].summary
+    );
+    drop(sent);
+    // Approved: production passes.
+    w.approve(c(2), "alice", None);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(
+        w.notifier.kinds(),
+        ["stage_passed", "waiting_approval", "stage_passed"]
+    );
+
+    // A failed canary: failed and rolled back, then reverted; never passed.
+    let run_failed = |failing: bool| {
+        let w = world();
+        w.first_rollout();
+        w.rollout.host("alpha-1", Host::Unhealthy);
+        w.notifier.failing.set(failing);
+        let out = w.run(c(1), c(2)).unwrap();
+        (w, out)
+    };
+    let (w, out) = run_failed(false);
+    assert_eq!(w.notifier.kinds(), ["failed_rolled_back", "reverted"]);
+    let sent = w.notifier.sent.borrow();
+    assert!(
+        sent[0].summary.starts_with("stage canary FAILED at ")
+            && sent[0]
+                .summary
+                .contains("; rolled back: alpha-1; reverted with "),
+        "{}",
+        sent[0].summary
+    );
+    assert!(!sent.iter().any(|e| e.kind == EventKind::StagePassed));
+    let Some(RevertOutcome::Pushed { commit, .. }) = &out.record.revert else {
+        panic!("reverted: {:?}", out.record.revert)
+    };
+    assert_eq!(sent[1].revert_commit.as_ref(), Some(commit));
+    drop(sent);
+    // The same with every send failing: the same exit code and record.
+    let (failing, out_failing) = run_failed(true);
+    assert_eq!(failing.notifier.kinds(), ["failed_rolled_back", "reverted"]);
+    assert_eq!(out_failing.code, out.code);
+    assert_eq!(out_failing.code, ExitCode::Blocked);
+    assert_eq!(out_failing.record.stages, out.record.stages);
+    assert_eq!(failing.git.remote.borrow().reverts.len(), 1);
+
+    // A frozen app: frozen, nothing else.
+    let w = world_with(&["alpha-1"], 1);
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Frozen);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Blocked);
+    assert_eq!(w.notifier.kinds(), ["frozen"]);
+    assert_eq!(w.notifier.sent.borrow()[0].hosts[0].status, "frozen");
+
+    // A lost host: failed, its state unknown, not rolled back.
+    let w = world();
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Lost);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Infra);
+    assert_eq!(w.notifier.kinds(), ["failed_rolled_back"]);
+    let summary = w.notifier.sent.borrow()[0].summary.clone();
+    assert!(summary.contains("state UNKNOWN"), "{summary}");
+    assert!(!summary.contains("; rolled back"), "{summary}");
+
+    // Passing stages with every send failing: exit 4, then 0, all the same.
+    let w = world();
+    w.first_rollout();
+    w.notifier.failing.set(true);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    w.approve(c(2), "bob", None);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Ok);
+    assert_eq!(
+        w.notifier.kinds(),
+        ["stage_passed", "waiting_approval", "stage_passed"]
+    );
 }

@@ -5,6 +5,7 @@
 
 pub mod approval;
 pub mod engine;
+pub mod events;
 pub mod lock;
 pub mod outcome;
 pub mod record;

@@ -80,15 +80,16 @@ impl Reporter {
     }
 
     /// Creates or edits the comment with `marker` on the pull request that
-    /// merged this commit; logs when there is none (a direct push).
-    pub fn try_comment_on_merged(&self, marker: &str, body: &str) {
+    /// merged this commit; logs when there is none (a direct push). Its
+    /// page, when the run's page tells where the forge's pages are.
+    pub fn try_comment_on_merged(&self, marker: &str, body: &str) -> Option<String> {
         let result = (|| {
             let Some(pull) = self.forge.merged_pull_of(&self.sha)? else {
                 tracing::info!(
                     "{} came from no merged pull request: nobody to comment to",
                     report::short(&self.sha)
                 );
-                return Ok(());
+                return Ok(None);
             };
             let body = format!("{marker}\n{body}");
             let body = super::clip(&body, self.forge.comment_limit());
@@ -98,11 +99,26 @@ impl Reporter {
                 if created { "posted" } else { "updated" },
                 pull.number
             );
-            Ok(())
+            Ok(self.comment_page(pull.number, id))
         })();
-        if let Err(e) = result {
+        result.unwrap_or_else(|e| {
             self.remember("comment on the merged pull request", &e);
-        }
+            None
+        })
+    }
+
+    /// `…/pulls/N#issuecomment-ID` (GitHub: `…/pull/N`), under the server
+    /// of the run's page (`SERVER/OWNER/REPO/actions/runs/…`, checked by
+    /// `forge::env`); None without a run page.
+    pub fn comment_page(&self, pull: u64, id: u64) -> Option<String> {
+        let repo = format!("/{}/{}", self.env.owner, self.env.repo);
+        let run = self.env.run_url.as_deref()?;
+        let (server, _) = run.split_once(&format!("{repo}/actions/runs/"))?;
+        let pulls = match self.env.kind {
+            Kind::Forgejo => "pulls",
+            Kind::Github => "pull",
+        };
+        Some(format!("{server}{repo}/{pulls}/{pull}#issuecomment-{id}"))
     }
 
     fn remember(&self, what: &str, e: &crate::error::Error) {

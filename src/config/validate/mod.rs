@@ -209,6 +209,7 @@ impl Pipeline {
             ssh_options: BTreeMap::new(),
             keep_removed_releases: crate::config::KEEP_REMOVED_RELEASES,
             proxy: None,
+            notify: Vec::new(),
         }
     }
 }

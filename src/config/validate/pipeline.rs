@@ -1,13 +1,17 @@
 //! `pipelines/pipeline.yaml`: stages (names, groups, soak, approval,
 //! parallelism, max_failures), the scan policy, the failure policy, runtime
-//! commands and the `ssh.options` allow-list.
+//! commands, the `ssh.options` allow-list and the `notify:` webhooks.
 
 use std::collections::BTreeMap;
 
 use super::{Check, stages};
-use crate::config::model::{OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity};
+use crate::config::model::{
+    OnFailure, Pipeline, RuntimeCommands, ScanPolicy, Severity, Webhook, WebhookFormat,
+    WebhookTarget, url_host,
+};
 use crate::config::raw::S;
 use crate::config::{FleetFiles, PIPELINE, raw, ssh_options, yaml};
+use crate::core::events::EventKind;
 use crate::error::Diagnostic;
 use crate::remote::proxy::{Kind, Settings, Tls};
 
@@ -106,6 +110,12 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         None => crate::config::KEEP_REMOVED_RELEASES,
     };
     let proxy = raw.proxy.as_ref().map(|p| proxy(&mut c, p));
+    let notify = raw
+        .notify
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| webhook(&mut c, i, n))
+        .collect();
     // Kept even when a field is wrong: clients are still checked against the
     // stages; the problems already make the fleet invalid.
     Some(Pipeline {
@@ -119,6 +129,88 @@ pub(super) fn validate(files: &FleetFiles, problems: &mut Vec<Diagnostic>) -> Op
         ssh_options,
         keep_removed_releases,
         proxy,
+        notify,
+    })
+}
+
+/// `notify[i]`: exactly one of `url` (http or https, with a host; no user
+/// or password) and `url_env` (an environment variable's name), a format
+/// (json by default) and known event names.
+fn webhook(c: &mut Check, i: usize, n: &S<raw::Notify>) -> Option<Webhook> {
+    let v = &n.value;
+    let f = |k: &str| format!("notify[{i}].{k}");
+    let target = match (&v.url, &v.url_env) {
+        (Some(url), None) => {
+            if url_host(&url.value).is_none() {
+                // The URL may be a credential pasted here: never quoted.
+                c.at(
+                    &f("url"),
+                    url,
+                    "is not an http:// or https:// URL with a host",
+                    "write `https://host/path`; a URL with a key in it (a Slack webhook) belongs in a CI secret: `url_env: NAME`",
+                );
+                return None;
+            }
+            WebhookTarget::Url(url.value.clone())
+        }
+        (None, Some(name)) => {
+            let ok = !name.value.is_empty()
+                && !name.value.starts_with(|ch: char| ch.is_ascii_digit())
+                && name
+                    .value
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !ok {
+                c.at(
+                    &f("url_env"),
+                    name,
+                    format!("`{}` is not an environment variable's name", name.value),
+                    "letters, digits and `_`, e.g. `SLACK_WEBHOOK_URL`",
+                );
+                return None;
+            }
+            WebhookTarget::Env(name.value.clone())
+        }
+        (Some(_), Some(name)) => {
+            c.at(
+                &f("url_env"),
+                name,
+                "`url` and `url_env` are both set",
+                "keep one: `url_env` names the variable holding a secret URL",
+            );
+            return None;
+        }
+        (None, None) => {
+            c.at(
+                &format!("notify[{i}]"),
+                n,
+                "has neither `url` nor `url_env`",
+                "`url_env: NAME` (a CI secret holding the URL) or `url: https://…`",
+            );
+            return None;
+        }
+    };
+    let format = match v.format.as_ref().map(|f| f.value) {
+        None | Some(raw::NotifyFormat::Json) => WebhookFormat::Json,
+        Some(raw::NotifyFormat::Slack) => WebhookFormat::Slack,
+    };
+    let mut events = Vec::new();
+    for (j, e) in v.events.iter().flatten().enumerate() {
+        match EventKind::parse(&e.value) {
+            Some(kind) => events.push(kind),
+            None => c.at(
+                &f(&format!("events[{j}]")),
+                e,
+                format!("`{}` is not an event", e.value),
+                &format!("use {}", EventKind::ALL.map(EventKind::as_str).join(", ")),
+            ),
+        }
+    }
+    Some(Webhook {
+        number: i + 1,
+        target,
+        format,
+        events,
     })
 }
 
@@ -218,6 +310,12 @@ mod tests {
             p.runtimes.compose, p.runtimes.podman
         ));
         out.extend(p.ssh_options.iter().map(|(k, v)| format!("ssh: {k}={v}")));
+        out.extend(p.notify.iter().map(|w| {
+            format!(
+                "notify #{}: {:?} {:?} events={:?}",
+                w.number, w.target, w.format, w.events
+            )
+        }));
         out.extend(p.proxy.iter().map(|x| {
             format!(
                 "proxy: {:?} http={} https={} tls={:?} start={:?} reload={:?}",
@@ -455,6 +553,72 @@ mod tests {
         check_proxy(
             "proxy: {http_port: 80}",
             &["pipelines/pipeline.yaml:2 proxy.value: missing field `kind`"],
+        );
+    }
+
+    /// `check` with `stages` written for the case, showing the notify lines only.
+    fn check_notify(notify: &str, expect: &[&str]) {
+        let fixture = format!("stages: [{{name: a, group: a}}]\n{}", trim_indent(notify));
+        let files = files(PIPELINE, "", &fixture);
+        let mut problems = Vec::new();
+        let pipeline = validate(&files, &mut problems);
+        let summary = pipeline
+            .as_ref()
+            .map(summary)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.starts_with("notify"))
+            .collect();
+        assert_outcome(&fixture, &problems, summary, expect);
+    }
+
+    #[test]
+    fn notify_webhooks() {
+        check_notify(
+            r#"
+            notify:
+              - url_env: SLACK_HOOK
+                format: slack
+              - url: "http://hooks.internal:8080/fleet?x=1"
+                events: [failed_rolled_back, frozen]
+            "#,
+            &[
+                r#"notify #1: Env("SLACK_HOOK") Slack events=[]"#,
+                r#"notify #2: Url("http://hooks.internal:8080/fleet?x=1") Json events=[FailedRolledBack, Frozen]"#,
+            ],
+        );
+        check_notify("", &[]);
+    }
+
+    #[test]
+    fn notify_refusals() {
+        check_notify(
+            r#"
+            notify:
+              - url: "ftp://hooks.example/T000/B000/secretkey"
+              - url: "https://user:pw@hooks.example/x"
+              - url_env: "1BAD-NAME"
+              - {url: "https://a.example", url_env: A}
+              - {format: json}
+              - url_env: A
+                events: [stage_passed, deployed]
+            "#,
+            &[
+                "pipelines/pipeline.yaml:3 notify[0].url: is not an http:// or https:// URL with a host",
+                "pipelines/pipeline.yaml:4 notify[1].url: is not an http:// or https:// URL with a host",
+                "pipelines/pipeline.yaml:5 notify[2].url_env: `1BAD-NAME` is not an environment variable's name",
+                "pipelines/pipeline.yaml:6 notify[3].url_env: `url` and `url_env` are both set",
+                "pipelines/pipeline.yaml:7 notify[4]: has neither `url` nor `url_env`",
+                "pipelines/pipeline.yaml:9 notify[5].events[1]: `deployed` is not an event",
+            ],
+        );
+        check_notify(
+            "notify: [{url_env: A, format: teams}]",
+            &["pipelines/pipeline.yaml:2 notify[0].value.format.value: unknown variant `teams`"],
+        );
+        check_notify(
+            "notify: [{url_env: A, headers: {}}]",
+            &["pipelines/pipeline.yaml:2 notify[0].value.headers: unknown field `headers`"],
         );
     }
 }
