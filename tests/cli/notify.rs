@@ -373,3 +373,30 @@ fn run_tells_canary_passed_then_production_waiting_with_the_run_page() {
         );
     }
 }
+
+#[test]
+fn check_refuses_a_bad_webhook_naming_field_and_line_and_never_quotes_its_url() {
+    let fleet = crate::common::Fleet::example();
+    fleet.edit(
+        "pipelines/pipeline.yaml",
+        "on_failure:",
+        "notify:\n  - url_env: SLACK_HOOK\n    format: slack\n  - url: \"ftp://hooks.example/services/s3cr3t\"\n  - url_env: HOOK\n    events: [stage_passed, deployed]\non_failure:",
+    );
+    let run = fleet.run(&["check"]);
+    run.code(2);
+    for want in [
+        "pipelines/pipeline.yaml:19: notify[1].url: is not an http:// or https:// URL with a host",
+        "pipelines/pipeline.yaml:21: notify[2].events[1]: `deployed` is not an event",
+    ] {
+        assert!(run.stderr.contains(want), "{want}\n{}", run.stderr);
+    }
+    assert_no_key(&run.stderr);
+    assert_no_key(&run.stdout);
+    fleet.edit(
+        "pipelines/pipeline.yaml",
+        "  - url: \"ftp://hooks.example/services/s3cr3t\"\n",
+        "",
+    );
+    fleet.edit("pipelines/pipeline.yaml", ", deployed]", "]");
+    fleet.run(&["check"]).code(0);
+}
