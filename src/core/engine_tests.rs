@@ -773,6 +773,39 @@ fn the_forge_hears_each_stage_and_the_waiting_comment() {
         "{}",
         comments[0].body
     );
+    // The webhooks link the comment, under the run page's server.
+    assert_eq!(w.notifier.kinds(), ["stage_passed", "waiting_approval"]);
+    let sent = w.notifier.sent.borrow();
+    assert_eq!(sent[0].comment_url, None);
+    assert_eq!(
+        sent[1].comment_url.as_deref(),
+        Some("http://forge.invalid/hosting/fleet/pulls/12#issuecomment-1")
+    );
+}
+
+#[test]
+fn the_failure_event_links_the_failure_comment() {
+    let w = world();
+    w.first_rollout();
+    w.rollout.host("alpha-1", Host::Unhealthy);
+    let forge = Rc::new(FakeForge {
+        merged: Some(12),
+        ..FakeForge::default()
+    });
+    let r = reporter(forge.clone(), c(2));
+    assert_eq!(
+        w.run_req(&request(c(1), c(2)), Some(&r)).unwrap().code,
+        ExitCode::Blocked
+    );
+    assert_eq!(w.notifier.kinds(), ["failed_rolled_back", "reverted"]);
+    for e in w.notifier.sent.borrow().iter() {
+        assert_eq!(
+            e.comment_url.as_deref(),
+            Some("http://forge.invalid/hosting/fleet/pulls/12#issuecomment-1"),
+            "{e:?}"
+        );
+    }
+    assert!(forge.comments.borrow()[0].body.contains("rolled back"));
 }
 
 #[test]
