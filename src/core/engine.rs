@@ -586,7 +586,21 @@ impl Run<'_> {
                     )?;
                     let mut reverted = None;
                     if on_failure.revert {
-                        let (r, outcome) = self.revert(&gate)?;
+                        let (r, outcome) = match self.revert(&gate) {
+                            Ok(done) => done,
+                            Err(e) => {
+                                // The hosts are rolled back all the same:
+                                // the webhooks hear the failure, then the
+                                // run stops on the error.
+                                let last = self.outcomes.last().expect("just pushed");
+                                let mut event = Event::failed(last, Some(&gate), None);
+                                event
+                                    .summary
+                                    .push_str("; the revert could not be done (see the job log)");
+                                self.notify(event);
+                                return Err(e);
+                            }
+                        };
                         record = r;
                         reverted = Some(outcome);
                     }
