@@ -32,6 +32,8 @@ command -v caddy >/dev/null || need_apt+=(caddy)
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 # wrk: HTTP load against a reverse proxy while it reloads.
 command -v wrk >/dev/null || need_apt+=(wrk)
+# restic (0.14 on Debian 12): tests/cli/backup.rs backs an app's data up and restores it with it.
+command -v restic >/dev/null || need_apt+=(restic)
 if ((${#need_apt[@]})); then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

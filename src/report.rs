@@ -557,6 +557,18 @@ pub fn outcome_with(
             _ => Style::new(),
         },
     ));
+    let backups: Vec<String> = o
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            h.backups
+                .iter()
+                .map(move |(app, b)| format!("{}/{app}@{} {}", h.client, h.host, b.id))
+        })
+        .collect();
+    if !backups.is_empty() {
+        let _ = writeln!(out, "backed up before the change: {}", backups.join(", "));
+    }
     for f in o.frozen() {
         let _ = writeln!(
             out,
@@ -573,6 +585,12 @@ pub fn outcome_with(
         let _ = writeln!(
             out,
             "RESTORE: snapshot {image} was taken before {apps} changed; to put the whole server back on it (approval as for production): {command}"
+        );
+    }
+    for (app, id, command) in o.backup_restores() {
+        let _ = writeln!(
+            out,
+            "RESTORE: backup {id} was taken before {app} changed; to put its data back (approval as for production): {command}"
         );
     }
     out
@@ -1499,6 +1517,34 @@ FROZEN: alpha/web@alpha-2 stays on the failed release (rollback: freeze); a huma
 RESTORE: snapshot 4242 was taken before alpha/web@alpha-2 changed; to put the whole server back on it (approval as for production): fleetgate restore --client alpha --host alpha-2 --snapshot 4242
 ",
         );
+        frozen.hosts[1].backups.insert(
+            "web".into(),
+            crate::core::outcome::Backup {
+                id: "4f2a9c1e".into(),
+                seconds: 0.5,
+                restore: Some(crate::core::outcome::backup_restore_command(
+                    "alpha", "web", "alpha-2", "4f2a9c1e",
+                )),
+            },
+        );
+        check(
+            &frozen,
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            "\
+stage canary @ 222222222222: FAILED (1 of 2 hosts failed, 1 tolerated)
+client  host     status    runs          time   failure
+alpha   alpha-1  deployed  222222222222  1.23s
+alpha   alpha-2  failed    as before     1.23s  web health: GET http://x/health: 503
+backed up before the change: alpha/web@alpha-2 4f2a9c1e
+FROZEN: alpha/web@alpha-2 stays on the failed release (rollback: freeze); a human must decide
+RESTORE: snapshot 4242 was taken before alpha/web@alpha-2 changed; to put the whole server back on it (approval as for production): fleetgate restore --client alpha --host alpha-2 --snapshot 4242
+RESTORE: backup 4f2a9c1e was taken before alpha/web@alpha-2 changed; to put its data back (approval as for production): fleetgate restore --client alpha --app web --host alpha-2 --backup 4f2a9c1e
+",
+        );
+        let json = super::outcome(&frozen, super::OutcomeFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["hosts"][1]["backups"]["web"]["id"], "4f2a9c1e", "{json}");
+        assert!(v["hosts"][0].get("backups").is_none(), "{json}");
         let mut passed = outcome();
         passed.hosts.truncate(1);
         passed.passed = true;

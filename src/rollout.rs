@@ -527,7 +527,33 @@ pub fn recheck_host(
         stage_name,
         &[client.to_string()],
         &BTreeMap::new(),
-        Some(host),
+        Some((host, None)),
+    )
+}
+
+/// `restore --app`: `job`'s `commands.restore` on `client`'s host `host`
+/// (with its backup id), then the health checks `rev` gives its apps, as
+/// [`recheck_host`] runs them.
+#[allow(clippy::too_many_arguments)]
+pub fn restore_app(
+    keyring: &Keyring,
+    repo: &Repo,
+    inventory: &dyn Inventory,
+    rev: CommitId,
+    stage_name: &str,
+    client: &str,
+    host: &str,
+    job: &deploy::RestoreJob,
+) -> Result<StageOutcome> {
+    stage_at(
+        keyring,
+        repo,
+        inventory,
+        rev,
+        stage_name,
+        &[client.to_string()],
+        &BTreeMap::new(),
+        Some((host, Some(job))),
     )
 }
 
@@ -540,7 +566,7 @@ fn stage_at(
     stage_name: &str,
     only: &[String],
     previous: &BTreeMap<String, CommitId>,
-    check_only: Option<&str>,
+    check_only: Option<(&str, Option<&deploy::RestoreJob>)>,
 ) -> Result<StageOutcome> {
     let snap = repo.snapshot(rev)?;
     let files = config::load(&snap, Selection::All)?;
@@ -644,7 +670,7 @@ fn stage_at(
     };
     let (masked, real) = (render(SecretView::Masked)?, render(SecretView::Real)?);
     let mut plan = deploy::build_stage_plan(fleet, stage, &real, &masked, &clients, &rev_s);
-    if let Some(host) = check_only {
+    if let Some((host, restore)) = check_only {
         plan.targets.retain(|t| t.host.name == host);
         if plan.targets.is_empty() {
             return Err(Error::Usage(
@@ -659,7 +685,12 @@ fn stage_at(
         let connector = SshConnector::new(&known_hosts(&snap)?, &fleet.pipeline.ssh_options)?;
         let runtime = crate::rt::runtime()?;
         let prober = crate::gates::http::ReqwestProber::new()?;
-        return Ok(runtime.block_on(deploy::check_stage(&plan, &connector, &prober)));
+        return Ok(runtime.block_on(async {
+            match restore {
+                Some(job) => deploy::restore_stage(&plan, &connector, &prober, job).await,
+                None => deploy::check_stage(&plan, &connector, &prober).await,
+            }
+        }));
     }
     // Snapshots: decided per host now (`deploy::snapshot`), taken by the
     // executor before the host's first change.

@@ -148,6 +148,9 @@ pub struct Stage {
     pub snapshot: Option<SnapshotPolicy>,
     /// As written; None: the app's, else [`DEFAULT_SNAPSHOT_KEEP`].
     pub snapshot_keep: Option<u32>,
+    /// As written (`before_deploy` | `never`); None: only `rollback:
+    /// freeze` apps run their `commands.backup` (`deploy::backup_of`).
+    pub backup: Option<SnapshotPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -261,6 +264,11 @@ pub struct Commands {
     pub start: Option<String>,
     pub stop: Option<String>,
     pub pre_snapshot: Option<String>,
+    /// Backs the app's data up before its first change; prints
+    /// `FLEETGATE_BACKUP_ID=<id>`. Always with `restore`.
+    pub backup: Option<String>,
+    /// Puts a backup back, `FLEETGATE_BACKUP_ID` in its environment.
+    pub restore: Option<String>,
 }
 
 #[derive(Debug, Clone)]

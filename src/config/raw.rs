@@ -130,6 +130,10 @@ pub struct Stage {
     pub snapshot: Option<SnapshotPolicy>,
     #[serde(default)]
     pub snapshot_keep: Option<S<u32>>,
+    /// `before_deploy` or `never`: the apps' `commands.backup` before
+    /// their first change (default: only `rollback: freeze` apps').
+    #[serde(default)]
+    pub backup: Option<SnapshotPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -309,6 +313,14 @@ pub struct Commands {
     /// Run on the host before its snapshot (a dump, `fsfreeze`).
     #[serde(default)]
     pub pre_snapshot: Option<String>,
+    /// Run on the host in the live release before the app's first change;
+    /// prints `FLEETGATE_BACKUP_ID=<id>`.
+    #[serde(default)]
+    pub backup: Option<S<String>>,
+    /// Puts a backup back (`fleetgate restore --app`): run in the live
+    /// release with `FLEETGATE_BACKUP_ID` set.
+    #[serde(default)]
+    pub restore: Option<String>,
 }
 
 /// One health check: exactly one of `http` and `command`.

@@ -80,7 +80,31 @@ pub struct HostOutcome {
     /// whole server back on that snapshot (`restore_command`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,
+    /// Per app, the backup its `commands.backup` made before the app's
+    /// first change on this host.
+    /// (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backups: BTreeMap<String, Backup>,
     pub seconds: f64,
+}
+
+/// One app's backup before its first change on a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    /// What the backup command printed as `FLEETGATE_BACKUP_ID=<id>`.
+    pub id: String,
+    pub seconds: f64,
+    /// The app is frozen on the failed release: the command that puts this
+    /// backup back (`backup_restore_command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+}
+
+/// The command that puts backup `id` of `app` back on `host` of `client`
+/// (`commands.restore`). Names are validated names and an id is letters,
+/// digits and `._:-` (`remote::release::is_backup_id`): no quoting needed.
+pub fn backup_restore_command(client: &str, app: &str, host: &str, id: &str) -> String {
+    format!("fleetgate restore --client {client} --app {app} --host {host} --backup {id}")
 }
 
 /// The command that rebuilds `host` of `client` from snapshot `image`.
@@ -113,6 +137,7 @@ impl HostOutcome {
             runs,
             snapshot: None,
             restore: None,
+            backups: BTreeMap::new(),
             seconds: 0.0,
         }
     }
@@ -193,6 +218,24 @@ impl StageOutcome {
                     .map(|a| format!("{}/{a}@{}", h.client, h.host))
                     .collect();
                 Some((apps.join(", "), h.snapshot?, h.restore.clone()?))
+            })
+            .collect()
+    }
+
+    /// Frozen apps with a backup from before the change: (the app as
+    /// `frozen` words it, the backup id, the restore command).
+    pub fn backup_restores(&self) -> Vec<(String, String, String)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                h.frozen.iter().filter_map(move |a| {
+                    let b = h.backups.get(a)?;
+                    Some((
+                        format!("{}/{a}@{}", h.client, h.host),
+                        b.id.clone(),
+                        b.restore.clone()?,
+                    ))
+                })
             })
             .collect()
     }

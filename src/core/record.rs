@@ -165,6 +165,17 @@ impl RunRecord {
         (!names.is_empty()).then_some(names)
     }
 
+    /// The backup `app` of `client` made on `host` in this run, if any
+    /// (`restore --app`'s default, read from the newest record that has one).
+    pub fn backup_of(&self, client: &str, host: &str, app: &str) -> Option<&str> {
+        self.stages
+            .values()
+            .flat_map(|o| &o.hosts)
+            .filter(|h| h.client == client && h.host == host)
+            .find_map(|h| h.backups.get(app))
+            .map(|b| b.id.as_str())
+    }
+
     /// Adds `approval` unless the same person already approved the same plan.
     pub fn add_approval(&mut self, approval: &Approval) {
         if !self
@@ -180,6 +191,39 @@ impl RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backup_an_app_made_on_a_host() {
+        use crate::core::outcome::{Backup, HostOutcome, HostStatus};
+        let mut record = RunRecord::new(&"a".repeat(40));
+        assert_eq!(record.backup_of("alpha", "alpha-1", "web"), None);
+        let mut host = HostOutcome::new("alpha", "alpha-1", HostStatus::Failed, Default::default());
+        host.backups.insert(
+            "web".into(),
+            Backup {
+                id: "4f2a".into(),
+                seconds: 1.0,
+                restore: None,
+            },
+        );
+        let other = HostOutcome::new("alpha", "alpha-2", HostStatus::Deployed, Default::default());
+        record.record_stage(&StageOutcome {
+            stage: "canary".into(),
+            rev: "a".repeat(40),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 1,
+            max_failures: 0,
+            rolled_back: false,
+            hosts: vec![other, host],
+        });
+        assert_eq!(record.backup_of("alpha", "alpha-1", "web"), Some("4f2a"));
+        assert_eq!(record.backup_of("alpha", "alpha-2", "web"), None);
+        assert_eq!(record.backup_of("alpha", "alpha-1", "db"), None);
+        // Read back from JSON, as `restore` reads it.
+        let back = RunRecord::parse(&record.to_json()).unwrap();
+        assert_eq!(back.backup_of("alpha", "alpha-1", "web"), Some("4f2a"));
+    }
 
     /// Notes written by fleetgate before the record was typed (the sandbox
     /// demo run by the binary of commit 4b6e4b6): read, written back, the

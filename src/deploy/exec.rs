@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 
 use super::checks::{Gated, run_checks};
 use super::{
-    AppJob, CheckSpec, Failure, FailureKind, HostOutcome, HostStatus, Runs, SlotJob, StageOutcome,
-    StagePlan, StepRecord, Target,
+    AppJob, Backup, CheckSpec, Failure, FailureKind, HostOutcome, HostStatus, Runs, SlotJob,
+    StageOutcome, StagePlan, StepRecord, Target,
 };
 use crate::config::{Host, RollbackPolicy};
 use crate::gates::http::Prober;
@@ -296,6 +296,61 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// An app's `commands.backup` in its live release: the backup it names
+/// (`FLEETGATE_BACKUP_ID=<id>`), or the failure — a non-zero exit, or no
+/// valid id — that stops the host before its first change.
+async fn run_backup<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    masker: &Masker,
+    app: &AppJob,
+    command: &str,
+) -> Result<Backup, Failure> {
+    let started = Instant::now();
+    let result = remote.run(&release::backup_script(&app.dir, command)).await;
+    let id = match &result {
+        Ok(out) if out.success() => Some(release::parse_backup_id(&out.stdout)),
+        _ => None,
+    };
+    rec.record(
+        Some(&app.name),
+        "backup",
+        matches!(id, Some(Ok(_))),
+        started,
+    );
+    match (result, id) {
+        (Ok(_), Some(Ok(id))) => Ok(Backup {
+            id,
+            seconds: secs(started),
+            restore: None,
+        }),
+        (Ok(out), Some(Err(why))) => {
+            let text = format!("{}{}", out.stdout, out.stderr);
+            tracing::debug!("{} backup: {}", rec.host, masker.mask(text.trim_end()));
+            Err(Failure {
+                kind: FailureKind::Command,
+                app: Some(app.name.clone()),
+                step: "backup".into(),
+                message: masker.mask(&why),
+            })
+        }
+        (Ok(out), _) => Err(Failure::from_run(
+            Some(&app.name),
+            "backup",
+            Ok(&out),
+            masker,
+            "\0",
+        )),
+        (Err(e), _) => Err(Failure::from_run(
+            Some(&app.name),
+            "backup",
+            Err(&e),
+            masker,
+            "\0",
+        )),
+    }
+}
+
 /// Deploys every app of `target` to its host, then runs its health gates.
 /// A host's snapshot: asked for, waited for on the deploy's runtime (the
 /// other hosts of the wave go on meanwhile), then the retention.
@@ -347,6 +402,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut kept: Vec<Kept> = Vec::new();
     let mut removed = 0;
     let mut snapshot = None;
+    let mut backups = BTreeMap::new();
     let mut proxy_applied = false;
     let proxy = target.proxy();
     let result: Result<bool, Failure> = async {
@@ -529,6 +585,37 @@ async fn deploy_host<R: Remote, P: Prober>(
                     proxy::apply_script(&p.settings, &p.dir),
                 ));
             }
+        }
+        // The first change of each app that wants a backup: its backup,
+        // before the snapshot and before anything on the host changes. A
+        // backup that fails, or names no backup, leaves the host untouched.
+        for app in changed
+            .iter()
+            .copied()
+            .chain(slots.iter().map(|n| n.app))
+            .filter(|a| a.backup.is_some())
+        {
+            if inspected
+                .get(&app.name)
+                .and_then(|i| i.current.as_ref())
+                .is_none()
+            {
+                tracing::info!(
+                    "{} {}: no live release yet, nothing to back up",
+                    target.host.name,
+                    app.name
+                );
+                continue;
+            }
+            let command = app.backup.as_deref().unwrap_or_default();
+            let backup = run_backup(remote, &mut rec, &target.masker, app, command).await?;
+            tracing::info!(
+                "{} {}: backup {} taken",
+                target.host.name,
+                app.name,
+                backup.id
+            );
+            backups.insert(app.name.clone(), backup);
         }
         // The first change of this host: its snapshot first, if it needs
         // one; a snapshot that fails leaves the host untouched.
@@ -839,6 +926,7 @@ async fn deploy_host<R: Remote, P: Prober>(
             runs,
             snapshot,
             restore: None,
+            backups,
             seconds: secs(started),
         },
         switched,
@@ -1459,6 +1547,14 @@ pub async fn run_stage<C: Connector, P: Prober>(
                 &h.client, &h.host, image,
             ));
         }
+        // A frozen app backed up before the change: how to put it back.
+        for app in &h.frozen {
+            if let Some(b) = h.backups.get_mut(app) {
+                b.restore = Some(crate::core::outcome::backup_restore_command(
+                    &h.client, app, &h.host, &b.id,
+                ));
+            }
+        }
     }
     let rolled_back = hosts.iter().any(|h| h.status == HostStatus::RolledBack);
     StageOutcome {
@@ -1538,6 +1634,16 @@ fn connect_failed(target: &Target, e: &RemoteError, started: Instant) -> HostRun
     }
 }
 
+/// `restore --app`: one app's `commands.restore`, run on each host with
+/// the backup id of that host, before the health checks.
+#[derive(Debug, Clone)]
+pub struct RestoreJob {
+    pub app: String,
+    pub command: String,
+    /// Host name → the backup id to put back there.
+    pub ids: BTreeMap<String, String>,
+}
+
 /// Only the health checks of every app of each target, nothing uploaded or
 /// switched (`restore`'s re-check of a rebuilt server): each host
 /// `unchanged` when its checks pass, else failed at `health` as a deploy's
@@ -1546,6 +1652,28 @@ pub async fn check_stage<C: Connector, P: Prober>(
     plan: &StagePlan,
     connector: &C,
     prober: &P,
+) -> StageOutcome {
+    checks_after(plan, connector, prober, None).await
+}
+
+/// `restore --app`: on each target, the app's `commands.restore` with
+/// that host's backup id (`FLEETGATE_BACKUP_ID`) in its live release, then
+/// the health checks as [`check_stage`] runs them. A restore that fails
+/// fails its host at step `restore`, its checks not run.
+pub async fn restore_stage<C: Connector, P: Prober>(
+    plan: &StagePlan,
+    connector: &C,
+    prober: &P,
+    job: &RestoreJob,
+) -> StageOutcome {
+    checks_after(plan, connector, prober, Some(job)).await
+}
+
+async fn checks_after<C: Connector, P: Prober>(
+    plan: &StagePlan,
+    connector: &C,
+    prober: &P,
+    restore: Option<&RestoreJob>,
 ) -> StageOutcome {
     let mut hosts = Vec::new();
     for target in &plan.targets {
@@ -1557,6 +1685,61 @@ pub async fn check_stage<C: Connector, P: Prober>(
                 continue;
             }
         };
+        let mut rec = Recorder {
+            host: &target.host.name,
+            steps: Vec::new(),
+        };
+        if let Some(job) = restore {
+            let script = match (
+                target.apps.iter().find(|a| a.name == job.app),
+                job.ids.get(&target.host.name),
+            ) {
+                (Some(app), Some(id)) => Ok(release::restore_script(&app.dir, &job.command, id)),
+                _ => Err(Failure {
+                    kind: FailureKind::Command,
+                    app: Some(job.app.clone()),
+                    step: "restore".into(),
+                    message: format!(
+                        "no app `{}` or no backup id for host `{}`",
+                        job.app, target.host.name
+                    ),
+                }),
+            };
+            let result = match script {
+                Ok(script) => run_step(
+                    &remote,
+                    &mut rec,
+                    &target.masker,
+                    Some(&job.app),
+                    "restore",
+                    &script,
+                )
+                .await
+                .map(|_| ()),
+                Err(f) => Err(f),
+            };
+            if let Err(f) = result {
+                connector.close(remote).await;
+                tracing::error!(
+                    "{} {} restore failed: {}",
+                    target.host.name,
+                    job.app,
+                    f.message
+                );
+                hosts.push(HostOutcome {
+                    failure: Some(f),
+                    steps: rec.steps,
+                    seconds: secs(started),
+                    ..HostOutcome::new(
+                        &target.client,
+                        &target.host.name,
+                        HostStatus::Failed,
+                        untouched(target),
+                    )
+                });
+                continue;
+            }
+        }
         let apps: Vec<&AppJob> = target.apps.iter().collect();
         let checks = run_checks(
             &remote,
@@ -1569,10 +1752,6 @@ pub async fn check_stage<C: Connector, P: Prober>(
         .await;
         connector.close(remote).await;
         let failed = checks.iter().find(|c| !c.passed).cloned();
-        let mut rec = Recorder {
-            host: &target.host.name,
-            steps: Vec::new(),
-        };
         rec.record(None, "health", failed.is_none(), started);
         let status = if failed.is_some() {
             HostStatus::Failed

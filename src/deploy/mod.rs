@@ -19,9 +19,9 @@ pub mod snapshot;
 mod tests;
 
 pub use crate::core::outcome::{
-    Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
+    Backup, Failure, FailureKind, HostOutcome, HostStatus, Runs, StageOutcome, StepRecord,
 };
-pub use exec::{Connector, check_stage, run_stage};
+pub use exec::{Connector, RestoreJob, check_stage, restore_stage, run_stage};
 pub use plan::{
     AppJob, CheckSpec, ProxyJob, Removal, SlotJob, StagePlan, Target, build_stage_plan, start_of,
 };

@@ -111,6 +111,23 @@ pub struct AppJob {
     pub routes: Vec<Route>,
     /// `strategy: blue_green`: the two slots, each rendered with its port.
     pub blue_green: Option<BlueGreen>,
+    /// `commands.backup`, when this stage backs the app up before its
+    /// first change ([`backup_of`]).
+    pub backup: Option<String>,
+}
+
+/// The backup command `app` runs before its first change in `stage`:
+/// its `commands.backup`, when the stage says `backup: before_deploy`, or
+/// says nothing and the app is `rollback: freeze` (a frozen app has no
+/// release to go back to); never with `backup: never`.
+pub fn backup_of(stage: &crate::config::Stage, app: &crate::config::App) -> Option<String> {
+    use crate::config::SnapshotPolicy;
+    let wanted = match stage.backup {
+        Some(SnapshotPolicy::BeforeDeploy) => true,
+        Some(SnapshotPolicy::Never) => false,
+        None => app.rollback == RollbackPolicy::Freeze,
+    };
+    app.commands.backup.clone().filter(|_| wanted)
 }
 
 /// A blue_green app on one host.
@@ -231,6 +248,7 @@ pub fn build_stage_plan(
                     rollback: app.rollback,
                     routes: sole.routes,
                     blue_green,
+                    backup: backup_of(stage, app),
                 });
             }
             let proxy = fleet.pipeline.proxy.as_ref().map(|settings| ProxyJob {

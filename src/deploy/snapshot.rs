@@ -190,6 +190,7 @@ mod tests {
             max_failures: 0,
             snapshot,
             snapshot_keep: keep,
+            backup: None,
         }
     }
 

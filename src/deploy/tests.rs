@@ -85,6 +85,7 @@ fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Ta
             },
             routes: Vec::new(),
             blue_green: None,
+            backup: None,
         }],
         removals: Vec::new(),
         masker: Masker::default(),
@@ -2021,4 +2022,167 @@ fn assert_serving(root: &std::path::Path, slot: Slot, rev: &str) {
         live_slot(root, "h1"),
         (Some(slot), format!("{} {port}\n", slot.name()))
     );
+}
+
+/// `target`'s app with `commands.backup`: it notes each run in the app's
+/// directory and names the backup after the live version.
+fn with_backup(mut t: Target, command: &str) -> Target {
+    t.apps[0].backup = Some(command.into());
+    t
+}
+
+const BACKUP: &str = "cat version >> ../../backups.log; echo \"saving $(cat version)\"; echo FLEETGATE_BACKUP_ID=saved-$(cat version)";
+
+fn backups_log(root: &std::path::Path, host: &str) -> String {
+    std::fs::read_to_string(root.join(host).join("alpha/web/backups.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_backup_comes_before_an_apps_first_change_and_only_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = |v| with_backup(target(root, "h1", v, true), BACKUP);
+    // A first deploy: no live release, nothing to back up.
+    let o = run(&plan("a", vec![t("v1")], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed, "{o:#?}");
+    assert!(o.hosts[0].backups.is_empty());
+    assert!(!app_steps(&o.hosts[0], "web").contains(&"backup"));
+    // Nothing changes: no backup.
+    let o = run(&plan("a", vec![t("v1")], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Unchanged);
+    assert!(o.hosts[0].backups.is_empty());
+    assert_eq!(backups_log(root, "h1"), "");
+    // A change: the backup of what runs, before anything else.
+    let o = run(&plan("b", vec![t("v2")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert_eq!(
+        app_steps(h, "web"),
+        ["backup", "upload", "switch", "start", "prune"]
+    );
+    assert_eq!(h.backups["web"].id, "saved-v1");
+    assert_eq!(
+        h.backups["web"].restore, None,
+        "deployed: nothing to restore"
+    );
+    assert_eq!(backups_log(root, "h1"), "v1\n");
+    // A change that fails its gate: frozen, and the report knows how to
+    // put the data back.
+    let o = run(&plan("c", vec![t("bad")], 0));
+    let h = &o.hosts[0];
+    assert_eq!(h.frozen, ["web"], "{o:#?}");
+    assert_eq!(h.backups["web"].id, "saved-v2");
+    let command = "fleetgate restore --client alpha --app web --host h1 --backup saved-v2";
+    assert_eq!(h.backups["web"].restore.as_deref(), Some(command));
+    assert_eq!(
+        o.backup_restores(),
+        [("alpha/web@h1".into(), "saved-v2".into(), command.into())]
+    );
+    assert_eq!(verdict(&o), StageVerdict::Frozen);
+    // Rolled back (a `safe` app): no restore command, the backup recorded.
+    let o = run(&plan(
+        "d",
+        vec![with_backup(target(root, "h2", "v1", false), BACKUP)],
+        0,
+    ));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    let safe = with_backup(target(root, "h2", "bad", false), BACKUP);
+    let o = run(&plan("e", vec![safe], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(o.hosts[0].backups["web"].id, "saved-v1");
+    assert!(o.backup_restores().is_empty());
+}
+
+#[test]
+fn a_failed_backup_stops_the_host_before_anything_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let o = run(&plan("a", vec![target(root, "h1", "v1", true)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::Deployed);
+    let before = state(root, "h1", "web");
+    for (command, why) in [
+        ("echo saving; exit 3", "exit 3"),
+        (
+            "echo saved, no id",
+            "printed no `FLEETGATE_BACKUP_ID=<id>` line",
+        ),
+        ("echo FLEETGATE_BACKUP_ID='two words'", "no valid id"),
+    ] {
+        let t = with_backup(target(root, "h1", "v2", true), command);
+        let o = run(&plan("b", vec![t], 0));
+        let h = &o.hosts[0];
+        assert_eq!(h.status, HostStatus::Failed, "{command}: {o:#?}");
+        let f = h.failure.as_ref().unwrap();
+        assert_eq!(
+            (f.kind, f.app.as_deref(), f.step.as_str()),
+            (FailureKind::Command, Some("web"), "backup"),
+            "{command}"
+        );
+        assert!(f.message.contains(why), "{command}: {}", f.message);
+        assert_eq!(app_steps(h, "web"), ["backup"], "{command}");
+        assert!(h.backups.is_empty() && h.switched.is_empty() && h.frozen.is_empty());
+        assert_eq!(verdict(&o), StageVerdict::ChangeFailed, "exit 1");
+        // Untouched: the same release live, nothing uploaded.
+        assert_eq!(live(root, "h1"), "v1\n");
+        assert_eq!(state(root, "h1", "web").rev, before.rev);
+        assert!(
+            !root
+                .join("h1/alpha/web/releases")
+                .join("b".repeat(40))
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn which_apps_are_backed_up_in_which_stage() {
+    use crate::config::SnapshotPolicy::{BeforeDeploy, Never};
+    let stage = |backup| crate::config::Stage {
+        name: "production".into(),
+        group: "prod".into(),
+        soak: Duration::ZERO,
+        approval: None,
+        parallelism: 1,
+        max_failures: 0,
+        snapshot: None,
+        snapshot_keep: None,
+        backup,
+    };
+    let app = |rollback, backup: Option<&str>| crate::config::App {
+        name: "db".into(),
+        runtime: crate::config::Runtime::Compose,
+        images: Default::default(),
+        files: Default::default(),
+        templates: Default::default(),
+        secrets: Vec::new(),
+        commands: crate::config::Commands {
+            backup: backup.map(str::to_string),
+            restore: backup.map(|_| "./restore.sh".to_string()),
+            ..Default::default()
+        },
+        health: Vec::new(),
+        rollback,
+        snapshot: None,
+        snapshot_keep: None,
+        routes: Vec::new(),
+        strategy: crate::config::Strategy::Recreate,
+    };
+    use RollbackPolicy::{Freeze, Safe};
+    // (stage's backup, app's rollback, has commands.backup, backed up)
+    let cases = [
+        (None, Freeze, true, true),
+        (None, Safe, true, false),
+        (None, Freeze, false, false),
+        (Some(BeforeDeploy), Safe, true, true),
+        (Some(BeforeDeploy), Freeze, false, false),
+        (Some(Never), Freeze, true, false),
+    ];
+    for (policy, rollback, has, want) in cases {
+        let a = app(rollback, has.then_some("./backup.sh"));
+        assert_eq!(
+            super::plan::backup_of(&stage(policy), &a).is_some(),
+            want,
+            "{policy:?} {rollback:?} {has}"
+        );
+    }
 }

@@ -328,6 +328,12 @@ pub fn failure_comment(
             "Snapshot {image} was taken before {apps} changed. To put the whole server back on it (approval as for production):\n\n```\n{command}\n```\n"
         );
     }
+    for (app, id, command) in outcome.backup_restores() {
+        let _ = writeln!(
+            out,
+            "Backup {id} was taken before {app} changed. To put its data back (approval as for production):\n\n```\n{command}\n```\n"
+        );
+    }
     match revert {
         Some(RevertOutcome::Pushed { commit, .. }) => {
             let _ = writeln!(
@@ -371,7 +377,49 @@ pub fn failure_comment(
 
 #[cfg(test)]
 mod tests {
-    use crate::core::outcome::{HostOutcome, HostStatus, Runs, StageOutcome, restore_command};
+    use crate::core::outcome::{
+        Backup, HostOutcome, HostStatus, Runs, StageOutcome, backup_restore_command,
+        restore_command,
+    };
+
+    #[test]
+    fn a_frozen_app_with_a_backup_names_the_backup_and_its_restore() {
+        let mut host = HostOutcome::new(
+            "alpha",
+            "alpha-1",
+            HostStatus::Failed,
+            [("web".to_string(), Runs::Release("2".repeat(40)))].into(),
+        );
+        host.frozen = vec!["web".into()];
+        host.backups.insert(
+            "web".into(),
+            Backup {
+                id: "4f2a9c1e".into(),
+                seconds: 1.0,
+                restore: Some(backup_restore_command(
+                    "alpha", "web", "alpha-1", "4f2a9c1e",
+                )),
+            },
+        );
+        let outcome = StageOutcome {
+            stage: "canary".into(),
+            rev: "2".repeat(40),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 1,
+            max_failures: 0,
+            rolled_back: false,
+            hosts: vec![host],
+        };
+        let body = super::failure_comment(&"2".repeat(40), &outcome, None, None, "http://log");
+        assert!(
+            body.contains("Backup 4f2a9c1e was taken before alpha/web@alpha-1 changed")
+                && body.contains(
+                    "```\nfleetgate restore --client alpha --app web --host alpha-1 --backup 4f2a9c1e\n```"
+                ),
+            "{body}"
+        );
+    }
 
     #[test]
     fn a_frozen_app_on_a_snapshotted_server_names_the_snapshot_and_the_restore() {

@@ -641,6 +641,60 @@ pub fn pre_snapshot_script(dir: &AppDir, command: &str) -> String {
     )
 }
 
+/// What a backup command prints to name the backup it made:
+/// `FLEETGATE_BACKUP_ID=<id>` on a line of its own.
+pub const BACKUP_ID_LINE: &str = "FLEETGATE_BACKUP_ID=";
+
+/// An app's `commands.backup`, run before its first change in its live
+/// release (an app without one has nothing to back up: the executor does
+/// not run it). Its stdout names the backup ([`parse_backup_id`]).
+pub fn backup_script(dir: &AppDir, command: &str) -> String {
+    format!("set -eu\ncd {}/current\n{command}\n", quote(&dir.path()))
+}
+
+/// The backup id a backup command printed: its last
+/// `FLEETGATE_BACKUP_ID=<id>` line, the id 1 to 128 of `A-Z a-z 0-9 . _ : -`.
+/// None, or a malformed one, is a failed backup.
+pub fn parse_backup_id(stdout: &str) -> Result<String, String> {
+    let Some(line) = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(BACKUP_ID_LINE))
+    else {
+        return Err(format!(
+            "the backup command printed no `{BACKUP_ID_LINE}<id>` line: fleetgate cannot tell which backup to restore"
+        ));
+    };
+    let id = line.trim()[BACKUP_ID_LINE.len()..].to_string();
+    if is_backup_id(&id) {
+        Ok(id)
+    } else {
+        Err(format!(
+            "the backup command printed `{BACKUP_ID_LINE}` with no valid id (1 to 128 letters, digits, `.`, `_`, `:`, `-`)"
+        ))
+    }
+}
+
+/// Whether `id` can be a backup id (what [`parse_backup_id`] accepts, and
+/// `restore --backup` takes).
+pub fn is_backup_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// An app's `commands.restore`, run in its live release with
+/// `FLEETGATE_BACKUP_ID` set to the backup to put back (`restore --app`).
+pub fn restore_script(dir: &AppDir, command: &str, id: &str) -> String {
+    let path = quote(&dir.path());
+    format!(
+        "set -eu\nif [ ! -d {path}/current ]; then echo {} >&2; exit 1; fi\ncd {path}/current\nFLEETGATE_BACKUP_ID={}\nexport FLEETGATE_BACKUP_ID\n{command}\n",
+        quote(&format!("{}: no live release to restore into", dir.app)),
+        quote(id)
+    )
+}
+
 /// Takes down a first deploy that failed: there is no release to go back
 /// to, so its runtime is stopped (`stop`: `commands.stop`, for the command
 /// runtime) and the app is left with nothing live. The stop is best effort
@@ -734,6 +788,54 @@ mod tests {
         // Deployed again, an app is no longer a removed one.
         let again = start_script(&new, "r2", &cmd, None);
         assert!(again.contains("removed_at"), "{again}");
+    }
+
+    #[test]
+    fn a_backup_names_its_id_and_a_restore_gets_it() {
+        assert_eq!(
+            parse_backup_id(
+                "saved\nFLEETGATE_BACKUP_ID=old\nFLEETGATE_BACKUP_ID=4f2a9c1e\r\ndone\n"
+            ),
+            Ok("4f2a9c1e".to_string()),
+            "the last id line counts"
+        );
+        assert!(parse_backup_id("snapshot 4f2a saved\n").is_err());
+        for bad in ["", "a b", "$(x)", "x;y", &"a".repeat(129)] {
+            assert!(
+                parse_backup_id(&format!("FLEETGATE_BACKUP_ID={bad}\n")).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(is_backup_id("2026-11-30T03:00:00.1_x") && !is_backup_id("a/b"));
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp.path().join("it's $(here)"));
+        let out = sh(&restore_script(
+            &d,
+            "echo \"got $FLEETGATE_BACKUP_ID\"",
+            "a'b",
+        ));
+        assert!(
+            !out.status.success(),
+            "no live release: nothing to restore into"
+        );
+        std::fs::create_dir_all(std::path::Path::new(&d.release("r1"))).unwrap();
+        std::os::unix::fs::symlink("releases/r1", format!("{}/current", d.path())).unwrap();
+        let out = sh(&backup_script(&d, "pwd; echo FLEETGATE_BACKUP_ID=x1"));
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("/current"), "{stdout}");
+        assert_eq!(parse_backup_id(&stdout), Ok("x1".into()));
+        let out = sh(&restore_script(
+            &d,
+            "echo \"got $FLEETGATE_BACKUP_ID\"",
+            "a'b",
+        ));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "got a'b\n");
+        assert!(
+            !sh(&backup_script(&d, "false; echo FLEETGATE_BACKUP_ID=x"))
+                .status
+                .success()
+        );
     }
 
     fn dir(root: &std::path::Path) -> AppDir {

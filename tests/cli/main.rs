@@ -1,6 +1,7 @@
 //! Integration tests: the real `fleetgate` binary on real Git repositories,
 //! with real `sops`-encrypted secrets. One binary, one module per command.
 
+mod backup;
 mod bootstrap;
 mod check;
 mod common;

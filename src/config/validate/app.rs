@@ -176,7 +176,21 @@ fn validate_app(
             start: cm.start.clone(),
             stop: cm.stop.clone(),
             pre_snapshot: cm.pre_snapshot.clone(),
+            backup: cm.backup.as_ref().map(|b| b.value.clone()),
+            restore: cm.restore.clone(),
         });
+    // A backup fleetgate cannot put back is half a feature: the failure
+    // report names `fleetgate restore --app`, which runs `commands.restore`.
+    if let Some(backup) = raw.commands.as_ref().and_then(|cm| cm.backup.as_ref())
+        && commands.restore.is_none()
+    {
+        c.at(
+            "commands.backup",
+            backup,
+            "`commands.backup` needs `commands.restore`",
+            "add commands: { restore: \"...\" }: run in the live release with FLEETGATE_BACKUP_ID set, by `fleetgate restore --app`",
+        );
+    }
     let snapshot_keep = super::stages::snapshot_keep(&mut c, "snapshot_keep", &raw.snapshot_keep);
     if raw.runtime.value == Runtime::Command && commands.start.is_none() {
         c.at(
@@ -590,6 +604,12 @@ mod tests {
             app.secrets,
             app.health.len()
         )];
+        if app.commands.backup.is_some() || app.commands.restore.is_some() {
+            out.push(format!(
+                "  backup={:?} restore={:?}",
+                app.commands.backup, app.commands.restore
+            ));
+        }
         if app.snapshot.is_some()
             || app.snapshot_keep.is_some()
             || app.commands.pre_snapshot.is_some()
@@ -796,6 +816,31 @@ mod tests {
             "runtime: podman\ncommands: {stop: ./stop.sh}",
             &[
                 r#"app web: runtime=Podman rollback=Safe start=None stop=Some("./stop.sh") secrets=[] health=0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn backup_commands() {
+        check(
+            "runtime: compose\nrollback: freeze\ncommands: {backup: ./backup.sh, restore: ./restore.sh}",
+            &[
+                r#"app web: runtime=Compose rollback=Freeze start=None stop=None secrets=[] health=0"#,
+                r#"  backup=Some("./backup.sh") restore=Some("./restore.sh")"#,
+            ],
+        );
+        // A restore alone is allowed (ids from elsewhere); a backup alone is not.
+        check(
+            "runtime: compose\ncommands: {restore: ./restore.sh}",
+            &[
+                r#"app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0"#,
+                r#"  backup=None restore=Some("./restore.sh")"#,
+            ],
+        );
+        check(
+            "runtime: compose\ncommands:\n  backup: ./backup.sh",
+            &[
+                "pipelines/apps/web/app.yaml:3 commands.backup: `commands.backup` needs `commands.restore`",
             ],
         );
     }

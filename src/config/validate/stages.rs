@@ -109,6 +109,7 @@ pub(super) fn validate(c: &mut Check, list: &[raw::Stage]) -> Vec<Stage> {
             max_failures: s.max_failures.unwrap_or(0),
             snapshot: s.snapshot,
             snapshot_keep: snapshot_keep(c, &f("snapshot_keep"), &s.snapshot_keep),
+            backup: s.backup,
         });
     }
     stages
@@ -140,6 +141,9 @@ mod tests {
                 );
                 if s.snapshot.is_some() || s.snapshot_keep.is_some() {
                     line += &format!(" snapshot={:?} keep={:?}", s.snapshot, s.snapshot_keep);
+                }
+                if let Some(b) = s.backup {
+                    line += &format!(" backup={b:?}");
                 }
                 line
             })
@@ -301,6 +305,22 @@ mod tests {
             &[
                 "pipelines/pipeline.yaml:2 stages[0].snapshot_keep: snapshot_keep must be at least 1",
             ],
+        );
+    }
+
+    #[test]
+    fn backup_key() {
+        check(
+            "- {name: a, group: a, backup: before_deploy}\n- {name: b, group: b, backup: never}\n- {name: c, group: c}",
+            &[
+                "a: group=a soak=0ns approvers=- parallelism=1 max_failures=0 backup=BeforeDeploy",
+                "b: group=b soak=0ns approvers=- parallelism=1 max_failures=0 backup=Never",
+                "c: group=c soak=0ns approvers=- parallelism=1 max_failures=0",
+            ],
+        );
+        check(
+            "- {name: a, group: a, backup: always}",
+            &["pipelines/pipeline.yaml:2 stages[0].backup: unknown variant `always`"],
         );
     }
 }
