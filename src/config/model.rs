@@ -206,6 +206,9 @@ pub struct Commands {
     pub start: Option<String>,
     pub stop: Option<String>,
     pub pre_snapshot: Option<String>,
+    /// Prints the app's last log lines (run in the release that failed);
+    /// compose and podman apps have a default, command apps none.
+    pub logs: Option<String>,
 }
 
 #[derive(Debug, Clone)]

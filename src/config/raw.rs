@@ -282,6 +282,9 @@ pub struct Commands {
     /// Run on the host before its snapshot (a dump, `fsfreeze`).
     #[serde(default)]
     pub pre_snapshot: Option<String>,
+    /// Prints the app's last log lines, in its release (a failed host's report).
+    #[serde(default)]
+    pub logs: Option<String>,
 }
 
 /// One health check: exactly one of `http` and `command`.

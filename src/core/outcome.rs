@@ -80,8 +80,20 @@ pub struct HostOutcome {
     /// whole server back on that snapshot (`restore_command`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,
+    /// The last log lines of each app that failed its start or its health
+    /// gate on this host, fetched before anything stopped it: masked,
+    /// control characters out, at most `LOG_LINES` lines and `LOG_BYTES`
+    /// bytes each. (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logs: BTreeMap<String, String>,
     pub seconds: f64,
 }
+
+/// Lines of an app's logs a host's outcome keeps.
+pub const LOG_LINES: usize = 100;
+
+/// Bytes of an app's logs a host's outcome keeps, its notes included.
+pub const LOG_BYTES: usize = 8 * 1024;
 
 /// The command that rebuilds `host` of `client` from snapshot `image`.
 /// Client and host names are validated names (letters, digits, `-`, `.`,
@@ -113,6 +125,7 @@ impl HostOutcome {
             runs,
             snapshot: None,
             restore: None,
+            logs: BTreeMap::new(),
             seconds: 0.0,
         }
     }

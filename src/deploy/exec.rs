@@ -5,6 +5,7 @@
 //! which is what lets the same code run on local and real sshd hosts.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -348,6 +349,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut removed = 0;
     let mut snapshot = None;
     let mut proxy_applied = false;
+    let mut logs = BTreeMap::new();
     let proxy = target.proxy();
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
@@ -613,6 +615,17 @@ async fn deploy_host<R: Remote, P: Prober>(
             });
         }
         if let Some(f) = failure {
+            // An app whose start failed: its logs, before its slot stops
+            // (or the rollback restarts the release before it).
+            if f.kind == FailureKind::Command && (f.step == "start" || f.step == "start slot") {
+                let failed: Vec<(&AppJob, Option<SlotState>)> = target
+                    .apps
+                    .iter()
+                    .filter(|a| f.app.as_deref() == Some(a.name.as_str()))
+                    .map(|a| (a, new_slot_of(&slots, &a.name)))
+                    .collect();
+                logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
+            }
             // New slots that started (or began to) stop again; the live
             // ones never stopped serving. A slot whose start never began
             // is left alone: it may be the live one (the same commit
@@ -650,6 +663,8 @@ async fn deploy_host<R: Remote, P: Prober>(
             rec.record(None, "slot health", failed.is_none(), gate_started);
             checks.extend(results);
             if let Some(f) = failed {
+                let failed = failed_apps(target, &checks, &slots);
+                logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
                 stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
                 return Err(Failure {
                     kind: FailureKind::Health,
@@ -759,6 +774,9 @@ async fn deploy_host<R: Remote, P: Prober>(
         }
         checks.extend(results);
         if let Some(f) = failed {
+            // Before the rollback (in `run_stage`) restarts what ran before.
+            let failed = failed_apps(target, &checks, &slots);
+            logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
             return Err(Failure {
                 kind: FailureKind::Health,
                 app: Some(f.app.clone()),
@@ -839,12 +857,194 @@ async fn deploy_host<R: Remote, P: Prober>(
             runs,
             snapshot,
             restore: None,
+            logs,
             seconds: secs(started),
         },
         switched,
         kept,
         proxy_applied,
     }
+}
+
+/// The new slot `app` started in on this host, if it is a blue_green one.
+fn new_slot_of(slots: &[NewSlot<'_>], app: &str) -> Option<SlotState> {
+    slots.iter().find(|n| n.app.name == app).map(|n| n.new)
+}
+
+/// The apps with a check that failed (not one cancelled), each with the
+/// slot it was started in.
+fn failed_apps<'a>(
+    target: &'a Target,
+    checks: &[crate::gates::health::CheckResult],
+    slots: &[NewSlot<'_>],
+) -> Vec<(&'a AppJob, Option<SlotState>)> {
+    target
+        .apps
+        .iter()
+        .filter(|a| {
+            checks
+                .iter()
+                .any(|c| c.app == a.name && !c.passed && !c.cancelled)
+        })
+        .map(|a| (a, new_slot_of(slots, &a.name)))
+        .collect()
+}
+
+/// The last log lines of each of `failed` (release `rev`, in its slot),
+/// one `logs` step per app; best effort: a fetch that fails is said in
+/// the text, never a failure of the host. A command app without
+/// `commands.logs` has none.
+async fn fetch_logs<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    target: &Target,
+    rev: &str,
+    failed: &[(&AppJob, Option<SlotState>)],
+) -> BTreeMap<String, String> {
+    let mut logs = BTreeMap::new();
+    for (app, slot) in failed {
+        let Some(script) =
+            release::logs_script(&app.dir, rev, &app.start, app.logs.as_deref(), *slot)
+        else {
+            tracing::info!(
+                "{} {}: no logs to show: a `command` app needs `commands.logs` for them",
+                target.host.name,
+                app.name
+            );
+            continue;
+        };
+        let started = Instant::now();
+        let (text, ok) = match remote.run(&script).await {
+            Ok(out) => {
+                let (body, cut, status) = release::parse_logs(&out.stdout);
+                let mut text = bound_logs(&body, cut, &target.masker);
+                match status {
+                    Some(0) => {}
+                    Some(code) => {
+                        let _ = write!(text, "\n(fleetgate: the logs command exited {code})");
+                    }
+                    None => text.push_str("\n(fleetgate: the logs command did not finish)"),
+                }
+                (text.trim_start_matches('\n').to_string(), status == Some(0))
+            }
+            Err(e) => (
+                format!(
+                    "(fleetgate: could not fetch the logs: {})",
+                    bound_logs(&e.to_string(), false, &target.masker)
+                ),
+                false,
+            ),
+        };
+        rec.record(Some(&app.name), "logs", ok, started);
+        tracing::info!(
+            "{} {} logs (last lines; the outcome has up to {} of them):\n{}",
+            target.host.name,
+            app.name,
+            crate::core::outcome::LOG_LINES,
+            last_lines(&text, crate::report::LOG_LINES_SHOWN)
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        logs.insert(app.name.clone(), text);
+    }
+    logs
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn last_lines(text: &str, n: usize) -> &str {
+    let mut at = text.len();
+    for _ in 0..n {
+        match text[..at].rfind('\n') {
+            Some(i) => at = i,
+            None => return text,
+        }
+    }
+    &text[at + 1..]
+}
+
+/// An app's logs as a report keeps them: escape sequences and control
+/// characters other than newline and tab out, secret values masked, the
+/// last [`crate::core::outcome::LOG_LINES`] lines within
+/// [`crate::core::outcome::LOG_BYTES`] bytes, cut at a line boundary and
+/// said. `first_cut`: the host cut the output by size, so its first line
+/// is partial (and may hold part of a secret value): it goes too.
+pub(super) fn bound_logs(raw: &str, first_cut: bool, masker: &Masker) -> String {
+    use crate::core::outcome::{LOG_BYTES, LOG_LINES};
+    let clean = masker.mask(&without_control(raw));
+    let mut lines: Vec<&str> = clean.lines().collect();
+    let mut cut = 0;
+    if first_cut && !lines.is_empty() {
+        lines.remove(0);
+        cut += 1;
+    }
+    if lines.len() > LOG_LINES {
+        cut += lines.len() - LOG_LINES;
+        lines.drain(..lines.len() - LOG_LINES);
+    }
+    // Room for the note and the ones `fetch_logs` may add.
+    let budget = LOG_BYTES - 128;
+    let mut size: usize = lines.iter().map(|l| l.len() + 1).sum();
+    while size > budget && lines.len() > 1 {
+        size -= lines[0].len() + 1;
+        lines.remove(0);
+        cut += 1;
+    }
+    let mut body = lines.join("\n");
+    if body.len() > budget {
+        // One line longer than the budget: its end.
+        let mut from = body.len() - (budget - 3);
+        while !body.is_char_boundary(from) {
+            from += 1;
+        }
+        body = format!("…{}", &body[from..]);
+    }
+    match (first_cut, cut) {
+        // The host sent only the end of a longer output: how much came
+        // before is unknown.
+        (true, _) => format!("(… earlier lines cut)\n{body}"),
+        (false, 0) => body,
+        (false, n) => format!("(… {n} earlier line{} cut)\n{body}", plural(n)),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `text` without ANSI escape sequences (CSI, OSC and two-character ones)
+/// and control characters other than newline and tab; `\r\n` is a newline.
+fn without_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (a title, a link): up to BEL or ST.
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether the host's `proxy` step ran: done, or failed (a failed reload

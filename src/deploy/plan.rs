@@ -111,6 +111,9 @@ pub struct AppJob {
     pub routes: Vec<Route>,
     /// `strategy: blue_green`: the two slots, each rendered with its port.
     pub blue_green: Option<BlueGreen>,
+    /// `commands.logs`: prints its last log lines when it fails (compose
+    /// and podman have a default, see `release::logs_script`).
+    pub logs: Option<String>,
 }
 
 /// A blue_green app on one host.
@@ -231,6 +234,7 @@ pub fn build_stage_plan(
                     rollback: app.rollback,
                     routes: sole.routes,
                     blue_green,
+                    logs: app.commands.logs.clone(),
                 });
             }
             let proxy = fleet.pipeline.proxy.as_ref().map(|settings| ProxyJob {
