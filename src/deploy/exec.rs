@@ -937,9 +937,10 @@ async fn fetch_logs<R: Remote>(
         };
         rec.record(Some(&app.name), "logs", ok, started);
         tracing::info!(
-            "{} {} logs (last lines; the outcome has up to {} of them):\n{}",
+            "{} {} logs (the last {} lines; `--format json` and the run record have up to {}):\n{}",
             target.host.name,
             app.name,
+            crate::report::LOG_LINES_SHOWN,
             crate::core::outcome::LOG_LINES,
             last_lines(&text, crate::report::LOG_LINES_SHOWN)
                 .lines()

@@ -19,6 +19,7 @@ mod http_stub;
 mod leakscan;
 mod load;
 mod lock;
+mod logs;
 mod operator;
 mod plan;
 mod proxy;
