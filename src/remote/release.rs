@@ -567,8 +567,10 @@ const LOGS_EXIT: &str = "@@fleetgate-logs-exit ";
 /// in that release (`slot`: its blue/green slot, with `FLEETGATE_SLOT` and
 /// `FLEETGATE_PORT` set; else both set and empty): `logs`
 /// (`commands.logs`), else, for compose and podman, `<command> -p
-/// <project> logs --no-color --tail 100` of its project (a slot's:
-/// `<project>-<slot>`). `None`: a command app without `commands.logs`.
+/// <project> logs --tail 100` of its project (a slot's:
+/// `<project>-<slot>`; no `--no-color`: podman-compose refuses it, and
+/// the runner strips escape sequences anyway). `None`: a command app
+/// without `commands.logs`.
 /// Its own output and stderr both count, bounded on the host to their
 /// last [`LOG_BYTES_SENT`] bytes (the runner keeps the last lines, and
 /// counts those it cuts); the last line is the command's exit status
@@ -587,10 +589,7 @@ pub fn logs_script(
                 Some(sl) => slot_project(project, sl.name),
                 None => project.clone(),
             };
-            format!(
-                "{command} -p {} logs --no-color --tail {LOG_LINES}",
-                quote(&project)
-            )
+            format!("{command} -p {} logs --tail {LOG_LINES}", quote(&project))
         }
         (None, Start::Command { .. }) => return None,
     };
@@ -860,12 +859,12 @@ mod tests {
         };
         let script = logs_script(&d, "r1", &compose, None, Some(green)).unwrap();
         assert!(
-            script.contains("docker compose -p alpha-web-green logs --no-color --tail 100")
+            script.contains("docker compose -p alpha-web-green logs --tail 100")
                 && script.contains(&quote(&d.release("r1"))),
             "{script}"
         );
         let own = logs_script(&d, "r1", &compose, Some("tail app.log"), None).unwrap();
-        assert!(own.contains("( tail app.log\n)") && !own.contains(" logs --no-color"));
+        assert!(own.contains("( tail app.log\n)") && !own.contains(" logs --tail"));
     }
 
     fn dir(root: &std::path::Path) -> AppDir {
