@@ -918,6 +918,9 @@ async fn fetch_logs<R: Remote>(
             Ok(out) => {
                 let (body, cut, status) = release::parse_logs(&out.stdout);
                 let mut text = bound_logs(&body, cut, &target.masker);
+                if text.trim().is_empty() {
+                    text = "(fleetgate: the logs command printed nothing)".into();
+                }
                 match status {
                     Some(0) => {}
                     Some(code) => {
@@ -936,13 +939,20 @@ async fn fetch_logs<R: Remote>(
             ),
         };
         rec.record(Some(&app.name), "logs", ok, started);
+        let total = text.lines().count();
+        let shown = total.min(crate::report::LOG_LINES_SHOWN);
         tracing::info!(
-            "{} {} logs (the last {} lines; `--format json` and the run record have up to {}):\n{}",
+            "{} {} logs ({}):\n{}",
             target.host.name,
             app.name,
-            crate::report::LOG_LINES_SHOWN,
-            crate::core::outcome::LOG_LINES,
-            last_lines(&text, crate::report::LOG_LINES_SHOWN)
+            if shown < total {
+                format!(
+                    "its last {shown} of {total} lines; `--format json` and the run record have them all"
+                )
+            } else {
+                format!("{total} line{}", plural(total))
+            },
+            last_lines(&text, shown)
                 .lines()
                 .map(|l| format!("    {l}"))
                 .collect::<Vec<_>>()
@@ -955,6 +965,9 @@ async fn fetch_logs<R: Remote>(
 
 /// The last `n` lines of `text`.
 pub(crate) fn last_lines(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
     let mut at = text.len();
     for _ in 0..n {
         match text[..at].rfind('\n') {

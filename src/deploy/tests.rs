@@ -2178,6 +2178,22 @@ fn the_logs_of_a_failed_app_are_masked_clean_and_bounded() {
         super::exec::bound_logs("ter2-value b\nc", true, &Masker::default()),
         "(… earlier lines cut)\nc"
     );
+    assert_eq!(super::exec::last_lines("a\nb\nc", 2), "b\nc");
+    assert_eq!(super::exec::last_lines("a\nb", 5), "a\nb");
+    assert_eq!(super::exec::last_lines("a", 0), "");
+
+    // A logs command that prints nothing says so.
+    let quiet = |v| {
+        let mut t = logging(target(root, "h2", v, false));
+        t.apps[0].logs = Some("true".into());
+        t
+    };
+    run(&plan("a", vec![quiet("v1")], 0));
+    let o = run(&plan("b", vec![quiet("bad")], 0));
+    assert_eq!(
+        o.hosts[0].logs["web"],
+        "(fleetgate: the logs command printed nothing)"
+    );
 }
 
 #[test]
