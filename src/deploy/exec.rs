@@ -914,7 +914,18 @@ async fn fetch_logs<R: Remote>(
             continue;
         };
         let started = Instant::now();
-        let (text, ok) = match remote.run(&script).await {
+        // The host stops the command (`release::logs_script`); this is for
+        // a host without `timeout`.
+        let limit = Duration::from_secs(release::LOGS_TIMEOUT_SECS + 15);
+        let result = tokio::time::timeout(limit, remote.run(&script))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Timeout {
+                    host: target.host.name.clone(),
+                    seconds: limit.as_secs(),
+                })
+            });
+        let (text, ok) = match result {
             Ok(out) => {
                 let (body, cut, status) = release::parse_logs(&out.stdout);
                 let mut text = bound_logs(&body, cut, &target.masker);
@@ -923,6 +934,13 @@ async fn fetch_logs<R: Remote>(
                 }
                 match status {
                     Some(0) => {}
+                    Some(release::TIMED_OUT) => {
+                        let _ = write!(
+                            text,
+                            "\n(fleetgate: the logs command did not finish within {} s)",
+                            release::LOGS_TIMEOUT_SECS
+                        );
+                    }
                     Some(code) => {
                         let _ = write!(text, "\n(fleetgate: the logs command exited {code})");
                     }

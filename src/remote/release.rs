@@ -597,11 +597,20 @@ pub fn logs_script(
         Some(sl) => slot_env(sl.name, sl.port),
         None => "FLEETGATE_SLOT=; FLEETGATE_PORT=; export FLEETGATE_SLOT FLEETGATE_PORT".into(),
     };
+    // Within LOGS_TIMEOUT_SECS where the host has `timeout` (coreutils,
+    // busybox): a command that follows its logs must not hold the host.
     Some(format!(
-        "set -u\n{env}\n{{ cd {} && ( {command}\n) 2>&1 </dev/null; printf '\\n{LOGS_EXIT}%s\\n' \"$?\"; }} 2>&1 | tail -c {LOG_BYTES_SENT}\n",
+        "set -u\n{env}\nfg_timeout=\nif command -v timeout >/dev/null 2>&1; then fg_timeout='timeout {LOGS_TIMEOUT_SECS}'; fi\n{{ cd {} && $fg_timeout sh -c {} 2>&1 </dev/null; printf '\\n{LOGS_EXIT}%s\\n' \"$?\"; }} 2>&1 | tail -c {LOG_BYTES_SENT}\n",
         quote(&dir.release(rev)),
+        quote(&command),
     ))
 }
+
+/// How long a logs command may run on the host (see [`logs_script`]).
+pub const LOGS_TIMEOUT_SECS: u64 = if cfg!(test) { 1 } else { 30 };
+
+/// The exit status of a command `timeout` stopped.
+pub const TIMED_OUT: i32 = 124;
 
 /// [`logs_script`]'s output: the logs (their first line cut short when the
 /// host cut them by size: `(text, cut)`), and the command's exit status
@@ -864,7 +873,12 @@ mod tests {
             "{script}"
         );
         let own = logs_script(&d, "r1", &compose, Some("tail app.log"), None).unwrap();
-        assert!(own.contains("( tail app.log\n)") && !own.contains(" logs --tail"));
+        assert!(own.contains("sh -c 'tail app.log'") && !own.contains(" logs --tail"));
+        // A command that follows its logs is stopped.
+        let started = std::time::Instant::now();
+        let (body, _, status) = run("echo following; sleep 30", None);
+        assert_eq!((body.as_str(), status), ("following", Some(TIMED_OUT)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     fn dir(root: &std::path::Path) -> AppDir {
