@@ -421,7 +421,7 @@ fn md_cell(s: &str) -> String {
 }
 
 /// A diff line that starts with ``` would close the code fence early.
-fn fence_safe(diff: &str) -> String {
+pub(crate) fn fence_safe(diff: &str) -> String {
     diff.lines()
         .map(|l| {
             if l.contains("```") {
@@ -569,6 +569,7 @@ pub fn outcome_with(
     if !backups.is_empty() {
         let _ = writeln!(out, "backed up before the change: {}", backups.join(", "));
     }
+    out.push_str(&logs_text(o, paint));
     for f in o.frozen() {
         let _ = writeln!(
             out,
@@ -592,6 +593,45 @@ pub fn outcome_with(
             out,
             "RESTORE: backup {id} was taken before {app} changed; to put its data back (approval as for production): {command}"
         );
+    }
+    out
+}
+
+/// Lines of an app's logs the text report shows (JSON and the run record
+/// have up to `core::outcome::LOG_LINES`).
+pub const LOG_LINES_SHOWN: usize = 20;
+
+/// The failed hosts' app logs: per host and app, its last
+/// [`LOG_LINES_SHOWN`] lines, indented.
+fn logs_text(o: &crate::deploy::StageOutcome, paint: Paint) -> String {
+    let mut out = String::new();
+    for h in &o.hosts {
+        for (app, text) in &h.logs {
+            let total = text.lines().count();
+            let shown: Vec<&str> = text
+                .lines()
+                .skip(total.saturating_sub(LOG_LINES_SHOWN))
+                .collect();
+            let which = if shown.len() < total {
+                format!(
+                    "its last {} of {total} lines; `--format json` and the run record have them all",
+                    shown.len()
+                )
+            } else {
+                format!("{total} line{}", plural(total))
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                paint.on(
+                    hue::ATTENTION,
+                    &format!("logs of {app} on {} ({which}):", h.host)
+                )
+            );
+            for line in shown {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
     }
     out
 }
@@ -1575,6 +1615,51 @@ alpha   alpha-1  deployed  222222222222  1.23s
                 ("/hosts/3/status", json!("not_started")),
             ],
         );
+    }
+
+    /// A failed host's app logs under the table: the last 20 lines,
+    /// indented, saying where the rest is; JSON has them whole.
+    #[test]
+    fn outcome_with_logs() {
+        let mut o = outcome();
+        o.hosts.truncate(2);
+        o.failed_hosts = 1;
+        o.hosts[1].logs = [
+            (
+                "web".to_string(),
+                (1..=30)
+                    .map(|i| format!("line {i}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            ("worker".to_string(), "ready\n\tcrashed".to_string()),
+        ]
+        .into();
+        let last: String = (11..=30).map(|i| format!("    line {i}\n")).collect();
+        check(
+            &o,
+            |o| super::outcome(o, super::OutcomeFormat::Text),
+            &format!(
+                "\
+stage canary @ 222222222222: FAILED (1 of 2 hosts failed, 0 tolerated)
+rolled back: alpha-2
+client  host     status       runs          time   failure
+alpha   alpha-1  deployed     222222222222  1.23s
+alpha   alpha-2  rolled back  as before     1.23s  web health: GET http://x/health: 503
+logs of web on alpha-2 (its last 20 of 30 lines; `--format json` and the run record have them all):
+{last}logs of worker on alpha-2 (2 lines):
+    ready
+    \tcrashed
+"
+            ),
+        );
+        check_json(
+            &o,
+            |o| super::outcome(o, super::OutcomeFormat::Json),
+            &[("/hosts/1/logs/worker", json!("ready\n\tcrashed"))],
+        );
+        let json = super::outcome(&o, super::OutcomeFormat::Json);
+        assert!(!json.contains("\"logs\": {}"), "no empty logs: {json}");
     }
 
     fn host(client: &str, host: &str, status: HostStatus, runs: &[(&str, Runs)]) -> HostOutcome {

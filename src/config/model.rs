@@ -269,6 +269,9 @@ pub struct Commands {
     pub backup: Option<String>,
     /// Puts a backup back, `FLEETGATE_BACKUP_ID` in its environment.
     pub restore: Option<String>,
+    /// Prints the app's last log lines (run in the release that failed);
+    /// compose and podman apps have a default, command apps none.
+    pub logs: Option<String>,
 }
 
 #[derive(Debug, Clone)]

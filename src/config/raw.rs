@@ -321,6 +321,9 @@ pub struct Commands {
     /// release with `FLEETGATE_BACKUP_ID` set.
     #[serde(default)]
     pub restore: Option<String>,
+    /// Prints the app's last log lines, in its release (a failed host's report).
+    #[serde(default)]
+    pub logs: Option<String>,
 }
 
 /// One health check: exactly one of `http` and `command`.

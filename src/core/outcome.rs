@@ -85,6 +85,12 @@ pub struct HostOutcome {
     /// (Absent from records written before it existed.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backups: BTreeMap<String, Backup>,
+    /// The last log lines of each app that failed its start or its health
+    /// gate on this host, fetched before anything stopped it: masked,
+    /// control characters out, at most `LOG_LINES` lines and `LOG_BYTES`
+    /// bytes each. (Absent from records written before it existed.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logs: BTreeMap<String, String>,
     pub seconds: f64,
 }
 
@@ -106,6 +112,12 @@ pub struct Backup {
 pub fn backup_restore_command(client: &str, app: &str, host: &str, id: &str) -> String {
     format!("fleetgate restore --client {client} --app {app} --host {host} --backup {id}")
 }
+
+/// Lines of an app's logs a host's outcome keeps.
+pub const LOG_LINES: usize = 100;
+
+/// Bytes of an app's logs a host's outcome keeps, its notes included.
+pub const LOG_BYTES: usize = 8 * 1024;
 
 /// The command that rebuilds `host` of `client` from snapshot `image`.
 /// Client and host names are validated names (letters, digits, `-`, `.`,
@@ -138,6 +150,7 @@ impl HostOutcome {
             snapshot: None,
             restore: None,
             backups: BTreeMap::new(),
+            logs: BTreeMap::new(),
             seconds: 0.0,
         }
     }

@@ -5,6 +5,7 @@
 //! which is what lets the same code run on local and real sshd hosts.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -404,6 +405,7 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut snapshot = None;
     let mut backups = BTreeMap::new();
     let mut proxy_applied = false;
+    let mut logs = BTreeMap::new();
     let proxy = target.proxy();
     let result: Result<bool, Failure> = async {
         let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
@@ -700,6 +702,17 @@ async fn deploy_host<R: Remote, P: Prober>(
             });
         }
         if let Some(f) = failure {
+            // An app whose start failed: its logs, before its slot stops
+            // (or the rollback restarts the release before it).
+            if f.kind == FailureKind::Command && (f.step == "start" || f.step == "start slot") {
+                let failed: Vec<(&AppJob, Option<SlotState>)> = target
+                    .apps
+                    .iter()
+                    .filter(|a| f.app.as_deref() == Some(a.name.as_str()))
+                    .map(|a| (a, new_slot_of(&slots, &a.name)))
+                    .collect();
+                logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
+            }
             // New slots that started (or began to) stop again; the live
             // ones never stopped serving. A slot whose start never began
             // is left alone: it may be the live one (the same commit
@@ -737,6 +750,8 @@ async fn deploy_host<R: Remote, P: Prober>(
             rec.record(None, "slot health", failed.is_none(), gate_started);
             checks.extend(results);
             if let Some(f) = failed {
+                let failed = failed_apps(target, &checks, &slots);
+                logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
                 stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
                 return Err(Failure {
                     kind: FailureKind::Health,
@@ -846,6 +861,9 @@ async fn deploy_host<R: Remote, P: Prober>(
         }
         checks.extend(results);
         if let Some(f) = failed {
+            // Before the rollback (in `run_stage`) restarts what ran before.
+            let failed = failed_apps(target, &checks, &slots);
+            logs = fetch_logs(remote, &mut rec, target, &plan.rev, &failed).await;
             return Err(Failure {
                 kind: FailureKind::Health,
                 app: Some(f.app.clone()),
@@ -927,12 +945,226 @@ async fn deploy_host<R: Remote, P: Prober>(
             snapshot,
             restore: None,
             backups,
+            logs,
             seconds: secs(started),
         },
         switched,
         kept,
         proxy_applied,
     }
+}
+
+/// The new slot `app` started in on this host, if it is a blue_green one.
+fn new_slot_of(slots: &[NewSlot<'_>], app: &str) -> Option<SlotState> {
+    slots.iter().find(|n| n.app.name == app).map(|n| n.new)
+}
+
+/// The apps with a check that failed (not one cancelled), each with the
+/// slot it was started in.
+fn failed_apps<'a>(
+    target: &'a Target,
+    checks: &[crate::gates::health::CheckResult],
+    slots: &[NewSlot<'_>],
+) -> Vec<(&'a AppJob, Option<SlotState>)> {
+    target
+        .apps
+        .iter()
+        .filter(|a| {
+            checks
+                .iter()
+                .any(|c| c.app == a.name && !c.passed && !c.cancelled)
+        })
+        .map(|a| (a, new_slot_of(slots, &a.name)))
+        .collect()
+}
+
+/// The last log lines of each of `failed` (release `rev`, in its slot),
+/// one `logs` step per app; best effort: a fetch that fails is said in
+/// the text, never a failure of the host. A command app without
+/// `commands.logs` has none.
+async fn fetch_logs<R: Remote>(
+    remote: &R,
+    rec: &mut Recorder<'_>,
+    target: &Target,
+    rev: &str,
+    failed: &[(&AppJob, Option<SlotState>)],
+) -> BTreeMap<String, String> {
+    let mut logs = BTreeMap::new();
+    for (app, slot) in failed {
+        let Some(script) =
+            release::logs_script(&app.dir, rev, &app.start, app.logs.as_deref(), *slot)
+        else {
+            tracing::info!(
+                "{} {}: no logs to show: a `command` app needs `commands.logs` for them",
+                target.host.name,
+                app.name
+            );
+            continue;
+        };
+        let started = Instant::now();
+        // The host stops the command (`release::logs_script`); this is for
+        // a host without `timeout`.
+        let limit = Duration::from_secs(release::LOGS_TIMEOUT_SECS + 15);
+        let result = tokio::time::timeout(limit, remote.run(&script))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Timeout {
+                    host: target.host.name.clone(),
+                    seconds: limit.as_secs(),
+                })
+            });
+        let (text, ok) = match result {
+            Ok(out) => {
+                let (body, cut, status) = release::parse_logs(&out.stdout);
+                let mut text = bound_logs(&body, cut, &target.masker);
+                if text.trim().is_empty() {
+                    text = "(fleetgate: the logs command printed nothing)".into();
+                }
+                match status {
+                    Some(0) => {}
+                    Some(release::TIMED_OUT) => {
+                        let _ = write!(
+                            text,
+                            "\n(fleetgate: the logs command did not finish within {} s)",
+                            release::LOGS_TIMEOUT_SECS
+                        );
+                    }
+                    Some(code) => {
+                        let _ = write!(text, "\n(fleetgate: the logs command exited {code})");
+                    }
+                    None => text.push_str("\n(fleetgate: the logs command did not finish)"),
+                }
+                (text.trim_start_matches('\n').to_string(), status == Some(0))
+            }
+            Err(e) => (
+                format!(
+                    "(fleetgate: could not fetch the logs: {})",
+                    bound_logs(&e.to_string(), false, &target.masker)
+                ),
+                false,
+            ),
+        };
+        rec.record(Some(&app.name), "logs", ok, started);
+        let total = text.lines().count();
+        let shown = total.min(crate::report::LOG_LINES_SHOWN);
+        tracing::info!(
+            "{} {} logs ({}):\n{}",
+            target.host.name,
+            app.name,
+            if shown < total {
+                format!(
+                    "its last {shown} of {total} lines; `--format json` and the run record have them all"
+                )
+            } else {
+                format!("{total} line{}", plural(total))
+            },
+            last_lines(&text, shown)
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        logs.insert(app.name.clone(), text);
+    }
+    logs
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn last_lines(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
+    let mut at = text.len();
+    for _ in 0..n {
+        match text[..at].rfind('\n') {
+            Some(i) => at = i,
+            None => return text,
+        }
+    }
+    &text[at + 1..]
+}
+
+/// An app's logs as a report keeps them: escape sequences and control
+/// characters other than newline and tab out, secret values masked, the
+/// last [`crate::core::outcome::LOG_LINES`] lines within
+/// [`crate::core::outcome::LOG_BYTES`] bytes, cut at a line boundary and
+/// said. `first_cut`: the host cut the output by size, so its first line
+/// is partial (and may hold part of a secret value): it goes too.
+pub(super) fn bound_logs(raw: &str, first_cut: bool, masker: &Masker) -> String {
+    use crate::core::outcome::{LOG_BYTES, LOG_LINES};
+    let clean = masker.mask(&without_control(raw));
+    let mut lines: Vec<&str> = clean.lines().collect();
+    let mut cut = 0;
+    if first_cut && !lines.is_empty() {
+        lines.remove(0);
+        cut += 1;
+    }
+    if lines.len() > LOG_LINES {
+        cut += lines.len() - LOG_LINES;
+        lines.drain(..lines.len() - LOG_LINES);
+    }
+    // Room for the note and the ones `fetch_logs` may add.
+    let budget = LOG_BYTES - 128;
+    let mut size: usize = lines.iter().map(|l| l.len() + 1).sum();
+    while size > budget && lines.len() > 1 {
+        size -= lines[0].len() + 1;
+        lines.remove(0);
+        cut += 1;
+    }
+    let mut body = lines.join("\n");
+    if body.len() > budget {
+        // One line longer than the budget: its end.
+        let mut from = body.len() - (budget - 3);
+        while !body.is_char_boundary(from) {
+            from += 1;
+        }
+        body = format!("…{}", &body[from..]);
+    }
+    match (first_cut, cut) {
+        // The host sent only the end of a longer output: how much came
+        // before is unknown.
+        (true, _) => format!("(… earlier lines cut)\n{body}"),
+        (false, 0) => body,
+        (false, n) => format!("(… {n} earlier line{} cut)\n{body}", plural(n)),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `text` without ANSI escape sequences (CSI, OSC and two-character ones)
+/// and control characters other than newline and tab; `\r\n` is a newline.
+fn without_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (a title, a link): up to BEL or ST.
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether the host's `proxy` step ran: done, or failed (a failed reload

@@ -114,6 +114,9 @@ pub struct AppJob {
     /// `commands.backup`, when this stage backs the app up before its
     /// first change ([`backup_of`]).
     pub backup: Option<String>,
+    /// `commands.logs`: prints its last log lines when it fails (compose
+    /// and podman have a default, see `release::logs_script`).
+    pub logs: Option<String>,
 }
 
 /// The backup command `app` runs before its first change in `stage`:
@@ -249,6 +252,7 @@ pub fn build_stage_plan(
                     routes: sole.routes,
                     blue_green,
                     backup: backup_of(stage, app),
+                    logs: app.commands.logs.clone(),
                 });
             }
             let proxy = fleet.pipeline.proxy.as_ref().map(|settings| ProxyJob {

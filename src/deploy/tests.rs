@@ -86,6 +86,7 @@ fn target(root: &std::path::Path, host: &str, version: &str, freeze: bool) -> Ta
             routes: Vec::new(),
             blue_green: None,
             backup: None,
+            logs: None,
         }],
         removals: Vec::new(),
         masker: Masker::default(),
@@ -2185,4 +2186,210 @@ fn which_apps_are_backed_up_in_which_stage() {
             "{policy:?} {rollback:?} {has}"
         );
     }
+}
+
+// The logs of a failed app.
+
+/// `t` whose start appends `start <version>` to `web/events` (and fails
+/// for a `version` "crash"), and whose `commands.logs` appends `logs` there
+/// before printing the whole file.
+fn logging(mut t: Target) -> Target {
+    t.apps[0].start = Start::Command {
+        start: "echo \"start $(cat version)\" >> ../../events\n! grep -q crash version".into(),
+        stop: None,
+    };
+    t.apps[0].logs = Some("echo logs >> ../../events\ncat ../../events".into());
+    t
+}
+
+#[test]
+fn a_healthy_deploy_fetches_no_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let o = run(&plan(
+        "a",
+        vec![logging(target(root, "h1", "v1", false))],
+        0,
+    ));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Deployed, "{o:#?}");
+    assert!(h.logs.is_empty(), "{o:#?}");
+    assert!(!steps(h).iter().any(|(s, _)| *s == "logs"), "{o:#?}");
+    assert_eq!(web_file(root, "h1", "events"), "start v1\n");
+    // Nor does one that fails without a `commands.logs` for its command app.
+    let o = run(&plan("b", vec![target(root, "h1", "bad", false)], 0));
+    assert_eq!(o.hosts[0].status, HostStatus::RolledBack, "{o:#?}");
+    assert!(o.hosts[0].logs.is_empty(), "{o:#?}");
+}
+
+#[test]
+fn a_failed_gate_reports_the_logs_of_the_failed_release_before_its_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan(
+        "a",
+        vec![logging(target(root, "h1", "v1", false))],
+        0,
+    ));
+    let o = run(&plan(
+        "b",
+        vec![logging(target(root, "h1", "bad", false))],
+        0,
+    ));
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    // Fetched after the failed gate and before the release before it restarted.
+    assert_eq!(h.logs["web"], "start v1\nstart bad\nlogs", "{o:#?}");
+    assert_eq!(
+        web_file(root, "h1", "events"),
+        "start v1\nstart bad\nlogs\nstart v1\n"
+    );
+    let order: Vec<&str> = app_steps(h, "web");
+    assert_eq!(
+        order,
+        [
+            "upload", "switch", "start", "prune", "logs", "rollback", "restart"
+        ],
+        "{o:#?}"
+    );
+    assert!(steps(h).contains(&("logs", true)));
+    assert_eq!(live(root, "h1"), "v1\n");
+}
+
+#[test]
+fn a_failed_start_reports_the_logs_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(&plan(
+        "a",
+        vec![logging(target(root, "h1", "v1", false))],
+        0,
+    ));
+    let o = run(&plan(
+        "b",
+        vec![logging(target(root, "h1", "crash", false))],
+        0,
+    ));
+    let h = &o.hosts[0];
+    let f = h.failure.as_ref().unwrap();
+    assert_eq!((f.kind, f.step.as_str()), (FailureKind::Command, "start"));
+    assert_eq!(h.status, HostStatus::RolledBack, "{o:#?}");
+    assert_eq!(h.logs["web"], "start v1\nstart crash\nlogs", "{o:#?}");
+    assert_eq!(
+        app_steps(h, "web"),
+        ["upload", "switch", "start", "logs", "rollback", "restart"],
+        "{o:#?}"
+    );
+}
+
+#[test]
+fn the_logs_of_a_failed_app_are_masked_clean_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t = |v| {
+        let mut t = logging(target(root, "h1", v, false));
+        t.masker = Masker::new(vec!["hunter2-value".into()]);
+        // 500 coloured lines holding the secret, CRLF, a bell; then the
+        // command fails.
+        t.apps[0].logs = Some(
+            "i=0; while [ $i -lt 500 ]; do i=$((i+1)); printf '\\033[31mline %s token=hunter2-value\\033[0m\\r\\n' $i; done\nprintf '\\033]0;title\\007bell\\007 end\\n'\nexit 4"
+                .into(),
+        );
+        t
+    };
+    run(&plan("a", vec![t("v1")], 0));
+    let o = run(&plan("b", vec![t("bad")], 0));
+    let h = &o.hosts[0];
+    let logs = &h.logs["web"];
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.len(), 102, "{logs}");
+    assert_eq!(lines[0], "(… 401 earlier lines cut)");
+    assert_eq!(lines[1], format!("line 402 token={}", crate::secrets::MASK));
+    assert_eq!(lines[100], "bell end");
+    assert_eq!(lines[101], "(fleetgate: the logs command exited 4)");
+    assert!(!logs.contains("hunter2") && !logs.chars().any(|c| c.is_control() && c != '\n'));
+    assert!(logs.len() <= crate::core::outcome::LOG_BYTES);
+    // Not healthy, but fetched: a logs command that fails is said, never
+    // the host's failure.
+    assert!(steps(h).contains(&("logs", false)), "{o:#?}");
+    assert_eq!(h.failure.as_ref().unwrap().step, "health");
+    assert_eq!(h.status, HostStatus::RolledBack);
+
+    // Long lines: the last ones within the bytes, cut at a line boundary.
+    let long: String = (1..=100)
+        .map(|i| format!("{i:03} {}\n", "x".repeat(196)))
+        .collect();
+    let kept = super::exec::bound_logs(&long, false, &Masker::default());
+    assert!(
+        kept.len() <= crate::core::outcome::LOG_BYTES,
+        "{}",
+        kept.len()
+    );
+    let first = kept.lines().nth(1).unwrap();
+    let cut: usize = kept.lines().next().unwrap()["(… ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(first, format!("{:03} {}", cut + 1, "x".repeat(196)));
+    assert!(kept.ends_with(&format!("100 {}", "x".repeat(196))));
+    // One line longer than all of it: its end. Cut by the host: its first
+    // line goes (it may hold part of a secret value), how many before is unknown.
+    let huge = super::exec::bound_logs(&"y".repeat(20_000), false, &Masker::default());
+    assert!(huge.len() <= crate::core::outcome::LOG_BYTES && huge.starts_with('…'));
+    assert_eq!(
+        super::exec::bound_logs("ter2-value b\nc", true, &Masker::default()),
+        "(… earlier lines cut)\nc"
+    );
+    assert_eq!(super::exec::last_lines("a\nb\nc", 2), "b\nc");
+    assert_eq!(super::exec::last_lines("a\nb", 5), "a\nb");
+    assert_eq!(super::exec::last_lines("a", 0), "");
+
+    // A logs command that prints nothing says so.
+    let quiet = |v| {
+        let mut t = logging(target(root, "h2", v, false));
+        t.apps[0].logs = Some("true".into());
+        t
+    };
+    run(&plan("a", vec![quiet("v1")], 0));
+    let o = run(&plan("b", vec![quiet("bad")], 0));
+    assert_eq!(
+        o.hosts[0].logs["web"],
+        "(fleetgate: the logs command printed nothing)"
+    );
+}
+
+#[test]
+fn a_failed_slot_gate_reports_the_new_slots_logs_before_it_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let prober = healthy_slots();
+    let t = |v| {
+        let mut t = blue_green(target(root, "h1", v, false), Duration::ZERO);
+        t.apps[0].logs = Some(
+            "echo \"logs of $FLEETGATE_SLOT $FLEETGATE_PORT $(cat version)\"\ncat ../../events"
+                .into(),
+        );
+        t
+    };
+    let deploy = |rev, v| run_with(&plan(rev, vec![t(v)], 0), &Local, &prober, Duration::ZERO);
+    assert_eq!(deploy("a", "v1").hosts[0].status, HostStatus::Deployed);
+    let o = deploy("b", "bad");
+    let h = &o.hosts[0];
+    assert_eq!(h.status, HostStatus::Failed, "{o:#?}");
+    assert_eq!(
+        h.logs["web"],
+        format!("logs of green {GREEN} bad\nstart blue v1\nstart green bad"),
+        "{o:#?}"
+    );
+    assert_eq!(
+        steps(h)[3..],
+        [
+            ("start slot", true),
+            ("slot health", false),
+            ("logs", true),
+            ("stop new slot", true)
+        ]
+    );
 }

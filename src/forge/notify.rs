@@ -367,11 +367,54 @@ pub fn failure_comment(
             let _ = writeln!(out, "Nothing was reverted in Git.");
         }
     }
+    // The logs once, in their own blocks below, not in the table's text.
+    let mut table = outcome.clone();
+    for h in &mut table.hosts {
+        h.logs.clear();
+    }
     let _ = writeln!(
         out,
-        "\n```\n{}```\n\nDetails: {log}.",
-        report::outcome(outcome, OutcomeFormat::Text)
+        "\n```\n{}```\n",
+        report::outcome(&table, OutcomeFormat::Text)
     );
+    out.push_str(&logs_markdown(sha, outcome, log));
+    let _ = writeln!(out, "Details: {log}.");
+    out
+}
+
+/// Characters the failed apps' logs may take in a failure comment: every
+/// app's at most `LOG_BYTES`, and all of them well within the forges'
+/// 65 536 with the rest of the comment.
+const LOGS_BUDGET: usize = 32 * 1024;
+
+/// A collapsed block per failed host and app with its last log lines, as
+/// many as fit in [`LOGS_BUDGET`]; the others are named, with where to
+/// read them.
+fn logs_markdown(sha: &str, outcome: &StageOutcome, log: &str) -> String {
+    let mut out = String::new();
+    let mut left = LOGS_BUDGET;
+    for h in &outcome.hosts {
+        for (app, text) in &h.logs {
+            let lines = text.lines().count();
+            let block = format!(
+                "<details><summary>Last log lines of <code>{app}</code> on <code>{}</code> ({lines} line{})</summary>\n\n```text\n{}```\n\n</details>\n\n",
+                h.host,
+                if lines == 1 { "" } else { "s" },
+                report::fence_safe(text)
+            );
+            let size = block.chars().count();
+            if size <= left {
+                left -= size;
+                out.push_str(&block);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "The last log lines of `{app}` on `{}` do not fit in this comment: see {log}, or the run record (`git notes --ref fleetgate show {sha}`).\n",
+                    h.host
+                );
+            }
+        }
+    }
     out
 }
 
@@ -448,6 +491,62 @@ mod tests {
                 && body.contains(
                     "```\nfleetgate restore --client alpha --host alpha-1 --snapshot 77\n```"
                 ),
+            "{body}"
+        );
+    }
+
+    /// Each failed host's app logs in a collapsed block, fenced; the table
+    /// does not repeat them; past the budget an app's logs are named, not
+    /// shown, and the comment stays within the forges' limit.
+    #[test]
+    fn the_failure_comment_shows_the_failed_apps_logs_within_the_limit() {
+        let failed = |host: &str, logs: &str| {
+            let mut h = HostOutcome::new(
+                "alpha",
+                host,
+                HostStatus::RolledBack,
+                [("web".to_string(), Runs::AsBefore)].into(),
+            );
+            h.logs = [("web".to_string(), logs.to_string())].into();
+            h
+        };
+        let outcome = |hosts| StageOutcome {
+            stage: "canary".into(),
+            rev: "2".repeat(40),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 1,
+            max_failures: 0,
+            rolled_back: true,
+            hosts,
+        };
+        let sha = "2".repeat(40);
+        let o = outcome(vec![failed(
+            "alpha-1",
+            "listening on :8080\n```\npanic: no db",
+        )]);
+        let body = super::failure_comment(&sha, &o, None, None, "http://log");
+        assert!(
+            body.contains(
+                "<details><summary>Last log lines of <code>web</code> on <code>alpha-1</code> (3 lines)</summary>\n\n```text\nlistening on :8080\n`\u{200b}``\npanic: no db\n```\n\n</details>\n"
+            ),
+            "{body}"
+        );
+        assert_eq!(body.matches("panic: no db").count(), 1, "{body}");
+        assert!(body.ends_with("Details: http://log.\n"), "{body}");
+
+        // Twenty hosts with 8 KiB of logs each.
+        let big: String = (0..100)
+            .map(|i| format!("{i:02} {}\n", "z".repeat(76)))
+            .collect();
+        let hosts = (1..=20)
+            .map(|i| failed(&format!("alpha-{i}"), &big))
+            .collect();
+        let body = super::failure_comment(&sha, &outcome(hosts), None, None, "http://log");
+        assert!(body.chars().count() < 65_536, "{}", body.len());
+        assert!(body.contains("on <code>alpha-1</code>"), "{body}");
+        assert!(
+            body.contains(&format!("The last log lines of `web` on `alpha-20` do not fit in this comment: see http://log, or the run record (`git notes --ref fleetgate show {sha}`).")),
             "{body}"
         );
     }

@@ -554,6 +554,81 @@ pub fn stop_slot_script(
     s
 }
 
+/// Lines of logs a failed app's report keeps (and the default asks for).
+pub const LOG_LINES: usize = crate::core::outcome::LOG_LINES;
+
+/// Bytes of log output a host sends at most per app (its last ones).
+pub const LOG_BYTES_SENT: usize = 64 * 1024;
+
+/// The last line of [`logs_script`]'s output: the logs command's exit status.
+const LOGS_EXIT: &str = "@@fleetgate-logs-exit ";
+
+/// Prints the last log lines of release `rev` of an app that failed, run
+/// in that release (`slot`: its blue/green slot, with `FLEETGATE_SLOT` and
+/// `FLEETGATE_PORT` set; else both set and empty): `logs`
+/// (`commands.logs`), else, for compose and podman, `<command> -p
+/// <project> logs --tail 100` of its project (a slot's:
+/// `<project>-<slot>`; no `--no-color`: podman-compose refuses it, and
+/// the runner strips escape sequences anyway). `None`: a command app
+/// without `commands.logs`.
+/// Its own output and stderr both count, bounded on the host to their
+/// last [`LOG_BYTES_SENT`] bytes (the runner keeps the last lines, and
+/// counts those it cuts); the last line is the command's exit status
+/// ([`parse_logs`]).
+pub fn logs_script(
+    dir: &AppDir,
+    rev: &str,
+    start: &Start,
+    logs: Option<&str>,
+    slot: Option<SlotState>,
+) -> Option<String> {
+    let command = match (logs, start) {
+        (Some(logs), _) => logs.to_string(),
+        (None, Start::Compose { command, project }) => {
+            let project = match slot {
+                Some(sl) => slot_project(project, sl.name),
+                None => project.clone(),
+            };
+            format!("{command} -p {} logs --tail {LOG_LINES}", quote(&project))
+        }
+        (None, Start::Command { .. }) => return None,
+    };
+    let env = match slot {
+        Some(sl) => slot_env(sl.name, sl.port),
+        None => "FLEETGATE_SLOT=; FLEETGATE_PORT=; export FLEETGATE_SLOT FLEETGATE_PORT".into(),
+    };
+    // Within LOGS_TIMEOUT_SECS where the host has `timeout` (coreutils,
+    // busybox): a command that follows its logs must not hold the host.
+    Some(format!(
+        "set -u\n{env}\nfg_timeout=\nif command -v timeout >/dev/null 2>&1; then fg_timeout='timeout {LOGS_TIMEOUT_SECS}'; fi\n{{ cd {} && $fg_timeout sh -c {} 2>&1 </dev/null; printf '\\n{LOGS_EXIT}%s\\n' \"$?\"; }} 2>&1 | tail -c {LOG_BYTES_SENT}\n",
+        quote(&dir.release(rev)),
+        quote(&command),
+    ))
+}
+
+/// How long a logs command may run on the host (see [`logs_script`]).
+pub const LOGS_TIMEOUT_SECS: u64 = if cfg!(test) { 1 } else { 30 };
+
+/// The exit status of a command `timeout` stopped.
+pub const TIMED_OUT: i32 = 124;
+
+/// [`logs_script`]'s output: the logs (their first line cut short when the
+/// host cut them by size: `(text, cut)`), and the command's exit status
+/// when the output says it.
+pub fn parse_logs(out: &str) -> (String, bool, Option<i32>) {
+    let trimmed = out.trim_end_matches('\n');
+    let (body, status) = match trimmed.rsplit_once('\n') {
+        Some((body, last)) if last.starts_with(LOGS_EXIT) => {
+            (body, last[LOGS_EXIT.len()..].trim().parse().ok())
+        }
+        _ if trimmed.starts_with(LOGS_EXIT) => ("", trimmed[LOGS_EXIT.len()..].trim().parse().ok()),
+        _ => (trimmed, None),
+    };
+    // The echo's own newline: the logs end where the command's output ended.
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    (body.to_string(), out.len() >= LOG_BYTES_SENT, status)
+}
+
 /// A command app's stop: its `commands.stop`, else `stop`.
 fn command_stop<'a>(start: &'a Start, stop: Option<&'a str>) -> Option<&'a str> {
     match start {
@@ -836,6 +911,76 @@ mod tests {
                 .status
                 .success()
         );
+    }
+
+    #[test]
+    fn logs_run_in_the_failed_release_bounded_with_their_exit_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = AppDir {
+            deploy_root: tmp.path().join("it's $(here)").to_str().unwrap().into(),
+            client: "alpha".into(),
+            app: "web".into(),
+        };
+        std::fs::create_dir_all(d.release("r1")).unwrap();
+        let log: String = (1..=300).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(format!("{}/app.log", d.release("r1")), log).unwrap();
+        let cmd = Start::Command {
+            start: "true".into(),
+            stop: None,
+        };
+        let run = |logs: &str, slot| {
+            let out = sh(&logs_script(&d, "r1", &cmd, Some(logs), slot).unwrap());
+            assert!(out.status.success(), "{out:?}");
+            parse_logs(&String::from_utf8(out.stdout).unwrap())
+        };
+        // A command app without `commands.logs` has none.
+        assert_eq!(logs_script(&d, "r1", &cmd, None, None), None);
+        // In the release, in its slot; stderr counts; a failing command says so.
+        let green = SlotState {
+            name: Slot::Green,
+            port: 8081,
+        };
+        let (body, cut, status) = run(
+            "tail -n 50 app.log; echo \"slot=$FLEETGATE_SLOT port=$FLEETGATE_PORT\" >&2; exit 3",
+            Some(green),
+        );
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(
+            (lines.len(), lines[0], lines[50]),
+            (51, "line 251", "slot=green port=8081")
+        );
+        assert_eq!((cut, status), (false, Some(3)));
+        // No newline at the end, nothing at all, or a release that is gone.
+        assert_eq!(run("printf 'a\\nb'", None), ("a\nb".into(), false, Some(0)));
+        assert_eq!(run("true", None), (String::new(), false, Some(0)));
+        let gone = logs_script(&d, "r2", &cmd, Some("echo never"), None).unwrap();
+        let (body, _, status) = parse_logs(&String::from_utf8_lossy(&sh(&gone).stdout));
+        assert!(
+            !body.contains("never") && status.is_some_and(|s| s != 0),
+            "{body}"
+        );
+        // A huge output: only its end leaves the host.
+        let (body, cut, status) = run("yes 0123456789 | head -n 100000", None);
+        assert!(cut && body.len() < LOG_BYTES_SENT && body.ends_with("\n0123456789"));
+        assert_eq!(status, Some(0));
+        // compose and podman: their project's (a slot's) logs, every value quoted.
+        let compose = Start::Compose {
+            command: "docker compose".into(),
+            project: "alpha-web".into(),
+        };
+        let script = logs_script(&d, "r1", &compose, None, Some(green)).unwrap();
+        assert!(
+            script.contains("docker compose -p alpha-web-green logs --tail 100")
+                && script.contains(&quote(&d.release("r1"))),
+            "{script}"
+        );
+        let own = logs_script(&d, "r1", &compose, Some("tail app.log"), None).unwrap();
+        assert!(own.contains("sh -c 'tail app.log'") && !own.contains(" logs --tail"));
+        // A command that follows its logs is stopped.
+        let started = std::time::Instant::now();
+        let (body, _, status) = run("echo following; sleep 30", None);
+        assert_eq!((body.as_str(), status), ("following", Some(TIMED_OUT)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     fn dir(root: &std::path::Path) -> AppDir {

@@ -20,6 +20,7 @@ mod http_stub;
 mod leakscan;
 mod load;
 mod lock;
+mod logs;
 mod notify;
 mod operator;
 mod plan;

@@ -178,6 +178,7 @@ fn validate_app(
             pre_snapshot: cm.pre_snapshot.clone(),
             backup: cm.backup.as_ref().map(|b| b.value.clone()),
             restore: cm.restore.clone(),
+            logs: cm.logs.clone(),
         });
     // A backup fleetgate cannot put back is half a feature: the failure
     // report names `fleetgate restore --app`, which runs `commands.restore`.
@@ -198,6 +199,16 @@ fn validate_app(
             &raw.runtime,
             "runtime `command` needs `commands.start`",
             "add commands: { start: \"./start.sh\" }, run in the release directory",
+        );
+    }
+    if let Some(cm) = &raw.commands
+        && cm.logs.as_deref().is_some_and(|l| l.trim().is_empty())
+    {
+        c.at(
+            "commands.logs",
+            &raw.runtime,
+            "`commands.logs` is empty",
+            "leave it out (compose and podman apps get `logs --tail 100` of their project), or write a command that prints the app's last log lines, e.g. \"tail -n 100 app.log\"",
         );
     }
     let health: Vec<HealthCheck> = raw
@@ -619,6 +630,9 @@ mod tests {
                 app.snapshot, app.snapshot_keep, app.commands.pre_snapshot
             ));
         }
+        if let Some(logs) = &app.commands.logs {
+            out.push(format!("  logs={logs:?}"));
+        }
         out.extend(app.images.iter().map(|(k, r)| format!("  image {k}: {r}")));
         out.extend(app.routes.iter().map(|r| {
             format!(
@@ -842,6 +856,28 @@ mod tests {
             &[
                 "pipelines/apps/web/app.yaml:3 commands.backup: `commands.backup` needs `commands.restore`",
             ],
+        );
+    }
+
+    #[test]
+    fn a_logs_command_for_any_runtime() {
+        check(
+            "runtime: command\ncommands: {start: ./start.sh, logs: tail -n 50 app.log}",
+            &[
+                r#"app web: runtime=Command rollback=Safe start=Some("./start.sh") stop=None secrets=[] health=0"#,
+                r#"  logs="tail -n 50 app.log""#,
+            ],
+        );
+        check(
+            "runtime: compose\ncommands: {logs: docker compose logs --tail 20 web}",
+            &[
+                r#"app web: runtime=Compose rollback=Safe start=None stop=None secrets=[] health=0"#,
+                r#"  logs="docker compose logs --tail 20 web""#,
+            ],
+        );
+        check(
+            "runtime: podman\ncommands: {logs: \" \"}",
+            &["pipelines/apps/web/app.yaml:1 commands.logs: `commands.logs` is empty"],
         );
     }
 
