@@ -222,7 +222,12 @@ mod tests {
         let m = |k: &str, b: &str| format!("{}\n{b}", marker(k));
         let gone = "gone";
         // (case, desired, open issues, expected actions)
-        type Case = (&'static str, BTreeMap<String, Open>, Vec<Issue>, Vec<Action>);
+        type Case = (
+            &'static str,
+            BTreeMap<String, Open>,
+            Vec<Issue>,
+            Vec<Action>,
+        );
         let cases: Vec<Case> = vec![
             ("nothing, nothing open", want(&[]), vec![], vec![]),
             (
