@@ -48,16 +48,16 @@ fn which(bin: &str) -> PathBuf {
 /// A fleet with two apps on one fixture registry: `vuln` (openssl and
 /// friends with fixture CVEs) and `clean`; client alpha runs clean, beta
 /// runs vuln. Trivy's DB is the fixture, in a cache dir of its own.
-struct ScanFleet {
+pub struct ScanFleet {
     fleet: Fleet,
     registry: Registry,
     dir: tempfile::TempDir,
-    vuln: String,
-    clean: String,
+    pub vuln: String,
+    pub clean: String,
 }
 
 impl ScanFleet {
-    fn new() -> ScanFleet {
+    pub fn new() -> ScanFleet {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start_in(dir.path());
         let push = |name: &str, packages: &[&str]| {
@@ -115,10 +115,15 @@ impl ScanFleet {
 
     /// (Re)builds the fixture DB: a new DB version.
     fn build_db(&self) {
+        self.build_db_in(&self.trivy_cache());
+    }
+
+    /// The fixture DB in trivy cache dir `cache` (a workflow job's own).
+    pub fn build_db_in(&self, cache: &Path) {
         python(&[
             fixture("build_db.py").to_str().unwrap(),
             fixture("vulndb.json").to_str().unwrap(),
-            self.trivy_cache().to_str().unwrap(),
+            cache.to_str().unwrap(),
         ]);
     }
 
