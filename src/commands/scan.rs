@@ -350,14 +350,26 @@ pub fn scan_issues(report: &ScanReport) -> BTreeMap<String, issues::Open> {
         .into_iter()
         .map(|(repository, images)| {
             let findings: usize = images.iter().map(|i| i.verdict.blocking.len()).sum();
+            let runs: Vec<String> = images
+                .iter()
+                .flat_map(|i| {
+                    let short = scan::pin::ImageRef::parse_pinned(&i.verdict.image)
+                        .map(|r| scan::short(&r))
+                        .unwrap_or_else(|_| i.verdict.image.clone());
+                    i.used_by
+                        .iter()
+                        .map(move |u| format!("- `{short}` runs on {u}"))
+                })
+                .collect();
             let one = ScanReport {
                 passed: false,
                 images,
                 ..report.clone()
             };
             let body = format!(
-                "The scheduled scan of what the hosts run finds {findings} blocking finding(s) in `{repository}`.\n\n{}\n\nFix it by deploying an image with the fixed versions, or accept a finding in `pipelines/trivyignore.yaml` (with `expires` and `reason`). This issue is kept by fleetgate: edited while the finding stays, closed when it is gone.\n",
-                report::scan(&one, Format::Markdown).trim_end()
+                "The scheduled scan of what the hosts run finds {findings} blocking finding(s) in `{repository}`.\n\n{}\n\n**Where it runs**\n\n{}\n\nFix it by deploying an image with the fixed versions, or accept a finding in `pipelines/trivyignore.yaml` (with `expires` and `reason`). This issue is kept by fleetgate: edited while the finding stays, closed when it is gone.\n",
+                report::scan(&one, Format::Markdown).trim_end(),
+                runs.join("\n")
             );
             (
                 format!("scan:{repository}"),

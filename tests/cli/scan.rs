@@ -699,6 +699,13 @@ fn scan_deployed_finds_what_appeared_after_the_deploy_and_keeps_its_issue() {
         open[0].body
     );
     assert!(open[0].body.contains("CVE-2099-0005"), "{}", open[0].body);
+    assert!(
+        open[0]
+            .body
+            .contains(&format!("runs on canary: alpha/web @{short}")),
+        "{}",
+        open[0].body
+    );
     assert!(open[0].title.contains("1 finding(s)"), "{}", open[0].title);
     assert!(
         first
