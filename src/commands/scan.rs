@@ -172,6 +172,12 @@ fn deployed(repo: &Repo, args: &ScanArgs) -> Result<ExitCode> {
             }
         }
     }
+    if recorded.is_empty() {
+        printer::people(&format!(
+            "no deployed records (refs/fleetgate/deployed/…) for {}: nothing runs that fleetgate deployed",
+            stages.join(", ")
+        ));
+    }
     tracing::info!(
         "scan --deployed: {} client(s) with a deployed record",
         recorded.len()

@@ -251,7 +251,7 @@ pub fn drift_issue(
                 .drift
                 .iter()
                 .flatten()
-                .map(|d| format!("{} `{}`", d.change, d.path))
+                .map(|d| format!("{} {}", d.change, code(&d.path)))
                 .collect();
             body.push_str(&format!(
                 "| {} | {} | {} | {} | {} |\n",
@@ -267,14 +267,17 @@ pub fn drift_issue(
         body.push_str("\n**Orphans** (kept on a host, not in the repo):\n\n");
         for o in orphans {
             body.push_str(&format!(
-                "- {}: `{}{}`{}\n",
+                "- {}: {}{}\n",
                 o.host,
-                o.orphan.client,
-                o.orphan
-                    .app
-                    .as_deref()
-                    .map(|a| format!("/{a}"))
-                    .unwrap_or_default(),
+                code(&format!(
+                    "{}{}",
+                    o.orphan.client,
+                    o.orphan
+                        .app
+                        .as_deref()
+                        .map(|a| format!("/{a}"))
+                        .unwrap_or_default()
+                )),
                 o.orphan
                     .current_rev
                     .as_deref()
@@ -292,7 +295,7 @@ pub fn drift_issue(
                 r.host,
                 r.client,
                 r.app,
-                r.error.as_deref().unwrap_or_default()
+                code(r.error.as_deref().unwrap_or_default())
             ));
         }
     }
@@ -317,6 +320,22 @@ pub fn drift_issue(
         title: format!("fleetgate: drift on {} host(s)", hosts.len()),
         body,
     }
+}
+
+/// Text a host gave (file and dir names, errors) as inline code in the
+/// issue: its backticks and line breaks cannot end the span, and `|`
+/// cannot end a table cell.
+fn code(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '|' => '¦',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    format!("`{clean}`")
 }
 
 /// An app or client dir a host keeps that the repo does not put there.
@@ -567,4 +586,81 @@ fn render(
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, drift: Option<Vec<Drift>>, error: Option<&str>) -> AppStatus {
+        AppStatus {
+            client: "alpha".into(),
+            app: "web".into(),
+            host: host.into(),
+            rev: Some("2840cb168ae2d80890c93d83a662acdbd8352eec".into()),
+            release: None,
+            deployed_at: None,
+            previous: None,
+            slot: None,
+            drift,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_drift_issue_lists_what_differs_and_how_to_converge() {
+        let rows = [
+            row(
+                "alpha-1",
+                Some(vec![Drift {
+                    path: "a`b|c\nd".into(),
+                    change: "modified",
+                }]),
+                None,
+            ),
+            row("alpha-2", Some(vec![]), None),
+            row("alpha-3", None, Some("unreachable")),
+        ];
+        let orphans = [OrphanRow {
+            host: "alpha-2".into(),
+            orphan: release::Orphan {
+                client: "ghost".into(),
+                app: None,
+                current_rev: None,
+            },
+        }];
+        let converge = [
+            Converge {
+                stage: "canary".into(),
+                client: "alpha".into(),
+                rev: Some("2840cb168ae2d80890c93d83a662acdbd8352eec".into()),
+            },
+            Converge {
+                stage: "canary".into(),
+                client: "beta".into(),
+                rev: None,
+            },
+        ];
+        let issue = drift_issue(&rows, &orphans, &converge);
+        assert_eq!(issue.title, "fleetgate: drift on 2 host(s)");
+        let body = &issue.body;
+        // A host's file name cannot end the code span, the cell or the row.
+        assert!(
+            body.contains("| alpha-1 | alpha | web | 2840cb168ae2 | modified `a'b¦c d` |"),
+            "{body}"
+        );
+        assert!(!body.contains("| alpha-2 | alpha | web |"), "{body}");
+        assert!(body.contains("- alpha-2: `ghost`\n"), "{body}");
+        assert!(
+            body.contains("- alpha-3 alpha/web: `unreachable`"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "fleetgate deploy --stage canary --rev 2840cb168ae2d80890c93d83a662acdbd8352eec --clients alpha\n"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("# canary/beta: no deployed record"), "{body}");
+    }
 }

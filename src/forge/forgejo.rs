@@ -149,7 +149,7 @@ impl Forge for Forgejo {
             "{}/issues?state=open&type=issues&limit={PAGE}&page=",
             self.rest.repo
         );
-        self.rest.open_issues(&path, PAGE, ISSUE_PAGES)
+        self.rest.open_issues(&path, ISSUE_PAGES)
     }
 
     fn create_issue(&self, title: &str, body: &str) -> Result<Issue> {

@@ -239,7 +239,7 @@ impl Forge for Github {
             "{}/issues?state=open&direction=asc&per_page={PER_PAGE}&page=",
             self.rest.repo
         );
-        self.rest.open_issues(&path, PER_PAGE, ISSUE_PAGES)
+        self.rest.open_issues(&path, ISSUE_PAGES)
     }
 
     fn create_issue(&self, title: &str, body: &str) -> Result<Issue> {

@@ -119,22 +119,22 @@ impl Rest {
     }
 
     /// The open issues of every page of `path` (which ends in `page=`),
-    /// `size` per page, up to `pages` pages; pull requests left out (both
-    /// APIs may list them with the issues).
-    pub fn open_issues(&self, path: &str, size: usize, pages: u32) -> Result<Vec<Issue>> {
+    /// up to `pages` pages; pull requests left out (both APIs may list
+    /// them with the issues). Paged until an empty page: a forge may cap
+    /// the page size below what was asked (Forgejo's MAX_RESPONSE_ITEMS).
+    pub fn open_issues(&self, path: &str, pages: u32) -> Result<Vec<Issue>> {
         let mut all = Vec::new();
         for page in 1..=pages {
             let batch = self.list(format!("{path}{page}"))?;
-            let full = batch.len() >= size;
+            if batch.is_empty() {
+                break;
+            }
             all.extend(
                 batch
                     .iter()
                     .filter(|v| v.get("pull_request").is_none_or(Value::is_null))
                     .map(issue),
             );
-            if !full {
-                break;
-            }
         }
         Ok(all)
     }

@@ -118,6 +118,11 @@ fn drift_keeps_one_issue_with_the_command_that_converges() {
     );
     let again = issues(1);
     assert!(again.stderr.contains("is up to date"), "{}", again.stderr);
+    // The forge is down (after its retries): the issue is not up to date,
+    // so the job must fail: exit 3, not the verdict.
+    ci.server.fail_next(502, 5);
+    let down = issues(3);
+    assert!(down.stderr.contains("502"), "{}", down.stderr);
 
     // The command from the issue repairs the file; the orphan is removed.
     let args: Vec<&str> = converge.split(' ').skip(1).collect();
