@@ -569,7 +569,7 @@ fn scan_deployed_finds_what_appeared_after_the_deploy_and_keeps_its_issue() {
     use crate::forge::{Ci, envs, no_token};
     use crate::forge_server::Flavor;
     let s = ScanFleet::new();
-    let p = crate::run::Pipeline::with(&[("alpha", "canary", &["alpha-1"])]);
+    let mut p = crate::run::Pipeline::with(&[("alpha", "canary", &["alpha-1"])]);
     let c0 = p.head();
     // web ships the clean image from now on; deployed to canary.
     p.d.fleet.edit(
@@ -749,4 +749,15 @@ fn scan_deployed_finds_what_appeared_after_the_deploy_and_keeps_its_issue() {
     );
     assert_eq!(ci.server.issues().len(), 1);
     ci.assert_valid();
+
+    // A host that cannot be asked may run anything: --verify is exit 3.
+    p.d.hosts.stop("alpha-1");
+    let lost = p.fleet_run_env(&["scan", "--deployed", "--verify"], &trivy);
+    lost.code(3);
+    assert!(
+        lost.stderr
+            .contains("could not ask every host what it runs"),
+        "{}",
+        lost.stderr
+    );
 }
