@@ -180,12 +180,10 @@ mod help_tests {
                 .get_arguments()
                 .any(|a| a.get_id() == id)
         };
-        for name in ["plan", "run", "approve"] {
+        for name in ["plan", "run", "approve", "scan", "status"] {
             assert!(has(name, "forge"), "{name} --forge");
         }
-        for name in [
-            "check", "scan", "deploy", "status", "rollback", "lock", "history", "hosts",
-        ] {
+        for name in ["check", "deploy", "rollback", "lock", "history", "hosts"] {
             assert!(!has(name, "forge"), "{name} offers --forge");
         }
         let globals: Vec<String> = cmd
@@ -394,6 +392,8 @@ mod workflow_tests {
             (".forgejo/workflows/deploy.yaml", "run"),
             (".forgejo/workflows/promote.yaml", "approve"),
             (".forgejo/workflows/promote.yaml", "run"),
+            (".forgejo/workflows/scheduled.yaml", "scan"),
+            (".forgejo/workflows/scheduled.yaml", "status"),
         ] {
             assert!(
                 seen.iter().any(|(f, c)| f == file && c == command),
@@ -434,12 +434,27 @@ mod workflow_tests {
                 .is_some()
         );
         assert!(promote["on"].get("issue_comment").is_some());
-        // Secrets only where needed: the age key only in steps that run.
+        // The scheduled checks: weekly and by hand, each keeping its issues.
+        let scheduled = get("scheduled.yaml");
+        assert_eq!(scheduled["on"]["schedule"][0]["cron"], "17 5 * * 1");
+        assert!(scheduled["on"].get("workflow_dispatch").is_some());
+        for command in ["scan", "status"] {
+            assert!(
+                scripts(scheduled)
+                    .iter()
+                    .flat_map(|(s, _)| invocations(s))
+                    .any(|a| a[1] == command && a.iter().any(|x| x == "--issues")),
+                "scheduled.yaml: {command} --issues"
+            );
+        }
+        // Secrets only where needed: the age key only in steps that deploy
+        // or render real files (`status --drift` compares their hashes).
         for (name, wf) in &all {
             for (script, env) in scripts(wf) {
                 if env.get("SOPS_AGE_KEY").is_some() {
                     assert!(
-                        invocations(&script).iter().any(|a| a[1] == "run"),
+                        invocations(&script).iter().any(|a| a[1] == "run"
+                            || (a[1] == "status" && a.iter().any(|x| x == "--drift"))),
                         "{name}: the age key is given to a step that does not deploy"
                     );
                 }

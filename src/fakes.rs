@@ -819,6 +819,22 @@ pub struct FakeForge {
     pub merged: Option<u64>,
     /// Answer 502 to every status from the Nth on (0: never).
     pub fail_statuses_from: Cell<usize>,
+    /// Issues: (number, title, body, open), and their comments.
+    pub issues: RefCell<Vec<(u64, String, String, bool)>>,
+    pub issue_comments: RefCell<Vec<(u64, String)>>,
+    /// Answer 502 to every issue request.
+    pub fail_issues: Cell<bool>,
+}
+
+impl FakeForge {
+    fn issue_call(&self, what: &str) -> Result<()> {
+        if self.fail_issues.get() {
+            return Err(Error::Forge(Message::from(format!(
+                "Forgejo answered 502 Bad Gateway to {what} (after 4 tries)"
+            ))));
+        }
+        Ok(())
+    }
 }
 
 impl Forge for FakeForge {
@@ -885,6 +901,52 @@ impl Forge for FakeForge {
 
     fn environment_approvals(&self, _run_id: u64) -> Result<Vec<EnvApproval>> {
         Ok(Vec::new())
+    }
+
+    fn open_issues(&self) -> Result<Vec<crate::forge::Issue>> {
+        self.issue_call("GET /repos/o/r/issues")?;
+        Ok(self
+            .issues
+            .borrow()
+            .iter()
+            .filter(|i| i.3)
+            .map(|(number, title, body, _)| crate::forge::Issue {
+                number: *number,
+                title: title.clone(),
+                body: body.clone(),
+            })
+            .collect())
+    }
+
+    fn create_issue(&self, title: &str, body: &str) -> Result<crate::forge::Issue> {
+        self.issue_call("POST /repos/o/r/issues")?;
+        let mut issues = self.issues.borrow_mut();
+        let number = issues.len() as u64 + 1;
+        issues.push((number, title.into(), body.into(), true));
+        Ok(crate::forge::Issue {
+            number,
+            title: title.into(),
+            body: body.into(),
+        })
+    }
+
+    fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()> {
+        self.issue_call("PATCH /repos/o/r/issues/N")?;
+        if let Some(i) = self.issues.borrow_mut().iter_mut().find(|i| i.0 == number) {
+            (i.1, i.2) = (title.into(), body.into());
+        }
+        Ok(())
+    }
+
+    fn close_issue(&self, number: u64, comment: &str) -> Result<()> {
+        self.issue_call("POST /repos/o/r/issues/N/comments")?;
+        self.issue_comments
+            .borrow_mut()
+            .push((number, comment.into()));
+        if let Some(i) = self.issues.borrow_mut().iter_mut().find(|i| i.0 == number) {
+            i.3 = false;
+        }
+        Ok(())
     }
 }
 

@@ -31,10 +31,11 @@ pub struct Context {
 }
 
 /// `--forge`, on the commands that talk to a forge (`plan --comment`,
-/// `run --comment`, `approve --from-ci`) and nowhere else.
+/// `run --comment`, `approve --from-ci`, `scan --issues`, `status
+/// --issues`) and nowhere else.
 #[derive(Debug, Clone, Args)]
 pub struct ForgeOpt {
-    /// The forge for --comment and --from-ci (default: the CI job's:
+    /// The forge for --comment, --from-ci and --issues (default: the CI job's:
     /// forgejo when FORGEJO_ACTIONS or GITEA_ACTIONS is set, github when
     /// GITHUB_ACTIONS is).
     #[arg(long, value_enum, env = "FLEETGATE_FORGE", value_name = "KIND")]

@@ -29,6 +29,17 @@ pub struct StatusArgs {
     /// Compare each host's live files with what the repo renders for its live rev.
     #[arg(long)]
     pub drift: bool,
+    /// With --drift, in CI: keep one forge issue for drift (opened, edited
+    /// while it stays, closed when every host matches); the exit code is
+    /// still the verdict.
+    #[arg(long, requires = "drift", conflicts_with = "clients")]
+    pub issues: bool,
+    /// The remote that holds the deployed records (--issues: the commit
+    /// each client's converge command redeploys).
+    #[arg(long, default_value = "origin", value_name = "NAME")]
+    pub remote: String,
+    #[command(flatten)]
+    pub forge: super::ForgeOpt,
     /// Output format on stdout (json: `{apps, orphans}`).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
@@ -61,6 +72,14 @@ pub struct Drift {
 }
 
 pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
+    // Outside CI --issues is an error before any work, never a no-op.
+    let forge = match args.issues {
+        true => {
+            let env = crate::forge::Env::from_env(args.forge.forge, "status --issues")?;
+            Some((crate::forge::connect(&env)?, env.run_url.clone()))
+        }
+        false => None,
+    };
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
     let snap = repo.snapshot(rev)?;
@@ -140,6 +159,53 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
         .iter()
         .any(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
         || orphans.as_ref().is_some_and(|o| !o.is_empty());
+    if let Some((forge, run_url)) = forge {
+        let mut desired = BTreeMap::new();
+        if drifted {
+            let git = crate::store::GitRepo::maybe_remote(&repo, &args.remote);
+            crate::ports::GitStore::fetch_records(&git)?;
+            let clock = crate::rt::SystemClock;
+            let records = crate::core::records::Records::new(&git, &clock);
+            let mut converge = Vec::new();
+            let drifted_clients: BTreeSet<&str> = rows
+                .iter()
+                .filter(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
+                .map(|r| r.client.as_str())
+                .collect();
+            for name in drifted_clients {
+                let Some((_, stage)) = fleet
+                    .clients
+                    .get(name)
+                    .and_then(|c| fleet.stage_of_group(&c.group))
+                else {
+                    continue;
+                };
+                let recorded = records.deployed(&stage.name, name)?;
+                converge.push(Converge {
+                    stage: stage.name.clone(),
+                    client: name.to_string(),
+                    rev: recorded.map(|r| r.to_string()),
+                });
+            }
+            desired.insert(
+                "drift".to_string(),
+                drift_issue(&rows, orphans.as_deref().unwrap_or_default(), &converge),
+            );
+        }
+        if unreachable && !drifted {
+            printer::people(
+                "a host could not be reached or listed: the drift issue is left as it is",
+            );
+        } else {
+            let gone = format!(
+                "The scheduled `fleetgate status --drift` finds every host as the repo renders it, and no orphans{}.",
+                run_url.map(|u| format!(" ({u})")).unwrap_or_default()
+            );
+            for line in crate::forge::issues::keep(&*forge, "drift", &desired, &gone)? {
+                printer::people(&format!("{} issue {line}", forge.name()));
+            }
+        }
+    }
     Ok(if unreachable {
         ExitCode::Infra
     } else if drifted {
@@ -147,6 +213,129 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::Ok
     })
+}
+
+/// How to put one drifted client back: redeploy what its stage recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converge {
+    pub stage: String,
+    pub client: String,
+    /// The commit of `refs/fleetgate/deployed/<stage>/<client>`.
+    pub rev: Option<String>,
+}
+
+/// The drift issue: per host and app what differs, the orphans, the
+/// hosts that could not be asked, and per client the command that
+/// converges it.
+pub fn drift_issue(
+    rows: &[AppStatus],
+    orphans: &[OrphanRow],
+    converge: &[Converge],
+) -> crate::forge::issues::Open {
+    let mut body = String::from(
+        "The scheduled `fleetgate status --drift` finds hosts that differ from what the repo renders for the commit they run.\n",
+    );
+    let drifted: Vec<&AppStatus> = rows
+        .iter()
+        .filter(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
+        .collect();
+    let hosts: BTreeSet<&str> = drifted
+        .iter()
+        .map(|r| r.host.as_str())
+        .chain(orphans.iter().map(|o| o.host.as_str()))
+        .collect();
+    if !drifted.is_empty() {
+        body.push_str("\n| host | client | app | runs | differs |\n|---|---|---|---|---|\n");
+        for r in &drifted {
+            let what: Vec<String> = r
+                .drift
+                .iter()
+                .flatten()
+                .map(|d| format!("{} {}", d.change, code(&d.path)))
+                .collect();
+            body.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.host,
+                r.client,
+                r.app,
+                r.rev.as_deref().map_or("-", crate::report::short),
+                what.join(", ")
+            ));
+        }
+    }
+    if !orphans.is_empty() {
+        body.push_str("\n**Orphans** (kept on a host, not in the repo):\n\n");
+        for o in orphans {
+            body.push_str(&format!(
+                "- {}: {}{}\n",
+                o.host,
+                code(&format!(
+                    "{}{}",
+                    o.orphan.client,
+                    o.orphan
+                        .app
+                        .as_deref()
+                        .map(|a| format!("/{a}"))
+                        .unwrap_or_default()
+                )),
+                o.orphan
+                    .current_rev
+                    .as_deref()
+                    .map(|r| format!(" (ran {})", crate::report::short(r)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let errors: Vec<&AppStatus> = rows.iter().filter(|r| r.error.is_some()).collect();
+    if !errors.is_empty() {
+        body.push_str("\n**Not compared** (may hide more):\n\n");
+        for r in errors {
+            body.push_str(&format!(
+                "- {} {}/{}: {}\n",
+                r.host,
+                r.client,
+                r.app,
+                code(r.error.as_deref().unwrap_or_default())
+            ));
+        }
+    }
+    if !converge.is_empty() {
+        body.push_str("\n**To converge** (redeploys the recorded commit; a drift repair restarts the app):\n\n```sh\n");
+        for c in converge {
+            match &c.rev {
+                Some(rev) => body.push_str(&format!(
+                    "fleetgate deploy --stage {} --rev {rev} --clients {}\n",
+                    c.stage, c.client
+                )),
+                None => body.push_str(&format!(
+                    "# {}/{}: no deployed record; deploy the commit it should run\n",
+                    c.stage, c.client
+                )),
+            }
+        }
+        body.push_str("```\n");
+    }
+    body.push_str("\nThis issue is kept by fleetgate: edited while the drift stays, closed when every host matches.\n");
+    crate::forge::issues::Open {
+        title: format!("fleetgate: drift on {} host(s)", hosts.len()),
+        body,
+    }
+}
+
+/// Text a host gave (file and dir names, errors) as inline code in the
+/// issue: its backticks and line breaks cannot end the span, and `|`
+/// cannot end a table cell.
+fn code(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '|' => '¦',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    format!("`{clean}`")
 }
 
 /// An app or client dir a host keeps that the repo does not put there.
@@ -397,4 +586,81 @@ fn render(
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, drift: Option<Vec<Drift>>, error: Option<&str>) -> AppStatus {
+        AppStatus {
+            client: "alpha".into(),
+            app: "web".into(),
+            host: host.into(),
+            rev: Some("2840cb168ae2d80890c93d83a662acdbd8352eec".into()),
+            release: None,
+            deployed_at: None,
+            previous: None,
+            slot: None,
+            drift,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_drift_issue_lists_what_differs_and_how_to_converge() {
+        let rows = [
+            row(
+                "alpha-1",
+                Some(vec![Drift {
+                    path: "a`b|c\nd".into(),
+                    change: "modified",
+                }]),
+                None,
+            ),
+            row("alpha-2", Some(vec![]), None),
+            row("alpha-3", None, Some("unreachable")),
+        ];
+        let orphans = [OrphanRow {
+            host: "alpha-2".into(),
+            orphan: release::Orphan {
+                client: "ghost".into(),
+                app: None,
+                current_rev: None,
+            },
+        }];
+        let converge = [
+            Converge {
+                stage: "canary".into(),
+                client: "alpha".into(),
+                rev: Some("2840cb168ae2d80890c93d83a662acdbd8352eec".into()),
+            },
+            Converge {
+                stage: "canary".into(),
+                client: "beta".into(),
+                rev: None,
+            },
+        ];
+        let issue = drift_issue(&rows, &orphans, &converge);
+        assert_eq!(issue.title, "fleetgate: drift on 2 host(s)");
+        let body = &issue.body;
+        // A host's file name cannot end the code span, the cell or the row.
+        assert!(
+            body.contains("| alpha-1 | alpha | web | 2840cb168ae2 | modified `a'b¦c d` |"),
+            "{body}"
+        );
+        assert!(!body.contains("| alpha-2 | alpha | web |"), "{body}");
+        assert!(body.contains("- alpha-2: `ghost`\n"), "{body}");
+        assert!(
+            body.contains("- alpha-3 alpha/web: `unreachable`"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "fleetgate deploy --stage canary --rev 2840cb168ae2d80890c93d83a662acdbd8352eec --clients alpha\n"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("# canary/beta: no deployed record"), "{body}");
+    }
 }

@@ -737,6 +737,18 @@ impl Forge for Shared {
     fn environment_approvals(&self, run_id: u64) -> Result<Vec<crate::forge::EnvApproval>> {
         self.0.environment_approvals(run_id)
     }
+    fn open_issues(&self) -> Result<Vec<crate::forge::Issue>> {
+        self.0.open_issues()
+    }
+    fn create_issue(&self, title: &str, body: &str) -> Result<crate::forge::Issue> {
+        self.0.create_issue(title, body)
+    }
+    fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()> {
+        self.0.edit_issue(number, title, body)
+    }
+    fn close_issue(&self, number: u64, comment: &str) -> Result<()> {
+        self.0.close_issue(number, comment)
+    }
 }
 
 #[test]

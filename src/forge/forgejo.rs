@@ -4,8 +4,8 @@
 
 use super::rest::{self, Rest};
 use super::{
-    Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
-    Unanswered,
+    Comment, Env, EnvApproval, Forge, Issue, Method, Pull, Request, Response, Status, Token,
+    Transport, Unanswered,
 };
 use crate::error::{Error, Message, Result};
 
@@ -15,6 +15,8 @@ const COMMENT_LIMIT: usize = 65_536;
 /// Pages of closed pull requests searched for the one that merged a commit.
 const PULL_PAGES: u32 = 3;
 const PAGE: usize = 50;
+/// Pages of open issues looked through for fleetgate's own.
+const ISSUE_PAGES: u32 = 20;
 
 pub struct Forgejo {
     rest: Rest,
@@ -140,5 +142,25 @@ impl Forge for Forgejo {
 
     fn environment_approvals(&self, _run_id: u64) -> Result<Vec<EnvApproval>> {
         Err(Error::Usage(Message::from("Forgejo has no environment reviews").hint("approve with a `/fleetgate approve` comment on the merged pull request or the promote workflow's Run button")))
+    }
+
+    fn open_issues(&self) -> Result<Vec<Issue>> {
+        let path = format!(
+            "{}/issues?state=open&type=issues&limit={PAGE}&page=",
+            self.rest.repo
+        );
+        self.rest.open_issues(&path, ISSUE_PAGES)
+    }
+
+    fn create_issue(&self, title: &str, body: &str) -> Result<Issue> {
+        self.rest.create_issue(title, body)
+    }
+
+    fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()> {
+        self.rest.edit_issue(number, title, body)
+    }
+
+    fn close_issue(&self, number: u64, comment: &str) -> Result<()> {
+        self.rest.close_issue(number, comment)
     }
 }

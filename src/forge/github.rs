@@ -23,8 +23,8 @@ use octocrab::{AuthState, Octocrab, OctocrabBuilder};
 
 use super::rest::{self, Rest};
 use super::{
-    Comment, Env, EnvApproval, Forge, Method, Pull, Request, Response, Status, Token, Transport,
-    Unanswered,
+    Comment, Env, EnvApproval, Forge, Issue, Method, Pull, Request, Response, Status, Token,
+    Transport, Unanswered,
 };
 use crate::error::{Error, Message, Result};
 
@@ -34,6 +34,8 @@ const PER_PAGE: usize = 100;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One request, from connecting to the last byte of the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pages of open issues looked through for fleetgate's own.
+const ISSUE_PAGES: u32 = 20;
 
 pub struct Github {
     rest: Rest,
@@ -230,5 +232,25 @@ impl Forge for Github {
                 approved: a["state"].as_str() == Some("approved"),
             })
             .collect())
+    }
+
+    fn open_issues(&self) -> Result<Vec<Issue>> {
+        let path = format!(
+            "{}/issues?state=open&direction=asc&per_page={PER_PAGE}&page=",
+            self.rest.repo
+        );
+        self.rest.open_issues(&path, ISSUE_PAGES)
+    }
+
+    fn create_issue(&self, title: &str, body: &str) -> Result<Issue> {
+        self.rest.create_issue(title, body)
+    }
+
+    fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()> {
+        self.rest.edit_issue(number, title, body)
+    }
+
+    fn close_issue(&self, number: u64, comment: &str) -> Result<()> {
+        self.rest.close_issue(number, comment)
     }
 }

@@ -14,6 +14,7 @@ pub mod env;
 pub mod forgejo;
 #[cfg(feature = "github")]
 pub mod github;
+pub mod issues;
 pub mod notify;
 mod rest;
 
@@ -79,6 +80,14 @@ pub struct Pull {
     pub merge_commit_sha: Option<String>,
 }
 
+/// An open issue of the repository (pull requests are not issues here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+}
+
 /// A commit status's state; the forge's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +146,14 @@ pub trait Forge {
     fn merged_pull_of(&self, sha: &str) -> Result<Option<Pull>>;
     /// Who reviewed the environment deployments of a workflow run.
     fn environment_approvals(&self, run_id: u64) -> Result<Vec<EnvApproval>>;
+    /// The open issues of the repository (not pull requests), in the
+    /// forge's order; the scheduled checks find theirs by the marker in
+    /// the body.
+    fn open_issues(&self) -> Result<Vec<Issue>>;
+    fn create_issue(&self, title: &str, body: &str) -> Result<Issue>;
+    fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()>;
+    /// Comments `comment` on the issue, then closes it.
+    fn close_issue(&self, number: u64, comment: &str) -> Result<()>;
 }
 
 /// Connects to the forge the environment names.

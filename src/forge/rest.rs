@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Comment, Method, Pull, Request, Status, Token, Transport, call, clip};
+use super::{Comment, Issue, Method, Pull, Request, Status, Token, Transport, call, clip};
 use crate::error::{Error, Message, Result};
 
 pub struct Rest {
@@ -89,6 +89,56 @@ impl Rest {
         Ok(())
     }
 
+    pub fn create_issue(&self, title: &str, body: &str) -> Result<Issue> {
+        let v = self.must(
+            Method::Post,
+            format!("{}/issues", self.repo),
+            Some(&json!({ "title": title, "body": body })),
+        )?;
+        Ok(issue(&v))
+    }
+
+    pub fn edit_issue(&self, number: u64, title: &str, body: &str) -> Result<()> {
+        self.must(
+            Method::Patch,
+            format!("{}/issues/{number}", self.repo),
+            Some(&json!({ "title": title, "body": body })),
+        )?;
+        Ok(())
+    }
+
+    /// The comment first: a closed issue says why it was closed.
+    pub fn close_issue(&self, number: u64, comment: &str) -> Result<()> {
+        self.create_comment(number, comment)?;
+        self.must(
+            Method::Patch,
+            format!("{}/issues/{number}", self.repo),
+            Some(&json!({ "state": "closed" })),
+        )?;
+        Ok(())
+    }
+
+    /// The open issues of every page of `path` (which ends in `page=`),
+    /// up to `pages` pages; pull requests left out (both APIs may list
+    /// them with the issues). Paged until an empty page: a forge may cap
+    /// the page size below what was asked (Forgejo's MAX_RESPONSE_ITEMS).
+    pub fn open_issues(&self, path: &str, pages: u32) -> Result<Vec<Issue>> {
+        let mut all = Vec::new();
+        for page in 1..=pages {
+            let batch = self.list(format!("{path}{page}"))?;
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(
+                batch
+                    .iter()
+                    .filter(|v| v.get("pull_request").is_none_or(Value::is_null))
+                    .map(issue),
+            );
+        }
+        Ok(all)
+    }
+
     pub fn set_status(&self, sha: &str, status: &Status) -> Result<()> {
         let mut body = json!({
             "context": status.context,
@@ -146,6 +196,14 @@ fn commit_id(s: &str) -> bool {
 pub fn comment(v: &Value) -> Comment {
     Comment {
         id: v["id"].as_u64().unwrap_or_default(),
+        body: v["body"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+fn issue(v: &Value) -> Issue {
+    Issue {
+        number: v["number"].as_u64().unwrap_or_default(),
+        title: v["title"].as_str().unwrap_or_default().to_string(),
         body: v["body"].as_str().unwrap_or_default().to_string(),
     }
 }

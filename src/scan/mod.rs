@@ -271,24 +271,29 @@ pub struct Settings {
 /// The image gate for `clients` of a validated fleet, with the real trivy.
 pub fn gate_fleet(fleet: &Fleet, clients: &[String], settings: &Settings) -> Result<ScanReport> {
     let targets = images_in_play(fleet, clients);
-    let (trivy, options) = (&settings.trivy, &settings.options);
     tracing::info!(
         "scan: {} distinct image(s) of {} client(s), {} at a time",
         targets.len(),
         clients.len(),
-        options.concurrency.max(1)
+        settings.options.concurrency.max(1)
     );
+    gate_targets(&targets, &fleet.pipeline.scan, &fleet.ignores, settings)
+}
+
+/// The image gate for any targets (`scan --deployed`: the images the
+/// hosts run, from several commits) against one policy and its ignore
+/// entries, with the real trivy.
+pub fn gate_targets(
+    targets: &[Target],
+    policy: &ScanPolicy,
+    ignores: &[IgnoreEntry],
+    settings: &Settings,
+) -> Result<ScanReport> {
+    let (trivy, options) = (&settings.trivy, &settings.options);
     let today = chrono::Utc::now().date_naive();
     let runtime = crate::rt::runtime()?;
     let report = runtime
-        .block_on(gate(
-            &targets,
-            trivy,
-            &fleet.pipeline.scan,
-            &fleet.ignores,
-            today,
-            options,
-        ))
+        .block_on(gate(targets, trivy, policy, ignores, today, options))
         .map_err(|e| Error::Scan(e.0))?;
     for e in &report.expired_ignores {
         tracing::warn!(

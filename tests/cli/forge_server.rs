@@ -73,6 +73,19 @@ pub struct Comment {
     pub updated_at: String,
 }
 
+/// An issue (not a pull request): open or closed, its comments are in
+/// `comments` like a pull request's.
+#[derive(Clone, Debug)]
+pub struct Issue {
+    pub number: u64,
+    pub user: String,
+    pub title: String,
+    pub body: String,
+    pub open: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Status {
     pub sha: String,
@@ -161,6 +174,7 @@ impl ForgeServer {
             comments: Vec::new(),
             statuses: Vec::new(),
             pulls: BTreeMap::new(),
+            issues: BTreeMap::new(),
             approvals: Vec::new(),
             releases: Vec::new(),
             fail: None,
@@ -256,6 +270,17 @@ impl ForgeServer {
     }
 
     /// The comments on `issue`, in creation order.
+    /// Every issue, open and closed, by number.
+    pub fn issues(&self) -> Vec<Issue> {
+        self.lock().issues.values().cloned().collect()
+    }
+
+    /// An issue opened by `user` (a person's, or an old one of the bot's).
+    pub fn add_issue(&self, user: &str, title: &str, body: &str) -> Issue {
+        let mut state = self.lock();
+        state.new_issue(user, title, body)
+    }
+
     pub fn comments(&self, issue: u64) -> Vec<Comment> {
         self.lock()
             .comments
@@ -742,6 +767,19 @@ fn forgejo_fallback() -> Value {
         json!({ "name": "labels", "in": "query", "type": "array", "items": { "type": "integer" }, "collectionFormat": "multi" }),
     ];
     list_pulls.extend(paging());
+    let mut list_issues = vec![
+        enum_param("state", &["closed", "open", "all"]),
+        query_param("labels", "string"),
+        query_param("q", "string"),
+        enum_param("type", &["issues", "pulls"]),
+        query_param("milestones", "string"),
+        date_param("since"),
+        date_param("before"),
+        query_param("created_by", "string"),
+        query_param("assigned_by", "string"),
+        query_param("mentioned_by", "string"),
+    ];
+    list_issues.extend(paging());
     let mut doc = json!({
         "basePath": "/api/v1",
         "paths": {
@@ -755,6 +793,13 @@ fn forgejo_fallback() -> Value {
             "/repos/{owner}/{repo}/statuses/{sha}": {
                 "post": repo_op(vec![path_param("sha", "string"), body_param("CreateStatusOption")]),
             },
+            "/repos/{owner}/{repo}/issues": {
+                "get": repo_op(list_issues),
+                "post": repo_op(vec![body_param("CreateIssueOption")]),
+            },
+            "/repos/{owner}/{repo}/issues/{index}": {
+                "patch": repo_op(vec![path_param("index", "integer"), body_param("EditIssueOption")]),
+            },
             "/repos/{owner}/{repo}/pulls": { "get": repo_op(list_pulls) },
             "/repos/{owner}/{repo}/pulls/{index}": { "get": repo_op(vec![path_param("index", "integer")]) },
         },
@@ -767,6 +812,19 @@ fn forgejo_fallback() -> Value {
                 "context": { "type": "string" }, "description": { "type": "string" },
                 "state": { "$ref": "#/definitions/CommitStatusState" }, "target_url": { "type": "string" } } },
             "CommitStatusState": { "type": "string", "enum": ["pending", "success", "error", "failure", "warning"] },
+            "CreateIssueOption": { "type": "object", "required": ["title"], "properties": {
+                "assignee": { "type": "string" }, "assignees": { "type": "array", "items": { "type": "string" } },
+                "body": { "type": "string" }, "closed": { "type": "boolean" },
+                "due_date": { "type": "string", "format": "date-time" },
+                "labels": { "type": "array", "items": { "type": "integer", "format": "int64" } },
+                "milestone": { "type": "integer", "format": "int64" }, "ref": { "type": "string" },
+                "title": { "type": "string" } } },
+            "EditIssueOption": { "type": "object", "properties": {
+                "assignee": { "type": "string" }, "assignees": { "type": "array", "items": { "type": "string" } },
+                "body": { "type": "string" }, "due_date": { "type": "string", "format": "date-time" },
+                "milestone": { "type": "integer", "format": "int64" }, "ref": { "type": "string" },
+                "state": { "type": "string" }, "title": { "type": "string" },
+                "unset_due_date": { "type": "boolean" }, "updated_at": { "type": "string", "format": "date-time" } } },
         },
     });
     release_fallback(&mut doc);
@@ -794,6 +852,19 @@ fn github_description() -> Value {
         query_param("target", "string"),
     ];
     commit_pulls.extend(paging());
+    let mut list_issues = vec![
+        query_param("milestone", "string"),
+        enum_param("state", &["open", "closed", "all"]),
+        query_param("assignee", "string"),
+        query_param("type", "string"),
+        query_param("creator", "string"),
+        query_param("mentioned", "string"),
+        query_param("labels", "string"),
+        enum_param("sort", &["created", "updated", "comments"]),
+        enum_param("direction", &["asc", "desc"]),
+        date_param("since"),
+    ];
+    list_issues.extend(paging());
     json!({
         "basePath": "",
         "paths": {
@@ -819,6 +890,16 @@ fn github_description() -> Value {
                 // https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request
                 "get": repo_op(vec![path_param("pull_number", "integer")]),
             },
+            "/repos/{owner}/{repo}/issues": {
+                // https://docs.github.com/en/rest/issues/issues#list-repository-issues
+                "get": repo_op(list_issues),
+                // https://docs.github.com/en/rest/issues/issues#create-an-issue
+                "post": repo_op(vec![body_param("IssueCreateBody")]),
+            },
+            "/repos/{owner}/{repo}/issues/{issue_number}": {
+                // https://docs.github.com/en/rest/issues/issues#update-an-issue
+                "patch": repo_op(vec![path_param("issue_number", "integer"), body_param("IssueUpdateBody")]),
+            },
             "/repos/{owner}/{repo}/actions/runs/{run_id}/approvals": {
                 // https://docs.github.com/en/rest/actions/workflow-runs#get-the-review-history-for-a-workflow-run
                 "get": repo_op(vec![path_param("run_id", "integer")]),
@@ -836,6 +917,25 @@ fn github_description() -> Value {
                 "target_url": { "type": ["string", "null"] },
                 "description": { "type": ["string", "null"], "maxLength": 140 },
                 "context": { "type": "string" } } },
+            // Issue bodies share the comments' limit (65536 characters).
+            "IssueCreateBody": { "type": "object", "x-resource": "Issue", "required": ["title"], "properties": {
+                "title": { "type": ["string", "integer"] },
+                "body": { "type": "string", "maxLength": 65536 },
+                "assignee": { "type": ["string", "null"] },
+                "milestone": { "type": ["string", "integer", "null"] },
+                "labels": { "type": "array" },
+                "assignees": { "type": "array", "items": { "type": "string" } },
+                "type": { "type": ["string", "null"] } } },
+            "IssueUpdateBody": { "type": "object", "x-resource": "Issue", "properties": {
+                "title": { "type": ["string", "integer", "null"] },
+                "body": { "type": ["string", "null"], "maxLength": 65536 },
+                "assignee": { "type": ["string", "null"] },
+                "state": { "type": "string", "enum": ["open", "closed"] },
+                "state_reason": { "type": ["string", "null"], "enum": ["completed", "not_planned", "duplicate", "reopened", null] },
+                "milestone": { "type": ["string", "integer", "null"] },
+                "labels": { "type": "array" },
+                "assignees": { "type": "array", "items": { "type": "string" } },
+                "type": { "type": ["string", "null"] } } },
         },
     })
 }
@@ -882,6 +982,7 @@ struct State {
     comments: Vec<Comment>,
     statuses: Vec<StoredStatus>,
     pulls: BTreeMap<u64, Pull>,
+    issues: BTreeMap<u64, Issue>,
     approvals: Vec<Approval>,
     releases: Vec<StoredRelease>,
     fail: Option<(u16, usize)>,
@@ -902,6 +1003,9 @@ enum Endpoint {
     GetPull,
     CommitPulls,
     RunApprovals,
+    ListIssues,
+    CreateIssue,
+    EditIssue,
     /// Releases and their assets (Forgejo): see the release block below.
     Release(ReleaseOp),
 }
@@ -924,6 +1028,10 @@ impl Endpoint {
             | (Flavor::Github, "GET", "/pulls/{pull_number}") => Endpoint::GetPull,
             (Flavor::Github, "GET", "/commits/{commit_sha}/pulls") => Endpoint::CommitPulls,
             (Flavor::Github, "GET", "/actions/runs/{run_id}/approvals") => Endpoint::RunApprovals,
+            (_, "GET", "/issues") => Endpoint::ListIssues,
+            (_, "POST", "/issues") => Endpoint::CreateIssue,
+            (Flavor::Forgejo, "PATCH", "/issues/{index}")
+            | (Flavor::Github, "PATCH", "/issues/{issue_number}") => Endpoint::EditIssue,
             _ => return ReleaseOp::of(flavor, method, rest).map(Endpoint::Release),
         })
     }
@@ -1310,12 +1418,190 @@ impl State {
                     .collect();
                 Ok(Resp::json(200, JSON, Value::Array(items)))
             }
+            Endpoint::ListIssues => {
+                let state = call.query("state").unwrap_or("open");
+                let wanted = |open: bool| state == "all" || (state == "open") == open;
+                let mut numbers: Vec<u64> = self
+                    .issues
+                    .values()
+                    .filter(|i| wanted(i.open))
+                    .map(|i| i.number)
+                    .collect();
+                // Both list pull requests with the issues unless Forgejo is
+                // asked for `type=issues`; GitHub marks them `pull_request`.
+                if call.query("type") != Some("issues") {
+                    numbers.extend(
+                        self.pulls
+                            .values()
+                            .filter(|p| wanted(!p.merged))
+                            .map(|p| p.number),
+                    );
+                }
+                numbers.sort();
+                // Newest first unless GitHub is asked `direction=asc`.
+                if call.query("direction") != Some("asc") {
+                    numbers.reverse();
+                }
+                let items = numbers
+                    .iter()
+                    .map(|n| match self.issues.get(n).cloned() {
+                        Some(issue) => self.issue_json(&issue),
+                        None => self.pull_as_issue_json(*n),
+                    })
+                    .collect();
+                Ok(match self.flavor {
+                    Flavor::Forgejo => self.paged(items, &call, "limit", 50),
+                    Flavor::Github => self.paged(items, &call, "per_page", 100),
+                })
+            }
+            Endpoint::CreateIssue => {
+                let title = call.field("title").unwrap_or_default();
+                if title.trim().is_empty() {
+                    return Err(Refusal::invalid(422, "an issue needs a title".into())
+                        .message("title is required"));
+                }
+                let bot = self.bot.clone();
+                let body = call.field("body").unwrap_or_default();
+                let issue = self.new_issue(&bot, &title, &body);
+                Ok(Resp::json(201, JSON, self.issue_json(&issue)))
+            }
+            Endpoint::EditIssue => {
+                let number = call.number();
+                let Some(issue) = self.issues.get(&number).cloned() else {
+                    return Err(self.not_found());
+                };
+                // Stricter than both servers: fleetgate edits its own only.
+                if issue.user != self.bot {
+                    let why = format!(
+                        "issue {number} is by {}, not by the token's user {}",
+                        issue.user, self.bot
+                    );
+                    return Err(Refusal::invalid(403, why));
+                }
+                let open = match call.field("state").as_deref() {
+                    None => issue.open,
+                    Some("open") => true,
+                    Some("closed") => false,
+                    Some(other) => {
+                        return Err(Refusal::invalid(
+                            422,
+                            format!("state {other:?} is neither open nor closed"),
+                        ));
+                    }
+                };
+                let stored = self.issues.get_mut(&number).expect("looked up");
+                if let Some(title) = call.field("title") {
+                    stored.title = title;
+                }
+                if let Some(body) = call.field("body") {
+                    stored.body = body;
+                }
+                stored.open = open;
+                stored.updated_at = now();
+                let issue = stored.clone();
+                // Forgejo answers 201 to an edit, GitHub 200.
+                let code = if self.flavor == Flavor::Forgejo {
+                    201
+                } else {
+                    200
+                };
+                Ok(Resp::json(code, JSON, self.issue_json(&issue)))
+            }
             Endpoint::Release(op) => self.release_endpoint(op, call),
         }
     }
 
     fn issue_exists(&self, issue: u64) -> bool {
-        self.pulls.contains_key(&issue) || self.comments.iter().any(|c| c.issue == issue)
+        self.pulls.contains_key(&issue)
+            || self.issues.contains_key(&issue)
+            || self.comments.iter().any(|c| c.issue == issue)
+    }
+
+    /// Issues and pull requests share their numbers, as on both forges.
+    fn new_issue(&mut self, user: &str, title: &str, body: &str) -> Issue {
+        let number = 1 + self
+            .pulls
+            .keys()
+            .chain(self.issues.keys())
+            .chain(self.comments.iter().map(|c| &c.issue))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let at = now();
+        let issue = Issue {
+            number,
+            user: user.to_string(),
+            title: title.to_string(),
+            body: body.to_string(),
+            open: true,
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        self.issues.insert(number, issue.clone());
+        issue
+    }
+
+    fn issue_json(&mut self, i: &Issue) -> Value {
+        let (base, owner, repo, n) = (&self.base, &self.owner, &self.repo, i.number);
+        let state = if i.open { "open" } else { "closed" };
+        let closed_at = (!i.open).then(|| i.updated_at.clone());
+        let comments = self.comments.iter().filter(|c| c.issue == n).count();
+        let mut json = match self.flavor {
+            // swagger definition `Issue`
+            Flavor::Forgejo => json!({
+                "id": 200_000 + n, "url": format!("{base}/api/v1/repos/{owner}/{repo}/issues/{n}"),
+                "html_url": format!("{base}/{owner}/{repo}/issues/{n}"), "number": n, "user": null,
+                "original_author": "", "original_author_id": 0, "title": i.title, "body": i.body, "ref": "",
+                "assets": [], "labels": [], "milestone": null, "assignee": null, "assignees": null,
+                "state": state, "is_locked": false, "comments": comments, "created_at": i.created_at,
+                "updated_at": i.updated_at, "closed_at": closed_at, "due_date": null, "pull_request": null,
+                "repository": { "id": 1, "name": repo, "owner": owner, "full_name": format!("{owner}/{repo}") },
+                "pin_order": 0,
+            }),
+            // https://docs.github.com/en/rest/issues/issues#get-an-issue
+            Flavor::Github => json!({
+                "id": 200_000 + n, "node_id": format!("I_{n}"),
+                "url": format!("{base}/repos/{owner}/{repo}/issues/{n}"),
+                "repository_url": format!("{base}/repos/{owner}/{repo}"),
+                "html_url": format!("{base}/{owner}/{repo}/issues/{n}"), "number": n, "state": state,
+                "state_reason": if i.open { Value::Null } else { json!("completed") },
+                "title": i.title, "body": i.body, "user": null, "labels": [], "assignee": null, "assignees": [],
+                "milestone": null, "locked": false, "active_lock_reason": null, "comments": comments,
+                "closed_at": closed_at, "created_at": i.created_at, "updated_at": i.updated_at,
+                "closed_by": null, "author_association": "MEMBER",
+            }),
+        };
+        json["user"] = self.user_json(&i.user);
+        json
+    }
+
+    /// A pull request as the issue list shows it: with `pull_request`.
+    fn pull_as_issue_json(&mut self, number: u64) -> Value {
+        let p = &self.pulls[&number];
+        let issue = Issue {
+            number,
+            user: "dev".into(),
+            title: format!("Pull request {number}"),
+            body: String::new(),
+            open: !p.merged,
+            created_at: p.created_at.clone(),
+            updated_at: p.created_at.clone(),
+        };
+        let (merged, base, owner, repo) = (
+            p.merged.then(|| p.created_at.clone()),
+            self.base.clone(),
+            self.owner.clone(),
+            self.repo.clone(),
+        );
+        let mut json = self.issue_json(&issue);
+        json["pull_request"] = match self.flavor {
+            Flavor::Forgejo => json!({ "merged": merged.is_some(), "merged_at": merged }),
+            Flavor::Github => json!({
+                "url": format!("{base}/repos/{owner}/{repo}/pulls/{number}"),
+                "html_url": format!("{base}/{owner}/{repo}/pull/{number}"), "merged_at": merged,
+            }),
+        };
+        json
     }
 
     fn new_comment(&mut self, issue: u64, user: &str, body: &str) -> Comment {
@@ -2848,4 +3134,74 @@ fn forgejo_release_refuses_what_the_api_does_not_declare() {
     assert_eq!(upload(&server, 1, "", "attachment", "x", "x").status, 404);
     assert_eq!(server.rejected().len(), 3, "{:?}", server.rejected());
     assert!(server.releases()[0].assets.is_empty());
+}
+
+// Self-test of the issue endpoints (the scheduled checks' issues).
+
+#[test]
+fn issues_create_list_edit_close_on_both_forges() {
+    for flavor in [Flavor::Forgejo, Flavor::Github] {
+        let server = ForgeServer::start(flavor, OWNER, REPO, TOKEN, BOT);
+        server.add_pull(2, SHA, SHA, false, None);
+        let human = server.add_issue("alice", "a person's issue", "hello");
+        assert_eq!(human.number, 3, "issues and pulls share their numbers");
+        let created = api(
+            &server,
+            "POST",
+            "/issues",
+            r#"{"title":"blocked","body":"<!-- fleetgate:scan:x -->\nwhy"}"#,
+        );
+        assert_eq!(created.status, 201, "{flavor:?}: {}", created.body);
+        let n = created.json()["number"].as_u64().unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(created.json()["user"]["login"], BOT);
+        // Forgejo leaves the pull request out when asked for issues only;
+        // GitHub lists it, marked `pull_request`.
+        let list = match flavor {
+            Flavor::Forgejo => "/issues?state=open&type=issues&limit=50&page=1",
+            Flavor::Github => "/issues?state=open&direction=asc&per_page=100&page=1",
+        };
+        let listed = api(&server, "GET", list, "");
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        let numbers = each(&listed, "number");
+        match flavor {
+            Flavor::Forgejo => assert_eq!(numbers, [4, 3]),
+            Flavor::Github => {
+                assert_eq!(numbers, [2, 3, 4]);
+                assert!(!listed.json()[0]["pull_request"].is_null());
+            }
+        }
+        let edit = format!("/issues/{n}");
+        let edited = if flavor == Flavor::Forgejo { 201 } else { 200 };
+        assert_eq!(
+            status(&server, "PATCH", &edit, r#"{"title":"t","body":"b"}"#),
+            edited
+        );
+        assert_eq!(
+            status(
+                &server,
+                "POST",
+                &format!("/issues/{n}/comments"),
+                r#"{"body":"gone"}"#
+            ),
+            201
+        );
+        assert_eq!(
+            status(&server, "PATCH", &edit, r#"{"state":"closed"}"#),
+            edited
+        );
+        let issue = &server.issues()[1];
+        assert_eq!(
+            (issue.title.as_str(), issue.body.as_str(), issue.open),
+            ("t", "b", false)
+        );
+        // Refused: no title, a state that is not one, someone else's issue.
+        assert_eq!(status(&server, "POST", "/issues", r#"{"body":"x"}"#), 422);
+        assert_eq!(status(&server, "PATCH", &edit, r#"{"state":"bogus"}"#), 422);
+        assert_eq!(
+            status(&server, "PATCH", "/issues/3", r#"{"body":"x"}"#),
+            403
+        );
+        assert_eq!(server.rejected().len(), 3, "{:?}", server.rejected());
+    }
 }

@@ -286,7 +286,8 @@ fn help_has_the_exit_codes_and_forge_only_where_it_means_something() {
         }
         assert!(!help.stdout.contains("--forge"), "{}", help.stdout);
     }
-    for c in ["plan", "run", "approve"] {
+    // scan and status since issue 17: their --issues talks to the forge.
+    for c in ["plan", "run", "approve", "scan", "status"] {
         let help = f.run(&[c, "--help"]);
         assert!(
             help.stdout.contains("--forge <KIND>"),
@@ -294,9 +295,7 @@ fn help_has_the_exit_codes_and_forge_only_where_it_means_something() {
             help.stdout
         );
     }
-    for c in [
-        "check", "scan", "status", "deploy", "rollback", "history", "lock",
-    ] {
+    for c in ["check", "deploy", "rollback", "history", "lock"] {
         let help = f.run(&[c, "--help"]);
         assert!(!help.stdout.contains("--forge"), "{c}:\n{}", help.stdout);
     }

@@ -48,16 +48,16 @@ fn which(bin: &str) -> PathBuf {
 /// A fleet with two apps on one fixture registry: `vuln` (openssl and
 /// friends with fixture CVEs) and `clean`; client alpha runs clean, beta
 /// runs vuln. Trivy's DB is the fixture, in a cache dir of its own.
-struct ScanFleet {
+pub struct ScanFleet {
     fleet: Fleet,
     registry: Registry,
     dir: tempfile::TempDir,
-    vuln: String,
-    clean: String,
+    pub vuln: String,
+    pub clean: String,
 }
 
 impl ScanFleet {
-    fn new() -> ScanFleet {
+    pub fn new() -> ScanFleet {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start_in(dir.path());
         let push = |name: &str, packages: &[&str]| {
@@ -115,9 +115,37 @@ impl ScanFleet {
 
     /// (Re)builds the fixture DB: a new DB version.
     fn build_db(&self) {
+        self.build_db_in(&self.trivy_cache());
+    }
+
+    /// The fixture DB in trivy cache dir `cache` (a workflow job's own).
+    pub fn build_db_in(&self, cache: &Path) {
         python(&[
             fixture("build_db.py").to_str().unwrap(),
             fixture("vulndb.json").to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ]);
+    }
+
+    /// Rebuilds the fixture DB with `extra` advisories for bash (in the
+    /// clean image): a finding that appears after the image was deployed.
+    fn build_db_with_bash(&self, ids: &[&str]) {
+        let mut db: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("vulndb.json")).unwrap())
+                .unwrap();
+        for id in ids {
+            db["advisories"]["debian 12"]["bash"][id] =
+                serde_json::json!({"FixedVersion": "99.0-1"});
+            db["vulnerabilities"][id] = serde_json::json!({
+                "Title": "bash: made-up issue found after deploy", "Description": "fixture",
+                "Severity": "CRITICAL", "VendorSeverity": {"debian": 4}
+            });
+        }
+        let path = self.dir.path().join("vulndb-later.json");
+        std::fs::write(&path, db.to_string()).unwrap();
+        python(&[
+            fixture("build_db.py").to_str().unwrap(),
+            path.to_str().unwrap(),
             self.trivy_cache().to_str().unwrap(),
         ]);
     }
@@ -529,4 +557,207 @@ fn plan_scan_comment_carries_the_scan_summary_and_sets_its_status() {
         ])
     );
     ci.assert_valid();
+}
+
+/// `scan --deployed`: what the records say runs (and with `--verify`, what
+/// the hosts say), scanned with the current DB; a finding that appears
+/// after the deploy blocks. With `--issues`, one issue per blocked image
+/// repository: opened, left alone while unchanged (no duplicate), edited
+/// when it changes, closed when it is gone.
+#[test]
+fn scan_deployed_finds_what_appeared_after_the_deploy_and_keeps_its_issue() {
+    use crate::forge::{Ci, envs, no_token};
+    use crate::forge_server::Flavor;
+    let s = ScanFleet::new();
+    let mut p = crate::run::Pipeline::with(&[("alpha", "canary", &["alpha-1"])]);
+    let c0 = p.head();
+    // web ships the clean image from now on; deployed to canary.
+    p.d.fleet.edit(
+        "pipelines/apps/web/app.yaml",
+        "files:\n",
+        &format!("images:\n  sidecar: {}\nfiles:\n", s.clean),
+    );
+    let c1 = p.push("web: a sidecar image");
+    p.fleet_run(&["deploy", "--stage", "canary", "--rev", "HEAD"])
+        .code(0);
+    // A later commit, not deployed, brings the vulnerable image: what runs
+    // is scanned, not what is on main.
+    p.d.fleet.edit(
+        "pipelines/apps/web/app.yaml",
+        &format!("sidecar: {}", s.clean),
+        &format!("sidecar: {}", s.vuln),
+    );
+    p.push("web: the vulnerable sidecar (not deployed)");
+    let wrapper = s.wrapper("");
+    let cache = s.trivy_cache();
+    let trivy = [
+        ("FLEETGATE_TRIVY", wrapper.to_str().unwrap()),
+        ("FLEETGATE_TRIVY_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let scan = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["scan", "--deployed"];
+        args.extend(extra);
+        let mut all = trivy.to_vec();
+        all.extend_from_slice(env);
+        p.fleet_run_env(&args, &all)
+    };
+    let clean = scan(&["--format", "json"], &[]);
+    clean.code(0);
+    let images = clean.json()["images"].as_array().unwrap().clone();
+    assert_eq!(images.len(), 1, "{}", clean.stdout);
+    assert_eq!(images[0]["image"], s.clean.as_str());
+    let short = &c1[..12];
+    assert_eq!(
+        images[0]["used_by"][0],
+        format!("canary: alpha/web @{short}").as_str()
+    );
+
+    // trivy's DB learns of a CVE in the deployed image.
+    s.build_db_with_bash(&["CVE-2099-0005"]);
+    let blocked = scan(&[], &[]);
+    blocked.code(1);
+    assert!(
+        blocked.stdout.contains("CVE-2099-0005 bash"),
+        "{}",
+        blocked.stdout
+    );
+    // --stage: only that stage's records; an unknown stage is invalid.
+    scan(&["--stage", "canary"], &[]).code(1);
+    scan(&["--stage", "nope"], &[]).code(2);
+
+    // --verify asks the host. The record is moved back to c0 (web had no
+    // image then): the records alone pass, the host says what runs.
+    p.d.fleet.git(&[
+        "push",
+        "-q",
+        "-f",
+        "origin",
+        &format!("{c0}:refs/fleetgate/deployed/canary/alpha"),
+    ]);
+    scan(&[], &[]).code(0);
+    let verified = scan(&["--verify"], &[]);
+    verified.code(1);
+    assert!(
+        verified.stderr.contains(&format!(
+            "alpha-1: alpha/web runs {short}, the record of canary/alpha says {}",
+            &c0[..12]
+        )),
+        "{}",
+        verified.stderr
+    );
+    assert!(
+        verified
+            .stdout
+            .contains(&format!("alpha-1: alpha/web @{short}")),
+        "{}",
+        verified.stdout
+    );
+    p.d.fleet.git(&[
+        "push",
+        "-q",
+        "-f",
+        "origin",
+        &format!("{c1}:refs/fleetgate/deployed/canary/alpha"),
+    ]);
+
+    // Outside CI, --issues is an error before any work.
+    let outside = scan(&["--issues"], &[]);
+    outside.code(2);
+    assert!(
+        outside.stderr.contains("scan --issues needs a forge"),
+        "{}",
+        outside.stderr
+    );
+
+    let ci = Ci::start(Flavor::Forgejo);
+    let env = ci.env(
+        "schedule",
+        serde_json::json!({"schedule": "17 5 * * 1"}),
+        "dev",
+    );
+    let issues = |code: i32| {
+        let run = scan(&["--issues"], &envs(&env));
+        no_token(run.code(code));
+        run
+    };
+    let first = issues(1);
+    let open: Vec<_> = ci.server.issues().into_iter().filter(|i| i.open).collect();
+    assert_eq!(open.len(), 1, "{:?}", ci.server.issues());
+    let repo = s
+        .clean
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0;
+    assert!(
+        open[0]
+            .body
+            .starts_with(&format!("<!-- fleetgate:scan:{repo} -->")),
+        "{}",
+        open[0].body
+    );
+    assert!(open[0].body.contains("CVE-2099-0005"), "{}", open[0].body);
+    assert!(
+        open[0]
+            .body
+            .contains(&format!("runs on canary: alpha/web @{short}")),
+        "{}",
+        open[0].body
+    );
+    assert!(open[0].title.contains("1 finding(s)"), "{}", open[0].title);
+    assert!(
+        first
+            .stderr
+            .contains(&format!("opened #{}", open[0].number)),
+        "{}",
+        first.stderr
+    );
+    // The same finding next week: the same issue, untouched.
+    let again = issues(1);
+    assert!(again.stderr.contains("is up to date"), "{}", again.stderr);
+    assert_eq!(ci.server.issues().len(), 1);
+    // A second finding: the issue is edited.
+    s.build_db_with_bash(&["CVE-2099-0005", "CVE-2099-0006"]);
+    issues(1);
+    let issue = &ci.server.issues()[0];
+    assert!(
+        issue.open && issue.title.contains("2 finding(s)"),
+        "{issue:?}"
+    );
+    assert!(issue.body.contains("CVE-2099-0006"), "{}", issue.body);
+    // Both accepted in trivyignore.yaml (HEAD's): gone, the issue closed
+    // with a comment; nothing opened.
+    p.d.fleet.write(
+        "pipelines/trivyignore.yaml",
+        "ignore:\n  - id: CVE-2099-0005\n    expires: 2099-12-31\n    reason: fixture\n  - id: CVE-2099-0006\n    expires: 2099-12-31\n    reason: fixture\n",
+    );
+    p.push("accept the bash findings");
+    let gone = issues(0);
+    assert!(
+        gone.stderr.contains(&format!("closed #{}", issue.number)),
+        "{}",
+        gone.stderr
+    );
+    let issue = &ci.server.issues()[0];
+    assert!(!issue.open, "{issue:?}");
+    let comments = ci.server.comments(issue.number);
+    assert!(
+        comments[0].body.contains("finds nothing blocking"),
+        "{comments:?}"
+    );
+    assert_eq!(ci.server.issues().len(), 1);
+    ci.assert_valid();
+
+    // A host that cannot be asked may run anything: --verify is exit 3.
+    p.d.hosts.stop("alpha-1");
+    let lost = p.fleet_run_env(&["scan", "--deployed", "--verify"], &trivy);
+    lost.code(3);
+    assert!(
+        lost.stderr
+            .contains("could not ask every host what it runs"),
+        "{}",
+        lost.stderr
+    );
 }

@@ -412,6 +412,11 @@ impl Runner {
         assert_eq!(self.server.rejected(), Vec::<String>::new());
     }
 
+    /// The jobs' HOME: trivy's cache (`.cache/trivy`) is under it.
+    pub fn home(&self) -> PathBuf {
+        self.tmp.path().join("home")
+    }
+
     /// The page of run `n` (what statuses and comments link to).
     pub fn run_url(&self, n: u32) -> String {
         format!("{}/{OWNER}/{REPO}/actions/runs/{n}", self.server.url())
@@ -839,6 +844,108 @@ fn a_pull_request_gets_one_plan_comment_edited_on_its_next_push() {
     ci.assert_forge_saw_the_token();
 }
 
+/// The weekly checks: a deployed image with a blocking finding and a
+/// hand-edited host each get an issue; the next run after both are dealt
+/// with closes them. The job is green both times (the issues say it).
+#[test]
+fn the_scheduled_checks_open_issues_then_close_them_when_fixed() {
+    let s = crate::scan::ScanFleet::new();
+    let p = Pipeline::with(&[("alpha", "canary", &["alpha-1"])]);
+    // web runs the vulnerable image on canary (it passed an older DB).
+    p.d.fleet.edit(
+        "pipelines/apps/web/app.yaml",
+        "files:\n",
+        &format!("images:\n  sidecar: {}\nfiles:\n", s.vuln),
+    );
+    let c1 = p.push("web: a sidecar image");
+    p.fleet_run(&["deploy", "--stage", "canary", "--rev", "HEAD"])
+        .code(0);
+    let ci = Runner::new(&p);
+    // trivy's DB where the job's trivy looks, current (no download: the
+    // job is offline).
+    s.build_db_in(&ci.home().join(".cache/trivy"));
+    let head = p.head();
+    let root = p.d.hosts.host("alpha-1").deploy_root.clone();
+    std::fs::write(root.join("alpha/web/current/health"), "ok\nhand-edited\n").unwrap();
+    let schedule = json!({ "schedule": "17 5 * * 1" });
+    let run = ci.act(
+        "scheduled.yaml",
+        "schedule",
+        schedule.clone(),
+        "dev",
+        Checkout::Main(&head),
+    );
+    run.code(0);
+    assert!(
+        run.stdout.contains("Success - Main Scan what runs"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Success - Main Drift"),
+        "{}",
+        run.stdout
+    );
+    let issues = ci.server.issues();
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    let repo = s
+        .vuln
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0;
+    let scan = issues
+        .iter()
+        .find(|i| {
+            i.body
+                .starts_with(&format!("<!-- fleetgate:scan:{repo} -->"))
+        })
+        .unwrap_or_else(|| panic!("{issues:?}"));
+    assert!(scan.body.contains("CVE-2099-0001"), "{}", scan.body);
+    let drift = issues
+        .iter()
+        .find(|i| i.body.starts_with("<!-- fleetgate:drift -->"))
+        .unwrap_or_else(|| panic!("{issues:?}"));
+    assert!(
+        drift.body.contains(&format!(
+            "fleetgate deploy --stage canary --rev {c1} --clients alpha"
+        )),
+        "{}",
+        drift.body
+    );
+
+    // Both dealt with: the finding accepted, the host converged.
+    p.d.fleet.write(
+        "pipelines/trivyignore.yaml",
+        "ignore:\n  - id: CVE-2099-0001\n    expires: 2099-12-31\n    reason: fixture\n  - id: CVE-2099-0002\n    expires: 2099-12-31\n    reason: fixture\n",
+    );
+    let head = p.push("accept the fixture CVEs");
+    p.fleet_run(&[
+        "deploy",
+        "--stage",
+        "canary",
+        "--rev",
+        &c1,
+        "--clients",
+        "alpha",
+    ])
+    .code(0);
+    let again = ci.act(
+        "scheduled.yaml",
+        "schedule",
+        schedule,
+        "dev",
+        Checkout::Main(&head),
+    );
+    again.code(0);
+    let issues = ci.server.issues();
+    assert_eq!(issues.len(), 2, "no new issue: {issues:?}");
+    assert!(issues.iter().all(|i| !i.open), "{issues:?}");
+    ci.assert_forge_saw_the_token();
+}
+
 // The workflow files, read as data: what act does not check and Forgejo
 // needs, and what keeps the act tests above meaningful.
 
@@ -866,7 +973,9 @@ fn workflows() -> Vec<(String, Value)> {
 fn tested() -> Vec<(String, Value)> {
     workflows()
         .into_iter()
-        .filter(|(n, _)| ["deploy.yaml", "plan.yaml", "promote.yaml"].contains(&n.as_str()))
+        .filter(|(n, _)| {
+            ["deploy.yaml", "plan.yaml", "promote.yaml", "scheduled.yaml"].contains(&n.as_str())
+        })
         .collect()
 }
 
@@ -1023,10 +1132,21 @@ fn the_events_and_activity_types_are_the_ones_tested() {
     assert_eq!(promote["on"]["issue_comment"]["types"], json!(["created"]));
     let deploy = workflow("deploy.yaml");
     assert_eq!(deploy["on"]["push"]["branches"], json!(["main"]));
+    let scheduled = workflow("scheduled.yaml");
+    assert_eq!(
+        scheduled["on"]["schedule"],
+        json!([{ "cron": "17 5 * * 1" }])
+    );
     for (name, wf) in tested() {
+        // scheduled.yaml's Run button (workflow_dispatch, no inputs) runs
+        // the job the `schedule` test runs.
         assert_eq!(
             wf["on"].as_object().unwrap().len(),
-            if name == "promote.yaml" { 2 } else { 1 },
+            if ["promote.yaml", "scheduled.yaml"].contains(&name.as_str()) {
+                2
+            } else {
+                1
+            },
             "{name}: an event the act tests do not run"
         );
     }
@@ -1046,6 +1166,12 @@ fn jobs_ask_for_the_permissions_they_use() {
     for (name, wf) in tested() {
         for (job, spec) in jobs(&wf) {
             let perms = &spec["permissions"];
+            if name == "scheduled.yaml" {
+                // It reads the repository and keeps issues; nothing else.
+                let expected = json!({ "contents": "read", "issues": "write" });
+                assert_eq!(perms, &expected, "{name} {job}");
+                continue;
+            }
             for scope in ["pull-requests", "issues", "statuses"] {
                 assert_eq!(perms[scope], "write", "{name} {job}: {scope}");
             }
@@ -1176,4 +1302,30 @@ fn every_pipeline_run_takes_waiting_as_a_passed_step() {
         }
     }
     assert_eq!(seen, 2, "deploy.yaml's and promote.yaml's");
+}
+
+/// A scheduled check that finds a problem reports it in its issue: exit 1
+/// is a passed step; 2 and 3 (fleetgate could not do its job) fail it.
+#[test]
+fn every_scheduled_check_passes_when_its_issue_says_it() {
+    let wf = workflow("scheduled.yaml");
+    let mut seen = 0;
+    for (job, spec) in jobs(&wf) {
+        for step in steps(spec) {
+            let Some(run) = step["run"].as_str() else {
+                continue;
+            };
+            if !run.contains("--issues") {
+                continue;
+            }
+            seen += 1;
+            assert!(
+                run.contains("--issues || rc=$?")
+                    && run.contains("if [ \"$rc\" -eq 1 ]; then")
+                    && run.trim_end().ends_with("exit \"$rc\""),
+                "scheduled.yaml {job}: {run}"
+            );
+        }
+    }
+    assert_eq!(seen, 2, "the scan and the drift check");
 }
