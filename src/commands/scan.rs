@@ -215,6 +215,28 @@ fn deployed(repo: &Repo, args: &ScanArgs) -> Result<ExitCode> {
     }
     let report = scan::gate_targets(&targets, &now.pipeline.scan, &now.ignores, &settings)?;
     printer::data(&report::scan(&report, args.format));
+    if !report.passed && args.issues {
+        // The scheduled check's webhooks (`notify:`).
+        let blocked: Vec<&str> = report
+            .images
+            .iter()
+            .filter(|i| !i.verdict.blocking.is_empty())
+            .map(|i| i.verdict.image.as_str())
+            .collect();
+        let clients: BTreeSet<String> = running.iter().map(|r| r.client.clone()).collect();
+        crate::notify::send(
+            &now.pipeline.notify,
+            &crate::core::events::Event::check_failed(
+                "scan",
+                &format!(
+                    "{} blocking finding(s) in what runs: {}",
+                    report.blocking(),
+                    blocked.join(", ")
+                ),
+                &clients.into_iter().collect::<Vec<_>>(),
+            ),
+        );
+    }
     if let Some((forge, run_url)) = forge {
         let gone = format!(
             "The scheduled `fleetgate scan --deployed` finds nothing blocking in this image any more{}.",

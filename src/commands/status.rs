@@ -159,6 +159,29 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
         .iter()
         .any(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
         || orphans.as_ref().is_some_and(|o| !o.is_empty());
+    if drifted && args.issues {
+        // The scheduled check's webhooks (`notify:`): what drifted, where.
+        let clients: BTreeSet<String> = rows
+            .iter()
+            .filter(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
+            .map(|r| r.client.clone())
+            .collect();
+        let apps = rows
+            .iter()
+            .filter(|r| r.drift.as_ref().is_some_and(|d| !d.is_empty()))
+            .count();
+        let orphaned = orphans.as_ref().map_or(0, Vec::len);
+        crate::notify::send(
+            &fleet.pipeline.notify,
+            &crate::core::events::Event::check_failed(
+                "drift",
+                &format!(
+                    "{apps} app(s) on their hosts differ from what the repo renders; {orphaned} orphan(s)"
+                ),
+                &clients.into_iter().collect::<Vec<_>>(),
+            ),
+        );
+    }
     if let Some((forge, run_url)) = forge {
         let mut desired = BTreeMap::new();
         if drifted {

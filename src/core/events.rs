@@ -316,7 +316,6 @@ impl Event {
     /// A scheduled check that found something: `check` names it (`scan`,
     /// `drift`), `summary` says what, `clients` are those concerned. For
     /// the scheduled checks' commands (`notify::send`).
-    #[allow(dead_code)]
     pub fn check_failed(check: &str, summary: &str, clients: &[String]) -> Event {
         Event {
             kind: EventKind::CheckFailed,

@@ -77,6 +77,17 @@ fn drift_keeps_one_issue_with_the_command_that_converges() {
     use crate::forge::{Ci, envs, no_token};
     use crate::forge_server::Flavor;
     let d = DeployFleet::new(&[("alpha", "canary", &["alpha-1"])], "");
+    // The scheduled check's webhook hears the drift too.
+    let hook = crate::notify::Receiver::new(&[], 200);
+    d.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "on_failure:",
+        &format!(
+            "notify:\n  - url: {}\n    events: [check_failed]\non_failure:",
+            hook.url("/drift")
+        ),
+    );
+    d.fleet.commit("drift alerts to a webhook");
     let rev = d.fleet.git(&["rev-parse", "HEAD"]);
     d.deploy("canary").code(0);
     let ci = Ci::start(Flavor::Github);
@@ -105,6 +116,18 @@ fn drift_keeps_one_issue_with_the_command_that_converges() {
     let converge = format!("fleetgate deploy --stage canary --rev {rev} --clients alpha");
     assert!(body.contains(&converge), "{body}");
     assert_eq!(open[0].title, "fleetgate: drift on 1 host(s)");
+    let events = hook.json_events("/drift");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "check_failed");
+    assert_eq!(events[0]["clients"], json!(["alpha"]));
+    assert!(
+        events[0]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("drift: 1 app(s) on their hosts differ"),
+        "{}",
+        events[0]
+    );
 
     // An orphan too: the same issue, edited.
     std::fs::create_dir_all(root.join("ghost")).unwrap();

@@ -109,6 +109,7 @@ const SECRETS: &[&str] = &[
     "SOPS_AGE_KEY",
     "FLEETGATE_SSH_KEY",
     "FLEETGATE_BOT_TOKEN",
+    "FLEETGATE_CHAT_WEBHOOK",
 ];
 const VARS: &[&str] = &[
     "FLEETGATE_VERSION",
@@ -187,6 +188,9 @@ pub enum Checkout<'a> {
 /// operator sets.
 pub struct Runner {
     pub server: ForgeServer,
+    /// The chat webhook (`secrets.FLEETGATE_CHAT_WEBHOOK`) a fleet's
+    /// `notify:` may name with `url_env`.
+    pub chat: crate::notify::Receiver,
     tmp: tempfile::TempDir,
     remote: PathBuf,
     runs: Cell<u32>,
@@ -214,16 +218,20 @@ impl Runner {
             .find(|l| l.starts_with("AGE-SECRET-KEY-"))
             .unwrap();
         let ssh = std::fs::read_to_string(&p.d.hosts.client_key).unwrap();
+        let chat = crate::notify::Receiver::new(&[], 200);
+        crate::leakscan::secret("the chat webhook's path", "/chat/T0FLEET/s3cr3t");
         let secrets = json!({
             "GITHUB_TOKEN": TOKEN,
             "SOPS_AGE_KEY": age,
             "FLEETGATE_SSH_KEY": ssh.trim_end(),
+            "FLEETGATE_CHAT_WEBHOOK": chat.url("/chat/T0FLEET/s3cr3t"),
         });
         let file = tmp.path().join("secrets.yaml");
         std::fs::write(&file, secrets.to_string()).unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         Runner {
+            chat,
             server: ForgeServer::start(Flavor::Forgejo, OWNER, REPO, TOKEN, BOT),
             tmp,
             remote,
@@ -541,6 +549,12 @@ const API_TOKEN: &str = "Tok-act-1c9e5f7a3b2d";
 #[test]
 fn a_merge_deploys_canary_and_waits_then_an_approvers_comment_promotes_it() {
     let p = Pipeline::new();
+    // The chat hears the stages (the webhook URL is a CI secret).
+    p.d.fleet.edit(
+        "pipelines/pipeline.yaml",
+        "on_failure:",
+        "notify:\n  - url_env: FLEETGATE_CHAT_WEBHOOK\n    format: slack\non_failure:",
+    );
     let ci = Runner::new(&p);
     let c0 = p.head();
     // A change that needs the age key: web gets a secret, and version 2.
@@ -561,6 +575,20 @@ fn a_merge_deploys_canary_and_waits_then_an_approvers_comment_promotes_it() {
     assert!(run.stdout.contains("[deploy/deploy]"), "{}", run.stdout);
     assert!(p.serving("alpha-1").contains("version=2"));
     assert!(p.serving("beta-1").contains("version=1"));
+    let chat = ci.chat.slack_texts("/chat/T0FLEET/s3cr3t");
+    assert_eq!(chat.len(), 2, "canary passed, production waits: {chat:?}");
+    assert!(
+        chat[0].contains("canary") && chat[0].contains("passed"),
+        "{chat:?}"
+    );
+    assert!(
+        chat[1].contains("production") && chat[1].contains("approv"),
+        "{chat:?}"
+    );
+    assert!(
+        !run.stdout.contains("s3cr3t"),
+        "the webhook URL is never printed"
+    );
     assert_eq!(
         statuses(&ci, &c1),
         pairs(&[
