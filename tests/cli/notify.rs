@@ -382,16 +382,17 @@ fn run_tells_canary_passed_then_production_waiting_with_the_run_page() {
 #[test]
 fn check_refuses_a_bad_webhook_naming_field_and_line_and_never_quotes_its_url() {
     let fleet = crate::common::Fleet::example();
+    // The example's chat webhook is notify[0]; two more after it.
     fleet.edit(
         "pipelines/pipeline.yaml",
-        "on_failure:",
-        "notify:\n  - url_env: SLACK_HOOK\n    format: slack\n  - url: \"ftp://hooks.example/services/s3cr3t\"\n  - url_env: HOOK\n    events: [stage_passed, deployed]\non_failure:",
+        "    format: slack\n",
+        "    format: slack\n  - url: \"ftp://hooks.example/services/s3cr3t\"\n  - url_env: HOOK\n    events: [stage_passed, deployed]\n",
     );
     let run = fleet.run(&["check"]);
     run.code(2);
     for want in [
-        "pipelines/pipeline.yaml:19: notify[1].url: is not an http:// or https:// URL with a host",
-        "pipelines/pipeline.yaml:21: notify[2].events[1]: `deployed` is not an event",
+        "pipelines/pipeline.yaml:28: notify[1].url: is not an http:// or https:// URL with a host",
+        "pipelines/pipeline.yaml:30: notify[2].events[1]: `deployed` is not an event",
     ] {
         assert!(run.stderr.contains(want), "{want}\n{}", run.stderr);
     }
