@@ -147,7 +147,10 @@ pub fn plan(
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
     prepared_h.fleet.log_warnings();
-    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
+    // Head validated without a problem: base parses only the clients whose
+    // files differ.
+    let (prepared_b, problems) =
+        desired::prepare_reusing(&files_b, keyring, &cache, Some(&prepared_h));
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
     }
