@@ -18,8 +18,11 @@
 # that its plans are byte for byte the same JSON (plan_hash included), and
 # reports the ratios.
 #
-# Env: CLIENTS (10000), RUNS_A (10), RUNS_B (3), BASELINE (none), KEEP=1
-# keeps the temp dir.
+# FLEETGATE=path/to/fleetgate measures that binary instead of building the
+# release one (e.g. a debug build, when there is no time for a release build).
+#
+# Env: CLIENTS (10000), RUNS_A (10), RUNS_B (3), BASELINE (none), FLEETGATE
+# (the release build), KEEP=1 keeps the temp dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,9 +55,15 @@ have_hyperfine=0
 command -v hyperfine >/dev/null && have_hyperfine=1
 
 # --- build -------------------------------------------------------------------
-echo "building fleetgate (release)..." >&2
-(cd "$root" && cargo build --release --quiet)
-[[ -x $root/target/release/fleetgate ]] || die "no binary at $root/target/release/fleetgate"
+if [[ -n ${FLEETGATE:-} ]]; then
+    [[ -x $FLEETGATE ]] || die "FLEETGATE=$FLEETGATE is not an executable"
+    built=$FLEETGATE
+else
+    echo "building fleetgate (release)..." >&2
+    (cd "$root" && cargo build --release --quiet)
+    built=$root/target/release/fleetgate
+fi
+[[ -x $built ]] || die "no binary at $built"
 src_rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
 
 # --- fleet repository --------------------------------------------------------
@@ -68,7 +77,7 @@ repo=$work/fleet
 mkdir -p "$repo"
 # A private copy: a rebuild in the project while the bench runs cannot swap it.
 bin=$work/fleetgate
-cp "$root/target/release/fleetgate" "$bin"
+cp "$built" "$bin"
 old=
 if [[ -n ${BASELINE:-} ]]; then
     [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"

@@ -395,15 +395,72 @@ impl<'a> ChangedInputs<'a> {
 
 /// sha256 of the canonical JSON of everything but `plan_hash` and `base`: the
 /// same change planned from another base (a re-run) keeps its approvals.
+///
+/// Streamed into the hash, without a copy of the plan: the bytes are those
+/// the hash has always been taken of, the plan as a `serde_json::Value`
+/// with those three keys removed — and that removal (`Map::remove` under
+/// `preserve_order` swaps the last key into the hole) leaves the other keys
+/// in the orders of [`Hashed`] and [`HashedWithInventory`].
 pub fn plan_hash(plan: &Plan) -> String {
-    let mut value = serde_json::to_value(plan).expect("a plan serialises");
-    if let Some(obj) = value.as_object_mut() {
-        obj.remove("plan_hash");
-        obj.remove("base");
-        obj.remove("inventory");
+    let mut hasher = HashWriter(Sha256::new());
+    let written = if plan.inventory.is_empty() {
+        serde_json::to_writer(
+            &mut hasher,
+            &Hashed {
+                schema: plan.schema,
+                clients: &plan.clients,
+                head: &plan.head,
+                unaffected: plan.unaffected,
+                secrets_compared: plan.secrets_compared,
+            },
+        )
+    } else {
+        serde_json::to_writer(
+            &mut hasher,
+            &HashedWithInventory {
+                schema: plan.schema,
+                unaffected: plan.unaffected,
+                head: &plan.head,
+                clients: &plan.clients,
+                secrets_compared: plan.secrets_compared,
+            },
+        )
+    };
+    written.expect("a plan serialises");
+    hex::encode(hasher.0.finalize())
+}
+
+/// The hashed fields of a plan without inventory, in the hashed order.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    schema: u32,
+    clients: &'a [ClientPlan],
+    head: &'a str,
+    unaffected: usize,
+    secrets_compared: bool,
+}
+
+/// The hashed fields of a plan with an inventory, in the hashed order.
+#[derive(Serialize)]
+struct HashedWithInventory<'a> {
+    schema: u32,
+    unaffected: usize,
+    head: &'a str,
+    clients: &'a [ClientPlan],
+    secrets_compared: bool,
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
     }
-    let bytes = serde_json::to_vec(&value).expect("a plan serialises");
-    hex::encode(Sha256::digest(&bytes))
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn compare_client(
@@ -637,6 +694,71 @@ mod tests {
         check(&["secrets/shared.sops.yaml"], true, &[]);
         check(&["src/main.rs", "pipelines/pipeline.yaml"], false, &[]);
         check(&["clients/nested/x.yaml"], false, &[]);
+    }
+
+    /// The hash as it was first defined: the plan as a JSON value, three
+    /// keys removed.
+    fn plan_hash_of_value(plan: &Plan) -> String {
+        let mut value = serde_json::to_value(plan).expect("a plan serialises");
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("plan_hash");
+            obj.remove("base");
+            obj.remove("inventory");
+        }
+        let bytes = serde_json::to_vec(&value).expect("a plan serialises");
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    #[test]
+    fn plan_hash_is_the_hash_of_the_plan_as_a_value_without_three_keys() {
+        let mut plan = Plan {
+            schema: SCHEMA,
+            base: "b".repeat(40),
+            head: "h".repeat(40),
+            plan_hash: "x".into(),
+            secrets_compared: true,
+            clients: vec![ClientPlan {
+                name: "alpha".into(),
+                stage: "canary".into(),
+                hosts: vec!["alpha-1".into()],
+                hosts_added: Vec::new(),
+                hosts_removed: vec!["alpha-0".into()],
+                hosts_changed: Vec::new(),
+                reasons: vec!["clients/alpha.yaml".into()],
+                apps: vec![AppPlan {
+                    name: "web".into(),
+                    action: Action::Update,
+                    files: vec![FileDiff {
+                        path: "a.env".into(),
+                        hosts: vec!["alpha-1".into()],
+                        diff: unified_diff("a.env", Some("A=1\n"), Some("A=\"2\" ü\n")),
+                    }],
+                    images: vec![ImageChange {
+                        name: "web".into(),
+                        from: None,
+                        to: Some("web:2".into()),
+                    }],
+                    secrets_changed: vec!["pw".into()],
+                }],
+            }],
+            unaffected: 7,
+            inventory: Vec::new(),
+        };
+        assert_eq!(plan_hash(&plan), plan_hash_of_value(&plan));
+        plan.secrets_compared = false;
+        plan.clients.clear();
+        assert_eq!(plan_hash(&plan), plan_hash_of_value(&plan));
+        plan.inventory.push(ResolvedHosts::new(
+            "beta",
+            "env=prod",
+            Ok(vec!["s1".into()]),
+            None,
+        ));
+        let with_inventory = plan_hash(&plan);
+        assert_eq!(with_inventory, plan_hash_of_value(&plan));
+        // The inventory itself is not hashed.
+        plan.inventory[0].hosts = None;
+        assert_eq!(plan_hash(&plan), with_inventory);
     }
 
     #[test]
