@@ -3,8 +3,9 @@
 
     genfleet.py DIR CLIENTS
 
-Layout: pipelines/pipeline.yaml, two apps (web, api) with two templates each,
-and clients/cNNNNN.yaml, one per client. The first client is in group
+Layout: pipelines/pipeline.yaml, pipelines/known_hosts (every host's key
+pinned by its name, as `check` requires), two apps (web, api) with two
+templates each, and clients/cNNNNN.yaml, one per client. The first client is in group
 `canary`, the rest in `production`. No secrets.
 """
 
@@ -67,6 +68,10 @@ vars:
 """
 
 
+# Any well-formed key: the plan never connects.
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIulpxsP7LMTnHHQLwYU2WEkTUY79ISya74au5cyCV8m"
+
+
 def write(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -84,6 +89,10 @@ def main() -> None:
         write(os.path.join(d, "app.yaml"), APP.format(image=image))
         write(os.path.join(d, "compose.yaml.j2"), COMPOSE % {"app": app})
         write(os.path.join(d, "app.env.j2"), ENV % {"app": app})
+    write(
+        os.path.join(root, "pipelines", "known_hosts"),
+        "".join(f"c{i:05d}-1 {HOST_KEY}\n" for i in range(n)),
+    )
     clients = os.path.join(root, "clients")
     os.makedirs(clients, exist_ok=True)
     for i in range(n):

@@ -13,7 +13,16 @@
 # exactly one client and (b) all of them. Targets are reported, not enforced:
 # (a) within 3x of git diff, (b) under 2 s.
 #
-# Env: CLIENTS (10000), RUNS_A (10), RUNS_B (3), KEEP=1 keeps the temp dir.
+# BASELINE=path/to/fleetgate (e.g. a release build of the previous commit)
+# measures that binary too, in the same run on the same repository, checks
+# that its plans are byte for byte the same JSON (plan_hash included), and
+# reports the ratios.
+#
+# FLEETGATE=path/to/fleetgate measures that binary instead of building the
+# release one (e.g. a debug build, when there is no time for a release build).
+#
+# Env: CLIENTS (10000), RUNS_A (10), RUNS_B (3), BASELINE (none), FLEETGATE
+# (the release build), KEEP=1 keeps the temp dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,9 +55,15 @@ have_hyperfine=0
 command -v hyperfine >/dev/null && have_hyperfine=1
 
 # --- build -------------------------------------------------------------------
-echo "building fleetgate (release)..." >&2
-(cd "$root" && cargo build --release --quiet)
-[[ -x $root/target/release/fleetgate ]] || die "no binary at $root/target/release/fleetgate"
+if [[ -n ${FLEETGATE:-} ]]; then
+    [[ -x $FLEETGATE ]] || die "FLEETGATE=$FLEETGATE is not an executable"
+    built=$FLEETGATE
+else
+    echo "building fleetgate (release)..." >&2
+    (cd "$root" && cargo build --release --quiet)
+    built=$root/target/release/fleetgate
+fi
+[[ -x $built ]] || die "no binary at $built"
 src_rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
 
 # --- fleet repository --------------------------------------------------------
@@ -62,7 +77,13 @@ repo=$work/fleet
 mkdir -p "$repo"
 # A private copy: a rebuild in the project while the bench runs cannot swap it.
 bin=$work/fleetgate
-cp "$root/target/release/fleetgate" "$bin"
+cp "$built" "$bin"
+old=
+if [[ -n ${BASELINE:-} ]]; then
+    [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
+    old=$work/fleetgate-baseline
+    cp "$BASELINE" "$old"
+fi
 
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.org
@@ -97,11 +118,12 @@ gen_total=$(secs "$t0" "$t3")
 fg_env=(env -u SOPS_AGE_KEY SOPS_AGE_KEY_FILE= FLEETGATE_LOG=warn)
 cd "$repo"
 
-# One run of plan with /usr/bin/time: JSON to $work/$1.json, "wall KiB" on stdout.
+# One run of plan with /usr/bin/time: JSON to $work/$1.json, "wall KiB" on
+# stdout. PLAN_BIN: the binary (default: the one built).
 plan_once() {
     local tag=$1 base=$2 head=$3
     if ! "${fg_env[@]}" /usr/bin/time -f "%e %M" -o "$work/$tag.time" \
-        "$bin" plan --base "$base" --head "$head" --format json >"$work/$tag.json" 2>"$work/$tag.err"; then
+        "${PLAN_BIN:-$bin}" plan --base "$base" --head "$head" --format json >"$work/$tag.json" 2>"$work/$tag.err"; then
         cat "$work/$tag.err" >&2
         die "fleetgate plan ($tag) failed"
     fi
@@ -133,6 +155,17 @@ max_rss() {
 }
 rss_a=$(max_rss a "$A" "$B")
 rss_b=$(max_rss b "$B" "$C")
+old_rss_a=0 old_rss_b=0
+if [[ -n $old ]]; then
+    for t in a b; do
+        [[ $t == a ]] && range=("$A" "$B") || range=("$B" "$C")
+        PLAN_BIN=$old plan_once "old_$t" "${range[@]}" >/dev/null
+        cmp -s "$work/$t.json" "$work/old_$t.json" ||
+            die "plan ($t) differs from BASELINE's: diff $work/$t.json $work/old_$t.json (KEEP=1 keeps them)"
+    done
+    old_rss_a=$(PLAN_BIN=$old max_rss old_a "$A" "$B")
+    old_rss_b=$(PLAN_BIN=$old max_rss old_b "$B" "$C")
+fi
 
 # --- timing --------------------------------------------------------------------
 # Prints "mean stddev median min max" in seconds.
@@ -180,14 +213,21 @@ git_a=$(bench git_a "$RUNS_A" git diff --name-only "$A" "$B")
 plan_a=$(bench plan_a "$RUNS_A" "$bin" plan --base "$A" --head "$B" --format json)
 git_b=$(bench git_b "$RUNS_A" git diff --name-only "$B" "$C")
 plan_b=$(bench plan_b "$RUNS_B" "$bin" plan --base "$B" --head "$C" --format json)
+old_a=- old_b=-
+if [[ -n $old ]]; then
+    old_a=$(bench old_a "$RUNS_A" "$old" plan --base "$A" --head "$B" --format json)
+    old_b=$(bench old_b "$RUNS_B" "$old" plan --base "$B" --head "$C" --format json)
+fi
 
 # --- report ----------------------------------------------------------------------
 python3 - "$CLIENTS" "$(nproc)" "$src_rev" "$have_hyperfine" "$RUNS_A" "$RUNS_B" \
     "$gen_write" "$gen_commit" "$gen_total" \
-    "$git_a" "$plan_a" "$git_b" "$plan_b" "$rss_a" "$rss_b" "$na" "$nb" <<'EOF'
+    "$git_a" "$plan_a" "$git_b" "$plan_b" "$rss_a" "$rss_b" "$na" "$nb" \
+    "$old_a" "$old_b" "$old_rss_a" "$old_rss_b" <<'EOF'
 import sys
 (clients, nproc, src_rev, hf, runs_a, runs_b, gw, gc, gt,
- git_a, plan_a, git_b, plan_b, rss_a, rss_b, na, nb) = sys.argv[1:]
+ git_a, plan_a, git_b, plan_b, rss_a, rss_b, na, nb,
+ old_a, old_b, old_rss_a, old_rss_b) = sys.argv[1:]
 parse = lambda s: dict(zip(("mean", "sd", "median", "min", "max"), map(float, s.split())))
 git_a, plan_a, git_b, plan_b = map(parse, (git_a, plan_a, git_b, plan_b))
 ms = lambda r: f'{r["mean"]*1e3:9.1f} ms ± {r["sd"]*1e3:6.1f}  (median {r["median"]*1e3:.1f}, min {r["min"]*1e3:.1f}, max {r["max"]*1e3:.1f})'
@@ -206,4 +246,12 @@ print(f"ratio (b) / git diff (b): {ratio_b:6.1f}x")
 print(f"(b) absolute:             {plan_b['mean']:.3f} s   target < 2 s: {ok(plan_b['mean'] < 2)}")
 print(f"peak RSS (a): {int(rss_a)/1024:8.1f} MiB")
 print(f"peak RSS (b): {int(rss_b)/1024:8.1f} MiB")
+if old_a != "-":
+    old_a, old_b = parse(old_a), parse(old_b)
+    print("BASELINE (same repository, same run; plans byte for byte the same):")
+    print(f"baseline plan (a) {ms(old_a)}   {old_a['mean'] / git_a['mean']:.2f}x git diff")
+    print(f"baseline plan (b) {ms(old_b)}")
+    print(f"baseline peak RSS (a): {int(old_rss_a)/1024:8.1f} MiB   (b): {int(old_rss_b)/1024:8.1f} MiB")
+    print(f"speedup (a): {old_a['mean'] / plan_a['mean']:.2f}x   (b): {old_b['mean'] / plan_b['mean']:.2f}x   "
+          f"peak RSS (b): {int(old_rss_b) / int(rss_b):.2f}x smaller")
 EOF

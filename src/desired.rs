@@ -73,7 +73,19 @@ pub fn prepare<'a>(
     keyring: &'a Keyring,
     cache: &'a DecryptCache,
 ) -> (Prepared<'a>, Vec<Diagnostic>) {
-    let (fleet, mut problems) = config::validate(files);
+    prepare_reusing(files, keyring, cache, None)
+}
+
+/// Like [`prepare`], reusing the clients of `prior` (prepared without any
+/// problem) whose files did not change (see `config::validate_reusing`).
+pub fn prepare_reusing<'a>(
+    files: &'a FleetFiles,
+    keyring: &'a Keyring,
+    cache: &'a DecryptCache,
+    prior: Option<&Prepared>,
+) -> (Prepared<'a>, Vec<Diagnostic>) {
+    let prior = prior.map(|p| config::Clean::new(p.files, &p.fleet));
+    let (fleet, mut problems) = config::validate_reusing(files, prior);
     let (renderer, template_problems) = Renderer::new(&fleet);
     problems.extend(template_problems);
     let shared = match (&fleet.shared_secrets, keyring.can_decrypt()) {

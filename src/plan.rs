@@ -257,7 +257,15 @@ pub fn compare(
             .render(name, SecretView::Masked, render_rev)
             .transpose()
     };
+    let inputs = ChangedInputs::of(changed);
     let results = crate::par::map(&names, |name| {
+        if inputs.same_at_both(name, base, head) {
+            // Both sides render the same: once (at head, for its problems).
+            return match render(head, name) {
+                Ok(_) => Ok(None),
+                Err(p) => Err((false, p)),
+            };
+        }
         match (render(base, name), render(head, name)) {
             (Ok(b), Ok(h)) => Ok(compare_client(
                 name,
@@ -319,17 +327,140 @@ pub fn compare(
     Ok(plan)
 }
 
+/// What a change touches of the inputs clients render from, by path: a
+/// client file or secrets file touches its client, an app directory the
+/// clients of that app, anything else under `pipelines/` or `secrets/` (the
+/// pipeline, shared secrets, known hosts) every client. Git's changed paths
+/// compare blob ids: an untouched input is the same blob at both commits.
+struct ChangedInputs<'a> {
+    clients: BTreeSet<&'a str>,
+    apps: BTreeSet<&'a str>,
+    shared: bool,
+}
+
+impl<'a> ChangedInputs<'a> {
+    fn of(changed: &'a [String]) -> ChangedInputs<'a> {
+        let mut inputs = ChangedInputs {
+            clients: BTreeSet::new(),
+            apps: BTreeSet::new(),
+            shared: false,
+        };
+        for p in changed {
+            let client = p
+                .strip_prefix(CLIENTS_DIR)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.strip_suffix(".yaml"))
+                .or_else(|| {
+                    p.strip_prefix(CLIENT_SECRETS_DIR)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .and_then(|r| r.strip_suffix(".sops.yaml"))
+                })
+                .filter(|n| !n.contains('/'));
+            let app = p
+                .strip_prefix(APPS_DIR)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.split_once('/'))
+                .map(|(app, _)| app);
+            if let Some(c) = client {
+                inputs.clients.insert(c);
+            } else if let Some(a) = app {
+                inputs.apps.insert(a);
+            } else if p.starts_with("pipelines/") || p.starts_with("secrets/") {
+                inputs.shared = true;
+            }
+        }
+        inputs
+    }
+
+    /// Does `name` exist at both sides with every input it renders from
+    /// (its files, its apps' directories, the pipeline, the shared secrets)
+    /// the same? Then it renders the same at both: the same bytes, rendered
+    /// with the same `release.rev`.
+    fn same_at_both(&self, name: &str, base: &Side, head: &Side) -> bool {
+        let (Some(b), Some(h)) = (
+            base.prepared.fleet.clients.get(name),
+            head.prepared.fleet.clients.get(name),
+        ) else {
+            return false;
+        };
+        !self.shared
+            && !self.clients.contains(name)
+            && !b
+                .apps
+                .iter()
+                .chain(&h.apps)
+                .any(|a| self.apps.contains(a.as_str()))
+    }
+}
+
 /// sha256 of the canonical JSON of everything but `plan_hash` and `base`: the
 /// same change planned from another base (a re-run) keeps its approvals.
+///
+/// Streamed into the hash, without a copy of the plan: the bytes are those
+/// the hash has always been taken of, the plan as a `serde_json::Value`
+/// with those three keys removed — and that removal (`Map::remove` under
+/// `preserve_order` swaps the last key into the hole) leaves the other keys
+/// in the orders of [`Hashed`] and [`HashedWithInventory`].
 pub fn plan_hash(plan: &Plan) -> String {
-    let mut value = serde_json::to_value(plan).expect("a plan serialises");
-    if let Some(obj) = value.as_object_mut() {
-        obj.remove("plan_hash");
-        obj.remove("base");
-        obj.remove("inventory");
+    let mut hasher = HashWriter(Sha256::new());
+    let written = if plan.inventory.is_empty() {
+        serde_json::to_writer(
+            &mut hasher,
+            &Hashed {
+                schema: plan.schema,
+                clients: &plan.clients,
+                head: &plan.head,
+                unaffected: plan.unaffected,
+                secrets_compared: plan.secrets_compared,
+            },
+        )
+    } else {
+        serde_json::to_writer(
+            &mut hasher,
+            &HashedWithInventory {
+                schema: plan.schema,
+                unaffected: plan.unaffected,
+                head: &plan.head,
+                clients: &plan.clients,
+                secrets_compared: plan.secrets_compared,
+            },
+        )
+    };
+    written.expect("a plan serialises");
+    hex::encode(hasher.0.finalize())
+}
+
+/// The hashed fields of a plan without inventory, in the hashed order.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    schema: u32,
+    clients: &'a [ClientPlan],
+    head: &'a str,
+    unaffected: usize,
+    secrets_compared: bool,
+}
+
+/// The hashed fields of a plan with an inventory, in the hashed order.
+#[derive(Serialize)]
+struct HashedWithInventory<'a> {
+    schema: u32,
+    unaffected: usize,
+    head: &'a str,
+    clients: &'a [ClientPlan],
+    secrets_compared: bool,
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
     }
-    let bytes = serde_json::to_vec(&value).expect("a plan serialises");
-    hex::encode(Sha256::digest(&bytes))
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn compare_client(
@@ -565,6 +696,71 @@ mod tests {
         check(&["clients/nested/x.yaml"], false, &[]);
     }
 
+    /// The hash as it was first defined: the plan as a JSON value, three
+    /// keys removed.
+    fn plan_hash_of_value(plan: &Plan) -> String {
+        let mut value = serde_json::to_value(plan).expect("a plan serialises");
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("plan_hash");
+            obj.remove("base");
+            obj.remove("inventory");
+        }
+        let bytes = serde_json::to_vec(&value).expect("a plan serialises");
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    #[test]
+    fn plan_hash_is_the_hash_of_the_plan_as_a_value_without_three_keys() {
+        let mut plan = Plan {
+            schema: SCHEMA,
+            base: "b".repeat(40),
+            head: "h".repeat(40),
+            plan_hash: "x".into(),
+            secrets_compared: true,
+            clients: vec![ClientPlan {
+                name: "alpha".into(),
+                stage: "canary".into(),
+                hosts: vec!["alpha-1".into()],
+                hosts_added: Vec::new(),
+                hosts_removed: vec!["alpha-0".into()],
+                hosts_changed: Vec::new(),
+                reasons: vec!["clients/alpha.yaml".into()],
+                apps: vec![AppPlan {
+                    name: "web".into(),
+                    action: Action::Update,
+                    files: vec![FileDiff {
+                        path: "a.env".into(),
+                        hosts: vec!["alpha-1".into()],
+                        diff: unified_diff("a.env", Some("A=1\n"), Some("A=\"2\" ü\n")),
+                    }],
+                    images: vec![ImageChange {
+                        name: "web".into(),
+                        from: None,
+                        to: Some("web:2".into()),
+                    }],
+                    secrets_changed: vec!["pw".into()],
+                }],
+            }],
+            unaffected: 7,
+            inventory: Vec::new(),
+        };
+        assert_eq!(plan_hash(&plan), plan_hash_of_value(&plan));
+        plan.secrets_compared = false;
+        plan.clients.clear();
+        assert_eq!(plan_hash(&plan), plan_hash_of_value(&plan));
+        plan.inventory.push(ResolvedHosts::new(
+            "beta",
+            "env=prod",
+            Ok(vec!["s1".into()]),
+            None,
+        ));
+        let with_inventory = plan_hash(&plan);
+        assert_eq!(with_inventory, plan_hash_of_value(&plan));
+        // The inventory itself is not hashed.
+        plan.inventory[0].hosts = None;
+        assert_eq!(plan_hash(&plan), with_inventory);
+    }
+
     #[test]
     fn diff_of_added_file_is_against_dev_null() {
         let d = unified_diff("app.env", None, Some("A=1\n"));
@@ -660,5 +856,143 @@ mod every_client_tests {
             Some(ALPHA),
             true,
         );
+    }
+}
+
+#[cfg(test)]
+mod same_inputs_tests {
+    use super::*;
+    use crate::config::FleetFiles;
+    use crate::desired::{DecryptCache, prepare, prepare_reusing};
+    use crate::secrets::Keyring;
+
+    /// Two clients: alpha runs `web`, beta runs `api`; `web_template` is
+    /// web's only template.
+    fn fleet(web_template: &str) -> FleetFiles {
+        let files = [
+            (
+                "pipelines/pipeline.yaml",
+                "stages: [{name: canary, group: canary}]\n",
+            ),
+            (
+                "pipelines/apps/web/app.yaml",
+                "runtime: compose\nfiles: {a.env: a.env.j2}\n",
+            ),
+            ("pipelines/apps/web/a.env.j2", web_template),
+            (
+                "pipelines/apps/api/app.yaml",
+                "runtime: compose\nfiles: {b.env: b.env.j2}\n",
+            ),
+            ("pipelines/apps/api/b.env.j2", "B={{ client.name }}\n"),
+            (
+                "clients/alpha.yaml",
+                "domain: alpha.org\ngroup: canary\napps: [web]\nhosts: [{name: alpha-1, address: 203.0.113.10}]\n",
+            ),
+            (
+                "clients/beta.yaml",
+                "domain: beta.org\ngroup: canary\napps: [api]\nhosts: [{name: beta-1, address: 203.0.113.11}]\n",
+            ),
+        ];
+        FleetFiles::in_memory(
+            &files
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn paths(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// alpha's file is the same blob at both sides, so base reuses head's
+    /// validated client; its app's template changed, so it is still
+    /// rendered at both sides and compared. beta's inputs are all the
+    /// same: rendered once, not in the plan.
+    #[test]
+    fn a_client_whose_file_is_the_same_is_still_rendered_when_its_template_changed() {
+        // Without secrets in the fleet, a configured key changes nothing.
+        let keyring = Keyring::from_env().expect("a keyring");
+        let cache = DecryptCache::default();
+        let (files_b, files_h) = (fleet("A=1\n"), fleet("A={{ client.name }}\n"));
+        let (prepared_h, problems) = prepare(&files_h, &keyring, &cache);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (prepared_b, problems) = prepare_reusing(&files_b, &keyring, &cache, Some(&prepared_h));
+        assert!(problems.is_empty(), "{problems:?}");
+        let side = |rev: &str, prepared| Side {
+            rev: rev.to_string(),
+            label: format!("commit {rev}"),
+            prepared,
+        };
+        let (base, head) = (side("b", &prepared_b), side("h", &prepared_h));
+        let changed = paths(&["pipelines/apps/web/a.env.j2"]);
+        let inputs = ChangedInputs::of(&changed);
+        assert!(!inputs.same_at_both("alpha", &base, &head));
+        assert!(inputs.same_at_both("beta", &base, &head));
+
+        let plan = compare(&base, &head, &changed, false, "h").expect("a plan");
+        assert_eq!(plan.unaffected, 1);
+        let [alpha] = &plan.clients[..] else {
+            panic!("{:?}", plan.clients)
+        };
+        assert_eq!(alpha.name, "alpha");
+        assert_eq!(alpha.reasons, changed);
+        let [web] = &alpha.apps[..] else {
+            panic!("{:?}", alpha.apps)
+        };
+        assert_eq!((web.name.as_str(), web.action), ("web", Action::Update));
+        assert_eq!(web.files.len(), 1);
+        assert!(
+            web.files[0].diff.contains("-A=1\n+A=alpha\n"),
+            "{}",
+            web.files[0].diff
+        );
+    }
+
+    /// Which changed paths make a client render at both sides.
+    #[test]
+    fn inputs_that_change_every_client_or_one() {
+        let keyring = Keyring::from_env().expect("a keyring");
+        let cache = DecryptCache::default();
+        let files = fleet("A=1\n");
+        let (prepared, _) = prepare(&files, &keyring, &cache);
+        let side = Side {
+            rev: "x".into(),
+            label: "commit x".into(),
+            prepared: &prepared,
+        };
+        let check = |changed: &[&str], alpha: bool, beta: bool| {
+            let changed = paths(changed);
+            let inputs = ChangedInputs::of(&changed);
+            assert_eq!(
+                (
+                    inputs.same_at_both("alpha", &side, &side),
+                    inputs.same_at_both("beta", &side, &side)
+                ),
+                (alpha, beta),
+                "{changed:?}"
+            );
+        };
+        check(&[], true, true);
+        check(&["README.md"], true, true);
+        check(&["clients/alpha.yaml"], false, true);
+        check(&["secrets/clients/beta.sops.yaml"], true, false);
+        check(&["pipelines/apps/api/b.env.j2"], true, false);
+        check(&["pipelines/apps/web/app.yaml"], false, true);
+        check(&["pipelines/pipeline.yaml"], false, false);
+        check(&["secrets/shared.sops.yaml"], false, false);
+        check(&["pipelines/known_hosts"], false, false);
+        check(&["clients/gamma.yaml"], true, true);
+        // Not a client or app of this fleet's layout: read as shared.
+        check(&["pipelines/apps/web"], false, false);
+        // A client absent on one side always renders at both.
+        let empty = FleetFiles::in_memory(&[]);
+        let (none, _) = prepare(&empty, &keyring, &cache);
+        let nothing = Side {
+            rev: "y".into(),
+            label: "commit y".into(),
+            prepared: &none,
+        };
+        assert!(!ChangedInputs::of(&[]).same_at_both("alpha", &nothing, &side));
     }
 }

@@ -191,6 +191,26 @@ pub struct Entry {
     id: Option<Oid>,
 }
 
+/// Blobs read at one commit that another commit may read again (the two
+/// sides of a plan share most client files): by object id, each taken out
+/// by the first read that finds it.
+#[derive(Default)]
+pub struct SharedBlobs {
+    /// Keep what is read (the first side); else only take.
+    pub keep: bool,
+    blobs: std::collections::HashMap<Oid, Vec<u8>>,
+}
+
+impl SharedBlobs {
+    /// For the first side: keeps what it reads.
+    pub fn keeping() -> SharedBlobs {
+        SharedBlobs {
+            keep: true,
+            blobs: Default::default(),
+        }
+    }
+}
+
 /// Read-only view of the fleet files at one commit, or in the work tree.
 pub enum Snapshot<'r> {
     Commit {
@@ -295,6 +315,29 @@ impl Snapshot<'_> {
             }
             _ => self.read(path),
         }
+    }
+
+    /// [`Snapshot::read_entry`], through `shared`: a blob with the same id
+    /// is the same content, read once for both sides.
+    pub fn read_entry_shared(
+        &self,
+        path: &str,
+        entry: &Entry,
+        shared: &mut SharedBlobs,
+    ) -> Result<Option<Vec<u8>>> {
+        if let (Snapshot::Commit { .. }, Some(oid), false) = (self, entry.id, entry.is_symlink) {
+            if let Some(bytes) = shared.blobs.remove(&oid) {
+                return Ok(Some(bytes));
+            }
+            let read = self.read_entry(path, entry)?;
+            if shared.keep
+                && let Some(bytes) = &read
+            {
+                shared.blobs.insert(oid, bytes.clone());
+            }
+            return Ok(read);
+        }
+        self.read_entry(path, entry)
     }
 
     /// Entries directly under `dir`, sorted by name. Empty when `dir` does not

@@ -122,8 +122,12 @@ pub fn plan(
     }
     let cache = DecryptCache::default();
     let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
-    let files_b = config::load(&snap_b, affected.selection())?;
-    let mut files_h = config::load(&snap_h, affected.selection())?;
+    // Base keeps what it reads, head takes the blobs it shares with it.
+    let mut shared = crate::repo::SharedBlobs::keeping();
+    let files_b = config::load_sharing(&snap_b, affected.selection(), &mut shared)?;
+    shared.keep = false;
+    let mut files_h = config::load_sharing(&snap_h, affected.selection(), &mut shared)?;
+    drop(shared);
     if affected.needs_every_client(&changed, &files_b, &files_h) {
         tracing::info!("the change can break a rule over the whole fleet: reading every client");
         config::read_every_client(&snap_h, &mut files_h)?;
@@ -147,7 +151,10 @@ pub fn plan(
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
     prepared_h.fleet.log_warnings();
-    let (prepared_b, problems) = desired::prepare(&files_b, keyring, &cache);
+    // Head validated without a problem: base parses only the clients whose
+    // files differ.
+    let (prepared_b, problems) =
+        desired::prepare_reusing(&files_b, keyring, &cache, Some(&prepared_h));
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
     }

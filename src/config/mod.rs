@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub use model::*;
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::repo::{Snapshot, symlink_refused};
+use crate::repo::{SharedBlobs, Snapshot, symlink_refused};
 
 pub const PIPELINE: &str = "pipelines/pipeline.yaml";
 pub const APPS_DIR: &str = "pipelines/apps";
@@ -114,6 +114,16 @@ impl Names {
 /// Reads the pipeline, every app, the shared secrets, and the selected
 /// clients' files with their secrets.
 pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
+    load_sharing(snap, selection, &mut SharedBlobs::default())
+}
+
+/// [`load`], the client and client-secrets files read through `shared`:
+/// the two sides of a plan read each blob they share once.
+pub fn load_sharing(
+    snap: &Snapshot,
+    selection: Selection,
+    shared: &mut SharedBlobs,
+) -> Result<FleetFiles> {
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
@@ -135,7 +145,8 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
         match entry.name.strip_suffix(".yaml") {
             Some(stem) if !entry.is_dir => {
                 if selection.contains(stem)
-                    && let Some(bytes) = refused(snap.read_entry(&path, &entry), &mut problems)?
+                    && let Some(bytes) =
+                        refused(snap.read_entry_shared(&path, &entry, shared), &mut problems)?
                 {
                     files.insert(path, bytes);
                 }
@@ -154,7 +165,8 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
         let path = format!("{CLIENT_SECRETS_DIR}/{}", entry.name);
         if let Some(stem) = entry.name.strip_suffix(".sops.yaml") {
             if selection.contains(stem)
-                && let Some(bytes) = refused(snap.read_entry(&path, &entry), &mut problems)?
+                && let Some(bytes) =
+                    refused(snap.read_entry_shared(&path, &entry, shared), &mut problems)?
             {
                 files.insert(path, bytes);
             }

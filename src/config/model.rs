@@ -17,7 +17,7 @@ use crate::secrets::SopsFile;
 pub use raw::{RollbackPolicy, Runtime, SnapshotPolicy};
 // The validators lived in this file before it was split; their public paths
 // under `config::model` stay valid for code written against it.
-pub use super::validate::{HTTP_URL_HINT, known_hosts_checks, validate};
+pub use super::validate::{Clean, HTTP_URL_HINT, known_hosts_checks, validate, validate_reusing};
 
 #[derive(Debug)]
 pub struct Fleet {
@@ -296,7 +296,7 @@ pub struct HttpCheck {
     pub route: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Client {
     pub name: String,
     pub domain: String,

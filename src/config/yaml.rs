@@ -36,6 +36,17 @@ fn parse_inner<T: DeserializeOwned>(
 ) -> Result<T, Diagnostic> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Diagnostic::new(file, "is not UTF-8 text").hint("save the file as UTF-8"))?;
+    // The happy path parses without tracking the field path (that costs a
+    // string per field); only a file that fails is parsed again, with the
+    // path, for the diagnostic. Parsing is deterministic: the second parse
+    // fails the same way.
+    if let Ok(value) =
+        serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+            <T as serde::Deserialize>::deserialize(de)
+        })
+    {
+        return Ok(value);
+    }
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {

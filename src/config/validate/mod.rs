@@ -20,12 +20,15 @@ mod stages;
 pub(crate) mod testing;
 mod trivyignore;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::model::{Fleet, OnFailure, Pipeline, RuntimeCommands, ScanPolicy};
+use super::model::{App, Client, Fleet, OnFailure, Pipeline, RuntimeCommands, ScanPolicy};
 use super::raw::S;
-use super::{APPS_DIR, FleetFiles, SHARED_SECRETS, Selection, duration, yaml};
+use super::{
+    APPS_DIR, FleetFiles, SHARED_SECRETS, Selection, client_file, client_secrets_file, duration,
+    yaml,
+};
 use crate::error::Diagnostic;
 use crate::secrets::SopsFile;
 
@@ -107,6 +110,62 @@ impl Check<'_> {
 /// problem found: callers go on with the valid parts (to find more problems)
 /// but must not act on a fleet that has any.
 pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
+    validate_reusing(files, None)
+}
+
+/// A snapshot validated without any problem, whose clients another snapshot
+/// (the other side of a plan) may reuse: see [`validate_reusing`].
+#[derive(Clone, Copy)]
+pub struct Clean<'a> {
+    files: &'a FleetFiles,
+    fleet: &'a Fleet,
+}
+
+impl<'a> Clean<'a> {
+    /// `fleet` must be what [`validate`] made of `files` with no problem.
+    pub fn new(files: &'a FleetFiles, fleet: &'a Fleet) -> Clean<'a> {
+        Clean { files, fleet }
+    }
+}
+
+/// What a client's validation reads besides its own files: the groups the
+/// stages pick, each valid app and the secrets it declares, the invalid
+/// apps, the keys of the shared secrets.
+#[derive(PartialEq, Eq)]
+struct ClientContext<'a> {
+    groups: Option<Vec<&'a str>>,
+    apps: Vec<(&'a str, &'a [String])>,
+    invalid_apps: Vec<&'a str>,
+    shared_keys: Option<Vec<&'a str>>,
+}
+
+impl<'a> ClientContext<'a> {
+    fn of(
+        pipeline: Option<&'a Pipeline>,
+        apps: &'a BTreeMap<String, App>,
+        invalid_apps: &'a BTreeSet<String>,
+        shared: Option<&'a SopsFile>,
+    ) -> ClientContext<'a> {
+        ClientContext {
+            groups: pipeline.map(|p| p.stages.iter().map(|s| s.group.as_str()).collect()),
+            apps: apps
+                .iter()
+                .map(|(n, a)| (n.as_str(), a.secrets.as_slice()))
+                .collect(),
+            invalid_apps: invalid_apps.iter().map(String::as_str).collect(),
+            shared_keys: shared.map(|s| s.keys.keys().map(String::as_str).collect()),
+        }
+    }
+}
+
+/// Like [`validate`], but a client whose own files (`clients/<name>.yaml`,
+/// its secrets file) are byte for byte those of `prior`, in the same
+/// context (see `ClientContext`), is not parsed again: validation is a pure
+/// function of those, so it is `prior`'s client, problem-free. Only when
+/// nothing else of `files` had a problem: then every problem is found as
+/// `validate` finds it. A plan's base reuses its head: a change every
+/// client sees (a template) leaves most client files as they were.
+pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec<Diagnostic>) {
     let mut problems = files.problems.clone();
     let pipeline = pipeline::validate(files, &mut problems);
     let (apps, invalid_apps) = app::validate_all(files, &mut problems);
@@ -123,8 +182,36 @@ pub fn validate(files: &FleetFiles) -> (Fleet, Vec<Diagnostic>) {
             .filter(|c| files.all_clients.contains(c))
             .collect(),
     };
+    let reusable = prior.filter(|prior| {
+        problems.is_empty()
+            && ClientContext::of(
+                pipeline.as_ref(),
+                &apps,
+                &invalid_apps,
+                shared_secrets.as_ref(),
+            ) == ClientContext::of(
+                Some(&prior.fleet.pipeline),
+                &prior.fleet.apps,
+                &BTreeSet::new(),
+                prior.fleet.shared_secrets.as_ref(),
+            )
+    });
+    let reuse = |name: &str| -> Option<Client> {
+        let prior = reusable?;
+        let client = prior.fleet.clients.get(name)?;
+        let same = |path: &str| prior.files.files.get(path) == files.files.get(path);
+        let file = client_file(name);
+        (files.files.contains_key(&file)
+            && same(&file)
+            && prior.files.client_secrets.contains(name) == files.client_secrets.contains(name)
+            && same(&client_secrets_file(name)))
+        .then(|| client.clone())
+    };
     // Clients validate independently: in parallel, on every core.
     let validated = crate::par::map(&selected, |name| {
+        if let Some(client) = reuse(name) {
+            return (Some(client), Vec::new());
+        }
         let mut problems = Vec::new();
         let client = client::validate(
             files,
@@ -211,5 +298,60 @@ impl Pipeline {
             proxy: None,
             notify: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+
+    fn fleet(web: &str, alpha: &str) -> FleetFiles {
+        FleetFiles::in_memory(&[
+            (
+                "pipelines/pipeline.yaml".to_string(),
+                "stages: [{name: canary, group: canary}]\n".to_string(),
+            ),
+            ("pipelines/apps/web/app.yaml".to_string(), web.to_string()),
+            ("clients/alpha.yaml".to_string(), alpha.to_string()),
+        ])
+    }
+
+    const WEB: &str = "runtime: compose\n";
+    const ALPHA: &str = "domain: alpha.org\ngroup: canary\napps: [web]\nhosts: [{name: alpha-1, address: 203.0.113.10}]\n";
+
+    fn rendered(problems: &[Diagnostic]) -> Vec<String> {
+        problems.iter().map(testing::render).collect()
+    }
+
+    /// A client file that is the same blob is reused only in the same
+    /// context; otherwise it validates again, with the same problems as
+    /// without reuse.
+    #[test]
+    fn a_client_is_reused_only_when_its_file_and_context_are_the_same() {
+        let head = fleet(WEB, ALPHA);
+        let (head_fleet, problems) = validate(&head);
+        assert!(problems.is_empty(), "{problems:?}");
+        let prior = Some(Clean::new(&head, &head_fleet));
+        let check = |base: FleetFiles| {
+            let (reused, got) = validate_reusing(&base, prior);
+            let (fresh, expect) = validate(&base);
+            assert_eq!(rendered(&got), rendered(&expect));
+            assert_eq!(
+                format!("{:?}", reused.clients),
+                format!("{:?}", fresh.clients)
+            );
+            rendered(&got)
+        };
+        assert_eq!(check(fleet(WEB, ALPHA)), Vec::<String>::new());
+        // The app now needs a secret the client does not provide.
+        assert_eq!(
+            check(fleet(&format!("{WEB}secrets: [pw]\n"), ALPHA)),
+            [
+                "clients/alpha.yaml apps: app `web` needs secret `pw`, which neither secrets/clients/alpha.sops.yaml nor secrets/shared.sops.yaml provides"
+            ]
+        );
+        // The client's own file changed.
+        let moved = ALPHA.replace("group: canary", "group: production");
+        assert_eq!(check(fleet(WEB, &moved)).len(), 1);
     }
 }
