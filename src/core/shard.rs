@@ -13,6 +13,26 @@
 //! the same partition on its own, and a host added to the fleet moves no
 //! other host. Changing N re-slices the whole stage (it is the matrix's
 //! size, fixed in the workflow).
+//!
+//! The wiring still to do, as designed (none of it exists yet):
+//! - `run --shard I/N` / `deploy --shard I/N` (`Shard::ALL` without it):
+//!   `rollout::deploy_stage` keeps only the `deploy::Target`s whose host
+//!   `Shard::selects`; `max_failures` then applies per shard.
+//! - The lock: shards of one run (one CI run id across the matrix) are one
+//!   holder. Today `core::lock` has one holder per run, renews by a leased
+//!   push on the lock object it wrote and releases on `Drop`, so N shards
+//!   cannot all renew one object: shard 1 takes and renews the lock as
+//!   now; the others go on while the lock's `run_id` is theirs (checked
+//!   where `keep_alive` is) and never delete it; a different run waits as
+//!   today. Shard 1 releases only after the stage is decided.
+//! - The engine: a sharded stage pushes `RunRecord::report_shard` instead of
+//!   `record_stage`, and moves no deployed ref itself. `Reported::Decided`:
+//!   this shard moves the refs of the merged outcome's passed clients
+//!   (`records::passed_clients`), or, when the stage failed, pushes the one
+//!   revert (`ShardVerdict::reverts`). `Reported::Waiting`: poll the record
+//!   (bounded by `--shard-timeout`, then `time_out_shards`) for `decided`;
+//!   if the stage failed, roll back this shard's switched hosts (the
+//!   `rollback` command's path) and report again with them rolled back.
 
 // Only the tests call this yet (see above); drop this with the flag.
 #![cfg_attr(not(test), allow(dead_code))]
