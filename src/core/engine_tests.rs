@@ -1251,3 +1251,66 @@ fn webhooks_hear_each_stage_and_never_change_the_outcome() {
         ["stage_passed", "waiting_approval", "stage_passed"]
     );
 }
+
+/// Shards of one run report on a stage from three runners: two of them
+/// read the record before either pushed, so the later push is rejected,
+/// re-read and its report re-applied on top of the other's. Exactly one
+/// shard — the one whose push completed the set — decides the stage, and
+/// the record holds every shard's hosts.
+#[test]
+fn the_last_of_three_racing_shards_decides_the_stage_once() {
+    use crate::core::outcome::{HostOutcome, HostStatus, StageOutcome};
+    use crate::core::shard::{Shard, ShardVerdict};
+    use crate::core::verdict::StageVerdict;
+    let remote = FakeGit::new().remote.clone();
+    fn report(git: &FakeGit, index: u32, hosts: &[&str]) -> RunRecord {
+        let shard = Shard { index, count: 3 };
+        let o = StageOutcome {
+            stage: "production".into(),
+            rev: c(2).to_string(),
+            passed: true,
+            interrupted: false,
+            failed_hosts: 0,
+            max_failures: 0,
+            rolled_back: false,
+            hosts: hosts
+                .iter()
+                .map(|h| HostOutcome::new("web", h, HostStatus::Deployed, Default::default()))
+                .collect(),
+        };
+        Records::new(git, &FakeClock::new())
+            .update(c(2), &[], |r| {
+                r.report_shard(shard, "42", &o, StageVerdict::Passed);
+            })
+            .unwrap()
+    }
+    let one = FakeGit::clone_of(remote.clone());
+    let after_one = report(&one, 1, &["web-1", "web-4"]);
+    assert_eq!(after_one.shards["production"].missing(), [2, 3]);
+    // shard 3's runner has read the record; shard 2's push lands first
+    let two = Rc::new(FakeGit::clone_of(remote.clone()));
+    let three = FakeGit::clone_of(remote.clone());
+    let other = two.clone();
+    three.before_push.borrow_mut().push(Box::new(move || {
+        let after_two = report(&other, 2, &["web-2"]);
+        assert_eq!(after_two.shards["production"].missing(), [3]);
+        assert_eq!(after_two.shards["production"].decided, None);
+    }));
+    let last = report(&three, 3, &["web-3"]);
+    assert_eq!(three.pushes.get(), 2, "rejected once, then pushed");
+    let set = &last.shards["production"];
+    assert_eq!(set.decided, Some(ShardVerdict::Passed));
+    assert_eq!(set.decided_by, Some(3));
+    let hosts: Vec<&str> = last.stages["production"]
+        .hosts
+        .iter()
+        .map(|h| h.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["web-1", "web-2", "web-3", "web-4"]);
+    // what every runner reads from the remote now
+    let read = Records::new(&one, &FakeClock::new())
+        .read(c(2))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, last);
+}

@@ -11,4 +11,5 @@ pub mod outcome;
 pub mod record;
 pub mod records;
 pub mod rev;
+pub mod shard;
 pub mod verdict;

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use crate::core::outcome::RevertOutcome;
 use crate::core::outcome::StageOutcome;
+use crate::core::shard::{Reported, Shard, ShardEntry, ShardSet, merge_outcome};
+use crate::core::verdict::StageVerdict;
 use crate::scan::ScanReport;
 
 pub const SCHEMA: u32 = 1;
@@ -55,6 +57,11 @@ pub struct RunRecord {
     /// (Absent from records written before it existed.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resolved_hosts: BTreeMap<String, Vec<String>>,
+    /// Per stage deployed in shards (`core::shard`), the shards of the run
+    /// that reported and the stage's verdict once all did. Absent for a
+    /// run that was not sharded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards: BTreeMap<String, ShardSet>,
     /// Keys written by a newer fleetgate: kept, never dropped.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -96,6 +103,7 @@ impl RunRecord {
             revert: None,
             interrupted: None,
             resolved_hosts: BTreeMap::new(),
+            shards: BTreeMap::new(),
             other: BTreeMap::new(),
         }
     }
@@ -145,6 +153,78 @@ impl RunRecord {
             names.dedup();
             self.resolved_hosts.insert(client, names);
         }
+    }
+
+    /// `shard`'s outcome of a stage of run `run_id`: its hosts merged into
+    /// the stage's outcome by (client, host), its verdict into the stage's
+    /// `ShardSet`, which decides the stage when this report completes it.
+    /// A set of another run (or another number of shards) is started
+    /// afresh, with the stage's outcome; a shard that reports again
+    /// replaces its earlier hosts. Called inside `Records::update`, so it
+    /// is re-applied to the record read again when a push is rejected.
+    /// (Not called by a command yet: `core::shard`.)
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn report_shard(
+        &mut self,
+        shard: Shard,
+        run_id: &str,
+        outcome: &StageOutcome,
+        verdict: StageVerdict,
+    ) -> Reported {
+        let stage = outcome.stage.clone();
+        let fresh = self
+            .shards
+            .get(&stage)
+            .is_none_or(|set| set.run_id != run_id || set.count != shard.count);
+        if fresh {
+            self.shards
+                .insert(stage.clone(), ShardSet::new(run_id, shard.count));
+            self.stages.remove(&stage);
+        }
+        let set = self.shards.get_mut(&stage).expect("inserted above");
+        let name = |client: &str, host: &str| format!("{client}/{host}");
+        let earlier = set
+            .reported
+            .get(&shard.index)
+            .map(|e| e.hosts.clone())
+            .unwrap_or_default();
+        let reported = set.report(
+            shard,
+            ShardEntry {
+                verdict: verdict.into(),
+                hosts: outcome
+                    .hosts
+                    .iter()
+                    .map(|h| name(&h.client, &h.host))
+                    .collect(),
+                failed_hosts: outcome.failed_hosts,
+                rolled_back: outcome.rolled_back,
+            },
+        );
+        let set = set.clone();
+        let mut merged = self.stages.remove(&stage).unwrap_or_else(|| StageOutcome {
+            hosts: Vec::new(),
+            ..outcome.clone()
+        });
+        merged
+            .hosts
+            .retain(|h| !earlier.contains(&name(&h.client, &h.host)));
+        merge_outcome(&mut merged, outcome, &set);
+        self.record_stage(&merged);
+        reported
+    }
+
+    /// A shard waiting on `stage` gave up on the shards that never
+    /// reported: the stage fails (`ShardVerdict::TimedOut`), unless it was
+    /// decided meanwhile. None: no shard of `run_id` reported on `stage`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn time_out_shards(&mut self, stage: &str, shard: Shard, run_id: &str) -> Option<Reported> {
+        let set = self.shards.get_mut(stage).filter(|s| s.run_id == run_id)?;
+        let reported = set.time_out(shard);
+        if let Some(outcome) = self.stages.get_mut(stage) {
+            outcome.passed = false;
+        }
+        Some(reported)
     }
 
     /// The hosts `client` ran on in this record: `resolved_hosts`, else
@@ -254,10 +334,10 @@ mod tests {
     #[test]
     fn keys_of_a_newer_fleetgate_are_kept() {
         let text =
-            r#"{"schema": 1, "head": "abc", "stages": {}, "approvals": [], "shards": {"x": 1}}"#;
+            r#"{"schema": 1, "head": "abc", "stages": {}, "approvals": [], "mirrors": {"x": 1}}"#;
         let record = RunRecord::parse(text).unwrap();
-        assert_eq!(record.other["shards"], serde_json::json!({"x": 1}));
-        assert!(record.to_json().contains("\"shards\""));
+        assert_eq!(record.other["mirrors"], serde_json::json!({"x": 1}));
+        assert!(record.to_json().contains("\"mirrors\""));
     }
 
     #[test]
@@ -334,5 +414,155 @@ mod tests {
         assert_eq!(r.run_id.as_deref(), Some("run-2"));
         r.plan(Some("b"), "p2", "run-3", "t3");
         assert_eq!(r.planned_at.as_deref(), Some("t3"));
+    }
+
+    fn shard_outcome(hosts: &[(&str, bool)]) -> (StageOutcome, StageVerdict) {
+        use crate::core::outcome::{Failure, FailureKind, HostOutcome, HostStatus};
+        let hosts: Vec<HostOutcome> = hosts
+            .iter()
+            .map(|(name, ok)| {
+                let status = if *ok {
+                    HostStatus::Deployed
+                } else {
+                    HostStatus::RolledBack
+                };
+                HostOutcome {
+                    failure: (!ok).then(|| Failure {
+                        kind: FailureKind::Health,
+                        app: Some("web".into()),
+                        step: "gate".into(),
+                        message: "http 500".into(),
+                    }),
+                    ..HostOutcome::new("alpha", name, status, Default::default())
+                }
+            })
+            .collect();
+        let failed = hosts.iter().filter(|h| h.failure.is_some()).count();
+        let outcome = StageOutcome {
+            stage: "canary".into(),
+            rev: "a".repeat(40),
+            passed: failed == 0,
+            interrupted: false,
+            failed_hosts: failed,
+            max_failures: 0,
+            rolled_back: failed > 0,
+            hosts,
+        };
+        let verdict = crate::core::verdict::verdict(&outcome);
+        (outcome, verdict)
+    }
+
+    fn shard(index: u32) -> Shard {
+        Shard { index, count: 3 }
+    }
+
+    #[test]
+    fn the_shard_that_completes_the_set_decides_the_stage_and_the_hosts_merge() {
+        use crate::core::shard::ShardVerdict;
+        let mut record = RunRecord::new(&"a".repeat(40));
+        let (one, v1) = shard_outcome(&[("alpha-1", true), ("alpha-4", true)]);
+        let (two, v2) = shard_outcome(&[("alpha-2", true)]);
+        let (three, v3) = shard_outcome(&[("alpha-3", true)]);
+        // the order shards finish in is any
+        assert_eq!(
+            record.report_shard(shard(3), "42", &three, v3),
+            Reported::Waiting {
+                missing: vec![1, 2]
+            }
+        );
+        assert_eq!(
+            record.report_shard(shard(1), "42", &one, v1),
+            Reported::Waiting { missing: vec![2] }
+        );
+        assert!(record.stages["canary"].passed);
+        assert_eq!(
+            record.report_shard(shard(2), "42", &two, v2),
+            Reported::Decided(ShardVerdict::Passed)
+        );
+        let stage = &record.stages["canary"];
+        let names: Vec<&str> = stage.hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(names, ["alpha-1", "alpha-2", "alpha-3", "alpha-4"]);
+        assert!(stage.passed && !stage.rolled_back && stage.failed_hosts == 0);
+        assert_eq!(
+            record.resolved_hosts["alpha"],
+            ["alpha-1", "alpha-2", "alpha-3", "alpha-4"]
+        );
+        assert_eq!(record.shards["canary"].decided_by, Some(2));
+        // written and read back as it was; a record without shards has no key
+        let again = RunRecord::parse(&record.to_json()).unwrap();
+        assert_eq!(again, record);
+        assert!(!RunRecord::new("b").to_json().contains("shards"));
+        // a shard's job re-run after the decision: its hosts are replaced,
+        // the decision stands
+        let (two_again, v) = shard_outcome(&[("alpha-2", true)]);
+        assert_eq!(
+            record.report_shard(shard(2), "42", &two_again, v),
+            Reported::AlreadyDecided(ShardVerdict::Passed)
+        );
+        assert_eq!(record.stages["canary"].hosts.len(), 4);
+    }
+
+    #[test]
+    fn one_shards_failed_gate_fails_the_stage_for_every_shard() {
+        use crate::core::shard::ShardVerdict;
+        let mut record = RunRecord::new(&"a".repeat(40));
+        let (one, v1) = shard_outcome(&[("alpha-1", true)]);
+        let (two, v2) = shard_outcome(&[("alpha-2", false), ("alpha-5", true)]);
+        let (three, v3) = shard_outcome(&[("alpha-3", true)]);
+        assert_eq!(v2, StageVerdict::ChangeFailed);
+        record.report_shard(shard(2), "42", &two, v2);
+        assert!(!record.stages["canary"].passed);
+        record.report_shard(shard(1), "42", &one, v1);
+        let decided = record.report_shard(shard(3), "42", &three, v3);
+        assert_eq!(decided, Reported::Decided(ShardVerdict::ChangeFailed));
+        assert!(ShardVerdict::ChangeFailed.rolls_back() && ShardVerdict::ChangeFailed.reverts());
+        let stage = &record.stages["canary"];
+        assert!(!stage.passed);
+        assert_eq!(stage.failed_hosts, 1);
+        assert_eq!(stage.hosts.len(), 4);
+        assert_eq!(record.shards["canary"].decided_by, Some(3));
+        assert_eq!(
+            crate::core::outcome::FailedGate::of(stage).map(|g| g.host),
+            Some("alpha-2".to_string())
+        );
+    }
+
+    #[test]
+    fn another_run_starts_the_set_afresh_and_a_missing_shard_times_out() {
+        use crate::core::shard::ShardVerdict;
+        let mut record = RunRecord::new(&"a".repeat(40));
+        let (one, v1) = shard_outcome(&[("alpha-1", true)]);
+        let (two, v2) = shard_outcome(&[("alpha-2", true)]);
+        record.report_shard(shard(1), "41", &one, v1);
+        record.report_shard(shard(2), "41", &two, v2);
+        // run 42 of the same head: 41's reports do not count for it
+        assert_eq!(
+            record.report_shard(shard(1), "42", &one, v1),
+            Reported::Waiting {
+                missing: vec![2, 3]
+            }
+        );
+        assert_eq!(record.stages["canary"].hosts.len(), 1);
+        assert_eq!(record.time_out_shards("canary", shard(1), "41"), None);
+        assert_eq!(
+            record.time_out_shards("canary", shard(1), "42"),
+            Some(Reported::Decided(ShardVerdict::TimedOut))
+        );
+        assert!(!record.stages["canary"].passed);
+        // the late shard follows the decision
+        assert_eq!(
+            record.report_shard(shard(2), "42", &two, v2),
+            Reported::AlreadyDecided(ShardVerdict::TimedOut)
+        );
+        assert_eq!(
+            ShardVerdict::combine([
+                ShardVerdict::Passed,
+                ShardVerdict::ChangeFailed,
+                ShardVerdict::InfraFailed
+            ]),
+            ShardVerdict::InfraFailed
+        );
+        assert_eq!(ShardVerdict::combine([]), ShardVerdict::Passed);
+        assert!(!ShardVerdict::TimedOut.reverts() && ShardVerdict::TimedOut.rolls_back());
     }
 }
