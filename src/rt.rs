@@ -16,6 +16,24 @@ pub fn runtime() -> crate::error::Result<tokio::runtime::Runtime> {
         })
 }
 
+/// Runs `fut` to completion on a thread of the runtime's blocking pool, for a
+/// future whose polls block their thread for a while: `openssh` forks and
+/// execs each ssh master in its first poll, and on the single runtime thread
+/// those spawns would queue behind each other, so the connections of a wave
+/// would start one after the other instead of together. Each such future
+/// gets a thread of its own; what it awaits (a child's exit, a timer) is
+/// still driven by the runtime, whose thread keeps running the other hosts
+/// meanwhile (`Handle::block_on` on a current-thread runtime relies on that).
+/// `Err` when the future panicked or the runtime is shutting down.
+pub async fn off_runtime<F>(fut: F) -> Result<F::Output, tokio::task::JoinError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(fut)).await
+}
+
 /// The real clock and the process's signal flag.
 pub struct SystemClock;
 
