@@ -6,6 +6,7 @@
 /// The async runtime for commands that talk to hosts: one thread is plenty
 /// for waiting on SSH and HTTP.
 pub fn runtime() -> crate::error::Result<tokio::runtime::Runtime> {
+    raise_open_files_limit();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -14,6 +15,40 @@ pub fn runtime() -> crate::error::Result<tokio::runtime::Runtime> {
             path: "the async runtime".into(),
             source,
         })
+}
+
+/// Raises the soft limit on open files to the hard one (at most 65536), once:
+/// a deploy holds a few descriptors per host (the master's control
+/// connection, each command's mux socket and pipes), so a fleet of a few
+/// hundred hosts goes past the common soft limit of 1024. The cap: some
+/// programs close every descriptor up to the limit when they start.
+fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given, nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!("reading the open files limit: {e}");
+            return;
+        }
+        let want = lim.rlim_max.min(65536);
+        if lim.rlim_cur >= want {
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit reads the struct it is given, nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            tracing::debug!("raised the open files limit from {before} to {want}");
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!("raising the open files limit from {before} to {want}: {e}");
+        }
+    });
 }
 
 /// Runs `fut` to completion on a thread of the runtime's blocking pool, for a
