@@ -2393,3 +2393,68 @@ fn a_failed_slot_gate_reports_the_new_slots_logs_before_it_stops() {
         ]
     );
 }
+
+/// Connects the way `SshConnector` does: the master's spawn blocks its
+/// thread (~200 ms here, like a fork and exec of `ssh` on a loaded machine),
+/// then the wait for the login is awaited on the runtime's timer; the spawn
+/// runs off the runtime thread (`rt::off_runtime`). Counts the spawns
+/// blocking at once.
+struct SlowSpawn {
+    spawning: std::sync::Arc<AtomicUsize>,
+    most: std::sync::Arc<AtomicUsize>,
+}
+
+impl Connector for SlowSpawn {
+    type Host = LocalHost;
+    async fn connect(&self, host: &Host) -> Result<LocalHost, RemoteError> {
+        let (spawning, most) = (self.spawning.clone(), self.most.clone());
+        crate::rt::off_runtime(async move {
+            let now = spawning.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            spawning.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await
+        .expect("the spawn did not panic");
+        Local.connect(host).await
+    }
+    async fn close(&self, _: LocalHost) {}
+}
+
+/// Issue 18: the connections of a wave start together. Ten hosts whose
+/// connects each block a thread for 200 ms, at parallelism 10: one after the
+/// other they would take 2.5 s; together, about 0.25 s (the bound leaves a
+/// wide margin for a loaded machine: a behaviour test, not a benchmark).
+#[test]
+fn connects_of_a_wave_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let targets = (0..10)
+        .map(|i| target(root, &format!("h{i}"), "v1", false))
+        .collect();
+    let mut p = plan("a", targets, 0);
+    p.parallelism = 10;
+    let connector = SlowSpawn {
+        spawning: std::sync::Arc::default(),
+        most: std::sync::Arc::default(),
+    };
+    let o = run_with(&p, &connector, &ScriptedProber::default(), Duration::ZERO);
+    let connects: f64 = o
+        .hosts
+        .iter()
+        .flat_map(|h| &h.steps)
+        .filter(|s| s.step == "connect")
+        .map(|s| s.seconds)
+        .fold(0.0, f64::max);
+    assert!(
+        o.hosts.iter().all(|h| h.status == HostStatus::Deployed),
+        "{o:#?}"
+    );
+    // Every host's spawn was under way at once (one at a time: 1).
+    assert_eq!(connector.most.load(Ordering::SeqCst), 10);
+    assert!(
+        connects < 1.0,
+        "the slowest connect took {connects:.2} s: connects waited for each other"
+    );
+}

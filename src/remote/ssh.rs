@@ -207,24 +207,15 @@ impl SshHost {
         if let Some(key) = &opts.key {
             b.keyfile(key);
         }
-        let session = b.connect_mux(&host.address).await.map_err(|e| {
-            let message = error_chain(&e);
-            RemoteError::Connect {
-                host: host.name.clone(),
-                address: format!("{}@{}:{}", host.user, host.address, host.port),
-                hint: connect_hint(&message),
-                message,
-            }
-        })?;
-        let hold =
-            std::os::unix::net::UnixStream::connect(session.control_socket()).map_err(|e| {
-                RemoteError::Connect {
+        let (session, hold) =
+            launch_master(b, host.address.clone())
+                .await
+                .map_err(|(message, hint)| RemoteError::Connect {
                     host: host.name.clone(),
                     address: format!("{}@{}:{}", host.user, host.address, host.port),
-                    message: format!("the ssh master's control socket: {e}"),
-                    hint: "see the ssh message above",
-                }
-            })?;
+                    hint: hint.unwrap_or_else(|| connect_hint(&message)),
+                    message,
+                })?;
         Ok(SshHost {
             name: host.name.clone(),
             session,
@@ -246,6 +237,38 @@ impl SshHost {
             tracing::debug!("{name}: closing the ssh connection: {}", error_chain(&e));
         }
     }
+}
+
+/// Starts a host's ssh master (`ssh -M -f`, which returns once it has
+/// logged in) off the runtime's thread, and takes the hold on it there too.
+/// `openssh`'s `connect_mux` forks and execs `ssh` synchronously in its first
+/// poll (std's spawn waits for the exec), then awaits its exit. On the single
+/// runtime thread, with the fleet's ssh processes busy with key exchanges on
+/// the same cores, those spawns queued up and the hosts of a wave started
+/// seconds apart (the last of 200 some 11 s after the first), and masters
+/// that had logged in waited for the thread longer than
+/// `ORPHAN_MASTER_EXIT`, and were gone. See [`crate::rt::off_runtime`].
+async fn launch_master(
+    builder: openssh::SessionBuilder,
+    address: String,
+) -> Result<(openssh::Session, std::os::unix::net::UnixStream), (String, Option<&'static str>)> {
+    crate::rt::off_runtime(async move {
+        let session = builder
+            .connect_mux(&address)
+            .await
+            .map_err(|e| (error_chain(&e), None))?;
+        // At once: the master's idle countdown runs until a client holds it.
+        let hold =
+            std::os::unix::net::UnixStream::connect(session.control_socket()).map_err(|e| {
+                (
+                    format!("the ssh master's control socket: {e}"),
+                    Some("see the ssh message above"),
+                )
+            })?;
+        Ok((session, hold))
+    })
+    .await
+    .unwrap_or_else(|e| Err((format!("starting the ssh master: {e}"), None)))
 }
 
 /// The ssh_config `host` is connected with: for a host pinned by name, the
