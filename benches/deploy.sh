@@ -27,6 +27,9 @@
 # HOME, so no shell rc file runs per command). Nothing is left behind: every
 # sshd and ssh master started here is stopped on exit, the temp dir removed.
 #
+# After the timed rounds, one untimed run each of the floor and fleetgate
+# under strace counts the exec events per host (EXECS=0 skips it).
+#
 # Env: HOSTS (50), RUNS (3), WARMUP (1 untimed round first), KEEP=1 keeps the
 # temp dir, FLEETGATE_BIN (a built fleetgate; default: cargo build --release),
 # TOOLS (default "floor fleetgate ansible pyinfra"), BENCH_CACHE (where the
@@ -328,6 +331,43 @@ for ((r = 1; r <= rounds; r++)); do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# --- exec events per host -------------------------------------------------------------------
+# One more, untimed run of the floor and of fleetgate (default kex) with
+# every host's sshd under `strace -f -e trace=execve`: the programs each
+# host runs (sshd's own re-exec and session included, alike for both).
+# EXECS=0 skips it; without strace it is skipped with a note.
+execs_report=""
+count_execs() { # TOOL
+    local trace=$work/logs/execs.$1 spid args=() i
+    for p in "${sshd_pids[@]}"; do args+=(-p "$p"); done
+    strace -f -qq -e trace=execve -o "$trace" "${args[@]}" 2>"$work/logs/strace.err" &
+    spid=$!
+    # Attached once every sshd is traced (strace prints nothing with -qq).
+    for ((i = 0; i < 50; i++)); do
+        [[ $(grep -c '^TracerPid:[[:space:]]*[1-9]' /proc/"${sshd_pids[-1]}"/status 2>/dev/null) == 1 ]] && break
+        sleep 0.1
+    done
+    x=$((x + 1))
+    case $1 in
+    floor) run_floor default >&2 ;;
+    fleetgate) run_fleetgate default "" >&2 ;;
+    esac
+    kill -INT "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    # Successful execs only: `execve(...) = 0` or `<... execve resumed>) = 0`.
+    grep -E 'execve(\(| resumed)' "$trace" | grep -cE ' = 0$' || true
+}
+if [[ ${EXECS:-1} != 0 ]] && want floor && want fleetgate; then
+    if command -v strace >/dev/null; then
+        floor_execs=$(count_execs floor)
+        fleetgate_execs=$(count_execs fleetgate)
+        execs_report=$(python3 -c 'import sys; f, g, n = map(int, sys.argv[1:]); print(f"exec events per host (strace, default kex): floor {f / n:.1f}, fleetgate {g / n:.1f} ({g / max(f, 1):.1f}x the floor)")' "$floor_execs" "$fleetgate_execs" "$HOSTS")
+        log "$execs_report"
+    else
+        execs_report="exec events per host: not counted (no strace)"
+    fi
+fi
+
 # --- report --------------------------------------------------------------------------------
 versions="fleetgate $src_rev; $(ssh -V 2>&1 | cut -d, -f1)"
 if want ansible; then versions+="; ansible-core $ANSIBLE_CORE_VERSION"; fi
@@ -336,5 +376,6 @@ if want pyinfra; then
 fi
 header="fleetgate deploy benchmark: $HOSTS hosts on loopback, nproc $(nproc), load average $load_before before, $load_after after
 $versions
-negotiated kex: ${kex_seen[*]}"
+negotiated kex: ${kex_seen[*]}${execs_report:+
+$execs_report}"
 python3 "$here/deploy_fleet.py" report "$results" "$work/steps" "$HOSTS" "$RUNS" "$header"

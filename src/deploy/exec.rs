@@ -110,7 +110,10 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn record(&mut self, app: Option<&str>, step: &str, ok: bool, started: Instant) {
-        let seconds = secs(started);
+        self.record_secs(app, step, ok, secs(started));
+    }
+
+    fn record_secs(&mut self, app: Option<&str>, step: &str, ok: bool, seconds: f64) {
         log_step(self.host, app, step, ok, seconds);
         self.steps.push(StepRecord {
             app: app.map(str::to_string),
@@ -228,25 +231,42 @@ async fn run_steps<R: Remote>(
     let scripts: Vec<&str> = steps.iter().map(|s| s.script.as_str()).collect();
     let script = release::steps_script(&nonce, &scripts);
     let mut done = Vec::new();
-    let mut current: Option<(usize, Instant)> = None;
+    // The step under way: its index, when its begin marker arrived, and
+    // the host's clock then.
+    let mut current: Option<(usize, Instant, Option<f64>)> = None;
     let mut failed_at = None;
     let host = rec.host;
     let result = {
         let (done, current, failed_at) = (&mut done, &mut current, &mut failed_at);
         let rec = &mut *rec;
+        // Measured on the host when both markers carry its clock; else
+        // from when they arrived.
+        let mut end = |current: &mut Option<(usize, Instant, Option<f64>)>,
+                       i: usize,
+                       ok: bool,
+                       at: Option<f64>| {
+            let seconds = match current.take() {
+                Some((_, _, Some(begin))) if at.is_some_and(|end| end >= begin) => {
+                    at.unwrap_or(begin) - begin
+                }
+                Some((_, started, _)) => secs(started),
+                None => 0.0,
+            };
+            rec.record_secs(steps[i].app.as_deref(), steps[i].step, ok, seconds);
+        };
         remote
             .run_lines(
                 &script,
                 &mut |line| match release::parse_step_marker(&nonce, line) {
-                    Some(release::StepEvent::Begin(i)) => *current = Some((i, Instant::now())),
-                    Some(release::StepEvent::Done(i)) => {
-                        let started = current.take().map_or_else(Instant::now, |(_, t)| t);
-                        rec.record(steps[i].app.as_deref(), steps[i].step, true, started);
+                    Some((release::StepEvent::Begin(i), at)) => {
+                        *current = Some((i, Instant::now(), at));
+                    }
+                    Some((release::StepEvent::Done(i), at)) => {
+                        end(current, i, true, at);
                         done.push(i);
                     }
-                    Some(release::StepEvent::Fail(i)) => {
-                        let started = current.take().map_or_else(Instant::now, |(_, t)| t);
-                        rec.record(steps[i].app.as_deref(), steps[i].step, false, started);
+                    Some((release::StepEvent::Fail(i), at)) => {
+                        end(current, i, false, at);
                         *failed_at = Some(i);
                     }
                     None => tracing::debug!("{host}: {}", masker.mask(line)),
@@ -255,7 +275,7 @@ async fn run_steps<R: Remote>(
             .await
     };
     // A step that began but neither finished nor failed was cut off.
-    let interrupted = current.map(|(i, started)| {
+    let interrupted = current.map(|(i, started, _)| {
         rec.record(steps[i].app.as_deref(), steps[i].step, false, started);
         i
     });
@@ -2013,5 +2033,77 @@ async fn checks_after<C: Connector, P: Prober>(
         max_failures: 0,
         rolled_back: false,
         hosts,
+    }
+}
+
+#[cfg(test)]
+mod step_timing_tests {
+    use super::*;
+    use crate::remote::RemoteError;
+
+    /// A host that sends nothing until its script ends, then all its
+    /// output at once: the markers arrive in one burst.
+    struct Buffered;
+
+    impl Remote for Buffered {
+        async fn run_lines(
+            &self,
+            script: &str,
+            on_line: &mut (dyn FnMut(&str) + Send),
+        ) -> Result<RemoteOutput, RemoteError> {
+            let out = crate::remote::shell::sh(script);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            for line in stdout.lines() {
+                on_line(line);
+            }
+            Ok(RemoteOutput {
+                status: out.status.code(),
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn step_times_are_the_hosts_even_when_the_markers_arrive_in_one_burst() {
+        if !std::path::Path::new("/proc/uptime").exists() {
+            return;
+        }
+        let mut rec = Recorder {
+            host: "h1",
+            steps: Vec::new(),
+        };
+        let steps = [
+            Step::new("web", "upload", "sleep 0.3".into()),
+            Step::new("web", "switch", "true".into()),
+        ];
+        let (done, failure) = run_steps(&Buffered, &mut rec, &Masker::default(), &steps).await;
+        assert_eq!(done, [0, 1]);
+        assert!(failure.is_none(), "{failure:?}");
+        let secs: Vec<f64> = rec.steps.iter().map(|s| s.seconds).collect();
+        // /proc/uptime counts hundredths; the arrival gap would be ~0.
+        assert!((0.25..1.5).contains(&secs[0]), "{secs:?}");
+        assert!(secs[1] < 0.1, "{secs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_is_timed_on_the_host_too() {
+        if !std::path::Path::new("/proc/uptime").exists() {
+            return;
+        }
+        let mut rec = Recorder {
+            host: "h1",
+            steps: Vec::new(),
+        };
+        let steps = [Step::new("web", "start", "sleep 0.3\nexit 3".into())];
+        let (done, failure) = run_steps(&Buffered, &mut rec, &Masker::default(), &steps).await;
+        assert!(done.is_empty());
+        assert!(failure.is_some());
+        assert!(!rec.steps[0].ok);
+        assert!(
+            (0.25..1.5).contains(&rec.steps[0].seconds),
+            "{:?}",
+            rec.steps
+        );
     }
 }

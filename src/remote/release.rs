@@ -202,27 +202,40 @@ pub struct Inspected {
     pub gated: Option<String>,
 }
 
+/// Shell functions of [`inspect_script`], builtins only: `fg_q` appends
+/// its argument, quoted, to `$fg_files`; `fg_walk` does so for every
+/// regular file under a directory (not through symlinks), as
+/// `find -type f` would, without running it.
+const INSPECT_FUNCTIONS: &str = r#"fg_sq="'"
+fg_q() { fg_s=$1; fg_r=; while :; do case $fg_s in *"$fg_sq"*) fg_r="$fg_r${fg_s%%"$fg_sq"*}'\''"; fg_s=${fg_s#*"$fg_sq"} ;; *) break ;; esac; done; fg_files="$fg_files '$fg_r$fg_s'"; }
+fg_walk() { for fg_f in "$1"/* "$1"/.[!.]* "$1"/..?*; do if [ -L "$fg_f" ]; then continue; elif [ -d "$fg_f" ]; then fg_walk "$fg_f"; elif [ -f "$fg_f" ]; then fg_q "$fg_f"; fi; done; }
+fg_cat() { if [ -f "$1" ]; then while IFS= read -r fg_l || [ -n "$fg_l" ]; do printf '%s\n' "$fg_l"; done < "$1"; fi; }
+"#;
+
 /// A script that prints, for each app, its state, the hashes of the live
-/// files and the releases on disk.
+/// files and the releases on disk. Shell builtins but for one `sha256sum`
+/// of an app's live files (and a `readlink` of a `current` that names no
+/// directory).
 pub fn inspect_script(dirs: &[&AppDir]) -> String {
     let mut s = String::from("set -u\n");
+    s.push_str(INSPECT_FUNCTIONS);
     for d in dirs {
         let path = quote(&d.path());
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
-        let _ = writeln!(s, "echo @@state; cat {path}/state.json 2>/dev/null; echo");
+        let _ = writeln!(s, "echo @@state; fg_cat {path}/state.json; echo");
         let _ = writeln!(
             s,
-            "echo @@current; readlink {path}/current 2>/dev/null; echo"
+            "echo @@current; if [ -L {path}/current ]; then if fg_p=$(cd -P {path}/current 2>/dev/null && pwd -P); then echo \"releases/${{fg_p##*/}}\"; else readlink {path}/current 2>/dev/null; fi; fi; echo"
         );
-        let _ = writeln!(s, "echo @@started; cat {path}/started 2>/dev/null; echo");
-        let _ = writeln!(s, "echo @@gated; cat {path}/gated 2>/dev/null; echo");
+        let _ = writeln!(s, "echo @@started; fg_cat {path}/started; echo");
+        let _ = writeln!(s, "echo @@gated; fg_cat {path}/gated; echo");
         let _ = writeln!(
             s,
-            "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && find . -type f -exec sha256sum {{}} +); fi"
+            "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && fg_files= && fg_walk . && if [ -n \"$fg_files\" ]; then eval \"sha256sum -- $fg_files\"; fi); fi"
         );
         let _ = writeln!(
             s,
-            "echo @@releases; ls -1 {path}/releases 2>/dev/null || true"
+            "echo @@releases; for fg_r in {path}/releases/*; do if [ -e \"$fg_r\" ]; then printf '%s\\n' \"${{fg_r##*/}}\"; fi; done"
         );
     }
     s
@@ -290,39 +303,44 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
 /// A unique marker no base64 text can contain.
 const EOF: &str = "FLEETGATE_EOF";
 
-/// Uploads `files` as release `rev`: written into a temp dir with restrictive
-/// modes, verified with sha256sum on the host, then renamed into place.
+/// Uploads `files` as release `rev`: one tar stream, base64-encoded in a
+/// quoted here-document, unpacked by one `base64 -d | tar` into a temp dir
+/// (files 0644, secret ones 0600, directories 0750, as the archive says),
+/// verified by one `sha256sum` on the host, then renamed into place.
 /// Contains the file contents (secrets included): never log it.
 pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
     use base64::Engine as _;
+    let releases = quote(&format!("{}/releases", dir.path()));
     let release = quote(&dir.release(rev));
     let tmp = quote(&format!("{}/releases/.{rev}.upload", dir.path()));
+    let old = quote(&format!("{}/releases/.{rev}.old", dir.path()));
     let mut s = String::new();
     let _ = writeln!(s, "set -eu\numask 077");
-    let _ = writeln!(s, "mkdir -p {}", quote(&format!("{}/releases", dir.path())));
-    let _ = writeln!(s, "rm -rf {tmp}\nmkdir -m 0750 {tmp}");
-    for f in files {
-        let target = format!("{}/releases/.{rev}.upload/{}", dir.path(), f.path);
-        if let Some((parent, _)) = f.path.rsplit_once('/') {
-            let _ = writeln!(
-                s,
-                "mkdir -p -m 0750 {}",
-                quote(&format!("{}/releases/.{rev}.upload/{parent}", dir.path()))
-            );
+    let _ = writeln!(s, "[ -d {releases} ] || mkdir -p {releases}");
+    let _ = writeln!(
+        s,
+        "if [ -e {tmp} ] || [ -L {tmp} ]; then rm -rf {tmp}; fi\nmkdir -m 0750 {tmp}"
+    );
+    if !files.is_empty() {
+        match tar_of(files) {
+            Some(tar) => {
+                // The archive's modes as they are (0600 stays 0600: a
+                // umask can only take bits away).
+                let encoded = base64::engine::general_purpose::STANDARD.encode(tar);
+                let _ = writeln!(
+                    s,
+                    "umask 022\nbase64 -d <<'{EOF}' | tar -x -m -o -f - -C {tmp}"
+                );
+                push_lines(&mut s, &encoded);
+                let _ = writeln!(s, "{EOF}\numask 077");
+            }
+            // A path no tar header holds: one file at a time.
+            None => {
+                for f in files {
+                    upload_one(&mut s, dir, rev, f);
+                }
+            }
         }
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&f.content);
-        let _ = writeln!(s, "base64 -d > {} <<'{EOF}'", quote(&target));
-        for chunk in encoded.as_bytes().chunks(76) {
-            s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-            s.push('\n');
-        }
-        let _ = writeln!(s, "{EOF}");
-        let _ = writeln!(
-            s,
-            "chmod {} {}",
-            if f.secret { "0600" } else { "0644" },
-            quote(&target)
-        );
     }
     let _ = writeln!(s, "cd {tmp}\nsha256sum -c --quiet --strict - <<'{EOF}'");
     for f in files {
@@ -330,13 +348,118 @@ pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
     }
     let _ = writeln!(s, "{EOF}");
     // Replace a leftover of an earlier attempt at the same rev, then move in.
-    let old = quote(&format!("{}/releases/.{rev}.old", dir.path()));
     let _ = writeln!(
         s,
-        "cd /\nrm -rf {old}\nif [ -e {release} ]; then mv -T {release} {old}; fi"
+        "cd /\nif [ -e {old} ]; then rm -rf {old}; fi\nif [ -e {release} ]; then mv -T {release} {old}; fi"
     );
-    let _ = writeln!(s, "mv -T {tmp} {release}\nrm -rf {old}");
+    let _ = writeln!(
+        s,
+        "mv -T {tmp} {release}\nif [ -e {old} ]; then rm -rf {old}; fi"
+    );
     s
+}
+
+/// Base64 text in lines of 76.
+fn push_lines(s: &mut String, encoded: &str) {
+    for chunk in encoded.as_bytes().chunks(76) {
+        s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        s.push('\n');
+    }
+}
+
+/// One file the old way (a path too long for a tar header): its own
+/// `base64 -d` and `chmod`.
+fn upload_one(s: &mut String, dir: &AppDir, rev: &str, f: &ReleaseFile) {
+    use base64::Engine as _;
+    let target = format!("{}/releases/.{rev}.upload/{}", dir.path(), f.path);
+    if let Some((parent, _)) = f.path.rsplit_once('/') {
+        let _ = writeln!(
+            s,
+            "mkdir -p -m 0750 {}",
+            quote(&format!("{}/releases/.{rev}.upload/{parent}", dir.path()))
+        );
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&f.content);
+    let _ = writeln!(s, "base64 -d > {} <<'{EOF}'", quote(&target));
+    push_lines(s, &encoded);
+    let _ = writeln!(s, "{EOF}");
+    let _ = writeln!(
+        s,
+        "chmod {} {}",
+        if f.secret { "0600" } else { "0644" },
+        quote(&target)
+    );
+}
+
+/// `files` as a ustar archive: each directory (0750) before what it holds,
+/// files 0644 or 0600 (secret), owner 0, mtime 0 (`tar -m` unpacks them
+/// as of now). `None` when a path does not fit a ustar header or is not a
+/// plain relative path.
+fn tar_of(files: &[ReleaseFile]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let parts: Vec<&str> = f.path.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\n'))
+        {
+            return None;
+        }
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if dirs.insert(d.clone()) {
+                tar_header(&mut out, &format!("{d}/"), 0o750, 0, b'5')?;
+            }
+        }
+        tar_header(
+            &mut out,
+            &f.path,
+            if f.secret { 0o600 } else { 0o644 },
+            f.content.len() as u64,
+            b'0',
+        )?;
+        out.extend_from_slice(&f.content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    Some(out)
+}
+
+fn tar_header(out: &mut Vec<u8>, path: &str, mode: u32, size: u64, kind: u8) -> Option<()> {
+    let mut h = [0u8; 512];
+    let bytes = path.as_bytes();
+    // name (100) and, for a longer path, prefix (155) split at a `/`.
+    let (prefix, name) = if bytes.len() <= 100 {
+        (&[][..], bytes)
+    } else {
+        let cut = (bytes.len().saturating_sub(101)..bytes.len().min(156))
+            .find(|&i| bytes[i] == b'/' && bytes.len() - i - 1 <= 100 && i <= 155)?;
+        (&bytes[..cut], &bytes[cut + 1..])
+    };
+    if name.is_empty() || size >= 0o77777777777 {
+        return None;
+    }
+    h[..name.len()].copy_from_slice(name);
+    let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+        let text = format!("{v:0width$o}", width = len - 1);
+        h[at..at + len - 1].copy_from_slice(text.as_bytes());
+    };
+    octal(&mut h, 100, 8, u64::from(mode));
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, size);
+    octal(&mut h, 136, 12, 0);
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[345..345 + prefix.len()].copy_from_slice(prefix);
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(text.as_bytes());
+    out.extend_from_slice(&h);
+    Some(())
 }
 
 /// Points `current` at release `rev` atomically (symlink + rename) and writes
@@ -344,7 +467,7 @@ pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
 pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
     let app = dir.path();
     let mut s = String::from("set -eu\numask 077\n");
-    let _ = writeln!(s, "test -d {}", quote(&dir.release(rev)));
+    let _ = writeln!(s, "[ -d {} ]", quote(&dir.release(rev)));
     let _ = writeln!(
         s,
         "ln -sfn {} {}",
@@ -366,11 +489,13 @@ pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
 /// changes, nothing is uploaded, switched or restarted.
 pub fn record_script(dir: &AppDir, state: &State) -> String {
     let mut s = String::from("set -eu\numask 077\n");
+    // `current` and `releases/<rev>` are the same directory (`cd -P` and
+    // `pwd -P` are builtins: no `readlink`).
     let _ = writeln!(
         s,
-        "test \"$(readlink {})\" = {}",
-        quote(&format!("{}/current", dir.path())),
-        quote(&format!("releases/{}", state.rev))
+        "[ -L {current} ] && [ \"$(cd -P {current} && pwd -P)\" = \"$(cd -P {release} && pwd -P)\" ]",
+        current = quote(&format!("{}/current", dir.path())),
+        release = quote(&dir.release(&state.rev))
     );
     write_state(&mut s, dir, state);
     s
@@ -380,9 +505,10 @@ pub fn record_script(dir: &AppDir, state: &State) -> String {
 fn write_state(s: &mut String, dir: &AppDir, state: &State) {
     let app = dir.path();
     let json = serde_json::to_string(state).expect("state serialises");
+    // One line of JSON, through `read` and `printf` (builtins).
     let _ = writeln!(
         s,
-        "cat > {} <<'{EOF}'\n{json}\n{EOF}",
+        "IFS= read -r fg_json <<'{EOF}'\n{json}\n{EOF}\nprintf '%s\\n' \"$fg_json\" > {}",
         quote(&format!("{app}/.state.json.new"))
     );
     let _ = writeln!(
@@ -412,12 +538,20 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
     // Not live until its start finishes and its gates pass (see
     // `Inspected::started` and `Inspected::gated`).
     // An app deployed again is no longer a removed one.
-    let _ = writeln!(
-        s,
-        "rm -f {} {} {}",
+    let markers = [
         quote(&format!("{app}/started")),
         quote(&format!("{app}/gated")),
-        quote(&format!("{app}/removed_at"))
+        quote(&format!("{app}/removed_at")),
+    ];
+    let _ = writeln!(
+        s,
+        "if {}; then rm -f {}; fi",
+        markers
+            .iter()
+            .map(|m| format!("[ -e {m} ]"))
+            .collect::<Vec<_>>()
+            .join(" || "),
+        markers.join(" ")
     );
     // It ran blue/green before: its live slot stops first.
     let _ = writeln!(
@@ -444,12 +578,12 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
             let _ = writeln!(s, "( {start}\n)");
         }
     }
+    // Written in place: removed above, so a reader finds it absent, empty
+    // (not started) or whole.
     let _ = writeln!(
         s,
-        "echo {} > {}\nmv -f {} {}",
+        "printf '%s\\n' {} > {}",
         quote(rev),
-        quote(&format!("{app}/.started.new")),
-        quote(&format!("{app}/.started.new")),
         quote(&format!("{app}/started"))
     );
     s
@@ -672,33 +806,37 @@ pub fn gated_script(dirs: &[(&AppDir, &str)]) -> String {
         let app = dir.path();
         let _ = writeln!(
             s,
-            "test \"$(cat {} 2>/dev/null)\" = {}",
+            "fg_started=\n{{ read -r fg_started < {}; }} 2>/dev/null || true\n[ \"$fg_started\" = {} ]",
             quote(&format!("{app}/started")),
             quote(rev)
         );
+        // Written in place: every start removes it first, so a reader finds
+        // it absent, empty (not gated) or whole.
         let _ = writeln!(
             s,
-            "echo {} > {}\nmv -f {} {}",
+            "printf '%s\\n' {} > {}",
             quote(rev),
-            quote(&format!("{app}/.gated.new")),
-            quote(&format!("{app}/.gated.new")),
             quote(&format!("{app}/gated"))
         );
     }
     s
 }
 
-/// Removes all but the newest [`KEEP_RELEASES`] releases, never one in `keep`.
+/// Removes all but the newest [`KEEP_RELEASES`] releases, never one in
+/// `keep`: a glob loop ranks them by mtime with `[ -nt ]` (builtins), one
+/// `rm -rf` removes them all.
 pub fn prune_script(dir: &AppDir, keep: &[&str]) -> String {
     let releases = quote(&format!("{}/releases", dir.path()));
     let mut s = format!(
-        "set -eu\ncd {releases}\nls -1t | tail -n +{} | while read -r r; do\n  case \"$r\" in\n",
-        KEEP_RELEASES + 1
+        "set -eu\ncd {releases}\nset --\nfor r in *; do\n  if [ ! -e \"$r\" ] && [ ! -L \"$r\" ]; then continue; fi\n  case \"$r\" in\n"
     );
     for k in keep {
-        let _ = writeln!(s, "    {}) ;;", quote(k));
+        let _ = writeln!(s, "    {}) continue ;;", quote(k));
     }
-    s.push_str("    *) rm -rf -- \"$r\" ;;\n  esac\ndone\n");
+    let _ = write!(
+        s,
+        "  esac\n  n=0\n  for o in *; do if [ \"$o\" -nt \"$r\" ]; then n=$((n + 1)); fi; done\n  if [ \"$n\" -ge {KEEP_RELEASES} ]; then set -- \"$@\" \"$r\"; fi\ndone\nif [ $# -gt 0 ]; then rm -rf -- \"$@\"; fi\n"
+    );
     s
 }
 
@@ -815,7 +953,7 @@ pub fn prune_removed_script(client_dir: &str, keep: std::time::Duration) -> Stri
     let dir = quote(client_dir);
     let secs = keep.as_secs();
     format!(
-        "now=$(date -u +%s)\nfor f in {dir}/*/removed_at; do\n  [ -f \"$f\" ] || continue\n  at=$(cat \"$f\" 2>/dev/null)\n  case \"$at\" in ''|*[!0-9]*) continue ;; esac\n  if [ $((now - at)) -ge {secs} ]; then rm -rf -- \"${{f%/removed_at}}/releases\"; fi\ndone\n"
+        "now=\nfor f in {dir}/*/removed_at; do\n  [ -f \"$f\" ] && [ -e \"${{f%/removed_at}}/releases\" ] || continue\n  at=\n  {{ read -r at < \"$f\"; }} 2>/dev/null || true\n  [ -n \"$now\" ] || now=$(date -u +%s)\n  case \"$at\" in ''|*[!0-9]*) continue ;; esac\n  if [ $((now - at)) -ge {secs} ]; then rm -rf -- \"${{f%/removed_at}}/releases\"; fi\ndone\n"
     )
 }
 
@@ -1237,20 +1375,27 @@ mod tests {
 }
 
 /// Runs several scripts in one remote command, each in a subshell; a marker
-/// line `@@<nonce> <i> begin|done|fail <code>` on stdout says where it is, so
-/// progress streams while the host works and one round trip does it all.
-/// Stops at the first failing script.
+/// line `@@<nonce> <i> begin <t>`, `@@<nonce> <i> done <t>` or
+/// `@@<nonce> <i> fail <code> <t>` on stdout says where it is, so progress
+/// streams while the host works and one round trip does it all. `<t>` is
+/// the host's monotonic clock in seconds (`/proc/uptime`, read with the
+/// `read` builtin: no program runs; `date +%s.%N` where there is no /proc;
+/// empty when neither tells), so a step's time is measured on the host,
+/// not from when its markers arrive. Stops at the first failing script.
 pub fn steps_script(nonce: &str, scripts: &[&str]) -> String {
-    let mut s = String::new();
+    let nonce = quote(nonce);
+    let mut s = String::from(
+        "fg_now() { fg_t=; if [ -r /proc/uptime ]; then read -r fg_t fg_idle < /proc/uptime || fg_t=; else fg_t=$(date +%s.%N 2>/dev/null) || fg_t=; fi; case $fg_t in *[!0-9.]*) fg_t= ;; esac; }\n",
+    );
     for (i, script) in scripts.iter().enumerate() {
-        let _ = writeln!(s, "echo '@@{nonce} {i} begin'");
+        let _ = writeln!(s, "fg_now; echo @@{nonce} {i} begin \"$fg_t\"");
         // Not `( … ) || …`: inside an `||` list the shell ignores `set -e`,
         // so a failing line would not stop the script.
         let _ = writeln!(
             s,
-            "(\n{script}\n)\nrc=$?\nif [ $rc -ne 0 ]; then echo \"@@{nonce} {i} fail $rc\"; exit $rc; fi"
+            "(\n{script}\n)\nrc=$?\nfg_now\nif [ $rc -ne 0 ]; then echo @@{nonce} {i} fail \"$rc\" \"$fg_t\"; exit $rc; fi"
         );
-        let _ = writeln!(s, "echo '@@{nonce} {i} done'");
+        let _ = writeln!(s, "echo @@{nonce} {i} done \"$fg_t\"");
     }
     s
 }
@@ -1263,19 +1408,29 @@ pub enum StepEvent {
     Fail(usize),
 }
 
-pub fn parse_step_marker(nonce: &str, line: &str) -> Option<StepEvent> {
+/// A marker of [`steps_script`]: its event, and the host's monotonic clock
+/// when it was printed (seconds; `None` when the host gave none).
+pub fn parse_step_marker(nonce: &str, line: &str) -> Option<(StepEvent, Option<f64>)> {
     let rest = line
         .strip_prefix("@@")?
         .strip_prefix(nonce)?
         .strip_prefix(' ')?;
     let mut parts = rest.split_whitespace();
     let i: usize = parts.next()?.parse().ok()?;
-    match parts.next()? {
-        "begin" => Some(StepEvent::Begin(i)),
-        "done" => Some(StepEvent::Done(i)),
-        "fail" => Some(StepEvent::Fail(i)),
-        _ => None,
-    }
+    let event = match parts.next()? {
+        "begin" => StepEvent::Begin(i),
+        "done" => StepEvent::Done(i),
+        "fail" => {
+            parts.next()?;
+            StepEvent::Fail(i)
+        }
+        _ => return None,
+    };
+    let at = parts
+        .next()
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t >= 0.0);
+    Some((event, at))
 }
 
 #[cfg(test)]
@@ -1304,6 +1459,10 @@ mod steps_tests {
         let events: Vec<StepEvent> = stdout
             .lines()
             .filter_map(|l| parse_step_marker("n1", l))
+            .map(|(e, at)| {
+                assert!(at.is_some(), "a host timestamp on every marker: {stdout}");
+                e
+            })
             .collect();
         assert_eq!(
             events,
@@ -1319,6 +1478,37 @@ mod steps_tests {
             None,
             "another nonce is app output"
         );
+    }
+
+    #[test]
+    fn markers_carry_the_host_clock_when_it_gives_one() {
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 2 begin 1234.56"),
+            Some((StepEvent::Begin(2), Some(1234.56)))
+        );
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 2 done 1234.86"),
+            Some((StepEvent::Done(2), Some(1234.86)))
+        );
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 3 fail 7 99.5"),
+            Some((StepEvent::Fail(3), Some(99.5)))
+        );
+        // A host without a clock: the markers still count, without a time.
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 0 begin "),
+            Some((StepEvent::Begin(0), None))
+        );
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 0 fail 1 "),
+            Some((StepEvent::Fail(0), None))
+        );
+        assert_eq!(
+            parse_step_marker("n1", "@@n1 0 done x"),
+            Some((StepEvent::Done(0), None))
+        );
+        assert_eq!(parse_step_marker("n1", "@@n1 0 fail"), None);
+        assert_eq!(parse_step_marker("n1", "@@n1 0 start 1.0"), None);
     }
 }
 

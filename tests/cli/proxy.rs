@@ -43,7 +43,7 @@ if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; rm -f "$pid"; f
 fn app(strategy: &str) -> String {
     let (strategy, port) = match strategy {
         "blue_green" => (
-            "strategy: blue_green\ndrain: 1s\nslot_ports: [\"{{ client.vars.blue }}\", \"{{ client.vars.green }}\"]\n",
+            "strategy: blue_green\ndrain: 2s\nslot_ports: [\"{{ client.vars.blue }}\", \"{{ client.vars.green }}\"]\n",
             "",
         ),
         _ => ("", "    port: \"{{ client.vars.blue }}\"\n"),
