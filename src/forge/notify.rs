@@ -425,6 +425,20 @@ mod tests {
         restore_command,
     };
 
+    /// A canary stage at 222… that failed on this one host.
+    fn failed_canary(host: HostOutcome) -> StageOutcome {
+        StageOutcome {
+            stage: "canary".into(),
+            rev: "2".repeat(40),
+            passed: false,
+            interrupted: false,
+            failed_hosts: 1,
+            max_failures: 0,
+            rolled_back: false,
+            hosts: vec![host],
+        }
+    }
+
     #[test]
     fn a_frozen_app_with_a_backup_names_the_backup_and_its_restore() {
         let mut host = HostOutcome::new(
@@ -444,16 +458,7 @@ mod tests {
                 )),
             },
         );
-        let outcome = StageOutcome {
-            stage: "canary".into(),
-            rev: "2".repeat(40),
-            passed: false,
-            interrupted: false,
-            failed_hosts: 1,
-            max_failures: 0,
-            rolled_back: false,
-            hosts: vec![host],
-        };
+        let outcome = failed_canary(host);
         let body = super::failure_comment(&"2".repeat(40), &outcome, None, None, "http://log");
         assert!(
             body.contains("Backup 4f2a9c1e was taken before alpha/web@alpha-1 changed")
@@ -475,16 +480,7 @@ mod tests {
         host.frozen = vec!["web".into()];
         host.snapshot = Some(77);
         host.restore = Some(restore_command("alpha", "alpha-1", 77));
-        let outcome = StageOutcome {
-            stage: "canary".into(),
-            rev: "2".repeat(40),
-            passed: false,
-            interrupted: false,
-            failed_hosts: 1,
-            max_failures: 0,
-            rolled_back: false,
-            hosts: vec![host],
-        };
+        let outcome = failed_canary(host);
         let body = super::failure_comment(&"2".repeat(40), &outcome, None, None, "http://log");
         assert!(
             body.contains("Snapshot 77 was taken before alpha/web@alpha-1 changed")
