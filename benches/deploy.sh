@@ -15,6 +15,13 @@
 #
 #   benches/deploy.sh                 # 50 hosts, 3 timed runs
 #   HOSTS=5 RUNS=1 benches/deploy.sh  # quick run
+#   benches/shard.sh                  # 200 hosts: 1 vs 4 shards
+#
+# The opt-in tool `shards` (TOOLS="fleetgate shards") deploys the same
+# release as $SHARDS concurrent `fleetgate deploy --shard I/N` processes on
+# this machine, sharing the records through a bare remote as a CI matrix
+# would: against `fleetgate` it shows the coordination overhead, not a
+# speed-up (the shards share the 2 cores).
 #
 # Every timed run does real work: each run deploys a new release (a new value
 # of the template variable x, so new file contents) to every host, and the
@@ -40,6 +47,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 HOSTS=${HOSTS:-50}
 RUNS=${RUNS:-3}
+SHARDS=${SHARDS:-4}
 WARMUP=${WARMUP:-1}
 TOOLS=${TOOLS:-floor fleetgate ansible pyinfra}
 ANSIBLE_CORE_VERSION=2.19.14
@@ -56,7 +64,7 @@ source "$root/benches/lib.sh"
 [[ $RUNS =~ ^[0-9]+$ ]] && ((RUNS >= 1)) || die "RUNS must be >= 1 (got '$RUNS')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number (got '$WARMUP')"
 for t in $TOOLS; do
-    case $t in floor | fleetgate | ansible | pyinfra) ;; *) die "unknown tool '$t' in TOOLS" ;; esac
+    case $t in floor | fleetgate | shards | ansible | pyinfra) ;; *) die "unknown tool '$t' in TOOLS" ;; esac
 done
 want() { [[ " $TOOLS " == *" $1 "* ]]; }
 ((EUID == 0)) || die "run as root: the hosts' sshd run as root and log in as $USER_NAME"
@@ -111,7 +119,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ -n ${FLEETGATE_BIN:-} ]] || want fleetgate; then
+if [[ -n ${FLEETGATE_BIN:-} ]] || want fleetgate || want shards; then
     fleetgate_binary
 else
     bin=$work/fleetgate
@@ -211,6 +219,13 @@ g init -q -b main
 python3 "$here/deploy_fleet.py" fleet "$repo" "$work/hosts.tsv" 0 default
 g add -A
 g commit -q -m "bench fleet: $HOSTS hosts"
+# With `shards`, a remote for the records: shards share them there
+# (`deploy --shard` needs it), and the one-shard runs push to it alike.
+if want shards; then
+    git init -q --bare -b main "$work/remote.git"
+    g remote add origin "$work/remote.git"
+    g push -q origin main
+fi
 templates=$repo/pipelines/apps/web
 
 mkdir -p "$work/ansible/home" "$work/ansible/tmp" "$work/pyinfra" "$work/cp" "$work/logs" "$work/steps"
@@ -250,6 +265,7 @@ run_fleetgate() { # KEX TAG
     python3 "$here/deploy_fleet.py" fleet "$repo" "$work/hosts.tsv" "$x" "$1"
     g add -A
     g commit -q -m "x=$x, kex $1"
+    if want shards; then g push -q origin main; fi
     local t0 t1 rc=0 out=$work/logs/fleetgate.json err=$work/logs/fleetgate.err
     t0=$(now_ns)
     (cd "$repo" && env -u SOPS_AGE_KEY -u SOPS_AGE_KEY_FILE FLEETGATE_SSH_KEY="$key" FLEETGATE_LOG=info \
@@ -265,6 +281,32 @@ run_fleetgate() { # KEX TAG
         cp "$err" "$work/steps/$1/$2.err"
         echo "$elapsed" >"$work/steps/$1/$2.wall"
     fi
+}
+
+run_shards() { # KEX
+    python3 "$here/deploy_fleet.py" fleet "$repo" "$work/hosts.tsv" "$x" "$1"
+    g add -A
+    g commit -q -m "x=$x, kex $1, $SHARDS shards"
+    g push -q origin main
+    local t0 t1 i pids=() fail=0 clone
+    # One clone per shard, as each job of a CI matrix has its own.
+    for ((i = 1; i <= SHARDS; i++)); do
+        clone=$work/shard-$i
+        [[ -d $clone ]] || git clone -q "$work/remote.git" "$clone"
+        git -C "$clone" pull -q --ff-only origin main
+    done
+    t0=$(now_ns)
+    for ((i = 1; i <= SHARDS; i++)); do
+        (cd "$work/shard-$i" && env -u SOPS_AGE_KEY -u SOPS_AGE_KEY_FILE FLEETGATE_SSH_KEY="$key" FLEETGATE_LOG=info \
+            GITHUB_RUN_ID="bench-$x" "$bin" deploy --stage production --rev HEAD --format json \
+            --shard "$i/$SHARDS" >"$work/logs/shard-$i.json" 2>"$work/logs/shard-$i.err") &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || fail=$((fail + 1)); done
+    t1=$(now_ns)
+    ((fail == 0)) || { tail -n 20 "$work"/logs/shard-*.err >&2; die "$fail of $SHARDS shards failed (x=$x, kex $1)"; }
+    python3 "$here/deploy_fleet.py" verify fleetgate "$work/hosts.tsv" "$x" || die "the shards did not deploy x=$x everywhere"
+    elapsed=$(secs_since "$t0" "$t1")
 }
 
 run_ansible() { # KEX
@@ -309,7 +351,7 @@ for ((r = 1; r <= rounds; r++)); do
     tag=""
     if ((timed)); then tag=run$((r - WARMUP)); fi
     for kex in "${KEXES[@]}"; do
-        for tool in floor fleetgate ansible pyinfra; do
+        for tool in floor fleetgate shards ansible pyinfra; do
             want "$tool" || continue
             [[ $tool == pyinfra && $kex != curve25519 ]] && continue
             x=$((x + 1))
@@ -321,6 +363,7 @@ for ((r = 1; r <= rounds; r++)); do
                 elapsed=$(secs_since "$t0" "$(now_ns)")
                 ;;
             fleetgate) run_fleetgate "$kex" "$tag" ;;
+            shards) run_shards "$kex" ;;
             ansible) run_ansible "$kex" ;;
             pyinfra) run_pyinfra "$kex" ;;
             esac
@@ -374,7 +417,7 @@ if want ansible; then versions+="; ansible-core $ANSIBLE_CORE_VERSION"; fi
 if want pyinfra; then
     versions+="; pyinfra $PYINFRA_VERSION ($("$pyinfra_venv/bin/python" -c 'import paramiko; print("paramiko", paramiko.__version__)'))"
 fi
-header="fleetgate deploy benchmark: $HOSTS hosts on loopback, nproc $(nproc), load average $load_before before, $load_after after
+header="fleetgate deploy benchmark: $HOSTS hosts on loopback${SHARDS:+ (shards: $SHARDS)}, nproc $(nproc), load average $load_before before, $load_after after
 $versions
 negotiated kex: ${kex_seen[*]}${execs_report:+
 $execs_report}"

@@ -245,6 +245,7 @@ def cmd_report(results_tsv, steps_dir, n_hosts, runs, header):
     tools = [
         ("floor", f"{n_hosts}x ssh true (parallel)"),
         ("fleetgate", "fleetgate deploy"),
+        ("shards", "fleetgate deploy, N shards"),
         ("ansible", "ansible-playbook"),
         ("pyinfra", "pyinfra"),
     ]
@@ -282,6 +283,10 @@ def cmd_report(results_tsv, steps_dir, n_hosts, runs, header):
     for kex in kexes:
         r = ratio(("fleetgate", kex), ("floor", kex))
         print(f"  {kex:10} fleetgate / floor    {show(r, '<= 2x', lambda r: r <= 2)}")
+    for kex in kexes:
+        r = ratio(("shards", kex), ("fleetgate", kex))
+        if r is not None:
+            print(f"  {kex:10} N shards / 1 shard   {r:7.2f}x  (coordination overhead on one machine)")
     r = ratio(("pyinfra", "curve25519"), ("fleetgate", "default"))
     if r is not None:
         print(f"  (cross-kex: pyinfra curve25519 / fleetgate default kex = {r:.2f}x)")

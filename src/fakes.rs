@@ -664,6 +664,7 @@ impl Rollout for FakeRollout {
         stage: &str,
         clients: &[String],
         previous: &BTreeMap<String, CommitId>,
+        shard: crate::core::shard::Shard,
     ) -> Result<StageOutcome> {
         self.previous.borrow_mut().push(previous.clone());
         if let Some(hook) = self.before_deploy.borrow_mut().as_mut() {
@@ -683,6 +684,9 @@ impl Rollout for FakeRollout {
         for client in clients {
             let Some(c) = self.fleet.clients.get(client) else {
                 // Gone from the fleet: its host takes it down.
+                if !shard.selects(stage, client, &format!("{client}-1")) {
+                    continue;
+                }
                 hosts.push(HostOutcome::new(
                     client,
                     &format!("{client}-1"),
@@ -694,6 +698,9 @@ impl Rollout for FakeRollout {
             // Resolved before anything is deployed, as the real one does: an
             // inventory that cannot answer stops the stage with nothing done.
             for h in crate::inventory::hosts(&self.inventory, c)? {
+                if !shard.selects(stage, client, &h.name) {
+                    continue;
+                }
                 let how = self
                     .hosts
                     .borrow()

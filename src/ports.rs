@@ -26,6 +26,7 @@ use crate::core::events::Event;
 use crate::core::lock::Lease;
 use crate::core::outcome::StageOutcome;
 use crate::core::rev::CommitId;
+use crate::core::shard::Shard;
 use crate::error::Result;
 use crate::plan::Plan;
 use crate::revert::{FailedGate, RevertOutcome};
@@ -125,13 +126,15 @@ pub trait Rollout {
     /// One stage for `clients` at `rev`: upload, switch, start, gates,
     /// rollback; and what `previous` (each client's last deployed commit in
     /// this stage) ran that `rev` no longer gives it is taken down.
-    /// Unreachable hosts are part of the outcome, not an error.
+    /// Unreachable hosts are part of the outcome, not an error. Only the
+    /// hosts `shard` selects are touched (`Shard::ALL`: every host).
     fn deploy(
         &self,
         rev: CommitId,
         stage: &str,
         clients: &[String],
         previous: &BTreeMap<String, CommitId>,
+        shard: Shard,
     ) -> Result<StageOutcome>;
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{self, Fleet, Selection};
 use crate::core::outcome::StageOutcome;
+use crate::core::shard::Shard;
 use crate::deploy;
 use crate::deploy::Connector;
 use crate::desired::{self, DecryptCache};
@@ -73,6 +74,7 @@ impl Rollout for Live<'_> {
         stage: &str,
         clients: &[String],
         previous: &BTreeMap<String, CommitId>,
+        shard: Shard,
     ) -> Result<StageOutcome> {
         deploy_stage(
             self.keyring,
@@ -82,6 +84,7 @@ impl Rollout for Live<'_> {
             stage,
             clients,
             previous,
+            shard,
         )
     }
 }
@@ -499,7 +502,9 @@ fn plan_from_nothing(
     Ok(plan)
 }
 
-/// Renders `rev`, builds the stage's plan and carries it out over SSH.
+/// Renders `rev`, builds the stage's plan and carries it out over SSH, on
+/// the hosts `shard` selects.
+#[allow(clippy::too_many_arguments)]
 pub fn deploy_stage(
     keyring: &Keyring,
     repo: &Repo,
@@ -508,9 +513,10 @@ pub fn deploy_stage(
     stage_name: &str,
     only: &[String],
     previous: &BTreeMap<String, CommitId>,
+    shard: Shard,
 ) -> Result<StageOutcome> {
     stage_at(
-        keyring, repo, inventory, rev, stage_name, only, previous, None,
+        keyring, repo, inventory, rev, stage_name, only, previous, shard, None,
     )
 }
 
@@ -534,6 +540,7 @@ pub fn recheck_host(
         stage_name,
         &[client.to_string()],
         &BTreeMap::new(),
+        Shard::ALL,
         Some((host, None)),
     )
 }
@@ -560,6 +567,7 @@ pub fn restore_app(
         stage_name,
         &[client.to_string()],
         &BTreeMap::new(),
+        Shard::ALL,
         Some((host, Some(job))),
     )
 }
@@ -573,6 +581,7 @@ fn stage_at(
     stage_name: &str,
     only: &[String],
     previous: &BTreeMap<String, CommitId>,
+    shard: Shard,
     check_only: Option<(&str, Option<&deploy::RestoreJob>)>,
 ) -> Result<StageOutcome> {
     let snap = repo.snapshot(rev)?;
@@ -742,9 +751,16 @@ fn stage_at(
             known_hosts.extend(self::known_hosts(&prev_snap)?);
         }
     }
+    let of = plan.targets.len();
+    plan.targets
+        .retain(|t| shard.selects(&stage.name, &t.client, &t.host.name));
     let hosts: usize = plan.targets.len();
+    let slice = match shard == Shard::ALL {
+        true => String::new(),
+        false => format!(" (shard {shard}: {hosts} of {of})"),
+    };
     tracing::info!(
-        "deploy {} to stage {}: {} client(s), {} host(s), {} at a time, {} failure(s) tolerated",
+        "deploy {} to stage {}: {} client(s), {} host(s){slice}, {} at a time, {} failure(s) tolerated",
         rev.short(),
         stage.name,
         clients.len(),

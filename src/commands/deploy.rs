@@ -7,8 +7,10 @@ use super::Context;
 use crate::config::{self, Selection, Webhook};
 use crate::core::events::Event;
 use crate::core::records::Records;
+use crate::core::shard::{Reported, Shard, ShardVerdict};
 use crate::core::verdict;
-use crate::error::{ExitCode, Result};
+use crate::error::{Error, ExitCode, Message, Result};
+use crate::ports::GitStore;
 use crate::printer;
 use crate::repo::{CommitId, Repo};
 use crate::report;
@@ -33,15 +35,30 @@ pub struct DeployArgs {
     /// The remote the records are pushed to, when the repository has it.
     #[arg(long, env = "FLEETGATE_REMOTE", default_value = "origin")]
     pub remote: String,
+    /// Deploy only the I-th of N stable slices of the stage's hosts; the
+    /// shard that reports last moves the passed clients' refs.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
 }
 
 pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let run_id = super::run::shared_run_id(shard)?;
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
     // SIGTERM/SIGINT as in `run`: no new host starts, the ones in flight
     // finish or roll back, the stage is recorded, exit 3.
     crate::interrupt::install();
     let git = GitRepo::maybe_remote(&repo, &args.remote);
+    if shard.count > 1 && git.remote_name().is_none() {
+        return Err(Error::Usage(
+            Message::from(format!(
+                "--shard {shard} needs the remote the shards share their records on, and this repository has no remote `{}`",
+                args.remote
+            ))
+            .hint("clone the fleet from the remote the other shards push to (--remote NAME)"),
+        ));
+    }
     let records = Records::new(&git, &SystemClock);
     // A record that could not be written afterwards (corrupt) stops the
     // deploy before any host is touched, not after.
@@ -56,8 +73,38 @@ pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
         &args.stage,
         &args.clients,
         &Default::default(),
+        shard,
     )?;
-    for moved in records.record_stage(rev, &outcome, &[])?.0 {
+    let moved = match shard.count {
+        1 => records.record_stage(rev, &outcome, &[])?.0,
+        _ => {
+            let verdict = verdict::verdict(&outcome);
+            match records
+                .report_shard(rev, shard, &run_id, &outcome, verdict)?
+                .0
+            {
+                Reported::Decided(ShardVerdict::Passed) => {
+                    records.move_passed(rev, &args.stage, &[])?.0
+                }
+                Reported::Decided(v) | Reported::AlreadyDecided(v) => {
+                    tracing::info!(
+                        "stage {}: every shard reported: {}",
+                        args.stage,
+                        v.describe()
+                    );
+                    Vec::new()
+                }
+                Reported::Waiting { missing } => {
+                    tracing::info!(
+                        "stage {}: shard {shard} reported; the refs move when shard(s) {missing:?} have",
+                        args.stage
+                    );
+                    Vec::new()
+                }
+            }
+        }
+    };
+    for moved in moved {
         tracing::info!("{moved} → {}", rev.short());
     }
     // The webhooks of `notify:` at this commit; never the deploy's outcome.

@@ -84,6 +84,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         &stage,
         std::slice::from_ref(&client.name),
         &Default::default(),
+        crate::core::shard::Shard::ALL,
     )?;
     printer::data(&report::outcome_with(
         &outcome,

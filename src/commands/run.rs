@@ -15,7 +15,8 @@ use super::Context;
 use crate::config;
 use crate::core::engine::{self, Ports, RunRequest};
 use crate::core::lock::Lease;
-use crate::error::{Error, ExitCode, Result};
+use crate::core::shard::Shard;
+use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::notify::Reporter;
 use crate::ports::{Clock, LockKeeper};
 use crate::printer;
@@ -54,6 +55,15 @@ pub struct RunArgs {
     /// Output format of the run report on stdout (json: the run record).
     #[arg(long, value_enum, default_value_t = OutcomeFormat::Text)]
     pub format: OutcomeFormat,
+    /// Deploy only the I-th of N stable slices of each stage's hosts (a CI
+    /// matrix of N jobs, one run id); the stage is decided once every shard
+    /// reported.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// How long a shard waits for the other shards to report on a stage
+    /// before the stage fails (exit 3).
+    #[arg(long, value_name = "DURATION", value_parser = config::duration::parse, default_value = "30m")]
+    pub shard_timeout: Duration,
     /// In CI: commit statuses for scan and each stage on HEAD, and a comment
     /// on the merged pull request when a stage waits or fails.
     #[arg(long)]
@@ -65,6 +75,9 @@ pub struct RunArgs {
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
+    if let Some(shard) = args.shard {
+        shared_run_id(shard)?;
+    }
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let git = GitRepo::with_remote(&repo, &args.remote)?;
     let clock = SystemClock;
@@ -111,6 +124,8 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
         run_id,
         holder,
         run_url,
+        shard: args.shard.unwrap_or(Shard::ALL),
+        shard_timeout: args.shard_timeout,
     };
     let out = engine::run(&ports, &request);
     keeper.stop();
@@ -158,6 +173,20 @@ fn base_of_push(repo: &Repo, base: &str) -> Result<Option<CommitId>> {
 
 /// Who this run is, for the lock: the CI run, its page and actor when there
 /// is one.
+/// The run id every shard of a sharded run shares: the CI run's.
+pub(crate) fn shared_run_id(shard: Shard) -> Result<String> {
+    match std::env::var("GITHUB_RUN_ID") {
+        Ok(id) if !id.trim().is_empty() => Ok(id),
+        _ if shard.count == 1 => Ok(String::new()),
+        _ => Err(Error::Usage(
+            Message::from(format!(
+                "--shard {shard} needs the run id every shard of the run shares, and GITHUB_RUN_ID is not set"
+            ))
+            .hint("Forgejo and GitHub Actions set it for every job of a matrix; by hand, export GITHUB_RUN_ID=<one id for all shards>"),
+        )),
+    }
+}
+
 fn this_run(clock: &dyn Clock) -> Result<(String, String, Option<String>)> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let run_id = env("GITHUB_RUN_ID")

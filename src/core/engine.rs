@@ -20,6 +20,7 @@ use crate::core::record::{Approval, Interrupted, RunRecord};
 use crate::core::records::Records;
 use crate::core::rev::CommitId;
 use crate::core::rev::short;
+use crate::core::shard::{Reported, Shard, ShardVerdict};
 use crate::core::verdict::{self, StageVerdict};
 use crate::error::{Error, ExitCode, Message, Result};
 use crate::forge::State;
@@ -58,6 +59,12 @@ pub struct RunRequest {
     pub holder: String,
     /// The CI run's page, shown to whoever finds the lock held.
     pub run_url: Option<String>,
+    /// This runner's slice of each stage's hosts (`run --shard I/N`);
+    /// `Shard::ALL` on one runner.
+    pub shard: Shard,
+    /// How long a shard waits for the others to report on a stage before
+    /// the stage fails (`--shard-timeout`).
+    pub shard_timeout: Duration,
 }
 
 /// How a run ended: its exit code, the record as pushed, what it deployed.
@@ -107,6 +114,7 @@ pub fn run(ports: &Ports, req: &RunRequest) -> Result<RunOutcome> {
         run_id: req.run_id.clone(),
         holder: req.holder.clone(),
         run_url: req.run_url.clone(),
+        shard: (req.shard.count > 1).then_some(req.shard.index),
     };
     let lock = lock::acquire(ports.git, ports.clock, &who, req.lock_expiry, req.lock_wait)?;
     if let Some(keeper) = ports.keeper {
@@ -209,6 +217,18 @@ pub fn approve(
         );
     }
     Ok(verdict)
+}
+
+/// A sharded stage, decided.
+struct Decided {
+    /// Every shard's hosts, as the record has them.
+    merged: StageOutcome,
+    verdict: ShardVerdict,
+    /// The shard that decided (None: a record that does not say).
+    by: Option<u32>,
+    /// The shards that never reported, for a `TimedOut` stage.
+    missing: String,
+    record: RunRecord,
 }
 
 struct Run<'a> {
@@ -459,7 +479,7 @@ impl Run<'_> {
                 .into_iter()
                 .filter(|(c, _)| pending.contains(c))
                 .collect();
-            let outcome = rollout.deploy(head, &stage.name, &pending, &previous)?;
+            let outcome = rollout.deploy(head, &stage.name, &pending, &previous, self.req.shard)?;
             if let Err(e) = self.lock.keep_alive() {
                 tracing::warn!(
                     "stage {}: deployed, but its outcome is not recorded: the lock is no longer this run's; the run holding it finds these hosts up to date or deploys them again",
@@ -467,13 +487,77 @@ impl Run<'_> {
                 );
                 return Err(e);
             }
-            let (moved, recorded) = self.records.record_stage(head, &outcome, &gone)?;
-            record = recorded;
-            for r in &moved {
-                tracing::info!("{r} → {}", head.short());
-            }
-            let verdict = verdict::verdict(&outcome);
-            self.outcomes.push(outcome);
+            let verdict = match self.req.shard.count > 1 {
+                true => {
+                    let decided = self.sharded(stage, outcome, &gone, &previous)?;
+                    record = decided.record;
+                    self.outcomes.push(decided.merged);
+                    match decided.by {
+                        // This shard decided: it reports the stage (status,
+                        // comment, webhooks, revert) for every shard.
+                        Some(by) if by == self.req.shard.index => {}
+                        None => {
+                            tracing::warn!(
+                                "stage {}: interrupted while waiting for the other shards; reported as interrupted, so they roll back; run again to finish",
+                                stage.name
+                            );
+                            return self.done(ExitCode::Infra, record);
+                        }
+                        Some(by) => match decided.verdict {
+                            ShardVerdict::Passed => {
+                                tracing::info!(
+                                    "stage {} passed on every shard (decided by shard {by}, which reports it)",
+                                    stage.name
+                                );
+                                continue;
+                            }
+                            v => {
+                                tracing::error!(
+                                    "stage {} failed ({}): decided by shard {by}, which reports it and reverts when the change is at fault; this shard's hosts are rolled back",
+                                    stage.name,
+                                    v.describe()
+                                );
+                                return self.done(v.exit_code(), record);
+                            }
+                        },
+                    }
+                    if decided.verdict == ShardVerdict::TimedOut {
+                        let why = format!(
+                            "shard(s) {} did not report within {:?}",
+                            decided.missing, self.req.shard_timeout
+                        );
+                        self.tell(&stage.name, State::Error, &why)?;
+                        tracing::error!(
+                            "stage {} failed: {why}; every shard's hosts are rolled back, nothing is reverted (not the change's fault)",
+                            stage.name
+                        );
+                        return self.done(ExitCode::Infra, record);
+                    }
+                    if decided.verdict == ShardVerdict::Interrupted {
+                        self.tell(
+                            &stage.name,
+                            State::Error,
+                            "a shard was interrupted; run again to finish",
+                        )?;
+                        tracing::warn!(
+                            "stage {}: a shard was interrupted: every shard's hosts are rolled back, nothing is reverted; run again to finish",
+                            stage.name
+                        );
+                        return self.done(ExitCode::Infra, record);
+                    }
+                    verdict::verdict(self.outcomes.last().expect("just pushed"))
+                }
+                false => {
+                    let (moved, recorded) = self.records.record_stage(head, &outcome, &gone)?;
+                    record = recorded;
+                    for r in &moved {
+                        tracing::info!("{r} → {}", head.short());
+                    }
+                    let verdict = verdict::verdict(&outcome);
+                    self.outcomes.push(outcome);
+                    verdict
+                }
+            };
             let last = self.outcomes.last().expect("just pushed");
             let hosts = last.hosts.len();
             let tolerated: Vec<String> = last.failed().map(|h| h.host.clone()).collect();
@@ -722,7 +806,7 @@ impl Run<'_> {
             if let Some(a) = approval::counting(&record, plan_hash, approvers) {
                 return Ok(Some(a.clone()));
             }
-            if !told {
+            if !told && self.req.shard.index == 1 {
                 let stale = approval::stale(&record, plan_hash);
                 if !stale.is_empty() {
                     tracing::warn!(
@@ -761,6 +845,219 @@ impl Run<'_> {
             let left = (deadline - now).to_std().unwrap_or_default();
             clock.sleep(Duration::from_secs(2).min(left));
         }
+    }
+
+    /// A sharded stage after this shard deployed its hosts: its outcome
+    /// reported into the record, the wait for the other shards (bounded by
+    /// `shard_timeout`), and once the stage is decided, this shard's
+    /// switched hosts rolled back if the stage failed (reported again), and
+    /// the refs of the passed clients moved by the shard that decided.
+    fn sharded(
+        &self,
+        stage: &Stage,
+        own: StageOutcome,
+        gone: &[String],
+        previous: &BTreeMap<String, CommitId>,
+    ) -> Result<Decided> {
+        let (head, shard, clock) = (self.req.head, self.req.shard, self.ports.clock);
+        let run_id = &self.req.run_id;
+        let own_verdict = verdict::verdict(&own);
+        self.lock.keep_alive()?;
+        let (reported, mut record) =
+            self.records
+                .report_shard(head, shard, run_id, &own, own_verdict)?;
+        let mut missing = String::new();
+        let (verdict, by) = match reported {
+            Reported::Decided(v) => (v, Some(shard.index)),
+            Reported::AlreadyDecided(v) => (v, record.decided_by(&stage.name)),
+            Reported::Waiting { missing: left } => {
+                let list = |l: &[u32]| l.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                tracing::info!(
+                    "shard {shard}: stage {} {} on this shard's {} host(s); waiting up to {:?} for shard(s) {}",
+                    stage.name,
+                    ShardVerdict::from(own_verdict).describe(),
+                    own.hosts.len(),
+                    self.req.shard_timeout,
+                    list(&left)
+                );
+                let deadline = clock.now()
+                    + chrono::Duration::from_std(self.req.shard_timeout).unwrap_or_default();
+                loop {
+                    if clock.interrupted() {
+                        // The stage cannot pass without this shard now: say
+                        // so, so the others roll back instead of timing out.
+                        let (reported, r) = self.records.report_shard(
+                            head,
+                            shard,
+                            run_id,
+                            &own,
+                            StageVerdict::Interrupted,
+                        )?;
+                        record = r;
+                        match reported {
+                            Reported::Decided(v) => break (v, Some(shard.index)),
+                            Reported::AlreadyDecided(v) => {
+                                break (v, record.decided_by(&stage.name));
+                            }
+                            Reported::Waiting { .. } => break (ShardVerdict::Interrupted, None),
+                        }
+                    }
+                    clock.sleep(Duration::from_secs(2));
+                    self.lock.keep_alive()?;
+                    record = self
+                        .records
+                        .read(head)?
+                        .unwrap_or_else(|| RunRecord::new(&head.to_string()));
+                    if let Some(set) = record.shards.get(&stage.name)
+                        && &set.run_id == run_id
+                        && let Some(v) = set.decided
+                    {
+                        break (v, set.decided_by);
+                    }
+                    if clock.now() >= deadline {
+                        let left = record
+                            .shards
+                            .get(&stage.name)
+                            .map(|s| s.missing())
+                            .unwrap_or_default();
+                        missing = list(&left);
+                        let got = std::cell::Cell::new(None);
+                        record = self.records.update(head, &[], |r| {
+                            got.set(r.time_out_shards(&stage.name, shard, run_id));
+                        })?;
+                        match got.take() {
+                            Some(Reported::AlreadyDecided(v)) => {
+                                break (v, record.decided_by(&stage.name));
+                            }
+                            _ => break (ShardVerdict::TimedOut, Some(shard.index)),
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            "shard {shard}: stage {} {} (decided by shard {})",
+            stage.name,
+            verdict.describe(),
+            by.map_or_else(|| "?".to_string(), |i| i.to_string())
+        );
+        if verdict.rolls_back() {
+            let switched = own
+                .hosts
+                .iter()
+                .any(|h| h.status == crate::core::outcome::HostStatus::Deployed);
+            if switched && clock.interrupted() {
+                // A stopping run starts no host (`deploy::run_stage`).
+                tracing::error!(
+                    "shard {shard}: interrupted: this shard's hosts of stage {} stay on {} (not recorded as deployed: the next run deploys them again or finds them up to date)",
+                    stage.name,
+                    head.short()
+                );
+            } else if switched {
+                let back = self.roll_back_shard(stage, own, previous)?;
+                self.lock.keep_alive()?;
+                record = self
+                    .records
+                    .report_shard(head, shard, run_id, &back, verdict::verdict(&back))?
+                    .1;
+            }
+        } else if by == Some(shard.index) {
+            self.lock.keep_alive()?;
+            let (moved, recorded) = self.records.move_passed(head, &stage.name, gone)?;
+            record = recorded;
+            for r in &moved {
+                tracing::info!("{r} → {}", head.short());
+            }
+        }
+        let merged = record
+            .stages
+            .get(&stage.name)
+            .cloned()
+            .expect("a reported stage is in the record");
+        Ok(Decided {
+            merged,
+            verdict,
+            by,
+            missing,
+            record,
+        })
+    }
+
+    /// This shard's hosts that passed, put back on what each client ran
+    /// before (its deployed ref), because another shard failed the stage:
+    /// `fleetgate rollback`'s way, a deploy of the earlier commit. A client
+    /// deployed for the first time has nothing earlier: its hosts stay on
+    /// head, said as an error (their status stays `deployed`).
+    fn roll_back_shard(
+        &self,
+        stage: &Stage,
+        mut own: StageOutcome,
+        previous: &BTreeMap<String, CommitId>,
+    ) -> Result<StageOutcome> {
+        use crate::core::outcome::HostStatus;
+        let head = self.req.head;
+        let mut by_rev: BTreeMap<CommitId, Vec<String>> = BTreeMap::new();
+        for h in own
+            .hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Deployed)
+        {
+            match previous.get(&h.client) {
+                Some(prev) => by_rev.entry(*prev).or_default().push(h.client.clone()),
+                None => tracing::error!(
+                    "{}: stage {} failed on another shard, and {} has no earlier release in it to go back to: left on {}",
+                    h.host,
+                    stage.name,
+                    h.client,
+                    head.short()
+                ),
+            }
+        }
+        for (prev, mut clients) in by_rev {
+            clients.sort();
+            clients.dedup();
+            tracing::warn!(
+                "shard {}: stage {} failed on another shard: rolling {} back to {}",
+                self.req.shard,
+                stage.name,
+                clients.join(", "),
+                prev.short()
+            );
+            // What head gave them and `prev` does not is taken down.
+            let was: BTreeMap<String, CommitId> =
+                clients.iter().map(|c| (c.clone(), head)).collect();
+            self.lock.keep_alive()?;
+            let back =
+                self.ports
+                    .rollout
+                    .deploy(prev, &stage.name, &clients, &was, self.req.shard)?;
+            for h in own
+                .hosts
+                .iter_mut()
+                .filter(|h| h.status == HostStatus::Deployed && clients.contains(&h.client))
+            {
+                let Some(b) = back
+                    .hosts
+                    .iter()
+                    .find(|b| b.client == h.client && b.host == h.host)
+                else {
+                    continue;
+                };
+                match b.status {
+                    HostStatus::Deployed | HostStatus::Unchanged => {
+                        h.status = HostStatus::RolledBack;
+                        h.runs = b.runs.clone();
+                        h.rollback_checks = b.checks.clone();
+                    }
+                    _ => {
+                        h.rollback_failure = b.failure.clone();
+                        h.runs = b.runs.clone();
+                    }
+                }
+            }
+        }
+        own.rolled_back = own.hosts.iter().any(|h| h.status == HostStatus::RolledBack);
+        Ok(own)
     }
 
     /// The `fleetgate/<stage>` status and the comment on the merged pull

@@ -49,6 +49,8 @@ fn request(base: CommitId, head: CommitId) -> RunRequest {
         run_id: "run-1".into(),
         holder: "ci@runner".into(),
         run_url: None,
+        shard: Shard::ALL,
+        shard_timeout: Duration::from_secs(1800),
     }
 }
 
@@ -567,7 +569,13 @@ fn without_a_remote_records_stay_in_the_clone() {
     let records = Records::new(&git, &w.clock);
     let outcome = w
         .rollout
-        .deploy(c(2), "canary", &["alpha".to_string()], &Default::default())
+        .deploy(
+            c(2),
+            "canary",
+            &["alpha".to_string()],
+            &Default::default(),
+            Shard::ALL,
+        )
         .unwrap();
     let (moved, record) = records.record_stage(c(2), &outcome, &[]).unwrap();
     assert_eq!(moved, [deployed_ref("canary", "alpha")]);
@@ -1313,4 +1321,301 @@ fn the_last_of_three_racing_shards_decides_the_stage_once() {
         .unwrap()
         .unwrap();
     assert_eq!(read, last);
+}
+
+/// The canary hosts of the sharded runs below.
+const SHARDED: [&str; 9] = [
+    "alpha-1", "alpha-2", "alpha-3", "alpha-4", "alpha-5", "alpha-6", "alpha-7", "alpha-8",
+    "alpha-9",
+];
+
+/// What each shard's run ended with: exit code, its stage deploys (stage,
+/// rev, clients) and the kinds of the webhook events it sent.
+type ShardEnds = Rc<RefCell<BTreeMap<u32, (ExitCode, Vec<(String, CommitId)>, Vec<&'static str>)>>>;
+
+/// The shards `order` of an `count`-shard run of `base..head`, each as on
+/// a runner of its own (its clone of `remote`, its clock, its rollout with
+/// `unhealthy` canary hosts), started one after the other: each next shard
+/// starts when the one before first waits for the others, so the first
+/// reports first and the last completes the set.
+#[allow(clippy::too_many_arguments)]
+fn run_shards(
+    remote: Rc<RefCell<crate::fakes::Remote>>,
+    count: u32,
+    order: Vec<u32>,
+    unhealthy: &'static [&'static str],
+    timeout: Duration,
+    base: CommitId,
+    head: CommitId,
+    ends: ShardEnds,
+) {
+    let Some((&index, rest)) = order.split_first() else {
+        return;
+    };
+    let git = FakeGit::clone_of(remote.clone());
+    let rollout = FakeRollout::new(fleet_files(&SHARDED, 0));
+    for h in unhealthy {
+        rollout.host(h, Host::Unhealthy);
+    }
+    let clock = FakeClock::new();
+    let mut next = Some((remote, rest.to_vec(), ends.clone()));
+    *clock.on_sleep.borrow_mut() = Some(Box::new(move |_| {
+        if let Some((remote, rest, ends)) = next.take() {
+            run_shards(remote, count, rest, unhealthy, timeout, base, head, ends);
+        }
+    }));
+    let notifier = FakeNotifier::default();
+    let ports = Ports {
+        git: &git,
+        rollout: &rollout,
+        clock: &clock,
+        reporter: None,
+        keeper: None,
+        notifier: Some(&notifier),
+    };
+    let req = RunRequest {
+        shard: Shard { index, count },
+        shard_timeout: timeout,
+        run_id: "77".into(),
+        holder: format!("shard-{index}@runner"),
+        ..request(base, head)
+    };
+    let out = run(&ports, &req).unwrap();
+    let deploys = rollout
+        .deploys
+        .borrow()
+        .iter()
+        .map(|(s, rev, _)| (s.clone(), *rev))
+        .collect();
+    ends.borrow_mut()
+        .insert(index, (out.code, deploys, notifier.kinds()));
+}
+
+/// A world whose canary client `alpha` (on `SHARDED`) runs c(2), deployed
+/// by an unsharded run: what the sharded runs of c(2)..c(3) go back to.
+fn sharded_world() -> World {
+    let w = world_with(&SHARDED, 0);
+    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    w
+}
+
+fn statuses(record: &RunRecord, stage: &str) -> Vec<(String, crate::core::outcome::HostStatus)> {
+    record.stages[stage]
+        .hosts
+        .iter()
+        .map(|h| (h.host.clone(), h.status))
+        .collect()
+}
+
+#[test]
+fn three_shards_deploy_a_stage_each_its_slice_and_decide_it_once() {
+    use crate::core::outcome::HostStatus;
+    let w = sharded_world();
+    let ends: ShardEnds = Default::default();
+    let long = Duration::from_secs(1800);
+    run_shards(
+        w.git.remote.clone(),
+        3,
+        vec![2, 3, 1],
+        &[],
+        long,
+        c(2),
+        c(3),
+        ends.clone(),
+    );
+    let ends = ends.borrow();
+    // every shard passed the canary and waits for production's approval
+    for (i, (code, deploys, _)) in ends.iter() {
+        assert_eq!(*code, ExitCode::Waiting, "shard {i}");
+        assert_eq!(deploys, &[("canary".to_string(), c(3))], "shard {i}");
+    }
+    let record = w.record(c(3));
+    let hosts = statuses(&record, "canary");
+    let names: Vec<&str> = hosts.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(names, SHARDED, "every host once, from its one shard");
+    assert!(hosts.iter().all(|(_, s)| *s == HostStatus::Deployed));
+    assert!(record.stages["canary"].passed);
+    let set = &record.shards["canary"];
+    assert_eq!(
+        (set.decided, set.decided_by),
+        (Some(ShardVerdict::Passed), Some(1))
+    );
+    // the ref moved once every shard reported; the shared lock is gone
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(3)));
+    assert_eq!(w.lock(), None);
+    // the stage's news came once, from the shard that decided
+    assert_eq!(ends[&1].2, ["stage_passed", "waiting_approval"]);
+    assert_eq!(ends[&2].2, Vec::<&str>::new());
+    assert_eq!(ends[&3].2, Vec::<&str>::new());
+}
+
+#[test]
+fn a_shard_failing_its_gate_rolls_every_shard_back_and_reverts_once() {
+    use crate::core::outcome::HostStatus;
+    use crate::core::shard::slice_of;
+    let w = sharded_world();
+    // alpha-4 fails its gate; the shard holding it reports first
+    let failing = slice_of("canary", "alpha", "alpha-4", 3);
+    let mut order: Vec<u32> = vec![failing];
+    order.extend((1..=3).filter(|i| *i != failing));
+    let ends: ShardEnds = Default::default();
+    let long = Duration::from_secs(1800);
+    run_shards(
+        w.git.remote.clone(),
+        3,
+        order.clone(),
+        &["alpha-4"],
+        long,
+        c(2),
+        c(3),
+        ends.clone(),
+    );
+    let ends = ends.borrow();
+    for (i, (code, deploys, _)) in ends.iter() {
+        assert_eq!(
+            *code,
+            ExitCode::Blocked,
+            "shard {i}: one verdict, one exit code"
+        );
+        // hosts that passed are put back on c(2) by a deploy of it (the
+        // failing shard's own gate failure rolled back only that host here)
+        assert_eq!(
+            deploys,
+            &[("canary".to_string(), c(3)), ("canary".to_string(), c(2))],
+            "shard {i}"
+        );
+    }
+    let record = w.record(c(3));
+    let hosts = statuses(&record, "canary");
+    assert_eq!(hosts.len(), 9);
+    assert!(
+        hosts.iter().all(|(_, s)| *s == HostStatus::RolledBack),
+        "{hosts:?}"
+    );
+    assert!(!record.stages["canary"].passed);
+    let decider = *order.last().unwrap();
+    assert_eq!(record.shards["canary"].decided_by, Some(decider));
+    // one revert, by the shard that decided; the ref stays on c(2)
+    let reverts = w.git.remote.borrow().reverts.clone();
+    assert_eq!(reverts.len(), 1, "{reverts:?}");
+    assert_eq!((reverts[0].1, reverts[0].2), (c(2), c(3)));
+    assert!(matches!(record.revert, Some(RevertOutcome::Pushed { .. })));
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    assert_eq!(w.lock(), None);
+    for (i, (_, _, kinds)) in ends.iter() {
+        match *i == decider {
+            true => assert_eq!(kinds, &["failed_rolled_back", "reverted"], "shard {i}"),
+            false => assert!(kinds.is_empty(), "shard {i}: {kinds:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_shard_that_never_reports_fails_the_stage_after_the_timeout() {
+    use crate::core::outcome::HostStatus;
+    let w = sharded_world();
+    let ends: ShardEnds = Default::default();
+    let timeout = Duration::from_secs(60);
+    // shard 3 of 3 never runs
+    run_shards(
+        w.git.remote.clone(),
+        3,
+        vec![1, 2],
+        &[],
+        timeout,
+        c(2),
+        c(3),
+        ends.clone(),
+    );
+    let ends = ends.borrow();
+    assert_eq!(ends.len(), 2);
+    for (i, (code, _, _)) in ends.iter() {
+        assert_eq!(*code, ExitCode::Infra, "shard {i}");
+    }
+    let record = w.record(c(3));
+    let set = &record.shards["canary"];
+    assert_eq!(set.decided, Some(ShardVerdict::TimedOut));
+    assert_eq!(set.missing(), [3]);
+    assert!(
+        statuses(&record, "canary")
+            .iter()
+            .all(|(_, s)| *s == HostStatus::RolledBack)
+    );
+    // not the change's fault: nothing reverted, the ref stays
+    assert!(w.git.remote.borrow().reverts.is_empty());
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    assert_eq!(w.lock(), None);
+}
+
+/// A clock whose run is stopped (SIGTERM) at its first sleep.
+struct StopsAtFirstSleep(FakeClock);
+
+impl crate::ports::Clock for StopsAtFirstSleep {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.now()
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.sleep(d);
+        self.0.interrupted.set(true);
+    }
+    fn interrupted(&self) -> bool {
+        self.0.interrupted.get()
+    }
+}
+
+/// A shard stopped (SIGTERM) while it waits for the others reports itself
+/// interrupted: the stage can no longer pass, so the shard that completes
+/// the set decides it `interrupted` and rolls its hosts back; no revert.
+#[test]
+fn a_shard_interrupted_while_waiting_makes_the_others_roll_back_without_a_revert() {
+    use crate::core::outcome::HostStatus;
+    let w = sharded_world();
+    let remote = w.git.remote.clone();
+    let run_one = |index: u32, clock: &dyn crate::ports::Clock| {
+        let git = FakeGit::clone_of(remote.clone());
+        let rollout = FakeRollout::new(fleet_files(&SHARDED, 0));
+        let ports = Ports {
+            git: &git,
+            rollout: &rollout,
+            clock,
+            reporter: None,
+            keeper: None,
+            notifier: None,
+        };
+        let req = RunRequest {
+            shard: Shard { index, count: 2 },
+            run_id: "77".into(),
+            ..request(c(2), c(3))
+        };
+        let out = run(&ports, &req).unwrap();
+        let deploys: Vec<CommitId> = rollout.deploys.borrow().iter().map(|d| d.1).collect();
+        (out, deploys)
+    };
+    let (stopped, deploys) = run_one(1, &StopsAtFirstSleep(FakeClock::new()));
+    assert_eq!(stopped.code, ExitCode::Infra);
+    assert_eq!(deploys, [c(3)], "no rollback started by a stopping run");
+    let set = &w.record(c(3)).shards["canary"];
+    assert_eq!(set.decided, None, "shard 2 has not reported");
+    let (last, deploys) = run_one(2, &FakeClock::new());
+    assert_eq!(last.code, ExitCode::Infra);
+    assert_eq!(deploys, [c(3), c(2)], "shard 2 put its hosts back");
+    let record = w.record(c(3));
+    assert_eq!(
+        record.shards["canary"].decided,
+        Some(ShardVerdict::Interrupted)
+    );
+    assert_eq!(record.shards["canary"].decided_by, Some(2));
+    let mine: Vec<(String, HostStatus)> = statuses(&record, "canary")
+        .into_iter()
+        .filter(|(h, _)| crate::core::shard::slice_of("canary", "alpha", h, 2) == 2)
+        .collect();
+    assert!(!mine.is_empty());
+    assert!(
+        mine.iter().all(|(_, s)| *s == HostStatus::RolledBack),
+        "{mine:?}"
+    );
+    assert!(w.git.remote.borrow().reverts.is_empty());
+    assert_eq!(w.deployed("canary", "alpha"), Some(c(2)));
+    assert_eq!(w.lock(), None);
 }

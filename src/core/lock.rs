@@ -45,6 +45,11 @@ pub struct Holder {
     pub run_url: Option<String>,
     pub started_at: String,
     pub expires_at: String,
+    /// A sharded run (`run --shard I/N`): the shards of `run_id` that hold
+    /// it together, each renewing it; the last one out deletes it. Empty
+    /// for a run on one runner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<u32>,
 }
 
 impl Holder {
@@ -61,10 +66,25 @@ impl Holder {
             Some(u) => format!(" {u}"),
             None => String::new(),
         };
+        let shards = match self.shards.as_slice() {
+            [] => String::new(),
+            many => format!(
+                ", shards {}",
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         format!(
-            "{} (run {}{url}) since {}, expiring {}",
+            "{} (run {}{url}{shards}) since {}, expiring {}",
             self.holder, self.run_id, self.started_at, self.expires_at
         )
+    }
+
+    /// Whether the shard `index` of `run_id` holds this lock.
+    fn held_by_shard(&self, run_id: &str, index: u32) -> bool {
+        self.run_id == run_id && self.shards.contains(&index)
     }
 }
 
@@ -74,6 +94,9 @@ pub struct Claimant {
     pub run_id: String,
     pub holder: String,
     pub run_url: Option<String>,
+    /// The shard's index in a sharded run: the lock is shared with the
+    /// other shards of `run_id` (None: one runner, the lock is its own).
+    pub shard: Option<u32>,
 }
 
 /// The lock on the remote now: its object and holder (None: unreadable).
@@ -118,6 +141,9 @@ struct State {
     /// Why the lock is no longer ours, once a renewal or a check found so.
     lost: Option<String>,
     released: bool,
+    /// Shared by the shards of one run: this shard's index. Another shard
+    /// moves the lock object when it renews, so each renewal re-reads it.
+    shard: Option<u32>,
 }
 
 impl Lease {
@@ -164,6 +190,17 @@ impl Lease {
             return Err(lost(why));
         }
         let now = clock.now();
+        if let Some(index) = s.shard {
+            let until = rfc3339(plus(now, self.ttl));
+            return shared_edit(git, &mut s, index, |h| {
+                // Never shorten another shard's renewal.
+                if h.expires_at < until {
+                    h.expires_at = until.clone();
+                }
+                true
+            })
+            .map(|_| s.renewed = now);
+        }
         let mut holder = s.holder.clone();
         holder.expires_at = rfc3339(plus(now, self.ttl));
         let new = write(git, &holder)?;
@@ -189,13 +226,33 @@ impl Lease {
 
     /// Whether the remote still has our lock, without renewing it.
     fn confirm(&self, git: &dyn GitStore) -> Result<()> {
-        let ours = {
+        let (ours, shard) = {
             let s = self.state();
             if let Some(why) = &s.lost {
                 return Err(lost(why));
             }
-            s.ours
+            (s.ours, s.shard)
         };
+        if let Some(index) = shard {
+            // Ours while this shard is among the holders, whoever renewed.
+            let mut s = self.state();
+            return match read(git)? {
+                Some(Held {
+                    id,
+                    holder: Some(h),
+                }) if h.held_by_shard(&s.holder.run_id, index) => {
+                    s.ours = id;
+                    s.holder = h;
+                    Ok(())
+                }
+                _ if s.released => Ok(()),
+                _ => {
+                    let why = taken_by(git);
+                    s.lost = Some(why.clone());
+                    Err(lost(&why))
+                }
+            };
+        }
         if git.remote_ref(LOCK_REF)? == Some(ours) {
             return Ok(());
         }
@@ -208,6 +265,50 @@ impl Lease {
         s.lost = Some(why.clone());
         Err(lost(&why))
     }
+}
+
+/// Edits the lock a sharded run's shards hold together: re-read, `edit`
+/// (false: delete it), pushed against what was read; redone when another
+/// shard moved it meanwhile. Lost when shard `index` is no longer among
+/// the holders. Returns the new object (None: deleted).
+fn shared_edit(
+    git: &dyn GitStore,
+    s: &mut State,
+    index: u32,
+    edit: impl Fn(&mut Holder) -> bool,
+) -> Result<Option<CommitId>> {
+    for _ in 0..ATTEMPTS {
+        let (id, mut holder) = match read(git)? {
+            Some(Held {
+                id,
+                holder: Some(h),
+            }) if h.held_by_shard(&s.holder.run_id, index) => (id, h),
+            _ => {
+                let why = taken_by(git);
+                s.lost = Some(why.clone());
+                return Err(lost(&why));
+            }
+        };
+        let new = match edit(&mut holder) {
+            true => Some(write(git, &holder)?),
+            false => None,
+        };
+        let update = Update {
+            name: LOCK_REF.into(),
+            new,
+            expected: Some(id),
+        };
+        if let Pushed::Yes = git.push_leased(&[update])? {
+            if let Some(new) = new {
+                s.ours = new;
+            }
+            s.holder = holder;
+            return Ok(new);
+        }
+    }
+    Err(Error::Remote(
+        format!("the pipeline lock kept moving under {ATTEMPTS} attempts to update it (other shards renewing)").into(),
+    ))
 }
 
 /// Who has the lock now, for the error of the run that lost it.
@@ -251,15 +352,35 @@ pub fn acquire<'a>(
     let mut told = false;
     loop {
         let now = clock.now();
-        let ours = Holder {
+        let mut ours = Holder {
             run_id: who.run_id.clone(),
             holder: who.holder.clone(),
             run_url: who.run_url.clone(),
             started_at: rfc3339(started),
             expires_at: rfc3339(plus(now, ttl)),
+            shards: who.shard.into_iter().collect(),
         };
         let expected = match read(git)? {
             None => None,
+            // Another shard of this run holds it: join it.
+            Some(Held {
+                id,
+                holder: Some(h),
+            }) if !h.expired(now)
+                && who.shard.is_some()
+                && h.run_id == who.run_id
+                && !h.shards.is_empty() =>
+            {
+                let mut joined = h.clone();
+                joined.shards.extend(who.shard);
+                joined.shards.sort_unstable();
+                joined.shards.dedup();
+                if joined.expires_at < ours.expires_at {
+                    joined.expires_at = ours.expires_at.clone();
+                }
+                ours = joined;
+                Some(id)
+            }
             Some(Held {
                 holder: Some(h), ..
             }) if !h.expired(now) => {
@@ -298,12 +419,20 @@ pub fn acquire<'a>(
         };
         match git.push_leased(&[update])? {
             Pushed::Yes => {
-                tracing::info!(
-                    "pipeline lock taken: run {} by {}, expires {}",
-                    ours.run_id,
-                    ours.holder,
-                    ours.expires_at
-                );
+                match who.shard {
+                    Some(index) => tracing::info!(
+                        "pipeline lock taken by shard {index} of run {} (held by shards {:?}), expires {}",
+                        ours.run_id,
+                        ours.shards,
+                        ours.expires_at
+                    ),
+                    None => tracing::info!(
+                        "pipeline lock taken: run {} by {}, expires {}",
+                        ours.run_id,
+                        ours.holder,
+                        ours.expires_at
+                    ),
+                }
                 let lease = Lease {
                     ttl,
                     state: Mutex::new(State {
@@ -312,6 +441,7 @@ pub fn acquire<'a>(
                         renewed: now,
                         lost: None,
                         released: false,
+                        shard: who.shard,
                     }),
                 };
                 return Ok(Lock {
@@ -355,6 +485,24 @@ impl Lock<'_> {
     fn release_once(&mut self) {
         let mut s = self.lease.state();
         if std::mem::replace(&mut s.released, true) || s.lost.is_some() {
+            return;
+        }
+        if let Some(index) = s.shard {
+            // Leave the holders; the last shard out deletes the lock.
+            match shared_edit(self.git, &mut s, index, |h| {
+                h.shards.retain(|i| *i != index);
+                !h.shards.is_empty()
+            }) {
+                Ok(None) => tracing::info!("pipeline lock released (the last shard out)"),
+                Ok(Some(_)) => tracing::info!(
+                    "shard {index} left the pipeline lock; shards {:?} still hold it",
+                    s.holder.shards
+                ),
+                Err(e) => tracing::warn!(
+                    "shard {index} could not leave the pipeline lock (it expires by itself): {}",
+                    e.headline()
+                ),
+            }
             return;
         }
         let update = Update {

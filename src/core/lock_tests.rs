@@ -17,6 +17,7 @@ fn claimant(run_id: &str) -> Claimant {
         run_url: Some(format!(
             "https://forge.example/o/fleet/actions/runs/{run_id}"
         )),
+        shard: None,
     }
 }
 
@@ -210,4 +211,100 @@ fn release_reads_again_a_lock_renewed_meanwhile() {
     assert_eq!(removal.released.unwrap().expires_at, "2026-11-29T10:32:00Z");
     assert_eq!(git.remote_lock(), None);
     assert_eq!(git.lock_log().len(), 1);
+}
+
+fn shard_of(run_id: &str, index: u32) -> Claimant {
+    Claimant {
+        holder: format!("shard-{index}@runner"),
+        shard: Some(index),
+        ..claimant(run_id)
+    }
+}
+
+/// The shards of one run hold the lock together: each joins it, each
+/// renews it (re-reading what the others pushed), another run waits for
+/// all of them, and the last one out deletes it.
+#[test]
+fn the_shards_of_one_run_share_the_lock_and_the_last_one_out_deletes_it() {
+    let clock = FakeClock::new();
+    let remote = FakeGit::new().remote.clone();
+    let gits: Vec<FakeGit> = (0..3).map(|_| FakeGit::clone_of(remote.clone())).collect();
+    let locks: Vec<_> = (1..=3)
+        .map(|i| {
+            acquire(
+                &gits[i as usize - 1],
+                &clock,
+                &shard_of("77", i),
+                TWO_MINUTES,
+                Duration::ZERO,
+            )
+            .unwrap()
+        })
+        .collect();
+    let text = gits[0].remote_lock().unwrap();
+    assert!(
+        text.contains("\"shards\": [\n    1,\n    2,\n    3\n  ]"),
+        "{text}"
+    );
+    // each renews in turn, the others' renewals moved the object under it
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(40));
+        for l in &locks {
+            l.keep_alive().unwrap();
+        }
+    }
+    // another run, and a shard of another run, wait and give up
+    let other = FakeGit::clone_of(remote.clone());
+    for who in [claimant("78"), shard_of("78", 1)] {
+        let e = acquire(&other, &clock, &who, TWO_MINUTES, Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("run 77"), "{e}");
+        assert!(e.to_string().contains("shards 1, 2, 3"), "{e}");
+    }
+    // an unsharded job of the same run id does not join a sharded lock
+    assert!(acquire(&other, &clock, &claimant("77"), TWO_MINUTES, Duration::ZERO).is_err());
+    let mut locks = locks.into_iter();
+    locks.next().unwrap().release();
+    assert!(
+        gits[1]
+            .remote_lock()
+            .unwrap()
+            .contains("\"shards\": [\n    2,\n    3\n  ]")
+    );
+    drop(locks.next());
+    assert!(gits[2].remote_lock().is_some(), "shard 3 still holds it");
+    drop(locks);
+    assert_eq!(gits[2].remote_lock(), None, "the last one out deleted it");
+}
+
+/// A shard whose index was removed from the holders (the lock released by
+/// hand and taken by another run) has lost it, like a run on its own.
+#[test]
+fn a_shard_finds_the_lock_lost_when_another_run_holds_it() {
+    let clock = FakeClock::new();
+    let git = FakeGit::new();
+    let other = FakeGit::clone_of(git.remote.clone());
+    let lock = acquire(
+        &git,
+        &clock,
+        &shard_of("77", 2),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap();
+    other.put_remote_lock(OLD_LOCK);
+    let e = lock.keep_alive().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("run other of bob@laptop holds it now"),
+        "{e}"
+    );
+    clock.advance(Duration::from_secs(60));
+    assert!(lock.keep_alive().is_err());
+    drop(lock);
+    assert!(
+        git.remote_lock().unwrap().contains("bob@laptop"),
+        "left alone"
+    );
 }

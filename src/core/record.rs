@@ -214,10 +214,14 @@ impl RunRecord {
         reported
     }
 
+    /// The shard that decided `stage` of a sharded run, once one did.
+    pub fn decided_by(&self, stage: &str) -> Option<u32> {
+        self.shards.get(stage).and_then(|s| s.decided_by)
+    }
+
     /// A shard waiting on `stage` gave up on the shards that never
     /// reported: the stage fails (`ShardVerdict::TimedOut`), unless it was
     /// decided meanwhile. None: no shard of `run_id` reported on `stage`.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn time_out_shards(&mut self, stage: &str, shard: Shard, run_id: &str) -> Option<Reported> {
         let set = self.shards.get_mut(stage).filter(|s| s.run_id == run_id)?;
         let reported = set.time_out(shard);
@@ -271,6 +275,7 @@ impl RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitCode;
 
     #[test]
     fn the_backup_an_app_made_on_a_host() {
@@ -515,7 +520,8 @@ mod tests {
         record.report_shard(shard(1), "42", &one, v1);
         let decided = record.report_shard(shard(3), "42", &three, v3);
         assert_eq!(decided, Reported::Decided(ShardVerdict::ChangeFailed));
-        assert!(ShardVerdict::ChangeFailed.rolls_back() && ShardVerdict::ChangeFailed.reverts());
+        assert!(ShardVerdict::ChangeFailed.rolls_back());
+        assert_eq!(ShardVerdict::ChangeFailed.exit_code(), ExitCode::Blocked);
         let stage = &record.stages["canary"];
         assert!(!stage.passed);
         assert_eq!(stage.failed_hosts, 1);
@@ -563,6 +569,7 @@ mod tests {
             ShardVerdict::InfraFailed
         );
         assert_eq!(ShardVerdict::combine([]), ShardVerdict::Passed);
-        assert!(!ShardVerdict::TimedOut.reverts() && ShardVerdict::TimedOut.rolls_back());
+        assert!(ShardVerdict::TimedOut.rolls_back());
+        assert_eq!(ShardVerdict::TimedOut.exit_code(), ExitCode::Infra);
     }
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::core::outcome::{HostStatus, StageOutcome};
 use crate::core::record::RunRecord;
 use crate::core::rev::CommitId;
+use crate::core::shard::{Reported, Shard};
+use crate::core::verdict::StageVerdict;
 use crate::error::{Error, Message, Result};
 use crate::ports::{Clock, GitStore, Noted, Pushed, Update, Written};
 
@@ -39,6 +41,20 @@ pub fn passed_clients(outcome: &StageOutcome) -> Vec<String> {
             .all(|h| matches!(h.status, HostStatus::Deployed | HostStatus::Unchanged))
     });
     clients
+}
+
+/// The deployed refs a stage's outcome moves (its passed clients) and
+/// deletes (those of them in `gone`, taken down).
+fn stage_refs(outcome: &StageOutcome, gone: &[String]) -> (Vec<String>, Vec<String>) {
+    let passed = passed_clients(outcome);
+    let refs = |taken_down: bool| -> Vec<String> {
+        passed
+            .iter()
+            .filter(|c| gone.contains(c) == taken_down)
+            .map(|c| deployed_ref(&outcome.stage, c))
+            .collect()
+    };
+    (refs(false), refs(true))
 }
 
 /// The records of one repository, on its remote when it has one.
@@ -175,16 +191,48 @@ impl<'a> Records<'a> {
         outcome: &StageOutcome,
         gone: &[String],
     ) -> Result<(Vec<String>, RunRecord)> {
-        let passed = passed_clients(outcome);
-        let refs = |taken_down: bool| -> Vec<String> {
-            passed
-                .iter()
-                .filter(|c| gone.contains(c) == taken_down)
-                .map(|c| deployed_ref(&outcome.stage, c))
-                .collect()
-        };
-        let (moved, deleted) = (refs(false), refs(true));
+        let (moved, deleted) = stage_refs(outcome, gone);
         let record = self.update_refs(rev, &moved, &deleted, |r| r.record_stage(outcome))?;
+        Ok(([moved, deleted].concat(), record))
+    }
+
+    /// A shard's outcome of a stage into the record
+    /// (`RunRecord::report_shard`), moving no ref; what the report made of
+    /// the stage, and the record.
+    pub fn report_shard(
+        &self,
+        rev: CommitId,
+        shard: Shard,
+        run_id: &str,
+        outcome: &StageOutcome,
+        verdict: StageVerdict,
+    ) -> Result<(Reported, RunRecord)> {
+        let got = std::cell::RefCell::new(None);
+        let record = self.update(rev, &[], |r| {
+            *got.borrow_mut() = Some(r.report_shard(shard, run_id, outcome, verdict));
+        })?;
+        let reported = got.into_inner().expect("the edit ran");
+        Ok((reported, record))
+    }
+
+    /// The refs of a sharded stage's passed clients, by the stage's outcome
+    /// merged from every shard (moved by the shard that decided it, once).
+    pub fn move_passed(
+        &self,
+        rev: CommitId,
+        stage: &str,
+        gone: &[String],
+    ) -> Result<(Vec<String>, RunRecord)> {
+        let merged = self
+            .read(rev)?
+            .and_then(|r| r.stages.get(stage).cloned())
+            .ok_or_else(|| {
+                Error::Record(
+                    format!("the record on {} has no stage `{stage}`", rev.short()).into(),
+                )
+            })?;
+        let (moved, deleted) = stage_refs(&merged, gone);
+        let record = self.update_refs(rev, &moved, &deleted, |_| {})?;
         Ok(([moved, deleted].concat(), record))
     }
 

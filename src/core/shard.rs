@@ -1,10 +1,8 @@
-//! Sharding a stage over several runners (issue 18 part 5), pure: which
-//! slice of a stage's hosts a shard `I/N` deploys, and, over the run
-//! record (`record::ShardSet`), when every shard has reported and what the
+//! Sharding a stage over several runners (`run --shard I/N`, `deploy
+//! --shard I/N`), pure: which slice of a stage's hosts a shard deploys,
+//! and, over the run record (`ShardSet`, edited by
+//! `RunRecord::report_shard`), when every shard has reported and what the
 //! stage's verdict then is.
-//!
-//! Not wired to a command yet: no `--shard` flag exists. This module and
-//! `RunRecord::report_shard` are the parts the flag will carry out.
 //!
 //! A host's slice is `sha256(stage \0 client \0 host)` read as a big-endian
 //! `u64` from its first 8 bytes, modulo N, plus one. It depends on nothing
@@ -14,28 +12,21 @@
 //! other host. Changing N re-slices the whole stage (it is the matrix's
 //! size, fixed in the workflow).
 //!
-//! The wiring still to do, as designed (none of it exists yet):
-//! - `run --shard I/N` / `deploy --shard I/N` (`Shard::ALL` without it):
-//!   `rollout::deploy_stage` keeps only the `deploy::Target`s whose host
-//!   `Shard::selects`; `max_failures` then applies per shard.
-//! - The lock: shards of one run (one CI run id across the matrix) are one
-//!   holder. Today `core::lock` has one holder per run, renews by a leased
-//!   push on the lock object it wrote and releases on `Drop`, so N shards
-//!   cannot all renew one object: shard 1 takes and renews the lock as
-//!   now; the others go on while the lock's `run_id` is theirs (checked
-//!   where `keep_alive` is) and never delete it; a different run waits as
-//!   today. Shard 1 releases only after the stage is decided.
-//! - The engine: a sharded stage pushes `RunRecord::report_shard` instead of
-//!   `record_stage`, and moves no deployed ref itself. `Reported::Decided`:
-//!   this shard moves the refs of the merged outcome's passed clients
-//!   (`records::passed_clients`), or, when the stage failed, pushes the one
-//!   revert (`ShardVerdict::reverts`). `Reported::Waiting`: poll the record
-//!   (bounded by `--shard-timeout`, then `time_out_shards`) for `decided`;
-//!   if the stage failed, roll back this shard's switched hosts (the
-//!   `rollback` command's path) and report again with them rolled back.
-
-// Only the tests call this yet (see above); drop this with the flag.
-#![cfg_attr(not(test), allow(dead_code))]
+//! How a sharded run goes (`core::engine`): every shard plans, scans and
+//! waits for approvals as a run on one runner does (they read the same
+//! record, so they agree); the shards of one run id hold the pipeline lock
+//! together (`core::lock`: each joins it, each renews it, the last one out
+//! deletes it). In a stage, each shard deploys the hosts its slice selects
+//! (`max_failures` and `parallelism` apply per shard), then reports its
+//! outcome into the record and moves no ref. The report that completes the
+//! set decides the stage (`ShardVerdict::combine`); the others poll the
+//! record for that decision, up to `--shard-timeout`, after which the
+//! waiting shard decides `TimedOut`. Once decided: on a failure every
+//! shard rolls back the hosts it left switched (a deploy of each client's
+//! previous commit, `fleetgate rollback`'s way) and reports again; on a
+//! pass the deciding shard moves the passed clients' refs. The deciding
+//! shard alone reports the stage to the forge and the webhooks and pushes
+//! the one revert; every shard exits with the stage's exit code.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::outcome::StageOutcome;
 use crate::core::verdict::StageVerdict;
+use crate::error::ExitCode;
 
 /// The largest N `--shard I/N` accepts: far more runners than any forge
 /// gives one matrix.
@@ -169,16 +161,34 @@ impl ShardVerdict {
             .unwrap_or(ShardVerdict::Passed)
     }
 
+    /// In words, for logs: "passed", "failed its gate", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            ShardVerdict::Passed => "passed",
+            ShardVerdict::ChangeFailed => "failed a gate",
+            ShardVerdict::InfraFailed => "lost hosts",
+            ShardVerdict::Interrupted => "was interrupted",
+            ShardVerdict::Frozen => "left frozen apps on the failed release",
+            ShardVerdict::TimedOut => "timed out waiting for shards",
+        }
+    }
+
+    /// The run's exit code when the stage ends so, as `StageVerdict`'s; a
+    /// shard that never reported is for a human to look at: 3.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            ShardVerdict::Passed => ExitCode::Ok,
+            ShardVerdict::ChangeFailed | ShardVerdict::Frozen => ExitCode::Blocked,
+            ShardVerdict::InfraFailed | ShardVerdict::Interrupted | ShardVerdict::TimedOut => {
+                ExitCode::Infra
+            }
+        }
+    }
+
     /// Whether every shard's switched hosts go back to their previous
     /// release: any stage verdict but `Passed`.
     pub fn rolls_back(self) -> bool {
         self != ShardVerdict::Passed
-    }
-
-    /// Whether the deciding shard reverts the change on the branch (as an
-    /// unsharded run does for `StageVerdict::ChangeFailed`).
-    pub fn reverts(self) -> bool {
-        self == ShardVerdict::ChangeFailed
     }
 }
 

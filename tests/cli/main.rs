@@ -32,6 +32,7 @@ mod restart;
 mod run;
 mod scan;
 mod secrets;
+mod shard;
 mod status;
 mod tls;
 mod validation;
