@@ -551,8 +551,10 @@ impl Renderer {
             }
             return Err(e);
         }
-        // minijinja writes whole strings; the bytes are its output's UTF-8.
-        Ok(String::from_utf8_lossy(&out.0).into_owned())
+        // minijinja writes whole strings; the bytes are its output's UTF-8
+        // (taken as they are: no copy).
+        Ok(String::from_utf8(out.0)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     /// [`template_diag`], with the line a template first ran out of budget
