@@ -14,7 +14,7 @@
 //! and negations are left to ssh, and hashed names (`|1|…`) cannot be
 //! matched here at all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -93,23 +93,37 @@ pub fn address_pattern(address: &str, port: u16) -> String {
 
 impl KnownHosts {
     pub fn parse(text: &str) -> KnownHosts {
+        KnownHosts::parse_for(text, None)
+    }
+
+    /// Like [`KnownHosts::parse`], keeping only the lines that name one of
+    /// `wanted` (host names and address patterns): a plan that reads a
+    /// few clients does not build the whole file. Every line is still
+    /// checked for its shape (`malformed`) and for hashed names.
+    pub fn parse_for(text: &str, wanted: Option<&HashSet<&str>>) -> KnownHosts {
         let mut out = KnownHosts::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (marker, rest) = match fields.first() {
-                Some(m) if m.starts_with('@') => (Some(m.to_string()), &fields[1..]),
-                _ => (None, &fields[..]),
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or_default();
+            let (marker, hosts) = match first.starts_with('@') {
+                true => (Some(first), fields.next()),
+                false => (None, Some(first)),
             };
-            let [hosts, kind, blob, ..] = rest else {
+            let (Some(hosts), Some(kind), Some(blob)) = (hosts, fields.next(), fields.next())
+            else {
                 out.malformed.push(i + 1);
                 continue;
             };
+            out.hashed |= hosts.split(',').any(|p| p.starts_with("|1|"));
+            if wanted.is_some_and(|w| !hosts.split(',').any(|p| w.contains(p))) {
+                continue;
+            }
+            let marker = marker.map(str::to_string);
             let patterns: Vec<String> = hosts.split(',').map(str::to_string).collect();
-            out.hashed |= patterns.iter().any(|p| p.starts_with("|1|"));
             if marker.as_deref() != Some("@revoked") {
                 for p in &patterns {
                     out.index
@@ -427,5 +441,37 @@ mod tests {
             "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU"
         );
         assert_eq!(key("not base64!").fingerprint(), "SHA256:?");
+    }
+}
+
+#[cfg(test)]
+mod parse_for_tests {
+    use super::*;
+
+    /// Only the wanted lines are kept, and they pin as in a whole parse;
+    /// every line's shape and hashed names still count.
+    #[test]
+    fn a_parse_for_some_hosts_keeps_their_lines_and_checks_every_line() {
+        let text = "web-1 ssh-ed25519 AAAA1\n\
+                    [10.0.0.2]:2222,web-2 ssh-ed25519 AAAA2\n\
+                    @revoked web-1 ssh-ed25519 AAAA9\n\
+                    web-3 ssh-ed25519 AAAA3\n\
+                    broken-line\n\
+                    |1|abc= ssh-ed25519 AAAA4\n";
+        let all = KnownHosts::parse(text);
+        let wanted: HashSet<&str> = ["web-1", "[10.0.0.2]:2222"].into();
+        let some = KnownHosts::parse_for(text, Some(&wanted));
+        for pattern in ["web-1", "web-2", "[10.0.0.2]:2222"] {
+            assert_eq!(some.keys_for(pattern), all.keys_for(pattern), "{pattern}");
+        }
+        assert_eq!(
+            all.keys_for("web-1").len(),
+            1,
+            "the revoked key is not pinned"
+        );
+        assert!(some.keys_for("web-3").is_empty() && !all.keys_for("web-3").is_empty());
+        assert_eq!((some.malformed.clone(), some.hashed), (vec![5], true));
+        assert_eq!((all.malformed, all.hashed), (vec![5], true));
+        assert_eq!(some.entries.len(), 3);
     }
 }

@@ -683,6 +683,20 @@ async fn deploy_host<R: Remote, P: Prober>(
                 }
             }
         }
+        // Nothing to check (no health check, no new slot): the release is
+        // live once it started, so `gated` rides in the same round trip,
+        // run only if every step before it passed.
+        let gate_now = slots.is_empty()
+            && !changed.is_empty()
+            && Gated::all(&changed).iter().all(|g| g.checks.is_empty());
+        if gate_now {
+            let gated: Vec<(&AppDir, &str)> = changed
+                .iter()
+                .map(|a| (&a.dir, plan.rev.as_str()))
+                .collect();
+            let record = record_script(target, kept.iter().map(|k| (k.app.as_str(), &k.after)));
+            steps.push(Step::host("gated", release::gated_script(&gated) + &record));
+        }
         let (done, failure) = run_steps(remote, &mut rec, &target.masker, &steps).await;
         for step in done
             .iter()
@@ -749,6 +763,9 @@ async fn deploy_host<R: Remote, P: Prober>(
             slots.retain(|n| begun.contains(&n.app.name.as_str()));
             stop_new_slots(remote, &mut rec, target, &plan.rev, &slots).await;
             return Err(f);
+        }
+        if gate_now {
+            return Ok(true);
         }
         if !slots.is_empty() {
             // Each new slot's gate, on the slot directly, before any user

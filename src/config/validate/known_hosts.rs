@@ -3,7 +3,7 @@
 //! issue 15, by its address (deprecated: a warning). Deploy refuses hosts
 //! without one, so `check` says so first. The format is `crate::known_hosts`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::config::model::{Client, Host, Hosts};
 use crate::config::{FleetFiles, KNOWN_HOSTS, client_file};
@@ -39,7 +39,17 @@ pub fn known_hosts_checks(
         );
         return warnings;
     };
-    let known = KnownHosts::parse(&String::from_utf8_lossy(bytes));
+    // A few hosts to check (a plan of a few clients): only their lines.
+    let wanted: Option<HashSet<String>> = (static_hosts.len() <= 256).then(|| {
+        static_hosts
+            .iter()
+            .flat_map(|(_, _, h)| [h.name.clone(), address_pattern(&h.address, h.port)])
+            .collect()
+    });
+    let wanted: Option<HashSet<&str>> = wanted
+        .as_ref()
+        .map(|w| w.iter().map(String::as_str).collect());
+    let known = KnownHosts::parse_for(&String::from_utf8_lossy(bytes), wanted.as_ref());
     for line in &known.malformed {
         problems.push(
             Diagnostic::new(
