@@ -4,7 +4,7 @@
 #   benches/plan.sh                   # 10000 clients
 #   CLIENTS=200 benches/plan.sh       # quick run
 #
-# Commits: A = base fleet, B = A + one client file changed, C = B + one shared
+# Commits (packed, as in a clone): A = base fleet, B = A + one client file changed, C = B + one shared
 # template changed (renders differently for every client). Measures
 #   (a) fleetgate plan A..B   against   git diff --name-only A B
 #   (b) fleetgate plan B..C   against   git diff --name-only B C
@@ -109,6 +109,9 @@ B=$(g rev-parse HEAD)
 echo 'FEATURE_FLAGS=fast-plan,{{ client.name }}' >>"$repo/pipelines/apps/web/app.env.j2"
 g commit -q -a -m "web: feature flags in app.env"
 C=$(g rev-parse HEAD)
+# Packed, as a CI checkout (a clone) has its objects: not 3 x CLIENTS loose
+# files, each opened and inflated on its own.
+g repack -adq
 t3=$(now)
 gen_write=$(secs "$t0" "$t1")
 gen_commit=$(secs "$t1" "$t2")

@@ -76,6 +76,15 @@ pub fn data(text: &str) {
     let _ = out.flush();
 }
 
+/// Data written to stdout as it is produced (through a buffer), for data
+/// too large to build as one string first. A closed stdout (`| head`) is
+/// not an error, as for [`data`].
+pub fn data_with(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let _ = write(&mut out);
+    let _ = out.flush();
+}
+
 /// A table or report for people, on stderr with the log (e.g. `plan
 /// --scan`'s scan table: `plan`'s data is the plan). Above the progress
 /// bar, like every log line.

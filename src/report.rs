@@ -50,10 +50,11 @@ mod hue {
     pub const FAINT: Style = anstyle::Style::new().dimmed();
 }
 
-pub fn json(plan: &Plan) -> String {
-    let mut s = serde_json::to_string_pretty(plan).expect("a plan serialises");
-    s.push('\n');
-    s
+/// The plan as pretty JSON, one line break at the end (the `plan --format
+/// json` contract), written to `w` as it is serialised.
+pub fn write_json(w: &mut dyn std::io::Write, plan: &Plan) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, plan)?;
+    w.write_all(b"\n")
 }
 
 /// `1 client changes`, `3 clients change`.
@@ -1458,11 +1459,18 @@ The diff (7 lines) is too long for a comment: see [the job log](https://ci.examp
         );
     }
 
+    /// What `plan --format json` writes.
+    fn json(plan: &Plan) -> String {
+        let mut out = Vec::new();
+        super::write_json(&mut out, plan).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn plan_as_json() {
         check(
             &plan(Vec::new(), true),
-            super::json,
+            json,
             r#"{
   "schema": 1,
   "base": "1111111111111111111111111111111111111111",
@@ -1476,7 +1484,7 @@ The diff (7 lines) is too long for a comment: see [the job log](https://ci.examp
         );
         check_json(
             &busy_plan(),
-            super::json,
+            json,
             &[
                 ("/schema", json!(1)),
                 ("/secrets_compared", json!(false)),
@@ -1501,7 +1509,7 @@ The diff (7 lines) is too long for a comment: see [the job log](https://ci.examp
                 ("/unaffected", json!(7)),
             ],
         );
-        let got: Value = serde_json::from_str(&super::json(&busy_plan())).unwrap();
+        let got: Value = serde_json::from_str(&json(&busy_plan())).unwrap();
         // Empty host changes are left out, not written as [].
         assert_eq!(got.pointer("/clients/0/hosts_removed"), None);
     }

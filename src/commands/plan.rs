@@ -101,12 +101,12 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let out = match args.format {
-        Format::Text => report::text_with(&plan, printer::paint()),
-        Format::Markdown => report::markdown(&plan),
-        Format::Json => report::json(&plan),
-    };
-    printer::data(&out);
+    match args.format {
+        Format::Text => printer::data(&report::text_with(&plan, printer::paint())),
+        Format::Markdown => printer::data(&report::markdown(&plan)),
+        // Streamed: a 10,000-client plan is megabytes of JSON.
+        Format::Json => printer::data_with(|w| report::write_json(w, &plan)),
+    }
     // The plan is this command's data; the scan's table is for people.
     if let Some(scan) = &scan {
         printer::people(&report::scan(scan, Format::Text));
