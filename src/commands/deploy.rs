@@ -43,7 +43,7 @@ pub struct DeployArgs {
 
 pub fn run(ctx: &Context, args: &DeployArgs) -> Result<ExitCode> {
     let shard = args.shard.unwrap_or(Shard::ALL);
-    let run_id = super::run::shared_run_id(shard)?;
+    let run_id = super::shared_run_id(shard)?;
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let rev = repo.resolve(&args.rev)?;
     // SIGTERM/SIGINT as in `run`: no new host starts, the ones in flight

@@ -135,3 +135,17 @@ pub fn one_client(
     }
     Ok(fleet)
 }
+
+/// The run id every shard of a sharded run shares: the CI run's.
+pub(crate) fn shared_run_id(shard: crate::core::shard::Shard) -> crate::error::Result<String> {
+    match std::env::var("GITHUB_RUN_ID") {
+        Ok(id) if !id.trim().is_empty() => Ok(id),
+        _ if shard.count == 1 => Ok(String::new()),
+        _ => Err(crate::error::Error::Usage(
+            crate::error::Message::from(format!(
+                "--shard {shard} needs the run id every shard of the run shares, and GITHUB_RUN_ID is not set"
+            ))
+            .hint("Forgejo and GitHub Actions set it for every job of a matrix; by hand, export GITHUB_RUN_ID=<one id for all shards>"),
+        )),
+    }
+}

@@ -16,7 +16,7 @@ use crate::config;
 use crate::core::engine::{self, Ports, RunRequest};
 use crate::core::lock::Lease;
 use crate::core::shard::Shard;
-use crate::error::{Error, ExitCode, Message, Result};
+use crate::error::{Error, ExitCode, Result};
 use crate::forge::notify::Reporter;
 use crate::ports::{Clock, LockKeeper};
 use crate::printer;
@@ -76,7 +76,7 @@ pub struct RunArgs {
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<ExitCode> {
     if let Some(shard) = args.shard {
-        shared_run_id(shard)?;
+        super::shared_run_id(shard)?;
     }
     let repo = Repo::discover(ctx.repo.as_deref())?;
     let git = GitRepo::with_remote(&repo, &args.remote)?;
@@ -173,20 +173,6 @@ fn base_of_push(repo: &Repo, base: &str) -> Result<Option<CommitId>> {
 
 /// Who this run is, for the lock: the CI run, its page and actor when there
 /// is one.
-/// The run id every shard of a sharded run shares: the CI run's.
-pub(crate) fn shared_run_id(shard: Shard) -> Result<String> {
-    match std::env::var("GITHUB_RUN_ID") {
-        Ok(id) if !id.trim().is_empty() => Ok(id),
-        _ if shard.count == 1 => Ok(String::new()),
-        _ => Err(Error::Usage(
-            Message::from(format!(
-                "--shard {shard} needs the run id every shard of the run shares, and GITHUB_RUN_ID is not set"
-            ))
-            .hint("Forgejo and GitHub Actions set it for every job of a matrix; by hand, export GITHUB_RUN_ID=<one id for all shards>"),
-        )),
-    }
-}
-
 fn this_run(clock: &dyn Clock) -> Result<(String, String, Option<String>)> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let run_id = env("GITHUB_RUN_ID")
