@@ -296,7 +296,7 @@ fn add_removals(
                     client: client.to_string(),
                     app: app.name.clone(),
                 },
-                start: deploy::start_of(&was, before, app),
+                start: deploy::start_of(&was, before, app, host),
                 stop: app.commands.stop.clone(),
             })
             .collect();

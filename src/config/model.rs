@@ -14,7 +14,7 @@ use crate::inventory::selector::Selector;
 use crate::scan::pin::ImageRef;
 use crate::secrets::SopsFile;
 
-pub use raw::{RollbackPolicy, Runtime, SnapshotPolicy};
+pub use raw::{QuadletScope, RollbackPolicy, Runtime, SnapshotPolicy};
 // The validators lived in this file before it was split; their public paths
 // under `config::model` stay valid for code written against it.
 pub use super::validate::{Clean, HTTP_URL_HINT, known_hosts_checks, validate, validate_reusing};
@@ -220,6 +220,19 @@ pub struct App {
     /// Where the host's proxy sends which host names and paths.
     pub routes: Vec<Route>,
     pub strategy: Strategy,
+    /// runtime quadlet: its units and where they go.
+    pub quadlet: Option<QuadletApp>,
+}
+
+/// How a quadlet app is installed and run (`remote::quadlet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuadletApp {
+    /// The units a change restarts and the gate wants `active`.
+    pub units: Vec<String>,
+    /// None: decided on the host (`system` for root, else `user`).
+    pub scope: Option<QuadletScope>,
+    /// The directory `<client>-<app>/` goes in; None: the scope's default.
+    pub dir: Option<String>,
 }
 
 /// One route of an app, its templates unrendered.

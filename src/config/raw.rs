@@ -234,6 +234,36 @@ pub struct App {
     /// blue_green: the host ports of the two slots (`{{ release.port }}`).
     #[serde(default)]
     pub slot_ports: Option<S<Vec<S<Port>>>>,
+    /// runtime quadlet: the systemd units restarted on a change
+    /// (`[authentik-pod.service]`); default: the services Quadlet generates
+    /// for the app's `.container`, `.pod` and `.kube` files.
+    #[serde(default)]
+    pub units: Option<S<Vec<S<String>>>>,
+    /// runtime quadlet: where its unit files go, and for which systemd.
+    #[serde(default)]
+    pub quadlet: Option<S<Quadlet>>,
+}
+
+/// `quadlet:` of an app: `{scope: system|user, dir: PATH}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quadlet {
+    /// `system` (rootful: /etc/containers/systemd, `systemctl`) or `user`
+    /// (rootless: ~/.config/containers/systemd, `systemctl --user`);
+    /// default: `system` when the host's user is root, else `user`.
+    #[serde(default)]
+    pub scope: Option<QuadletScope>,
+    /// The directory the app's `<client>-<app>/` unit directory goes in
+    /// (absolute, or `~/…` in the login user's home).
+    #[serde(default)]
+    pub dir: Option<S<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuadletScope {
+    System,
+    User,
 }
 
 /// One route of an app: `{hosts, path, service, port, health}`.
@@ -294,6 +324,8 @@ pub enum Runtime {
     Compose,
     Podman,
     Command,
+    /// Podman Quadlet unit files, run by systemd.
+    Quadlet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

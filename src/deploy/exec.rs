@@ -583,6 +583,21 @@ async fn deploy_host<R: Remote, P: Prober>(
                 drain: bg.drain,
             });
         }
+        // Quadlet apps' new unit files, validated by the host's Quadlet
+        // before anything on the host changes: a rejection stops the host
+        // with nothing restarted.
+        let quadlet_checks: Vec<Step> = changed
+            .iter()
+            .filter_map(|app| match &app.start {
+                release::Start::Quadlet(units) => Some(Step::new(
+                    &app.name,
+                    "quadlet check",
+                    units.check_script(&app.name, &app.files),
+                )),
+                _ => None,
+            })
+            .collect();
+        steps.splice(0..0, quadlet_checks);
         // The host's proxy config, decided before anything changes, and
         // validated on the host first: an invalid one stops the host
         // before any app is touched.

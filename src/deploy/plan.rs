@@ -73,15 +73,17 @@ pub struct Removal {
     pub stop: Option<String>,
 }
 
-/// How `app` of `client` is started (and so stopped) under `fleet`'s
-/// runtimes.
+/// How `app` of `client` is started (and so stopped) on `host` under
+/// `fleet`'s runtimes.
 pub fn start_of(
     fleet: &crate::config::Fleet,
     client: &crate::config::Client,
     app: &crate::config::App,
+    host: &Host,
 ) -> Start {
     use crate::config::Runtime;
     match app.runtime {
+        Runtime::Quadlet => Start::Quadlet(quadlet_units(client, app, host)),
         Runtime::Compose | Runtime::Podman => Start::Compose {
             command: if app.runtime == Runtime::Compose {
                 fleet.pipeline.runtimes.compose.clone()
@@ -94,6 +96,40 @@ pub fn start_of(
             start: app.commands.start.clone().unwrap_or_default(),
             stop: app.commands.stop.clone(),
         },
+    }
+}
+
+/// A quadlet app's units on `host`: its `quadlet.scope`, else rootful
+/// for root and rootless for any other login user; its unit directory
+/// `<quadlet.dir or the scope's>/<client>-<app>`.
+pub fn quadlet_units(
+    client: &crate::config::Client,
+    app: &crate::config::App,
+    host: &Host,
+) -> crate::remote::quadlet::Units {
+    use crate::config::QuadletScope;
+    use crate::remote::quadlet::{Scope, Units, default_base};
+    let q = app.quadlet.clone().unwrap_or(crate::config::QuadletApp {
+        units: Vec::new(),
+        scope: None,
+        dir: None,
+    });
+    let scope = match q.scope {
+        Some(QuadletScope::System) => Scope::System,
+        Some(QuadletScope::User) => Scope::User,
+        None if host.user == "root" => Scope::System,
+        None => Scope::User,
+    };
+    let base = q.dir.as_deref().unwrap_or(default_base(scope));
+    Units {
+        scope,
+        dir: format!(
+            "{}/{}-{}",
+            base.trim_end_matches('/'),
+            client.name,
+            app.name
+        ),
+        units: q.units,
     }
 }
 
@@ -236,7 +272,15 @@ pub fn build_stage_plan(
                     }
                     _ => None,
                 };
-                let start = start_of(fleet, client, app);
+                let start = start_of(fleet, client, app, host);
+                let mut checks = sole.checks;
+                // A quadlet app's gate wants its units active, besides its checks.
+                if let Start::Quadlet(units) = &start {
+                    checks.push(CheckSpec::Command {
+                        command: units.is_active_command(),
+                        policy: COMMAND_CHECK,
+                    });
+                }
                 apps.push(AppJob {
                     name: app.name.clone(),
                     dir: AppDir {
@@ -247,7 +291,7 @@ pub fn build_stage_plan(
                     files: sole.files,
                     stop: app.commands.stop.clone(),
                     start,
-                    checks: sole.checks,
+                    checks,
                     rollback: app.rollback,
                     routes: sole.routes,
                     blue_green,

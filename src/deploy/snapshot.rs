@@ -214,6 +214,7 @@ mod tests {
             snapshot_keep: keep,
             routes: Vec::new(),
             strategy: crate::config::Strategy::Recreate,
+            quadlet: None,
         }
     }
 

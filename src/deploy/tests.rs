@@ -2167,6 +2167,7 @@ fn which_apps_are_backed_up_in_which_stage() {
         snapshot_keep: None,
         routes: Vec::new(),
         strategy: crate::config::Strategy::Recreate,
+        quadlet: None,
     };
     use RollbackPolicy::{Freeze, Safe};
     // (stage's backup, app's rollback, has commands.backup, backed up)

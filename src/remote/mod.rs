@@ -2,6 +2,7 @@
 //! implementation, and the release layout's scripts (built as data).
 
 pub mod proxy;
+pub mod quadlet;
 pub mod release;
 pub mod shell;
 pub mod ssh;

@@ -237,6 +237,9 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
             s,
             "echo @@releases; for fg_r in {path}/releases/*; do if [ -e \"$fg_r\" ]; then printf '%s\\n' \"${{fg_r##*/}}\"; fi; done"
         );
+        // A quadlet app's live files are its unit directory's: a hand edit
+        // there is drift, and the next deploy installs the release again.
+        let _ = writeln!(s, "{}", super::quadlet::inspect_snippet(&quadlet_marker(d)));
     }
     s
 }
@@ -258,6 +261,13 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
             "@@state" | "@@current" | "@@started" | "@@gated" | "@@sums" | "@@releases"
         ) {
             section = line;
+            continue;
+        }
+        if line == "@@quadlet" {
+            section = "@@sums";
+            if let Some(app) = &current {
+                apps.get_mut(app).expect("inserted above").sums.clear();
+            }
             continue;
         }
         let Some(app) = &current else {
@@ -528,6 +538,14 @@ pub enum Start {
     /// `commands.start` in the release dir; `commands.stop` first, in the
     /// release being replaced.
     Command { start: String, stop: Option<String> },
+    /// Podman Quadlet: the release installed as the app's unit directory,
+    /// systemd reloaded, its units restarted (`remote::quadlet`).
+    Quadlet(super::quadlet::Units),
+}
+
+/// Where a quadlet app's live units were installed (a line: the directory).
+pub fn quadlet_marker(dir: &AppDir) -> String {
+    format!("{}/quadlet", dir.path())
 }
 
 /// Runs the app's runtime for release `rev`; `replacing` is the release that
@@ -564,6 +582,10 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
         Start::Compose { command, project } => {
             let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
             let _ = writeln!(s, "{command} -p {} up -d --remove-orphans", quote(project));
+        }
+        Start::Quadlet(units) => {
+            let _ = writeln!(s, "cd {}", quote(&dir.release(rev)));
+            s.push_str(&units.install_script(&dir.release(rev), &quadlet_marker(dir)));
         }
         Start::Command { start, stop } => {
             if let (Some(stop), Some(old)) = (stop, replacing.filter(|old| *old != rev)) {
@@ -611,7 +633,8 @@ fn stop_live_slot(dir: &AppDir, start: &Start, stop: Option<&str>) -> String {
             format!("{command} -p {}-\"$fg_slot\" down", quote(project))
         }
         (Start::Command { .. }, Some(stop)) => stop.to_string(),
-        (Start::Command { .. }, None) => "true".to_string(),
+        (Start::Command { .. } | Start::Quadlet(_), None) => "true".to_string(),
+        (Start::Quadlet(_), Some(stop)) => stop.to_string(),
     };
     format!(
         "read -r fg_slot fg_port < {path}/slot || true\nif [ -n \"${{fg_slot:-}}\" ] && [ -d {path}/current ]; then (cd {path}/current && FLEETGATE_SLOT=$fg_slot FLEETGATE_PORT=$fg_port && export FLEETGATE_SLOT FLEETGATE_PORT && {body}\n) || echo 'fleetgate: stopping the live slot failed' >&2; fi"
@@ -640,6 +663,13 @@ pub fn start_slot_script(dir: &AppDir, rev: &str, start: &Start, slot: Slot, por
         }
         Start::Command { start, .. } => {
             let _ = writeln!(s, "( {start}\n)");
+        }
+        // Refused by `check` (`strategy: blue_green` with `runtime: quadlet`).
+        Start::Quadlet(_) => {
+            let _ = writeln!(
+                s,
+                "echo 'fleetgate: a quadlet app has no blue/green slots' >&2; exit 1"
+            );
         }
     }
     s
@@ -680,10 +710,10 @@ pub fn stop_slot_script(
             };
             let _ = writeln!(s, "{command} -p {} down", quote(&project));
         }
-        (Start::Command { .. }, Some(stop)) => {
+        (Start::Command { .. } | Start::Quadlet(_), Some(stop)) => {
             let _ = writeln!(s, "( {stop}\n)");
         }
-        (Start::Command { .. }, None) => {}
+        (Start::Command { .. } | Start::Quadlet(_), None) => {}
     }
     s
 }
@@ -725,6 +755,7 @@ pub fn logs_script(
             };
             format!("{command} -p {} logs --tail {LOG_LINES}", quote(&project))
         }
+        (None, Start::Quadlet(units)) => units.logs_command(),
         (None, Start::Command { .. }) => return None,
     };
     let env = match slot {
@@ -767,7 +798,7 @@ pub fn parse_logs(out: &str) -> (String, bool, Option<i32>) {
 fn command_stop<'a>(start: &'a Start, stop: Option<&'a str>) -> Option<&'a str> {
     match start {
         Start::Command { stop: own, .. } => own.as_deref().or(stop),
-        Start::Compose { .. } => stop,
+        Start::Compose { .. } | Start::Quadlet(_) => stop,
     }
 }
 
@@ -929,6 +960,9 @@ pub fn teardown_script(dir: &AppDir, start: &Start, stop: Option<&str>) -> Strin
                 "if [ -d {path}/current ]; then (cd {path}/current && {command} -p {} down) || true; fi",
                 quote(project)
             );
+        }
+        (Start::Quadlet(units), _) => {
+            let _ = writeln!(s, "({})", units.teardown_script(&quadlet_marker(dir)));
         }
         (Start::Command { .. }, Some(stop)) => {
             let _ = writeln!(

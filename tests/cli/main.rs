@@ -26,6 +26,7 @@ mod operator;
 mod plan;
 mod proxy;
 mod proxy_bench;
+mod quadlet;
 mod release;
 mod removal;
 mod restart;

@@ -219,6 +219,7 @@ fn validate_app(
         .collect();
     let routes = routes(&mut c, &raw);
     let strategy = strategy(&mut c, &raw, &templates);
+    let quadlet = super::quadlet::validate(&mut c, &raw, &out_files, &strategy);
     if matches!(strategy, Strategy::BlueGreen { .. }) {
         for (i, r) in routes.iter().enumerate() {
             if r.port.is_some() {
@@ -269,6 +270,7 @@ fn validate_app(
         snapshot_keep,
         routes,
         strategy,
+        quadlet,
     })
 }
 

@@ -15,6 +15,7 @@ mod health;
 mod hosts;
 mod known_hosts;
 mod pipeline;
+pub(crate) mod quadlet;
 mod stages;
 #[cfg(test)]
 pub(crate) mod testing;
