@@ -57,6 +57,7 @@ pure=$(find src/config src/deploy -name '*.rs' ! -name 'tests.rs' ! -name 'testi
        for f in src/plan.rs src/report.rs src/render.rs src/desired.rs \
                 src/scan/pin.rs src/scan/policy.rs src/gates/health.rs \
                 src/remote/release.rs src/remote/shell.rs src/remote/proxy.rs \
+                src/remote/quadlet.rs \
                 src/known_hosts.rs src/inventory/selector.rs; do
          if [ -f "$f" ]; then echo "$f"; fi
        done)

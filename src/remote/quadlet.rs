@@ -226,6 +226,7 @@ pub fn inspect_snippet(marker: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::shell::sh;
 
     fn units(scope: Scope, dir: &str) -> Units {
         Units {
@@ -233,14 +234,6 @@ mod tests {
             dir: dir.into(),
             units: vec!["it's-pod.service".into(), "w.service".into()],
         }
-    }
-
-    fn sh(script: &str) -> std::process::Output {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap()
     }
 
     #[test]

@@ -10,7 +10,7 @@ fn example_fleet_is_valid() {
     run.code(0);
     assert_eq!(
         run.stdout,
-        "ok: 3 clients, 4 hosts, 3 apps, 2 stages at work tree\n"
+        "ok: 3 clients, 4 hosts, 4 apps, 2 stages at work tree\n"
     );
     let run = fleet.run(&["check", "--rev", "HEAD"]);
     run.code(0);

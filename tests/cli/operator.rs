@@ -18,7 +18,7 @@ fn check_reports_as_json_what_a_program_reads() {
     assert_eq!(v["rev"], Value::Null);
     assert_eq!(
         v["counts"],
-        serde_json::json!({"clients": 3, "hosts": 4, "apps": 3, "stages": 2})
+        serde_json::json!({"clients": 3, "hosts": 4, "apps": 4, "stages": 2})
     );
     assert_eq!(v["secrets_decrypted"], true);
     assert_eq!(v["problems"], serde_json::json!([]));

@@ -353,14 +353,22 @@ fn without_a_key_plan_names_changed_secret_files_and_keys() {
     // backup_token is declared by no app, so nothing gamma runs depends on it.
     assert_eq!(
         apps(&plan, "gamma"),
-        [pair("nextcloud", "update"), pair("whoami", "update")]
+        [
+            pair("authentik", "update"),
+            pair("nextcloud", "update"),
+            pair("whoami", "update")
+        ]
     );
     assert_eq!(
         plan["clients"][0]["apps"][0]["secrets_changed"],
-        serde_json::json!(["nextcloud_admin_password", "nextcloud_db_password"])
+        serde_json::json!(["authentik_db_password", "authentik_secret_key"])
     );
     assert_eq!(
         plan["clients"][0]["apps"][1]["secrets_changed"],
+        serde_json::json!(["nextcloud_admin_password", "nextcloud_db_password"])
+    );
+    assert_eq!(
+        plan["clients"][0]["apps"][2]["secrets_changed"],
         serde_json::json!(["api_token"])
     );
     assert!(

@@ -157,6 +157,80 @@ pub fn is_unit_name(u: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate::testing::{assert_outcome, files};
+
+    /// `fixture`: `pipelines/apps/idp/app.yaml` (and `//- path` templates);
+    /// `expect`: the problems, or each valid app's quadlet part.
+    fn check(fixture: &str, expect: &[&str]) {
+        let mut problems = Vec::new();
+        let (apps, _) = super::super::app::validate_all(
+            &files("pipelines/apps/idp/app.yaml", "", fixture),
+            &mut problems,
+        );
+        let summary = apps
+            .values()
+            .map(|a| format!("{}: {:?} {:?}", a.name, a.runtime, a.quadlet))
+            .collect();
+        assert_outcome(fixture, &problems, summary, expect);
+    }
+
+    const UNITS: &str = "//- pipelines/apps/idp/idp.pod.j2\n[Pod]\n//- pipelines/apps/idp/server.container.j2\n[Container]\n";
+
+    #[test]
+    fn quadlet_apps() {
+        check(
+            &format!(
+                "runtime: quadlet\nfiles: {{idp.pod: idp.pod.j2, units/server.container: server.container.j2}}\n{UNITS}"
+            ),
+            &[
+                r#"idp: Quadlet Some(QuadletApp { units: ["idp-pod.service", "server.service"], scope: None, dir: None })"#,
+            ],
+        );
+        check(
+            &format!(
+                "runtime: quadlet\nfiles: {{idp.pod: idp.pod.j2}}\nunits: [idp-pod.service]\nquadlet: {{scope: user, dir: ~/units}}\n{UNITS}"
+            ),
+            &[
+                r#"idp: Quadlet Some(QuadletApp { units: ["idp-pod.service"], scope: Some(User), dir: Some("~/units") })"#,
+            ],
+        );
+        check("runtime: compose", &["idp: Compose None"]);
+    }
+
+    #[test]
+    fn what_a_quadlet_app_cannot_have() {
+        check(
+            "runtime: quadlet",
+            &[
+                "pipelines/apps/idp/app.yaml:1 files: runtime `quadlet` needs at least one unit file",
+            ],
+        );
+        check(
+            &format!(
+                "runtime: quadlet\nfiles: {{idp.pod: idp.pod.j2}}\nunits: [idp, \"a;b.service\"]\n{UNITS}"
+            ),
+            &[
+                "pipelines/apps/idp/app.yaml:3 units[0]: `idp` is not a systemd unit name",
+                "pipelines/apps/idp/app.yaml:3 units[1]: `a;b.service` is not a systemd unit name",
+            ],
+        );
+        check(
+            &format!(
+                "runtime: quadlet\nfiles: {{idp.pod: idp.pod.j2}}\ncommands: {{start: x}}\nquadlet: {{dir: relative/dir}}\n{UNITS}"
+            ),
+            &[
+                "pipelines/apps/idp/app.yaml:1 commands: a quadlet app is started and stopped by systemd",
+                "pipelines/apps/idp/app.yaml:4 quadlet.dir: `relative/dir` is not an absolute path",
+            ],
+        );
+        check(
+            "runtime: compose\nunits: [a.service]\nquadlet: {scope: user}",
+            &[
+                "pipelines/apps/idp/app.yaml:2 units: `units` is for `runtime: quadlet` only",
+                "pipelines/apps/idp/app.yaml:3 quadlet: `quadlet` is for `runtime: quadlet` only",
+            ],
+        );
+    }
 
     #[test]
     fn default_units_are_the_long_running_services_quadlet_generates() {
