@@ -50,6 +50,16 @@ echo "== release.sh build --dev: cargo zigbuild --target x86_64-unknown-linux-gn
 bash scripts/release.sh build --dev "${leakscan_dir%/leakscan}/release-dist"
 export FLEETGATE_REQUIRE_ZIGBUILD=1
 
+# The quadlet tests' guest (tests/cli/quadlet.rs): a Debian 13 root
+# filesystem for systemd-nspawn, built once (about a minute, ~500 MB) and
+# cached under ~/.cache/fleetgate-quadlet/rootfs-<hash of rootfs.sh>;
+# debootstrap, systemd-container and socat come from Debian's packages,
+# unpacked into that cache when the machine lacks them.
+echo "== quadlet guest root filesystem (tests/quadlet/rootfs.sh)" >&2
+quadlet_t=$SECONDS
+bash tests/quadlet/rootfs.sh >/dev/null
+echo "quadlet root filesystem ready in $((SECONDS - quadlet_t)) s" >&2
+
 echo "== cargo test: integration tests (real parts)" >&2
 cargo test --locked --test cli
 

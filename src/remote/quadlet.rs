@@ -153,10 +153,18 @@ impl Units {
     /// of a quadlet app (`release::start_script`), and of its rollback.
     pub fn install_script(&self, release: &str, marker: &str) -> String {
         let mut s = String::from(self.env());
+        let _ = writeln!(s, "fg_qd={}", self.dir_word());
+        // A unit file the new release no longer has: its service is
+        // stopped first (after the reload systemd no longer knows it).
         let _ = writeln!(
             s,
-            "fg_qd={}\nmkdir -p \"${{fg_qd%/*}}\"\nrm -rf \"$fg_qd\"\ncp -a {} \"$fg_qd\"\nprintf '%s\\n' \"$fg_qd\" > {}",
-            self.dir_word(),
+            "if [ -d \"$fg_qd\" ]; then (cd \"$fg_qd\" && find . -type f \\( -name '*.container' -o -name '*.kube' -o -name '*.pod' \\)) | while IFS= read -r fg_f; do\n  [ -e {release}/\"$fg_f\" ] && continue\n  fg_b=${{fg_f##*/}}\n  case $fg_b in *.pod) fg_u=\"${{fg_b%.pod}}-pod.service\" ;; *.container) fg_u=\"${{fg_b%.container}}.service\" ;; *) fg_u=\"${{fg_b%.kube}}.service\" ;; esac\n  {sc} stop \"$fg_u\" || true\ndone; fi",
+            release = quote(release),
+            sc = self.systemctl()
+        );
+        let _ = writeln!(
+            s,
+            "mkdir -p \"${{fg_qd%/*}}\"\nrm -rf \"$fg_qd\"\ncp -a {} \"$fg_qd\"\nprintf '%s\\n' \"$fg_qd\" > {}",
             quote(release),
             quote(marker)
         );
@@ -318,6 +326,21 @@ mod tests {
         );
         let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
         assert_eq!(log, "daemon-reload\nrestart it's-pod.service w.service\n");
+        // The next release drops a container: its service stops before the reload.
+        std::fs::remove_file(release.join("sub/a.container")).unwrap();
+        std::fs::write(tmp.path().join("log"), "").unwrap();
+        let out = sh(&format!("set -eu\n{env}{script}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.join("sub/a.container").exists());
+        let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
+        assert_eq!(
+            log,
+            "stop a.service\ndaemon-reload\nrestart it's-pod.service w.service\n"
+        );
         let out = sh(&format!(
             "set -eu\n{env}{}",
             u.teardown_script(marker.to_str().unwrap())

@@ -27,7 +27,8 @@ if ! { command -v systemd-nspawn && command -v debootstrap && command -v socat; 
   else
     mkdir -p "$CACHE/debs" "$TOOLS"
     echo "quadlet rootfs: apt-get download debootstrap systemd-container socat into $TOOLS" >&2
-    (cd "$CACHE/debs" && apt-get download systemd-container libsystemd-shared debootstrap socat >&2)
+    (cd "$CACHE/debs" && { apt-get download systemd-container libsystemd-shared debootstrap socat >&2 ||
+      { apt-get update -qq && apt-get download systemd-container libsystemd-shared debootstrap socat >&2; }; })
     for f in "$CACHE"/debs/*.deb; do dpkg -x "$f" "$TOOLS"; done
   fi
 fi
@@ -85,4 +86,8 @@ install -o 1000 -g 1000 -m644 "$R/root/tiny.tar" "$R/home/fg/tiny.tar"
 rm -rf "$ROOTFS" "$(dirname "$KEYFILE")"
 mv "$T/ssh" "$(dirname "$KEYFILE")"
 mv "$R" "$ROOTFS"
+# Root filesystems of earlier recipes are stale: only this one is used.
+for old in "$CACHE"/rootfs-* "$CACHE"/ssh-*; do
+  case $old in "$ROOTFS"|"$(dirname "$KEYFILE")") ;; *) rm -rf "$old" ;; esac
+done
 printf '%s\n%s\n' "$ROOTFS" "$KEYFILE"
