@@ -450,6 +450,15 @@ fn a_pod_is_deployed_upgraded_rolled_back_refused_drifted_and_removed() {
         status.all()
     );
 
+    // By hand, back to the release before: its units, reinstalled (the
+    // hand edit goes with them).
+    q.fleetgate(&["rollback", "--client", "alpha"]).code(0);
+    assert_eq!(g.serving("root").as_deref(), Some("version=2"));
+    assert!(
+        !g.ok("root", &format!("cat {dir}/idp-server.container"))
+            .contains("edited by hand")
+    );
+
     // Removal: units stopped, unit files gone, systemd reloaded; data kept.
     g.ok("root", "podman volume create idp-data >/dev/null");
     q.client(&[], "3", "yes", "/root/fleetgate");
