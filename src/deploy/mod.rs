@@ -14,6 +14,8 @@
 mod checks;
 mod exec;
 mod plan;
+#[cfg(test)]
+mod quadlet_tests;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
