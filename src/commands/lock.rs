@@ -90,6 +90,13 @@ fn show(git: &GitRepo, clock: &dyn Clock, format: OutcomeFormat) -> Result<ExitC
             if let Some(url) = &h.run_url {
                 text.push_str(&format!("\nci run:  {url}"));
             }
+            if !h.shards.is_empty() {
+                let shards: Vec<String> = h.shards.iter().map(u32::to_string).collect();
+                text.push_str(&format!(
+                    "\nshards:  {} (of one sharded run)",
+                    shards.join(", ")
+                ));
+            }
             text
         }
     };
@@ -116,6 +123,7 @@ fn held_json(h: &Held, now: chrono::DateTime<chrono::Utc>) -> serde_json::Value 
             "started_at": holder.started_at,
             "expires_at": holder.expires_at,
             "expired": holder.expired(now),
+            "shards": holder.shards,
         }),
     }
 }

@@ -187,6 +187,13 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// A new bare repository at `remote` (branch `main`), added as `origin`.
+    pub fn add_bare_origin(&self, remote: &Path) {
+        let path = remote.to_str().expect("a UTF-8 path");
+        self.git(&["init", "-q", "--bare", "-b", "main", path]);
+        self.git(&["remote", "add", "origin", path]);
+    }
+
     /// Stages everything and commits; returns the new commit id.
     pub fn commit(&self, message: &str) -> String {
         self.git(&["add", "-A"]);

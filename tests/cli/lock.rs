@@ -89,6 +89,7 @@ fn lock_shows_the_holder_whose_lock_outlives_its_expiry_while_it_deploys() {
     assert_eq!(json["held"], true);
     assert_eq!(json["run_id"], "4242");
     assert_eq!(json["expired"], false);
+    assert_eq!(json["shards"], serde_json::json!([]), "one runner");
     // The start takes 12 s, three times the expiry: the run's keeper renews
     // the lock meanwhile, so another run still finds it held.
     std::thread::sleep(Duration::from_secs(6));

@@ -239,16 +239,7 @@ impl QuadletFleet {
         };
         q.client(&["idp"], "1", "yes", &format!("{home}/fleetgate"));
         let remote = q._remote.path().join("remote.git");
-        q.fleet.git(&[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            remote.to_str().unwrap(),
-        ]);
-        q.fleet
-            .git(&["remote", "add", "origin", remote.to_str().unwrap()]);
+        q.fleet.add_bare_origin(&remote);
         q
     }
 

@@ -52,16 +52,7 @@ impl Pipeline {
             .edit("pipelines/pipeline.yaml", "revert: false", "revert: true");
         d.fleet.commit("fleet: revert on failure");
         let remote = d.hosts.dir.join("remote.git");
-        d.fleet.git(&[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            remote.to_str().unwrap(),
-        ]);
-        d.fleet
-            .git(&["remote", "add", "origin", remote.to_str().unwrap()]);
+        d.fleet.add_bare_origin(&remote);
         d.fleet.git(&["push", "-q", "origin", "main"]);
         let key = d.hosts.client_key.to_str().unwrap().to_string();
         Pipeline { d, remote, key }
