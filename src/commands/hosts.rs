@@ -158,7 +158,7 @@ fn resolve<'a>(
         .clients
         .values()
         .filter(|c| only.is_empty() || only.contains(&c.name))
-        .map(|c| (c, inventory::hosts(inventory, c)))
+        .map(|c| (&**c, inventory::hosts(inventory, c)))
         .collect();
     Ok(Resolved { known, text, hosts })
 }

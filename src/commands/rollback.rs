@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs) -> Result<ExitCode> {
         None => {
             let hosts = inventory::hosts(&inventory, client)?;
             let known = rollout::known_hosts(&snap)?;
-            let targets: Vec<_> = hosts.iter().map(|h| (client, h.clone())).collect();
+            let targets: Vec<_> = hosts.iter().map(|h| (&**client, h.clone())).collect();
             let inspected = rollout::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
             let mut previous = std::collections::BTreeSet::new();
             for ((_, host), result) in targets.iter().zip(inspected) {

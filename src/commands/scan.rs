@@ -261,7 +261,7 @@ fn ask_hosts(repo: &Repo, recorded: &[(String, String, CommitId)]) -> Result<Vec
         };
         let known = rollout::known_hosts(&repo.snapshot(*rev)?)?;
         let hosts = inventory::hosts(&inventory, client)?;
-        let targets: Vec<_> = hosts.into_iter().map(|h| (client, h)).collect();
+        let targets: Vec<_> = hosts.into_iter().map(|h| (&**client, h)).collect();
         let inspected = rollout::inspect_hosts(&known, &fleet.pipeline.ssh_options, &targets)?;
         for ((_, host), result) in targets.iter().zip(inspected) {
             let map = match result {

@@ -99,7 +99,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> Result<ExitCode> {
             continue;
         }
         let hosts = inventory::hosts(&inventory, client)?;
-        targets.extend(hosts.into_iter().map(|h| (client, h)));
+        targets.extend(hosts.into_iter().map(|h| (&**client, h)));
     }
     let inspected = rollout::inspect_hosts(&known_hosts, &fleet.pipeline.ssh_options, &targets)?;
     let mut rows = Vec::new();

@@ -5,6 +5,7 @@
 //! re-checks what is checked there.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,8 +24,9 @@ pub use super::validate::{Clean, HTTP_URL_HINT, known_hosts_checks, validate, va
 pub struct Fleet {
     pub pipeline: Pipeline,
     pub apps: BTreeMap<String, App>,
-    /// The selected clients (see [`Selection`]).
-    pub clients: BTreeMap<String, Client>,
+    /// The selected clients (see [`Selection`]). Shared: a plan's base
+    /// side holds head's validated client when its files are the same.
+    pub clients: BTreeMap<String, Arc<Client>>,
     /// Every client that has a file, selected or not.
     pub all_clients: super::Names,
     pub shared_secrets: Option<SopsFile>,

@@ -67,7 +67,8 @@ pub fn resolve_fleet(
         };
         if matches!(client.hosts, Hosts::Hcloud { .. }) {
             let resolved = hosts(inventory, client)?;
-            fleet.clients.get_mut(name).expect("just found").hosts = Hosts::Static(resolved);
+            std::sync::Arc::make_mut(fleet.clients.get_mut(name).expect("just found")).hosts =
+                Hosts::Static(resolved);
         }
     }
     Ok(())

@@ -172,7 +172,7 @@ mod tests {
     /// [`BASE`]); `expect`: the problems, or the valid clients.
     fn check(fixture: &str, expect: &[&str]) {
         let (fleet, problems) = validate(&files("clients/alpha.yaml", BASE, fixture));
-        let summary = fleet.clients.values().map(summary).collect();
+        let summary = fleet.clients.values().map(|c| summary(c)).collect();
         assert_outcome(fixture, &problems, summary, expect);
     }
 

@@ -55,7 +55,7 @@ pub fn outline(bytes: &[u8]) -> Option<(raw::S<String>, Vec<String>)> {
 pub(super) fn checks(
     files: &FleetFiles,
     pipeline: Option<&Pipeline>,
-    clients: &BTreeMap<String, Client>,
+    clients: &BTreeMap<String, std::sync::Arc<Client>>,
     problems: &mut Vec<Diagnostic>,
     warnings: &mut Vec<Diagnostic>,
 ) {

@@ -17,12 +17,13 @@ use crate::known_hosts::{KnownHosts, Pin, address_pattern};
 /// `HostKeyAlias`, which still works.
 pub fn known_hosts_checks(
     files: &FleetFiles,
-    clients: &BTreeMap<String, Client>,
+    clients: &BTreeMap<String, std::sync::Arc<Client>>,
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
     let static_hosts: Vec<(&Client, usize, &Host)> = clients
         .values()
+        .map(|c| &**c)
         .filter_map(|c| match &c.hosts {
             Hosts::Static(hosts) => Some(hosts.iter().enumerate().map(move |(i, h)| (c, i, h))),
             Hosts::Hcloud { .. } => None,

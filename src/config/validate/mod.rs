@@ -197,7 +197,7 @@ pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec
                 prior.fleet.shared_secrets.as_ref(),
             )
     });
-    let reuse = |name: &str| -> Option<Client> {
+    let reuse = |name: &str| -> Option<std::sync::Arc<Client>> {
         let prior = reusable?;
         let client = prior.fleet.clients.get(name)?;
         let same = |path: &str| prior.files.files.get(path) == files.files.get(path);
@@ -223,7 +223,7 @@ pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec
             shared_secrets.as_ref(),
             &mut problems,
         );
-        (client, problems)
+        (client.map(std::sync::Arc::new), problems)
     });
     for (client, client_problems) in validated {
         problems.extend(client_problems);
