@@ -520,36 +520,13 @@ pub fn deploy_stage(
     )
 }
 
-/// The health checks `rev` gives `client`'s apps, run on its host `host`
-/// only, nothing changed (`restore`'s re-check): a stage outcome whose
-/// host is `unchanged` or failed at `health`.
-pub fn recheck_host(
-    keyring: &Keyring,
-    repo: &Repo,
-    inventory: &dyn Inventory,
-    rev: CommitId,
-    stage_name: &str,
-    client: &str,
-    host: &str,
-) -> Result<StageOutcome> {
-    stage_at(
-        keyring,
-        repo,
-        inventory,
-        rev,
-        stage_name,
-        &[client.to_string()],
-        &BTreeMap::new(),
-        Shard::ALL,
-        Some((host, None)),
-    )
-}
-
-/// `restore --app`: `job`'s `commands.restore` on `client`'s host `host`
-/// (with its backup id), then the health checks `rev` gives its apps, as
-/// [`recheck_host`] runs them.
+/// One host of `client` checked without a deploy: with `restore` (`restore
+/// --app`), that job's `commands.restore` first (with the host's backup
+/// id); then the health checks `rev` gives its apps (`restore`'s re-check
+/// of a rebuilt server runs only those). A stage outcome whose host is
+/// `unchanged` or failed at the step that failed.
 #[allow(clippy::too_many_arguments)]
-pub fn restore_app(
+pub fn check_host(
     keyring: &Keyring,
     repo: &Repo,
     inventory: &dyn Inventory,
@@ -557,7 +534,7 @@ pub fn restore_app(
     stage_name: &str,
     client: &str,
     host: &str,
-    job: &deploy::RestoreJob,
+    restore: Option<&deploy::RestoreJob>,
 ) -> Result<StageOutcome> {
     stage_at(
         keyring,
@@ -568,7 +545,7 @@ pub fn restore_app(
         &[client.to_string()],
         &BTreeMap::new(),
         Shard::ALL,
-        Some((host, Some(job))),
+        Some((host, restore)),
     )
 }
 

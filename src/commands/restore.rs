@@ -188,7 +188,7 @@ pub fn run(ctx: &Context, args: &RestoreArgs) -> Result<ExitCode> {
         .get(snapshot::LABEL_REV)
         .and_then(|r| repo.resolve(r).ok())
         .unwrap_or(head);
-    let outcome = rollout::recheck_host(
+    let outcome = rollout::check_host(
         &ctx.keyring,
         &repo,
         &inventory,
@@ -196,6 +196,7 @@ pub fn run(ctx: &Context, args: &RestoreArgs) -> Result<ExitCode> {
         &stage.name,
         &client.name,
         host,
+        None,
     )?;
     printer::data(&report::outcome_with(
         &outcome,
@@ -301,7 +302,7 @@ fn restore_app(
             command: command.clone(),
             ids: [(host.clone(), id)].into(),
         };
-        let o = rollout::restore_app(
+        let o = rollout::check_host(
             &ctx.keyring,
             repo,
             &inventory,
@@ -309,7 +310,7 @@ fn restore_app(
             stage,
             &client.name,
             &host,
-            &job,
+            Some(&job),
         )?;
         hosts_out.extend(o.hosts.iter().cloned());
         outcome.get_or_insert(o);
