@@ -428,10 +428,21 @@ async fn deploy_host<R: Remote, P: Prober>(
     let mut logs = BTreeMap::new();
     let proxy = target.proxy();
     let result: Result<bool, Failure> = async {
-        let dirs: Vec<&AppDir> = target.apps.iter().map(|a| &a.dir).collect();
+        // A plain app's live files are hashed only when its state records
+        // the files it deploys; a blue_green one's live slot is not known
+        // yet, and a quadlet one's live files are its units.
+        let apps: Vec<(&AppDir, Option<&[ReleaseFile]>)> = target
+            .apps
+            .iter()
+            .map(|a| {
+                let plain =
+                    a.blue_green.is_none() && !matches!(a.start, release::Start::Quadlet(_));
+                (&a.dir, plain.then_some(a.files.as_slice()))
+            })
+            .collect();
         let mut inspect = format!(
             "{}{}",
-            release::inspect_script(&dirs),
+            release::inspect_for_deploy_script(&apps),
             release::prune_removed_script(
                 &format!("{}/{}", target.host.deploy_root, target.client),
                 plan.keep_removed
@@ -508,12 +519,12 @@ async fn deploy_host<R: Remote, P: Prober>(
                 steps.push(Step::new(
                     name,
                     "upload",
-                    release::upload_script(&app.dir, &plan.rev, &app.files),
+                    release::upload_staged_script(&app.dir, &plan.rev, &app.files),
                 ));
                 steps.push(Step::new(
                     name,
                     "switch",
-                    release::switch_script(&app.dir, &plan.rev, &state),
+                    release::switch_staged_script(&app.dir, &plan.rev, &state),
                 ));
                 steps.push(Step::new(
                     name,
@@ -1401,7 +1412,7 @@ fn live_release<'a>(now: &'a Inspected, files: &[ReleaseFile]) -> Option<&'a Sta
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let state = now.state.as_ref()?;
+    let state = now.state.as_ref().filter(|_| !now.unhashed)?;
     // `current` too: a run killed between the switch and the write of
     // `state.json` leaves `current` on a release that never started.
     let release = Some(state.rev.as_str());

@@ -188,6 +188,10 @@ pub struct Inspected {
     pub state: Option<State>,
     /// Files under `current/` and their sha256, as the host computes them.
     pub sums: BTreeMap<String, String>,
+    /// The host did not hash the live files (`sums` is empty): its
+    /// `state.json` records other files than the deploy's
+    /// ([`inspect_for_deploy_script`]), so they are not what it deploys.
+    pub unhashed: bool,
     pub releases: Vec<String>,
     /// The release `current` points to.
     pub current: Option<String>,
@@ -217,9 +221,20 @@ fg_cat() { if [ -f "$1" ]; then while IFS= read -r fg_l || [ -n "$fg_l" ]; do pr
 /// of an app's live files (and a `readlink` of a `current` that names no
 /// directory).
 pub fn inspect_script(dirs: &[&AppDir]) -> String {
+    let apps: Vec<(&AppDir, Option<&[ReleaseFile]>)> = dirs.iter().map(|d| (*d, None)).collect();
+    inspect_for_deploy_script(&apps)
+}
+
+/// [`inspect_script`] for a deploy: an app given the files it is about to
+/// deploy has its live files hashed only when its `state.json` records
+/// exactly those files (the only case in which they can be live already:
+/// a deploy that finds them so changes nothing). Otherwise it prints
+/// `@@unhashed` instead of hashes, and the deploy replaces the files
+/// whatever they hold, with no `sha256sum` run to learn what that is.
+pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> String {
     let mut s = String::from("set -u\n");
     s.push_str(INSPECT_FUNCTIONS);
-    for d in dirs {
+    for (d, desired) in apps {
         let path = quote(&d.path());
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
         let _ = writeln!(s, "echo @@state; fg_cat {path}/state.json; echo");
@@ -229,10 +244,31 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
         );
         let _ = writeln!(s, "echo @@started; fg_cat {path}/started; echo");
         let _ = writeln!(s, "echo @@gated; fg_cat {path}/gated; echo");
-        let _ = writeln!(
-            s,
-            "echo @@sums; if [ -d {path}/current ]; then (cd {path}/current && fg_files= && fg_walk . && if [ -n \"$fg_files\" ]; then eval \"sha256sum -- $fg_files\"; fi); fi"
+        let hash = format!(
+            "if [ -d {path}/current ]; then (cd {path}/current && fg_files= && fg_walk . && if [ -n \"$fg_files\" ]; then eval \"sha256sum -- $fg_files\"; fi); fi"
         );
+        match desired {
+            None => {
+                let _ = writeln!(s, "echo @@sums; {hash}");
+            }
+            Some(files) => {
+                // `state.json` is one line of serde_json: its `files` map
+                // reads exactly so when it records these files.
+                let files: BTreeMap<&str, &str> = files
+                    .iter()
+                    .map(|f| (f.path.as_str(), f.sha256.as_str()))
+                    .collect();
+                let recorded = format!(
+                    "\"files\":{}",
+                    serde_json::to_string(&files).expect("strings serialise")
+                );
+                let _ = writeln!(
+                    s,
+                    "fg_state=; {{ IFS= read -r fg_state < {path}/state.json; }} 2>/dev/null || true\ncase $fg_state in *{}*) echo @@sums; {hash} ;; *) echo @@unhashed ;; esac",
+                    quote(&recorded)
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "echo @@releases; for fg_r in {path}/releases/*; do if [ -e \"$fg_r\" ]; then printf '%s\\n' \"${{fg_r##*/}}\"; fi; done"
@@ -263,10 +299,19 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
             section = line;
             continue;
         }
+        if line == "@@unhashed" {
+            section = "";
+            if let Some(app) = &current {
+                apps.get_mut(app).expect("inserted above").unhashed = true;
+            }
+            continue;
+        }
         if line == "@@quadlet" {
             section = "@@sums";
             if let Some(app) = &current {
-                apps.get_mut(app).expect("inserted above").sums.clear();
+                let entry = apps.get_mut(app).expect("inserted above");
+                entry.sums.clear();
+                entry.unhashed = false;
             }
             continue;
         }
@@ -314,57 +359,97 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
 const EOF: &str = "FLEETGATE_EOF";
 
 /// Uploads `files` as release `rev`: one tar stream, base64-encoded in a
-/// quoted here-document, unpacked by one `base64 -d | tar` into a temp dir
-/// (files 0644, secret ones 0600, directories 0750, as the archive says),
-/// verified by one `sha256sum` on the host, then renamed into place.
+/// quoted here-document, unpacked by one `base64 -d | tar` (files 0644,
+/// secret ones 0600, directories 0750, as the archive says) and verified
+/// by one `sha256sum` on the host; a release that fails it is removed.
+/// A new release unpacks where it stays: nothing points at it before the
+/// switch. The same release again (a repair: `current` may point at it)
+/// unpacks beside it and replaces it with two renames once verified.
 /// Contains the file contents (secrets included): never log it.
 pub fn upload_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
+    upload(dir, rev, files, false)
+}
+
+/// [`upload_script`], and the switch to it staged for
+/// [`switch_staged_script`]: the same archive holds `releases/.next/current`,
+/// the link `current` becomes (no `ln` to run).
+pub fn upload_staged_script(dir: &AppDir, rev: &str, files: &[ReleaseFile]) -> String {
+    upload(dir, rev, files, true)
+}
+
+fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String {
     use base64::Engine as _;
-    let releases = quote(&format!("{}/releases", dir.path()));
+    let app = dir.path();
+    let releases = quote(&format!("{app}/releases"));
     let release = quote(&dir.release(rev));
-    let tmp = quote(&format!("{}/releases/.{rev}.upload", dir.path()));
-    let old = quote(&format!("{}/releases/.{rev}.old", dir.path()));
+    let beside = quote(&format!("{app}/releases/.{rev}.upload"));
+    let old = quote(&format!("{app}/releases/.{rev}.old"));
+    let link = format!("releases/{rev}");
     let mut s = String::new();
     let _ = writeln!(s, "set -eu\numask 077");
     let _ = writeln!(s, "[ -d {releases} ] || mkdir -p {releases}");
     let _ = writeln!(
         s,
-        "if [ -e {tmp} ] || [ -L {tmp} ]; then rm -rf {tmp}; fi\nmkdir -m 0750 {tmp}"
+        "if [ -e {beside} ] || [ -L {beside} ]; then rm -rf {beside}; fi"
     );
-    if !files.is_empty() {
-        match tar_of(files) {
-            Some(tar) => {
-                // The archive's modes as they are (0600 stays 0600: a
-                // umask can only take bits away).
-                let encoded = base64::engine::general_purpose::STANDARD.encode(tar);
+    let _ = writeln!(
+        s,
+        "if [ -e {release} ] || [ -L {release} ]; then fg_into={beside}; mkdir -m 0750 {beside}; else fg_into={releases}; fi"
+    );
+    match tar_of(rev, files, stage.then_some(link.as_str())) {
+        Some(tar) => {
+            // The archive's modes as they are (0600 stays 0600: a umask
+            // can only take bits away).
+            let encoded = base64::engine::general_purpose::STANDARD.encode(tar);
+            let _ = writeln!(
+                s,
+                "umask 022\nbase64 -d <<'{EOF}' | tar -x -m -o -f - -C \"$fg_into\""
+            );
+            push_lines(&mut s, &encoded);
+            let _ = writeln!(s, "{EOF}\numask 077");
+        }
+        // A path no tar header holds: one file at a time.
+        None => {
+            let _ = writeln!(s, "mkdir -m 0750 \"$fg_into\"/{}", quote(rev));
+            for f in files {
+                upload_one(&mut s, rev, f);
+            }
+            if stage {
                 let _ = writeln!(
                     s,
-                    "umask 022\nbase64 -d <<'{EOF}' | tar -x -m -o -f - -C {tmp}"
+                    "mkdir -p \"$fg_into/.next\"\nln -sfn {} \"$fg_into/.next/current\"",
+                    quote(&link)
                 );
-                push_lines(&mut s, &encoded);
-                let _ = writeln!(s, "{EOF}\numask 077");
-            }
-            // A path no tar header holds: one file at a time.
-            None => {
-                for f in files {
-                    upload_one(&mut s, dir, rev, f);
-                }
             }
         }
     }
-    let _ = writeln!(s, "cd {tmp}\nsha256sum -c --quiet --strict - <<'{EOF}'");
+    let _ = writeln!(
+        s,
+        "cd \"$fg_into\"/{}\nif ! sha256sum -c --quiet --strict - <<'{EOF}'",
+        quote(rev)
+    );
     for f in files {
         let _ = writeln!(s, "{}  {}", f.sha256, f.path);
     }
-    let _ = writeln!(s, "{EOF}");
-    // Replace a leftover of an earlier attempt at the same rev, then move in.
     let _ = writeln!(
         s,
-        "cd /\nif [ -e {old} ]; then rm -rf {old}; fi\nif [ -e {release} ]; then mv -T {release} {old}; fi"
+        "{EOF}\nthen\ncd /\nrm -rf \"$fg_into\"/{}\nexit 1\nfi\ncd /",
+        quote(rev)
     );
+    // A repair: the release it replaces steps aside, then goes.
+    let mut swap = format!(
+        "if [ -e {old} ]; then rm -rf {old}; fi\nmv -T {release} {old}\nmv -T {beside}/{} {release}\n",
+        quote(rev)
+    );
+    if stage {
+        let _ = writeln!(
+            swap,
+            "mkdir -p {releases}/.next\nmv -fT {beside}/.next/current {releases}/.next/current"
+        );
+    }
     let _ = writeln!(
         s,
-        "mv -T {tmp} {release}\nif [ -e {old} ]; then rm -rf {old}; fi"
+        "if [ \"$fg_into\" = {beside} ]; then\n{swap}rm -rf {old} {beside}\nfi"
     );
     s
 }
@@ -378,36 +463,38 @@ fn push_lines(s: &mut String, encoded: &str) {
 }
 
 /// One file the old way (a path too long for a tar header): its own
-/// `base64 -d` and `chmod`.
-fn upload_one(s: &mut String, dir: &AppDir, rev: &str, f: &ReleaseFile) {
+/// `base64 -d` and `chmod`, into `$fg_into/<rev>/`.
+fn upload_one(s: &mut String, rev: &str, f: &ReleaseFile) {
     use base64::Engine as _;
-    let target = format!("{}/releases/.{rev}.upload/{}", dir.path(), f.path);
+    let target = format!("\"$fg_into\"/{}", quote(&format!("{rev}/{}", f.path)));
     if let Some((parent, _)) = f.path.rsplit_once('/') {
         let _ = writeln!(
             s,
-            "mkdir -p -m 0750 {}",
-            quote(&format!("{}/releases/.{rev}.upload/{parent}", dir.path()))
+            "mkdir -p -m 0750 \"$fg_into\"/{}",
+            quote(&format!("{rev}/{parent}"))
         );
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(&f.content);
-    let _ = writeln!(s, "base64 -d > {} <<'{EOF}'", quote(&target));
+    let _ = writeln!(s, "base64 -d > {target} <<'{EOF}'");
     push_lines(s, &encoded);
     let _ = writeln!(s, "{EOF}");
     let _ = writeln!(
         s,
-        "chmod {} {}",
+        "chmod {} {target}",
         if f.secret { "0600" } else { "0644" },
-        quote(&target)
     );
 }
 
-/// `files` as a ustar archive: each directory (0750) before what it holds,
-/// files 0644 or 0600 (secret), owner 0, mtime 0 (`tar -m` unpacks them
-/// as of now). `None` when a path does not fit a ustar header or is not a
+/// `files` as a ustar archive under `root` (a directory 0750, made by
+/// the archive), each directory (0750) before what it holds, files 0644
+/// or 0600 (secret), owner 0, mtime 0 (`tar -m` unpacks them as of now);
+/// with `link`, also `.next/` (0700) and `.next/current`, a symlink to
+/// `link` (its text is relative to the app's directory, where it ends up). `None` when a path does not fit a ustar header or is not a
 /// plain relative path.
-fn tar_of(files: &[ReleaseFile]) -> Option<Vec<u8>> {
+fn tar_of(root: &str, files: &[ReleaseFile], link: Option<&str>) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut dirs = std::collections::BTreeSet::new();
+    tar_header(&mut out, &format!("{root}/"), 0o750, 0, b'5', "")?;
     for f in files {
         let parts: Vec<&str> = f.path.split('/').collect();
         if parts
@@ -419,24 +506,36 @@ fn tar_of(files: &[ReleaseFile]) -> Option<Vec<u8>> {
         for i in 1..parts.len() {
             let d = parts[..i].join("/");
             if dirs.insert(d.clone()) {
-                tar_header(&mut out, &format!("{d}/"), 0o750, 0, b'5')?;
+                tar_header(&mut out, &format!("{root}/{d}/"), 0o750, 0, b'5', "")?;
             }
         }
         tar_header(
             &mut out,
-            &f.path,
+            &format!("{root}/{}", f.path),
             if f.secret { 0o600 } else { 0o644 },
             f.content.len() as u64,
             b'0',
+            "",
         )?;
         out.extend_from_slice(&f.content);
         out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    if let Some(link) = link {
+        tar_header(&mut out, ".next/", 0o700, 0, b'5', "")?;
+        tar_header(&mut out, ".next/current", 0o777, 0, b'2', link)?;
     }
     out.resize(out.len() + 1024, 0);
     Some(out)
 }
 
-fn tar_header(out: &mut Vec<u8>, path: &str, mode: u32, size: u64, kind: u8) -> Option<()> {
+fn tar_header(
+    out: &mut Vec<u8>,
+    path: &str,
+    mode: u32,
+    size: u64,
+    kind: u8,
+    link: &str,
+) -> Option<()> {
     let mut h = [0u8; 512];
     let bytes = path.as_bytes();
     // name (100) and, for a longer path, prefix (155) split at a `/`.
@@ -447,10 +546,11 @@ fn tar_header(out: &mut Vec<u8>, path: &str, mode: u32, size: u64, kind: u8) -> 
             .find(|&i| bytes[i] == b'/' && bytes.len() - i - 1 <= 100 && i <= 155)?;
         (&bytes[..cut], &bytes[cut + 1..])
     };
-    if name.is_empty() || size >= 0o77777777777 {
+    if name.is_empty() || size >= 0o77777777777 || link.len() > 100 {
         return None;
     }
     h[..name.len()].copy_from_slice(name);
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
     let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
         let text = format!("{v:0width$o}", width = len - 1);
         h[at..at + len - 1].copy_from_slice(text.as_bytes());
@@ -491,6 +591,32 @@ pub fn switch_script(dir: &AppDir, rev: &str, state: &State) -> String {
         quote(&format!("{app}/current"))
     );
     write_state(&mut s, dir, state);
+    s
+}
+
+/// [`switch_script`] after [`upload_staged_script`] of the same `rev` in
+/// the same script: `releases/.next/current` (the link it staged) and
+/// `releases/.next/state.json` move into place with one `mv`, each a
+/// rename.
+pub fn switch_staged_script(dir: &AppDir, rev: &str, state: &State) -> String {
+    let app = dir.path();
+    let next = format!("{app}/releases/.next");
+    let json = serde_json::to_string(state).expect("state serialises");
+    let mut s = String::from("set -eu\numask 077\n");
+    let _ = writeln!(s, "[ -d {} ]", quote(&dir.release(rev)));
+    let _ = writeln!(s, "[ -L {} ]", quote(&format!("{next}/current")));
+    let _ = writeln!(
+        s,
+        "IFS= read -r fg_json <<'{EOF}'\n{json}\n{EOF}\nprintf '%s\\n' \"$fg_json\" > {}",
+        quote(&format!("{next}/state.json"))
+    );
+    let _ = writeln!(
+        s,
+        "mv -f {} {} {}/",
+        quote(&format!("{next}/current")),
+        quote(&format!("{next}/state.json")),
+        quote(&app)
+    );
     s
 }
 
@@ -554,22 +680,20 @@ pub fn start_script(dir: &AppDir, rev: &str, start: &Start, replacing: Option<&s
     let mut s = String::from("set -eu\n");
     let app = dir.path();
     // Not live until its start finishes and its gates pass (see
-    // `Inspected::started` and `Inspected::gated`).
+    // `Inspected::started` and `Inspected::gated`): emptied, which every
+    // reader takes as absent (a redirection: no `rm` to run).
+    for marker in ["started", "gated"] {
+        let _ = writeln!(
+            s,
+            "if [ -e {m} ]; then : > {m}; fi",
+            m = quote(&format!("{app}/{marker}"))
+        );
+    }
     // An app deployed again is no longer a removed one.
-    let markers = [
-        quote(&format!("{app}/started")),
-        quote(&format!("{app}/gated")),
-        quote(&format!("{app}/removed_at")),
-    ];
     let _ = writeln!(
         s,
-        "if {}; then rm -f {}; fi",
-        markers
-            .iter()
-            .map(|m| format!("[ -e {m} ]"))
-            .collect::<Vec<_>>()
-            .join(" || "),
-        markers.join(" ")
+        "if [ -e {m} ]; then rm -f {m}; fi",
+        m = quote(&format!("{app}/removed_at"))
     );
     // It ran blue/green before: its live slot stops first.
     let _ = writeln!(
@@ -1323,6 +1447,138 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_switch_moves_link_and_state_and_inspect_hashes_only_what_may_be_live() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let app = tmp.path().join("alpha/whoami");
+        let files_of = |i: usize| {
+            vec![
+                ReleaseFile::new("app.conf".into(), format!("v{i}\n").into_bytes(), false),
+                ReleaseFile::new("conf/app.env".into(), b"TOKEN=s3cr'et\n".to_vec(), true),
+                // A path no ustar header holds: one file at a time.
+                ReleaseFile::new(format!("{}/x", "d".repeat(120)), b"long\n".to_vec(), false),
+            ]
+        };
+        for i in 0..3 {
+            let rev = format!("{i:040x}");
+            let files = if i == 1 {
+                files_of(i)
+            } else {
+                files_of(i)[..2].to_vec()
+            };
+            let state = State {
+                rev: rev.clone(),
+                files: files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.sha256.clone()))
+                    .collect(),
+                deployed_at: "2026-11-30T00:00:00Z".into(),
+                previous: None,
+                history: Vec::new(),
+                revs: Vec::new(),
+                slot: None,
+            };
+            let script =
+                upload_staged_script(&d, &rev, &files) + &switch_staged_script(&d, &rev, &state);
+            let out = sh(&format!("(\n{script}\n)"));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // `current` is the relative link a plain switch makes.
+            assert_eq!(
+                std::fs::read_link(app.join("current")).unwrap(),
+                std::path::PathBuf::from(format!("releases/{rev}"))
+            );
+            let written: State =
+                serde_json::from_str(&std::fs::read_to_string(app.join("state.json")).unwrap())
+                    .unwrap();
+            assert_eq!(written, state);
+            assert_eq!(
+                std::fs::read_dir(app.join("releases/.next"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &str| {
+                std::fs::metadata(app.join("current").join(p))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777
+            };
+            assert_eq!((mode("app.conf"), mode("conf/app.env")), (0o644, 0o600));
+            assert_eq!(mode("conf"), 0o750);
+        }
+        let live = files_of(2)[..2].to_vec();
+        let inspect = |desired: &[ReleaseFile]| {
+            let out = sh(&inspect_for_deploy_script(&[(&d, Some(desired))]));
+            parse_inspect(&String::from_utf8(out.stdout).unwrap()).unwrap()["whoami"].clone()
+        };
+        // The files its state records: hashed, and they are the live ones.
+        let now = inspect(&live);
+        assert!(!now.unhashed);
+        assert_eq!(now.sums, expected_sums(&live));
+        // Other files: not hashed (nothing runs to learn what is there).
+        let now = inspect(&files_of(3)[..2]);
+        assert!(now.unhashed);
+        assert!(now.sums.is_empty());
+        assert_eq!(now.current.as_deref(), Some(format!("{:040x}", 2).as_str()));
+        // A hand edit of a live file shows: hashed, and not the same.
+        std::fs::write(app.join("current/app.conf"), "edited\n").unwrap();
+        let now = inspect(&live);
+        assert!(!now.unhashed);
+        assert_ne!(now.sums, expected_sums(&live));
+        // The repair: the same release again, unpacked beside the live one
+        // and swapped in; nothing of the swap is left.
+        let rev = format!("{:040x}", 2);
+        let state = State {
+            rev: rev.clone(),
+            files: expected_sums(&live),
+            deployed_at: "2026-11-30T00:00:00Z".into(),
+            previous: None,
+            history: Vec::new(),
+            revs: Vec::new(),
+            slot: None,
+        };
+        let script =
+            upload_staged_script(&d, &rev, &live) + &switch_staged_script(&d, &rev, &state);
+        let out = sh(&format!("(\n{script}\n)"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(app.join("current/app.conf")).unwrap(),
+            "v2\n"
+        );
+        assert_eq!(inspect(&live).sums, expected_sums(&live));
+        let mut left: Vec<String> = std::fs::read_dir(app.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        left.sort();
+        assert_eq!(left, [".next"]);
+        // A corrupted upload of a new release leaves nothing behind.
+        let mut bad = ReleaseFile::new("x".into(), b"a".to_vec(), false);
+        bad.sha256 = "0".repeat(64);
+        let out = sh(&upload_staged_script(&d, &"e".repeat(40), &[bad]));
+        assert!(!out.status.success());
+        assert!(!app.join("releases").join("e".repeat(40)).exists());
+    }
+
+    fn expected_sums(files: &[ReleaseFile]) -> BTreeMap<String, String> {
+        files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect()
+    }
+
+    #[test]
     fn a_release_is_started_only_once_its_start_finished() {
         let tmp = tempfile::tempdir().unwrap();
         let d = dir(tmp.path());
@@ -1339,13 +1595,18 @@ mod tests {
                 .success()
         );
         assert_eq!(std::fs::read_to_string(&started).unwrap(), "r1\n");
-        // A failing start leaves no marker: the next deploy starts it again.
+        // A failing start leaves the marker empty (emptied, not removed:
+        // no `rm` to run), which reads as not started: the next deploy
+        // starts it again.
         assert!(
             !sh(&start_script(&d, "r1", &cmd("exit 3"), None))
                 .status
                 .success()
         );
-        assert!(!started.exists());
+        assert_eq!(std::fs::read_to_string(&started).unwrap(), "");
+        let out = sh(&inspect_script(&[&d]));
+        let inspected = parse_inspect(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        assert_eq!(inspected["whoami"].started, None);
     }
 
     #[test]

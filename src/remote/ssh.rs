@@ -89,51 +89,139 @@ pub trait Remote: Send + Sync {
     }
 }
 
-/// Feeds `script` to a child's stdin, streams its stdout by line, collects
-/// stderr, then waits: shared by the SSH and the local transport.
-async fn drive<W, O, E>(
-    stdin: Option<W>,
-    stdout: Option<O>,
-    stderr: Option<E>,
-    script: &str,
-    on_line: &mut (dyn FnMut(&str) + Send),
-) -> std::io::Result<(String, String)>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    O: tokio::io::AsyncRead + Unpin,
-    E: tokio::io::AsyncRead + Unpin,
-{
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let feed = async {
-        if let Some(mut stdin) = stdin {
-            stdin.write_all(script.as_bytes()).await?;
-            stdin.shutdown().await?;
+/// One `sh -s` kept open on a host for every script fleetgate runs there:
+/// one SSH session per host instead of one per script (each session costs
+/// the host a channel, a login shell and a `sh`). Each script runs in a
+/// subshell of it, stdin from `/dev/null` (a command that reads stdin must
+/// not eat the scripts after it), followed by an end marker on stdout
+/// (with the subshell's exit status) and one on stderr: a line holding
+/// `marker`, a random token no script prints. A script that ends the shell
+/// itself (a syntax error ends a non-interactive shell) shows as
+/// [`Ran::Ended`]: the caller takes its exit status from the session.
+pub(crate) struct Shell {
+    stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    stdout: tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    stderr: tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    marker: String,
+}
+
+/// How a script on a [`Shell`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// Both end markers arrived: the shell is ready for the next script.
+    Done {
+        status: Option<i32>,
+        stdout: String,
+        stderr: String,
+    },
+    /// The shell ended before its markers (the script ended it, or the
+    /// connection went): what it printed until then.
+    Ended { stdout: String, stderr: String },
+}
+
+impl Shell {
+    pub(crate) fn new(
+        stdin: impl tokio::io::AsyncWrite + Send + 'static,
+        stdout: impl tokio::io::AsyncRead + Send + 'static,
+        stderr: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Shell {
+        Shell {
+            stdin: Box::pin(stdin),
+            stdout: tokio::io::BufReader::new(Box::pin(stdout)),
+            stderr: tokio::io::BufReader::new(Box::pin(stderr)),
+            marker: format!(
+                "@@fgend-{:x}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
         }
-        Ok::<_, std::io::Error>(())
-    };
-    let read_out = async {
-        let mut all = String::new();
-        if let Some(out) = stdout {
-            let mut lines = tokio::io::BufReader::new(out).lines();
-            while let Some(line) = lines.next_line().await? {
-                on_line(&line);
-                all.push_str(&line);
-                all.push('\n');
+    }
+
+    /// Runs `script` in a subshell, handing each stdout line to `on_line`.
+    pub(crate) async fn run(
+        &mut self,
+        script: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> std::io::Result<Ran> {
+        use tokio::io::AsyncBufReadExt;
+        let marker = self.marker.as_str();
+        let wrapped = format!(
+            "(\n{script}\n) </dev/null\nprintf '%s %s\\n' {marker} \"$?\"\nprintf '%s\\n' {marker} >&2\n"
+        );
+        let stdin = &mut self.stdin;
+        let feed = async {
+            stdin.write_all(wrapped.as_bytes()).await?;
+            stdin.flush().await
+        };
+        let stdout = &mut self.stdout;
+        let read_out = async {
+            let mut all = String::new();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                if stdout.read_until(b'\n', &mut buf).await? == 0 {
+                    return Ok::<_, std::io::Error>((all, None));
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.strip_suffix('\n').unwrap_or(&text);
+                // The marker ends a line: what is before it is the
+                // script's last line, when that had no newline.
+                let (line, end) = match line.find(marker) {
+                    Some(at) => (&line[..at], Some(&line[at + marker.len()..])),
+                    None => (line, None),
+                };
+                if end.is_none() || !line.is_empty() {
+                    on_line(line);
+                    all.push_str(line);
+                    all.push('\n');
+                }
+                if let Some(end) = end {
+                    let status = end.trim().parse::<i32>().ok();
+                    return Ok((all, Some(status)));
+                }
+            }
+        };
+        let stderr = &mut self.stderr;
+        let read_err = async {
+            let mut all = Vec::new();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                if stderr.read_until(b'\n', &mut buf).await? == 0 {
+                    return Ok::<_, std::io::Error>((all, false));
+                }
+                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                match line
+                    .windows(marker.len())
+                    .position(|w| w == marker.as_bytes())
+                {
+                    Some(at) => {
+                        all.extend_from_slice(&line[..at]);
+                        return Ok((all, true));
+                    }
+                    None => all.extend_from_slice(&buf),
+                }
+            }
+        };
+        let (fed, out, err) = tokio::join!(feed, read_out, read_err);
+        let ((stdout, status), (stderr, err_done)) = (out?, err?);
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        match status {
+            Some(status) if err_done => Ok(Ran::Done {
+                status,
+                stdout,
+                stderr,
+            }),
+            // A shell that ended early closed its stdin: how it ended says
+            // why, not the failed write.
+            _ => {
+                let _ = fed;
+                Ok(Ran::Ended { stdout, stderr })
             }
         }
-        Ok::<_, std::io::Error>(all)
-    };
-    let read_err = async {
-        let mut buf = Vec::new();
-        if let Some(mut err) = stderr {
-            err.read_to_end(&mut buf).await?;
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let (fed, out, err) = tokio::join!(feed, read_out, read_err);
-    // A script that exits early closes stdin: its exit status says why.
-    let _ = fed;
-    Ok((out?, err?))
+    }
 }
 
 /// How fleetgate connects: options shared by every host of a run.
@@ -170,7 +258,11 @@ pub const ORPHAN_MASTER_EXIT: Duration = Duration::from_secs(10);
 /// A host reached over one multiplexed OpenSSH master connection.
 pub struct SshHost {
     name: String,
-    session: openssh::Session,
+    session: std::sync::Arc<openssh::Session>,
+    /// Shells open on the host, idle ([`Shell`]): a script takes one (or
+    /// opens one when none is idle: checks may run side by side) and puts
+    /// it back when it ended well.
+    shells: std::sync::Mutex<Vec<(Shell, openssh::Child<std::sync::Arc<openssh::Session>>)>>,
     /// A client connection to the master's control socket, held while the
     /// host is in use: the master counts it as in use and does not start its
     /// `ORPHAN_MASTER_EXIT` countdown; the kernel closes it when fleetgate
@@ -218,7 +310,8 @@ impl SshHost {
                 })?;
         Ok(SshHost {
             name: host.name.clone(),
-            session,
+            session: std::sync::Arc::new(session),
+            shells: Default::default(),
             hold,
             timeout: opts.command_timeout,
         })
@@ -229,12 +322,22 @@ impl SshHost {
         let SshHost {
             name,
             session,
+            shells,
             hold,
             ..
         } = self;
+        // Their stdin closes: each shell ends as the connection does.
+        drop(shells);
         drop(hold);
-        if let Err(e) = session.close().await {
-            tracing::debug!("{name}: closing the ssh connection: {}", error_chain(&e));
+        match std::sync::Arc::try_unwrap(session) {
+            Ok(session) => {
+                if let Err(e) = session.close().await {
+                    tracing::debug!("{name}: closing the ssh connection: {}", error_chain(&e));
+                }
+            }
+            // Not reached: every shell was dropped above. The master ends
+            // on its own `ORPHAN_MASTER_EXIT` after.
+            Err(_) => tracing::debug!("{name}: the ssh connection is still in use"),
         }
     }
 }
@@ -510,6 +613,32 @@ fn connect_hint(message: &str) -> &'static str {
     }
 }
 
+impl SshHost {
+    /// Opens a new `sh -s` on the host.
+    async fn open_shell(
+        &self,
+    ) -> Result<(Shell, openssh::Child<std::sync::Arc<openssh::Session>>), openssh::Error> {
+        let mut child = self
+            .session
+            .clone()
+            .arc_command("sh")
+            .arg("-s")
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped())
+            .spawn()
+            .await?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            child.stdin().take(),
+            child.stdout().take(),
+            child.stderr().take(),
+        ) else {
+            unreachable!("all three are piped")
+        };
+        Ok((Shell::new(stdin, stdout, stderr), child))
+    }
+}
+
 impl Remote for SshHost {
     async fn run_lines(
         &self,
@@ -521,32 +650,39 @@ impl Remote for SshHost {
                 host: self.name.clone(),
                 message: error_chain(e),
             };
-            let mut child = self
-                .session
-                .command("sh")
-                .arg("-s")
-                .stdin(openssh::Stdio::piped())
-                .stdout(openssh::Stdio::piped())
-                .stderr(openssh::Stdio::piped())
-                .spawn()
-                .await
-                .map_err(|e| err(&e))?;
-            let (stdout, stderr) = drive(
-                child.stdin().take(),
-                child.stdout().take(),
-                child.stderr().take(),
-                script,
-                on_line,
-            )
-            .await
-            .map_err(|e| err(&e))?;
-            let status = child.wait().await.map_err(|e| err(&e))?;
-            Ok(RemoteOutput {
-                status: status.code(),
-                stdout,
-                stderr,
-            })
+            let idle = self.shells.lock().expect("not poisoned").pop();
+            let (mut shell, child) = match idle {
+                Some(open) => open,
+                None => self.open_shell().await.map_err(|e| err(&e))?,
+            };
+            match shell.run(script, on_line).await.map_err(|e| err(&e))? {
+                Ran::Done {
+                    status,
+                    stdout,
+                    stderr,
+                } => {
+                    self.shells
+                        .lock()
+                        .expect("not poisoned")
+                        .push((shell, child));
+                    Ok(RemoteOutput {
+                        status,
+                        stdout,
+                        stderr,
+                    })
+                }
+                Ran::Ended { stdout, stderr } => {
+                    drop(shell);
+                    let status = child.wait().await.map_err(|e| err(&e))?;
+                    Ok(RemoteOutput {
+                        status: status.code(),
+                        stdout,
+                        stderr,
+                    })
+                }
+            }
         };
+        // Cut off: the shell (and what it ran) is dropped with the future.
         tokio::time::timeout(self.timeout, run)
             .await
             .unwrap_or_else(|_| {
@@ -649,6 +785,8 @@ impl Remote for LocalHost {
             host: self.name.clone(),
             message: e.to_string(),
         };
+        // A shell of its own per script, driven as an `SshHost` drives
+        // its shells: the same wrapper, markers and stdin.
         let mut child = tokio::process::Command::new("sh")
             .arg("-s")
             .stdin(Stdio::piped())
@@ -656,20 +794,30 @@ impl Remote for LocalHost {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(err)?;
-        let (stdout, stderr) = drive(
-            child.stdin.take(),
-            child.stdout.take(),
-            child.stderr.take(),
-            script,
-            on_line,
-        )
-        .await
-        .map_err(err)?;
-        let status = child.wait().await.map_err(err)?;
-        Ok(RemoteOutput {
-            status: status.code(),
-            stdout,
-            stderr,
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            unreachable!("all three are piped")
+        };
+        let mut shell = Shell::new(stdin, stdout, stderr);
+        let ran = shell.run(script, on_line).await.map_err(err)?;
+        drop(shell);
+        let ended = child.wait().await.map_err(err)?;
+        Ok(match ran {
+            Ran::Done {
+                status,
+                stdout,
+                stderr,
+            } => RemoteOutput {
+                status,
+                stdout,
+                stderr,
+            },
+            Ran::Ended { stdout, stderr } => RemoteOutput {
+                status: ended.code(),
+                stdout,
+                stderr,
+            },
         })
     }
 }
@@ -741,6 +889,110 @@ impl<R: Remote> Remote for Dropping<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One local `sh -s` kept open, as `SshHost` keeps one per host.
+    fn local_shell() -> (Shell, tokio::process::Child) {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let shell = Shell::new(
+            child.stdin.take().unwrap(),
+            child.stdout.take().unwrap(),
+            child.stderr.take().unwrap(),
+        );
+        (shell, child)
+    }
+
+    fn done(status: i32, stdout: &str, stderr: &str) -> Ran {
+        Ran::Done {
+            status: Some(status),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_shell_runs_script_after_script_each_on_its_own() {
+        let (mut shell, mut child) = local_shell();
+        let mut lines = Vec::new();
+        let ran = shell
+            .run("x=1; cd /; echo one; echo two >&2", &mut |l| {
+                lines.push(l.to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!(ran, done(0, "one\n", "two\n"));
+        assert_eq!(lines, ["one"]);
+        // Nothing of the script before is left: variables, cwd, options.
+        let ran = shell
+            .run(
+                "set -e; echo \"x=${x-unset}\"; false; echo never",
+                &mut |_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(ran, done(1, "x=unset\n", ""));
+        // `exit` ends the script, not the shell.
+        let ran = shell.run("exit 7", &mut |_| {}).await.unwrap();
+        assert_eq!(ran, done(7, "", ""));
+        // A last line without a newline, on both streams.
+        let ran = shell
+            .run("printf 'a\\nb'; printf 'warn' >&2", &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(ran, done(0, "a\nb\n", "warn"));
+        // A command that reads stdin reads nothing: the scripts after it
+        // stay the shell's.
+        let ran = shell
+            .run("cat; echo \"read: $(wc -c)\"", &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(ran, done(0, "read: 0\n", ""));
+        let ran = shell.run("echo still here", &mut |_| {}).await.unwrap();
+        assert_eq!(ran, done(0, "still here\n", ""));
+        drop(shell);
+        assert!(child.wait().await.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn a_script_that_ends_the_shell_is_told_apart() {
+        let (mut shell, mut child) = local_shell();
+        // A syntax error ends a non-interactive shell before its markers.
+        let ran = shell
+            .run("echo before\nif then fi", &mut |_| {})
+            .await
+            .unwrap();
+        let Ran::Ended { stderr, .. } = ran else {
+            panic!("{ran:?}")
+        };
+        assert!(stderr.contains("Syntax error") || stderr.contains("syntax error"));
+        assert_eq!(child.wait().await.unwrap().code(), Some(2));
+        // The host's own shell killed: ended too.
+        let (mut shell, mut child) = local_shell();
+        let ran = shell
+            .run("echo bye; kill -9 $$", &mut |_| {})
+            .await
+            .unwrap();
+        assert!(matches!(ran, Ran::Ended { .. }), "{ran:?}");
+        assert!(!child.wait().await.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn a_faked_end_marker_is_only_a_line() {
+        let (mut shell, _child) = local_shell();
+        let ran = shell
+            .run(
+                "echo '@@fgend-1-2 0'; echo '@@fgend-1-2' >&2; exit 3",
+                &mut |_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(ran, done(3, "@@fgend-1-2 0\n", "@@fgend-1-2\n"));
+    }
 
     #[test]
     fn only_control_dirs_whose_owner_is_gone_are_removed() {
