@@ -240,7 +240,7 @@ pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> 
         let _ = writeln!(s, "echo @@state; fg_cat {path}/state.json; echo");
         let _ = writeln!(
             s,
-            "echo @@current; if [ -L {path}/current ]; then if fg_p=$(cd -P {path}/current 2>/dev/null && pwd -P); then echo \"releases/${{fg_p##*/}}\"; else readlink {path}/current 2>/dev/null; fi; fi; echo"
+            "echo @@current; if [ -L {path}/current ]; then if cd -P {path}/current 2>/dev/null; then echo \"releases/${{PWD##*/}}\"; cd /; else readlink {path}/current 2>/dev/null; fi; fi; echo"
         );
         let _ = writeln!(s, "echo @@started; fg_cat {path}/started; echo");
         let _ = writeln!(s, "echo @@gated; fg_cat {path}/gated; echo");
