@@ -209,11 +209,12 @@ pub struct Inspected {
 /// Shell functions of [`inspect_script`], builtins only: `fg_q` appends
 /// its argument, quoted, to `$fg_files`; `fg_walk` does so for every
 /// regular file under a directory (not through symlinks), as
-/// `find -type f` would, without running it.
+/// `find -type f` would, without running it; `fg_cat` prints a file and
+/// keeps its lines, joined, in `$fg_v`.
 const INSPECT_FUNCTIONS: &str = r#"fg_sq="'"
 fg_q() { fg_s=$1; fg_r=; while :; do case $fg_s in *"$fg_sq"*) fg_r="$fg_r${fg_s%%"$fg_sq"*}'\''"; fg_s=${fg_s#*"$fg_sq"} ;; *) break ;; esac; done; fg_files="$fg_files '$fg_r$fg_s'"; }
 fg_walk() { for fg_f in "$1"/* "$1"/.[!.]* "$1"/..?*; do if [ -L "$fg_f" ]; then continue; elif [ -d "$fg_f" ]; then fg_walk "$fg_f"; elif [ -f "$fg_f" ]; then fg_q "$fg_f"; fi; done; }
-fg_cat() { if [ -f "$1" ]; then while IFS= read -r fg_l || [ -n "$fg_l" ]; do printf '%s\n' "$fg_l"; done < "$1"; fi; }
+fg_cat() { fg_v=; if [ -f "$1" ]; then while IFS= read -r fg_l || [ -n "$fg_l" ]; do printf '%s\n' "$fg_l"; fg_v=$fg_v$fg_l; done < "$1"; fi; }
 "#;
 
 /// A script that prints, for each app, its state, the hashes of the live
@@ -237,7 +238,10 @@ pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> 
     for (d, desired) in apps {
         let path = quote(&d.path());
         let _ = writeln!(s, "echo {}", quote(&format!("@@app {}", d.app)));
-        let _ = writeln!(s, "echo @@state; fg_cat {path}/state.json; echo");
+        let _ = writeln!(
+            s,
+            "echo @@state; fg_cat {path}/state.json; fg_state=$fg_v; echo"
+        );
         let _ = writeln!(
             s,
             "echo @@current; if [ -L {path}/current ]; then if cd -P {path}/current 2>/dev/null; then echo \"releases/${{PWD##*/}}\"; cd /; else readlink {path}/current 2>/dev/null; fi; fi; echo"
@@ -262,9 +266,10 @@ pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> 
                     "\"files\":{}",
                     serde_json::to_string(&files).expect("strings serialise")
                 );
+                // `$fg_state`: what `fg_cat` read of `state.json` above.
                 let _ = writeln!(
                     s,
-                    "fg_state=; {{ IFS= read -r fg_state < {path}/state.json; }} 2>/dev/null || true\ncase $fg_state in *{}*) echo @@sums; {hash} ;; *) echo @@unhashed ;; esac",
+                    "case $fg_state in *{}*) echo @@sums; {hash} ;; *) echo @@unhashed ;; esac",
                     quote(&recorded)
                 );
             }
@@ -607,7 +612,8 @@ pub fn switch_staged_script(dir: &AppDir, rev: &str, state: &State) -> String {
     let _ = writeln!(s, "[ -L {} ]", quote(&format!("{next}/current")));
     let _ = writeln!(
         s,
-        "IFS= read -r fg_json <<'{EOF}'\n{json}\n{EOF}\nprintf '%s\\n' \"$fg_json\" > {}",
+        "printf '%s\\n' {} > {}",
+        quote(&json),
         quote(&format!("{next}/state.json"))
     );
     let _ = writeln!(
@@ -641,10 +647,11 @@ pub fn record_script(dir: &AppDir, state: &State) -> String {
 fn write_state(s: &mut String, dir: &AppDir, state: &State) {
     let app = dir.path();
     let json = serde_json::to_string(state).expect("state serialises");
-    // One line of JSON, through `read` and `printf` (builtins).
+    // One line of JSON, quoted, through `printf` (a builtin).
     let _ = writeln!(
         s,
-        "IFS= read -r fg_json <<'{EOF}'\n{json}\n{EOF}\nprintf '%s\\n' \"$fg_json\" > {}",
+        "printf '%s\\n' {} > {}",
+        quote(&json),
         quote(&format!("{app}/.state.json.new"))
     );
     let _ = writeln!(
