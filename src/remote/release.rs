@@ -1473,26 +1473,7 @@ mod tests {
             } else {
                 files_of(i)[..2].to_vec()
             };
-            let state = State {
-                rev: rev.clone(),
-                files: files
-                    .iter()
-                    .map(|f| (f.path.clone(), f.sha256.clone()))
-                    .collect(),
-                deployed_at: "2026-11-30T00:00:00Z".into(),
-                previous: None,
-                history: Vec::new(),
-                revs: Vec::new(),
-                slot: None,
-            };
-            let script =
-                upload_staged_script(&d, &rev, &files) + &switch_staged_script(&d, &rev, &state);
-            let out = sh(&format!("(\n{script}\n)"));
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let state = deploy_staged(&d, &rev, &files);
             // `current` is the relative link a plain switch makes.
             assert_eq!(
                 std::fs::read_link(app.join("current")).unwrap(),
@@ -1540,24 +1521,7 @@ mod tests {
         assert_ne!(now.sums, expected_sums(&live));
         // The repair: the same release again, unpacked beside the live one
         // and swapped in; nothing of the swap is left.
-        let rev = format!("{:040x}", 2);
-        let state = State {
-            rev: rev.clone(),
-            files: expected_sums(&live),
-            deployed_at: "2026-11-30T00:00:00Z".into(),
-            previous: None,
-            history: Vec::new(),
-            revs: Vec::new(),
-            slot: None,
-        };
-        let script =
-            upload_staged_script(&d, &rev, &live) + &switch_staged_script(&d, &rev, &state);
-        let out = sh(&format!("(\n{script}\n)"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        deploy_staged(&d, &format!("{:040x}", 2), &live);
         assert_eq!(
             std::fs::read_to_string(app.join("current/app.conf")).unwrap(),
             "v2\n"
@@ -1576,6 +1540,28 @@ mod tests {
         let out = sh(&upload_staged_script(&d, &"e".repeat(40), &[bad]));
         assert!(!out.status.success());
         assert!(!app.join("releases").join("e".repeat(40)).exists());
+    }
+
+    /// A staged upload and switch of `files` as `rev`, as a deploy runs
+    /// them (one script): the state it wrote.
+    fn deploy_staged(d: &AppDir, rev: &str, files: &[ReleaseFile]) -> State {
+        let state = State {
+            rev: rev.to_string(),
+            files: expected_sums(files),
+            deployed_at: "2026-11-30T00:00:00Z".into(),
+            previous: None,
+            history: Vec::new(),
+            revs: Vec::new(),
+            slot: None,
+        };
+        let script = upload_staged_script(d, rev, files) + &switch_staged_script(d, rev, &state);
+        let out = sh(&format!("(\n{script}\n)"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        state
     }
 
     fn expected_sums(files: &[ReleaseFile]) -> BTreeMap<String, String> {

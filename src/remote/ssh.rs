@@ -11,7 +11,9 @@
 //! [`keyscan`] fetches the keys a host offers, for `hosts trust`.
 //!
 //! Scripts travel on the remote `sh -s`'s stdin, never in a command line, so
-//! file contents and secrets are not visible in process lists.
+//! file contents and secrets are not visible in process lists. One such
+//! shell stays open per host and runs every script of a deploy, each in a
+//! subshell ([`Shell`]): one SSH session per host, not one per script.
 
 use std::path::{Path, PathBuf};
 #[cfg(test)]
@@ -145,7 +147,6 @@ impl Shell {
         script: &str,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> std::io::Result<Ran> {
-        use tokio::io::AsyncBufReadExt;
         let marker = self.marker.as_str();
         let wrapped = format!(
             "(\n{script}\n) </dev/null\nprintf '%s %s\\n' {marker} \"$?\"\nprintf '%s\\n' {marker} >&2\n"
@@ -155,62 +156,14 @@ impl Shell {
             stdin.write_all(wrapped.as_bytes()).await?;
             stdin.flush().await
         };
-        let stdout = &mut self.stdout;
-        let read_out = async {
-            let mut all = String::new();
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                if stdout.read_until(b'\n', &mut buf).await? == 0 {
-                    return Ok::<_, std::io::Error>((all, None));
-                }
-                let text = String::from_utf8_lossy(&buf);
-                let line = text.strip_suffix('\n').unwrap_or(&text);
-                // The marker ends a line: what is before it is the
-                // script's last line, when that had no newline.
-                let (line, end) = match line.find(marker) {
-                    Some(at) => (&line[..at], Some(&line[at + marker.len()..])),
-                    None => (line, None),
-                };
-                if end.is_none() || !line.is_empty() {
-                    on_line(line);
-                    all.push_str(line);
-                    all.push('\n');
-                }
-                if let Some(end) = end {
-                    let status = end.trim().parse::<i32>().ok();
-                    return Ok((all, Some(status)));
-                }
-            }
-        };
-        let stderr = &mut self.stderr;
-        let read_err = async {
-            let mut all = Vec::new();
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                if stderr.read_until(b'\n', &mut buf).await? == 0 {
-                    return Ok::<_, std::io::Error>((all, false));
-                }
-                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-                match line
-                    .windows(marker.len())
-                    .position(|w| w == marker.as_bytes())
-                {
-                    Some(at) => {
-                        all.extend_from_slice(&line[..at]);
-                        return Ok((all, true));
-                    }
-                    None => all.extend_from_slice(&buf),
-                }
-            }
-        };
+        let mut ignore = |_: &str| {};
+        let read_out = read_to_marker(&mut self.stdout, marker, on_line);
+        let read_err = read_to_marker(&mut self.stderr, marker, &mut ignore);
         let (fed, out, err) = tokio::join!(feed, read_out, read_err);
-        let ((stdout, status), (stderr, err_done)) = (out?, err?);
-        let stderr = String::from_utf8_lossy(&stderr).into_owned();
-        match status {
-            Some(status) if err_done => Ok(Ran::Done {
-                status,
+        let ((stdout, end), (stderr, err_end)) = (out?, err?);
+        match end {
+            Some(end) if err_end.is_some() => Ok(Ran::Done {
+                status: end.trim().parse::<i32>().ok(),
                 stdout,
                 stderr,
             }),
@@ -220,6 +173,40 @@ impl Shell {
                 let _ = fed;
                 Ok(Ran::Ended { stdout, stderr })
             }
+        }
+    }
+}
+
+/// Reads `from` line by line up to the line holding `marker`, handing
+/// each line before it to `on_line`. Returns those lines (each ended by a
+/// newline; a last one without is the text before the marker on its line)
+/// and what follows the marker on its line; `None`: the stream ended first.
+async fn read_to_marker(
+    from: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    marker: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> std::io::Result<(String, Option<String>)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut all = String::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if from.read_until(b'\n', &mut buf).await? == 0 {
+            return Ok((all, None));
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let (line, end) = match line.find(marker) {
+            Some(at) => (&line[..at], Some(&line[at + marker.len()..])),
+            None => (line, None),
+        };
+        if end.is_none() || !line.is_empty() {
+            on_line(line);
+            all.push_str(line);
+            all.push('\n');
+        }
+        if let Some(end) = end {
+            return Ok((all, Some(end.to_string())));
         }
     }
 }
@@ -944,7 +931,7 @@ mod tests {
             .run("printf 'a\\nb'; printf 'warn' >&2", &mut |_| {})
             .await
             .unwrap();
-        assert_eq!(ran, done(0, "a\nb\n", "warn"));
+        assert_eq!(ran, done(0, "a\nb\n", "warn\n"));
         // A command that reads stdin reads nothing: the scripts after it
         // stay the shell's.
         let ran = shell
