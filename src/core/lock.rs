@@ -362,15 +362,14 @@ pub fn acquire<'a>(
         };
         let expected = match read(git)? {
             None => None,
-            // Another shard of this run holds it: join it.
+            // Another shard of this run holds it: join it — even past its
+            // expiry (a shard slow to renew on a loaded runner), which a
+            // takeover would turn into a lost lock for that shard: only
+            // another run takes over an expired lock.
             Some(Held {
                 id,
                 holder: Some(h),
-            }) if !h.expired(now)
-                && who.shard.is_some()
-                && h.run_id == who.run_id
-                && !h.shards.is_empty() =>
-            {
+            }) if who.shard.is_some() && h.run_id == who.run_id && !h.shards.is_empty() => {
                 let mut joined = h.clone();
                 joined.shards.extend(who.shard);
                 joined.shards.sort_unstable();

@@ -278,6 +278,63 @@ fn the_shards_of_one_run_share_the_lock_and_the_last_one_out_deletes_it() {
     assert_eq!(gits[2].remote_lock(), None, "the last one out deleted it");
 }
 
+/// A shard late to renew lets the shared lock expire: another shard of the
+/// same run joins it rather than taking it over, so the late one still
+/// holds it at its next renewal; another run takes it over as from any run.
+#[test]
+fn a_shard_joins_its_runs_expired_lock_and_the_late_shard_keeps_it() {
+    let clock = FakeClock::new();
+    let remote = FakeGit::new().remote.clone();
+    let gits: Vec<FakeGit> = (0..3).map(|_| FakeGit::clone_of(remote.clone())).collect();
+    let late = acquire(
+        &gits[0],
+        &clock,
+        &shard_of("77", 1),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap();
+    clock.advance(Duration::from_secs(150));
+    let joined = acquire(
+        &gits[1],
+        &clock,
+        &shard_of("77", 2),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert!(
+        gits[1]
+            .remote_lock()
+            .unwrap()
+            .contains("\"shards\": [\n    1,\n    2\n  ]")
+    );
+    late.keep_alive().unwrap();
+    drop(late);
+    drop(joined);
+    assert_eq!(gits[1].remote_lock(), None, "the last one out deleted it");
+    // Expired and held by shards of another run: taken over.
+    let old = acquire(
+        &gits[0],
+        &clock,
+        &shard_of("77", 1),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap();
+    clock.advance(Duration::from_secs(150));
+    let next = acquire(
+        &gits[2],
+        &clock,
+        &shard_of("78", 1),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert!(old.keep_alive().unwrap_err().to_string().contains("run 78"));
+    drop(next);
+}
+
 /// A shard whose index was removed from the holders (the lock released by
 /// hand and taken by another run) has lost it, like a run on its own.
 #[test]
