@@ -298,6 +298,30 @@ impl Snapshot<'_> {
         }
     }
 
+    /// [`Snapshot::read`], through `shared`: a file whose blob the other
+    /// side of a plan read already (the same `pipelines/known_hosts`, the
+    /// same pipeline) is taken from there, not inflated again.
+    pub fn read_shared(&self, path: &str, shared: &mut SharedBlobs) -> Result<Option<Vec<u8>>> {
+        let Snapshot::Commit { tree, id, .. } = self else {
+            return self.read(path);
+        };
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return self.read(path),
+            Err(e) => return Err(Error::git(format!("{path} at {id}"), e)),
+        };
+        if entry.filemode() == SYMLINK_MODE || entry.kind() != Some(git2::ObjectType::Blob) {
+            return self.read(path);
+        }
+        let found = Entry {
+            name: String::new(),
+            is_dir: false,
+            is_symlink: false,
+            id: Some(entry.id()),
+        };
+        self.read_entry_shared(path, &found, shared)
+    }
+
     /// Reads a file found by [`Snapshot::list`] in `dir`. For a commit this
     /// goes straight to the blob: no second walk through a large directory
     /// tree (which libgit2 would inflate and parse again for every lookup).

@@ -127,7 +127,7 @@ pub fn load_sharing(
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
-        if let Some(bytes) = refused(snap.read(path), &mut problems)? {
+        if let Some(bytes) = refused(snap.read_shared(path, shared), &mut problems)? {
             files.insert(path.to_string(), bytes);
         }
     }

@@ -70,7 +70,7 @@ pub(super) fn validate(
     if let Some(p) = pipeline {
         group_is_picked(&mut c, &raw.group, p);
     }
-    let mut app_names = Vec::new();
+    let mut app_names = Vec::with_capacity(raw.apps.len());
     for (i, a) in raw.apps.iter().enumerate() {
         let field = format!("apps[{i}]");
         if invalid_apps.contains(&a.value) {
@@ -122,13 +122,14 @@ pub(super) fn validate(
         }
     }
     let hosts = hosts.filter(|_| problems.len() == before)?;
+    // Moved, not copied: a fleet holds one of these per client.
     Some(Client {
         name: name.to_string(),
-        domain: raw.domain.value.clone(),
-        group: raw.group.value.clone(),
+        domain: raw.domain.value,
+        group: raw.group.value,
         apps: app_names,
         hosts,
-        vars: raw.vars.clone(),
+        vars: raw.vars,
         secrets,
     })
 }
