@@ -254,21 +254,21 @@ enum Line<'a> {
 
 /// The lines of `text` that are not blank or comments.
 fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
-    // Base64 has no `|`: a file without `|1|` anywhere hashes no name,
-    // and its lines need not be searched for one.
-    let maybe_hashed = text.contains("|1|");
+    // Base64 has no `|`: a file without one (a memchr, not a substring
+    // search) hashes no name, and its lines need not be searched for one.
+    let maybe_hashed = text.as_bytes().contains(&b'|');
     text.lines().enumerate().filter_map(move |(i, line)| {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return None;
         }
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or_default();
-        let (marker, hosts) = match first.starts_with('@') {
-            true => (Some(first), fields.next()),
-            false => (None, Some(first)),
+        let [first, second, third, fourth] = fields(line);
+        let first = first.unwrap_or_default();
+        let (marker, hosts, kind, blob) = match first.starts_with('@') {
+            true => (Some(first), second, third, fourth),
+            false => (None, Some(first), second, third),
         };
-        let (Some(hosts), Some(kind), Some(blob)) = (hosts, fields.next(), fields.next()) else {
+        let (Some(hosts), Some(kind), Some(blob)) = (hosts, kind, blob) else {
             return Some(Line::Malformed(i + 1));
         };
         Some(Line::Entry {
@@ -280,6 +280,33 @@ fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
             hashed: maybe_hashed && hosts.split(',').any(|p| p.starts_with("|1|")),
         })
     })
+}
+
+/// The first four fields of `line`, as `split_whitespace` finds them;
+/// byte by byte when the line is ASCII (all of a file `hosts trust` or
+/// ssh-keyscan wrote), not char by char: a fleet's file has a line per host.
+fn fields(line: &str) -> [Option<&str>; 4] {
+    let mut out = [None; 4];
+    if !line.is_ascii() {
+        for (slot, field) in out.iter_mut().zip(line.split_whitespace()) {
+            *slot = Some(field);
+        }
+        return out;
+    }
+    // `char::is_whitespace` of the ASCII bytes (vertical tab included).
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let bytes = line.as_bytes();
+    let mut at = 0;
+    for slot in &mut out {
+        at += bytes[at..].iter().take_while(|b| space(b)).count();
+        if at == bytes.len() {
+            break;
+        }
+        let len = bytes[at..].iter().take_while(|b| !space(b)).count();
+        *slot = Some(&line[at..at + len]);
+        at += len;
+    }
+    out
 }
 
 /// What `hosts trust` does for one host.
@@ -575,6 +602,27 @@ mod parse_for_tests {
         assert_eq!((some.malformed.clone(), some.hashed), (vec![5], true));
         assert_eq!((all.malformed, all.hashed), (vec![5], true));
         assert_eq!(some.entries.len(), 3);
+    }
+
+    /// Fields split as `split_whitespace` splits them, ASCII or not.
+    #[test]
+    fn fields_are_split_on_whitespace() {
+        for line in [
+            "a b c",
+            "@revoked a\tb  c d e",
+            "a\x0bb\x0cc",
+            "a",
+            "",
+            "  a  ",
+            "é b\u{a0}c d",
+            "a\u{2003}b c",
+        ] {
+            let mut expect = [None; 4];
+            for (slot, f) in expect.iter_mut().zip(line.split_whitespace()) {
+                *slot = Some(f);
+            }
+            assert_eq!(fields(line), expect, "{line:?}");
+        }
     }
 
     /// `Pinned` (borrowed, patterns only) pins every host as `KnownHosts`

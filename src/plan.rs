@@ -529,10 +529,10 @@ impl std::io::Write for HashWriter {
     }
 }
 
-fn compare_client(
+fn compare_client<'a>(
     name: &str,
-    b: Option<&DesiredClient>,
-    h: Option<&DesiredClient>,
+    b: Option<&'a DesiredClient>,
+    h: Option<&'a DesiredClient>,
     base: &Side,
     head: &Side,
     changed: &[String],
@@ -568,30 +568,25 @@ fn compare_client(
             secrets_changed,
         });
     }
-    let host_names = |c: Option<&DesiredClient>| -> BTreeMap<String, config::Host> {
-        c.map(|c| {
-            c.hosts
-                .iter()
-                .map(|h| (h.name.clone(), h.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    let host_names = |c: Option<&'a DesiredClient>| -> BTreeMap<&'a str, &'a config::Host> {
+        c.map(|c| c.hosts.iter().map(|h| (h.name.as_str(), h)).collect())
+            .unwrap_or_default()
     };
     let (bh, hh) = (host_names(b), host_names(h));
     let hosts_added: Vec<String> = hh
         .keys()
         .filter(|k| !bh.contains_key(*k))
-        .cloned()
+        .map(|k| k.to_string())
         .collect();
     let hosts_removed: Vec<String> = bh
         .keys()
         .filter(|k| !hh.contains_key(*k))
-        .cloned()
+        .map(|k| k.to_string())
         .collect();
     let hosts_changed: Vec<String> = hh
         .iter()
         .filter(|(k, v)| bh.get(*k).is_some_and(|old| old != *v))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k.to_string())
         .collect();
     // A plan holds one of these per changed client, as long as the plan
     // lives: no vector keeps room to grow.
@@ -611,13 +606,15 @@ fn compare_client(
         .or_else(|| base.prepared.fleet.stage_of_group(&group))
         .map_or_else(|| format!("(group {group})"), |(_, s)| s.name.clone());
     let used_apps: BTreeSet<&str> = app_names.iter().map(|a| a.as_str()).collect();
+    let (own, own_secrets) = (config::client_file(name), config::client_secrets_file(name));
     let mut reasons: Vec<String> = changed
         .iter()
         .filter(|p| {
-            **p == config::client_file(name)
-                || **p == config::client_secrets_file(name)
+            **p == own
+                || **p == own_secrets
                 || **p == SHARED_SECRETS
-                || p.strip_prefix(&format!("{APPS_DIR}/"))
+                || p.strip_prefix(APPS_DIR)
+                    .and_then(|r| r.strip_prefix('/'))
                     .and_then(|r| r.split_once('/'))
                     .is_some_and(|(app, _)| used_apps.contains(app))
         })
