@@ -824,6 +824,10 @@ impl Renderer {
         let blue_green = matches!(app.strategy, crate::config::Strategy::BlueGreen { .. });
         // [0]: the only render, or a blue_green app's blue slot; [1]: its green.
         let mut slots: [Slot; 2] = Default::default();
+        // The checks' template names, for every host.
+        let check_names: Vec<String> = (0..app.health.len())
+            .map(|i| health_template(&app.name, i))
+            .collect();
         for host in hosts {
             let ctx_with = |secrets: &Value, port: Option<u16>| {
                 minijinja::context! {
@@ -914,16 +918,16 @@ impl Renderer {
                 }
                 let mut checks = Vec::new();
                 for (i, check) in app.health.iter().enumerate() {
-                    let name = health_template(&app.name, i);
-                    let text = match self.render_one(&name, &ctx) {
+                    let name = &check_names[i];
+                    let text = match self.render_one(name, &ctx) {
                         Ok(text) => text,
                         Err(e) => {
-                            problems.push(self.diag(&name, &e, &where_()));
+                            problems.push(self.diag(name, &e, &where_()));
                             continue;
                         }
                     };
                     if view == SecretView::Real {
-                        let masked = self.render_one(&name, &ctx_with(&masked_ctx, port)).ok();
+                        let masked = self.render_one(name, &ctx_with(&masked_ctx, port)).ok();
                         if let Some(why) =
                             secret_in_rendered_check(&text, masked.as_deref(), &exposed)
                         {
@@ -939,7 +943,7 @@ impl Renderer {
                         };
                         problems.push(
                             Diagnostic::new(
-                                template_file(&name),
+                                template_file(name),
                                 format!(
                                     "{shown} is not an http:// or https:// URL (rendering for {})",
                                     where_()
@@ -966,7 +970,7 @@ impl Renderer {
                             };
                             problems.push(
                                 Diagnostic::new(
-                                    template_file(&name),
+                                    template_file(name),
                                     format!("`route: true`, but {shown} is none of the app's route host names (rendering for {})", where_()),
                                 )
                                 .field(format!("health[{i}].http"))
