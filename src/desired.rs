@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{self, Client, Fleet, FleetFiles, SHARED_SECRETS};
 use crate::error::Diagnostic;
 use crate::par;
-use crate::render::{ClientSecrets, DesiredClient, Renderer, SecretView};
+use crate::render::{ClientSecrets, DesiredClient, Renderer, Reuse, SecretView};
 use crate::secrets::{Keyring, SecretMap, SopsFile};
 
 /// Decrypted files, by content: the base and head of a plan usually share
@@ -122,6 +122,18 @@ impl Prepared<'_> {
         view: SecretView,
         rev: &str,
     ) -> Option<Result<DesiredClient, Vec<Diagnostic>>> {
+        self.render_reusing(client, view, rev, None)
+    }
+
+    /// [`Prepared::render`], taking from `reuse` what renders the same
+    /// (see [`Reuse`]).
+    pub fn render_reusing(
+        &self,
+        client: &str,
+        view: SecretView,
+        rev: &str,
+        reuse: Option<&Reuse>,
+    ) -> Option<Result<DesiredClient, Vec<Diagnostic>>> {
         let client = self.fleet.clients.get(client)?;
         Some(
             client_secrets(
@@ -134,7 +146,7 @@ impl Prepared<'_> {
             )
             .and_then(|secrets| {
                 self.renderer
-                    .render_client(&self.fleet, client, &secrets, view, rev)
+                    .render_client(&self.fleet, client, &secrets, view, rev, reuse)
             }),
         )
     }

@@ -97,29 +97,30 @@ impl KnownHosts {
     }
 
     /// Like [`KnownHosts::parse`], keeping only the lines that name one of
-    /// `wanted` (host names and address patterns): a plan that reads a
-    /// few clients does not build the whole file. Every line is still
-    /// checked for its shape (`malformed`) and for hashed names.
-    pub fn parse_for(text: &str, wanted: Option<&HashSet<&str>>) -> KnownHosts {
+    /// `wanted` (host names and address patterns, sorted): a plan that
+    /// reads a few clients does not build the whole file. Every line is
+    /// still checked for its shape (`malformed`) and for hashed names.
+    pub fn parse_for(text: &str, wanted: Option<&[&str]>) -> KnownHosts {
         let mut out = KnownHosts::default();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let first = fields.next().unwrap_or_default();
-            let (marker, hosts) = match first.starts_with('@') {
-                true => (Some(first), fields.next()),
-                false => (None, Some(first)),
+        for line in lines(text) {
+            let (number, marker, hosts, kind, blob) = match line {
+                Line::Malformed(number) => {
+                    out.malformed.push(number);
+                    continue;
+                }
+                Line::Entry {
+                    number,
+                    marker,
+                    hosts,
+                    kind,
+                    blob,
+                    hashed,
+                } => {
+                    out.hashed |= hashed;
+                    (number, marker, hosts, kind, blob)
+                }
             };
-            let (Some(hosts), Some(kind), Some(blob)) = (hosts, fields.next(), fields.next())
-            else {
-                out.malformed.push(i + 1);
-                continue;
-            };
-            out.hashed |= hosts.split(',').any(|p| p.starts_with("|1|"));
-            if wanted.is_some_and(|w| !hosts.split(',').any(|p| w.contains(p))) {
+            if wanted.is_some_and(|w| !hosts.split(',').any(|p| w.binary_search(&p).is_ok())) {
                 continue;
             }
             let marker = marker.map(str::to_string);
@@ -133,7 +134,7 @@ impl KnownHosts {
                 }
             }
             out.entries.push(Entry {
-                line: i + 1,
+                line: number,
                 marker,
                 patterns,
                 key: Key {
@@ -178,6 +179,134 @@ impl KnownHosts {
     pub fn address_keys(&self, host: &Host) -> BTreeSet<&Key> {
         self.keys_for(&address_pattern(&host.address, host.port))
     }
+}
+
+/// How hosts are pinned, and nothing else: the patterns that have a key
+/// (not revoked), borrowed from the file's text. What `check` needs of a
+/// file of 10,000 lines, without a copy of each.
+#[derive(Debug, Default)]
+pub struct Pinned<'a> {
+    patterns: HashSet<&'a str>,
+    /// Lines that are not known_hosts lines (1-based).
+    pub malformed: Vec<usize>,
+    /// Some names are hashed (`|1|…`): those cannot be matched here.
+    pub hashed: bool,
+}
+
+impl<'a> Pinned<'a> {
+    /// `wanted` as in [`KnownHosts::parse_for`].
+    pub fn parse_for(text: &'a str, wanted: Option<&[&str]>) -> Pinned<'a> {
+        let mut out = Pinned::default();
+        for line in lines(text) {
+            match line {
+                Line::Malformed(number) => out.malformed.push(number),
+                Line::Entry {
+                    marker,
+                    hosts,
+                    hashed,
+                    ..
+                } => {
+                    out.hashed |= hashed;
+                    if marker == Some("@revoked") {
+                        continue;
+                    }
+                    for p in hosts.split(',') {
+                        if wanted.is_none_or(|w| w.binary_search(&p).is_ok()) {
+                            out.patterns.insert(p);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// How `host` is pinned, as [`KnownHosts::pin`] says.
+    pub fn pin(&self, host: &Host, by_address: bool) -> Pin {
+        if self.patterns.contains(host.name.as_str()) {
+            Pin::Name
+        } else if by_address
+            && self
+                .patterns
+                .contains(address_pattern(&host.address, host.port).as_str())
+        {
+            Pin::Address
+        } else {
+            Pin::None
+        }
+    }
+}
+
+/// One line of the file, split.
+enum Line<'a> {
+    Malformed(usize),
+    Entry {
+        /// 1-based.
+        number: usize,
+        marker: Option<&'a str>,
+        hosts: &'a str,
+        kind: &'a str,
+        blob: &'a str,
+        /// One of its names is hashed.
+        hashed: bool,
+    },
+}
+
+/// The lines of `text` that are not blank or comments.
+fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
+    // Base64 has no `|`: a file without one (a memchr, not a substring
+    // search) hashes no name, and its lines need not be searched for one.
+    let maybe_hashed = text.as_bytes().contains(&b'|');
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let [first, second, third, fourth] = fields(line);
+        let first = first.unwrap_or_default();
+        let (marker, hosts, kind, blob) = match first.starts_with('@') {
+            true => (Some(first), second, third, fourth),
+            false => (None, Some(first), second, third),
+        };
+        let (Some(hosts), Some(kind), Some(blob)) = (hosts, kind, blob) else {
+            return Some(Line::Malformed(i + 1));
+        };
+        Some(Line::Entry {
+            number: i + 1,
+            marker,
+            hosts,
+            kind,
+            blob,
+            hashed: maybe_hashed && hosts.split(',').any(|p| p.starts_with("|1|")),
+        })
+    })
+}
+
+/// The first four fields of `line`, as `split_whitespace` finds them;
+/// byte by byte when the line is ASCII (all of a file `hosts trust` or
+/// ssh-keyscan wrote), not char by char: a fleet's file has a line per host.
+fn fields(line: &str) -> [Option<&str>; 4] {
+    let mut out = [None; 4];
+    if !line.is_ascii() {
+        for (slot, field) in out.iter_mut().zip(line.split_whitespace()) {
+            *slot = Some(field);
+        }
+        return out;
+    }
+    // `char::is_whitespace` of the ASCII bytes (vertical tab included).
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let bytes = line.as_bytes();
+    let mut at = 0;
+    for slot in &mut out {
+        at += bytes[at..].iter().take_while(|b| space(b)).count();
+        if at == bytes.len() {
+            break;
+        }
+        let len = bytes[at..].iter().take_while(|b| !space(b)).count();
+        *slot = Some(&line[at..at + len]);
+        at += len;
+    }
+    out
 }
 
 /// What `hosts trust` does for one host.
@@ -459,7 +588,7 @@ mod parse_for_tests {
                     broken-line\n\
                     |1|abc= ssh-ed25519 AAAA4\n";
         let all = KnownHosts::parse(text);
-        let wanted: HashSet<&str> = ["web-1", "[10.0.0.2]:2222"].into();
+        let wanted = ["[10.0.0.2]:2222", "web-1"];
         let some = KnownHosts::parse_for(text, Some(&wanted));
         for pattern in ["web-1", "web-2", "[10.0.0.2]:2222"] {
             assert_eq!(some.keys_for(pattern), all.keys_for(pattern), "{pattern}");
@@ -473,5 +602,76 @@ mod parse_for_tests {
         assert_eq!((some.malformed.clone(), some.hashed), (vec![5], true));
         assert_eq!((all.malformed, all.hashed), (vec![5], true));
         assert_eq!(some.entries.len(), 3);
+    }
+
+    /// Fields split as `split_whitespace` splits them, ASCII or not.
+    #[test]
+    fn fields_are_split_on_whitespace() {
+        for line in [
+            "a b c",
+            "@revoked a\tb  c d e",
+            "a\x0bb\x0cc",
+            "a",
+            "",
+            "  a  ",
+            "é b\u{a0}c d",
+            "a\u{2003}b c",
+        ] {
+            let mut expect = [None; 4];
+            for (slot, f) in expect.iter_mut().zip(line.split_whitespace()) {
+                *slot = Some(f);
+            }
+            assert_eq!(fields(line), expect, "{line:?}");
+        }
+    }
+
+    /// `Pinned` (borrowed, patterns only) pins every host as `KnownHosts`
+    /// does, for the whole file and for a few wanted hosts.
+    #[test]
+    fn pinned_agrees_with_known_hosts() {
+        let text = "web-1 ssh-ed25519 AAAA1\n\
+                    [10.0.0.2]:2222,web-2 ssh-ed25519 AAAA2\n\
+                    @revoked web-4 ssh-ed25519 AAAA9\n\
+                    10.0.0.5 ssh-ed25519 AAAA5\n\
+                    # a comment |1|\n\
+                    broken-line\n";
+        let host = |name: &str, address: &str, port: u16| Host {
+            name: name.into(),
+            address: address.into(),
+            port,
+            user: "deploy".into(),
+            deploy_root: "/opt/fleetgate".into(),
+        };
+        let hosts = [
+            host("web-1", "10.0.0.1", 22),
+            host("web-2", "10.0.0.9", 22),
+            host("web-3", "10.0.0.2", 2222),
+            host("web-4", "10.0.0.4", 22),
+            host("web-5", "10.0.0.5", 22),
+            host("web-6", "10.0.0.5", 2222),
+        ];
+        let all = KnownHosts::parse(text);
+        // web-3 and web-5: their names and address patterns, sorted.
+        let wanted = ["10.0.0.5", "[10.0.0.2]:2222", "web-3", "web-5"];
+        let cases = [
+            (Pinned::parse_for(text, None), &hosts[..]),
+            (
+                Pinned::parse_for(text, Some(&wanted)),
+                &[hosts[2].clone(), hosts[4].clone()][..],
+            ),
+        ];
+        for (pinned, hosts) in cases {
+            assert_eq!((pinned.malformed.clone(), pinned.hashed), (vec![6], false));
+            for h in hosts {
+                for by_address in [true, false] {
+                    let expect = all.pin(h, by_address);
+                    assert_eq!(pinned.pin(h, by_address), expect, "{} {by_address}", h.name);
+                }
+            }
+        }
+        assert_eq!(all.pin(&hosts[2], true), Pin::Address);
+        assert_eq!(all.pin(&hosts[4], true), Pin::Address);
+        let hashed = Pinned::parse_for("|1|abc= ssh-ed25519 AAAA4\n", None);
+        assert!(hashed.hashed);
     }
 }

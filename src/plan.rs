@@ -17,7 +17,7 @@ use crate::config::{self, APPS_DIR, CLIENT_SECRETS_DIR, CLIENTS_DIR, SHARED_SECR
 use crate::desired::Prepared;
 use crate::error::Error;
 use crate::render::SecretView;
-use crate::render::{DesiredApp, DesiredClient};
+use crate::render::{DesiredApp, DesiredClient, Reuse};
 
 pub const SCHEMA: u32 = 1;
 
@@ -258,6 +258,7 @@ pub fn compare(
             .transpose()
     };
     let inputs = ChangedInputs::of(changed);
+    let (same_apps, same_templates) = inputs.same_app_files(changed, base, head);
     let results = crate::par::map(&names, |name| {
         if inputs.same_at_both(name, base, head) {
             // Both sides render the same: once (at head, for its problems).
@@ -266,7 +267,23 @@ pub fn compare(
                 Err(p) => Err((false, p)),
             };
         }
-        match (render(base, name), render(head, name)) {
+        let h = render(head, name);
+        // Base takes from head what renders the same (a client whose own
+        // inputs are the same: its unchanged apps, its unchanged templates).
+        let b = match &h {
+            Ok(Some(prior)) if inputs.own_inputs_same(name, base, head) => {
+                let reuse = Reuse {
+                    prior,
+                    apps: &same_apps,
+                    templates: &same_templates,
+                };
+                base.prepared
+                    .render_reusing(name, SecretView::Masked, render_rev, Some(&reuse))
+                    .transpose()
+            }
+            _ => render(base, name),
+        };
+        match (b, h) {
             (Ok(b), Ok(h)) => Ok(compare_client(
                 name,
                 b.as_ref(),
@@ -280,16 +297,24 @@ pub fn compare(
             (_, Err(p)) => Err((false, p)),
         }
     });
-    let mut clients = Vec::new();
     let (mut base_problems, mut head_problems) = (Vec::new(), Vec::new());
-    for r in results {
-        match r {
-            Ok(Some(cp)) => clients.push(cp),
-            Ok(None) => {}
-            Err((true, p)) => base_problems.extend(p),
-            Err((false, p)) => head_problems.extend(p),
-        }
-    }
+    // Collected where the results were (the same size): a fleet's worth of
+    // client plans is not copied.
+    let mut clients: Vec<ClientPlan> = results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(cp) => cp,
+            Err((true, p)) => {
+                base_problems.extend(p);
+                None
+            }
+            Err((false, p)) => {
+                head_problems.extend(p);
+                None
+            }
+        })
+        .collect();
+    clients.shrink_to_fit();
     for (side, problems) in [(head, head_problems), (base, base_problems)] {
         if !problems.is_empty() {
             return Err(Error::Invalid {
@@ -370,6 +395,47 @@ impl<'a> ChangedInputs<'a> {
             }
         }
         inputs
+    }
+
+    /// Does `name` exist at both sides with its own files, the pipeline and
+    /// the shared secrets the same? Then only its apps may render
+    /// differently.
+    fn own_inputs_same(&self, name: &str, base: &Side, head: &Side) -> bool {
+        !self.shared
+            && !self.clients.contains(name)
+            && base.prepared.fleet.clients.contains_key(name)
+            && head.prepared.fleet.clients.contains_key(name)
+    }
+
+    /// The apps whose `app.yaml` is the same blob at both sides, and the
+    /// file templates whose source is (and that pull in no other template):
+    /// for such a client, what renders the same at both sides.
+    fn same_app_files(
+        &self,
+        changed: &[String],
+        base: &Side,
+        head: &Side,
+    ) -> (BTreeSet<String>, BTreeSet<String>) {
+        let changed: BTreeSet<&str> = changed.iter().map(String::as_str).collect();
+        let (mut apps, mut templates) = (BTreeSet::new(), BTreeSet::new());
+        for (name, app) in &head.prepared.fleet.apps {
+            let Some(before) = base.prepared.fleet.apps.get(name) else {
+                continue;
+            };
+            if changed.contains(format!("{APPS_DIR}/{name}/app.yaml").as_str()) {
+                continue;
+            }
+            apps.insert(name.clone());
+            for (template, source) in &app.templates {
+                if !changed.contains(format!("{APPS_DIR}/{template}").as_str())
+                    && before.templates.get(template) == Some(source)
+                    && crate::render::pulls_in_no_other_template(source)
+                {
+                    templates.insert(template.clone());
+                }
+            }
+        }
+        (apps, templates)
     }
 
     /// Does `name` exist at both sides with every input it renders from
@@ -463,10 +529,10 @@ impl std::io::Write for HashWriter {
     }
 }
 
-fn compare_client(
+fn compare_client<'a>(
     name: &str,
-    b: Option<&DesiredClient>,
-    h: Option<&DesiredClient>,
+    b: Option<&'a DesiredClient>,
+    h: Option<&'a DesiredClient>,
     base: &Side,
     head: &Side,
     changed: &[String],
@@ -502,31 +568,29 @@ fn compare_client(
             secrets_changed,
         });
     }
-    let host_names = |c: Option<&DesiredClient>| -> BTreeMap<String, config::Host> {
-        c.map(|c| {
-            c.hosts
-                .iter()
-                .map(|h| (h.name.clone(), h.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    let host_names = |c: Option<&'a DesiredClient>| -> BTreeMap<&'a str, &'a config::Host> {
+        c.map(|c| c.hosts.iter().map(|h| (h.name.as_str(), h)).collect())
+            .unwrap_or_default()
     };
     let (bh, hh) = (host_names(b), host_names(h));
     let hosts_added: Vec<String> = hh
         .keys()
         .filter(|k| !bh.contains_key(*k))
-        .cloned()
+        .map(|k| k.to_string())
         .collect();
     let hosts_removed: Vec<String> = bh
         .keys()
         .filter(|k| !hh.contains_key(*k))
-        .cloned()
+        .map(|k| k.to_string())
         .collect();
     let hosts_changed: Vec<String> = hh
         .iter()
         .filter(|(k, v)| bh.get(*k).is_some_and(|old| old != *v))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k.to_string())
         .collect();
+    // A plan holds one of these per changed client, as long as the plan
+    // lives: no vector keeps room to grow.
+    apps.shrink_to_fit();
     if apps.is_empty()
         && hosts_added.is_empty()
         && hosts_removed.is_empty()
@@ -542,18 +606,21 @@ fn compare_client(
         .or_else(|| base.prepared.fleet.stage_of_group(&group))
         .map_or_else(|| format!("(group {group})"), |(_, s)| s.name.clone());
     let used_apps: BTreeSet<&str> = app_names.iter().map(|a| a.as_str()).collect();
-    let reasons = changed
+    let (own, own_secrets) = (config::client_file(name), config::client_secrets_file(name));
+    let mut reasons: Vec<String> = changed
         .iter()
         .filter(|p| {
-            **p == config::client_file(name)
-                || **p == config::client_secrets_file(name)
+            **p == own
+                || **p == own_secrets
                 || **p == SHARED_SECRETS
-                || p.strip_prefix(&format!("{APPS_DIR}/"))
+                || p.strip_prefix(APPS_DIR)
+                    .and_then(|r| r.strip_prefix('/'))
                     .and_then(|r| r.split_once('/'))
                     .is_some_and(|(app, _)| used_apps.contains(app))
         })
         .cloned()
         .collect();
+    reasons.shrink_to_fit();
     Some(ClientPlan {
         name: name.to_string(),
         stage,
@@ -598,13 +665,16 @@ fn file_diffs(b: Option<&DesiredApp>, h: Option<&DesiredApp>) -> Vec<FileDiff> {
             }
         }
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(by_path.values().map(BTreeMap::len).sum());
     for (path, pairs) in by_path {
-        for ((old, new), hosts) in pairs {
+        for ((old, new), mut hosts) in pairs {
+            hosts.shrink_to_fit();
+            let mut diff = unified_diff(path, old, new);
+            diff.shrink_to_fit();
             out.push(FileDiff {
                 path: path.to_string(),
                 hosts,
-                diff: unified_diff(path, old, new),
+                diff,
             });
         }
     }
@@ -864,6 +934,7 @@ mod same_inputs_tests {
     use super::*;
     use crate::config::FleetFiles;
     use crate::desired::{DecryptCache, prepare, prepare_reusing};
+    use crate::render::Reuse;
     use crate::secrets::Keyring;
 
     /// Two clients: alpha runs `web`, beta runs `api`; `web_template` is
@@ -947,6 +1018,105 @@ mod same_inputs_tests {
             "{}",
             web.files[0].diff
         );
+    }
+
+    /// Base renders with what it takes from head exactly as it renders on
+    /// its own: a changed template, a template that includes a changed one,
+    /// a changed app.yaml, a blue_green app (lent whole or not at all).
+    #[test]
+    fn base_renders_the_same_with_what_it_takes_from_head() {
+        let fleet = |changes: &[(&str, &str)]| {
+            let mut files: BTreeMap<&str, &str> = [
+                (
+                    "pipelines/pipeline.yaml",
+                    "stages: [{name: canary, group: canary}]\nproxy: {kind: caddy}\n",
+                ),
+                (
+                    "pipelines/apps/web/app.yaml",
+                    "runtime: compose\nfiles: {a.env: a.env.j2, b.conf: b.conf.j2, c.txt: c.j2}\n\
+                     routes: [{hosts: [\"{{ client.domain }}\"], port: \"{{ client.vars.port }}\"}]\n\
+                     health: [{http: \"http://{{ host.address }}/health\"}]\n",
+                ),
+                ("pipelines/apps/web/a.env.j2", "A={{ client.name }}-{{ host.name }}\n"),
+                ("pipelines/apps/web/b.conf.j2", "B=1\n"),
+                (
+                    "pipelines/apps/web/c.j2",
+                    "C={% include \"web/b.conf.j2\" %}",
+                ),
+                (
+                    "pipelines/apps/api/app.yaml",
+                    "runtime: compose\nfiles: {x: x.j2}\nstrategy: blue_green\nslot_ports: [9000, 9001]\n",
+                ),
+                ("pipelines/apps/api/x.j2", "PORT={{ release.port }}\n"),
+                (
+                    "clients/alpha.yaml",
+                    "domain: alpha.org\ngroup: canary\napps: [web, api]\nvars: {port: 8080}\n\
+                     hosts: [{name: alpha-1, address: 203.0.113.10}, {name: alpha-2, address: 203.0.113.11}]\n",
+                ),
+            ]
+            .into();
+            files.extend(changes.iter().copied());
+            FleetFiles::in_memory(
+                &files
+                    .iter()
+                    .map(|(p, t)| (p.to_string(), t.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let keyring = Keyring::from_env().expect("a keyring");
+        let cache = DecryptCache::default();
+        let files_b = fleet(&[]);
+        let (prepared_b, problems) = prepare(&files_b, &keyring, &cache);
+        assert!(problems.is_empty(), "{problems:?}");
+        for (path, text) in [
+            ("pipelines/apps/web/b.conf.j2", "B=2\n"),
+            ("pipelines/apps/web/a.env.j2", "A={{ host.address }}\n"),
+            (
+                "pipelines/apps/web/app.yaml",
+                "runtime: compose\nfiles: {a.env: a.env.j2, b.conf: b.conf.j2, c.txt: c.j2}\n",
+            ),
+            ("pipelines/apps/api/x.j2", "PORT={{ release.port }}!\n"),
+        ] {
+            let files_h = fleet(&[(path, text)]);
+            let (prepared_h, problems) = prepare(&files_h, &keyring, &cache);
+            assert!(problems.is_empty(), "{path}: {problems:?}");
+            let side = |rev: &str, prepared| Side {
+                rev: rev.to_string(),
+                label: format!("commit {rev}"),
+                prepared,
+            };
+            let (base, head) = (side("b", &prepared_b), side("h", &prepared_h));
+            let changed = paths(&[path]);
+            let inputs = ChangedInputs::of(&changed);
+            assert!(inputs.own_inputs_same("alpha", &base, &head), "{path}");
+            let (apps, templates) = inputs.same_app_files(&changed, &base, &head);
+            let render = |reuse: Option<&Reuse>| {
+                prepared_b
+                    .render_reusing("alpha", SecretView::Masked, "h", reuse)
+                    .expect("a client")
+                    .expect("renders")
+            };
+            let prior = prepared_h
+                .render("alpha", SecretView::Masked, "h")
+                .expect("a client")
+                .expect("renders");
+            let reuse = Reuse {
+                prior: &prior,
+                apps: &apps,
+                templates: &templates,
+            };
+            assert_eq!(render(Some(&reuse)), render(None), "{path}");
+            assert!(
+                !templates.contains("web/c.j2"),
+                "it includes another template"
+            );
+            // Lent only by an app whose app.yaml is the same.
+            assert_eq!(
+                templates.contains("web/a.env.j2"),
+                !path.ends_with("/a.env.j2") && !path.ends_with("web/app.yaml"),
+                "{path}"
+            );
+        }
     }
 
     /// Which changed paths make a client render at both sides.

@@ -13,7 +13,7 @@
 //! secret is refused when it renders ([`secret_in_rendered_check`]). Errors
 //! of a render with the real values are masked before they leave.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -56,6 +56,28 @@ impl ClientSecrets {
             (None, _) => MASK.to_string(),
         })
     }
+}
+
+/// What a render of a client may take from another render of the same
+/// client (the other side of a plan, rendered with the same `rev` and
+/// view) instead of rendering it again: a template renders to the same text
+/// from the same source and the same context. The caller vouches that the
+/// client's inputs (its files, the shared secrets, the pipeline) are the
+/// same blobs at both sides; `apps` and `templates` say what else is.
+pub struct Reuse<'a> {
+    pub prior: &'a DesiredClient,
+    /// Apps whose `app.yaml` is the same blob at both sides: the same
+    /// images, files, secrets, checks and routes.
+    pub apps: &'a BTreeSet<String>,
+    /// File templates whose source is the same blob at both sides and that
+    /// pull in no other template (see [`pulls_in_no_other_template`]).
+    pub templates: &'a BTreeSet<String>,
+}
+
+/// Whether a template's text alone (with its context) decides its output:
+/// it includes, imports or extends no other template.
+pub fn pulls_in_no_other_template(source: &str) -> bool {
+    other_template_tag(source).is_none()
 }
 
 /// A client's desired state at one commit.
@@ -194,6 +216,9 @@ pub struct Renderer {
     /// 10,000 times), each of those renders fails the same way at once.
     /// The value: how it failed, and on which line.
     over_budget: std::sync::Mutex<BTreeMap<String, (minijinja::ErrorKind, Option<usize>)>>,
+    /// Each app's `app` context (name, images): the same for every client,
+    /// built once.
+    app_ctx: BTreeMap<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -225,6 +250,18 @@ struct ReleaseCtx<'a> {
     /// A blue_green app's slot port; absent (undefined) otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+}
+
+/// The `app` of an app's templates.
+fn app_ctx(app: &App) -> Value {
+    to_value(AppCtx {
+        name: &app.name,
+        images: app
+            .images
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_string()))
+            .collect(),
+    })
 }
 
 fn to_value<T: Serialize>(v: T) -> Value {
@@ -521,11 +558,17 @@ impl Renderer {
         // values meets the second line of defence too.
         problems.extend(refused);
         let over_budget = Default::default();
+        let app_ctx = fleet
+            .apps
+            .values()
+            .map(|a| (a.name.clone(), app_ctx(a)))
+            .collect();
         (
             Renderer {
                 env,
                 broken,
                 over_budget,
+                app_ctx,
             },
             problems,
         )
@@ -665,7 +708,8 @@ impl Renderer {
         }
     }
 
-    /// Renders every app of `client` for every host.
+    /// Renders every app of `client` for every host, taking from `reuse`
+    /// what renders the same (a plan's base side, after its head).
     pub fn render_client(
         &self,
         fleet: &Fleet,
@@ -673,8 +717,10 @@ impl Renderer {
         secrets: &ClientSecrets,
         view: SecretView,
         rev: &str,
+        reuse: Option<&Reuse>,
     ) -> Result<DesiredClient, Vec<Diagnostic>> {
         let hosts = Self::hosts_of(client);
+        let reuse = reuse.filter(|r| r.prior.hosts == hosts);
         let mut problems = Vec::new();
         let mut apps = BTreeMap::new();
         let client_ctx = to_value(ClientCtx {
@@ -689,7 +735,19 @@ impl Renderer {
             .filter(|a| !self.broken.contains(*a))
             .filter_map(|a| fleet.apps.get(a));
         for app in apps_to_render {
-            match self.render_app(client, &client_ctx, app, &hosts, secrets, view, rev) {
+            // The same app.yaml and client: its checks and routes render the
+            // same, and so does each file whose template is the same.
+            let lend = reuse
+                .filter(|r| r.apps.contains(&app.name))
+                .and_then(|r| Some((r.prior.apps.get(&app.name)?, r.templates)));
+            if let Some((prior, templates)) = lend
+                && app.files.values().all(|t| templates.contains(t))
+            {
+                apps.insert(app.name.clone(), prior.clone());
+                continue;
+            }
+            let lend = lend.filter(|(prior, _)| prior.green.is_none());
+            match self.render_app(client, &client_ctx, app, &hosts, secrets, view, rev, lend) {
                 Ok(d) => {
                     apps.insert(app.name.clone(), d);
                 }
@@ -707,6 +765,8 @@ impl Renderer {
         })
     }
 
+    /// `lend`: the same app of the same client rendered for the other
+    /// side of a plan, and the templates that render the same there.
     #[expect(clippy::too_many_arguments, reason = "one render's whole context")]
     fn render_app(
         &self,
@@ -717,6 +777,7 @@ impl Renderer {
         secrets: &ClientSecrets,
         view: SecretView,
         rev: &str,
+        lend: Option<(&DesiredApp, &BTreeSet<String>)>,
     ) -> Result<DesiredApp, Vec<Diagnostic>> {
         let mut problems = Vec::new();
         let mut secret_ctx = BTreeMap::new();
@@ -753,19 +814,20 @@ impl Renderer {
                 .collect(),
             _ => Vec::new(),
         };
-        let app_ctx = to_value(AppCtx {
-            name: &app.name,
-            images: app
-                .images
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.to_string()))
-                .collect(),
-        });
+        let app_ctx = self
+            .app_ctx
+            .get(&app.name)
+            .cloned()
+            .unwrap_or_else(|| app_ctx(app));
         let secret_ctx = to_value(&secret_ctx);
         let masked_ctx = to_value(&masked_ctx);
         let blue_green = matches!(app.strategy, crate::config::Strategy::BlueGreen { .. });
         // [0]: the only render, or a blue_green app's blue slot; [1]: its green.
         let mut slots: [Slot; 2] = Default::default();
+        // The checks' template names, for every host.
+        let check_names: Vec<String> = (0..app.health.len())
+            .map(|i| health_template(&app.name, i))
+            .collect();
         for host in hosts {
             let ctx_with = |secrets: &Value, port: Option<u16>| {
                 minijinja::context! {
@@ -785,13 +847,14 @@ impl Renderer {
                     }),
                 }
             };
-            let where_ = format!("client {} host {}", client.name, host.name);
+            // Said only in problems: not formatted for every render.
+            let where_ = || format!("client {} host {}", client.name, host.name);
             let ports: Vec<Option<u16>> = if blue_green {
                 let ctx = ctx_with(&masked_ctx, None);
                 let mut ports = Vec::new();
                 for i in 0..2 {
                     let name = slot_port_template(&app.name, i);
-                    match self.render_port(&name, &ctx, &where_) {
+                    match self.render_port(&name, &ctx, &where_()) {
                         Ok(p) => ports.push(Some(p)),
                         Err(d) => problems.push(d),
                     }
@@ -810,36 +873,61 @@ impl Renderer {
             for (slot, port) in slots.iter_mut().zip(ports) {
                 let ctx = ctx_with(&secret_ctx, port);
                 let mut host_files = BTreeMap::new();
+                let lent = lend.and_then(|(prior, templates)| {
+                    Some((prior.files.get(&host.name)?, prior, templates))
+                });
                 for (dest, template) in &app.files {
+                    if let Some((files, _, templates)) = lent
+                        && templates.contains(template)
+                        && let Some(text) = files.get(dest)
+                    {
+                        host_files.insert(dest.clone(), text.clone());
+                        continue;
+                    }
                     match self.render_one(template, &ctx) {
                         Ok(text) => {
                             host_files.insert(dest.clone(), text);
                         }
-                        Err(e) => problems.push(self.diag(template, &e, &where_)),
+                        Err(e) => problems.push(self.diag(template, &e, &where_())),
                     }
                 }
-                let routes = self.render_routes(
-                    app,
-                    &ctx_with(&masked_ctx, port),
-                    port,
-                    &where_,
-                    &mut problems,
-                );
+                if let Some((files, prior, _)) = lent {
+                    // Rendered from app.yaml alone, which is the same.
+                    if let Some(text) = files.get(ROUTES_FILE) {
+                        host_files.insert(ROUTES_FILE.to_string(), text.clone());
+                    }
+                    let checks = prior.health.get(&host.name).cloned().unwrap_or_default();
+                    let routes = prior.routes.get(&host.name).cloned().unwrap_or_default();
+                    slot.files.insert(host.name.clone(), host_files);
+                    slot.health.insert(host.name.clone(), checks);
+                    slot.routes.insert(host.name.clone(), routes);
+                    continue;
+                }
+                let routes = match app.routes.is_empty() {
+                    true => Vec::new(),
+                    false => self.render_routes(
+                        app,
+                        &ctx_with(&masked_ctx, port),
+                        port,
+                        &where_(),
+                        &mut problems,
+                    ),
+                };
                 if !routes.is_empty() {
                     host_files.insert(ROUTES_FILE.to_string(), routes_file(&app.name, &routes));
                 }
                 let mut checks = Vec::new();
                 for (i, check) in app.health.iter().enumerate() {
-                    let name = health_template(&app.name, i);
-                    let text = match self.render_one(&name, &ctx) {
+                    let name = &check_names[i];
+                    let text = match self.render_one(name, &ctx) {
                         Ok(text) => text,
                         Err(e) => {
-                            problems.push(self.diag(&name, &e, &where_));
+                            problems.push(self.diag(name, &e, &where_()));
                             continue;
                         }
                     };
                     if view == SecretView::Real {
-                        let masked = self.render_one(&name, &ctx_with(&masked_ctx, port)).ok();
+                        let masked = self.render_one(name, &ctx_with(&masked_ctx, port)).ok();
                         if let Some(why) =
                             secret_in_rendered_check(&text, masked.as_deref(), &exposed)
                         {
@@ -855,9 +943,10 @@ impl Renderer {
                         };
                         problems.push(
                             Diagnostic::new(
-                                template_file(&name),
+                                template_file(name),
                                 format!(
-                                    "{shown} is not an http:// or https:// URL (rendering for {where_})"
+                                    "{shown} is not an http:// or https:// URL (rendering for {})",
+                                    where_()
                                 ),
                             )
                             .field(format!("health[{i}].http"))
@@ -881,8 +970,8 @@ impl Renderer {
                             };
                             problems.push(
                                 Diagnostic::new(
-                                    template_file(&name),
-                                    format!("`route: true`, but {shown} is none of the app's route host names (rendering for {where_})"),
+                                    template_file(name),
+                                    format!("`route: true`, but {shown} is none of the app's route host names (rendering for {})", where_()),
                                 )
                                 .field(format!("health[{i}].http"))
                                 .hint("a check through the proxy GETs the public URL of one of the app's routes, e.g. http://{{ client.domain }}/health"),
@@ -1055,8 +1144,14 @@ mod tests {
             View::Masked | View::Undecrypted => SecretView::Masked,
         };
         let (renderer, mut problems) = Renderer::new(&fleet);
-        let rendered =
-            renderer.render_client(&fleet, &fleet.clients["alpha"], &secrets, view, "abc123");
+        let rendered = renderer.render_client(
+            &fleet,
+            &fleet.clients["alpha"],
+            &secrets,
+            view,
+            "abc123",
+            None,
+        );
         let mut summary = Vec::new();
         match rendered {
             Err(p) => problems.extend(p),

@@ -298,6 +298,30 @@ impl Snapshot<'_> {
         }
     }
 
+    /// [`Snapshot::read`], through `shared`: a file whose blob the other
+    /// side of a plan read already (the same `pipelines/known_hosts`, the
+    /// same pipeline) is taken from there, not inflated again.
+    pub fn read_shared(&self, path: &str, shared: &mut SharedBlobs) -> Result<Option<Vec<u8>>> {
+        let Snapshot::Commit { tree, id, .. } = self else {
+            return self.read(path);
+        };
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return self.read(path),
+            Err(e) => return Err(Error::git(format!("{path} at {id}"), e)),
+        };
+        if entry.filemode() == SYMLINK_MODE || entry.kind() != Some(git2::ObjectType::Blob) {
+            return self.read(path);
+        }
+        let found = Entry {
+            name: String::new(),
+            is_dir: false,
+            is_symlink: false,
+            id: Some(entry.id()),
+        };
+        self.read_entry_shared(path, &found, shared)
+    }
+
     /// Reads a file found by [`Snapshot::list`] in `dir`. For a commit this
     /// goes straight to the blob: no second walk through a large directory
     /// tree (which libgit2 would inflate and parse again for every lookup).
@@ -338,6 +362,50 @@ impl Snapshot<'_> {
             return Ok(read);
         }
         self.read_entry(path, entry)
+    }
+
+    /// [`Snapshot::read_entry_shared`] for many entries at once, in their
+    /// order: the blobs of a commit that `shared` does not hold are read on
+    /// every core (each thread with its own handle: `Repository` is not
+    /// `Sync`) — a large fleet's client files, inflated one by one, were
+    /// most of a plan's reading.
+    pub fn read_entries_shared(
+        &self,
+        entries: &[(&str, &Entry)],
+        shared: &mut SharedBlobs,
+    ) -> Vec<Result<Option<Vec<u8>>>> {
+        let Snapshot::Commit { repo, id, .. } = self else {
+            return entries
+                .iter()
+                .map(|(path, entry)| self.read_entry_shared(path, entry, shared))
+                .collect();
+        };
+        let mut out: Vec<Option<Result<Option<Vec<u8>>>>> = std::iter::repeat_with(|| None)
+            .take(entries.len())
+            .collect();
+        let mut todo = Vec::new();
+        for (i, (path, entry)) in entries.iter().enumerate() {
+            match (entry.id, entry.is_symlink) {
+                (Some(oid), false) => match shared.blobs.remove(&oid) {
+                    Some(bytes) => out[i] = Some(Ok(Some(bytes))),
+                    None => todo.push((i, oid)),
+                },
+                _ => out[i] = Some(self.read_entry(path, entry)),
+            }
+        }
+        let read = read_blobs(repo, &todo);
+        for ((i, oid), bytes) in todo.into_iter().zip(read) {
+            let bytes = bytes.map_err(|e| Error::git(format!("{} at {id}", entries[i].0), e));
+            if shared.keep
+                && let Ok(bytes) = &bytes
+            {
+                shared.blobs.insert(oid, bytes.clone());
+            }
+            out[i] = Some(bytes.map(Some));
+        }
+        out.into_iter()
+            .map(|r| r.expect("every entry is read"))
+            .collect()
     }
 
     /// Entries directly under `dir`, sorted by name. Empty when `dir` does not
@@ -395,6 +463,44 @@ impl Snapshot<'_> {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// Fewer blobs than this per thread are read on the calling thread: opening
+/// another handle costs about as much as reading a few hundred.
+const BLOBS_PER_THREAD: usize = 512;
+
+/// The contents of `blobs` (an index beside each id), in order.
+fn read_blobs(repo: &Repository, blobs: &[(usize, Oid)]) -> Vec<Result<Vec<u8>, git2::Error>> {
+    let read = |repo: &Repository, part: &[(usize, Oid)]| -> Vec<_> {
+        part.iter()
+            .map(|(_, oid)| repo.find_blob(*oid).map(|b| b.content().to_vec()))
+            .collect()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(blobs.len() / BLOBS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return read(repo, blobs);
+    }
+    let chunk = blobs.len().div_ceil(threads);
+    let path = repo.path();
+    let parts: Vec<Option<Vec<_>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = blobs
+            .chunks(chunk)
+            .map(|part| s.spawn(move || Some(read(&Repository::open(path).ok()?, part))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reading thread panicked"))
+            .collect()
+    });
+    // A part whose thread could not open the repository is read here.
+    blobs
+        .chunks(chunk)
+        .zip(parts)
+        .flat_map(|(part, read_there)| read_there.unwrap_or_else(|| read(repo, part)))
+        .collect()
 }
 
 fn read_worktree_file(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {

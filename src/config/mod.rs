@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub use model::*;
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::repo::{SharedBlobs, Snapshot, symlink_refused};
+use crate::repo::{Entry, SharedBlobs, Snapshot, symlink_refused};
 
 pub const PIPELINE: &str = "pipelines/pipeline.yaml";
 pub const APPS_DIR: &str = "pipelines/apps";
@@ -127,7 +127,7 @@ pub fn load_sharing(
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
-        if let Some(bytes) = refused(snap.read(path), &mut problems)? {
+        if let Some(bytes) = refused(snap.read_shared(path, shared), &mut problems)? {
             files.insert(path.to_string(), bytes);
         }
     }
@@ -140,35 +140,52 @@ pub fn load_sharing(
         }
     }
     let mut all_clients = Vec::new();
-    for mut entry in refused(snap.list(CLIENTS_DIR), &mut problems)? {
-        let path = format!("{CLIENTS_DIR}/{}", entry.name);
+    let listed = refused(snap.list(CLIENTS_DIR), &mut problems)?;
+    // The selected client files, read at once (on every core when many).
+    let selected = |entry: &Entry| {
+        !entry.is_dir
+            && entry
+                .name
+                .strip_suffix(".yaml")
+                .is_some_and(|stem| selection.contains(stem))
+    };
+    let mut read = read_selected(snap, CLIENTS_DIR, &listed, selected, shared);
+    // A path is formatted only for a file read or a problem: a one-client
+    // plan lists thousands of clients.
+    let path_of = |entry: &Entry| format!("{CLIENTS_DIR}/{}", entry.name);
+    for mut entry in listed {
         match entry.name.strip_suffix(".yaml") {
             Some(stem) if !entry.is_dir => {
                 if selection.contains(stem)
-                    && let Some(bytes) =
-                        refused(snap.read_entry_shared(&path, &entry, shared), &mut problems)?
+                    && let Some(bytes) = refused(read.next().expect("read"), &mut problems)?
                 {
-                    files.insert(path, bytes);
+                    files.insert(path_of(&entry), bytes);
                 }
                 entry.name.truncate(entry.name.len() - ".yaml".len());
                 all_clients.push(entry.name);
             }
             _ if entry.name.starts_with('.') || entry.name.eq_ignore_ascii_case("README.md") => {}
             _ => problems.push(
-                Diagnostic::new(path, "is not a client file")
+                Diagnostic::new(path_of(&entry), "is not a client file")
                     .hint("client files are clients/<name>.yaml; move other files elsewhere"),
             ),
         }
     }
     let mut client_secrets = Vec::new();
-    for mut entry in refused(snap.list(CLIENT_SECRETS_DIR), &mut problems)? {
-        let path = format!("{CLIENT_SECRETS_DIR}/{}", entry.name);
+    let listed = refused(snap.list(CLIENT_SECRETS_DIR), &mut problems)?;
+    let selected = |entry: &Entry| {
+        entry
+            .name
+            .strip_suffix(".sops.yaml")
+            .is_some_and(|stem| selection.contains(stem))
+    };
+    let mut read = read_selected(snap, CLIENT_SECRETS_DIR, &listed, selected, shared);
+    for mut entry in listed {
         if let Some(stem) = entry.name.strip_suffix(".sops.yaml") {
             if selection.contains(stem)
-                && let Some(bytes) =
-                    refused(snap.read_entry_shared(&path, &entry, shared), &mut problems)?
+                && let Some(bytes) = refused(read.next().expect("read"), &mut problems)?
             {
-                files.insert(path, bytes);
+                files.insert(format!("{CLIENT_SECRETS_DIR}/{}", entry.name), bytes);
             }
             entry.name.truncate(entry.name.len() - ".sops.yaml".len());
             client_secrets.push(entry.name);
@@ -183,6 +200,23 @@ pub fn load_sharing(
         selection,
         problems,
     })
+}
+
+/// The `selected` entries of `dir`, read through `shared`, in their order.
+fn read_selected(
+    snap: &Snapshot,
+    dir: &str,
+    listed: &[Entry],
+    selected: impl Fn(&Entry) -> bool,
+    shared: &mut SharedBlobs,
+) -> std::vec::IntoIter<Result<Option<Vec<u8>>>> {
+    let paths: Vec<(String, &Entry)> = listed
+        .iter()
+        .filter(|e| selected(e))
+        .map(|e| (format!("{dir}/{}", e.name), e))
+        .collect();
+    let entries: Vec<(&str, &Entry)> = paths.iter().map(|(p, e)| (p.as_str(), *e)).collect();
+    snap.read_entries_shared(&entries, shared).into_iter()
 }
 
 impl FleetFiles {

@@ -70,15 +70,16 @@ pub(super) fn validate(
     if let Some(p) = pipeline {
         group_is_picked(&mut c, &raw.group, p);
     }
-    let mut app_names = Vec::new();
+    let mut app_names = Vec::with_capacity(raw.apps.len());
     for (i, a) in raw.apps.iter().enumerate() {
-        let field = format!("apps[{i}]");
+        // Named only in a problem: not formatted for every client's apps.
+        let field = || format!("apps[{i}]");
         if invalid_apps.contains(&a.value) {
             // Already reported in the app's own file.
         } else if !apps.contains_key(&a.value) {
             let known: Vec<&str> = apps.keys().map(String::as_str).collect();
             c.at(
-                &field,
+                &field(),
                 a,
                 format!("app `{}` does not exist", a.value),
                 &format!(
@@ -88,7 +89,12 @@ pub(super) fn validate(
                 ),
             );
         } else if app_names.contains(&a.value) {
-            c.at(&field, a, format!("app `{}` is listed twice", a.value), "");
+            c.at(
+                &field(),
+                a,
+                format!("app `{}` is listed twice", a.value),
+                "",
+            );
         } else {
             app_names.push(a.value.clone());
         }
@@ -122,13 +128,14 @@ pub(super) fn validate(
         }
     }
     let hosts = hosts.filter(|_| problems.len() == before)?;
+    // Moved, not copied: a fleet holds one of these per client.
     Some(Client {
         name: name.to_string(),
-        domain: raw.domain.value.clone(),
-        group: raw.group.value.clone(),
+        domain: raw.domain.value,
+        group: raw.group.value,
         apps: app_names,
         hosts,
-        vars: raw.vars.clone(),
+        vars: raw.vars,
         secrets,
     })
 }

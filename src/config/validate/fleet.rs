@@ -8,6 +8,7 @@
 //! and `run` agree on every commit while a plan's cost follows its change.
 //! The secrets rule needs only the listings, read at every commit.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::Check;
@@ -18,25 +19,22 @@ use crate::config::{
 };
 use crate::error::Diagnostic;
 
-/// What the rules need of one client.
-struct Outline {
-    group: String,
-    hosts: Vec<String>,
+/// What the rules need of one client: a validated client's own strings
+/// (a whole fleet's worth is not copied), or what its outline parsed.
+struct Outline<'a> {
+    group: Cow<'a, str>,
+    hosts: Vec<Cow<'a, str>>,
 }
 
-impl Outline {
-    fn of(client: &Client) -> Outline {
+impl<'a> Outline<'a> {
+    fn of(client: &'a Client) -> Outline<'a> {
         Outline {
-            group: client.group.clone(),
-            hosts: static_names(&client.hosts),
+            group: Cow::Borrowed(&client.group),
+            hosts: match &client.hosts {
+                Hosts::Static(hosts) => hosts.iter().map(|h| Cow::Borrowed(&*h.name)).collect(),
+                Hosts::Hcloud { .. } => Vec::new(),
+            },
         }
-    }
-}
-
-fn static_names(hosts: &Hosts) -> Vec<String> {
-    match hosts {
-        Hosts::Static(hosts) => hosts.iter().map(|h| h.name.clone()).collect(),
-        Hosts::Hcloud { .. } => Vec::new(),
     }
 }
 
@@ -102,8 +100,8 @@ pub(super) fn checks(
                     );
                 }
                 Outline {
-                    group: group.value,
-                    hosts,
+                    group: Cow::Owned(group.value),
+                    hosts: hosts.into_iter().map(Cow::Owned).collect(),
                 }
             })
         };
@@ -136,7 +134,7 @@ pub(super) fn checks(
     for (name, o) in &outlines {
         let Some(o) = o else { continue };
         for (i, h) in o.hosts.iter().enumerate() {
-            if let Some(other) = owner.insert(h, name)
+            if let Some(other) = owner.insert(h.as_ref(), name)
                 && other != *name
             {
                 problems.push(

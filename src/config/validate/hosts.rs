@@ -23,7 +23,7 @@ pub(super) fn validate(c: &mut Check, hosts: &raw::Hosts) -> Option<Hosts> {
                 );
             }
             let mut seen = BTreeSet::new();
-            let mut hosts = Vec::new();
+            let mut hosts = Vec::with_capacity(list.len());
             for (i, h) in list.iter().enumerate() {
                 let f = |k: &str| format!("hosts[{i}].{k}");
                 c.name(&f("name"), &h.name, "host");

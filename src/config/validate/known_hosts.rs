@@ -3,12 +3,12 @@
 //! issue 15, by its address (deprecated: a warning). Deploy refuses hosts
 //! without one, so `check` says so first. The format is `crate::known_hosts`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::config::model::{Client, Host, Hosts};
 use crate::config::{FleetFiles, KNOWN_HOSTS, client_file};
 use crate::error::Diagnostic;
-use crate::known_hosts::{KnownHosts, Pin, address_pattern};
+use crate::known_hosts::{Pin, Pinned, address_pattern};
 
 /// Every static host needs its key pinned in `pipelines/known_hosts`: deploy
 /// refuses hosts without one, so `check` says so first. (Not part of
@@ -41,16 +41,23 @@ pub fn known_hosts_checks(
         return warnings;
     };
     // A few hosts to check (a plan of a few clients): only their lines.
-    let wanted: Option<HashSet<String>> = (static_hosts.len() <= 256).then(|| {
+    let wanted: Option<Vec<String>> = (static_hosts.len() <= 256).then(|| {
         static_hosts
             .iter()
             .flat_map(|(_, _, h)| [h.name.clone(), address_pattern(&h.address, h.port)])
             .collect()
     });
-    let wanted: Option<HashSet<&str>> = wanted
-        .as_ref()
-        .map(|w| w.iter().map(String::as_str).collect());
-    let known = KnownHosts::parse_for(&String::from_utf8_lossy(bytes), wanted.as_ref());
+    let wanted: Option<Vec<&str>> = wanted.as_ref().map(|w| {
+        let mut w: Vec<&str> = w.iter().map(String::as_str).collect();
+        w.sort_unstable();
+        w
+    });
+    // Almost always UTF-8: checked at full speed, not chunk by chunk.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
+    let known = Pinned::parse_for(&text, wanted.as_deref());
     for line in &known.malformed {
         problems.push(
             Diagnostic::new(
