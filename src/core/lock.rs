@@ -370,6 +370,14 @@ pub fn acquire<'a>(
                 id,
                 holder: Some(h),
             }) if who.shard.is_some() && h.run_id == who.run_id && !h.shards.is_empty() => {
+                if h.expired(now) {
+                    // Shards that never renew again (a crashed attempt of
+                    // this run) keep it until it expires once more.
+                    tracing::warn!(
+                        "joining this run's expired pipeline lock: held by {} (a shard slow to renew it, or one that is gone)",
+                        h.describe()
+                    );
+                }
                 let mut joined = h.clone();
                 joined.shards.extend(who.shard);
                 joined.shards.sort_unstable();

@@ -229,7 +229,8 @@ pub fn inspect_script(dirs: &[&AppDir]) -> String {
 /// [`inspect_script`] for a deploy: an app given the files it is about to
 /// deploy has its live files hashed only when its `state.json` records
 /// exactly those files (the only case in which they can be live already:
-/// a deploy that finds them so changes nothing). Otherwise it prints
+/// a deploy that finds them so changes nothing), or records none (a state
+/// a rollback wrote). Otherwise it prints
 /// `@@unhashed` instead of hashes, and the deploy replaces the files
 /// whatever they hold, with no `sha256sum` run to learn what that is.
 pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> String {
@@ -269,7 +270,7 @@ pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> 
                 // `$fg_state`: what `fg_cat` read of `state.json` above.
                 let _ = writeln!(
                     s,
-                    "case $fg_state in *{}*) echo @@sums; {hash} ;; *) echo @@unhashed ;; esac",
+                    "case $fg_state in *{}*|*'\"files\":{{}}'*) echo @@sums; {hash} ;; *) echo @@unhashed ;; esac",
                     quote(&recorded)
                 );
             }
@@ -366,7 +367,8 @@ const EOF: &str = "FLEETGATE_EOF";
 /// Uploads `files` as release `rev`: one tar stream, base64-encoded in a
 /// quoted here-document, unpacked by one `base64 -d | tar` (files 0644,
 /// secret ones 0600, directories 0750, as the archive says) and verified
-/// by one `sha256sum` on the host; a release that fails it is removed.
+/// by one `sha256sum` on the host; an upload that fails on the host (the
+/// unpacking or the check) leaves nothing of itself (an `EXIT` trap).
 /// A new release unpacks where it stays: nothing points at it before the
 /// switch. The same release again (a repair: `current` may point at it)
 /// unpacks beside it and replaces it with two renames once verified.
@@ -397,9 +399,25 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
         s,
         "if [ -e {beside} ] || [ -L {beside} ]; then rm -rf {beside}; fi"
     );
+    let staged = quote(&format!("{app}/releases/.next/current"));
+    if stage {
+        // A link an earlier upload staged and no switch took (its run
+        // killed in between) is not this release's.
+        let _ = writeln!(
+            s,
+            "if [ -e {staged} ] || [ -L {staged} ]; then rm -f {staged}; fi"
+        );
+    }
     let _ = writeln!(
         s,
         "if [ -e {release} ] || [ -L {release} ]; then fg_into={beside}; mkdir -m 0750 {beside}; else fg_into={releases}; fi"
+    );
+    // Whatever fails from here (the unpacking, the check), nothing of this
+    // upload stays: no partial release, no staged link.
+    let _ = writeln!(
+        s,
+        "trap 'cd /; rm -rf \"$fg_into\"/{} \"$fg_into\"/.next/current' EXIT",
+        quote(rev).replace('\'', "'\\''")
     );
     match tar_of(rev, files, stage.then_some(link.as_str())) {
         Some(tar) => {
@@ -436,11 +454,7 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
     for f in files {
         let _ = writeln!(s, "{}  {}", f.sha256, f.path);
     }
-    let _ = writeln!(
-        s,
-        "{EOF}\nthen\ncd /\nrm -rf \"$fg_into\"/{}\nexit 1\nfi\ncd /",
-        quote(rev)
-    );
+    let _ = writeln!(s, "{EOF}\nthen\nexit 1\nfi\ncd /\ntrap - EXIT");
     // A repair: the release it replaces steps aside, then goes.
     let mut swap = format!(
         "if [ -e {old} ]; then rm -rf {old}; fi\nmv -T {release} {old}\nmv -T {beside}/{} {release}\n",
@@ -1534,12 +1548,55 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".next"]);
-        // A corrupted upload of a new release leaves nothing behind.
+        // An upload that fails on the host leaves nothing of itself behind,
+        // neither the release nor a staged link: one whose files fail the
+        // check, one whose archive does not unpack (as a full disk would).
         let mut bad = ReleaseFile::new("x".into(), b"a".to_vec(), false);
         bad.sha256 = "0".repeat(64);
         let out = sh(&upload_staged_script(&d, &"e".repeat(40), &[bad]));
         assert!(!out.status.success());
+        // (The archive cut inside a file's data: the release directory and
+        // a file are made, then tar fails.)
+        let unpacking = upload_staged_script(&d, &"e".repeat(40), &live);
+        let tar = unpacking.find("base64 -d <<'FLEETGATE_EOF'").unwrap();
+        let body = tar + unpacking[tar..].find('\n').unwrap() + 1;
+        let end = body + unpacking[body..].find("FLEETGATE_EOF").unwrap();
+        let cut: String = unpacking[body..end]
+            .lines()
+            .take(49)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let broken = format!("{}{cut}{}", &unpacking[..body], &unpacking[end..]);
+        let out = sh(&broken);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Unexpected EOF"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!app.join("releases").join("e".repeat(40)).exists());
+        assert!(
+            std::fs::symlink_metadata(app.join("releases/.next/current")).is_err(),
+            "no staged link left"
+        );
+        assert_eq!(
+            std::fs::read_link(app.join("current")).unwrap(),
+            std::path::PathBuf::from(format!("releases/{:040x}", 2)),
+            "the live release untouched"
+        );
+        // A state a rollback wrote records no files: hashed, as it may be live.
+        let mut state: State =
+            serde_json::from_str(&std::fs::read_to_string(app.join("state.json")).unwrap())
+                .unwrap();
+        state.files.clear();
+        std::fs::write(
+            app.join("state.json"),
+            serde_json::to_string(&state).unwrap() + "\n",
+        )
+        .unwrap();
+        let now = inspect(&live);
+        assert!(!now.unhashed);
+        assert_eq!(now.sums, expected_sums(&live));
     }
 
     /// A staged upload and switch of `files` as `rev`, as a deploy runs

@@ -97,9 +97,12 @@ pub trait Remote: Send + Sync {
 /// subshell of it, stdin from `/dev/null` (a command that reads stdin must
 /// not eat the scripts after it), followed by an end marker on stdout
 /// (with the subshell's exit status) and one on stderr: a line holding
-/// `marker`, a random token no script prints. A script that ends the shell
-/// itself (a syntax error ends a non-interactive shell) shows as
-/// [`Ran::Ended`]: the caller takes its exit status from the session.
+/// `marker`, a random token no script prints. The script is quoted and
+/// `eval`ed in the subshell, so a syntax error fails it (status 2) and the
+/// shell goes on. A shell that ends before its markers (killed, or its
+/// connection gone) shows as [`Ran::Ended`]: the caller takes the exit
+/// status from the session. Output a script leaves running in the
+/// background (a job that keeps its stdout) reaches the next script's.
 pub(crate) struct Shell {
     stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     stdout: tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
@@ -148,8 +151,13 @@ impl Shell {
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> std::io::Result<Ran> {
         let marker = self.marker.as_str();
+        // Quoted and `eval`ed: whatever the script holds (an unclosed quote
+        // or here-document in an operator's command), the shell reads the
+        // whole of it and the markers; a syntax error fails the subshell
+        // (status 2), not the shell's reading of the scripts after it.
         let wrapped = format!(
-            "(\n{script}\n) </dev/null\nprintf '%s %s\\n' {marker} \"$?\"\nprintf '%s\\n' {marker} >&2\n"
+            "(eval {}) </dev/null\nprintf '%s %s\\n' {marker} \"$?\"\nprintf '%s\\n' {marker} >&2\n",
+            super::shell::quote(script)
         );
         let stdin = &mut self.stdin;
         let feed = async {
@@ -637,39 +645,51 @@ impl Remote for SshHost {
                 host: self.name.clone(),
                 message: error_chain(e),
             };
-            let idle = self.shells.lock().expect("not poisoned").pop();
-            let (mut shell, child) = match idle {
-                Some(open) => open,
-                None => self.open_shell().await.map_err(|e| err(&e))?,
-            };
-            match shell.run(script, on_line).await.map_err(|e| err(&e))? {
-                Ran::Done {
-                    status,
-                    stdout,
-                    stderr,
-                } => {
-                    self.shells
-                        .lock()
-                        .expect("not poisoned")
-                        .push((shell, child));
-                    Ok(RemoteOutput {
+            let mut idle = self.shells.lock().expect("not poisoned").pop();
+            loop {
+                let reused = idle.is_some();
+                let (mut shell, child) = match idle.take() {
+                    Some(open) => open,
+                    None => self.open_shell().await.map_err(|e| err(&e))?,
+                };
+                match shell.run(script, on_line).await.map_err(|e| err(&e))? {
+                    Ran::Done {
                         status,
                         stdout,
                         stderr,
-                    })
-                }
-                Ran::Ended { stdout, stderr } => {
-                    drop(shell);
-                    let status = child.wait().await.map_err(|e| err(&e))?;
-                    Ok(RemoteOutput {
-                        status: status.code(),
-                        stdout,
-                        stderr,
-                    })
+                    } => {
+                        self.shells
+                            .lock()
+                            .expect("not poisoned")
+                            .push((shell, child));
+                        return Ok(RemoteOutput {
+                            status,
+                            stdout,
+                            stderr,
+                        });
+                    }
+                    // A shell that died while idle (killed on the host):
+                    // the script never ran there, so it runs on a new one.
+                    Ran::Ended { stdout, stderr }
+                        if reused && stdout.is_empty() && stderr.is_empty() =>
+                    {
+                        tracing::debug!("{}: an idle shell had ended; opening another", self.name);
+                        continue;
+                    }
+                    Ran::Ended { stdout, stderr } => {
+                        drop(shell);
+                        let status = child.wait().await.map_err(|e| err(&e))?;
+                        return Ok(RemoteOutput {
+                            status: status.code(),
+                            stdout,
+                            stderr,
+                        });
+                    }
                 }
             }
         };
-        // Cut off: the shell (and what it ran) is dropped with the future.
+        // Cut off: the shell is dropped with the future (its channel closes;
+        // what the script started on the host may still run there).
         tokio::time::timeout(self.timeout, run)
             .await
             .unwrap_or_else(|_| {
@@ -946,19 +966,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_script_that_ends_the_shell_is_told_apart() {
+    async fn a_syntax_error_fails_its_script_and_the_shell_goes_on() {
         let (mut shell, mut child) = local_shell();
-        // A syntax error ends a non-interactive shell before its markers.
-        let ran = shell
-            .run("echo before\nif then fi", &mut |_| {})
-            .await
-            .unwrap();
-        let Ran::Ended { stderr, .. } = ran else {
-            panic!("{ran:?}")
-        };
-        assert!(stderr.contains("Syntax error") || stderr.contains("syntax error"));
-        assert_eq!(child.wait().await.unwrap().code(), Some(2));
-        // The host's own shell killed: ended too.
+        // (A here-document without its end line ends where the script does.)
+        let ran = shell.run("cat <<EOF\nno end", &mut |_| {}).await.unwrap();
+        assert!(matches!(ran, Ran::Done { .. }), "{ran:?}");
+        for broken in ["echo \"unclosed", "echo $(", "if then fi"] {
+            let ran = shell.run(broken, &mut |_| {}).await.unwrap();
+            let Ran::Done { status, stderr, .. } = &ran else {
+                panic!("{broken:?}: {ran:?}")
+            };
+            assert_eq!(*status, Some(2), "{broken:?}: {ran:?}");
+            assert!(
+                stderr.to_lowercase().contains("syntax error"),
+                "{broken:?}: {stderr}"
+            );
+        }
+        let ran = shell.run("echo fine", &mut |_| {}).await.unwrap();
+        assert_eq!(ran, done(0, "fine\n", ""));
+        drop(shell);
+        assert!(child.wait().await.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn a_script_that_ends_the_shell_is_told_apart() {
+        // The host's own shell killed: ended, and said so by the session.
         let (mut shell, mut child) = local_shell();
         let ran = shell
             .run("echo bye; kill -9 $$", &mut |_| {})
