@@ -278,6 +278,18 @@ fn the_shards_of_one_run_share_the_lock_and_the_last_one_out_deletes_it() {
     assert_eq!(gits[2].remote_lock(), None, "the last one out deleted it");
 }
 
+/// Shard `index` of run `run_id` takes the lock (or joins it), not waiting.
+fn shard_lock<'a>(git: &'a FakeGit, clock: &'a FakeClock, run_id: &str, index: u32) -> Lock<'a> {
+    acquire(
+        git,
+        clock,
+        &shard_of(run_id, index),
+        TWO_MINUTES,
+        Duration::ZERO,
+    )
+    .unwrap()
+}
+
 /// A shard late to renew lets the shared lock expire: another shard of the
 /// same run joins it rather than taking it over, so the late one still
 /// holds it at its next renewal; another run takes it over as from any run.
@@ -286,23 +298,9 @@ fn a_shard_joins_its_runs_expired_lock_and_the_late_shard_keeps_it() {
     let clock = FakeClock::new();
     let remote = FakeGit::new().remote.clone();
     let gits: Vec<FakeGit> = (0..3).map(|_| FakeGit::clone_of(remote.clone())).collect();
-    let late = acquire(
-        &gits[0],
-        &clock,
-        &shard_of("77", 1),
-        TWO_MINUTES,
-        Duration::ZERO,
-    )
-    .unwrap();
+    let late = shard_lock(&gits[0], &clock, "77", 1);
     clock.advance(Duration::from_secs(150));
-    let joined = acquire(
-        &gits[1],
-        &clock,
-        &shard_of("77", 2),
-        TWO_MINUTES,
-        Duration::ZERO,
-    )
-    .unwrap();
+    let joined = shard_lock(&gits[1], &clock, "77", 2);
     assert!(
         gits[1]
             .remote_lock()
@@ -314,23 +312,9 @@ fn a_shard_joins_its_runs_expired_lock_and_the_late_shard_keeps_it() {
     drop(joined);
     assert_eq!(gits[1].remote_lock(), None, "the last one out deleted it");
     // Expired and held by shards of another run: taken over.
-    let old = acquire(
-        &gits[0],
-        &clock,
-        &shard_of("77", 1),
-        TWO_MINUTES,
-        Duration::ZERO,
-    )
-    .unwrap();
+    let old = shard_lock(&gits[0], &clock, "77", 1);
     clock.advance(Duration::from_secs(150));
-    let next = acquire(
-        &gits[2],
-        &clock,
-        &shard_of("78", 1),
-        TWO_MINUTES,
-        Duration::ZERO,
-    )
-    .unwrap();
+    let next = shard_lock(&gits[2], &clock, "78", 1);
     assert!(old.keep_alive().unwrap_err().to_string().contains("run 78"));
     drop(next);
 }
