@@ -75,9 +75,12 @@ pub struct Reuse<'a> {
 }
 
 /// Whether a template's text alone (with its context) decides its output:
-/// it includes, imports or extends no other template.
+/// it includes, imports or extends no other template, and calls no
+/// `debug()` (which prints the environment: the names of every template
+/// compiled for the client). A plain scan for `debug`: a template that only
+/// mentions the word is rendered again, which costs a render, not a change.
 pub fn pulls_in_no_other_template(source: &str) -> bool {
-    other_template_tag(source).is_none()
+    other_template_tag(source).is_none() && !source.contains("debug")
 }
 
 /// A client's desired state at one commit.
@@ -1028,6 +1031,21 @@ mod tests {
         let mut env = Environment::new();
         env.add_template("check", source).unwrap();
         secret_use_in_check(&env.get_template("check").unwrap())
+    }
+
+    #[test]
+    fn a_template_lent_between_sides_is_one_whose_text_alone_decides() {
+        assert!(pulls_in_no_other_template("x = {{ client.vars.x }}\n"));
+        for other in [
+            "{% include 'a.j2' %}",
+            "{%- import 'm.j2' as m %}",
+            "{% from 'm.j2' import f %}",
+            "{% extends 'base.j2' %}",
+            // `debug()` prints the names of every template compiled for the client.
+            "{{ debug() }}",
+        ] {
+            assert!(!pulls_in_no_other_template(other), "{other}");
+        }
     }
 
     #[test]
