@@ -1106,6 +1106,28 @@ mod same_inputs_tests {
                 templates: &templates,
             };
             assert_eq!(render(Some(&reuse)), render(None), "{path}");
+            // What is lent is taken, not rendered again: head's render with
+            // every file marked shows which files came from it.
+            let mut marked = prior.clone();
+            for app in marked.apps.values_mut() {
+                for files in app.files.values_mut() {
+                    for text in files.values_mut() {
+                        *text = "LENT".into();
+                    }
+                }
+            }
+            let lent = render(Some(&Reuse {
+                prior: &marked,
+                apps: &apps,
+                templates: &templates,
+            }));
+            let web = &lent.apps["web"].files["alpha-1"];
+            assert_eq!(
+                web["a.env"] == "LENT",
+                templates.contains("web/a.env.j2"),
+                "{path}"
+            );
+            assert_ne!(web["c.txt"], "LENT", "{path}");
             assert!(
                 !templates.contains("web/c.j2"),
                 "it includes another template"
