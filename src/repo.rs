@@ -519,3 +519,27 @@ fn read_worktree_file(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Enough blobs for the reading threads (two parts on two cores), with
+    /// one blob listed twice: every content comes back in the order asked,
+    /// as one thread reading them all gives it.
+    #[test]
+    fn blobs_read_on_threads_come_back_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(tmp.path()).unwrap();
+        let mut blobs: Vec<(usize, Oid)> = (0..BLOBS_PER_THREAD * 2 + 7)
+            .map(|i| (i, repo.blob(format!("blob {i}\n").as_bytes()).unwrap()))
+            .collect();
+        blobs.push((blobs.len(), blobs[3].1));
+        let read = read_blobs(&repo, &blobs);
+        assert_eq!(read.len(), blobs.len());
+        for ((i, _), content) in blobs.iter().zip(&read) {
+            let want = format!("blob {}\n", if *i == blobs.len() - 1 { 3 } else { *i });
+            assert_eq!(content.as_deref().unwrap(), want.as_bytes());
+        }
+    }
+}
