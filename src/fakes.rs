@@ -77,6 +77,10 @@ pub struct FakeGit {
     pub busy_writes: Cell<u32>,
     /// The remote cannot be reached.
     pub unreachable: Cell<bool>,
+    /// The next N reads of a lock object find it gone, as the real store
+    /// does when another runner moved the ref between `ls-remote` and the
+    /// fetch of the object it named.
+    pub lock_moved_under_reads: Cell<u32>,
     /// What a revert does (default: pushed on top of the branch).
     pub revert_result: RefCell<Option<RevertOutcome>>,
     pub pushes: Cell<u32>,
@@ -96,6 +100,7 @@ impl FakeGit {
             before_push: RefCell::new(Vec::new()),
             busy_writes: Cell::new(0),
             unreachable: Cell::new(false),
+            lock_moved_under_reads: Cell::new(0),
             revert_result: RefCell::new(None),
             pushes: Cell::new(0),
         }
@@ -299,6 +304,11 @@ impl GitStore for FakeGit {
     }
 
     fn lock_text(&self, id: CommitId) -> Result<Option<String>> {
+        if self.lock_moved_under_reads.get() > 0 {
+            self.lock_moved_under_reads
+                .set(self.lock_moved_under_reads.get() - 1);
+            return Ok(None);
+        }
         match self.remote.borrow().objects.get(&id) {
             Some(Object::Lock(text)) => Ok(Some(text.clone())),
             _ => Ok(None),

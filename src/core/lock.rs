@@ -116,13 +116,27 @@ fn write(git: &dyn GitStore, holder: &Holder) -> Result<CommitId> {
 
 /// The lock on the remote now, None when free.
 pub fn read(git: &dyn GitStore) -> Result<Option<Held>> {
-    let Some(id) = git.remote_ref(LOCK_REF)? else {
-        return Ok(None);
-    };
-    let holder = git
-        .lock_text(id)?
-        .and_then(|text| serde_json::from_str(&text).ok());
-    Ok(Some(Held { id, holder }))
+    let mut unread = None;
+    loop {
+        let Some(id) = git.remote_ref(LOCK_REF)? else {
+            return Ok(None);
+        };
+        match git.lock_text(id)? {
+            Some(text) => {
+                return Ok(Some(Held {
+                    id,
+                    holder: serde_json::from_str(&text).ok(),
+                }));
+            }
+            // The ref moved between reading it and fetching the object it
+            // named (another shard renewing or joining): read it again.
+            // The same object twice unreadable is unreadable.
+            None if unread.is_none_or(|(seen, tries)| seen != id && tries < ATTEMPTS) => {
+                unread = Some((id, unread.map_or(1, |(_, tries)| tries + 1)));
+            }
+            None => return Ok(Some(Held { id, holder: None })),
+        }
+    }
 }
 
 /// The state every renewer of one lock shares (the engine's thread and a
@@ -362,22 +376,15 @@ pub fn acquire<'a>(
         };
         let expected = match read(git)? {
             None => None,
-            // Another shard of this run holds it: join it — even past its
-            // expiry (a shard slow to renew on a loaded runner), which a
-            // takeover would turn into a lost lock for that shard: only
-            // another run takes over an expired lock.
+            // Another shard of this run holds it: join it.
             Some(Held {
                 id,
                 holder: Some(h),
-            }) if who.shard.is_some() && h.run_id == who.run_id && !h.shards.is_empty() => {
-                if h.expired(now) {
-                    // Shards that never renew again (a crashed attempt of
-                    // this run) keep it until it expires once more.
-                    tracing::warn!(
-                        "joining this run's expired pipeline lock: held by {} (a shard slow to renew it, or one that is gone)",
-                        h.describe()
-                    );
-                }
+            }) if !h.expired(now)
+                && who.shard.is_some()
+                && h.run_id == who.run_id
+                && !h.shards.is_empty() =>
+            {
                 let mut joined = h.clone();
                 joined.shards.extend(who.shard);
                 joined.shards.sort_unstable();

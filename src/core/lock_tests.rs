@@ -290,33 +290,33 @@ fn shard_lock<'a>(git: &'a FakeGit, clock: &'a FakeClock, run_id: &str, index: u
     .unwrap()
 }
 
-/// A shard late to renew lets the shared lock expire: another shard of the
-/// same run joins it rather than taking it over, so the late one still
-/// holds it at its next renewal; another run takes it over as from any run.
+/// The real store reads the lock in two steps (`ls-remote`, then a fetch of
+/// the object it named): another shard's push between them leaves the
+/// object unreadable. That is read again, not taken for a lost lock (the
+/// sharding test failed so: a shard stopped with exit 3 right after its
+/// plan while the others joined).
 #[test]
-fn a_shard_joins_its_runs_expired_lock_and_the_late_shard_keeps_it() {
+fn a_lock_moved_between_reading_its_ref_and_its_object_is_read_again() {
     let clock = FakeClock::new();
     let remote = FakeGit::new().remote.clone();
-    let gits: Vec<FakeGit> = (0..3).map(|_| FakeGit::clone_of(remote.clone())).collect();
-    let late = shard_lock(&gits[0], &clock, "77", 1);
-    clock.advance(Duration::from_secs(150));
-    let joined = shard_lock(&gits[1], &clock, "77", 2);
+    let gits: Vec<FakeGit> = (0..2).map(|_| FakeGit::clone_of(remote.clone())).collect();
+    let first = shard_lock(&gits[0], &clock, "77", 1);
+    gits[1].lock_moved_under_reads.set(1);
+    let second = shard_lock(&gits[1], &clock, "77", 2);
+    gits[0].lock_moved_under_reads.set(1);
+    first.keep_alive().unwrap();
+    clock.advance(Duration::from_secs(40));
+    gits[0].lock_moved_under_reads.set(1);
+    first.keep_alive().unwrap();
     assert!(
-        gits[1]
+        gits[0]
             .remote_lock()
             .unwrap()
             .contains("\"shards\": [\n    1,\n    2\n  ]")
     );
-    late.keep_alive().unwrap();
-    drop(late);
-    drop(joined);
-    assert_eq!(gits[1].remote_lock(), None, "the last one out deleted it");
-    // Expired and held by shards of another run: taken over.
-    let old = shard_lock(&gits[0], &clock, "77", 1);
-    clock.advance(Duration::from_secs(150));
-    let next = shard_lock(&gits[2], &clock, "78", 1);
-    assert!(old.keep_alive().unwrap_err().to_string().contains("run 78"));
-    drop(next);
+    drop(second);
+    drop(first);
+    assert_eq!(gits[0].remote_lock(), None);
 }
 
 /// A shard whose index was removed from the holders (the lock released by
