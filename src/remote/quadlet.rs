@@ -223,11 +223,12 @@ impl Units {
 }
 
 /// What `release::inspect_script` prints for an app with a unit directory:
-/// `@@quadlet`, then the hashes of the files there (`marker` names it).
+/// `@@quadlet`, then the hashes of the files there (`marker` names it;
+/// `fg_sums` is the inspect script's).
 pub fn inspect_snippet(marker: &str) -> String {
     let marker = quote(marker);
     format!(
-        "if [ -f {marker} ]; then echo @@quadlet; fg_qd=; {{ read -r fg_qd < {marker}; }} 2>/dev/null || true; if [ -n \"$fg_qd\" ] && [ -d \"$fg_qd\" ]; then (cd \"$fg_qd\" && fg_files= && fg_walk . && if [ -n \"$fg_files\" ]; then eval \"sha256sum -- $fg_files\"; fi); fi; fi"
+        "if [ -f {marker} ]; then echo @@quadlet; fg_qd=; {{ read -r fg_qd < {marker}; }} 2>/dev/null || true; if [ -n \"$fg_qd\" ] && [ -d \"$fg_qd\" ]; then fg_sums \"$fg_qd\"; fi; fi"
     )
 }
 

@@ -209,11 +209,14 @@ pub struct Inspected {
 /// Shell functions of [`inspect_script`], builtins only: `fg_q` appends
 /// its argument, quoted, to `$fg_files`; `fg_walk` does so for every
 /// regular file under a directory (not through symlinks), as
-/// `find -type f` would, without running it; `fg_cat` prints a file and
-/// keeps its lines, joined, in `$fg_v`.
+/// `find -type f` would, without running it; `fg_sums` prints the
+/// `sha256sum` of every such file under a directory (one program, none
+/// when there are no files); `fg_cat` prints a file and keeps its lines,
+/// joined, in `$fg_v`.
 const INSPECT_FUNCTIONS: &str = r#"fg_sq="'"
 fg_q() { fg_s=$1; fg_r=; while :; do case $fg_s in *"$fg_sq"*) fg_r="$fg_r${fg_s%%"$fg_sq"*}'\''"; fg_s=${fg_s#*"$fg_sq"} ;; *) break ;; esac; done; fg_files="$fg_files '$fg_r$fg_s'"; }
 fg_walk() { for fg_f in "$1"/* "$1"/.[!.]* "$1"/..?*; do if [ -L "$fg_f" ]; then continue; elif [ -d "$fg_f" ]; then fg_walk "$fg_f"; elif [ -f "$fg_f" ]; then fg_q "$fg_f"; fi; done; }
+fg_sums() { (cd "$1" && fg_files= && fg_walk . && if [ -n "$fg_files" ]; then eval "sha256sum -- $fg_files"; fi); }
 fg_cat() { fg_v=; if [ -f "$1" ]; then while IFS= read -r fg_l || [ -n "$fg_l" ]; do printf '%s\n' "$fg_l"; fg_v=$fg_v$fg_l; done < "$1"; fi; }
 "#;
 
@@ -249,9 +252,7 @@ pub fn inspect_for_deploy_script(apps: &[(&AppDir, Option<&[ReleaseFile]>)]) -> 
         );
         let _ = writeln!(s, "echo @@started; fg_cat {path}/started; echo");
         let _ = writeln!(s, "echo @@gated; fg_cat {path}/gated; echo");
-        let hash = format!(
-            "if [ -d {path}/current ]; then (cd {path}/current && fg_files= && fg_walk . && if [ -n \"$fg_files\" ]; then eval \"sha256sum -- $fg_files\"; fi); fi"
-        );
+        let hash = format!("if [ -d {path}/current ]; then fg_sums {path}/current; fi");
         match desired {
             None => {
                 let _ = writeln!(s, "echo @@sums; {hash}");
