@@ -319,7 +319,8 @@ impl Snapshot<'_> {
             is_symlink: false,
             id: Some(entry.id()),
         };
-        self.read_entry_shared(path, &found, shared)
+        let mut read = self.read_entries_shared(&[(path, &found)], shared);
+        read.pop().expect("one entry, one result")
     }
 
     /// Reads a file found by [`Snapshot::list`] in `dir`. For a commit this
@@ -341,31 +342,10 @@ impl Snapshot<'_> {
         }
     }
 
-    /// [`Snapshot::read_entry`], through `shared`: a blob with the same id
-    /// is the same content, read once for both sides.
-    pub fn read_entry_shared(
-        &self,
-        path: &str,
-        entry: &Entry,
-        shared: &mut SharedBlobs,
-    ) -> Result<Option<Vec<u8>>> {
-        if let (Snapshot::Commit { .. }, Some(oid), false) = (self, entry.id, entry.is_symlink) {
-            if let Some(bytes) = shared.blobs.remove(&oid) {
-                return Ok(Some(bytes));
-            }
-            let read = self.read_entry(path, entry)?;
-            if shared.keep
-                && let Some(bytes) = &read
-            {
-                shared.blobs.insert(oid, bytes.clone());
-            }
-            return Ok(read);
-        }
-        self.read_entry(path, entry)
-    }
-
-    /// [`Snapshot::read_entry_shared`] for many entries at once, in their
-    /// order: the blobs of a commit that `shared` does not hold are read on
+    /// [`Snapshot::read_entry`] for many entries at once, in their order,
+    /// through `shared`: a blob with the same id is the same content, read
+    /// once for both sides. The blobs of a commit that `shared` does not
+    /// hold are read on
     /// every core (each thread with its own handle: `Repository` is not
     /// `Sync`) — a large fleet's client files, inflated one by one, were
     /// most of a plan's reading.
@@ -377,7 +357,7 @@ impl Snapshot<'_> {
         let Snapshot::Commit { repo, id, .. } = self else {
             return entries
                 .iter()
-                .map(|(path, entry)| self.read_entry_shared(path, entry, shared))
+                .map(|(path, entry)| self.read_entry(path, entry))
                 .collect();
         };
         let mut out: Vec<Option<Result<Option<Vec<u8>>>>> = std::iter::repeat_with(|| None)
@@ -393,8 +373,8 @@ impl Snapshot<'_> {
                 _ => out[i] = Some(self.read_entry(path, entry)),
             }
         }
-        let read = read_blobs(repo, &todo);
-        for ((i, oid), bytes) in todo.into_iter().zip(read) {
+        let oids: Vec<Oid> = todo.iter().map(|(_, oid)| *oid).collect();
+        for ((i, oid), bytes) in todo.into_iter().zip(read_blobs(repo, &oids)) {
             let bytes = bytes.map_err(|e| Error::git(format!("{} at {id}", entries[i].0), e));
             if shared.keep
                 && let Ok(bytes) = &bytes
@@ -469,11 +449,11 @@ impl Snapshot<'_> {
 /// another handle costs about as much as reading a few hundred.
 const BLOBS_PER_THREAD: usize = 512;
 
-/// The contents of `blobs` (an index beside each id), in order.
-fn read_blobs(repo: &Repository, blobs: &[(usize, Oid)]) -> Vec<Result<Vec<u8>, git2::Error>> {
-    let read = |repo: &Repository, part: &[(usize, Oid)]| -> Vec<_> {
+/// The contents of `blobs`, in order.
+fn read_blobs(repo: &Repository, blobs: &[Oid]) -> Vec<Result<Vec<u8>, git2::Error>> {
+    let read = |repo: &Repository, part: &[Oid]| -> Vec<_> {
         part.iter()
-            .map(|(_, oid)| repo.find_blob(*oid).map(|b| b.content().to_vec()))
+            .map(|oid| repo.find_blob(*oid).map(|b| b.content().to_vec()))
             .collect()
     };
     let threads = std::thread::available_parallelism()
@@ -531,14 +511,14 @@ mod tests {
     fn blobs_read_on_threads_come_back_in_order() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(tmp.path()).unwrap();
-        let mut blobs: Vec<(usize, Oid)> = (0..BLOBS_PER_THREAD * 2 + 7)
-            .map(|i| (i, repo.blob(format!("blob {i}\n").as_bytes()).unwrap()))
+        let mut blobs: Vec<Oid> = (0..BLOBS_PER_THREAD * 2 + 7)
+            .map(|i| repo.blob(format!("blob {i}\n").as_bytes()).unwrap())
             .collect();
-        blobs.push((blobs.len(), blobs[3].1));
+        blobs.push(blobs[3]);
         let read = read_blobs(&repo, &blobs);
         assert_eq!(read.len(), blobs.len());
-        for ((i, _), content) in blobs.iter().zip(&read) {
-            let want = format!("blob {}\n", if *i == blobs.len() - 1 { 3 } else { *i });
+        for (i, content) in read.iter().enumerate() {
+            let want = format!("blob {}\n", if i == blobs.len() - 1 { 3 } else { i });
             assert_eq!(content.as_deref().unwrap(), want.as_bytes());
         }
     }

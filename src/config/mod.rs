@@ -152,22 +152,25 @@ pub fn load_sharing(
     let mut read = read_selected(snap, CLIENTS_DIR, &listed, selected, shared);
     // A path is formatted only for a file read or a problem: a one-client
     // plan lists thousands of clients.
-    let path_of = |entry: &Entry| format!("{CLIENTS_DIR}/{}", entry.name);
     for mut entry in listed {
         match entry.name.strip_suffix(".yaml") {
             Some(stem) if !entry.is_dir => {
-                if selection.contains(stem)
-                    && let Some(bytes) = refused(read.next().expect("read"), &mut problems)?
-                {
-                    files.insert(path_of(&entry), bytes);
+                if selection.contains(stem) {
+                    let (path, read) = read.next().expect("read");
+                    if let Some(bytes) = refused(read, &mut problems)? {
+                        files.insert(path, bytes);
+                    }
                 }
                 entry.name.truncate(entry.name.len() - ".yaml".len());
                 all_clients.push(entry.name);
             }
             _ if entry.name.starts_with('.') || entry.name.eq_ignore_ascii_case("README.md") => {}
             _ => problems.push(
-                Diagnostic::new(path_of(&entry), "is not a client file")
-                    .hint("client files are clients/<name>.yaml; move other files elsewhere"),
+                Diagnostic::new(
+                    format!("{CLIENTS_DIR}/{}", entry.name),
+                    "is not a client file",
+                )
+                .hint("client files are clients/<name>.yaml; move other files elsewhere"),
             ),
         }
     }
@@ -182,10 +185,11 @@ pub fn load_sharing(
     let mut read = read_selected(snap, CLIENT_SECRETS_DIR, &listed, selected, shared);
     for mut entry in listed {
         if let Some(stem) = entry.name.strip_suffix(".sops.yaml") {
-            if selection.contains(stem)
-                && let Some(bytes) = refused(read.next().expect("read"), &mut problems)?
-            {
-                files.insert(format!("{CLIENT_SECRETS_DIR}/{}", entry.name), bytes);
+            if selection.contains(stem) {
+                let (path, read) = read.next().expect("read");
+                if let Some(bytes) = refused(read, &mut problems)? {
+                    files.insert(path, bytes);
+                }
             }
             entry.name.truncate(entry.name.len() - ".sops.yaml".len());
             client_secrets.push(entry.name);
@@ -202,6 +206,10 @@ pub fn load_sharing(
     })
 }
 
+/// Files read at once: each one's path and what reading it gave.
+type ReadFiles =
+    std::iter::Zip<std::vec::IntoIter<String>, std::vec::IntoIter<Result<Option<Vec<u8>>>>>;
+
 /// The `selected` entries of `dir`, read through `shared`, in their order.
 fn read_selected(
     snap: &Snapshot,
@@ -209,14 +217,12 @@ fn read_selected(
     listed: &[Entry],
     selected: impl Fn(&Entry) -> bool,
     shared: &mut SharedBlobs,
-) -> std::vec::IntoIter<Result<Option<Vec<u8>>>> {
-    let paths: Vec<(String, &Entry)> = listed
-        .iter()
-        .filter(|e| selected(e))
-        .map(|e| (format!("{dir}/{}", e.name), e))
-        .collect();
-    let entries: Vec<(&str, &Entry)> = paths.iter().map(|(p, e)| (p.as_str(), *e)).collect();
-    snap.read_entries_shared(&entries, shared).into_iter()
+) -> ReadFiles {
+    let chosen: Vec<&Entry> = listed.iter().filter(|e| selected(e)).collect();
+    let paths: Vec<String> = chosen.iter().map(|e| format!("{dir}/{}", e.name)).collect();
+    let entries: Vec<(&str, &Entry)> = paths.iter().map(String::as_str).zip(chosen).collect();
+    let read = snap.read_entries_shared(&entries, shared);
+    paths.into_iter().zip(read)
 }
 
 impl FleetFiles {
