@@ -423,14 +423,34 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
     match tar_of(rev, files, stage.then_some(link.as_str())) {
         Some(tar) => {
             // The archive's modes as they are (0600 stays 0600: a umask
-            // can only take bits away).
-            let encoded = base64::engine::general_purpose::STANDARD.encode(tar);
-            let _ = writeln!(
-                s,
-                "umask 022\nbase64 -d <<'{EOF}' | tar -x -m -o -f - -C \"$fg_into\""
-            );
-            push_lines(&mut s, &encoded);
-            let _ = writeln!(s, "{EOF}\numask 077");
+            // can only take bits away). Written by the shell's own
+            // `printf` (no program to decode it) unless escaping makes a
+            // large archive much longer than base64 would (mostly binary
+            // content: 4 bytes of script per byte); a small one's headers
+            // are mostly NULs, cheaper to read than a `base64` to start.
+            let _ = writeln!(s, "umask 022");
+            let escaped = printf_format(&tar);
+            if escaped.len() <= 2 * tar.len().div_ceil(3) * 4 + (64 << 10) {
+                // Only the builtin (`PATH=` finds no program): the archive
+                // may hold secrets, which must never be a program's
+                // argument (visible in `ps`). A shell without one (mksh,
+                // posh) is refused by name.
+                let _ = writeln!(
+                    s,
+                    "if ! PATH= printf ''; then echo \"fleetgate: the host's sh has no printf builtin (dash, bash, BusyBox ash and ksh93 have one)\" >&2; exit 1; fi"
+                );
+                let _ = writeln!(
+                    s,
+                    "PATH= printf {} | tar -x -m -o -f - -C \"$fg_into\"",
+                    quote(&escaped)
+                );
+            } else {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(tar);
+                let _ = writeln!(s, "base64 -d <<'{EOF}' | tar -x -m -o -f - -C \"$fg_into\"");
+                push_lines(&mut s, &encoded);
+                let _ = writeln!(s, "{EOF}");
+            }
+            let _ = writeln!(s, "umask 077");
         }
         // A path no tar header holds: one file at a time.
         None => {
@@ -471,6 +491,26 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
         s,
         "if [ \"$fg_into\" = {beside} ]; then\n{swap}rm -rf {old} {beside}\nfi"
     );
+    s
+}
+
+/// `bytes` as a `printf` format that prints exactly them: printable ASCII
+/// and newlines as they are (`%` and `\` doubled), every other byte (NUL
+/// included) as a three-digit octal escape, which dash, bash and BusyBox
+/// read alike (never more than three digits, so a digit after one is its
+/// own). ASCII only: the script stays text whatever the files hold.
+fn printf_format(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        match b {
+            b'%' => s.push_str("%%"),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' | b' '..=b'~' => s.push(b as char),
+            _ => {
+                let _ = write!(s, "\\{b:03o}");
+            }
+        }
+    }
     s
 }
 
@@ -1559,15 +1599,11 @@ mod tests {
         // (The archive cut inside a file's data: the release directory and
         // a file are made, then tar fails.)
         let unpacking = upload_staged_script(&d, &"e".repeat(40), &live);
-        let tar = unpacking.find("base64 -d <<'FLEETGATE_EOF'").unwrap();
-        let body = tar + unpacking[tar..].find('\n').unwrap() + 1;
-        let end = body + unpacking[body..].find("FLEETGATE_EOF").unwrap();
-        let cut: String = unpacking[body..end]
-            .lines()
-            .take(49)
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let broken = format!("{}{cut}{}", &unpacking[..body], &unpacking[end..]);
+        let format = unpacking.find("PATH= printf '").unwrap() + "PATH= printf '".len();
+        let end = format + unpacking[format..].find("' | tar -x").unwrap();
+        // Just after the first byte of the first file's data ("v2\n").
+        let cut = format + unpacking[format..end].find("v2\n").unwrap() + 1;
+        let broken = format!("{}{}", &unpacking[..cut], &unpacking[end..]);
         let out = sh(&broken);
         assert!(!out.status.success());
         assert!(
@@ -1598,6 +1634,71 @@ mod tests {
         let now = inspect(&live);
         assert!(!now.unhashed);
         assert_eq!(now.sums, expected_sums(&live));
+    }
+
+    #[test]
+    fn an_upload_writes_every_byte_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(tmp.path());
+        let app = tmp.path().join("alpha/whoami");
+        // Every byte value; what printf and the shell read specially (`%`,
+        // `\`, `'`, a digit after an escaped byte, `$(…)`); text that is
+        // not UTF-8; an empty file.
+        let mut every: Vec<u8> = (0..=255u8).collect();
+        every.extend_from_slice(b"\x005%d%%s\\0\\n\\\\'x'\x007`id`\xff\xfe\n");
+        every.extend_from_slice(format!("$(touch {}/pwned)", tmp.path().display()).as_bytes());
+        let text = "name = caf\u{e9} %s 100% \\ 'q' \"d\"\n\tend"
+            .repeat(50)
+            .into_bytes();
+        let files = vec![
+            ReleaseFile::new("every".into(), every.clone(), false),
+            ReleaseFile::new("conf/text".into(), text.clone(), true),
+            ReleaseFile::new("empty".into(), Vec::new(), false),
+        ];
+        let rev = "a".repeat(40);
+        // Written by the shell's printf: no program decodes it.
+        let script = upload_staged_script(&d, &rev, &files);
+        assert!(script.contains("PATH= printf '") && !script.contains("base64"));
+        assert!(script.is_ascii());
+        deploy_staged(&d, &rev, &files);
+        let current = app.join("current");
+        assert_eq!(std::fs::read(current.join("every")).unwrap(), every);
+        assert_eq!(std::fs::read(current.join("conf/text")).unwrap(), text);
+        assert_eq!(std::fs::read(current.join("empty")).unwrap(), b"");
+        assert!(!tmp.path().join("pwned").exists());
+        // A shell whose printf is a program (bash with its builtin off, as
+        // mksh's is): refused by name, the secrets never an argument, and
+        // nothing of the upload left.
+        let rev = "c".repeat(40);
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "enable -n printf\n({})",
+                upload_staged_script(&d, &rev, &files)
+            ))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("the host's sh has no printf builtin"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!app.join("releases").join(&rev).exists());
+        assert!(std::fs::symlink_metadata(app.join("releases/.next/current")).is_err());
+        // Mostly binary content would grow past base64 escaped: base64.
+        let mut x = 1u32;
+        let binary: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8 | 0x80
+            })
+            .collect();
+        let files = vec![ReleaseFile::new("blob".into(), binary.clone(), false)];
+        let rev = "b".repeat(40);
+        assert!(upload_staged_script(&d, &rev, &files).contains("base64 -d"));
+        deploy_staged(&d, &rev, &files);
+        assert_eq!(std::fs::read(current.join("blob")).unwrap(), binary);
     }
 
     /// A staged upload and switch of `files` as `rev`, as a deploy runs

@@ -609,14 +609,16 @@ fn connect_hint(message: &str) -> &'static str {
 }
 
 impl SshHost {
-    /// Opens a new `sh -s` on the host.
+    /// Opens a new `sh -s` on the host: the login shell `exec`s it (one
+    /// process fewer on the host than a login shell waiting for it).
     async fn open_shell(
         &self,
     ) -> Result<(Shell, openssh::Child<std::sync::Arc<openssh::Session>>), openssh::Error> {
         let mut child = self
             .session
             .clone()
-            .arc_command("sh")
+            .arc_command("exec")
+            .arg("sh")
             .arg("-s")
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::piped())
