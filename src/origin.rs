@@ -32,8 +32,9 @@ impl Origin {
             git_dir: repo.git().path().to_path_buf(),
             name: name.to_string(),
         };
-        let out = origin.git(&["remote", "get-url", name])?;
-        if !out.status.success() {
+        // Asked of libgit2, which reads the same config (no `git` process
+        // for a `plan` that never talks to the remote).
+        if repo.git().find_remote(name).is_err() {
             return Err(Error::Usage(Message::from(format!("the fleet repository has no remote `{name}`")).hint(format!("records, approvals, the lock and reverts live on the remote; pass --remote NAME or `git remote add {name} URL`"))));
         }
         Ok(origin)

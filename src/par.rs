@@ -4,11 +4,16 @@
 /// Work smaller than this per thread is done on the calling thread.
 const MIN_PER_THREAD: usize = 64;
 
+/// The machine's cores (as the process may use them: cgroup quotas and
+/// CPU affinity count), asked once: each ask reads cgroup files.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// `items.iter().map(f).collect()`, on up to one thread per core.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().div_ceil(MIN_PER_THREAD).max(1));
+    let threads = cores().min(items.len().div_ceil(MIN_PER_THREAD).max(1));
     if threads == 1 {
         return items.iter().map(f).collect();
     }

@@ -456,8 +456,7 @@ fn read_blobs(repo: &Repository, blobs: &[Oid]) -> Vec<Result<Vec<u8>, git2::Err
             .map(|oid| repo.find_blob(*oid).map(|b| b.content().to_vec()))
             .collect()
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let threads = crate::par::cores()
         .min(blobs.len() / BLOBS_PER_THREAD)
         .max(1);
     if threads == 1 {

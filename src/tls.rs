@@ -53,8 +53,12 @@ pub fn init() -> Result<()> {
     // rustls-native-certs takes an unreadable SSL_CERT_FILE or SSL_CERT_DIR,
     // or a file without certificates, as an empty store: named by the user,
     // they are errors.
+    // The system's store is checked as far as its first certificate
+    // (readable, PEM, not empty): all of it is read, as OpenSSL reads it,
+    // only by a command that makes a request (a bundle's ~150 certificates
+    // cost a plan half a millisecond).
     if let Some(path) = var(SSL_CERT_FILE) {
-        read_ca_file(SSL_CERT_FILE, Path::new(&path))?;
+        read_ca_file(SSL_CERT_FILE, Path::new(&path), Some(1))?;
     }
     if let Some(dirs) = std::env::var_os(SSL_CERT_DIR) {
         for dir in std::env::split_paths(&dirs).filter(|d| !d.as_os_str().is_empty()) {
@@ -75,7 +79,7 @@ pub fn init() -> Result<()> {
         None => Vec::new(),
         Some(path) => {
             let path = Path::new(&path);
-            let certs = read_ca_file(CA_FILE, path)?;
+            let certs = read_ca_file(CA_FILE, path, None)?;
             // Refused now, not when the first request needs them.
             add_all(&mut RootCertStore::empty(), CA_FILE, path, certs.clone())?;
             certs
@@ -133,9 +137,14 @@ fn client_config(roots: RootCertStore) -> ClientConfig {
         .with_no_client_auth()
 }
 
-/// Every certificate of the PEM file at `path`, named by `var`; an error
-/// when it cannot be read, is not PEM, or holds no certificate.
-fn read_ca_file(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates of the PEM file at `path` (the first `up_to`; `None`:
+/// all), named by `var`; an error when it cannot be read, is not PEM (as
+/// far as it is read), or holds no certificate.
+fn read_ca_file(
+    var: &str,
+    path: &Path,
+    up_to: Option<usize>,
+) -> Result<Vec<CertificateDer<'static>>> {
     let bad = |what: String| {
         Error::Usage(
             Message::from(format!("{var}={}: {what}", path.display())).hint(format!(
@@ -150,6 +159,7 @@ fn read_ca_file(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> 
     };
     let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
+        .take(up_to.unwrap_or(usize::MAX))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("not a PEM file: {e}")))?;
     if certs.is_empty() {
@@ -306,7 +316,7 @@ Eca6/yHdIbUTaUwhnBQp8ozayrUz8Tg=
             std::fs::write(&path, text).unwrap();
         }
         let mut store = RootCertStore::empty();
-        read_ca_file(CA_FILE, &path)
+        read_ca_file(CA_FILE, &path, None)
             .and_then(|certs| add_all(&mut store, CA_FILE, &path, certs))
             .map(|()| store.len())
             .map_err(|e| {
@@ -314,6 +324,29 @@ Eca6/yHdIbUTaUwhnBQp8ozayrUz8Tg=
                 e.to_string()
                     .replace(&dir.path().display().to_string(), "DIR")
             })
+    }
+
+    #[test]
+    fn the_system_store_is_checked_at_the_start_as_far_as_its_first_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        // A broken block after the first certificate: read (and warned
+        // about) when a request needs the store, not at the start.
+        std::fs::write(&path, format!("{CA_ONE}{broken}")).unwrap();
+        assert_eq!(
+            read_ca_file(SSL_CERT_FILE, &path, Some(1)).unwrap().len(),
+            1
+        );
+        let all = read_ca_file(SSL_CERT_FILE, &path, None).unwrap_err();
+        assert!(all.to_string().contains("not a PEM file"), "{all}");
+        // Broken before it, or no certificate at all: refused at the start.
+        std::fs::write(&path, format!("{broken}{CA_ONE}")).unwrap();
+        let first = read_ca_file(SSL_CERT_FILE, &path, Some(1)).unwrap_err();
+        assert!(first.to_string().contains("not a PEM file"), "{first}");
+        std::fs::write(&path, "no certificates here\n").unwrap();
+        let none = read_ca_file(SSL_CERT_FILE, &path, Some(1)).unwrap_err();
+        assert!(none.to_string().contains("holds no certificate"), "{none}");
     }
 
     #[test]
@@ -374,7 +407,7 @@ Eca6/yHdIbUTaUwhnBQp8ozayrUz8Tg=
     #[test]
     fn a_directory_is_not_a_ca_file() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read_ca_file(CA_FILE, dir.path()).unwrap_err();
+        let e = read_ca_file(CA_FILE, dir.path(), None).unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::Invalid);
         assert!(
             e.to_string().starts_with(&format!(
