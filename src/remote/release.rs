@@ -467,9 +467,11 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
             }
         }
     }
+    // Options GNU and BusyBox (Alpine) `sha256sum` share: none but `-c`;
+    // its per-file lines go to stderr, where a failure's words are read.
     let _ = writeln!(
         s,
-        "cd \"$fg_into\"/{}\nif ! sha256sum -c --quiet --strict - <<'{EOF}'",
+        "cd \"$fg_into\"/{}\nif ! sha256sum -c - >&2 <<'{EOF}'",
         quote(rev)
     );
     for f in files {
@@ -507,7 +509,9 @@ fn printf_format(bytes: &[u8]) -> String {
             b'\\' => s.push_str("\\\\"),
             b'\n' | b' '..=b'~' => s.push(b as char),
             _ => {
-                let _ = write!(s, "\\{b:03o}");
+                for c in [b'\\', b'0' + (b >> 6), b'0' + (b >> 3 & 7), b'0' + (b & 7)] {
+                    s.push(c as char);
+                }
             }
         }
     }
@@ -1596,6 +1600,12 @@ mod tests {
         bad.sha256 = "0".repeat(64);
         let out = sh(&upload_staged_script(&d, &"e".repeat(40), &[bad]));
         assert!(!out.status.success());
+        // Which file failed is in its words.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("x: FAILED"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // (The archive cut inside a file's data: the release directory and
         // a file are made, then tar fails.)
         let unpacking = upload_staged_script(&d, &"e".repeat(40), &live);
@@ -1666,6 +1676,51 @@ mod tests {
         assert_eq!(std::fs::read(current.join("conf/text")).unwrap(), text);
         assert_eq!(std::fs::read(current.join("empty")).unwrap(), b"");
         assert!(!tmp.path().join("pwned").exists());
+        // The same bytes from the other shells a host's `sh` may be, and
+        // their switch (BusyBox: Alpine's `sh`, `tar`, `sha256sum`, `mv`).
+        for (i, shell) in [&["bash"][..], &["busybox", "sh"][..]].iter().enumerate() {
+            let rev = format!("{i}").repeat(40);
+            let state = State {
+                rev: rev.clone(),
+                files: expected_sums(&files),
+                deployed_at: "2026-11-30T00:00:00Z".into(),
+                previous: None,
+                history: Vec::new(),
+                revs: Vec::new(),
+                slot: None,
+            };
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg("-c")
+                .arg(format!(
+                    "({}{})",
+                    upload_staged_script(&d, &rev, &files),
+                    switch_staged_script(&d, &rev, &state)
+                ))
+                .output()
+                .unwrap();
+            assert_eq!(
+                std::fs::read_link(app.join("current")).unwrap(),
+                std::path::PathBuf::from(format!("releases/{rev}")),
+                "{shell:?}"
+            );
+            assert!(
+                out.status.success(),
+                "{shell:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let release = app.join("releases").join(&rev);
+            assert_eq!(
+                std::fs::read(release.join("every")).unwrap(),
+                every,
+                "{shell:?}"
+            );
+            assert_eq!(
+                std::fs::read(release.join("conf/text")).unwrap(),
+                text,
+                "{shell:?}"
+            );
+        }
         // A shell whose printf is a program (bash with its builtin off, as
         // mksh's is): refused by name, the secrets never an argument, and
         // nothing of the upload left.
