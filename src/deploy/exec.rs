@@ -246,8 +246,10 @@ async fn run_steps<R: Remote>(
                        ok: bool,
                        at: Option<f64>| {
             let seconds = match current.take() {
+                // Hundredths, as every other step time (a difference of
+                // two `/proc/uptime` readings is not, in binary).
                 Some((_, _, Some(begin))) if at.is_some_and(|end| end >= begin) => {
-                    at.unwrap_or(begin) - begin
+                    ((at.unwrap_or(begin) - begin) * 100.0).round() / 100.0
                 }
                 Some((_, started, _)) => secs(started),
                 None => 0.0,
@@ -2127,6 +2129,10 @@ mod step_timing_tests {
         // /proc/uptime counts hundredths; the arrival gap would be ~0.
         assert!((0.25..1.5).contains(&secs[0]), "{secs:?}");
         assert!(secs[1] < 0.1, "{secs:?}");
+        // Shown as hundredths (not 0.30000000001862645 in the JSON).
+        for s in &secs {
+            assert!(s.to_string().len() <= 4, "{secs:?}");
+        }
     }
 
     #[tokio::test]
