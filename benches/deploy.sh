@@ -411,6 +411,16 @@ if [[ ${EXECS:-1} != 0 ]] && want floor && want fleetgate; then
     fi
 fi
 
+# What one program start costs on this machine (what each exec event above
+# costs a host): sh starting /bin/true 500 times, after the timed rounds. In
+# a VM that traps `cpuid`, glibc's start-up (its CPU and cache detection)
+# is most of it.
+t0=$(date +%s%N)
+sh -c 'i=0; while [ $i -lt 500 ]; do /bin/true; i=$((i + 1)); done'
+t1=$(date +%s%N)
+start_report="one program start here (sh forks and execs /bin/true, 500 times): $(python3 -c 'import sys; print(f"{(int(sys.argv[2]) - int(sys.argv[1])) / 500e6:.2f} ms")' "$t0" "$t1")"
+log "$start_report"
+
 # --- report --------------------------------------------------------------------------------
 versions="fleetgate $src_rev; $(ssh -V 2>&1 | cut -d, -f1)"
 if want ansible; then versions+="; ansible-core $ANSIBLE_CORE_VERSION"; fi
@@ -420,5 +430,6 @@ fi
 header="fleetgate deploy benchmark: $HOSTS hosts on loopback${SHARDS:+ (shards: $SHARDS)}, nproc $(nproc), load average $load_before before, $load_after after
 $versions
 negotiated kex: ${kex_seen[*]}${execs_report:+
-$execs_report}"
+$execs_report}
+$start_report"
 python3 "$here/deploy_fleet.py" report "$results" "$work/steps" "$HOSTS" "$RUNS" "$header"
