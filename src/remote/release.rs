@@ -12,8 +12,10 @@
 //! names the commits it ran.
 //!
 //! Architecture Invariant: every interpolated value goes through
-//! `shell::quote`; file contents travel base64-encoded inside quoted
-//! here-documents on the script's stdin, never in a command line.
+//! `shell::quote`; file contents travel in the script on the shell's
+//! stdin, never in a command line: as the format of its `printf` builtin
+//! (never a program: `PATH=`), or base64-encoded in quoted
+//! here-documents.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -365,8 +367,9 @@ pub fn parse_inspect(out: &str) -> Result<BTreeMap<String, Inspected>, String> {
 /// A unique marker no base64 text can contain.
 const EOF: &str = "FLEETGATE_EOF";
 
-/// Uploads `files` as release `rev`: one tar stream, base64-encoded in a
-/// quoted here-document, unpacked by one `base64 -d | tar` (files 0644,
+/// Uploads `files` as release `rev`: one tar stream, printed by the
+/// shell's `printf` builtin (base64 in a quoted here-document when mostly
+/// binary), unpacked by one `tar` (files 0644,
 /// secret ones 0600, directories 0750, as the archive says) and verified
 /// by one `sha256sum` on the host; an upload that fails on the host (the
 /// unpacking or the check) leaves nothing of itself (an `EXIT` trap).
