@@ -427,7 +427,9 @@ if want ansible; then versions+="; ansible-core $ANSIBLE_CORE_VERSION"; fi
 if want pyinfra; then
     versions+="; pyinfra $PYINFRA_VERSION ($("$pyinfra_venv/bin/python" -c 'import paramiko; print("paramiko", paramiko.__version__)'))"
 fi
-header="fleetgate deploy benchmark: $HOSTS hosts on loopback${SHARDS:+ (shards: $SHARDS)}, nproc $(nproc), load average $load_before before, $load_after after
+shards_note=""
+if want shards; then shards_note=" (shards: $SHARDS)"; fi
+header="fleetgate deploy benchmark: $HOSTS hosts on loopback$shards_note, nproc $(nproc), load average $load_before before, $load_after after
 $versions
 negotiated kex: ${kex_seen[*]}${execs_report:+
 $execs_report}
