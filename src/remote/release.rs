@@ -470,17 +470,21 @@ fn upload(dir: &AppDir, rev: &str, files: &[ReleaseFile], stage: bool) -> String
             }
         }
     }
-    // Options GNU and BusyBox (Alpine) `sha256sum` share: none but `-c`;
-    // its per-file lines go to stderr, where a failure's words are read.
+    // Options GNU and BusyBox (Alpine) `sha256sum` share: none but `-c`.
+    // Its per-file lines are kept and shown only when it fails: on stderr
+    // they would open the message of any later step that fails.
     let _ = writeln!(
         s,
-        "cd \"$fg_into\"/{}\nif ! sha256sum -c - >&2 <<'{EOF}'",
+        "cd \"$fg_into\"/{}\nif ! fg_checked=$(sha256sum -c - 2>&1 <<'{EOF}'",
         quote(rev)
     );
     for f in files {
         let _ = writeln!(s, "{}  {}", f.sha256, f.path);
     }
-    let _ = writeln!(s, "{EOF}\nthen\nexit 1\nfi\ncd /\ntrap - EXIT");
+    let _ = writeln!(
+        s,
+        "{EOF}\n); then\nprintf '%s\\n' \"$fg_checked\" >&2\nexit 1\nfi\ncd /\ntrap - EXIT"
+    );
     // A repair: the release it replaces steps aside, then goes.
     let mut swap = format!(
         "if [ -e {old} ]; then rm -rf {old}; fi\nmv -T {release} {old}\nmv -T {beside}/{} {release}\n",
@@ -1673,6 +1677,14 @@ mod tests {
         let script = upload_staged_script(&d, &rev, &files);
         assert!(script.contains("PATH= printf '") && !script.contains("base64"));
         assert!(script.is_ascii());
+        // Silent when it works: a later step's failure shows its own words.
+        let out = sh(&format!(
+            "({})",
+            upload_staged_script(&d, &"f".repeat(40), &files)
+        ));
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
         deploy_staged(&d, &rev, &files);
         let current = app.join("current");
         assert_eq!(std::fs::read(current.join("every")).unwrap(), every);
