@@ -156,11 +156,19 @@ pub fn plan(
     prepared_h.fleet.log_warnings();
     // Head validated without a problem: base parses only the clients whose
     // files differ.
-    let (prepared_b, problems) =
-        desired::prepare_reusing(&files_b, keyring, &cache, Some(&prepared_h));
+    let (prepared_b, problems) = desired::prepare_reusing(
+        &files_b,
+        keyring,
+        &cache,
+        Some(config::Clean::new(&files_h, &prepared_h.fleet)),
+    );
     if !problems.is_empty() {
         return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
     }
+    // Both sides are validated: rendering reads none of their files (a
+    // fleet's worth of client files and known hosts, twice), and the plan
+    // is made in the room they leave.
+    drop((files_b, files_h));
     let base_side = Side {
         rev: base.to_string(),
         label: snap_b.label(),
