@@ -134,6 +134,14 @@ pub fn plan(
     // Pinned keys are checked at head only (`pinned_keys`): base read its
     // known_hosts (1 MB at 10,000 hosts) to lend head the blob, no more.
     files_b.files.remove(config::KNOWN_HOSTS);
+    // The same clients at both sides (most changes add or remove none):
+    // one list of their names, not two a fleet long.
+    if files_h.all_clients == files_b.all_clients {
+        files_h.all_clients = files_b.all_clients.clone();
+    }
+    if files_h.client_secrets == files_b.client_secrets {
+        files_h.client_secrets = files_b.client_secrets.clone();
+    }
     if affected.needs_every_client(&changed, &files_b, &files_h) {
         tracing::info!("the change can break a rule over the whole fleet: reading every client");
         config::read_every_client(&snap_h, &mut files_h)?;

@@ -141,7 +141,7 @@ pub(super) fn validate(
         apps: app_names,
         hosts,
         vars,
-        secrets,
+        secrets: secrets.map(Box::new),
     })
 }
 
