@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Client, Fleet, FleetFiles, SHARED_SECRETS};
+use crate::config::{self, Client, Fleet, FleetFiles};
 use crate::error::Diagnostic;
 use crate::par;
 use crate::render::{ClientSecrets, DesiredClient, Renderer, Reuse, SecretView};
@@ -25,16 +25,11 @@ pub struct DecryptCache {
 type Decrypted = Result<Arc<SecretMap>, Diagnostic>;
 
 impl DecryptCache {
-    fn decrypt(
-        &self,
-        file: &SopsFile,
-        raw: &[u8],
-        keyring: &Keyring,
-    ) -> Result<Arc<SecretMap>, Diagnostic> {
+    fn decrypt(&self, file: &SopsFile, keyring: &Keyring) -> Result<Arc<SecretMap>, Diagnostic> {
         let mut h = Sha256::new();
         h.update(file.path.as_bytes());
         h.update(b"\0");
-        h.update(raw);
+        h.update(file.text().as_bytes());
         let key: [u8; 32] = h.finalize().into();
         if let Some(hit) = self.done.lock().expect("cache lock").get(&key) {
             return hit.clone();
@@ -55,9 +50,10 @@ pub struct Desired {
 }
 
 /// A snapshot ready to render clients one by one: validated, templates
-/// compiled, shared secrets decrypted.
+/// compiled, shared secrets decrypted. Holds none of the files it was
+/// prepared from (a secrets file is decrypted from its parsed `SopsFile`):
+/// a plan lets both sides' files go before it renders.
 pub struct Prepared<'a> {
-    files: &'a FleetFiles,
     pub fleet: Fleet,
     renderer: Renderer,
     shared: Option<Arc<SecretMap>>,
@@ -69,27 +65,27 @@ pub struct Prepared<'a> {
 /// the valid parts: callers may render the valid clients (to find more
 /// problems) but must not act on a snapshot that has any.
 pub fn prepare<'a>(
-    files: &'a FleetFiles,
+    files: &FleetFiles,
     keyring: &'a Keyring,
     cache: &'a DecryptCache,
 ) -> (Prepared<'a>, Vec<Diagnostic>) {
     prepare_reusing(files, keyring, cache, None)
 }
 
-/// Like [`prepare`], reusing the clients of `prior` (prepared without any
-/// problem) whose files did not change (see `config::validate_reusing`).
+/// Like [`prepare`], reusing the clients of `prior` (a snapshot prepared
+/// without any problem) whose files did not change (see
+/// `config::validate_reusing`).
 pub fn prepare_reusing<'a>(
-    files: &'a FleetFiles,
+    files: &FleetFiles,
     keyring: &'a Keyring,
     cache: &'a DecryptCache,
-    prior: Option<&Prepared>,
+    prior: Option<config::Clean>,
 ) -> (Prepared<'a>, Vec<Diagnostic>) {
-    let prior = prior.map(|p| config::Clean::new(p.files, &p.fleet));
     let (fleet, mut problems) = config::validate_reusing(files, prior);
     let (renderer, template_problems) = Renderer::new(&fleet);
     problems.extend(template_problems);
     let shared = match (&fleet.shared_secrets, keyring.can_decrypt()) {
-        (Some(f), true) => match cache.decrypt(f, &files.files[SHARED_SECRETS], keyring) {
+        (Some(f), true) => match cache.decrypt(f, keyring) {
             Ok(s) => Some(s),
             Err(d) => {
                 problems.push(d);
@@ -104,7 +100,6 @@ pub fn prepare_reusing<'a>(
         ));
     }
     let prepared = Prepared {
-        files,
         fleet,
         renderer,
         shared,
@@ -138,7 +133,6 @@ impl Prepared<'_> {
         Some(
             client_secrets(
                 &self.fleet,
-                self.files,
                 client,
                 self.shared.as_deref(),
                 self.keyring,
@@ -202,7 +196,7 @@ fn undecryptable_secrets_of_invalid_clients(
             let bytes = files.files.get(&path)?;
             // Shape problems were reported by validation already.
             let file = SopsFile::parse(&path, bytes).ok()?;
-            cache.decrypt(&file, bytes, keyring).err()
+            cache.decrypt(&file, keyring).err()
         })
         .collect()
 }
@@ -211,7 +205,6 @@ fn undecryptable_secrets_of_invalid_clients(
 /// configured.
 fn client_secrets(
     fleet: &Fleet,
-    files: &FleetFiles,
     client: &Client,
     shared: Option<&SecretMap>,
     keyring: &Keyring,
@@ -235,11 +228,7 @@ fn client_secrets(
         });
     }
     let own = match &client.secrets {
-        Some(f) => Some(
-            cache
-                .decrypt(f, &files.files[&f.path], keyring)
-                .map_err(|d| vec![d])?,
-        ),
+        Some(f) => Some(cache.decrypt(f, keyring).map_err(|d| vec![d])?),
         None => None,
     };
     if fleet.shared_secrets.is_some() && shared.is_none() {

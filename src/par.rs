@@ -22,13 +22,22 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     // once: no per-worker vectors copied into a third.
     let mut out: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
     let f = &f;
+    let work = move |part: &[T], slots: &mut [Option<R>]| {
+        for (item, slot) in part.iter().zip(slots) {
+            *slot = Some(f(item));
+        }
+    };
     std::thread::scope(|s| {
-        for (part, slots) in items.chunks(chunk).zip(out.chunks_mut(chunk)) {
-            s.spawn(move || {
-                for (item, slot) in part.iter().zip(slots) {
-                    *slot = Some(f(item));
-                }
-            });
+        let mut parts = items.chunks(chunk).zip(out.chunks_mut(chunk));
+        let first = parts.next();
+        for (part, slots) in parts {
+            s.spawn(move || work(part, slots));
+        }
+        // The calling thread takes the first part: one thread fewer, and
+        // what it allocates comes from the room the process freed before
+        // (on glibc, other threads allocate from arenas of their own).
+        if let Some((part, slots)) = first {
+            work(part, slots);
         }
     });
     out.into_iter()

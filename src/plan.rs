@@ -332,7 +332,12 @@ pub fn compare(
             .position(|s| s.name == stage)
             .unwrap_or(usize::MAX)
     };
-    clients.sort_by(|a, b| (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name)));
+    // In place (a stable sort would take a scratch copy of the clients at
+    // the plan's peak): no two clients share a name, so the order is the
+    // same.
+    clients.sort_unstable_by(|a, b| {
+        (stage_index(&a.stage), &a.name).cmp(&(stage_index(&b.stage), &b.name))
+    });
     let everyone = base
         .prepared
         .fleet
@@ -988,7 +993,12 @@ mod same_inputs_tests {
         let (files_b, files_h) = (fleet("A=1\n"), fleet("A={{ client.name }}\n"));
         let (prepared_h, problems) = prepare(&files_h, &keyring, &cache);
         assert!(problems.is_empty(), "{problems:?}");
-        let (prepared_b, problems) = prepare_reusing(&files_b, &keyring, &cache, Some(&prepared_h));
+        let (prepared_b, problems) = prepare_reusing(
+            &files_b,
+            &keyring,
+            &cache,
+            Some(config::Clean::new(&files_h, &prepared_h.fleet)),
+        );
         assert!(problems.is_empty(), "{problems:?}");
         let side = |rev: &str, prepared| Side {
             rev: rev.to_string(),

@@ -311,6 +311,11 @@ impl SopsFile {
         })
     }
 
+    /// The file as read (a file that is not UTF-8 does not parse).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Decrypts with the identities handed to rops by [`Keyring::bridge_to_rops`].
     pub fn decrypt(&self, keyring: &Keyring) -> Result<SecretMap, Diagnostic> {
         let fail = |message: String, hint: String| Diagnostic::new(&self.path, message).hint(hint);

@@ -124,11 +124,13 @@ pub fn load_sharing(
     selection: Selection,
     shared: &mut SharedBlobs,
 ) -> Result<FleetFiles> {
-    let mut files = BTreeMap::new();
+    // Collected, then made a map in bulk: inserted one by one (in order,
+    // as they are listed) a large fleet's map would be half empty.
+    let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
         if let Some(bytes) = refused(snap.read_shared(path, shared), &mut problems)? {
-            files.insert(path.to_string(), bytes);
+            files.push((path.to_string(), bytes));
         }
     }
     for app in refused(snap.list(APPS_DIR), &mut problems)? {
@@ -158,7 +160,7 @@ pub fn load_sharing(
                 if selection.contains(stem) {
                     let (path, read) = read.next().expect("read");
                     if let Some(bytes) = refused(read, &mut problems)? {
-                        files.insert(path, bytes);
+                        files.push((path, bytes));
                     }
                 }
                 entry.name.truncate(entry.name.len() - ".yaml".len());
@@ -188,7 +190,7 @@ pub fn load_sharing(
             if selection.contains(stem) {
                 let (path, read) = read.next().expect("read");
                 if let Some(bytes) = refused(read, &mut problems)? {
-                    files.insert(path, bytes);
+                    files.push((path, bytes));
                 }
             }
             entry.name.truncate(entry.name.len() - ".sops.yaml".len());
@@ -197,7 +199,7 @@ pub fn load_sharing(
     }
     Ok(FleetFiles {
         label: snap.label(),
-        files,
+        files: files.into_iter().collect(),
         all_clients: Names::new(all_clients),
         client_secrets: Names::new(client_secrets),
         every_client: selection == Selection::All,
@@ -305,7 +307,7 @@ impl FleetFiles {
 fn read_tree(
     snap: &Snapshot,
     dir: &str,
-    files: &mut BTreeMap<String, Vec<u8>>,
+    files: &mut Vec<(String, Vec<u8>)>,
     problems: &mut Vec<Diagnostic>,
 ) -> Result<()> {
     for entry in snap.list(dir)? {
@@ -315,7 +317,7 @@ fn read_tree(
         } else if entry.is_dir {
             read_tree(snap, &path, files, problems)?;
         } else if let Some(bytes) = snap.read_entry(&path, &entry)? {
-            files.insert(path, bytes);
+            files.push((path, bytes));
         }
     }
     Ok(())

@@ -319,7 +319,9 @@ pub struct Client {
     pub apps: Vec<String>,
     pub hosts: Hosts,
     pub vars: serde_json::Map<String, serde_json::Value>,
-    pub secrets: Option<SopsFile>,
+    /// Boxed: a fleet holds one `Client` per client, and many have no
+    /// secrets file.
+    pub secrets: Option<Box<SopsFile>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

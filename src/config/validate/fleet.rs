@@ -71,48 +71,56 @@ pub(super) fn checks(
         return;
     }
     // Validated clients as validated; the others from their outline; an
-    // invalid one not at all (its own problems say why).
-    let names: Vec<&String> = files.all_clients.iter().collect();
+    // invalid one not at all (its own problems say why). In name order, as
+    // the listing gives them (unique): a list, not a map, a whole fleet long.
+    let unread = |name: &str| !clients.contains_key(name) && !files.selection.contains(name);
+    let to_outline: Vec<&String> = files.all_clients.iter().filter(|n| unread(n)).collect();
     // A plan may outline a whole large fleet: parse on every core.
-    let parsed = crate::par::map(&names, |name| {
-        if clients.contains_key(*name) || files.selection.contains(name) {
-            return None;
-        }
+    let mut parsed = crate::par::map(&to_outline, |name| {
         files.files.get(&client_file(name)).and_then(|b| outline(b))
-    });
-    let mut outlines: BTreeMap<&str, Option<Outline>> = BTreeMap::new();
-    for (name, parsed) in names.into_iter().zip(parsed) {
-        let o = if let Some(client) = clients.get(name) {
-            Some(Outline::of(client))
-        } else if files.selection.contains(name) {
-            None
-        } else {
-            let file = client_file(name);
-            parsed.map(|(group, hosts)| {
-                if let Some(p) = pipeline {
-                    group_is_picked(
-                        &mut Check {
-                            file: &file,
-                            problems,
-                        },
-                        &group,
-                        p,
-                    );
-                }
-                Outline {
-                    group: Cow::Owned(group.value),
-                    hosts: hosts.into_iter().map(Cow::Owned).collect(),
-                }
-            })
-        };
-        outlines.insert(name, o);
-    }
-    let complete = files.problems.is_empty() && outlines.values().all(Option::is_some);
+    })
+    .into_iter();
+    let outlines: Vec<(&str, Option<Outline>)> = files
+        .all_clients
+        .iter()
+        .map(|name| {
+            let o = if let Some(client) = clients.get(name) {
+                Some(Outline::of(client))
+            } else if files.selection.contains(name) {
+                None
+            } else {
+                let file = client_file(name);
+                let parsed = parsed.next().expect("every unread client is outlined");
+                parsed.map(|(group, hosts)| {
+                    if let Some(p) = pipeline {
+                        group_is_picked(
+                            &mut Check {
+                                file: &file,
+                                problems: &mut *problems,
+                            },
+                            &group,
+                            p,
+                        );
+                    }
+                    Outline {
+                        group: Cow::Owned(group.value),
+                        hosts: hosts.into_iter().map(Cow::Owned).collect(),
+                    }
+                })
+            };
+            (name.as_str(), o)
+        })
+        .collect();
+    let complete = files.problems.is_empty() && outlines.iter().all(|(_, o)| o.is_some());
     if let Some(p) = pipeline
         && complete
     {
         for (i, stage) in p.stages.iter().enumerate() {
-            if !outlines.values().flatten().any(|c| c.group == stage.group) {
+            if !outlines
+                .iter()
+                .filter_map(|(_, o)| o.as_ref())
+                .any(|c| c.group == stage.group)
+            {
                 warnings.push(
                     Diagnostic::new(
                         PIPELINE,

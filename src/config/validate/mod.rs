@@ -175,7 +175,6 @@ pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec
             .map_err(|p| problems.extend(p))
             .ok()
     });
-    let mut clients = BTreeMap::new();
     let selected: Vec<&String> = match &files.selection {
         Selection::All => files.all_clients.iter().collect(),
         Selection::Only(set) => set
@@ -225,12 +224,15 @@ pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec
         );
         (client.map(std::sync::Arc::new), problems)
     });
-    for (client, client_problems) in validated {
-        problems.extend(client_problems);
-        if let Some(client) = client {
-            clients.insert(client.name.clone(), client);
-        }
-    }
+    // Built in bulk (full nodes: inserted one by one in order, a large
+    // fleet's map would be half empty).
+    let clients: BTreeMap<String, std::sync::Arc<Client>> = validated
+        .into_iter()
+        .filter_map(|(client, client_problems)| {
+            problems.extend(client_problems);
+            client.map(|c| (c.name.clone(), c))
+        })
+        .collect();
     let mut warnings = Vec::new();
     fleet::checks(
         files,
