@@ -127,13 +127,23 @@ pub fn plan(
     let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
     // Base keeps what it reads, head takes the blobs it shares with it.
     let mut shared = crate::repo::SharedBlobs::keeping();
-    let mut files_b = config::load_sharing(&snap_b, affected.selection(), &mut shared)?;
+    // Pinned keys are checked at head only (`pinned_keys`): base does not
+    // read its known_hosts (1 MB at 10,000 hosts), and head reads its own
+    // without a copy kept to lend.
+    let files_b = config::load_sharing(
+        &snap_b,
+        affected.selection(),
+        &mut shared,
+        config::KnownHosts::Skip,
+    )?;
     shared.keep = false;
-    let mut files_h = config::load_sharing(&snap_h, affected.selection(), &mut shared)?;
+    let mut files_h = config::load_sharing(
+        &snap_h,
+        affected.selection(),
+        &mut shared,
+        config::KnownHosts::Read,
+    )?;
     drop(shared);
-    // Pinned keys are checked at head only (`pinned_keys`): base read its
-    // known_hosts (1 MB at 10,000 hosts) to lend head the blob, no more.
-    files_b.files.remove(config::KNOWN_HOSTS);
     // The same clients at both sides (most changes add or remove none):
     // one list of their names, not two a fleet long.
     if files_h.all_clients == files_b.all_clients {

@@ -114,7 +114,21 @@ impl Names {
 /// Reads the pipeline, every app, the shared secrets, and the selected
 /// clients' files with their secrets.
 pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
-    load_sharing(snap, selection, &mut SharedBlobs::default())
+    load_sharing(
+        snap,
+        selection,
+        &mut SharedBlobs::default(),
+        KnownHosts::Read,
+    )
+}
+
+/// Whether [`load_sharing`] reads `pipelines/known_hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownHosts {
+    Read,
+    /// A plan's base: its pinned keys are never checked (a plan checks
+    /// head's), so its known_hosts — 1 MB at 10,000 hosts — is not read.
+    Skip,
 }
 
 /// [`load`], the client and client-secrets files read through `shared`:
@@ -123,12 +137,16 @@ pub fn load_sharing(
     snap: &Snapshot,
     selection: Selection,
     shared: &mut SharedBlobs,
+    known_hosts: KnownHosts,
 ) -> Result<FleetFiles> {
     // Collected, then made a map in bulk: inserted one by one (in order,
     // as they are listed) a large fleet's map would be half empty.
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
+        if path == KNOWN_HOSTS && known_hosts == KnownHosts::Skip {
+            continue;
+        }
         if let Some(bytes) = refused(snap.read_shared(path, shared), &mut problems)? {
             files.push((path.to_string(), bytes));
         }
