@@ -1360,7 +1360,7 @@ mod tests {
         }
     }
 
-    use crate::remote::shell::sh;
+    use crate::remote::shell::{sh, sh_with};
 
     #[test]
     fn upload_switch_inspect_prune_on_a_real_shell() {
@@ -1695,34 +1695,11 @@ mod tests {
         // their switch (BusyBox: Alpine's `sh`, `tar`, `sha256sum`, `mv`).
         for (i, shell) in [&["bash"][..], &["busybox", "sh"][..]].iter().enumerate() {
             let rev = format!("{i}").repeat(40);
-            let state = State {
-                rev: rev.clone(),
-                files: expected_sums(&files),
-                deployed_at: "2026-11-30T00:00:00Z".into(),
-                previous: None,
-                history: Vec::new(),
-                revs: Vec::new(),
-                slot: None,
-            };
-            let out = std::process::Command::new(shell[0])
-                .args(&shell[1..])
-                .arg("-c")
-                .arg(format!(
-                    "({}{})",
-                    upload_staged_script(&d, &rev, &files),
-                    switch_staged_script(&d, &rev, &state)
-                ))
-                .output()
-                .unwrap();
+            deploy_staged_with(shell, &d, &rev, &files);
             assert_eq!(
                 std::fs::read_link(app.join("current")).unwrap(),
                 std::path::PathBuf::from(format!("releases/{rev}")),
                 "{shell:?}"
-            );
-            assert!(
-                out.status.success(),
-                "{shell:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
             );
             let release = app.join("releases").join(&rev);
             assert_eq!(
@@ -1740,14 +1717,13 @@ mod tests {
         // mksh's is): refused by name, the secrets never an argument, and
         // nothing of the upload left.
         let rev = "c".repeat(40);
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
+        let out = sh_with(
+            &["bash"],
+            &format!(
                 "enable -n printf\n({})",
                 upload_staged_script(&d, &rev, &files)
-            ))
-            .output()
-            .unwrap();
+            ),
+        );
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("the host's sh has no printf builtin"),
@@ -1774,6 +1750,12 @@ mod tests {
     /// A staged upload and switch of `files` as `rev`, as a deploy runs
     /// them (one script): the state it wrote.
     fn deploy_staged(d: &AppDir, rev: &str, files: &[ReleaseFile]) -> State {
+        deploy_staged_with(&["sh"], d, rev, files)
+    }
+
+    /// [`deploy_staged`] with `shell` (a program and its arguments before
+    /// `-s`) as the host's `sh`.
+    fn deploy_staged_with(shell: &[&str], d: &AppDir, rev: &str, files: &[ReleaseFile]) -> State {
         let state = State {
             rev: rev.to_string(),
             files: expected_sums(files),
@@ -1784,10 +1766,10 @@ mod tests {
             slot: None,
         };
         let script = upload_staged_script(d, rev, files) + &switch_staged_script(d, rev, &state);
-        let out = sh(&format!("(\n{script}\n)"));
+        let out = sh_with(shell, &format!("(\n{script}\n)"));
         assert!(
             out.status.success(),
-            "{}",
+            "{shell:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         state

@@ -19,8 +19,16 @@ pub fn quote(s: &str) -> String {
 /// tests of the scripts built as data here and in `release`/`proxy`.
 #[cfg(test)]
 pub(crate) fn sh(script: &str) -> std::process::Output {
+    sh_with(&["sh"], script)
+}
+
+/// [`sh`] with another shell (a program and its arguments before `-s`:
+/// `["busybox", "sh"]`) as the host's `sh`.
+#[cfg(test)]
+pub(crate) fn sh_with(shell: &[&str], script: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = std::process::Command::new("sh")
+    let mut child = std::process::Command::new(shell[0])
+        .args(&shell[1..])
         .arg("-s")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
