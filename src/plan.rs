@@ -977,6 +977,15 @@ mod same_inputs_tests {
         )
     }
 
+    /// A side of a test plan: `commit <rev>`.
+    fn side<'a>(rev: &str, prepared: &'a Prepared<'a>) -> Side<'a> {
+        Side {
+            rev: rev.to_string(),
+            label: format!("commit {rev}"),
+            prepared,
+        }
+    }
+
     fn paths(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
@@ -1000,11 +1009,6 @@ mod same_inputs_tests {
             Some(config::Clean::new(&files_h, &prepared_h.fleet)),
         );
         assert!(problems.is_empty(), "{problems:?}");
-        let side = |rev: &str, prepared| Side {
-            rev: rev.to_string(),
-            label: format!("commit {rev}"),
-            prepared,
-        };
         let (base, head) = (side("b", &prepared_b), side("h", &prepared_h));
         let changed = paths(&["pipelines/apps/web/a.env.j2"]);
         let inputs = ChangedInputs::of(&changed);
@@ -1090,11 +1094,6 @@ mod same_inputs_tests {
             let files_h = fleet(&[(path, text)]);
             let (prepared_h, problems) = prepare(&files_h, &keyring, &cache);
             assert!(problems.is_empty(), "{path}: {problems:?}");
-            let side = |rev: &str, prepared| Side {
-                rev: rev.to_string(),
-                label: format!("commit {rev}"),
-                prepared,
-            };
             let (base, head) = (side("b", &prepared_b), side("h", &prepared_h));
             let changed = paths(&[path]);
             let inputs = ChangedInputs::of(&changed);
