@@ -134,14 +134,14 @@ pub fn plan(
         &snap_b,
         affected.selection(),
         &mut shared,
-        config::KnownHosts::Skip,
+        config::KnownHostsFile::Skip,
     )?;
     shared.keep = false;
     let mut files_h = config::load_sharing(
         &snap_h,
         affected.selection(),
         &mut shared,
-        config::KnownHosts::Read,
+        config::KnownHostsFile::Read,
     )?;
     drop(shared);
     // The same clients at both sides (most changes add or remove none):

@@ -118,13 +118,13 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
         snap,
         selection,
         &mut SharedBlobs::default(),
-        KnownHosts::Read,
+        KnownHostsFile::Read,
     )
 }
 
 /// Whether [`load_sharing`] reads `pipelines/known_hosts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KnownHosts {
+pub enum KnownHostsFile {
     Read,
     /// A plan's base: its pinned keys are never checked (a plan checks
     /// head's), so its known_hosts — 1 MB at 10,000 hosts — is not read.
@@ -137,14 +137,14 @@ pub fn load_sharing(
     snap: &Snapshot,
     selection: Selection,
     shared: &mut SharedBlobs,
-    known_hosts: KnownHosts,
+    known_hosts: KnownHostsFile,
 ) -> Result<FleetFiles> {
     // Collected, then made a map in bulk: inserted one by one (in order,
     // as they are listed) a large fleet's map would be half empty.
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in [PIPELINE, SHARED_SECRETS, KNOWN_HOSTS, TRIVYIGNORE] {
-        if path == KNOWN_HOSTS && known_hosts == KnownHosts::Skip {
+        if path == KNOWN_HOSTS && known_hosts == KnownHostsFile::Skip {
             continue;
         }
         if let Some(bytes) = refused(snap.read_shared(path, shared), &mut problems)? {
