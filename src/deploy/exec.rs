@@ -91,7 +91,12 @@ fn untouched(target: &Target) -> BTreeMap<String, Runs> {
 }
 
 pub(super) fn secs(since: Instant) -> f64 {
-    (since.elapsed().as_secs_f64() * 100.0).round() / 100.0
+    hundredths(since.elapsed().as_secs_f64())
+}
+
+/// Seconds as every step time shows them.
+fn hundredths(seconds: f64) -> f64 {
+    (seconds * 100.0).round() / 100.0
 }
 
 /// Logs one line per host per step, as it happens.
@@ -246,10 +251,10 @@ async fn run_steps<R: Remote>(
                        ok: bool,
                        at: Option<f64>| {
             let seconds = match current.take() {
-                // Hundredths, as every other step time (a difference of
-                // two `/proc/uptime` readings is not, in binary).
+                // (A difference of two `/proc/uptime` readings is not
+                // hundredths, in binary.)
                 Some((_, _, Some(begin))) if at.is_some_and(|end| end >= begin) => {
-                    ((at.unwrap_or(begin) - begin) * 100.0).round() / 100.0
+                    hundredths(at.unwrap_or(begin) - begin)
                 }
                 Some((_, started, _)) => secs(started),
                 None => 0.0,
