@@ -1,7 +1,7 @@
 //! In-memory doubles of the ports (`ports.rs`), for the engine's unit
 //! tests: each fails the way the real system does — a push whose lease is
-//! stale is rejected and changes nothing, a note write can find the ref
-//! locked, a remote can be unreachable, a forge can answer 502, a host can
+//! stale is rejected and changes nothing, a ref of the clone can be moved
+//! by another process, a remote can be unreachable, a forge can answer 502, a host can
 //! be lost mid-change (as its stage outcome says). Test code only.
 
 use std::cell::{Cell, RefCell};
@@ -20,7 +20,7 @@ use crate::core::rev::CommitId;
 use crate::error::{Error, Message, Result};
 use crate::forge::{Comment, EnvApproval, Forge, Pull, Status};
 use crate::plan::{ClientPlan, Plan};
-use crate::ports::{Clock, GitStore, Noted, Pushed, Rollout, Update, Written};
+use crate::ports::{Clock, GitStore, Noted, Pushed, Rollout, Update};
 use crate::scan::ScanReport;
 
 /// What a test runs when a double reaches a point (a sleep, a deploy).
@@ -73,8 +73,9 @@ pub struct FakeGit {
     local: RefCell<BTreeMap<String, CommitId>>,
     /// Run once, right before the next push: another runner's write.
     pub before_push: RefCell<Vec<Box<dyn FnOnce()>>>,
-    /// The next N note writes find the notes ref locked.
-    pub busy_writes: Cell<u32>,
+    /// The next N swaps of a ref of this clone find it moved by another
+    /// process in the same clone.
+    pub busy_swaps: Cell<u32>,
     /// The remote cannot be reached.
     pub unreachable: Cell<bool>,
     /// The next N reads of a lock object find it gone, as the real store
@@ -98,7 +99,7 @@ impl FakeGit {
             has_remote: true,
             local: RefCell::new(BTreeMap::new()),
             before_push: RefCell::new(Vec::new()),
-            busy_writes: Cell::new(0),
+            busy_swaps: Cell::new(0),
             unreachable: Cell::new(false),
             lock_moved_under_reads: Cell::new(0),
             revert_result: RefCell::new(None),
@@ -221,10 +222,7 @@ impl GitStore for FakeGit {
         Ok(())
     }
 
-    fn note(&self, rev: CommitId) -> Result<Option<String>> {
-        let Some(notes) = self.local.borrow().get(NOTES_REF).copied() else {
-            return Ok(None);
-        };
+    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>> {
         match self.remote.borrow().objects.get(&notes) {
             Some(Object::Notes(map)) => Ok(map.get(&rev).cloned()),
             _ => Ok(None),
@@ -249,26 +247,32 @@ impl GitStore for FakeGit {
         }
     }
 
-    fn write_note(&self, rev: CommitId, text: &str) -> Result<Written> {
-        if self.busy_writes.get() > 0 {
-            self.busy_writes.set(self.busy_writes.get() - 1);
-            return Ok(Written::Busy);
-        }
-        let current = self.local.borrow().get(NOTES_REF).copied();
+    fn note_commit(&self, parent: Option<CommitId>, rev: CommitId, text: &str) -> Result<CommitId> {
         let mut remote = self.remote.borrow_mut();
-        let mut map = match current.and_then(|n| remote.objects.get(&n)) {
+        let mut map = match parent.and_then(|n| remote.objects.get(&n)) {
             Some(Object::Notes(map)) => map.clone(),
             _ => BTreeMap::new(),
         };
         map.insert(rev, text.to_string());
-        let id = remote.new_object(Object::Notes(map));
-        self.local.borrow_mut().insert(NOTES_REF.into(), id);
-        Ok(Written::Yes)
+        Ok(remote.new_object(Object::Notes(map)))
     }
 
     fn set_ref(&self, name: &str, rev: CommitId) -> Result<()> {
         self.local.borrow_mut().insert(name.into(), rev);
         Ok(())
+    }
+
+    fn swap_ref(&self, name: &str, new: CommitId, expected: Option<CommitId>) -> Result<bool> {
+        if self.busy_swaps.get() > 0 {
+            self.busy_swaps.set(self.busy_swaps.get() - 1);
+            return Ok(false);
+        }
+        let mut local = self.local.borrow_mut();
+        if local.get(name).copied() != expected {
+            return Ok(false);
+        }
+        local.insert(name.into(), new);
+        Ok(true)
     }
 
     fn push_leased(&self, updates: &[Update]) -> Result<Pushed> {

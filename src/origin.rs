@@ -18,6 +18,15 @@ pub const RECORD_REFSPECS: [&str; 2] = [
     "+refs/notes/fleetgate*:refs/notes/fleetgate*",
 ];
 
+/// How often a fetch that found a ref locked in this clone is tried.
+const FETCH_ATTEMPTS: u64 = 6;
+
+/// Whether git failed because another process holds a ref's lock file.
+fn ref_lock_busy(out: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr.contains("cannot lock ref") || stderr.contains(".lock': File exists")
+}
+
 pub struct Origin {
     git_dir: PathBuf,
     pub name: String,
@@ -76,13 +85,32 @@ impl Origin {
 
     /// Replaces the local deployed refs, lock and notes with the remote's.
     pub fn fetch_records(&self) -> Result<()> {
-        let mut args = vec!["fetch", "--quiet", "--no-tags", "--prune", &self.name];
+        let mut args = vec![
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--prune",
+            "--no-write-fetch-head",
+            &self.name,
+        ];
         args.extend(RECORD_REFSPECS);
-        let out = self.git(&args)?;
-        if !out.status.success() {
-            return Err(self.failed("fetching fleetgate's records", &out));
+        // Another fleetgate in this clone fetching or writing a record at
+        // the same moment holds a ref's lock file: git gives up at once
+        // ("cannot lock ref"), so wait a moment and fetch again.
+        for attempt in 1.. {
+            let out = self.git(&args)?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if attempt == FETCH_ATTEMPTS || !ref_lock_busy(&out) {
+                return Err(self.failed("fetching fleetgate's records", &out));
+            }
+            tracing::debug!(
+                "a record ref is locked by another process in this clone; fetching again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
         }
-        Ok(())
+        unreachable!("the last attempt returns")
     }
 
     /// Fetches `branch` and returns its tip.

@@ -49,15 +49,6 @@ pub enum Pushed {
     Rejected(String),
 }
 
-/// Writing a note in this clone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    Yes,
-    /// Another process holds the notes ref's lock in this clone: the same
-    /// race as a rejected push, retried the same way.
-    Busy,
-}
-
 /// A commit that carries a run record, as this clone knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Noted {
@@ -80,16 +71,24 @@ pub trait GitStore {
     fn refs_under(&self, prefix: &str) -> Result<Vec<(String, CommitId)>>;
     /// Removes a ref of this clone (pushed as a deletion with a lease).
     fn delete_ref(&self, name: &str) -> Result<()>;
-    /// The note on `rev` in this clone, as text.
-    fn note(&self, rev: CommitId) -> Result<Option<String>>;
+    /// The note on `rev` in the notes commit `notes`, as text.
+    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>>;
     /// The commits with a note in this clone, newest first: a commit
     /// before its ancestors, else by committer time; commits this clone
     /// does not have last.
     fn noted(&self) -> Result<Vec<Noted>>;
-    /// Writes the note on `rev` in this clone (a new commit of the notes ref).
-    fn write_note(&self, rev: CommitId, text: &str) -> Result<Written>;
+    /// A new notes commit on top of `parent` (None: the first) with
+    /// `text` as the note on `rev`, in this clone; no ref moves. Built on
+    /// the notes commit the caller read, never on whatever this clone's
+    /// notes ref holds by now: other processes in the same clone fetch
+    /// and write it at any time.
+    fn note_commit(&self, parent: Option<CommitId>, rev: CommitId, text: &str) -> Result<CommitId>;
     /// Points a ref of this clone at `rev`.
     fn set_ref(&self, name: &str, rev: CommitId) -> Result<()>;
+    /// Points a ref of this clone at `new` only if it still points at
+    /// `expected` (None: does not exist); false when another process in
+    /// this clone moved or holds it.
+    fn swap_ref(&self, name: &str, new: CommitId, expected: Option<CommitId>) -> Result<bool>;
     /// Sets every update on the remote at once, each only if the remote
     /// still has its expected value; without a remote, nothing to do.
     fn push_leased(&self, updates: &[Update]) -> Result<Pushed>;

@@ -465,7 +465,10 @@ fn last_deployed_hosts(
     let Some(rev) = git.ref_target(&crate::core::records::deployed_ref(stage, client))? else {
         return Ok(None);
     };
-    let Some(text) = git.note(rev)? else {
+    let Some(notes) = git.ref_target(crate::core::records::NOTES_REF)? else {
+        return Ok(None);
+    };
+    let Some(text) = git.note_in(notes, rev)? else {
         return Ok(None);
     };
     match crate::core::record::RunRecord::parse(&text) {

@@ -10,7 +10,7 @@ use crate::core::records::NOTES_REF;
 use crate::core::rev::CommitId;
 use crate::error::{Error, Message, Result};
 use crate::origin::Origin;
-use crate::ports::{GitStore, Noted, Pushed, Update, Written};
+use crate::ports::{GitStore, Noted, Pushed, Update};
 use crate::repo::Repo;
 
 /// A clone of the fleet repository, and its remote when it has one.
@@ -93,15 +93,21 @@ impl GitStore for GitRepo<'_> {
         }
     }
 
-    fn note(&self, rev: CommitId) -> Result<Option<String>> {
-        match self.repo.git().find_note(Some(NOTES_REF), rev.oid()) {
-            // Not UTF-8: lossy, so the record parser refuses it by content.
-            Ok(note) => Ok(Some(
-                String::from_utf8_lossy(note.message_bytes()).into_owned(),
-            )),
-            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(Error::git(format!("read the note on {rev}"), e)),
-        }
+    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>> {
+        let git = self.repo.git();
+        let what = || format!("read the note on {rev}");
+        let tree = git
+            .find_commit(notes.oid())
+            .and_then(|c| c.tree())
+            .map_err(|e| Error::git(what(), e))?;
+        let Some(blob) =
+            note_blob(git, &tree, &rev.to_string()).map_err(|e| Error::git(what(), e))?
+        else {
+            return Ok(None);
+        };
+        let blob = git.find_blob(blob).map_err(|e| Error::git(what(), e))?;
+        // Not UTF-8: lossy, so the record parser refuses it by content.
+        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
     }
 
     fn noted(&self) -> Result<Vec<Noted>> {
@@ -154,18 +160,27 @@ impl GitStore for GitRepo<'_> {
         Ok(out)
     }
 
-    fn write_note(&self, rev: CommitId, text: &str) -> Result<Written> {
+    fn note_commit(&self, parent: Option<CommitId>, rev: CommitId, text: &str) -> Result<CommitId> {
+        // libgit2 writes notes only onto a ref (keeping git's fan-out):
+        // a ref of this process's own, started at `parent`, then dropped.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch = format!("refs/fleetgate-scratch/notes-{}-{seq}", std::process::id());
+        let git = self.repo.git();
         let sig = self.repo.signature()?;
-        match self
-            .repo
-            .git()
-            .note(&sig, &sig, Some(NOTES_REF), rev.oid(), text, true)
-        {
-            Ok(_) => Ok(Written::Yes),
-            // Another fleetgate in this same clone is writing a note now.
-            Err(e) if e.code() == git2::ErrorCode::Locked => Ok(Written::Busy),
-            Err(e) => Err(Error::git(format!("write the note on {rev}"), e)),
+        let written = (|| {
+            if let Some(parent) = parent {
+                git.reference(&scratch, parent.oid(), true, "fleetgate: records")?;
+            }
+            git.note(&sig, &sig, Some(&scratch), rev.oid(), text, true)?;
+            git.refname_to_id(&scratch)
+        })();
+        if let Ok(mut r) = git.find_reference(&scratch) {
+            let _ = r.delete();
         }
+        written
+            .map(CommitId::from)
+            .map_err(|e| Error::git(format!("write the note on {rev}"), e))
     }
 
     fn set_ref(&self, name: &str, rev: CommitId) -> Result<()> {
@@ -174,6 +189,28 @@ impl GitStore for GitRepo<'_> {
             .reference(name, rev.oid(), true, "fleetgate: gates passed")
             .map(|_| ())
             .map_err(|e| Error::git(format!("update {name}"), e))
+    }
+
+    fn swap_ref(&self, name: &str, new: CommitId, expected: Option<CommitId>) -> Result<bool> {
+        let git = self.repo.git();
+        let set = match expected {
+            Some(old) => {
+                git.reference_matching(name, new.oid(), true, old.oid(), "fleetgate: records")
+            }
+            None => git.reference(name, new.oid(), false, "fleetgate: records"),
+        };
+        match set {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::Modified | git2::ErrorCode::Locked | git2::ErrorCode::Exists
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::git(format!("update {name}"), e)),
+        }
     }
 
     fn push_leased(&self, updates: &[Update]) -> Result<Pushed> {
@@ -242,5 +279,130 @@ impl GitStore for GitRepo<'_> {
         gate: &FailedGate,
     ) -> Result<RevertOutcome> {
         crate::revert::revert(self.repo, self.origin()?, branch, base, head, gate)
+    }
+}
+
+/// The note on the object `hex` in a notes tree: at the top, or under
+/// git's fan-out directories (`ab/cdef…`, as `git notes` writes them once
+/// there are many).
+fn note_blob(
+    git: &git2::Repository,
+    tree: &git2::Tree,
+    hex: &str,
+) -> std::result::Result<Option<Oid>, git2::Error> {
+    if let Some(entry) = tree.get_name(hex) {
+        return Ok(Some(entry.id()));
+    }
+    if let Some(entry) = tree.get_name(hex.get(..2).unwrap_or_default())
+        && hex.len() > 2
+        && entry.kind() == Some(git2::ObjectType::Tree)
+    {
+        let sub = git.find_tree(entry.id())?;
+        return note_blob(git, &sub, &hex[2..]);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(git: &git2::Repository, message: &str) -> CommitId {
+        let sig = git2::Signature::now("t", "t@localhost").unwrap();
+        let tree = git.treebuilder(None).unwrap().write().unwrap();
+        let tree = git.find_tree(tree).unwrap();
+        git.commit(None, &sig, &sig, message, &tree, &[])
+            .unwrap()
+            .into()
+    }
+
+    /// A notes commit is built on the one the caller read, whatever this
+    /// clone's notes ref holds by then, and moves no ref (another process
+    /// in the clone may be fetching or writing it).
+    #[test]
+    fn a_notes_commit_builds_on_what_was_read_and_moves_no_ref() {
+        let tmp = tempfile::tempdir().unwrap();
+        git2::Repository::init_bare(tmp.path()).unwrap();
+        let repo = Repo::discover(Some(tmp.path())).unwrap();
+        let store = GitRepo {
+            repo: &repo,
+            origin: None,
+        };
+        let git = repo.git();
+        let (a, b) = (commit(git, "a"), commit(git, "b"));
+        let first = store.note_commit(None, a, "on a").unwrap();
+        assert_eq!(store.ref_target(NOTES_REF).unwrap(), None);
+        // Another process moves the clone's notes ref meanwhile.
+        let other = store.note_commit(None, b, "someone else's").unwrap();
+        assert!(store.swap_ref(NOTES_REF, other, None).unwrap());
+        let second = store.note_commit(Some(first), b, "on b").unwrap();
+        assert_eq!(store.note_in(second, a).unwrap().as_deref(), Some("on a"));
+        assert_eq!(store.note_in(second, b).unwrap().as_deref(), Some("on b"));
+        let parents: Vec<Oid> = git
+            .find_commit(second.oid())
+            .unwrap()
+            .parent_ids()
+            .collect();
+        assert_eq!(parents, [first.oid()]);
+        assert_eq!(store.ref_target(NOTES_REF).unwrap(), Some(other));
+        assert!(
+            store
+                .refs_under("refs/fleetgate-scratch/")
+                .unwrap()
+                .is_empty()
+        );
+        // The swap is a compare-and-swap: from the wrong value it fails.
+        assert!(!store.swap_ref(NOTES_REF, second, Some(first)).unwrap());
+        assert!(!store.swap_ref(NOTES_REF, second, None).unwrap());
+        assert!(store.swap_ref(NOTES_REF, second, Some(other)).unwrap());
+        assert_eq!(store.ref_target(NOTES_REF).unwrap(), Some(second));
+    }
+
+    /// Notes under git's fan-out directories (`ab/cdef…`) are read, and
+    /// replaced where they are.
+    #[test]
+    fn notes_in_fan_out_directories_are_read_and_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        git2::Repository::init_bare(tmp.path()).unwrap();
+        let repo = Repo::discover(Some(tmp.path())).unwrap();
+        let store = GitRepo {
+            repo: &repo,
+            origin: None,
+        };
+        let git = repo.git();
+        let a = commit(git, "a");
+        let hex = a.to_string();
+        let blob = git.blob(b"fanned out").unwrap();
+        let mut inner = git.treebuilder(None).unwrap();
+        inner.insert(&hex[2..], blob, 0o100644).unwrap();
+        let inner = inner.write().unwrap();
+        let mut top = git.treebuilder(None).unwrap();
+        top.insert(&hex[..2], inner, 0o040000).unwrap();
+        let top = git.find_tree(top.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@localhost").unwrap();
+        let notes: CommitId = git
+            .commit(None, &sig, &sig, "notes", &top, &[])
+            .unwrap()
+            .into();
+        assert_eq!(
+            store.note_in(notes, a).unwrap().as_deref(),
+            Some("fanned out")
+        );
+        let b = commit(git, "b");
+        assert_eq!(store.note_in(notes, b).unwrap(), None);
+        let replaced = store.note_commit(Some(notes), a, "replaced").unwrap();
+        assert_eq!(
+            store.note_in(replaced, a).unwrap().as_deref(),
+            Some("replaced")
+        );
+        let tree = git.find_commit(replaced.oid()).unwrap().tree().unwrap();
+        assert_eq!(
+            tree.len(),
+            1,
+            "no second copy at the top: {:?}",
+            tree.iter()
+                .map(|e| e.name().unwrap().to_string())
+                .collect::<Vec<_>>()
+        );
     }
 }

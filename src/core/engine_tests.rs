@@ -282,12 +282,36 @@ fn approvals_pushed_at_the_same_time_are_all_kept() {
 }
 
 #[test]
-fn a_note_locked_by_another_process_is_retried() {
+fn records_moved_in_the_clone_meanwhile_are_re_read_without_a_remote_and_left_with_one() {
     let w = world();
-    w.first_rollout();
-    w.git.busy_writes.set(2);
-    assert_eq!(w.run(c(1), c(2)).unwrap().code, ExitCode::Waiting);
-    assert_eq!(w.record(c(2)).waiting.as_deref(), Some("production"));
+    let outcome = w
+        .rollout
+        .deploy(
+            c(2),
+            "canary",
+            &["alpha".to_string()],
+            &Default::default(),
+            Shard::ALL,
+        )
+        .unwrap();
+    // Without a remote the clone's notes ref is the record: a swap that
+    // finds it moved by another process is re-read and retried.
+    let git = FakeGit::without_remote();
+    git.busy_swaps.set(2);
+    let records = Records::new(&git, &w.clock);
+    let (moved, _) = records.record_stage(c(2), &outcome, &[]).unwrap();
+    assert_eq!(git.ref_target(&moved[0]).unwrap(), Some(c(2)));
+    assert!(records.read(c(2)).unwrap().unwrap().stages["canary"].passed);
+    assert_eq!(w.clock.slept.get(), Duration::from_millis(100 + 200));
+    // With one, the pushed record is what counts: the clone's copy another
+    // process moved is left as it is (the next read fetches), no retry.
+    let git = FakeGit::new();
+    git.busy_swaps.set(1);
+    let records = Records::new(&git, &w.clock);
+    records.record_stage(c(2), &outcome, &[]).unwrap();
+    assert_eq!(git.pushes.get(), 1);
+    assert!(git.remote_note(c(2)).unwrap().contains("\"passed\""));
+    assert!(records.read(c(2)).unwrap().unwrap().stages["canary"].passed);
 }
 
 #[test]

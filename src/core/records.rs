@@ -17,7 +17,7 @@ use crate::core::rev::CommitId;
 use crate::core::shard::{Reported, Shard};
 use crate::core::verdict::StageVerdict;
 use crate::error::{Error, Message, Result};
-use crate::ports::{Clock, GitStore, Noted, Pushed, Update, Written};
+use crate::ports::{Clock, GitStore, Noted, Pushed, Update};
 
 pub const NOTES_REF: &str = "refs/notes/fleetgate";
 
@@ -96,7 +96,15 @@ impl<'a> Records<'a> {
     }
 
     fn local(&self, rev: CommitId) -> Result<Option<RunRecord>> {
-        let Some(text) = self.git.note(rev)? else {
+        match self.git.ref_target(NOTES_REF)? {
+            Some(notes) => self.record_in(notes, rev),
+            None => Ok(None),
+        }
+    }
+
+    /// The record on `rev` in the notes commit `notes`.
+    fn record_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<RunRecord>> {
+        let Some(text) = self.git.note_in(notes, rev)? else {
             return Ok(None);
         };
         RunRecord::parse(&text).map(Some).map_err(|why| {
@@ -128,6 +136,10 @@ impl<'a> Records<'a> {
         for attempt in 1..=ATTEMPTS {
             let backoff = Duration::from_millis(100 * u64::from(attempt));
             self.git.fetch_records()?;
+            // Everything below is read once and built on what was read:
+            // another fleetgate in this same clone may fetch or write the
+            // local refs meanwhile, and the push's leases (or, without a
+            // remote, the local swap) catch any of it.
             let notes_before = self.git.ref_target(NOTES_REF)?;
             let mut updates = Vec::new();
             for name in refs {
@@ -146,12 +158,34 @@ impl<'a> Records<'a> {
                     });
                 }
             }
-            let mut record = self
-                .local(rev)?
-                .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
+            let mut record = match notes_before {
+                Some(notes) => self.record_in(notes, rev)?,
+                None => None,
+            }
+            .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
             edit(&mut record);
-            if self.git.write_note(rev, &record.to_json())? == Written::Busy {
-                tracing::debug!("notes ref locked by another process; retrying");
+            let notes = self.git.note_commit(notes_before, rev, &record.to_json())?;
+            let remote = self.git.remote_name().is_some();
+            if remote {
+                updates.push(Update {
+                    name: NOTES_REF.into(),
+                    new: Some(notes),
+                    expected: notes_before,
+                });
+                if let Pushed::Rejected(why) = self.git.push_leased(&updates)? {
+                    tracing::warn!(
+                        "records moved on the remote meanwhile ({why}); re-reading and merging (attempt {attempt}/{ATTEMPTS})"
+                    );
+                    self.clock.sleep(backoff);
+                    continue;
+                }
+                updates.pop();
+            }
+            // This clone's copy. With a remote it is a cache (every read
+            // fetches first): one another process moved meanwhile is left
+            // as it made it. Without a remote it is the record: retried.
+            if !self.git.swap_ref(NOTES_REF, notes, notes_before)? && !remote {
+                tracing::debug!("records moved in this clone meanwhile; re-reading");
                 self.clock.sleep(backoff);
                 continue;
             }
@@ -161,23 +195,7 @@ impl<'a> Records<'a> {
                     None => self.git.delete_ref(&u.name)?,
                 }
             }
-            if self.git.remote_name().is_none() {
-                return Ok(record);
-            }
-            updates.push(Update {
-                name: NOTES_REF.into(),
-                new: self.git.ref_target(NOTES_REF)?,
-                expected: notes_before,
-            });
-            match self.git.push_leased(&updates)? {
-                Pushed::Yes => return Ok(record),
-                Pushed::Rejected(why) => {
-                    tracing::warn!(
-                        "records moved on the remote meanwhile ({why}); re-reading and merging (attempt {attempt}/{ATTEMPTS})"
-                    );
-                    self.clock.sleep(backoff);
-                }
-            }
+            return Ok(record);
         }
         Err(Error::Remote(Message::from(format!("could not push fleetgate's records for {} after {ATTEMPTS} attempts: other runners keep updating them", rev.short())).hint("is a second pipeline running outside the lock?")))
     }
