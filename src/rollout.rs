@@ -127,9 +127,9 @@ pub fn plan(
     let (snap_b, snap_h) = (repo.snapshot(base)?, repo.snapshot(head)?);
     // Base keeps what it reads, head takes the blobs it shares with it.
     let mut shared = crate::repo::SharedBlobs::keeping();
-    // Pinned keys are checked at head only (`pinned_keys`): base does not
-    // read its known_hosts (1 MB at 10,000 hosts), and head reads its own
-    // without a copy kept to lend.
+    // Pinned keys are checked at head only, and only where the change can
+    // move them (`pinned_keys`): neither side reads its known_hosts here
+    // (5 MB at 50,000 hosts).
     let files_b = config::load_sharing(
         &snap_b,
         affected.selection(),
@@ -141,7 +141,7 @@ pub fn plan(
         &snap_h,
         affected.selection(),
         &mut shared,
-        config::KnownHostsFile::Read,
+        config::KnownHostsFile::Skip,
     )?;
     drop(shared);
     // The same clients at both sides (most changes add or remove none):
@@ -161,32 +161,37 @@ pub fn plan(
         problems,
     };
     // Head first: its problems are the ones the author of the change can fix.
-    let (prepared_h, mut problems) = desired::prepare(&files_h, keyring, &cache);
-    if problems.is_empty() {
-        pinned_keys(
-            &snap_h,
-            &files_h,
-            &prepared_h.fleet,
-            &changed,
-            &mut problems,
-        )?;
-    }
+    let (prepared_h, problems) = desired::prepare(&files_h, keyring, &cache);
     if !problems.is_empty() {
         return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
     }
-    // Read by the pinned-key rule alone.
-    files_h.files.remove(config::KNOWN_HOSTS);
     prepared_h.fleet.log_warnings();
     // Head validated without a problem: base parses only the clients whose
     // files differ.
-    let (prepared_b, problems) = desired::prepare_reusing(
+    let (prepared_b, problems_b) = desired::prepare_reusing(
         &files_b,
         keyring,
         &cache,
         Some(config::Clean::new(&files_h, &prepared_h.fleet)),
     );
+    let mut problems = Vec::new();
+    let base_fleet = problems_b.is_empty().then_some(&prepared_b.fleet);
+    pinned_keys(
+        &snap_h,
+        &mut files_h,
+        &prepared_h.fleet,
+        base_fleet,
+        &changed,
+        &mut problems,
+    )?;
     if !problems.is_empty() {
-        return Err(invalid(snap_b.label(), desired::collapse_repeats(problems)));
+        return Err(invalid(snap_h.label(), desired::collapse_repeats(problems)));
+    }
+    if !problems_b.is_empty() {
+        return Err(invalid(
+            snap_b.label(),
+            desired::collapse_repeats(problems_b),
+        ));
     }
     // Both sides are validated: rendering reads none of their files (a
     // fleet's worth of client files and known hosts, twice), and the plan
@@ -217,24 +222,51 @@ pub fn plan(
 }
 
 /// `check`'s rule that every static host's key is pinned in
-/// `pipelines/known_hosts`, for the clients a plan reads — and for every
-/// client when the change touches `known_hosts` itself (a key removed for a
-/// client the change does not otherwise touch): so `plan` refuses what
-/// `check` refuses, like `deploy` and `run`.
+/// `pipelines/known_hosts`, where a change can break it: for the clients
+/// whose hosts differ from `base` (added clients, added or moved hosts;
+/// every client read when `base` is None), and for every client when the
+/// change touches `known_hosts` itself (a key removed for a client the
+/// change does not otherwise touch). A client whose hosts and pinned keys
+/// are the same at both commits keeps the verdict it had: its known_hosts
+/// lines are not read again (deploy still connects with strict host keys,
+/// and `check` still checks every line).
 fn pinned_keys(
     snap: &crate::repo::Snapshot,
-    files: &config::FleetFiles,
+    files: &mut config::FleetFiles,
     fleet: &Fleet,
+    base: Option<&Fleet>,
     changed: &[String],
     problems: &mut Vec<crate::error::Diagnostic>,
 ) -> Result<()> {
-    if !changed.iter().any(|p| p == config::KNOWN_HOSTS) || files.selection == Selection::All {
-        log_warnings(&config::known_hosts_checks(files, &fleet.clients, problems));
+    let touched = changed.iter().any(|p| p == config::KNOWN_HOSTS);
+    if touched && files.selection != Selection::All {
+        let all = config::load(snap, Selection::All)?;
+        let (every, _) = config::validate(&all);
+        log_warnings(&config::known_hosts_checks(&all, &every.clients, problems));
         return Ok(());
     }
-    let all = config::load(snap, Selection::All)?;
-    let (every, _) = config::validate(&all);
-    log_warnings(&config::known_hosts_checks(&all, &every.clients, problems));
+    let moved: BTreeMap<String, std::sync::Arc<crate::config::Client>> = fleet
+        .clients
+        .iter()
+        .filter(|(name, client)| {
+            touched
+                || base.is_none_or(|base| {
+                    base.clients
+                        .get(*name)
+                        .is_none_or(|was| was.hosts != client.hosts)
+                })
+        })
+        .map(|(name, client)| (name.clone(), client.clone()))
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    if let Some(bytes) = snap.read(config::KNOWN_HOSTS)? {
+        files.files.insert(config::KNOWN_HOSTS.to_string(), bytes);
+    }
+    log_warnings(&config::known_hosts_checks(files, &moved, problems));
+    // Read by this rule alone.
+    files.files.remove(config::KNOWN_HOSTS);
     Ok(())
 }
 

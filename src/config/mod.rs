@@ -126,8 +126,9 @@ pub fn load(snap: &Snapshot, selection: Selection) -> Result<FleetFiles> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KnownHostsFile {
     Read,
-    /// A plan's base: its pinned keys are never checked (a plan checks
-    /// head's), so its known_hosts — 1 MB at 10,000 hosts — is not read.
+    /// A plan: both sides are loaded without it (5 MB at 50,000 hosts);
+    /// head's is read only when the change can move a pinned key
+    /// (`rollout::pinned_keys`).
     Skip,
 }
 

@@ -273,6 +273,47 @@ fn host_added() {
     }
 }
 
+/// A plan checks pinned keys where its change can break them: a host it
+/// adds must be pinned; a client whose hosts and known_hosts are the same
+/// at both commits keeps its verdict, unread (check checks every host).
+#[test]
+fn a_plan_checks_the_pins_its_change_can_move() {
+    let fleet = Fleet::example();
+    fleet.edit(
+        "clients/beta.yaml",
+        "    deploy_root: /opt/fleetgate\n",
+        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
+    );
+    fleet.commit("beta: second host, not pinned");
+    let refused = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
+    refused.code(2);
+    assert!(
+        refused.stderr.contains("clients/beta.yaml")
+            && refused
+                .stderr
+                .contains("host `beta-2` (203.0.113.21) has no key in pipelines/known_hosts"),
+        "{}",
+        refused.stderr
+    );
+    // The next change leaves beta's hosts and known_hosts alone: the plan
+    // shows it; `check` (and deploy) still refuse the unpinned host.
+    fleet.edit(
+        "clients/beta.yaml",
+        "whoami_port: 8080",
+        "whoami_port: 8081",
+    );
+    fleet.commit("beta: port 8081");
+    let plan = fleet.plan_json("HEAD~1", "HEAD");
+    assert_eq!(plan_clients(&plan), ["beta"]);
+    let check = fleet.run(&["check"]);
+    check.code(2);
+    assert!(check.stderr.contains("host `beta-2`"), "{}", check.stderr);
+    // Pinning it is a change to known_hosts: every client is checked.
+    pin(&fleet, "beta-2");
+    fleet.commit("pin beta-2");
+    fleet.plan_json("HEAD~1", "HEAD");
+}
+
 #[test]
 fn no_op_commit_is_an_empty_plan() {
     let fleet = Fleet::example();
