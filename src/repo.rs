@@ -191,6 +191,26 @@ pub struct Entry {
     id: Option<Oid>,
 }
 
+/// One entry of a directory, as [`Snapshot::visit`] passes it.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    pub name: &'a str,
+    pub is_dir: bool,
+    pub is_symlink: bool,
+    id: Option<Oid>,
+}
+
+impl EntryRef<'_> {
+    pub fn to_entry(self) -> Entry {
+        Entry {
+            name: self.name.to_string(),
+            is_dir: self.is_dir,
+            is_symlink: self.is_symlink,
+            id: self.id,
+        }
+    }
+}
+
 /// Blobs read at one commit that another commit may read again (the two
 /// sides of a plan share most client files): by object id, each taken out
 /// by the first read that finds it.
@@ -392,6 +412,15 @@ impl Snapshot<'_> {
     /// exist; `Error::Invalid` when it is (or lies under) a symlink.
     pub fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
+        self.visit(dir, |entry| out.push(entry.to_entry()))?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Calls `f` with each entry of `dir` (none when it does not exist), in
+    /// no particular order, without copying them: a fleet's clients
+    /// directory may hold 50,000.
+    pub fn visit(&self, dir: &str, mut f: impl FnMut(EntryRef<'_>)) -> Result<()> {
         if let Some(link) = self.symlink_on(dir) {
             return Err(self.refuse_symlink(&link));
         }
@@ -399,16 +428,16 @@ impl Snapshot<'_> {
             Snapshot::Commit { repo, tree, id } => {
                 let sub = match tree.get_path(Path::new(dir)) {
                     Ok(e) => e,
-                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(out),
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(()),
                     Err(e) => return Err(Error::git(format!("{dir} at {id}"), e)),
                 };
                 let Ok(sub) = sub.to_object(repo).and_then(|o| o.peel_to_tree()) else {
-                    return Ok(out);
+                    return Ok(());
                 };
                 for entry in sub.iter() {
                     if let Ok(name) = entry.name() {
-                        out.push(Entry {
-                            name: name.to_string(),
+                        f(EntryRef {
+                            name,
                             is_dir: entry.kind() == Some(git2::ObjectType::Tree),
                             is_symlink: entry.filemode() == SYMLINK_MODE,
                             id: Some(entry.id()),
@@ -419,7 +448,7 @@ impl Snapshot<'_> {
             Snapshot::WorkTree { root } => {
                 let rd = match std::fs::read_dir(root.join(dir)) {
                     Ok(rd) => rd,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                     Err(source) => {
                         return Err(Error::Io {
                             action: "list",
@@ -431,8 +460,8 @@ impl Snapshot<'_> {
                 for entry in rd.flatten() {
                     // DirEntry::file_type does not follow links.
                     let kind = entry.file_type().ok();
-                    out.push(Entry {
-                        name: entry.file_name().to_string_lossy().into_owned(),
+                    f(EntryRef {
+                        name: &entry.file_name().to_string_lossy(),
                         is_dir: kind.is_some_and(|t| t.is_dir()),
                         is_symlink: kind.is_some_and(|t| t.is_symlink()),
                         id: None,
@@ -440,8 +469,7 @@ impl Snapshot<'_> {
                 }
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -74,7 +74,7 @@ pub(super) fn checks(
     // invalid one not at all (its own problems say why). In name order, as
     // the listing gives them (unique): a list, not a map, a whole fleet long.
     let unread = |name: &str| !clients.contains_key(name) && !files.selection.contains(name);
-    let to_outline: Vec<&String> = files.all_clients.iter().filter(|n| unread(n)).collect();
+    let to_outline: Vec<&str> = files.all_clients.iter().filter(|n| unread(n)).collect();
     // A plan may outline a whole large fleet: parse on every core.
     let mut parsed = crate::par::map(&to_outline, |name| {
         files.files.get(&client_file(name)).and_then(|b| outline(b))
@@ -108,7 +108,7 @@ pub(super) fn checks(
                     }
                 })
             };
-            (name.as_str(), o)
+            (name, o)
         })
         .collect();
     let complete = files.problems.is_empty() && outlines.iter().all(|(_, o)| o.is_some());

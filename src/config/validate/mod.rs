@@ -175,10 +175,11 @@ pub fn validate_reusing(files: &FleetFiles, prior: Option<Clean>) -> (Fleet, Vec
             .map_err(|p| problems.extend(p))
             .ok()
     });
-    let selected: Vec<&String> = match &files.selection {
+    let selected: Vec<&str> = match &files.selection {
         Selection::All => files.all_clients.iter().collect(),
         Selection::Only(set) => set
             .iter()
+            .map(String::as_str)
             .filter(|c| files.all_clients.contains(c))
             .collect(),
     };
