@@ -307,6 +307,13 @@ fn note_blob(
 mod tests {
     use super::*;
 
+    fn bare() -> (tempfile::TempDir, Repo) {
+        let tmp = tempfile::tempdir().unwrap();
+        git2::Repository::init_bare(tmp.path()).unwrap();
+        let repo = Repo::discover(Some(tmp.path())).unwrap();
+        (tmp, repo)
+    }
+
     fn commit(git: &git2::Repository, message: &str) -> CommitId {
         let sig = git2::Signature::now("t", "t@localhost").unwrap();
         let tree = git.treebuilder(None).unwrap().write().unwrap();
@@ -321,9 +328,7 @@ mod tests {
     /// in the clone may be fetching or writing it).
     #[test]
     fn a_notes_commit_builds_on_what_was_read_and_moves_no_ref() {
-        let tmp = tempfile::tempdir().unwrap();
-        git2::Repository::init_bare(tmp.path()).unwrap();
-        let repo = Repo::discover(Some(tmp.path())).unwrap();
+        let (_tmp, repo) = bare();
         let store = GitRepo {
             repo: &repo,
             origin: None,
@@ -362,9 +367,7 @@ mod tests {
     /// replaced where they are.
     #[test]
     fn notes_in_fan_out_directories_are_read_and_replaced() {
-        let tmp = tempfile::tempdir().unwrap();
-        git2::Repository::init_bare(tmp.path()).unwrap();
-        let repo = Repo::discover(Some(tmp.path())).unwrap();
+        let (_tmp, repo) = bare();
         let store = GitRepo {
             repo: &repo,
             origin: None,

@@ -55,6 +55,19 @@ fn request(base: CommitId, head: CommitId) -> RunRequest {
 }
 
 impl World {
+    /// alpha deployed to canary at c(2), as the doubles report it.
+    fn canary_alpha(&self) -> StageOutcome {
+        self.rollout
+            .deploy(
+                c(2),
+                "canary",
+                &["alpha".to_string()],
+                &Default::default(),
+                Shard::ALL,
+            )
+            .unwrap()
+    }
+
     fn run(&self, base: CommitId, head: CommitId) -> Result<RunOutcome> {
         self.run_req(&request(base, head), None)
     }
@@ -284,16 +297,7 @@ fn approvals_pushed_at_the_same_time_are_all_kept() {
 #[test]
 fn records_moved_in_the_clone_meanwhile_are_re_read_without_a_remote_and_left_with_one() {
     let w = world();
-    let outcome = w
-        .rollout
-        .deploy(
-            c(2),
-            "canary",
-            &["alpha".to_string()],
-            &Default::default(),
-            Shard::ALL,
-        )
-        .unwrap();
+    let outcome = w.canary_alpha();
     // Without a remote the clone's notes ref is the record: a swap that
     // finds it moved by another process is re-read and retried.
     let git = FakeGit::without_remote();
@@ -591,16 +595,7 @@ fn without_a_remote_records_stay_in_the_clone() {
     let w = world();
     let git = FakeGit::without_remote();
     let records = Records::new(&git, &w.clock);
-    let outcome = w
-        .rollout
-        .deploy(
-            c(2),
-            "canary",
-            &["alpha".to_string()],
-            &Default::default(),
-            Shard::ALL,
-        )
-        .unwrap();
+    let outcome = w.canary_alpha();
     let (moved, record) = records.record_stage(c(2), &outcome, &[]).unwrap();
     assert_eq!(moved, [deployed_ref("canary", "alpha")]);
     assert!(record.stages["canary"].passed);
