@@ -743,7 +743,7 @@ fn stage_at(
         }
         let connector = SshConnector::new(&known_hosts(&snap)?, &fleet.pipeline.ssh_options)?;
         let runtime = crate::rt::runtime()?;
-        let prober = crate::gates::http::ReqwestProber::new()?;
+        let prober = crate::gates::http::ReqwestProber::new();
         return Ok(runtime.block_on(async {
             match restore {
                 Some(job) => deploy::restore_stage(&plan, &connector, &prober, job).await,
@@ -813,7 +813,7 @@ fn stage_at(
     );
     let connector = SshConnector::new(&known_hosts, &fleet.pipeline.ssh_options)?;
     let runtime = crate::rt::runtime()?;
-    let prober = crate::gates::http::ReqwestProber::new()?;
+    let prober = crate::gates::http::ReqwestProber::new();
     let snapshots: Box<dyn deploy::snapshot::Snapshotter + '_> = match inventory.cloud() {
         Some(client) if !ids.is_empty() => Box::new(crate::hcloud::Snapshots {
             client,
