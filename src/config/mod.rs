@@ -118,13 +118,10 @@ impl NamesBuilder {
         names.sort_unstable();
         names.dedup();
         let mut sorted = NamesBuilder::default();
-        sorted.packed.text.reserve(unsorted.0.text.len());
-        sorted.packed.ends.reserve(names.len());
         for name in names {
-            sorted.packed.text.push_str(name);
-            sorted.packed.ends.push(sorted.packed.text.len());
+            sorted.push(name);
         }
-        Names(Arc::new(sorted.packed))
+        sorted.build()
     }
 }
 
@@ -258,11 +255,14 @@ pub fn load_sharing(
         &mut problems,
     )?;
     // The selected client files, read at once (on every core when many).
-    for (path, read) in read_selected(snap, CLIENTS_DIR, &chosen, shared) {
-        if let Some(bytes) = refused(read, &mut problems)? {
-            files.push((path, bytes));
-        }
-    }
+    read_chosen(
+        snap,
+        CLIENTS_DIR,
+        &chosen,
+        shared,
+        &mut files,
+        &mut problems,
+    )?;
     strays.sort_unstable();
     for name in strays {
         problems.push(
@@ -283,11 +283,14 @@ pub fn load_sharing(
         }),
         &mut problems,
     )?;
-    for (path, read) in read_selected(snap, CLIENT_SECRETS_DIR, &chosen, shared) {
-        if let Some(bytes) = refused(read, &mut problems)? {
-            files.push((path, bytes));
-        }
-    }
+    read_chosen(
+        snap,
+        CLIENT_SECRETS_DIR,
+        &chosen,
+        shared,
+        &mut files,
+        &mut problems,
+    )?;
     Ok(FleetFiles {
         label: snap.label(),
         files: files.into_iter().collect(),
@@ -299,21 +302,25 @@ pub fn load_sharing(
     })
 }
 
-/// Files read at once: each one's path and what reading it gave.
-type ReadFiles =
-    std::iter::Zip<std::vec::IntoIter<String>, std::vec::IntoIter<Result<Option<Vec<u8>>>>>;
-
-/// The entries `chosen` of `dir`, read through `shared`, in their order.
-fn read_selected(
+/// Reads the entries `chosen` of `dir` through `shared` (at once), into
+/// `files`; a symlink among them is one more problem.
+fn read_chosen(
     snap: &Snapshot,
     dir: &str,
     chosen: &[Entry],
     shared: &mut SharedBlobs,
-) -> ReadFiles {
+    files: &mut Vec<(String, Vec<u8>)>,
+    problems: &mut Vec<Diagnostic>,
+) -> Result<()> {
     let paths: Vec<String> = chosen.iter().map(|e| format!("{dir}/{}", e.name)).collect();
     let entries: Vec<(&str, &Entry)> = paths.iter().map(String::as_str).zip(chosen).collect();
     let read = snap.read_entries_shared(&entries, shared);
-    paths.into_iter().zip(read)
+    for (path, read) in paths.into_iter().zip(read) {
+        if let Some(bytes) = refused(read, problems)? {
+            files.push((path, bytes));
+        }
+    }
+    Ok(())
 }
 
 impl FleetFiles {
