@@ -1,8 +1,9 @@
 //! In-memory doubles of the ports (`ports.rs`), for the engine's unit
 //! tests: each fails the way the real system does — a push whose lease is
 //! stale is rejected and changes nothing, a ref of the clone can be moved
-//! by another process, a remote can be unreachable, a forge can answer 502, a host can
-//! be lost mid-change (as its stage outcome says). Test code only.
+//! by another process, a remote can be unreachable, a forge can answer
+//! 502, a host can be lost mid-change (as its stage outcome says). Test
+//! code only.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -222,8 +223,9 @@ impl GitStore for FakeGit {
         Ok(())
     }
 
-    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>> {
-        match self.remote.borrow().objects.get(&notes) {
+    fn note_in(&self, notes: Option<CommitId>, rev: CommitId) -> Result<Option<String>> {
+        let remote = self.remote.borrow();
+        match notes.and_then(|n| remote.objects.get(&n)) {
             Some(Object::Notes(map)) => Ok(map.get(&rev).cloned()),
             _ => Ok(None),
         }

@@ -71,8 +71,9 @@ pub trait GitStore {
     fn refs_under(&self, prefix: &str) -> Result<Vec<(String, CommitId)>>;
     /// Removes a ref of this clone (pushed as a deletion with a lease).
     fn delete_ref(&self, name: &str) -> Result<()>;
-    /// The note on `rev` in the notes commit `notes`, as text.
-    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>>;
+    /// The note on `rev` in the notes commit `notes` (None: there are no
+    /// notes), as text.
+    fn note_in(&self, notes: Option<CommitId>, rev: CommitId) -> Result<Option<String>>;
     /// The commits with a note in this clone, newest first: a commit
     /// before its ancestors, else by committer time; commits this clone
     /// does not have last.

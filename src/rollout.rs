@@ -178,7 +178,7 @@ pub fn plan(
     let base_fleet = problems_b.is_empty().then_some(&prepared_b.fleet);
     pinned_keys(
         &snap_h,
-        &mut files_h,
+        &files_h,
         &prepared_h.fleet,
         base_fleet,
         &changed,
@@ -232,7 +232,7 @@ pub fn plan(
 /// and `check` still checks every line).
 fn pinned_keys(
     snap: &crate::repo::Snapshot,
-    files: &mut config::FleetFiles,
+    files: &config::FleetFiles,
     fleet: &Fleet,
     base: Option<&Fleet>,
     changed: &[String],
@@ -261,12 +261,12 @@ fn pinned_keys(
     if moved.is_empty() {
         return Ok(());
     }
-    if let Some(bytes) = snap.read(config::KNOWN_HOSTS)? {
-        files.files.insert(config::KNOWN_HOSTS.to_string(), bytes);
-    }
-    log_warnings(&config::known_hosts_checks(files, &moved, problems));
-    // Read by this rule alone.
-    files.files.remove(config::KNOWN_HOSTS);
+    let known_hosts = snap.read(config::KNOWN_HOSTS)?;
+    log_warnings(&config::known_hosts_checks_of(
+        known_hosts.as_deref(),
+        &moved,
+        problems,
+    ));
     Ok(())
 }
 
@@ -497,9 +497,7 @@ fn last_deployed_hosts(
     let Some(rev) = git.ref_target(&crate::core::records::deployed_ref(stage, client))? else {
         return Ok(None);
     };
-    let Some(notes) = git.ref_target(crate::core::records::NOTES_REF)? else {
-        return Ok(None);
-    };
+    let notes = git.ref_target(crate::core::records::NOTES_REF)?;
     let Some(text) = git.note_in(notes, rev)? else {
         return Ok(None);
     };

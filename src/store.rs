@@ -93,7 +93,10 @@ impl GitStore for GitRepo<'_> {
         }
     }
 
-    fn note_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<String>> {
+    fn note_in(&self, notes: Option<CommitId>, rev: CommitId) -> Result<Option<String>> {
+        let Some(notes) = notes else {
+            return Ok(None);
+        };
         let git = self.repo.git();
         let what = || format!("read the note on {rev}");
         let tree = git
@@ -341,8 +344,14 @@ mod tests {
         let other = store.note_commit(None, b, "someone else's").unwrap();
         assert!(store.swap_ref(NOTES_REF, other, None).unwrap());
         let second = store.note_commit(Some(first), b, "on b").unwrap();
-        assert_eq!(store.note_in(second, a).unwrap().as_deref(), Some("on a"));
-        assert_eq!(store.note_in(second, b).unwrap().as_deref(), Some("on b"));
+        assert_eq!(
+            store.note_in(Some(second), a).unwrap().as_deref(),
+            Some("on a")
+        );
+        assert_eq!(
+            store.note_in(Some(second), b).unwrap().as_deref(),
+            Some("on b")
+        );
         let parents: Vec<Oid> = git
             .find_commit(second.oid())
             .unwrap()
@@ -388,14 +397,14 @@ mod tests {
             .unwrap()
             .into();
         assert_eq!(
-            store.note_in(notes, a).unwrap().as_deref(),
+            store.note_in(Some(notes), a).unwrap().as_deref(),
             Some("fanned out")
         );
         let b = commit(git, "b");
-        assert_eq!(store.note_in(notes, b).unwrap(), None);
+        assert_eq!(store.note_in(Some(notes), b).unwrap(), None);
         let replaced = store.note_commit(Some(notes), a, "replaced").unwrap();
         assert_eq!(
-            store.note_in(replaced, a).unwrap().as_deref(),
+            store.note_in(Some(replaced), a).unwrap().as_deref(),
             Some("replaced")
         );
         let tree = git.find_commit(replaced.oid()).unwrap().tree().unwrap();

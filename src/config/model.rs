@@ -18,7 +18,9 @@ use crate::secrets::SopsFile;
 pub use raw::{QuadletScope, RollbackPolicy, Runtime, SnapshotPolicy};
 // The validators lived in this file before it was split; their public paths
 // under `config::model` stay valid for code written against it.
-pub use super::validate::{Clean, HTTP_URL_HINT, known_hosts_checks, validate, validate_reusing};
+pub use super::validate::{
+    Clean, HTTP_URL_HINT, known_hosts_checks, known_hosts_checks_of, validate, validate_reusing,
+};
 
 #[derive(Debug)]
 pub struct Fleet {

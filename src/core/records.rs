@@ -96,14 +96,11 @@ impl<'a> Records<'a> {
     }
 
     fn local(&self, rev: CommitId) -> Result<Option<RunRecord>> {
-        match self.git.ref_target(NOTES_REF)? {
-            Some(notes) => self.record_in(notes, rev),
-            None => Ok(None),
-        }
+        self.record_in(self.git.ref_target(NOTES_REF)?, rev)
     }
 
-    /// The record on `rev` in the notes commit `notes`.
-    fn record_in(&self, notes: CommitId, rev: CommitId) -> Result<Option<RunRecord>> {
+    /// The record on `rev` in the notes commit `notes` (None: no notes).
+    fn record_in(&self, notes: Option<CommitId>, rev: CommitId) -> Result<Option<RunRecord>> {
         let Some(text) = self.git.note_in(notes, rev)? else {
             return Ok(None);
         };
@@ -158,11 +155,9 @@ impl<'a> Records<'a> {
                     });
                 }
             }
-            let mut record = match notes_before {
-                Some(notes) => self.record_in(notes, rev)?,
-                None => None,
-            }
-            .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
+            let mut record = self
+                .record_in(notes_before, rev)?
+                .unwrap_or_else(|| RunRecord::new(&rev.to_string()));
             edit(&mut record);
             let notes = self.git.note_commit(notes_before, rev, &record.to_json())?;
             let remote = self.git.remote_name().is_some();

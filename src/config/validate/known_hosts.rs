@@ -20,6 +20,20 @@ pub fn known_hosts_checks(
     clients: &BTreeMap<String, std::sync::Arc<Client>>,
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<Diagnostic> {
+    known_hosts_checks_of(
+        files.files.get(KNOWN_HOSTS).map(Vec::as_slice),
+        clients,
+        problems,
+    )
+}
+
+/// [`known_hosts_checks`] against `known_hosts`, the file's bytes (None:
+/// there is none), read by the caller.
+pub fn known_hosts_checks_of(
+    known_hosts: Option<&[u8]>,
+    clients: &BTreeMap<String, std::sync::Arc<Client>>,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
     let static_hosts: Vec<(&Client, usize, &Host)> = clients
         .values()
@@ -33,7 +47,7 @@ pub fn known_hosts_checks(
     if static_hosts.is_empty() {
         return warnings;
     }
-    let Some(bytes) = files.files.get(KNOWN_HOSTS) else {
+    let Some(bytes) = known_hosts else {
         problems.push(
             Diagnostic::new(KNOWN_HOSTS, "is missing; every host's SSH key must be pinned")
                 .hint("run `fleetgate hosts trust` and commit what it adds, after verifying the keys out of band; fleetgate never trusts a key on first use"),

@@ -35,7 +35,7 @@ use crate::secrets::SopsFile;
 
 pub use fleet::outline;
 pub use health::HTTP_URL_HINT;
-pub use known_hosts::known_hosts_checks;
+pub use known_hosts::{known_hosts_checks, known_hosts_checks_of};
 
 /// Is `name` a valid client, app, host, stage or group name?
 pub fn is_name(name: &str) -> bool {
