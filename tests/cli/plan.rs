@@ -207,6 +207,15 @@ fn pin(fleet: &Fleet, name: &str) {
     );
 }
 
+/// Gives client beta a second host, `beta-2` at 203.0.113.21 (not pinned).
+fn add_beta_2(fleet: &Fleet) {
+    fleet.edit(
+        "clients/beta.yaml",
+        "    deploy_root: /opt/fleetgate\n",
+        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
+    );
+}
+
 #[test]
 fn client_added_and_removed() {
     let fleet = Fleet::example();
@@ -252,11 +261,7 @@ fn client_added_and_removed() {
 #[test]
 fn host_added() {
     let fleet = Fleet::example();
-    fleet.edit(
-        "clients/beta.yaml",
-        "    deploy_root: /opt/fleetgate\n",
-        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
-    );
+    add_beta_2(&fleet);
     pin(&fleet, "beta-2");
     fleet.commit("beta: second host");
     let plan = fleet.plan_json("HEAD~1", "HEAD");
@@ -279,11 +284,7 @@ fn host_added() {
 #[test]
 fn a_plan_checks_the_pins_its_change_can_move() {
     let fleet = Fleet::example();
-    fleet.edit(
-        "clients/beta.yaml",
-        "    deploy_root: /opt/fleetgate\n",
-        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
-    );
+    add_beta_2(&fleet);
     fleet.commit("beta: second host, not pinned");
     let refused = fleet.run(&["plan", "--base", "HEAD~1", "--head", "HEAD"]);
     refused.code(2);
@@ -517,11 +518,7 @@ fn bad_revisions_and_broken_heads_are_exit_2() {
 fn markdown_comment_for_a_many_sided_change() {
     let fleet = Fleet::example();
     fleet.edit("pipelines/apps/whoami/app.yaml", WHOAMI_IMAGE, WHOAMI_NEXT);
-    fleet.edit(
-        "clients/beta.yaml",
-        "    deploy_root: /opt/fleetgate\n",
-        "    deploy_root: /opt/fleetgate\n  - name: beta-2\n    address: 203.0.113.21\n",
-    );
+    add_beta_2(&fleet);
     fleet.sops_set(
         "secrets/clients/gamma.sops.yaml",
         "nextcloud_admin_password",
